@@ -1,0 +1,3 @@
+from lanalyze.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""The ``lanalyze`` command: ``serve``, ``config``, and the ``flows`` and ``mail`` groups.
+
+Every sub-command loads the same validated configuration; a configuration error is printed
+(naming the key, file and line) and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from lanalyze.config import Config, ConfigError, dump_config, load_config
+from lanalyze.flows.cli import flows
+from lanalyze.log import setup_logging
+from lanalyze.mail.cli import mail
+from lanalyze.service import StartError
+
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+class AppContext:
+    """What the command line said; the configuration is loaded on first use."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                click.echo(f"configuration error:\n{exc}", err=True)
+                sys.exit(EXIT_CONFIG)
+        return self._config
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="LANALYZE_CONFIG",
+    help="TOML configuration file (default: /etc/lanalyze/lanalyze.toml, then "
+    "~/.config/lanalyze/lanalyze.toml, else built-in defaults).",
+)
+@click.version_option(package_name="lanalyze")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """lanalyze: flow analytics and a mail server that catches forged senders."""
+    ctx.obj = AppContext(config_path)
+
+
+@main.command()
+@pass_app
+def serve(app: AppContext) -> None:
+    """Run every enabled service: flow collector, SMTP listeners, web console and API."""
+    from lanalyze.serve import run
+
+    config = app.config
+    setup_logging(config.general.log_format, config.general.log_level)
+    try:
+        asyncio.run(run(config))
+    except StartError as exc:
+        click.echo(f"lanalyze serve: {exc}", err=True)
+        sys.exit(EXIT_START)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check or print the configuration."""
+
+
+@config_group.command("check")
+@pass_app
+def config_check(app: AppContext) -> None:
+    """Validate the configuration file; exit non-zero naming each wrong key."""
+    app.config  # noqa: B018  (loading validates; errors exit)
+    click.echo(f"{app.config_path or 'built-in defaults'}: ok")
+
+
+@config_group.command("dump")
+@pass_app
+def config_dump(app: AppContext) -> None:
+    """Print the effective settings, defaults included, as TOML."""
+    click.echo(dump_config(app.config), nl=False)
+
+
+main.add_command(flows)
+main.add_command(mail)

@@ -1,0 +1,177 @@
+"""One TOML configuration for every component, validated before anything starts.
+
+Each component owns its section model (``lanalyze.flows.config``, ``lanalyze.mail.config``,
+``lanalyze.web.config``); this module composes them, loads the file and turns validation
+failures into :class:`ConfigError` messages that name the dotted key, the file and, where the
+key can be found in the text, the line.
+
+Trust: the file is the operator's, not a peer's, but it is still validated completely: unknown
+keys, wrong types and out-of-range values are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, Field, ValidationError
+
+from lanalyze.configbase import ListenAddress, Section, parse_listen
+from lanalyze.flows.config import FlowsConfig
+from lanalyze.mail.config import MailConfig
+from lanalyze.web.config import WebConfig
+
+__all__ = ["Config", "ConfigError", "ListenAddress", "Section", "load_config", "parse_listen"]
+
+ENV_CONFIG = "LANALYZE_CONFIG"
+DEFAULT_CONFIG_PATHS = (
+    Path("/etc/lanalyze/lanalyze.toml"),
+    Path("~/.config/lanalyze/lanalyze.toml"),
+)
+
+
+class GeneralConfig(Section):
+    data_dir: Path = Field(
+        default=Path("~/.local/share/lanalyze"),
+        description="Directory holding flows, the mail queue, mailboxes and state.",
+    )
+    log_format: Literal["kv", "json"] = Field(
+        default="kv", description="Log line format: key=value pairs or one JSON object per line."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level that is logged."
+    )
+    hostname: str = Field(
+        default="localhost",
+        min_length=1,
+        max_length=253,
+        description="Our host name: SMTP greeting, Received lines, authserv-id.",
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser()
+
+
+class Config(Section):
+    general: GeneralConfig = Field(default_factory=GeneralConfig)
+    flows: FlowsConfig = Field(default_factory=FlowsConfig)
+    mail: MailConfig = Field(default_factory=MailConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the key, the file and the line."""
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        path = candidate.expanduser()
+        if path.exists():
+            return path
+    return None
+
+
+def find_key_line(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """Best-effort 1-based line of a dotted key in TOML text (tables and ``a.b =`` keys)."""
+    keys = [str(part) for part in loc if isinstance(part, str)]
+    if not keys:
+        return None
+    table: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("["):
+            name = line.strip("[]").strip()
+            table = [part.strip().strip('"') for part in name.split(".")]
+            if table == keys:
+                return number
+            continue
+        key, sep, _ = line.partition("=")
+        if not sep or line.startswith("#"):
+            continue
+        path = table + [part.strip().strip('"') for part in key.split(".")]
+        if path == keys[: len(path)] and len(path) >= min(len(keys), len(table) + 1):
+            return number
+    return None
+
+
+def _format_errors(exc: ValidationError, source: str, text: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        where = source
+        line = find_key_line(text, loc)
+        if line is not None:
+            where = f"{source}:{line}"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{where}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None, *, required: bool = False) -> Config:
+    """Load and validate ``path`` (or the default location); defaults when there is none."""
+    if path is None:
+        path = default_config_path()
+        if path is None:
+            return Config()
+    else:
+        required = True
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, text)) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dump_config(config: Config) -> str:
+    """The effective settings, defaults included, as TOML that ``load_config`` accepts."""
+    return tomli_w.dumps(_plain(config.model_dump(mode="json")))
+
+
+def iter_settings(
+    model: type[BaseModel] = Config, prefix: str = ""
+) -> Iterator[tuple[str, Any, str]]:
+    """Every leaf setting as (dotted key, default, description), for docs and their test."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from iter_settings(annotation, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        yield key, default, field.description or ""

@@ -1,0 +1,47 @@
+"""The pieces every config section is built from: the strict base model and address types.
+
+Kept apart from :mod:`lanalyze.config` so section modules can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` / ``[V6]:PORT`` into a host and a port, validating both."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"unbalanced brackets in {value!r}")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses need brackets: [{host}]:{port_text}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (or 'localhost')") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+"""A ``HOST:PORT`` string (IPv6 in brackets); port 0 asks the kernel for a free port."""

@@ -1,0 +1,175 @@
+"""The one column catalogue of a stored flow (in the spirit of Akvorado's schema package).
+
+Every flow column is declared once, here. From this list come:
+
+* the storage schema (:func:`arrow_schema`, and through it the Parquet files and rollups),
+* the decoders' field map (:data:`BY_IPFIX_ID`: IPFIX / NetFlow v9 information element id ->
+  column, with how to convert the wire value),
+* the report dimensions (:func:`dimensions`: the columns a report may group or filter by).
+
+IP addresses are stored as 16 bytes, IPv4 as IPv4-mapped IPv6 (``::ffff:a.b.c.d``), so one
+column holds both families; MAC addresses as the 48-bit integer. Timestamps are UTC
+milliseconds since the epoch. Counters are the raw exported values; ``sampling_rate`` (1 when
+unsampled) is kept beside them and reports multiply by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+Kind = Literal["u8", "u16", "u32", "u64", "ip", "mac", "time_ms", "str"]
+
+_ARROW: dict[Kind, pa.DataType] = {
+    "u8": pa.uint8(),
+    "u16": pa.uint16(),
+    "u32": pa.uint32(),
+    "u64": pa.uint64(),
+    "ip": pa.binary(16),
+    "mac": pa.uint64(),
+    "time_ms": pa.uint64(),
+    "str": pa.string(),
+}
+
+_NUMPY: dict[Kind, np.dtype[np.generic]] = {
+    "u8": np.dtype(np.uint8),
+    "u16": np.dtype(np.uint16),
+    "u32": np.dtype(np.uint32),
+    "u64": np.dtype(np.uint64),
+    "ip": np.dtype("S16"),
+    "mac": np.dtype(np.uint64),
+    "time_ms": np.dtype(np.uint64),
+    "str": np.dtype(object),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    description: str
+    ipfix_ids: tuple[int, ...] = ()
+    """IANA IPFIX element ids (= NetFlow v9 field types below 128) that fill this column."""
+    dimension: bool = False
+    """Reports may group and filter by it."""
+    metric: bool = False
+    """Summed by reports (bytes, packets, flows)."""
+    aliases: tuple[str, ...] = field(default=())
+    """Other names users type for it (``srcip`` for ``src_addr``)."""
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return _ARROW[self.kind]
+
+    @property
+    def numpy_dtype(self) -> np.dtype[np.generic]:
+        return _NUMPY[self.kind]
+
+
+COLUMNS: tuple[Column, ...] = (
+    # When and from whom.
+    Column("time_received", "time_ms", "When the collector received the export packet."),
+    Column("time_start", "time_ms", "Flow start (UTC).", (150, 152, 154, 156, 22)),
+    Column("time_end", "time_ms", "Flow end (UTC).", (151, 153, 155, 157, 21)),
+    Column("exporter", "ip", "Address the export packet came from.", dimension=True),
+    Column(
+        "observation_domain",
+        "u32",
+        "IPFIX observation domain id / NetFlow v9 source id (0 for v5).",
+        dimension=True,
+    ),
+    Column("sampling_rate", "u32", "1 in N packets sampled (1: unsampled).", (34, 305, 306)),
+    Column("sampler_id", "u32", "Sampler that produced the flow (IE 48 / 302).", (48, 302)),
+    # Counters.
+    Column("bytes", "u64", "Octets as exported (not scaled by sampling).", (1, 85), metric=True),
+    Column("packets", "u64", "Packets as exported (not scaled).", (2, 86), metric=True),
+    Column("flows", "u64", "Flows this record stands for (1, or IE 3).", (3,), metric=True),
+    # Addresses and ports.
+    Column("src_addr", "ip", "Source address.", (8, 27), True, aliases=("srcip", "src_ip")),
+    Column("dst_addr", "ip", "Destination address.", (12, 28), True, aliases=("dstip", "dst_ip")),
+    Column("src_port", "u16", "Source transport port.", (7,), True, aliases=("srcport",)),
+    Column("dst_port", "u16", "Destination transport port.", (11,), True, aliases=("dstport",)),
+    Column("protocol", "u8", "IP protocol number.", (4,), True, aliases=("proto",)),
+    Column("tos", "u8", "IP type of service byte (DSCP << 2 | ECN).", (5,), True),
+    Column("tcp_flags", "u8", "Cumulative TCP flags.", (6,), True, aliases=("flags",)),
+    Column("icmp_type", "u8", "ICMP / ICMPv6 type.", (176, 178), True),
+    Column("icmp_code", "u8", "ICMP / ICMPv6 code.", (177, 179), True),
+    Column("src_mask", "u8", "Source prefix length.", (9, 29), True),
+    Column("dst_mask", "u8", "Destination prefix length.", (13, 30), True),
+    Column("next_hop", "ip", "IP next hop.", (15, 62), True),
+    Column("bgp_next_hop", "ip", "BGP next hop.", (18, 63), True),
+    # Routing and interfaces.
+    Column("src_as", "u32", "Source AS number.", (16,), True, aliases=("srcas",)),
+    Column("dst_as", "u32", "Destination AS number.", (17,), True, aliases=("dstas",)),
+    Column("in_if", "u32", "Input interface ifIndex.", (10,), True, aliases=("input",)),
+    Column("out_if", "u32", "Output interface ifIndex.", (14,), True, aliases=("output",)),
+    Column("direction", "u8", "Flow direction: 0 ingress, 1 egress.", (61,), True),
+    Column("end_reason", "u8", "Flow end reason (IE 136).", (136,), True),
+    Column("src_vlan", "u16", "Source VLAN id.", (58,), True),
+    Column("dst_vlan", "u16", "Destination VLAN id.", (59,), True),
+    Column("src_mac", "mac", "Source MAC address.", (56, 81), True),
+    Column("dst_mac", "mac", "Destination MAC address.", (80, 57), True),
+    Column("ip_version", "u8", "IP version (4 or 6).", (60,), True),
+    # Elements with no column of their own, as JSON {"ENTERPRISE:ID": value}. Kept, not dropped.
+    Column("extra", "str", "Other and enterprise-specific elements as JSON (hex for bytes)."),
+)
+
+BY_NAME: dict[str, Column] = {column.name: column for column in COLUMNS}
+
+BY_IPFIX_ID: dict[int, Column] = {
+    element: column for column in COLUMNS for element in column.ipfix_ids
+}
+
+
+def arrow_schema() -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.kind == "str") for c in COLUMNS])
+
+
+def dimensions() -> list[Column]:
+    return [column for column in COLUMNS if column.dimension]
+
+
+def metrics() -> list[Column]:
+    return [column for column in COLUMNS if column.metric]
+
+
+def resolve(name: str) -> Column:
+    """The column a user's name refers to (its own name or an alias); KeyError if none."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    for column in COLUMNS:
+        if name in column.aliases:
+            return column
+    raise KeyError(name)
+
+
+def empty_batch(rows: int) -> dict[str, np.ndarray]:
+    """Zero-filled columns for ``rows`` flows: decoders fill what their records carry."""
+    batch = {c.name: np.zeros(rows, dtype=c.numpy_dtype) for c in COLUMNS if c.kind != "str"}
+    batch["flows"][:] = 1
+    batch["sampling_rate"][:] = 1
+    return batch
+
+
+def to_record_batch(
+    columns: dict[str, np.ndarray], extra: list[str | None] | None = None
+) -> pa.RecordBatch:
+    """A decoder's numpy columns as an Arrow batch in catalogue order (the store's input)."""
+    rows = len(columns["bytes"])
+    arrays = []
+    for column in COLUMNS:
+        if column.kind == "str":
+            arrays.append(pa.array(extra if extra is not None else [None] * rows, pa.string()))
+        elif column.kind == "ip":
+            data = np.ascontiguousarray(columns[column.name]).view(np.uint8)
+            arrays.append(
+                pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(16), rows, [None, pa.py_buffer(data)]
+                )
+            )
+        else:
+            arrays.append(pa.array(columns[column.name], column.arrow_type))
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema())

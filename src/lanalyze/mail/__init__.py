@@ -1,0 +1,1 @@
+"""Mail: accept -> queue -> deliver, with SPF, DKIM and DMARC verdicts."""

@@ -1,0 +1,15 @@
+"""The Prometheus registry every component registers its counters in.
+
+``/metrics`` on the HTTP listener serves it. One registry per process; work done in child
+processes (flow workers) is reported to the parent, which exposes it through a collector.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,57 @@
+"""``lanalyze serve``: start every enabled component in order, stop them in reverse.
+
+SIGTERM and SIGINT stop the process cleanly: each component's ``stop()`` flushes what it
+holds. A component that cannot start stops the ones already started and the process exits
+non-zero with the component's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from lanalyze.config import Config
+from lanalyze.log import get_logger
+from lanalyze.service import Component
+
+log = get_logger(__name__)
+
+
+def build_components(config: Config) -> list[Component]:
+    components: list[Component] = []
+    if config.flows.enabled:
+        from lanalyze.flows.collector import FlowCollector
+
+        components.append(FlowCollector(config.flows))
+    if config.mail.enabled:
+        from lanalyze.mail.server import MailServer
+
+        components.append(MailServer(config.mail, config.general.hostname))
+    if config.web.enabled:
+        from lanalyze.web.app import WebServer
+
+        components.append(WebServer(config.web))
+    return components
+
+
+async def run(config: Config) -> None:
+    components = build_components(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Component] = []
+    try:
+        for component in components:
+            await component.start()
+            started.append(component)
+        log.info("serve.started", extra={"components": ",".join(c.name for c in started)})
+        await stop.wait()
+        log.info("serve.stopping")
+    finally:
+        for component in reversed(started):
+            try:
+                await asyncio.wait_for(component.stop(), timeout=10)
+            except Exception:
+                log.exception("serve.stop_failed", extra={"component": component.name})
+    log.info("serve.stopped")

@@ -1,0 +1,1 @@
+"""Web console, JSON API and /metrics."""
