@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -163,15 +164,37 @@ def dump_config(config: Config) -> str:
     return tomli_w.dumps(_plain(config.model_dump(mode="json")))
 
 
+def _model_in(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The model a field holds directly, or as list items (``[]``) or dict values (``.*``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], "[]"
+    if origin is dict and len(args) == 2:
+        value = args[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value, ".*"
+    return None
+
+
 def iter_settings(
     model: type[BaseModel] = Config, prefix: str = ""
 ) -> Iterator[tuple[str, Any, str]]:
-    """Every leaf setting as (dotted key, default, description), for docs and their test."""
+    """Every leaf setting as (dotted key, default, description), for docs and their test.
+
+    Settings inside a list of tables are named ``section.list[].key``, inside a table of
+    tables ``section.table.*.key``.
+    """
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from iter_settings(annotation, key + ".")
+        nested = _model_in(field.annotation)
+        if nested is not None:
+            inner, suffix = nested
+            if suffix:
+                yield key, field.get_default(call_default_factory=True), field.description or ""
+            yield from iter_settings(inner, key + suffix + ".")
             continue
         default = field.get_default(call_default_factory=True)
         yield key, default, field.description or ""
