@@ -22,7 +22,7 @@ def build_components(config: Config) -> list[Component]:
     if config.flows.enabled:
         from lanalyze.flows.collector import FlowCollector
 
-        components.append(FlowCollector(config.flows))
+        components.append(FlowCollector(config.flows, config.general.data_path))
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
@@ -30,7 +30,7 @@ def build_components(config: Config) -> list[Component]:
     if config.web.enabled:
         from lanalyze.web.app import WebServer
 
-        components.append(WebServer(config.web))
+        components.append(WebServer(config.web, config.general.data_path))
     return components
 
 

@@ -8,3 +8,13 @@ import click
 @click.group()
 def flows() -> None:
     """Flow collector and reports (NetFlow v5/v9, IPFIX)."""
+
+
+def _add_collector_commands() -> None:
+    from lanalyze.flows.collect_cli import collect, exporters, import_pcaps
+
+    for command in (collect, import_pcaps, exporters):
+        flows.add_command(command)
+
+
+_add_collector_commands()

@@ -1,30 +1,317 @@
-"""Flow collector shell: binds the UDP listeners. (Receive/decode/store land in issue 3.)"""
+"""The flow collector component: binds the UDP listeners and runs the worker processes.
+
+``start()`` binds ``workers`` sockets per listen address (SO_REUSEPORT when more than one; a
+busy port is a :class:`~lanalyze.service.BindError` naming ``flows.listen[i]``), sizes their
+receive buffers, and spawns one :mod:`lanalyze.flows.worker` process per worker, each given
+one socket per address. Work is spread by the kernel: a process per CPU core scales past one
+interpreter's GIL, and one exporter always lands on the same worker, where its templates are.
+
+The parent does no per-flow work. A thread per worker reads its counter reports; the parent
+merges them, adds the kernel's receive-drop counters of our sockets, serves them on
+``/metrics`` (:class:`~lanalyze.flows.exporters.FlowMetrics`) and rewrites
+``<data_dir>/flows/exporters.json`` every few seconds for ``lanalyze flows exporters``.
+
+``stop()`` asks every worker to store what it holds and waits for it; a worker that does not
+finish in time is terminated (SIGTERM, which also flushes) and then killed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
 import socket
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Literal
 
+from lanalyze import metrics
 from lanalyze.flows.config import FlowsConfig
-from lanalyze.log import get_logger
-from lanalyze.service import bind_socket
+from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapshots
+from lanalyze.flows.receive import bound_address, kernel_drops, open_udp, socket_inode
+from lanalyze.flows.worker import WorkerSpec, worker_main
+from lanalyze.log import JsonFormatter, get_logger
+from lanalyze.service import StartError
 
 log = get_logger(__name__)
+
+EXPORTERS_WRITE_INTERVAL = 2.0
+WORKER_START_TIMEOUT = 60.0
+WORKER_STOP_TIMEOUT = 8.0
+
+
+def _log_settings() -> tuple[Literal["kv", "json"], str]:
+    """The parent's logging set-up, for spawned workers that inherit nothing."""
+    root = logging.getLogger()
+    json_format = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    level = logging.getLevelName(root.getEffectiveLevel()).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        level = "info"
+    return ("json" if json_format else "kv"), level
+
+
+class _WorkerHandle:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        process: BaseProcess,
+        control: Connection,
+        reports: Connection,
+    ) -> None:
+        self.spec = spec
+        self.process = process
+        self.control = control
+        self.reports = reports
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self.last: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
 
 
 class FlowCollector:
     name = "flows"
 
-    def __init__(self, config: FlowsConfig) -> None:
+    def __init__(self, config: FlowsConfig, data_dir: Path) -> None:
         self.config = config
-        self._socks: list[socket.socket] = []
+        self.data_dir = data_dir
+        self.addresses: list[str] = []
+        """The bound addresses (a port 0 in the config resolved), in config order."""
+        self._socks: list[list[socket.socket]] = []
+        self._workers: list[_WorkerHandle] = []
+        self._lock = threading.Lock()
+        self._started_ms = 0
+        self._metrics: FlowMetrics | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def worker_count(self) -> int:
+        return self.config.workers or os.cpu_count() or 1
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        workers = self.worker_count
+        try:
+            for index, address in enumerate(self.config.listen):
+                key = f"flows.listen[{index}]"
+                buffer = self.config.receive_buffer
+                first = open_udp(address, key, receive_buffer=buffer, reuse_port=workers > 1)
+                group = [first]
+                self._socks.append(group)
+                actual = bound_address(first)
+                for _ in range(workers - 1):
+                    group.append(open_udp(actual, key, receive_buffer=buffer, reuse_port=True))
+                self.addresses.append(actual)
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    def _close_sockets(self) -> None:
+        for group in self._socks:
+            for sock in group:
+                sock.close()
+        self._socks.clear()
+
+    def _spawn(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        token = secrets.token_hex(3)
+        log_format, log_level = _log_settings()
+        for index in range(self.worker_count):
+            spec = WorkerSpec(
+                index=index,
+                writer_id=f"w{index}x{token}",
+                data_dir=self.data_dir,
+                flush_interval=self.config.flush_interval,
+                segment_max_rows=self.config.segment_max_rows,
+                compression=self.config.compression,
+                compression_level=self.config.compression_level,
+                max_templates_per_exporter=self.config.max_templates_per_exporter,
+                max_exporters=self.config.max_exporters,
+                sampling_rates=dict(self.config.sampling_rates),
+                log_format=log_format,
+                log_level=log_level,
+            )
+            control_parent, control_child = context.Pipe()
+            reports_parent, reports_child = context.Pipe(duplex=False)
+            socks = [group[index] for group in self._socks]
+            process = context.Process(
+                target=worker_main,
+                args=(spec, socks, control_child, reports_child),
+                name=f"lanalyze-flows-{index}",
+                daemon=True,
+            )
+            process.start()
+            control_child.close()
+            reports_child.close()
+            handle = _WorkerHandle(spec, process, control_parent, reports_parent)
+            handle.thread = threading.Thread(
+                target=self._read_reports, args=(handle,), name=f"flow-reports-{index}"
+            )
+            handle.thread.daemon = True
+            handle.thread.start()
+            self._workers.append(handle)
+
+    def _read_reports(self, handle: _WorkerHandle) -> None:
+        while True:
+            try:
+                kind, message = handle.reports.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "failed":
+                handle.failed = str(message)
+                handle.ready.set()
+                break
+            with self._lock:
+                handle.last = message
+            handle.ready.set()
+        handle.ready.set()
+        if not self._stopping and handle.failed is None:
+            log.error(
+                "flows.worker_exited",
+                extra={"worker": handle.spec.index, "exitcode": handle.process.exitcode},
+            )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        for handle in self._workers:
+            handle.ready.wait(max(0.0, deadline - time.monotonic()))
+            if handle.failed:
+                raise StartError(f"flow {handle.failed}")
+            if not handle.last:
+                raise StartError(f"flow worker {handle.spec.index} did not start")
 
     async def start(self) -> None:
-        for index, address in enumerate(self.config.listen):
-            sock = bind_socket(address, f"flows.listen[{index}]", socket.SOCK_DGRAM)
-            self._socks.append(sock)
-            log.info("flows.listening", extra={"address": address})
+        self._started_ms = time.time_ns() // 1_000_000
+        self._stopping = False
+        self._bind()
+        try:
+            await asyncio.to_thread(
+                self.data_dir.joinpath("flows").mkdir, parents=True, exist_ok=True
+            )
+            self._spawn()
+            await asyncio.to_thread(self._wait_ready)
+        except BaseException:
+            await self._shutdown_workers()
+            self._close_sockets()
+            raise
+        self._metrics = FlowMetrics(self.totals)
+        metrics.REGISTRY.register(self._metrics)
+        self._writer_task = asyncio.create_task(self._write_exporters_periodically())
+        for address in self.addresses:
+            log.info("flows.listening", extra={"address": address, "workers": len(self._workers)})
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def totals(self) -> CollectorTotals:
+        with self._lock:
+            reports = [dict(handle.last) for handle in self._workers]
+        store: dict[str, int] = {}
+        for report in reports:
+            for name, value in report.get("store", {}).items():
+                store[name] = store.get(name, 0) + int(value)
+        drops_by_inode = kernel_drops(
+            socket_inode(sock) for group in self._socks for sock in group if sock.fileno() >= 0
+        )
+        drops: dict[str, int] = {}
+        for address, group in zip(self.addresses, self._socks, strict=False):
+            drops[address] = sum(
+                drops_by_inode.get(socket_inode(sock), 0) for sock in group if sock.fileno() >= 0
+            )
+        return CollectorTotals(
+            exporters=merge_snapshots(
+                (report.get("exporters", []) for report in reports), self.config.max_exporters
+            ),
+            kernel_drops=drops,
+            store=store,
+            datagrams=sum(int(report.get("datagrams", 0)) for report in reports),
+            started_ms=self._started_ms,
+        )
+
+    def _write_exporters(self) -> None:
+        try:
+            self.totals().write(self.data_dir)
+        except OSError as exc:
+            log.error("flows.exporters_write_failed", extra={"error": str(exc)})
+
+    async def _write_exporters_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(EXPORTERS_WRITE_INTERVAL)
+            await asyncio.to_thread(self._write_exporters)
+
+    # -- stop --------------------------------------------------------------------------------
+
+    async def _shutdown_workers(self) -> None:
+        self._stopping = True
+        for handle in self._workers:
+            with contextlib.suppress(OSError):
+                handle.control.send("stop")
+        await asyncio.to_thread(self._join_workers)
+
+    def _join_workers(self) -> None:
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+        for handle in self._workers:
+            handle.process.join(max(0.1, deadline - time.monotonic()))
+        for handle in self._workers:
+            if handle.process.is_alive():
+                log.error("flows.worker_stop_timeout", extra={"worker": handle.spec.index})
+                handle.process.terminate()
+                handle.process.join(1.0)
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(1.0)
+            if handle.thread is not None:
+                handle.thread.join(1.0)
+            handle.control.close()
+            handle.reports.close()
 
     async def stop(self) -> None:
-        for sock in self._socks:
-            sock.close()
-        self._socks.clear()
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+            self._writer_task = None
+        await self._shutdown_workers()
+        await asyncio.to_thread(self._write_exporters)
+        if self._metrics is not None:
+            metrics.REGISTRY.unregister(self._metrics)
+            self._metrics = None
+        self._close_sockets()
+        self._workers.clear()
+        log.info("flows.stopped")
+
+
+DEFAULT_PORT = 2055
+
+
+def with_default_port(value: str) -> str:
+    """``ADDR`` alone (``192.0.2.1``, ``::``, ``[::1]``) means ``ADDR:2055``."""
+    if value.startswith("["):
+        return value if "]:" in value else f"{value}:{DEFAULT_PORT}"
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return value if ":" in value else f"{value}:{DEFAULT_PORT}"
+    return f"[{address}]:{DEFAULT_PORT}" if address.version == 6 else f"{value}:{DEFAULT_PORT}"
+
+
+async def run_until_signalled(collector: FlowCollector) -> None:
+    """``lanalyze flows collect``: run until SIGINT/SIGTERM, then store everything and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await collector.start()
+    try:
+        await stop.wait()
+        log.info("flows.stopping")
+    finally:
+        await collector.stop()

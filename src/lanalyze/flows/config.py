@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from lanalyze.configbase import ListenAddress, Section
 
@@ -21,3 +24,63 @@ class FlowsConfig(Section):
         description="Kernel receive buffer per socket in bytes (SO_RCVBUF; raised with "
         "SO_RCVBUFFORCE when running as root).",
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Receive/decode/store worker processes sharing each listen address with "
+        "SO_REUSEPORT (0: one per CPU core). The kernel keeps each exporter on one worker.",
+    )
+    flush_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between segment writes: flows are queryable, and survive a "
+        "crash, at most about this long after they arrive.",
+    )
+    segment_max_rows: int = Field(
+        default=2_000_000,
+        ge=1000,
+        le=100_000_000,
+        description="A segment is written as soon as this many flows are waiting, even "
+        "before the flush interval.",
+    )
+    compression: Literal["lz4", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Parquet compression of flow segments."
+    )
+    compression_level: int | None = Field(
+        default=None,
+        ge=1,
+        le=22,
+        description="zstd level (unset: 1); ignored by the other codecs.",
+    )
+    max_templates_per_exporter: int = Field(
+        default=1024,
+        ge=1,
+        le=65536,
+        description="Templates kept per exporter and observation domain; more are dropped "
+        "and counted (bounds memory under a template flood).",
+    )
+    max_exporters: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Exporter (address, domain) pairs tracked for templates and counters; "
+        "beyond it counts go to an `overflow` row.",
+    )
+    sampling_rates: dict[str, int] = Field(
+        default_factory=dict,
+        description="Sampling rate per exporter address (1 in N), used when the exporter "
+        'does not announce one, e.g. { "192.0.2.1" = 1000 }.',
+    )
+
+    @field_validator("sampling_rates")
+    @classmethod
+    def _check_rates(cls, value: dict[str, int]) -> dict[str, int]:
+        normal = {}
+        for address, rate in value.items():
+            if not 1 <= rate <= 2**32 - 1:
+                raise ValueError(f"sampling rate of {address} must be 1 to 4294967295")
+            # The canonical text, as the receive side names exporters.
+            normal[str(ipaddress.ip_address(address))] = rate
+        return normal

@@ -1,0 +1,137 @@
+"""``lanalyze flows collect``, ``flows import`` and ``flows exporters``.
+
+Kept out of :mod:`lanalyze.flows.cli` (which registers them) so the collector's commands and
+the report commands are separate modules. Heavy imports happen inside the commands, so
+``lanalyze --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+def _app_config(ctx: click.Context) -> Any:
+    """The validated configuration of the root ``lanalyze`` command (``--config``)."""
+    return ctx.find_root().obj.config
+
+
+def _data_dir(ctx: click.Context, data_dir: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir.expanduser()
+    return Path(_app_config(ctx).general.data_path)
+
+
+DATA_OPTION = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Data directory (default: general.data_dir of the configuration).",
+)
+
+
+@click.command("collect")
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="ADDR[:PORT]",
+    help="UDP address to receive on, repeatable; IPv6 in brackets; port 2055 when omitted "
+    "(default: flows.listen of the configuration).",
+)
+@DATA_OPTION
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    help="Worker processes (default: flows.workers; 0: one per CPU core).",
+)
+@click.pass_context
+def collect(
+    ctx: click.Context, listen: tuple[str, ...], data_dir: Path | None, workers: int | None
+) -> None:
+    """Run the flow collector alone in the foreground until Ctrl-C or SIGTERM."""
+    from lanalyze.flows.collector import FlowCollector, run_until_signalled, with_default_port
+    from lanalyze.log import setup_logging
+    from lanalyze.service import StartError
+
+    config = _app_config(ctx)
+    flows_config = config.flows.model_copy(deep=True)
+    try:
+        if listen:
+            flows_config.listen = [with_default_port(value) for value in listen]
+        if workers is not None:
+            flows_config.workers = workers
+    except ValidationError as exc:
+        messages = "; ".join(str(error["msg"]) for error in exc.errors())
+        click.echo(f"lanalyze flows collect: --listen: {messages}", err=True)
+        sys.exit(EXIT_CONFIG)
+    setup_logging(config.general.log_format, config.general.log_level)
+    collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
+    try:
+        asyncio.run(run_until_signalled(collector))
+    except StartError as exc:
+        click.echo(f"lanalyze flows collect: {exc}", err=True)
+        sys.exit(EXIT_START)
+
+
+@click.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@DATA_OPTION
+@click.pass_context
+def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | None) -> None:
+    """Decode the NetFlow/IPFIX in pcap or pcapng FILES (in order, one template cache) and
+    store the flows, as if the collector had received them at capture time."""
+    from lanalyze.flows.importer import PcapImportError, import_files
+
+    config = _app_config(ctx)
+    try:
+        result = import_files(list(files), _data_dir(ctx, data_dir), config.flows)
+    except PcapImportError as exc:
+        click.echo(f"lanalyze flows import: {exc}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{result.datagrams} export packets, {result.flows} flows stored in "
+        f"{result.segments} segments; {result.problems} decode problems"
+    )
+
+
+@click.command("exporters")
+@DATA_OPTION
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.pass_context
+def exporters(ctx: click.Context, data_dir: Path | None, output_format: str) -> None:
+    """Exporters seen by the running (or last) collector, with their counters."""
+    from lanalyze.flows.exporters import exporters_path, format_table, read_exporters
+
+    directory = _data_dir(ctx, data_dir)
+    try:
+        data = read_exporters(directory)
+    except FileNotFoundError:
+        click.echo(
+            f"no collector has run with data directory {directory} "
+            f"({exporters_path(directory)} is absent)",
+            err=True,
+        )
+        sys.exit(1)
+    except ValueError as exc:
+        click.echo(f"lanalyze flows exporters: {exc}", err=True)
+        sys.exit(1)
+    if output_format == "json":
+        click.echo(json.dumps(data, indent=1))
+    else:
+        click.echo(format_table(data), nl=False)

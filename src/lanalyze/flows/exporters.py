@@ -1,0 +1,251 @@
+"""Per-exporter counters: summed in each worker, merged in the parent, shown three ways.
+
+Each worker keeps cumulative counters per (exporter address, observation domain) and sends a
+snapshot to the parent every second. The parent merges the workers' latest snapshots and
+exposes them on ``/metrics`` (:class:`FlowMetrics`, a Prometheus custom collector), and in
+``<data_dir>/flows/exporters.json`` (rewritten atomically every few seconds), which
+``lanalyze flows exporters`` reads from another process.
+
+The number of (exporter, domain) keys is bounded (``flows.max_exporters``); beyond it the
+counts go to one ``overflow`` row, so a spoofed-source flood cannot grow memory or the
+number of metric series. The JSON file is ours; reading it still tolerates a missing or
+half-understood file (an older version's) with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lanalyze.flows.store import atomic_write_bytes
+
+OVERFLOW = "overflow"
+COUNTERS = (
+    "packets",
+    "flows",
+    "sequence_gaps",
+    "decode_errors",
+    "unknown_template_records",
+)
+
+
+def exporters_path(data_dir: Path) -> Path:
+    return data_dir / "flows" / "exporters.json"
+
+
+class StatsLike(Protocol):
+    """What a decoder reports per exporter and domain for one batch (deltas)."""
+
+    exporter: str
+    observation_domain: int
+    version: int
+    packets: int
+    flows: int
+    sequence_gaps: int
+    decode_errors: int
+    unknown_template_records: int
+
+
+@dataclass
+class ExporterCounters:
+    exporter: str
+    observation_domain: int
+    version: int = 0
+    packets: int = 0
+    flows: int = 0
+    sequence_gaps: int = 0
+    decode_errors: int = 0
+    unknown_template_records: int = 0
+    last_seen_ms: int = 0
+
+    def add(self, other: ExporterCounters | StatsLike, seen_ms: int) -> None:
+        if other.version:
+            self.version = other.version
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_seen_ms = max(self.last_seen_ms, seen_ms)
+
+
+class ExporterCounterSet:
+    """Cumulative counters of one process, bounded to ``max_exporters`` keys."""
+
+    def __init__(self, max_exporters: int = 10_000) -> None:
+        self.max_exporters = max_exporters
+        self._rows: dict[tuple[str, int], ExporterCounters] = {}
+
+    def add(self, stats: Iterable[ExporterCounters | StatsLike], seen_ms: int) -> None:
+        rows = self._rows
+        for item in stats:
+            key = (item.exporter, int(item.observation_domain))
+            row = rows.get(key)
+            if row is None:
+                if len(rows) >= self.max_exporters:
+                    key = (OVERFLOW, 0)
+                    row = rows.get(key)
+                if row is None:
+                    row = rows[key] = ExporterCounters(key[0], key[1])
+            row.add(item, getattr(item, "last_seen_ms", 0) or seen_ms)
+
+    def note_error(self, exporter: str, seen_ms: int) -> None:
+        """A datagram no decoder stats cover (for example a receive-side problem)."""
+        self.add([ExporterCounters(exporter, 0, decode_errors=1)], seen_ms)
+
+    def rows(self) -> list[ExporterCounters]:
+        return sorted(self._rows.values(), key=lambda r: (r.exporter, r.observation_domain))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [asdict(row) for row in self.rows()]
+
+
+def merge_snapshots(
+    snapshots: Iterable[Iterable[Mapping[str, Any]]], max_exporters: int = 10_000
+) -> list[ExporterCounters]:
+    merged = ExporterCounterSet(max_exporters)
+    known = {f.name for f in fields(ExporterCounters)}
+    for snapshot in snapshots:
+        merged.add(
+            (ExporterCounters(**{k: v for k, v in row.items() if k in known}) for row in snapshot),
+            0,
+        )
+    return merged.rows()
+
+
+@dataclass
+class CollectorTotals:
+    """Everything the parent knows, merged: what /metrics and exporters.json show."""
+
+    exporters: list[ExporterCounters]
+    kernel_drops: dict[str, int]
+    store: dict[str, int]
+    datagrams: int
+    started_ms: int
+
+    def to_json(self) -> bytes:
+        data = {
+            "written_ms": time.time_ns() // 1_000_000,
+            "started_ms": self.started_ms,
+            "exporters": [asdict(row) for row in self.exporters],
+            "kernel_drops": self.kernel_drops,
+            "store": self.store,
+            "datagrams": self.datagrams,
+        }
+        return json.dumps(data, indent=1).encode() + b"\n"
+
+    def write(self, data_dir: Path) -> None:
+        atomic_write_bytes(exporters_path(data_dir), self.to_json())
+
+
+def read_exporters(data_dir: Path) -> dict[str, Any]:
+    """The collector's last exporters.json; ``FileNotFoundError`` when none ran here."""
+    data = json.loads(exporters_path(data_dir).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("exporters"), list):
+        raise ValueError(f"{exporters_path(data_dir)}: not an exporters file")
+    return data
+
+
+def _utc(ms: int) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
+
+
+def format_table(data: Mapping[str, Any]) -> str:
+    """The exporters file as an aligned text table, then kernel drops and freshness."""
+    header = ["EXPORTER", "DOMAIN", "VER", "PACKETS", "FLOWS", "SEQ_GAPS", "DECODE_ERR"]
+    header += ["UNKNOWN_TPL", "LAST_SEEN"]
+    rows = [header]
+    for row in data["exporters"]:
+        rows.append(
+            [
+                str(row.get("exporter", "?")),
+                str(row.get("observation_domain", 0)),
+                str(row.get("version", 0)),
+                *(str(row.get(name, 0)) for name in COUNTERS),
+                _utc(int(row.get("last_seen_ms", 0))),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no exporter seen yet)")
+    drops = data.get("kernel_drops") or {}
+    for listen, count in sorted(drops.items()):
+        lines.append(f"kernel receive drops on {listen}: {count}")
+    lines.append(
+        f"counted since {_utc(int(data.get('started_ms', 0)))}, "
+        f"updated {_utc(int(data.get('written_ms', 0)))}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+class FlowMetrics(Collector):
+    """Prometheus view of :class:`CollectorTotals`, read at scrape time."""
+
+    def __init__(self, totals: Callable[[], CollectorTotals]) -> None:
+        self._totals = totals
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        totals = self._totals()
+        labels = ["exporter", "observation_domain"]
+        help_text = {
+            "packets": "Export packets (datagrams) decoded per exporter.",
+            "flows": "Flow records decoded per exporter.",
+            "sequence_gaps": "Export packets the exporter's sequence numbers say were lost.",
+            "decode_errors": "Export packets or sets dropped as malformed.",
+            "unknown_template_records": "Data records dropped because their template is unknown.",
+        }
+        families = {
+            name: CounterMetricFamily(f"lanalyze_flow_{name}", text, labels=labels)
+            for name, text in help_text.items()
+        }
+        last_seen = GaugeMetricFamily(
+            "lanalyze_flow_exporter_last_seen_seconds",
+            "When the exporter's last export packet arrived (Unix time).",
+            labels=labels,
+        )
+        for row in totals.exporters:
+            key = [row.exporter, str(row.observation_domain)]
+            for name, family in families.items():
+                family.add_metric(key, getattr(row, name))
+            last_seen.add_metric(key, row.last_seen_ms / 1000)
+        yield from families.values()
+        yield last_seen
+        drops = CounterMetricFamily(
+            "lanalyze_flow_kernel_drops",
+            "Datagrams the kernel dropped because a flow socket's receive buffer was full.",
+            labels=["listen"],
+        )
+        for listen, count in sorted(totals.kernel_drops.items()):
+            drops.add_metric([listen], count)
+        yield drops
+        datagrams = CounterMetricFamily(
+            "lanalyze_flow_datagrams_received", "UDP datagrams read from the flow sockets."
+        )
+        datagrams.add_metric([], totals.datagrams)
+        yield datagrams
+        store_help = {
+            "segments": "Parquet segments written to the flow store.",
+            "rows": "Flow records written to the flow store.",
+            "bytes": "Bytes of Parquet segments written to the flow store.",
+            "errors": "Segment writes that failed (their rows are dropped).",
+            "dropped_rows": "Flow records lost to failed segment writes.",
+        }
+        for name, text in store_help.items():
+            family = CounterMetricFamily(f"lanalyze_flow_store_{name}", text)
+            family.add_metric([], totals.store.get(name, 0))
+            yield family

@@ -1,0 +1,145 @@
+"""UDP socket shell of the flow collector: bind, size the kernel buffer, drain in batches.
+
+No protocol here (decoders are sans-IO, in :mod:`lanalyze.flows.decode`). Datagrams are read
+with ``recvfrom_into`` into one preallocated buffer, many per wake-up, and handed on as
+zero-copy slices; the slices are valid until the next :meth:`BatchReceiver.receive`.
+
+The kernel's per-socket drop counter (datagrams discarded because the receive buffer was
+full) is read from ``/proc/net/udp`` and ``/proc/net/udp6`` by socket inode: the sockets are
+ours, the files the kernel's, and a line that does not parse is skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanalyze.service import BindError, bind_socket
+
+MAX_DATAGRAM = 65535
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for ``size`` bytes of receive buffer (past rmem_max when root); returns the result.
+
+    Linux reports twice the requested size (bookkeeping overhead); we return what it reports.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def open_udp(
+    address: str, key: str, *, receive_buffer: int, reuse_port: bool = False
+) -> socket.socket:
+    """A bound, non-blocking UDP socket; :class:`BindError` names ``key`` on failure."""
+    sock = bind_socket(address, key, socket.SOCK_DGRAM, reuse_port=reuse_port)
+    try:
+        set_receive_buffer(sock, receive_buffer)
+    except OSError as exc:
+        sock.close()
+        raise BindError(address, key, f"cannot set receive buffer: {exc.strerror}") from None
+    return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Received:
+    """One drain: ``views[i]`` came from ``sources[i]`` (address text), all at ``received_ms``."""
+
+    views: list[memoryview] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    received_ms: int = 0
+    nbytes: int = 0
+
+
+class BatchReceiver:
+    """Drains non-blocking sockets into one preallocated buffer, up to a batch at a time."""
+
+    def __init__(
+        self,
+        socks: Iterable[socket.socket],
+        *,
+        buffer_bytes: int = 4 * 1024 * 1024,
+        max_datagrams: int = 2048,
+    ) -> None:
+        self.socks = list(socks)
+        if buffer_bytes < 2 * MAX_DATAGRAM:
+            raise ValueError("buffer_bytes must hold at least two maximum-size datagrams")
+        self._buffer = bytearray(buffer_bytes)
+        self._view = memoryview(self._buffer)
+        self.max_datagrams = max_datagrams
+        self.limit = buffer_bytes - MAX_DATAGRAM
+        """A batch stops once this much of the buffer is used (the next datagram may be max)."""
+        self.datagrams = 0
+        self.receive_errors = 0
+        self._first = 0
+
+    def receive(self) -> Received:
+        """Read what is queued now, round-robin over the sockets, without blocking."""
+        out = Received(received_ms=time.time_ns() // 1_000_000)
+        view = self._view
+        limit = self.limit
+        max_datagrams = self.max_datagrams
+        offset = 0
+        views = out.views
+        sources = out.sources
+        # Each socket is drained in turn; the first one rotates so none starves the others.
+        self._first = (self._first + 1) % len(self.socks)
+        for sock in self.socks[self._first :] + self.socks[: self._first]:
+            recv = sock.recvfrom_into
+            while offset <= limit and len(views) < max_datagrams:
+                try:
+                    nbytes, addr = recv(view[offset:], MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # ICMP errors queued on the socket and the like: not data, not fatal.
+                    if exc.errno not in (errno.ECONNREFUSED, errno.EINTR):
+                        self.receive_errors += 1
+                    break
+                views.append(view[offset : offset + nbytes])
+                sources.append(addr[0])
+                offset += nbytes
+        out.nbytes = offset
+        self.datagrams += len(views)
+        return out
+
+
+def socket_inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def kernel_drops(inodes: Iterable[int], proc: Path = Path("/proc/net")) -> dict[int, int]:
+    """The kernel's receive-drop count of each UDP socket inode (absent ones are left out)."""
+    wanted = set(inodes)
+    found: dict[int, int] = {}
+    for name in ("udp", "udp6"):
+        try:
+            lines = (proc / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if len(fields) < 13:
+                continue
+            try:
+                inode = int(fields[9])
+                if inode in wanted:
+                    found[inode] = int(fields[12])
+            except ValueError:
+                continue
+    return found

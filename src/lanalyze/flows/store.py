@@ -1,0 +1,237 @@
+"""Write side of the embedded flow store: immutable Parquet segments, renamed into place.
+
+Layout (the contract the query side, rollups, compaction and retention rely on)::
+
+    <data_dir>/flows/raw/<YYYYMMDDHH>/<first_ms>-<writer id>-<seq>.parquet
+
+``YYYYMMDDHH`` is the UTC hour of the segment's first ``time_received``, and every row of a
+segment has its ``time_received`` inside that hour (a batch that straddles an hour is split).
+The schema is :func:`lanalyze.flows.catalogue.arrow_schema`. A segment is written under a
+temporary name in the same directory (``.<name>.tmp``, which no ``*.parquet`` glob matches),
+fsynced, renamed and the directory fsynced: a file with its final name is complete and
+immutable, so readers in other processes only list files, with no lock and no shared database
+file (a DuckDB database file can be opened by one process only while it writes).
+
+Parquet is written by pyarrow, which releases the GIL, so :class:`BackgroundWriter` runs it in a
+thread beside the receive loop. Nothing here parses untrusted bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lanalyze.flows.catalogue import arrow_schema
+from lanalyze.log import get_logger
+
+log = get_logger(__name__)
+
+Compression = Literal["zstd", "lz4", "snappy", "none"]
+
+HOUR_MS = 3_600_000
+TMP_SUFFIX = ".tmp"
+STALE_TMP_SECONDS = 600
+
+
+def raw_dir(data_dir: Path) -> Path:
+    return data_dir / "flows" / "raw"
+
+
+def hour_name(ms: int) -> str:
+    return time.strftime("%Y%m%d%H", time.gmtime(ms // 1000))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a reader (or a crash) sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def split_by_hour(table: pa.Table) -> Iterator[pa.Table]:
+    """The rows of ``table`` grouped by UTC hour of ``time_received`` (usually one group)."""
+    if table.num_rows == 0:
+        return
+    received = table.column("time_received")
+    bounds = pc.min_max(received)
+    first = bounds["min"].as_py() // HOUR_MS
+    last = bounds["max"].as_py() // HOUR_MS
+    if first == last:
+        yield table
+        return
+    hours = pc.divide(received, pa.scalar(HOUR_MS, pa.uint64()))
+    for hour in range(first, last + 1):
+        part = table.filter(pc.equal(hours, pa.scalar(hour, pa.uint64())))
+        if part.num_rows:
+            yield part
+
+
+@dataclass
+class StoreStats:
+    segments: int = 0
+    rows: int = 0
+    bytes: int = 0
+    errors: int = 0
+    dropped_rows: int = 0
+
+
+class SegmentWriter:
+    """Writes tables as atomically renamed Parquet segments named by ``writer_id``.
+
+    ``writer_id`` must be unique among processes writing the same data directory at once
+    (the collector uses the worker index plus a per-start random token).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        writer_id: str,
+        *,
+        compression: Compression = "zstd",
+        compression_level: int | None = 1,
+        row_group_rows: int = 1_000_000,
+    ) -> None:
+        if not writer_id or "-" in writer_id or "/" in writer_id:
+            raise ValueError(f"writer id must be non-empty without '-' or '/': {writer_id!r}")
+        self.root = raw_dir(data_dir)
+        self.writer_id = writer_id
+        self.compression = compression
+        self.compression_level = compression_level if compression in ("zstd",) else None
+        self.row_group_rows = row_group_rows
+        self.schema = arrow_schema()
+        self.stats = StoreStats()
+        self._seq = 0
+
+    def write(self, batches: Sequence[pa.RecordBatch] | pa.Table) -> list[Path]:
+        """Store the rows (any number, any hours) as segments; returns their final paths."""
+        table = (
+            batches
+            if isinstance(batches, pa.Table)
+            else pa.Table.from_batches(list(batches), schema=self.schema)
+        )
+        return [self._write_segment(part) for part in split_by_hour(table)]
+
+    def _write_segment(self, table: pa.Table) -> Path:
+        first_ms = int(table.column("time_received")[0].as_py())
+        directory = self.root / hour_name(first_ms)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{first_ms}-{self.writer_id}-{self._seq:06d}.parquet"
+        self._seq += 1
+        final = directory / name
+        tmp = directory / f".{name}{TMP_SUFFIX}"
+        pq.write_table(
+            table,
+            str(tmp),
+            compression=self.compression,
+            compression_level=self.compression_level,
+            row_group_size=self.row_group_rows,
+            write_statistics=["time_received", "time_start", "time_end"],
+        )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        fsync_dir(directory)
+        self.stats.segments += 1
+        self.stats.rows += table.num_rows
+        self.stats.bytes += size
+        return final
+
+    def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Delete temporaries left by a crash (any writer), once surely abandoned."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        for tmp in self.root.glob(f"*/.*{TMP_SUFFIX}"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """A :class:`SegmentWriter` in its own thread behind a bounded queue.
+
+    ``submit`` blocks only when ``max_pending`` segments are already waiting (a disk slower
+    than the network for that long); the kernel's receive buffer absorbs that pause. A failed
+    write (disk full, permissions) is logged and counted, and its rows are dropped rather
+    than retried forever, so ingest continues once the disk recovers.
+    """
+
+    def __init__(self, writer: SegmentWriter, max_pending: int = 4) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(
+            target=self._run, name=f"flow-store-{writer.writer_id}", daemon=True
+        )
+        self._started = False
+
+    @property
+    def stats(self) -> StoreStats:
+        # A copy: the counters are plain ints updated by the writer thread only.
+        return StoreStats(**vars(self.writer.stats))
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started = True
+
+    def submit(self, batches: list[pa.RecordBatch]) -> None:
+        if batches:
+            self._queue.put(batches)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything submitted, then stop the thread."""
+        if not self._started:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, list)
+            try:
+                self.writer.write(pa.Table.from_batches(item, schema=self.writer.schema))
+            except (OSError, pa.ArrowException) as exc:
+                rows = sum(batch.num_rows for batch in item)
+                self.writer.stats.errors += 1
+                self.writer.stats.dropped_rows += rows
+                log.error(
+                    "flows.store_failed",
+                    extra={"writer": self.writer.writer_id, "rows": rows, "error": str(exc)},
+                )

@@ -1,0 +1,336 @@
+"""One flow worker process: receive -> decode -> hand to the segment writer thread.
+
+The parent binds one socket per listen address per worker (SO_REUSEPORT), so the kernel
+spreads exporters over workers and keeps each exporter on one worker: its templates stay in
+that worker's decoder. A worker owns its decoder, its writer id and its template file.
+
+The loop reads datagrams in batches (:class:`~lanalyze.flows.receive.BatchReceiver`), decodes
+each batch at once (the decoders are vectorised over records) and collects Arrow batches;
+every ``flush_interval`` (or ``segment_max_rows``) they go to the
+:class:`~lanalyze.flows.store.BackgroundWriter`, which writes Parquet in its own thread
+(pyarrow releases the GIL), so a slow disk never stops receiving.
+
+Counters go to the parent every second over a pipe; the parent owns ``/metrics`` and
+``exporters.json``. SIGINT is ignored (Ctrl-C reaches the whole process group; the parent
+decides), SIGTERM and a ``stop`` message or the parent's death flush and exit.
+
+Trust: datagrams are untrusted; the decoder never raises on them, and if it raised anyway
+(our bug) the batch is counted as a decode error per exporter and logged, not fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from lanalyze.flows.exporters import ExporterCounterSet
+from lanalyze.flows.receive import BatchReceiver
+from lanalyze.flows.store import BackgroundWriter, Compression, SegmentWriter, atomic_write_bytes
+from lanalyze.log import RateLimiter, get_logger, setup_logging
+
+log = get_logger(__name__)
+
+REPORT_INTERVAL = 1.0
+TEMPLATE_SAVE_INTERVAL = 2.0
+DRAIN_SECONDS = 0.1
+
+
+def templates_dir(data_dir: Path) -> Path:
+    return data_dir / "flows" / "templates"
+
+
+@dataclass
+class WorkerSpec:
+    index: int
+    writer_id: str
+    data_dir: Path
+    flush_interval: float = 1.0
+    segment_max_rows: int = 2_000_000
+    compression: Compression = "lz4"
+    compression_level: int | None = None
+    max_templates_per_exporter: int = 1024
+    max_exporters: int = 10_000
+    sampling_rates: dict[str, int] = field(default_factory=dict)
+    log_format: Literal["kv", "json"] = "kv"
+    log_level: str = "info"
+
+
+def merge_template_states(blobs: list[bytes]) -> bytes:
+    """One decoder state holding the exporters of several saved ones (later blobs win).
+
+    The state is the decoder's versioned JSON (``{"version", "exporters": [{"exporter",
+    ...}]}``); anything else is passed through whole for the decoder to judge.
+    """
+    if len(blobs) == 1:
+        return blobs[0]
+    merged: dict[str, Any] = {}
+    version: Any = None
+    try:
+        for blob in blobs:
+            data = json.loads(blob)
+            if version is not None and data["version"] != version:
+                raise ValueError("template states of different versions")
+            version = data["version"]
+            for item in data["exporters"]:
+                merged[str(item["exporter"])] = item
+    except (ValueError, KeyError, TypeError):
+        return blobs[-1]
+    return json.dumps({"version": version, "exporters": list(merged.values())}).encode()
+
+
+class ProblemLog:
+    """Decode problems: every one counted by the decoder, a few logged per exporter."""
+
+    def __init__(self) -> None:
+        self.limiter = RateLimiter(interval=10.0, burst=5)
+        self.count = 0
+
+    def report(self, exporter: str, reason: str) -> None:
+        self.count += 1
+        suppressed = self.limiter.allow(exporter)
+        if suppressed is not None:
+            log.warning(
+                "flows.bad_datagram",
+                extra={"exporter": exporter, "reason": reason, "suppressed": suppressed},
+            )
+
+
+class FlowWorker:
+    """The loop of one worker; :func:`worker_main` runs it in a child process."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        socks: list[socket.socket],
+        control: Connection | None = None,
+        reports: Connection | None = None,
+    ) -> None:
+        from lanalyze.flows.decode import FlowDecoder
+
+        self.spec = spec
+        self.socks = socks
+        self.control = control
+        self.reports = reports
+        self.decoder = FlowDecoder(
+            max_templates_per_exporter=spec.max_templates_per_exporter,
+            max_exporters=spec.max_exporters,
+            sampling_rates=spec.sampling_rates,
+        )
+        self.writer = SegmentWriter(
+            spec.data_dir,
+            spec.writer_id,
+            compression=spec.compression,
+            compression_level=spec.compression_level,
+        )
+        self.store = BackgroundWriter(self.writer)
+        self.receiver = BatchReceiver(socks)
+        self.counters = ExporterCounterSet(spec.max_exporters)
+        self.problems = ProblemLog()
+        self.stopping = False
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_since = 0.0
+        self._templates_saved: bytes | None = None
+
+    # -- templates -------------------------------------------------------------------------
+
+    @property
+    def template_file(self) -> Path:
+        return templates_dir(self.spec.data_dir) / f"worker-{self.spec.index}.bin"
+
+    def load_templates(self) -> None:
+        """Load every worker's saved templates: after a restart an exporter may hash to a
+        different worker than before. This worker's own file wins where they overlap."""
+        directory = templates_dir(self.spec.data_dir)
+        files = sorted(directory.glob("worker-*.bin")) if directory.is_dir() else []
+        files.sort(key=lambda path: path == self.template_file)
+        blobs: list[bytes] = []
+        for path in files:
+            try:
+                blobs.append(path.read_bytes())
+            except OSError as exc:
+                log.warning("flows.templates_unreadable", extra={"file": str(path), "error": exc})
+        if not blobs:
+            return
+        try:
+            self.decoder.load_templates(merge_template_states(blobs))
+        except ValueError as exc:
+            log.warning("flows.templates_unusable", extra={"error": str(exc)})
+        self._templates_saved = self.decoder.save_templates()
+
+    def save_templates(self) -> None:
+        state = self.decoder.save_templates()
+        if state == self._templates_saved:
+            return
+        try:
+            atomic_write_bytes(self.template_file, state)
+            self._templates_saved = state
+        except OSError as exc:
+            log.error("flows.templates_save_failed", extra={"error": str(exc)})
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def ingest(self, views: list[memoryview], sources: list[str], received_ms: int) -> int:
+        """Decode one batch of datagrams and queue its flows; returns the flow count."""
+        from lanalyze.flows.decode import Packet
+
+        packets = [
+            Packet(view, source, received_ms) for view, source in zip(views, sources, strict=True)
+        ]
+        try:
+            batch = self.decoder.decode(packets)
+        except Exception:
+            # The decoder promises not to raise on peer data: this is our bug. Count it on
+            # every exporter of the batch, log it once per exporter, and keep going.
+            for source in sorted(set(sources)):
+                self.counters.note_error(source, received_ms)
+                if self.problems.limiter.allow(("bug", source)) is not None:
+                    log.exception("flows.decoder_bug", extra={"exporter": source})
+            return 0
+        self.counters.add(batch.stats, received_ms)
+        for problem in batch.problems:
+            self.problems.report(problem.exporter, problem.reason)
+        if batch.rows:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(batch.to_record_batch())
+            self._pending_rows += batch.rows
+            if self._pending_rows >= self.spec.segment_max_rows:
+                self.flush()
+        return int(batch.rows)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.store.submit(self._pending)
+            self._pending = []
+            self._pending_rows = 0
+
+    def drain(self) -> None:
+        """Read and decode until the sockets are empty, or for at most ``DRAIN_SECONDS`` so
+        the loop still flushes, reports and hears the parent under a sustained flood."""
+        receiver = self.receiver
+        started = time.monotonic()
+        while True:
+            got = receiver.receive()
+            if got.views:
+                self.ingest(got.views, got.sources, got.received_ms)
+            if len(got.views) < receiver.max_datagrams and got.nbytes <= receiver.limit:
+                return
+            if time.monotonic() - started >= DRAIN_SECONDS:
+                return
+
+    def report(self, kind: str = "report") -> None:
+        if self.reports is None:
+            return
+        message: dict[str, Any] = {
+            "worker": self.spec.index,
+            "exporters": self.counters.snapshot(),
+            "store": asdict(self.store.stats),
+            "datagrams": self.receiver.datagrams,
+            "problems": self.problems.count,
+        }
+        try:
+            self.reports.send((kind, message))
+        except (BrokenPipeError, OSError):
+            self.stopping = True
+
+    def _on_control(self) -> None:
+        assert self.control is not None
+        try:
+            if not self.control.poll():
+                return
+            command = self.control.recv()
+        except (EOFError, OSError):
+            command = "stop"  # the parent is gone
+        if command == "stop":
+            self.stopping = True
+
+    def run(self) -> None:
+        self.writer.remove_stale_temporaries()
+        self.load_templates()
+        self.store.start()
+        poller = select.poll()
+        for sock in self.socks:
+            poller.register(sock.fileno(), select.POLLIN)
+        control_fd = -1
+        if self.control is not None:
+            control_fd = self.control.fileno()
+            poller.register(control_fd, select.POLLIN)
+        self.report("ready")
+        next_report = time.monotonic() + REPORT_INTERVAL
+        next_templates = time.monotonic() + TEMPLATE_SAVE_INTERVAL
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                due = min(next_report, next_templates)
+                if self._pending:
+                    due = min(due, self._pending_since + self.spec.flush_interval)
+                timeout_ms = max(0, int((due - now) * 1000) + 1)
+                try:
+                    events = poller.poll(timeout_ms)
+                except InterruptedError:
+                    events = []
+                for fd, _mask in events:
+                    if fd == control_fd:
+                        self._on_control()
+                    else:
+                        self.drain()
+                        break
+                now = time.monotonic()
+                if self._pending and now - self._pending_since >= self.spec.flush_interval:
+                    self.flush()
+                if now >= next_templates:
+                    self.save_templates()
+                    next_templates = now + TEMPLATE_SAVE_INTERVAL
+                if now >= next_report:
+                    self.report()
+                    next_report = now + REPORT_INTERVAL
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Store what arrived (including what waits in the socket buffers), then report."""
+        with contextlib.suppress(OSError):
+            self.drain()
+        self.flush()
+        self.store.close()
+        self.save_templates()
+        self.report("final")
+
+
+def worker_main(
+    spec: WorkerSpec, socks: list[socket.socket], control: Connection, reports: Connection
+) -> None:
+    """Entry point of a worker process (spawned: nothing inherited but these arguments)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(spec.log_format, spec.log_level)
+    for sock in socks:
+        sock.setblocking(False)
+    worker: FlowWorker | None = None
+    try:
+        worker = FlowWorker(spec, socks, control, reports)
+    except Exception as exc:
+        log.exception("flows.worker_failed", extra={"worker": spec.index})
+        reports.send(("failed", f"worker {spec.index}: {exc}"))
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        assert worker is not None
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    logging.getLogger(__name__).debug("flows.worker_started", extra={"pid": os.getpid()})
+    worker.run()

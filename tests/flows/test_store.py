@@ -1,0 +1,125 @@
+"""The segment writer: the on-disk contract the query side relies on."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lanalyze.flows import catalogue
+from lanalyze.flows.store import (
+    HOUR_MS,
+    BackgroundWriter,
+    SegmentWriter,
+    atomic_write_bytes,
+    hour_name,
+    raw_dir,
+)
+
+NAME = re.compile(r"^(\d+)-([A-Za-z0-9]+)-(\d+)\.parquet$")
+
+
+def flows_batch(received_ms: list[int]) -> pa.RecordBatch:
+    rows = len(received_ms)
+    columns = catalogue.empty_batch(rows)
+    columns["time_received"][:] = received_ms
+    columns["bytes"][:] = np.arange(rows) + 100
+    columns["packets"][:] = 1
+    addresses = np.zeros((rows, 16), np.uint8)
+    addresses[:, 10:12] = 0xFF
+    addresses[:, 12] = 10
+    addresses[:, 15] = np.arange(rows) % 256
+    columns["src_addr"] = addresses.view("S16").ravel()
+    return catalogue.to_record_batch(columns)
+
+
+def segments(data_dir: Path) -> list[Path]:
+    return sorted(raw_dir(data_dir).glob("*/*.parquet"))
+
+
+def test_segment_is_named_placed_and_readable(data_dir: Path) -> None:
+    now = 1_700_000_000_123
+    writer = SegmentWriter(data_dir, "w0xabc")
+    paths = writer.write([flows_batch([now, now + 5, now + 9])])
+    assert paths == segments(data_dir)
+    (path,) = paths
+    assert path.parent.name == hour_name(now) == "2023111422"
+    match = NAME.match(path.name)
+    assert match and match.group(1) == str(now) and match.group(2) == "w0xabc"
+    assert pq.read_schema(path).equals(catalogue.arrow_schema())
+    total = (
+        duckdb.connect()
+        .execute(f"select count(*), sum(bytes) from read_parquet('{path}')")
+        .fetchall()[0]
+    )
+    assert total == (3, 100 + 101 + 102)
+    assert writer.stats.rows == 3 and writer.stats.segments == 1
+    assert writer.stats.bytes == path.stat().st_size
+    assert not list(path.parent.glob(".*"))  # no temporary left behind
+
+
+def test_batch_straddling_an_hour_is_split(data_dir: Path) -> None:
+    start = (1_700_000_000_000 // HOUR_MS + 1) * HOUR_MS - 2
+    writer = SegmentWriter(data_dir, "w1")
+    paths = writer.write([flows_batch([start, start + 1, start + 2, start + 3])])
+    assert len(paths) == 2
+    for path in paths:
+        received = pq.read_table(path).column("time_received").to_pylist()
+        assert {hour_name(ms) for ms in received} == {path.parent.name}
+    assert sum(pq.read_metadata(p).num_rows for p in paths) == 4
+    names = [NAME.match(p.name) for p in paths]
+    assert [int(m.group(3)) for m in names if m] == [0, 1]
+
+
+def test_background_writer_stores_everything_submitted_before_close(data_dir: Path) -> None:
+    writer = BackgroundWriter(SegmentWriter(data_dir, "bg"), max_pending=2)
+    writer.start()
+    now = int(time.time() * 1000)
+    for i in range(6):
+        writer.submit([flows_batch([now + i] * 10)])
+    writer.close()
+    assert writer.stats.rows == 60
+    rows = (
+        duckdb.connect()
+        .execute(f"select count(*) from read_parquet('{raw_dir(data_dir)}/*/*.parquet')")
+        .fetchall()[0]
+    )
+    assert rows == (60,)
+
+
+def test_failed_write_is_counted_and_dropped(data_dir: Path) -> None:
+    # A file where the store's directory should be: every write fails with an OSError.
+    (data_dir / "flows").write_text("not a directory")
+    writer = BackgroundWriter(SegmentWriter(data_dir, "bad"))
+    writer.start()
+    writer.submit([flows_batch([int(time.time() * 1000)] * 7)])
+    writer.close()
+    assert writer.stats.errors == 1 and writer.stats.dropped_rows == 7
+
+
+def test_stale_temporaries_are_removed_fresh_ones_kept(data_dir: Path) -> None:
+    writer = SegmentWriter(data_dir, "w0")
+    hour = raw_dir(data_dir) / "2024010100"
+    hour.mkdir(parents=True)
+    stale = hour / ".1-w9-000000.parquet.tmp"
+    fresh = hour / ".2-w8-000000.parquet.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert writer.remove_stale_temporaries() == 1
+    assert not stale.exists() and fresh.exists()
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
