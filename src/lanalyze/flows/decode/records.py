@@ -100,6 +100,7 @@ def convert(
     init: Array | None = None
     sampler: Array | None = None
     inline_rate: Array | None = None
+    inline_unit = ""
     space: Array | None = None
     icmp: Array | None = None
     version_seen = False
@@ -155,6 +156,7 @@ def convert(
             columns["sampler_id"][:] = sampler.astype(np.uint32)
         elif kind == "rate":
             inline_rate = _uint(recs, op.name)
+            inline_unit = op.unit
         elif kind == "space":
             space = _uint(recs, op.name)
         elif kind == "icmp":
@@ -176,8 +178,9 @@ def convert(
         ms = export_ms - value // 1000
         previous = times.get(column)
         times[column] = ms if previous is None else np.where(previous != 0, previous, ms)
-    start = times.get("time_start")
-    end = times.get("time_end")
+    observed = times.get("observation")
+    start = times.get("time_start", observed)
+    end = times.get("time_end", observed)
     if start is None and end is None:
         columns["time_start"][:] = ctx.received_ms
         columns["time_end"][:] = ctx.received_ms
@@ -198,6 +201,8 @@ def convert(
                 known = samplers.get(int(sampler_id))
                 if known:
                     part[ids == sampler_id] = known
+    if inline_unit == "305" and space is None:
+        inline_rate = None  # a packet interval means nothing without its space
     if inline_rate is not None:
         if space is not None:
             interval = np.maximum(inline_rate, 1)
@@ -270,5 +275,5 @@ def _extra(
                 json.loads(value) if isinstance(value, str) and value[:1] == '"' else value
             )
         merged.update(var_extras[index])
-        result.append(json.dumps(merged) if merged else None)
+        result.append(json.dumps(merged, separators=(",", ":")) if merged else None)
     return result

@@ -72,10 +72,10 @@ class SamplingState:
 
 def rate_from_values(values: dict[int, int]) -> int:
     rate = values.get(34) or values.get(50) or 0
-    interval = values.get(305)
-    if not rate and interval:
-        rate = (interval + values.get(306, 0)) // interval
     size = values.get(309)
     if not rate and size:
         rate = values.get(310, 0) // size
+    interval = values.get(305)
+    if not rate and interval and 306 in values:
+        rate = (interval + values[306]) // interval
     return max(0, min(int(rate), MAX_RATE))

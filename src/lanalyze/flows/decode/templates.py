@@ -44,6 +44,9 @@ TIME_ABSOLUTE = {
     156: ("time_start", "ntp"),
     157: ("time_end", "ntp"),
 }
+# observationTime{Seconds,Milliseconds,Microseconds,Nanoseconds}: start and end when no
+# flow times are exported (NAT event records, for example).
+TIME_OBSERVATION = {322: "s", 323: "ms", 324: "ntp", 325: "ntp"}
 TIME_DELTA_MICROS = {158: "time_start", 159: "time_end"}
 TIME_UPTIME = {22: "time_start", 21: "time_end"}
 SYSTEM_INIT_MS = 160
@@ -115,7 +118,7 @@ class Template:
                 f"template {template_id} has {len(fields)} fields (max {MAX_FIELDS})"
             )
         for f in fields:
-            if f.length == 0:
+            if f.length == 0 and not f.scope:
                 raise PeerDataError(f"template {template_id}: element {f.key} has length 0")
         self.template_id = template_id
         self.fields = fields
@@ -135,6 +138,8 @@ class Template:
             if f.length == VARIABLE_LENGTH:
                 self.var_fields.append((index, f))
                 continue
+            if f.length == 0:
+                continue  # zero-length v9 scope fields (seen on real exporters) carry nothing
             name = f"f{index}"
             op = _compile_field(name, f)
             names.append(name)
@@ -226,6 +231,10 @@ def _compile_field(name: str, f: Field) -> FieldOp:
         expected = 4 if unit == "s" else 8
         if f.length == expected:
             return FieldOp(name, "time", column=column, unit=unit)
+    elif e in TIME_OBSERVATION:
+        unit = TIME_OBSERVATION[e]
+        if f.length == (4 if unit == "s" else 8):
+            return FieldOp(name, "time", column="observation", unit=unit)
     elif e in TIME_DELTA_MICROS:
         if f.length == 4:
             return FieldOp(name, "delta", column=TIME_DELTA_MICROS[e])
