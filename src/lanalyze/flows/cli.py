@@ -20,6 +20,16 @@ def _add_collector_commands() -> None:
 _add_collector_commands()
 
 
+def _add_report_commands() -> None:
+    from lanalyze.flows.query.cli import COMMANDS
+
+    for command in COMMANDS:
+        flows.add_command(command)
+
+
+_add_report_commands()
+
+
 def _add_decode_command() -> None:
     from lanalyze.flows.decode.command import decode
 

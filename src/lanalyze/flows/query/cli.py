@@ -1,0 +1,333 @@
+"""``lanalyze flows top | series | list | interfaces | status``: the reports on the command line.
+
+Registered by :mod:`lanalyze.flows.cli`. A bad request (filter, dimension, time) prints the
+message (a filter error with its caret line) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+EXIT_USAGE = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resolve_data(ctx: click.Context, data: Path | None) -> Path:
+    """The flow directory: ``--data`` (a flow directory, or a data directory holding
+    ``flows/``), else ``general.data_dir``/flows of the configuration."""
+    if data is None:
+        return Path(ctx.find_root().obj.config.general.data_path) / "flows"
+    data = data.expanduser()
+    if not (data / "raw").is_dir() and (data / "flows").is_dir():
+        return data / "flows"
+    return data
+
+
+def _common(command: F) -> F:
+    options = [
+        click.option("--since", default=None, help="Start: ISO 8601 or relative (-1h, -30d)."),
+        click.option("--until", default=None, help="End (default: now)."),
+        click.option("--filter", "filter_text", default=None, help="nfdump-style filter."),
+        click.option(
+            "--data",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="Flow data directory (default: general.data_dir/flows).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _format_option(command: F) -> F:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["table", "csv", "json"]),
+        default="table",
+        show_default=True,
+    )(command)
+
+
+def _report_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ValueError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _window(since: str | None, until: str | None) -> tuple[int, int]:
+    from lanalyze.flows.query.timespec import window
+
+    return window(since, until)
+
+
+@click.command("top")
+@click.option("--by", required=True, help="Dimensions, comma-separated (srcip, app, srcnet/24...).")
+@click.option(
+    "--order", type=click.Choice(["bytes", "packets", "flows"]), default="bytes", show_default=True
+)
+@click.option("-n", "limit", type=int, default=10, show_default=True, help="Rows (0: all).")
+@click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
+@_common
+@_format_option
+@click.pass_context
+@_report_errors
+def top(
+    ctx: click.Context,
+    *,
+    by: str,
+    order: str,
+    limit: int,
+    raw: bool,
+    since: str | None,
+    until: str | None,
+    filter_text: str | None,
+    data: Path | None,
+    output_format: str,
+) -> None:
+    """Top N values of one or more dimensions by bytes, packets or flows."""
+    from lanalyze.flows.query import render, reports
+    from lanalyze.flows.query.timespec import iso
+
+    start, end = _window(since, until)
+    report = reports.top(
+        resolve_data(ctx, data),
+        by,
+        since=start,
+        until=end,
+        order=order,
+        limit=limit,
+        filter=filter_text,
+        use_rollups=not raw,
+    )
+    if output_format == "json":
+        keys = [*report.dimensions, "bytes", "packets", "flows"]
+        click.echo(render.to_json([{k: row[k] for k in keys} for row in report.rows]))
+        return
+    columns = [*report.dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
+    if output_format == "csv":
+        click.echo(render.to_csv(report.rows, columns), nl=False)
+        return
+    total = report.total
+    click.echo(
+        f"# {iso(start)} .. {iso(end)}  total {render.human(total['bytes'], 'B')} "
+        f"{render.human(total['packets'])} packets {total['flows']} flows  ({report.plan})"
+    )
+    formats = {
+        "bytes": lambda v: render.human(v, "B"),
+        "packets": render.human,
+        "bps": lambda v: render.human(v, "bps"),
+        "pps": render.human,
+        "share": lambda v: f"{v:.1f}%",
+    }
+    click.echo(render.table(report.rows, columns, formats), nl=False)
+
+
+@click.command("series")
+@click.option(
+    "--bucket", default=None, help="Bucket size (10s, 1m, 5m, 1h...; default from range)."
+)
+@click.option("--by", default=None, help="Split by the top values of this dimension.")
+@click.option("-n", "top_n", type=int, default=5, show_default=True, help="Top values to split.")
+@click.option(
+    "--order", type=click.Choice(["bytes", "packets", "flows"]), default="bytes", show_default=True
+)
+@click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
+@_common
+@_format_option
+@click.pass_context
+@_report_errors
+def series(
+    ctx: click.Context,
+    *,
+    bucket: str | None,
+    by: str | None,
+    top_n: int,
+    order: str,
+    raw: bool,
+    since: str | None,
+    until: str | None,
+    filter_text: str | None,
+    data: Path | None,
+    output_format: str,
+) -> None:
+    """Bits/s, packets/s and flows/s per time bucket, optionally per top value + other."""
+    from lanalyze.flows.query import render, reports
+
+    start, end = _window(since, until)
+    report = reports.series(
+        resolve_data(ctx, data),
+        since=start,
+        until=end,
+        bucket=bucket,
+        by=by,
+        top_n=top_n,
+        order=order,
+        filter=filter_text,
+        use_rollups=not raw,
+    )
+    columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
+    if output_format == "json":
+        click.echo(render.to_json(report.to_json()))
+    elif output_format == "csv":
+        click.echo(render.to_csv(report.points, columns), nl=False)
+    else:
+        formats = {
+            "bps": lambda v: render.human(v, "bps"),
+            "pps": lambda v: f"{v:.1f}",
+            "fps": lambda v: f"{v:.1f}",
+            "bytes": lambda v: render.human(v, "B"),
+        }
+        click.echo(render.table(report.points, columns, formats), nl=False)
+
+
+@click.command("list")
+@click.option("-n", "limit", type=int, default=20, show_default=True, help="At most this many.")
+@_common
+@_format_option
+@click.pass_context
+@_report_errors
+def list_command(
+    ctx: click.Context,
+    *,
+    limit: int,
+    since: str | None,
+    until: str | None,
+    filter_text: str | None,
+    data: Path | None,
+    output_format: str,
+) -> None:
+    """Raw flows matching a filter, newest first."""
+    from lanalyze.flows.query import render, reports
+
+    start, end = _window(since, until)
+    flows = reports.list_flows(
+        resolve_data(ctx, data), since=start, until=end, filter=filter_text, limit=limit
+    )
+    for flow in flows:
+        flow.pop("time_received_ms", None)
+    columns = [
+        "time_received",
+        "exporter",
+        "protocol",
+        "src_addr",
+        "src_port",
+        "dst_addr",
+        "dst_port",
+        "flags",
+        "tos",
+        "in_if",
+        "out_if",
+        "packets",
+        "bytes",
+    ]
+    if output_format == "json":
+        click.echo(render.to_json(flows))
+    elif output_format == "csv":
+        click.echo(render.to_csv(flows, columns), nl=False)
+    else:
+        click.echo(render.table(flows, columns, {}), nl=False)
+
+
+@click.command("interfaces")
+@click.option("--exporter", default=None, help="With --if: this exporter's interface over time.")
+@click.option("--if", "interface", type=int, default=None, help="ifIndex (with --exporter).")
+@click.option("--bucket", default=None, help="Bucket size for --exporter/--if.")
+@click.option("-n", "limit", type=int, default=10, show_default=True)
+@_common
+@_format_option
+@click.pass_context
+@_report_errors
+def interfaces(
+    ctx: click.Context,
+    *,
+    exporter: str | None,
+    interface: int | None,
+    bucket: str | None,
+    limit: int,
+    since: str | None,
+    until: str | None,
+    filter_text: str | None,
+    data: Path | None,
+    output_format: str,
+) -> None:
+    """Top interfaces by traffic (in/out bits/s), or one interface's bits/s over time.
+
+    Interfaces are named by ifIndex (SNMP names are not queried).
+    """
+    from lanalyze.flows.query import render, reports
+
+    start, end = _window(since, until)
+    directory = resolve_data(ctx, data)
+    if (exporter is None) != (interface is None):
+        raise click.UsageError("--exporter and --if go together")
+    formats = {
+        "in_bps": lambda v: render.human(v, "bps"),
+        "out_bps": lambda v: render.human(v, "bps"),
+        "in_bytes": lambda v: render.human(v, "B"),
+        "out_bytes": lambda v: render.human(v, "B"),
+    }
+    if exporter is not None and interface is not None:
+        result = reports.interface_series(
+            directory, exporter=exporter, interface=interface, since=start, until=end, bucket=bucket
+        )
+        if output_format == "json":
+            click.echo(render.to_json(result))
+        elif output_format == "csv":
+            click.echo(render.to_csv(result["points"], ["time", "in_bps", "out_bps"]), nl=False)
+        else:
+            click.echo(
+                render.table(result["points"], ["time", "in_bps", "out_bps"], formats), nl=False
+            )
+        return
+    rows = reports.top_interfaces(
+        directory, since=start, until=end, limit=limit, filter=filter_text
+    )
+    columns = ["exporter", "interface", "in_bps", "out_bps", "in_bytes", "out_bytes"]
+    if output_format == "json":
+        click.echo(render.to_json(rows))
+    elif output_format == "csv":
+        click.echo(render.to_csv(rows, columns), nl=False)
+    else:
+        click.echo(render.table(rows, columns, formats), nl=False)
+
+
+@click.command("status")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Flow data directory (default: general.data_dir/flows).",
+)
+@_format_option
+@click.pass_context
+@_report_errors
+def status(ctx: click.Context, data: Path | None, output_format: str) -> None:
+    """What is stored: per table the files, rows, bytes on disk and time range."""
+    from lanalyze.flows.query import render, reports
+
+    tables = reports.status(resolve_data(ctx, data))
+    columns = ["table", "files", "rows", "bytes", "first", "last"]
+    if output_format == "json":
+        click.echo(render.to_json(tables))
+    elif output_format == "csv":
+        click.echo(render.to_csv(tables, columns), nl=False)
+    else:
+        formats = {"bytes": lambda v: render.human(v, "B", 1024), "first": str, "last": str}
+        click.echo(render.table(tables, columns, formats), nl=False)
+
+
+COMMANDS = (top, series, list_command, interfaces, status)

@@ -1,0 +1,229 @@
+"""Where flows live on disk, shared by the rollup maintainer (writer) and the reports (readers).
+
+Layout under the flow data directory (``<general.data_dir>/flows``)::
+
+    raw/<YYYYMMDDHH>/<first_ms>-<writer>-<seq>.parquet    raw flows (the collector's segments)
+    rollup/<res>/<table>/<bucket hour or day>/<name>.parquet   sums per time bucket
+    rollup/manifest.json                                    which raw files the rollups cover
+
+Every file is written under a name starting with ``.`` and renamed, so a file with a final
+name is complete and immutable; readers only list directories and read the manifest, which
+the one maintainer replaces atomically. A compacted raw file (``<first>-compact-<n>``) names
+in its Parquet metadata the raw files it replaces, so a reader that lists a directory while
+compaction runs never counts a flow twice. Files leave the manifest before they are deleted,
+after a grace period long enough for a running query to finish reading them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "1d": DAY_MS}
+REPLACES_KEY = b"lanalyze.replaces"
+COMPACT_TAG = "-compact-"
+
+
+@dataclass(frozen=True)
+class RollupTable:
+    """A set of dimensions kept, summed per time bucket, at every resolution."""
+
+    name: str
+    columns: tuple[str, ...]
+    """Stored columns (catalogue names, plus the derived ``service_port``)."""
+
+
+# Ordered from the smallest (fastest) to the largest: the planner takes the first that has
+# every column a report needs. Few dimensions per table keep each one small: a top-10 over
+# 30 days reads one row per (day, key), not one per flow.
+ROLLUP_TABLES: tuple[RollupTable, ...] = (
+    RollupTable("iface", ("exporter", "in_if", "out_if")),
+    RollupTable("proto", ("protocol", "ip_version")),
+    RollupTable("app", ("protocol", "service_port")),
+    RollupTable("dst_port", ("protocol", "dst_port")),
+    RollupTable("src_port", ("protocol", "src_port")),
+    RollupTable(
+        "summary",
+        (
+            "exporter",
+            "in_if",
+            "out_if",
+            "protocol",
+            "ip_version",
+            "tos",
+            "tcp_flags",
+            "src_as",
+            "dst_as",
+            "service_port",
+        ),
+    ),
+    RollupTable("src_addr", ("src_addr",)),
+    RollupTable("dst_addr", ("dst_addr",)),
+)
+TABLES_BY_NAME = {table.name: table for table in ROLLUP_TABLES}
+
+# Derived rollup columns: SQL over raw columns (fixed text, no user input).
+DERIVED_SQL = {
+    "service_port": "CASE WHEN dst_port <= src_port THEN dst_port ELSE src_port END",
+}
+
+
+def raw_dir(data: Path) -> Path:
+    return data / "raw"
+
+
+def rollup_dir(data: Path) -> Path:
+    return data / "rollup"
+
+
+def manifest_path(data: Path) -> Path:
+    return rollup_dir(data) / "manifest.json"
+
+
+def hour_name(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d%H")
+
+
+def hour_start(name: str) -> int:
+    moment = datetime.strptime(name, "%Y%m%d%H").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1000
+
+
+def day_name(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d")
+
+
+def day_start(name: str) -> int:
+    moment = datetime.strptime(name, "%Y%m%d").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1000
+
+
+def bucket_key(resolution: str, ms: int) -> str:
+    """Directory a rollup row of bucket ``ms`` belongs in: its hour, or its day for ``1d``."""
+    return day_name(ms) if resolution == "1d" else hour_name(ms)
+
+
+def key_start(resolution: str, key: str) -> int:
+    return day_start(key) if resolution == "1d" else hour_start(key)
+
+
+def key_span(resolution: str) -> int:
+    return DAY_MS if resolution == "1d" else HOUR_MS
+
+
+def is_hour_name(name: str) -> bool:
+    return len(name) == 10 and name.isdigit()
+
+
+def list_raw_hours(data: Path) -> list[str]:
+    try:
+        names = os.listdir(raw_dir(data))
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if is_hour_name(name))
+
+
+def file_first_ms(name: str) -> int:
+    try:
+        return int(name.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def list_raw_files(data: Path, hour: str) -> list[str]:
+    """Final (complete) raw file names of one hour, minus those a compacted file replaces."""
+    try:
+        names = [
+            n
+            for n in os.listdir(raw_dir(data) / hour)
+            if n.endswith(".parquet") and not n.startswith(".")
+        ]
+    except FileNotFoundError:
+        return []
+    replaced: set[str] = set()
+    for name in names:
+        if COMPACT_TAG in name:
+            replaced.update(compact_replaces(raw_dir(data) / hour / name))
+    return sorted(n for n in names if n not in replaced)
+
+
+def compact_replaces(path: Path) -> list[str]:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        return []
+    raw = metadata.get(REPLACES_KEY)
+    return list(json.loads(raw)) if raw else []
+
+
+@dataclass
+class Manifest:
+    """What the rollups hold. Only the maintainer writes it (atomically); anyone reads it."""
+
+    covered: dict[str, list[str]] = field(default_factory=dict)
+    """Raw hour -> raw file names whose flows are in the rollups."""
+    parts: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
+    """Resolution -> table -> hour (or day, for ``1d``) -> part file names."""
+    expired_before: dict[str, int] = field(default_factory=dict)
+    """Table kind (``raw``, ``1m``, ``1h``, ``1d``) -> nothing older is kept (ms)."""
+    pending_delete: list[tuple[float, str]] = field(default_factory=list)
+    """(not before, path relative to the data dir) of files no longer referenced."""
+
+    def covers(self, hour: str, name: str, data: Path) -> bool:
+        covered = self.covered.get(hour)
+        if not covered:
+            return False
+        if name in covered:
+            return True
+        if COMPACT_TAG in name:
+            # A compaction newer than this manifest: covered if everything it replaces is.
+            replaces = compact_replaces(raw_dir(data) / hour / name)
+            return bool(replaces) and set(replaces) <= set(covered)
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "covered": self.covered,
+            "parts": self.parts,
+            "expired_before": self.expired_before,
+            "pending_delete": self.pending_delete,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            covered={k: list(v) for k, v in data.get("covered", {}).items()},
+            parts=data.get("parts", {}),
+            expired_before={k: int(v) for k, v in data.get("expired_before", {}).items()},
+            pending_delete=[(float(t), str(p)) for t, p in data.get("pending_delete", [])],
+        )
+
+
+def read_manifest(data: Path) -> Manifest:
+    try:
+        text = manifest_path(data).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Manifest()
+    return Manifest.from_json(json.loads(text))
+
+
+def write_manifest(data: Path, manifest: Manifest) -> None:
+    path = manifest_path(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".manifest.{os.getpid()}.json")
+    temp.write_text(json.dumps(manifest.to_json(), separators=(",", ":")), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def part_path(data: Path, resolution: str, table: str, key: str, name: str) -> Path:
+    return rollup_dir(data) / resolution / table / key / name

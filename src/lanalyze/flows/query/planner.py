@@ -1,0 +1,176 @@
+"""Which files answer a report: the coarsest rollup that can, raw flows for the rest.
+
+A report needs some columns (its dimensions and its filter's) over ``[since, until)``. The
+planner takes the first rollup table (:data:`~lanalyze.flows.query.layout.ROLLUP_TABLES`)
+holding them all, then covers the window greedily: whole days from the ``1d`` parts, whole
+hours from ``1h``, whole minutes from ``1m``, and what is left (the sub-minute edges, and
+hours no rollup has yet) from raw flows. Raw files the rollups do not cover yet (the last
+seconds) are read over the rolled-up part of the window too, so every flow counts exactly once.
+A filter on per-flow counters (``bytes > 1M``) or a dimension no table keeps means raw flows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanalyze.flows.query.layout import (
+    DAY_MS,
+    HOUR_MS,
+    RESOLUTIONS,
+    ROLLUP_TABLES,
+    Manifest,
+    RollupTable,
+    bucket_key,
+    hour_name,
+    key_span,
+    list_raw_files,
+    list_raw_hours,
+    part_path,
+    raw_dir,
+    read_manifest,
+)
+
+Interval = tuple[int, int]
+
+
+@dataclass
+class Piece:
+    """Files of one kind, and the time intervals to read from them."""
+
+    source: str  # "raw" or a resolution ("1m", "1h", "1d")
+    table: RollupTable | None
+    files: list[str]
+    intervals: list[Interval]
+
+    @property
+    def time_column(self) -> str:
+        return "time_received" if self.source == "raw" else "time"
+
+
+@dataclass
+class Plan:
+    pieces: list[Piece] = field(default_factory=list)
+    table: RollupTable | None = None
+
+    def describe(self) -> str:
+        parts = [
+            f"{p.source}{'/' + p.table.name if p.table else ''}:{len(p.files)} files"
+            for p in self.pieces
+        ]
+        return ", ".join(parts) or "no data"
+
+
+def choose_table(needs: frozenset[str]) -> RollupTable | None:
+    if "@raw" in needs:
+        return None
+    for table in ROLLUP_TABLES:
+        if needs <= set(table.columns):
+            return table
+    return None
+
+
+def _floor(value: int, step: int) -> int:
+    return value - value % step
+
+
+def _ceil(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _merge(intervals: list[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        elif lo < hi:
+            merged.append((lo, hi))
+    return merged
+
+
+def _subtract(intervals: list[Interval], used: list[Interval]) -> list[Interval]:
+    result = []
+    for lo, hi in intervals:
+        cursor = lo
+        for u_lo, u_hi in used:
+            if u_hi <= cursor or u_lo >= hi:
+                continue
+            if u_lo > cursor:
+                result.append((cursor, u_lo))
+            cursor = max(cursor, u_hi)
+        if cursor < hi:
+            result.append((cursor, hi))
+    return result
+
+
+def plan(
+    data: Path,
+    since: int,
+    until: int,
+    needs: frozenset[str],
+    *,
+    finest_bucket: int | None = None,
+    use_rollups: bool = True,
+) -> Plan:
+    """The pieces that answer a report needing ``needs`` over ``[since, until)``.
+
+    ``finest_bucket`` (series) allows only rollups whose resolution divides it.
+    """
+    manifest = read_manifest(data) if use_rollups else Manifest()
+    # Listing after reading the manifest: files the manifest covers are all listed.
+    first_hour = hour_name(max(0, since - HOUR_MS))
+    last_hour = hour_name(until)
+    hours = [h for h in list_raw_hours(data) if first_hour <= h <= last_hour]
+    raw_files: list[tuple[str, str]] = []
+    for hour in hours:
+        raw_files.extend((hour, name) for name in list_raw_files(data, hour))
+    raw_files = [(h, n) for h, n in raw_files if int(n.split("-", 1)[0] or 0) < until]
+
+    def raw_paths(files: list[tuple[str, str]]) -> list[str]:
+        return [str(raw_dir(data) / h / n) for h, n in files]
+
+    table = choose_table(needs) if use_rollups else None
+    result = Plan(table=table)
+    if table is None:
+        if raw_files:
+            result.pieces.append(Piece("raw", None, raw_paths(raw_files), [(since, until)]))
+        return result
+
+    remaining: list[Interval] = [(since, until)]
+    rolled: list[Interval] = []
+    for resolution in ("1d", "1h", "1m"):
+        step = RESOLUTIONS[resolution]
+        if finest_bucket is not None and finest_bucket % step != 0:
+            continue
+        available = manifest.parts.get(resolution, {}).get(table.name, {})
+        if not available:
+            continue
+        span = key_span(resolution)
+        used: list[Interval] = []
+        files: list[str] = []
+        for lo, hi in remaining:
+            a, b = _ceil(lo, step), _floor(hi, step)
+            container = _floor(a, span) if resolution != "1d" else _floor(a, DAY_MS)
+            while container < b:
+                key = bucket_key(resolution, container)
+                sub = (max(a, container), min(b, container + span))
+                if key in available and sub[0] < sub[1]:
+                    used.append(sub)
+                    files.extend(
+                        str(part_path(data, resolution, table.name, key, name))
+                        for name in available[key]
+                    )
+                container += span
+        if used:
+            used = _merge(used)
+            result.pieces.append(Piece(resolution, table, files, used))
+            rolled.extend(used)
+            remaining = _subtract(remaining, used)
+    rolled = _merge(rolled)
+    if remaining and raw_files:
+        result.pieces.append(Piece("raw", None, raw_paths(raw_files), remaining))
+    if rolled:
+        uncovered = [(h, n) for h, n in raw_files if not manifest.covers(h, n, data)]
+        if uncovered:
+            result.pieces.append(Piece("raw", None, raw_paths(uncovered), rolled))
+    return result

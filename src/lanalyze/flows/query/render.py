@@ -1,0 +1,54 @@
+"""Rendering report rows as a text table, CSV or JSON (shared by the CLI and the console)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+def human(value: float, unit: str = "", base: int = 1000) -> str:
+    """``1234567`` -> ``1.2 M``: the figures people read in a table."""
+    for prefix in ("", " k", " M", " G", " T", " P"):
+        if abs(value) < base or prefix == " P":
+            text = f"{value:.0f}" if prefix == "" else f"{value:.1f}"
+            return f"{text}{prefix}{unit}".strip()
+        value /= base
+    raise AssertionError("unreachable")
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], formats: dict[str, Any]) -> str:
+    """A left/right-aligned text table; ``formats`` maps a column to a value formatter."""
+    cells = [[str(formats.get(c, str)(row.get(c, ""))) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    numeric = [
+        bool(rows) and all(isinstance(row.get(c), int | float) for row in rows) for c in columns
+    ]
+    lines = []
+    header = [
+        c.rjust(w) if n else c.ljust(w) for c, w, n in zip(columns, widths, numeric, strict=True)
+    ]
+    lines.append("  ".join(header).rstrip())
+    for row in cells:
+        line = [
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append("  ".join(line).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=1)

@@ -1,0 +1,84 @@
+"""Report time windows: ISO 8601 instants and relative forms (``-1h``, ``-30d``, ``now``).
+
+Times without a zone are UTC. Relative forms count back from "now" in s, m, h, d or w.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+_RELATIVE = re.compile(r"^-?(\d{1,9})\s*([smhdw])$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_BUCKETS_MS = (
+    10_000,
+    60_000,
+    300_000,
+    900_000,
+    3_600_000,
+    21_600_000,
+    86_400_000,
+)
+
+
+class TimeError(ValueError):
+    """A time or duration that cannot be understood."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def parse_time(text: str, now: int | None = None) -> int:
+    """UTC milliseconds of ``text``: ISO 8601, epoch seconds, ``now`` or ``-1h``."""
+    now = now_ms() if now is None else now
+    value = text.strip()
+    if value.lower() == "now":
+        return now
+    match = _RELATIVE.match(value)
+    if match:
+        return now - int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if value.isdigit() and len(value) >= 9:
+        return int(value) * 1000
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise TimeError(
+            f"cannot read time {text!r}: use ISO 8601 (2024-05-01T12:00Z) or -1h, -30d, now"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds of ``5m``, ``1h``, ``30s``."""
+    match = _RELATIVE.match(text.strip())
+    if not match or text.strip().startswith("-"):
+        raise TimeError(f"cannot read duration {text!r}: use for example 10s, 5m, 1h, 1d")
+    value = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if value <= 0:
+        raise TimeError("a duration must be positive")
+    return value
+
+
+def window(since: str | None, until: str | None, default: str = "-1h") -> tuple[int, int]:
+    now = now_ms()
+    start = parse_time(since or default, now)
+    end = parse_time(until, now) if until else now
+    if end <= start:
+        raise TimeError("--until must be after --since")
+    return start, end
+
+
+def auto_bucket(start: int, end: int, points: int = 200) -> int:
+    """The smallest standard bucket that gives at most ``points`` buckets over the range."""
+    for bucket in _BUCKETS_MS:
+        if (end - start) / bucket <= points:
+            return bucket
+    return _BUCKETS_MS[-1]
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

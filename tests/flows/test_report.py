@@ -1,0 +1,246 @@
+"""Reports over raw Parquet segments, checked against sums computed independently with numpy."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lanalyze.flows.query import reports
+from lanalyze.flows.query.dimensions import DimensionError
+from lanalyze.flows.query.filterlang import FilterError
+from lanalyze.flows.query.synthetic import random_flows, write_flows
+from lanalyze.flows.query.timespec import TimeError, auto_bucket, parse_time
+from tests.conftest import lanalyze_cmd
+
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000  # an hour boundary
+SPAN = 2 * 3_600_000
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    data = tmp_path_factory.mktemp("flows")
+    columns = random_flows(20_000, T0, T0 + SPAN, seed=7, sources=300, sampling=(1, 1, 10))
+    write_flows(data, columns, segment_ms=600_000)
+    return data, columns
+
+
+def ip_text(value: bytes) -> str:
+    value = bytes(value).ljust(16, b"\x00")  # numpy S16 items drop trailing NULs
+    if value[:12] == b"\x00" * 10 + b"\xff\xff":
+        return str(ipaddress.IPv4Address(value[12:]))
+    return str(ipaddress.IPv6Address(value))
+
+
+def expected_by(columns: dict[str, np.ndarray], keys: list[str], mask: np.ndarray | None = None):
+    scale = columns["sampling_rate"].astype(np.uint64)
+    sums: dict[tuple, list[int]] = {}
+    rows = range(len(columns["bytes"])) if mask is None else np.flatnonzero(mask)
+    for i in rows:
+        key = tuple(
+            ip_text(bytes(columns[k][i])) if columns[k].dtype.kind == "S" else int(columns[k][i])
+            for k in keys
+        )
+        entry = sums.setdefault(key, [0, 0, 0])
+        entry[0] += int(columns["bytes"][i] * scale[i])
+        entry[1] += int(columns["packets"][i] * scale[i])
+        entry[2] += 1
+    return sums
+
+
+def test_top_srcip_equals_independent_sums(store) -> None:
+    data, columns = store
+    report = reports.top(data, "srcip", since=T0, until=T0 + SPAN, limit=0, use_rollups=False)
+    expected = expected_by(columns, ["src_addr"])
+    got = {(r["srcip"],): [r["bytes"], r["packets"], r["flows"]] for r in report.rows}
+    assert got == expected
+    assert report.total["flows"] == 20_000
+    assert report.rows == sorted(report.rows, key=lambda r: -r["bytes"])
+    assert abs(sum(r["share"] for r in report.rows) - 100) < 1e-6
+    seconds = SPAN / 1000
+    assert report.rows[0]["bps"] == pytest.approx(report.rows[0]["bytes"] * 8 / seconds)
+
+
+def test_top_limit_order_and_filter(store) -> None:
+    data, columns = store
+    report = reports.top(
+        data,
+        "proto,dstport",
+        since=T0,
+        until=T0 + SPAN,
+        order="packets",
+        limit=3,
+        filter="proto tcp and not dst port 22",
+        use_rollups=False,
+    )
+    mask = (columns["protocol"] == 6) & (columns["dst_port"] != 22)
+    expected = expected_by(columns, ["protocol", "dst_port"], mask)
+    best = sorted(expected.items(), key=lambda kv: -kv[1][1])[:3]
+    assert [(r["dstport"], r["packets"]) for r in report.rows] == [(k[1], v[1]) for k, v in best]
+    assert all(r["proto"] == "tcp" for r in report.rows)
+
+
+def test_time_window_is_half_open_on_time_received(store) -> None:
+    data, columns = store
+    lo, hi = T0 + 1_234_567, T0 + 4_000_000
+    report = reports.top(data, "proto", since=lo, until=hi, limit=0, use_rollups=False)
+    times = columns["time_received"]
+    assert report.total["flows"] == int(((times >= lo) & (times < hi)).sum())
+
+
+def test_either_side_dimension_counts_both_ends(store) -> None:
+    data, columns = store
+    report = reports.top(data, "ip", since=T0, until=T0 + SPAN, limit=0, use_rollups=False)
+    counts: Counter[str] = Counter()
+    for side in ("src_addr", "dst_addr"):
+        counts.update(ip_text(bytes(v)) for v in columns[side])
+    assert {r["ip"]: r["flows"] for r in report.rows} == dict(counts)
+    assert report.total["flows"] == 20_000
+
+
+def test_derived_dimensions(store) -> None:
+    data, columns = store
+    since, until = T0, T0 + SPAN
+    nets = reports.top(data, "srcnet/30", since=since, until=until, limit=0, use_rollups=False)
+    assert all(r["srcnet/30"].endswith("/30") for r in nets.rows)
+    assert sum(r["flows"] for r in nets.rows) == 20_000
+    octets = columns["src_addr"].view(np.uint8).reshape(-1, 16)
+    assert len(nets.rows) == len({(int(o[14]), int(o[15]) // 4) for o in octets})
+    app = reports.top(data, "app", since=since, until=until, limit=0, use_rollups=False)
+    names = {r["app"] for r in app.rows}
+    assert "tcp/443 https" in names
+    conv = reports.top(data, "conversation", since=since, until=until, limit=1, use_rollups=False)
+    assert " <-> " in conv.rows[0]["conversation"]
+    flags = reports.top(data, "flags", since=since, until=until, limit=0, use_rollups=False)
+    assert "...A..S." in {r["flags"] for r in flags.rows}
+    multi = reports.top(
+        data, "exporter,inif,outif,srcas,dstas,dscp,tos", since=since, until=until, limit=2
+    )
+    assert set(multi.rows[0]) >= {"exporter", "inif", "outif", "srcas", "dstas", "dscp", "tos"}
+    ports = reports.top(
+        data, "conversation-ports", since=since, until=until, limit=2, use_rollups=False
+    )
+    assert ":" in ports.rows[0]["conversation-ports"]
+
+
+def test_series_adds_up_to_the_total(store) -> None:
+    data, _ = store
+    result = reports.series(
+        data, since=T0, until=T0 + SPAN, bucket="10m", by="dstport", top_n=3, use_rollups=False
+    )
+    assert result.bucket_ms == 600_000
+    assert result.groups[-1] == "other" and len(result.groups) == 4
+    assert sum(p["flows"] for p in result.points) == 20_000
+    first = [p for p in result.points if p["time"] == result.points[0]["time"]]
+    assert {p["group"] for p in first} == set(result.groups)
+    plain = reports.series(data, since=T0, until=T0 + SPAN, use_rollups=False)
+    assert sum(p["flows"] for p in plain.points) == 20_000
+    assert plain.bucket_ms == auto_bucket(T0, T0 + SPAN)
+
+
+def test_list_newest_first_with_filter(store) -> None:
+    data, columns = store
+    flows = reports.list_flows(data, since=T0, until=T0 + SPAN, filter="proto udp", limit=25)
+    assert len(flows) == 25
+    times = [f["time_received_ms"] for f in flows]
+    assert times == sorted(times, reverse=True)
+    udp_times = np.sort(columns["time_received"][columns["protocol"] == 17])[::-1][:25]
+    assert times == [int(t) for t in udp_times]
+
+
+def test_interfaces(store) -> None:
+    data, columns = store
+    rows = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=0)
+    scaled = columns["bytes"] * columns["sampling_rate"]
+    assert sum(r["in_bytes"] for r in rows) == int(scaled.sum())
+    assert sum(r["out_bytes"] for r in rows) == int(scaled.sum())
+    one = reports.interface_series(
+        data, exporter="192.0.2.1", interface=1, since=T0, until=T0 + SPAN, bucket="1h"
+    )
+    assert len(one["points"]) == 2
+
+
+def test_status(store) -> None:
+    data, _ = store
+    raw = reports.status(data)[0]
+    assert raw["table"] == "raw" and raw["rows"] == 20_000 and raw["bytes"] > 0
+    assert raw["first"].startswith("2023-11-14")
+
+
+def test_bad_requests_are_value_errors(store) -> None:
+    data, _ = store
+    with pytest.raises(DimensionError):
+        reports.top(data, "nosuch", since=T0, until=T0 + 1)
+    with pytest.raises(FilterError):
+        reports.top(data, "srcip", since=T0, until=T0 + 1, filter="port")
+    with pytest.raises(reports.ReportError):
+        reports.top(data, "srcip", since=T0, until=T0 + 1, order="bits")
+    with pytest.raises(TimeError):
+        reports.top(data, "srcip", since=T0, until=T0)
+    with pytest.raises(DimensionError):
+        reports.top(data, "ip,port", since=T0, until=T0 + 1)
+
+
+def test_time_parsing() -> None:
+    now = 1_700_000_000_000
+    assert parse_time("-1h", now) == now - 3_600_000
+    assert parse_time("-30d", now) == now - 30 * 86_400_000
+    assert parse_time("now", now) == now
+    assert parse_time("2023-11-14T22:13:20Z") == 1_700_000_000_000
+    assert parse_time("2023-11-14T23:13:20+01:00") == 1_700_000_000_000
+    assert parse_time("2023-11-14 22:13:20") == 1_700_000_000_000
+    with pytest.raises(TimeError):
+        parse_time("yesterday")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*lanalyze_cmd(), "flows", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_top_json_and_table(store) -> None:
+    data, columns = store
+    window = ["--since", "2023-11-14T22:00:00Z", "--until", "2023-11-15T00:00:00Z"]
+    assert parse_time(window[1]) == T0
+    result = run_cli(
+        "top", "--by", "srcip", "-n", "0", "--format", "json", "--data", str(data), *window
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert set(rows[0]) == {"srcip", "bytes", "packets", "flows"}
+    assert {(r["srcip"],): [r["bytes"], r["packets"], r["flows"]] for r in rows} == expected_by(
+        columns, ["src_addr"]
+    )
+    table = run_cli("top", "--by", "app", "--data", str(data), *window)
+    assert table.returncode == 0, table.stderr
+    assert "tcp/443 https" in table.stdout and "share" in table.stdout
+    csv = run_cli("top", "--by", "dstport", "--format", "csv", "--data", str(data), *window)
+    assert csv.stdout.splitlines()[0] == "dstport,bytes,packets,flows,bps,pps,share"
+    for command in (
+        ["series", "--by", "proto"],
+        ["list", "-n", "3"],
+        ["interfaces"],
+        ["interfaces", "--exporter", "192.0.2.1", "--if", "1"],
+    ):
+        out = run_cli(*command, "--format", "json", "--data", str(data), *window)
+        assert out.returncode == 0, (command, out.stderr)
+        json.loads(out.stdout)
+    status = run_cli("status", "--data", str(data))
+    assert status.returncode == 0 and "raw" in status.stdout
+
+
+def test_cli_filter_error_shows_caret(store) -> None:
+    data, _ = store
+    result = run_cli(
+        "top", "--by", "srcip", "--filter", "proto tcp and port x", "--data", str(data)
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[1] == "  proto tcp and port x"
+    assert lines[2] == "  " + " " * 19 + "^"
