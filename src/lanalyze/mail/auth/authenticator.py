@@ -1,0 +1,357 @@
+"""The sender-check component: runs SPF, DKIM, ARC and DMARC on a spooled message.
+
+The I/O shell around the checks: reads the spooled file in a worker thread, runs SPF, DKIM
+and ARC concurrently under one deadline (``mail.auth.check_timeout``; what does not finish
+is ``temperror``), then DMARC on their results, derives the flags, renders the
+Authentication-Results field (RFC 8601), lets :mod:`lanalyze.mail.auth.policy` decide, and
+counts everything on ``/metrics``. A bug of ours in one check is logged and reported as that
+check's ``temperror``; it never fails the SMTP session.
+
+Trust: envelope, HELO and message are the peer's; the client IP and the authenticated user
+come from the SMTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from prometheus_client import Counter
+
+from lanalyze.log import RateLimiter, get_logger
+from lanalyze.mail.auth.arc import ArcResult, verify_arc
+from lanalyze.mail.auth.config import AuthConfig
+from lanalyze.mail.auth.dkim_verify import DkimResult, verify_dkim
+from lanalyze.mail.auth.dmarc import (
+    DmarcResult,
+    check_dmarc,
+    organisational_domain,
+    public_suffix_list,
+)
+from lanalyze.mail.auth.dns import Resolver
+from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
+from lanalyze.mail.auth.policy import LOCAL_CLAIM_FLAG, decide
+from lanalyze.mail.auth.results import ResInfo, render
+from lanalyze.mail.auth.spf import SpfResult, check_spf
+from lanalyze.metrics import REGISTRY
+
+log = get_logger("lanalyze.mail.auth")
+_bug_log_limit = RateLimiter(interval=60.0, burst=3)
+T = TypeVar("T")
+
+RESULTS = Counter(
+    "lanalyze_mail_auth_results",
+    "Sender-check results, by method (spf, dkim, dmarc, arc, auth) and result word.",
+    ["method", "result"],
+    registry=REGISTRY,
+)
+ACTIONS = Counter(
+    "lanalyze_mail_auth_actions",
+    "Policy decisions on inbound messages: accept, quarantine, reject.",
+    ["action"],
+    registry=REGISTRY,
+)
+FLAGS = Counter(
+    "lanalyze_mail_auth_flags",
+    "Suspicious-sender flags raised, by flag.",
+    ["flag"],
+    registry=REGISTRY,
+)
+INTERNAL_ERRORS = Counter(
+    "lanalyze_mail_auth_internal_errors",
+    "Checks that failed because of a bug of ours (reported as temperror).",
+    ["method"],
+    registry=REGISTRY,
+)
+
+_DKIM_ORDER = ("pass", "policy", "fail", "temperror", "permerror", "neutral", "none")
+
+
+@dataclass
+class AuthVerdict:
+    header: bytes
+    action: Literal["accept", "reject", "quarantine"]
+    reason: str
+    spf: str
+    dkim: str
+    dmarc: str
+    arc: str
+    flags: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "spf": self.spf,
+            "dkim": self.dkim,
+            "dmarc": self.dmarc,
+            "arc": self.arc,
+            "flags": list(self.flags),
+            "header": self.header.decode("utf-8", "replace"),
+            "details": self.details,
+        }
+
+
+def _mentions(text: str, domain: str) -> bool:
+    return re.search(rf"(?<![\w.-]){re.escape(domain)}(?![\w-])", text, re.IGNORECASE) is not None
+
+
+def _is_within(domain: str, parent: str) -> bool:
+    return domain == parent or domain.endswith("." + parent)
+
+
+class Authenticator:
+    """SPF, DKIM, DMARC and ARC verdicts for inbound mail (component shape)."""
+
+    name = "mail.auth"
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        authserv_id: str,
+        *,
+        local_domains: Iterable[str] = (),
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.authserv_id = authserv_id
+        self.local_domains = sorted(
+            {d.strip().rstrip(".").lower() for d in [*config.local_domains, *local_domains]} - {""}
+        )
+        self.rng = rng
+        self.resolver = Resolver(config.resolver, config.dns_timeout)
+
+    async def start(self) -> None:
+        # Loading the public suffix list takes a moment; not on the first message's clock.
+        await asyncio.to_thread(public_suffix_list)
+
+    async def stop(self) -> None:
+        return None
+
+    async def _guarded(self, method: str, work: Awaitable[T], fallback: T) -> T:
+        try:
+            return await work
+        except Exception:
+            INTERNAL_ERRORS.labels(method).inc()
+            if _bug_log_limit.allow(method) is not None:
+                log.exception("mail.auth.internal_error", extra={"method": method})
+            return fallback
+
+    async def check(
+        self,
+        message_path: Path,
+        *,
+        mail_from: str,
+        helo: str,
+        client_ip: str,
+        rcpt_to: list[str],
+        authenticated_user: str | None,
+    ) -> AuthVerdict:
+        if authenticated_user is not None:
+            return self._finish(
+                [ResInfo("auth", "pass", properties=[("smtp.auth", authenticated_user)])],
+                action="accept",
+                reason=f"authenticated submission by {authenticated_user}",
+                words=("none", "none", "none", "none"),
+                flags=[],
+                details={"authenticated_user": authenticated_user},
+            )
+        if not self.config.enabled:
+            return self._finish(
+                [],
+                action="accept",
+                reason="sender checks disabled",
+                words=("none",) * 4,
+                flags=[],
+                details={},
+            )
+        message = await asyncio.to_thread(message_path.read_bytes)
+        return await self.check_bytes(
+            message, mail_from=mail_from, helo=helo, client_ip=client_ip, rcpt_to=rcpt_to
+        )
+
+    async def check_bytes(
+        self, message: bytes, *, mail_from: str, helo: str, client_ip: str, rcpt_to: list[str]
+    ) -> AuthVerdict:
+        """The checks on an in-memory message from an unauthenticated client."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.check_timeout
+        mail_from = mail_from.strip().strip("<>").strip()
+        header, _ = split_message(message)
+        sender = from_info(header)
+        timeout_spf = SpfResult("temperror", "mailfrom", "", mail_from, "check timed out")
+        spf_task = asyncio.ensure_future(
+            self._guarded(
+                "spf",
+                check_spf(self.resolver, client_ip=client_ip, mail_from=mail_from, helo=helo),
+                SpfResult("temperror", "mailfrom", "", mail_from, "internal error"),
+            )
+        )
+        dkim_task = asyncio.ensure_future(
+            self._guarded(
+                "dkim",
+                verify_dkim(
+                    self.resolver,
+                    message,
+                    max_signatures=self.config.max_signatures,
+                    length_tag=self.config.length_tag,
+                ),
+                [DkimResult("temperror", reason="internal error")],
+            )
+        )
+        arc_task = asyncio.ensure_future(
+            self._guarded("arc", verify_arc(self.resolver, message), ArcResult("fail"))
+        )
+        tasks: list[asyncio.Future[Any]] = [spf_task, dkim_task, arc_task]
+        _done, pending = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0))
+        for task in pending:
+            task.cancel()
+        spf = spf_task.result() if spf_task not in pending else timeout_spf
+        dkim: list[DkimResult] = (
+            dkim_task.result()
+            if dkim_task not in pending
+            else [DkimResult("temperror", reason="check timed out")]
+        )
+        arc = arc_task.result() if arc_task not in pending else ArcResult("fail", 0, "timed out")
+        try:
+            dmarc = await asyncio.wait_for(
+                self._guarded(
+                    "dmarc",
+                    check_dmarc(self.resolver, sender.domains, spf, dkim, self.rng),
+                    DmarcResult("temperror", reason="internal error"),
+                ),
+                timeout=max(deadline - loop.time(), 0.001),
+            )
+        except TimeoutError:
+            dmarc = DmarcResult("temperror", reason="check timed out")
+        flags = self._flags(sender, mail_from, dmarc, dkim)
+        decision = decide(self.config, spf=spf, dkim=dkim, dmarc=dmarc, flags=flags, arc=arc)
+        infos = [self._spf_info(spf, helo), *self._dkim_infos(dkim)]
+        infos += [self._dmarc_info(dmarc, sender), self._arc_info(arc)]
+        dkim_word = min((d.result for d in dkim), key=_DKIM_ORDER.index, default="none")
+        details = {
+            "spf": {
+                "result": spf.result,
+                "identity": spf.identity,
+                "domain": spf.domain,
+                "explanation": spf.explanation,
+            },
+            "dkim": [d.as_dict() for d in dkim],
+            "dmarc": dmarc.as_dict(),
+            "arc": arc.as_dict(),
+            "from": [address for _, address in sender.addresses],
+            "client_ip": client_ip,
+            "helo": helo,
+            "mail_from": mail_from,
+        }
+        return self._finish(
+            infos,
+            action=decision.action,
+            reason=decision.reason,
+            words=(spf.result, dkim_word, dmarc.result, arc.result),
+            flags=flags,
+            details=details,
+        )
+
+    def _flags(
+        self, sender: FromInfo, mail_from: str, dmarc: DmarcResult, dkim: list[DkimResult]
+    ) -> list[str]:
+        flags = []
+        if sender.fields == 0:
+            flags.append("no_from")
+        elif sender.fields > 1 or len(sender.addresses) > 1:
+            flags.append("multiple_from")
+        elif not sender.domains:
+            flags.append("no_from_domain")
+        envelope_domain = domain_of(mail_from) if mail_from else None
+        if envelope_domain and sender.domains:
+            envelope_org = organisational_domain(envelope_domain)
+            if any(organisational_domain(d) != envelope_org for d in sender.domains):
+                flags.append("from_envelope_mismatch")
+        if self.local_domains:
+            claims_from = dmarc.result != "pass" and any(
+                _is_within(d, local) for d in sender.domains for local in self.local_domains
+            )
+            claims_name = any(
+                _mentions(name, local) and not any(_is_within(d, local) for d in sender.domains)
+                for name in sender.display_names
+                for local in self.local_domains
+            )
+            if claims_from or claims_name:
+                flags.append(LOCAL_CLAIM_FLAG)
+        if any(not d.body_covered for d in dkim):
+            flags.append("dkim_partial_body")
+        return flags
+
+    @staticmethod
+    def _spf_info(spf: SpfResult, helo: str) -> ResInfo:
+        note = spf.explanation if spf.result != "pass" else ""
+        if spf.identity == "helo":
+            return ResInfo("spf", spf.result, note, [("smtp.helo", helo or spf.domain)])
+        return ResInfo("spf", spf.result, note, [("smtp.mailfrom", spf.sender)])
+
+    @staticmethod
+    def _dkim_infos(results: list[DkimResult]) -> list[ResInfo]:
+        if not results:
+            return [ResInfo("dkim", "none")]
+        infos = []
+        for d in results:
+            props = [("header.d", d.domain), ("header.s", d.selector), ("header.a", d.algorithm)]
+            infos.append(ResInfo("dkim", d.result, d.reason, [p for p in props if p[1]]))
+        return infos
+
+    @staticmethod
+    def _dmarc_info(dmarc: DmarcResult, sender: FromInfo) -> ResInfo:
+        if not dmarc.from_domain:
+            return ResInfo("dmarc", dmarc.result, dmarc.reason)
+        note = ""
+        if dmarc.policy:
+            note = f"p={dmarc.policy} dis={dmarc.disposition}"
+        if dmarc.result in ("fail", "temperror") and dmarc.reason:
+            note = f"{note}: {dmarc.reason}" if note else dmarc.reason
+        return ResInfo("dmarc", dmarc.result, note, [("header.from", dmarc.from_domain)])
+
+    @staticmethod
+    def _arc_info(arc: ArcResult) -> ResInfo:
+        note = arc.reason or (f"{arc.instances} sets" if arc.instances else "")
+        return ResInfo("arc", arc.result, note)
+
+    def _finish(
+        self,
+        infos: list[ResInfo],
+        *,
+        action: Literal["accept", "reject", "quarantine"],
+        reason: str,
+        words: tuple[str, ...],
+        flags: list[str],
+        details: dict[str, Any],
+    ) -> AuthVerdict:
+        spf, dkim, dmarc, arc = words
+        for info in infos:
+            RESULTS.labels(info.method, info.result).inc()
+        ACTIONS.labels(action).inc()
+        for flag in flags:
+            FLAGS.labels(flag).inc()
+        verdict = AuthVerdict(
+            render(self.authserv_id, infos), action, reason, spf, dkim, dmarc, arc, flags, details
+        )
+        log.info(
+            "mail.auth.verdict",
+            extra={
+                "action": action,
+                "spf": spf,
+                "dkim": dkim,
+                "dmarc": dmarc,
+                "arc": arc,
+                "flags": ",".join(flags),
+                "client_ip": details.get("client_ip", ""),
+                "reason": reason,
+            },
+        )
+        return verdict

@@ -1,0 +1,108 @@
+"""The few facts the checks read from a message's header block (RFC 5322 §2.2, §3.6.2).
+
+Hand-written because the checks need raw, lossless access to untrusted header bytes: the
+fields in order, exactly as received (to remove some and keep every other byte), and the
+From: field even when the block is malformed, where ``email.parser`` repairs and reorders and
+dkimpy's parser raises. Addresses inside From: are parsed by ``email.utils.getaddresses``.
+
+Trust: everything here is the peer's and may be malformed; nothing raises on bad input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.utils import getaddresses
+
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_-]{1,63}$")
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header block including its line ends, body); the empty line belongs to neither."""
+    if message.startswith((b"\r\n", b"\n")):
+        return b"", message[2 if message.startswith(b"\r\n") else 1 :]
+    match = _END_OF_HEADER.search(message)
+    if match is None:
+        return message, b""
+    end_of_last_line = match.start() + (2 if message[match.start()] == 0x0D else 1)
+    return message[:end_of_last_line], message[match.end() :]
+
+
+def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:
+    """Fields as (lower-case name, raw bytes including continuation lines and line ends).
+
+    A line that is neither a field nor a continuation is kept with the name ``b""``, so that
+    joining the raw parts always gives back the exact input.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line)
+            continue
+        match = _FIELD_NAME.match(line)
+        fields.append((match.group(1).lower() if match else b"", line))
+    return fields
+
+
+def field_value(raw: bytes) -> str:
+    """A field's value, unfolded, decoded leniently (RFC 6532 allows UTF-8)."""
+    _, _, value = raw.partition(b":")
+    unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", value).rstrip(b"\r\n")
+    return unfolded.decode("utf-8", "replace").strip()
+
+
+def normalise_domain(domain: str) -> str | None:
+    """A syntactically plausible lower-case domain name, or None."""
+    text = domain.strip().strip("[]").rstrip(".").lower()
+    try:
+        text = text.encode("idna").decode("ascii") if not text.isascii() else text
+    except UnicodeError:
+        return None
+    return text if _DOMAIN.match(text) else None
+
+
+def domain_of(address: str) -> str | None:
+    if "@" not in address:
+        return None
+    return normalise_domain(address.rpartition("@")[2])
+
+
+def decoded_display_name(name: str) -> str:
+    try:
+        return str(make_header(decode_header(name)))
+    except (ValueError, LookupError, UnicodeError):
+        return name
+
+
+@dataclass
+class FromInfo:
+    """What the From: fields say. ``fields`` counts From: fields; ``addresses`` all mailboxes."""
+
+    fields: int = 0
+    addresses: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def domains(self) -> list[str]:
+        found = [domain_of(address) for _, address in self.addresses]
+        return list(dict.fromkeys(d for d in found if d))
+
+    @property
+    def display_names(self) -> list[str]:
+        return [decoded_display_name(name) for name, _ in self.addresses if name]
+
+
+def from_info(header: bytes) -> FromInfo:
+    info = FromInfo()
+    for name, raw in header_fields(header):
+        if name != b"from":
+            continue
+        info.fields += 1
+        value = field_value(raw)
+        for display, address in getaddresses([value]):
+            if address or display:
+                info.addresses.append((display, address))
+    return info
