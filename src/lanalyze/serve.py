@@ -26,7 +26,7 @@ def build_components(config: Config) -> list[Component]:
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
-        components.append(MailServer(config.mail, config.general.hostname))
+        components.append(MailServer(config.mail, config.general))
     if config.web.enabled:
         from lanalyze.web.app import WebServer
 

@@ -1,11 +1,65 @@
-"""Settings of the mail server (section ``[mail]``)."""
+"""Settings of the mail server (section ``[mail]``).
+
+Trust: the operator's file, validated completely (addresses, networks, limits).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
 from lanalyze.mail.auth.config import AuthConfig
+
+
+def _check_network(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)
+    return value
+
+
+def _check_address(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not domain or (not local and not value.startswith("@")):
+        raise ValueError(f"expected local@domain (or @domain), got {value!r}")
+    return value.lower()
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+MailAddress = Annotated[str, AfterValidator(_check_address)]
+
+
+class SubmissionUser(Section):
+    name: str = Field(min_length=1, description="Login name for AUTH PLAIN/LOGIN.")
+    password_hash: str = Field(
+        min_length=1,
+        description="argon2 hash of the password (`lanalyze mail hash-password` makes one).",
+    )
+    addresses: list[MailAddress] = Field(
+        default_factory=list,
+        description="Envelope and header From addresses this user may send as; "
+        "`@domain` allows every address of the domain.",
+    )
+
+
+class QueueConfig(Section):
+    max_active: int = Field(
+        default=64, ge=1, le=10_000, description="Messages being delivered at once."
+    )
+    retry_min: float = Field(
+        default=60.0, gt=0, description="First retry delay after a failed delivery, seconds."
+    )
+    retry_max: float = Field(
+        default=3600.0, gt=0, description="Longest retry delay (doubling backoff), seconds."
+    )
+    scan_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the queue directories are rescanned for work "
+        "(e.g. after `lanalyze mail queue retry`), seconds.",
+    )
 
 
 class MailConfig(Section):
@@ -14,7 +68,83 @@ class MailConfig(Section):
         default_factory=lambda: ["127.0.0.1:2525"],
         description="Addresses of the MTA listener (port 25 in production).",
     )
+    submission_listen: list[ListenAddress] = Field(
+        default_factory=list,
+        description="Submission listeners (port 587 style): AUTH after STARTTLS is required "
+        "before MAIL. Needs `mail.tls_cert`.",
+    )
+    smtps_listen: list[ListenAddress] = Field(
+        default_factory=list,
+        description="Implicit-TLS submission listeners (port 465 style). Needs `mail.tls_cert`.",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain for STARTTLS and implicit TLS "
+        "(`lanalyze mail tls-selfsigned` makes a test pair).",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of `mail.tls_cert`.")
+    domains: list[str] = Field(
+        default_factory=list,
+        description="Local domains: mail to them is delivered here; mail to other domains "
+        "is relayed only for authenticated users and trusted networks.",
+    )
+    mailboxes: list[MailAddress] = Field(
+        default_factory=list,
+        description="Local mailboxes (`user@local-domain`), each a Maildir under "
+        "`<data_dir>/mail/maildirs/`.",
+    )
+    aliases: dict[str, list[MailAddress]] = Field(
+        default_factory=dict,
+        description="Alias address -> mailbox addresses it delivers to.",
+    )
+    users: list[SubmissionUser] = Field(
+        default_factory=list, description="Submission users (AUTH PLAIN/LOGIN over TLS)."
+    )
+    trusted_networks: list[Network] = Field(
+        default_factory=list,
+        description="Client networks allowed to relay to non-local domains without AUTH "
+        "(CIDR). Empty: nobody unauthenticated relays.",
+    )
+    max_message_size: int = Field(
+        default=10_240_000, ge=1024, description="Largest message accepted, bytes (SIZE)."
+    )
+    max_recipients: int = Field(
+        default=1000, ge=1, description="Recipients per message; more get 452 4.5.3."
+    )
+    max_connections: int = Field(
+        default=2000, ge=1, description="Open SMTP connections in total; more get 421."
+    )
+    max_connections_per_client: int = Field(
+        default=50, ge=1, description="Open SMTP connections per client IP address."
+    )
+    hard_error_limit: int = Field(
+        default=20, ge=1, description="Error replies in one session before it is closed (421)."
+    )
+    command_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds to wait for a complete command line (RFC 5321 §4.5.3.2.7).",
+    )
+    data_timeout: float = Field(
+        default=180.0,
+        gt=0,
+        description="Seconds to wait for each block of message data (RFC 5321 §4.5.3.2.6).",
+    )
+    spool_memory: int = Field(
+        default=262_144,
+        ge=4096,
+        description="Bytes of a message held in memory before it streams to its queue file.",
+    )
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="Sender checks (SPF, DKIM, DMARC, ARC), their policy and DKIM signing.",
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MailConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("mail.tls_cert and mail.tls_key go together")
+        if (self.submission_listen or self.smtps_listen) and self.tls_cert is None:
+            raise ValueError("submission and smtps listeners need mail.tls_cert and mail.tls_key")
+        return self

@@ -1,0 +1,206 @@
+"""Cleanup: spool a message as it arrives, then make it durable before the 250 (group commit).
+
+Postfix's cleanup(8) stage in one module. A :class:`Spool` holds a message's first bytes in
+memory and streams the rest to ``queue/incoming/<id>`` once ``mail.spool_memory`` is
+exceeded, so a large message never sits in memory. :class:`Committer` makes messages
+durable: write what is left, append the trailer (envelope), ``fsync`` the file, rename it
+into ``queue/active/`` and ``fsync`` that directory. Every message waiting when a batch
+starts shares the batch's directory fsync (group commit), and the batch runs in one worker
+thread so the event loop never waits on the disk. Only when its batch has finished does a
+session send ``250 ... queued as ID``; on any error the session gets a 451 and the files are
+removed.
+
+Trust: message bytes are the peer's but are only copied; the paths are ours (queue IDs are
+generated here, never taken from a peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanalyze.log import get_logger
+from lanalyze.mail.queuefile import Envelope, Layout, footer, fsync_dir
+
+log = get_logger(__name__)
+
+HEAD_BYTES = 65536  # kept in memory for header parsing (From, Subject, Message-ID)
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+
+
+def new_queue_id() -> str:
+    """Sortable by time, unique across restarts: microseconds then 40 random bits."""
+    micros = time.time_ns() // 1000
+    digits = []
+    value = micros
+    while value:
+        value, rest = divmod(value, len(_ALPHABET))
+        digits.append(_ALPHABET[rest])
+    return "".join(reversed(digits)) + secrets.token_hex(5).upper()
+
+
+@dataclass
+class Spool:
+    path: Path
+    memory_limit: int
+    parts: list[bytes] = field(default_factory=list)
+    buffered: int = 0
+    length: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    fd: int | None = None
+
+    def append(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.buffered += len(data)
+        self.length += len(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+
+    @property
+    def over_limit(self) -> bool:
+        return self.buffered > self.memory_limit
+
+    def take(self) -> list[bytes]:
+        parts = self.parts
+        self.parts = []
+        self.buffered = 0
+        return parts
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Thread side: append bytes to the spool file (opened on first use)."""
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+    async def flush(self) -> None:
+        """Move what is buffered to the spool file (before an auth check, or when large)."""
+        parts = self.take()
+        if parts or self.fd is None:
+            await asyncio.to_thread(self.write_parts, parts)
+
+    def discard_sync(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.path.unlink(missing_ok=True)
+
+    async def discard(self) -> None:
+        self.take()
+        if self.fd is not None:
+            await asyncio.to_thread(self.discard_sync)
+
+
+@dataclass
+class _Pending:
+    spool: Spool
+    envelope: Envelope
+    future: asyncio.Future[None]
+    parts: list[bytes]
+
+
+class Committer:
+    """Group commit of finished spools into ``queue/active/``."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        executor: Executor,
+        on_committed: Callable[[list[Envelope]], None] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.executor = executor
+        self.on_committed = on_committed
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.committed = 0
+
+    def spool(self, queue_id: str, memory_limit: int) -> Spool:
+        return Spool(self.layout.q("incoming") / queue_id, memory_limit)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mail-cleanup")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            while self._pending:
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def commit(self, spool: Spool, envelope: Envelope) -> None:
+        """Returns once the message is durable in ``queue/active/``; raises OSError if not."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(spool, envelope, future, spool.take()))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                errors = await loop.run_in_executor(self.executor, self._commit_batch, batch)
+            except Exception as exc:  # our bug or a dead disk: nobody gets a 250
+                log.exception("mail.cleanup.batch_failed")
+                errors = [exc] * len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                if item.future.done():
+                    continue
+                if error is None:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_exception(error)
+
+    def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
+        active = self.layout.q("active")
+        errors: list[BaseException | None] = []
+        done: list[Envelope] = []
+        for item in batch:
+            spool = item.spool
+            try:
+                item.envelope.size = spool.length
+                spool.write_parts([*item.parts, footer(spool.length, item.envelope.trailer())])
+                assert spool.fd is not None
+                os.fsync(spool.fd)
+                os.close(spool.fd)
+                spool.fd = None
+                os.rename(spool.path, active / item.envelope.queue_id)
+                errors.append(None)
+                done.append(item.envelope)
+            except OSError as exc:
+                log.error("mail.cleanup.write_failed", extra={"error": str(exc)})
+                with contextlib.suppress(OSError):
+                    spool.discard_sync()
+                errors.append(exc)
+        if done:
+            try:
+                fsync_dir(active)
+            except OSError as exc:
+                return [exc] * len(batch)
+            self.batches += 1
+            self.committed += len(done)
+            if self.on_committed is not None:
+                try:
+                    self.on_committed(done)
+                except Exception:  # the index is derived data; the queue file is what counts
+                    log.exception("mail.index.record_failed")
+        return errors

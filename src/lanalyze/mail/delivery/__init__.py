@@ -1,0 +1,1 @@
+"""Delivery agents: local Maildir now; outbound relay later (relay mail waits in queue/hold)."""

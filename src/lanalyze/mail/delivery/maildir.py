@@ -1,0 +1,188 @@
+"""Local delivery into Maildir (the layout of qmail's maildir(5), read by mutt and Dovecot).
+
+Each copy is written to ``tmp/`` under a unique name (time, microseconds, pid, counter, host;
+the ``S=`` size Dovecot understands), fsynced, renamed into ``new/``; the ``new/`` directories
+touched by a batch are fsynced once; only then is the queue file removed (or rewritten with
+the recipients still to do). A crash therefore never loses a message and never shows a
+partial one in ``new/``; at worst a message is delivered twice (at-least-once, as every MTA).
+Lines are stored with LF endings, ``Return-Path`` and ``Delivered-To`` are added in front
+of the ``Received`` and ``Authentication-Results`` lines recorded at acceptance. A message
+quarantined by the authentication policy goes to the Maildir++ folder ``.Junk``.
+
+Runs in worker threads (blocking file I/O). Trust: queue files are ours; mailbox names come
+from the configuration, never from a peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanalyze.mail.queuefile import (
+    CorruptQueueFile,
+    Envelope,
+    Layout,
+    fsync_dir,
+    read_envelope,
+    read_message,
+    rewrite,
+)
+
+_counter = itertools.count()
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+@dataclass
+class Outcome:
+    queue_id: str
+    status: str  # delivered | deferred | hold | corrupt
+    envelope: Envelope | None = None
+    error: str = ""
+    delivered_to: list[str] = field(default_factory=list)
+
+
+def maildir_name(size: int) -> str:
+    now = time.time()
+    return (
+        f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{_HOST},S={size}"
+    )
+
+
+def ensure_maildir(path: Path) -> None:
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+
+
+class MaildirDelivery:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._known: set[Path] = set()
+
+    def folder(self, mailbox: str, junk: bool) -> Path:
+        path = self.layout.maildirs / mailbox
+        if junk:
+            path = path / ".Junk"
+        if path not in self._known:
+            ensure_maildir(path)
+            if junk:
+                (path / "maildirfolder").touch()
+            self._known.add(path)
+        return path
+
+    def deliver_batch(self, paths: list[Path]) -> list[Outcome]:
+        """Deliver each queue file; fsync the touched directories once; then dequeue."""
+        staged: list[tuple[Path, Envelope, int, Outcome]] = []
+        dirs: set[Path] = set()
+        for path in paths:
+            queue_id = path.name
+            try:
+                envelope, length = read_envelope(path)
+                message = read_message(path, length)
+            except FileNotFoundError:
+                continue  # deleted meanwhile (`mail queue delete`)
+            except (CorruptQueueFile, OSError) as exc:
+                self._quarantine(path)
+                staged.append(
+                    (
+                        path,
+                        Envelope(queue_id, "", [], {}, [], 0, "", "", ""),
+                        0,
+                        Outcome(queue_id, "corrupt", None, str(exc)),
+                    )
+                )
+                continue
+            outcome = Outcome(queue_id, "delivered", envelope)
+            body = _strip(message, envelope).replace(b"\r\n", b"\n")
+            head = envelope.prepend.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
+            junk = envelope.action == "quarantine"
+            done_mailboxes: set[str] = set()
+            for recipient in list(envelope.local):
+                try:
+                    for mailbox in envelope.local[recipient]:
+                        if mailbox in done_mailboxes:
+                            continue
+                        folder = self.folder(mailbox, junk)
+                        data = (
+                            (
+                                f"Return-Path: <{envelope.mail_from}>\nDelivered-To: {mailbox}\n"
+                            ).encode("utf-8", "surrogateescape")
+                            + head
+                            + body
+                        )
+                        self._write(folder, data)
+                        dirs.add(folder / "new")
+                        done_mailboxes.add(mailbox)
+                    del envelope.local[recipient]
+                    outcome.delivered_to.append(recipient)
+                except OSError as exc:
+                    outcome.status = "deferred"
+                    outcome.error = f"{recipient}: {exc.strerror or exc}"
+            if outcome.status == "delivered" and envelope.relay:
+                outcome.status = "hold"
+            staged.append((path, envelope, length, outcome))
+        dir_error = ""
+        for directory in dirs:
+            try:
+                fsync_dir(directory)
+            except OSError as exc:
+                dir_error = str(exc)
+        outcomes = []
+        for path, envelope, length, outcome in staged:
+            if outcome.status == "corrupt":
+                outcomes.append(outcome)
+                continue
+            if dir_error:
+                # Nothing is known to be durable: keep the queue file as it was.
+                outcomes.append(Outcome(outcome.queue_id, "deferred", envelope, dir_error))
+                continue
+            try:
+                if outcome.status == "delivered":
+                    path.unlink(missing_ok=True)
+                else:
+                    if outcome.status == "deferred":
+                        envelope.attempts += 1
+                        envelope.last_error = outcome.error
+                    target = self.layout.q("hold" if outcome.status == "hold" else "deferred")
+                    rewrite(path, target / path.name, envelope, length)
+            except OSError as exc:
+                outcomes.append(Outcome(outcome.queue_id, "deferred", envelope, str(exc)))
+                continue
+            outcomes.append(outcome)
+        return outcomes
+
+    def _write(self, folder: Path, data: bytes) -> None:
+        name = maildir_name(len(data))
+        tmp = folder / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, folder / "new" / name)
+
+    def _quarantine(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.rename(path, self.layout.q("corrupt") / path.name)
+
+
+def _strip(message: bytes, envelope: Envelope) -> bytes:
+    """Remove the byte ranges the authentication check marked (forged A-R headers)."""
+    ranges = envelope.extra.get("strip_ranges") or []
+    if not ranges:
+        return message
+    out, pos = [], 0
+    for start, end in sorted((int(a), int(b)) for a, b in ranges):
+        if start < pos or end > len(message) or start > end:
+            continue
+        out.append(message[pos:start])
+        pos = end
+    out.append(message[pos:])
+    return b"".join(out)

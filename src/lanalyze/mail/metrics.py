@@ -1,0 +1,52 @@
+"""Prometheus counters of the mail pipeline, registered in :data:`lanalyze.metrics.REGISTRY`.
+
+Labels are bounded on purpose: the listener (``mta``, ``submission``, ``smtps``), the
+command verb (a fixed set plus ``unknown``), the rejection reason (a fixed vocabulary from
+the protocol core and the shell) and the delivery result. No peer address label: the set of
+peers is unbounded, so per-peer detail goes to the (rate-limited) log instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from lanalyze.metrics import REGISTRY
+
+CONNECTIONS = Counter(
+    "lanalyze_smtp_connections",
+    "SMTP connections accepted, by listener and outcome (served, refused by a limit).",
+    ["listener", "outcome"],
+    registry=REGISTRY,
+)
+OPEN_CONNECTIONS = Gauge(
+    "lanalyze_smtp_open_connections", "SMTP connections open now.", ["listener"], registry=REGISTRY
+)
+COMMANDS = Counter(
+    "lanalyze_smtp_commands", "SMTP commands received.", ["listener", "command"], registry=REGISTRY
+)
+REJECTIONS = Counter(
+    "lanalyze_smtp_rejections",
+    "Replies refusing something, by reason (relay_denied, bare_newline, too_big, ...).",
+    ["listener", "reason"],
+    registry=REGISTRY,
+)
+MESSAGES = Counter(
+    "lanalyze_smtp_messages_accepted",
+    "Messages accepted durably (queued, 250 sent).",
+    ["listener"],
+    registry=REGISTRY,
+)
+BYTES = Counter(
+    "lanalyze_smtp_message_bytes", "Bytes of accepted messages.", ["listener"], registry=REGISTRY
+)
+DELIVERIES = Counter(
+    "lanalyze_mail_deliveries",
+    "Delivery attempts by result (delivered, deferred, hold, corrupt).",
+    ["agent", "result"],
+    registry=REGISTRY,
+)
+COMMIT_BATCHES = Counter(
+    "lanalyze_mail_commit_batches",
+    "Group-commit batches (one directory fsync each) written by cleanup.",
+    registry=REGISTRY,
+)

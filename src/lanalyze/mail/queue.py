@@ -1,0 +1,163 @@
+"""The queue manager: hands queued messages to delivery agents, retries with backoff.
+
+Like Postfix's qmgr(8): a bounded active set (``mail.queue.max_active`` messages in delivery
+at once, the rest wait on disk), deferred messages retried with doubling backoff between
+``retry_min`` and ``retry_max``, never dropped (there is no bounce yet: a message that cannot
+be delivered stays in ``queue/deferred/`` and is visible with ``lanalyze mail queue``). Mail
+for non-local recipients waits in ``queue/hold/`` until the outbound relay component exists.
+
+Stages pass queue file paths, never message objects. At start, ``queue/incoming/`` (never
+acknowledged) is emptied and everything in ``active/`` and ``deferred/`` is resumed; a
+periodic scan of ``active/`` picks up files moved there by ``lanalyze mail queue retry``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from lanalyze.log import get_logger
+from lanalyze.mail.config import QueueConfig
+from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
+from lanalyze.mail.metrics import DELIVERIES
+from lanalyze.mail.queuefile import Layout
+
+log = get_logger(__name__)
+
+MAX_PENDING_IN_MEMORY = 20_000  # beyond this, queue files wait on disk for the next scan
+WORKERS = 2
+
+
+def purge_incoming(layout: Layout) -> int:
+    removed = 0
+    for path in layout.q("incoming").iterdir():
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+class QueueManager:
+    def __init__(
+        self,
+        config: QueueConfig,
+        layout: Layout,
+        delivery: MaildirDelivery,
+        executor: Executor,
+        record: Callable[[list[Outcome]], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.delivery = delivery
+        self.executor = executor
+        self.record = record
+        self._pending: deque[Path] = deque()
+        self._known: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.delivered = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        removed = await loop.run_in_executor(self.executor, purge_incoming, self.layout)
+        if removed:
+            log.info("mail.queue.incoming_purged", extra={"files": removed})
+        for name in ("active", "deferred"):
+            names = await loop.run_in_executor(self.executor, _list, self.layout.q(name))
+            for queue_id in names:
+                self.submit(self.layout.q(name) / queue_id)
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"mail-qmgr-{n}") for n in range(WORKERS)
+        ]
+        self._tasks.append(asyncio.create_task(self._scanner(), name="mail-qmgr-scan"))
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def submit(self, path: Path) -> None:
+        if path.name in self._known or len(self._pending) >= MAX_PENDING_IN_MEMORY:
+            return
+        self._known.add(path.name)
+        self._pending.append(path)
+        self._wake.set()
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, self.config.max_active // WORKERS)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [
+                self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))
+            ]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self.executor, self.delivery.deliver_batch, batch
+                )
+            except Exception:
+                log.exception("mail.queue.delivery_crashed")
+                outcomes = []
+                for path in batch:
+                    self._retry_later(path, 0)
+            for path in batch:
+                self._known.discard(path.name)
+            for outcome in outcomes:
+                DELIVERIES.labels("local", outcome.status).inc()
+                if outcome.status == "delivered":
+                    self.delivered += 1
+                elif outcome.status == "deferred":
+                    attempts = outcome.envelope.attempts if outcome.envelope else 1
+                    log.warning(
+                        "mail.queue.deferred",
+                        extra={"queue_id": outcome.queue_id, "error": outcome.error},
+                    )
+                    self._retry_later(self.layout.q("deferred") / outcome.queue_id, attempts)
+            try:
+                await self.record(outcomes)
+            except Exception:
+                log.exception("mail.index.status_failed")
+
+    def _retry_later(self, path: Path, attempts: int) -> None:
+        delay = min(self.config.retry_max, self.config.retry_min * 2 ** max(0, attempts - 1))
+        old = self._timers.pop(path.name, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(path.name, None)
+            self.submit(path)
+
+        self._timers[path.name] = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def _scanner(self) -> None:
+        loop = asyncio.get_running_loop()
+        active = self.layout.q("active")
+        while True:
+            await asyncio.sleep(self.config.scan_interval)
+            try:
+                names = await loop.run_in_executor(self.executor, _list, active)
+            except OSError as exc:
+                log.error("mail.queue.scan_failed", extra={"error": str(exc)})
+                continue
+            for name in names:
+                self.submit(active / name)
+
+
+def _list(directory: Path) -> list[str]:
+    return sorted(entry.name for entry in directory.iterdir() if entry.is_file())

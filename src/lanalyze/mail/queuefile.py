@@ -1,0 +1,145 @@
+"""The queue file format and the data directory layout of the mail pipeline.
+
+A queue file is the message exactly as received (CRLF line ends, dot-stuffing undone),
+followed by a trailer: one JSON object (the envelope, the headers to prepend at delivery,
+the authentication verdict, the delivery state) and the message length as 10 ASCII digits
+and a newline. The message comes first so it can be spooled to disk as it arrives, before
+the envelope is final; the length at the very end finds the trailer without parsing.
+
+A file is only ever complete: it is written under ``queue/incoming/``, fsynced, renamed into
+``queue/active/`` and the directory fsynced (that is the moment of acceptance). Files left in
+``incoming/`` by a crash were never acknowledged and are removed at start.
+
+Trust: queue files are written by us; a damaged one (disk error, an operator's edit) is
+reported and moved to ``queue/corrupt/``, never delivered half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FOOTER_LEN = 11  # b"%010d\n"
+QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt")
+
+
+class CorruptQueueFile(Exception):
+    """A queue file that does not parse (never one we finished writing)."""
+
+
+@dataclass
+class Envelope:
+    queue_id: str
+    mail_from: str
+    recipients: list[str]  # as given in RCPT TO
+    local: dict[str, list[str]]  # recipient -> mailboxes, not yet delivered
+    relay: list[str]  # non-local recipients waiting for the outbound component
+    received_at: float
+    client_ip: str
+    helo: str
+    listener: str
+    user: str | None = None
+    tls: bool = False
+    prepend: str = ""  # header lines (CRLF) added in front at delivery
+    action: str = "accept"  # "accept" | "quarantine" (Junk folder)
+    auth: dict[str, Any] | None = None
+    header_from: str = ""
+    subject: str = ""
+    message_id: str = ""
+    size: int = 0
+    attempts: int = 0
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trailer(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def footer(message_length: int, trailer: bytes) -> bytes:
+    return trailer + b"%010d\n" % message_length
+
+
+def read_envelope(path: Path) -> tuple[Envelope, int]:
+    """The envelope and the message length of a queue file."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < FOOTER_LEN:
+            raise CorruptQueueFile(f"{path}: too short")
+        handle.seek(size - FOOTER_LEN)
+        tail = handle.read(FOOTER_LEN)
+        if not tail[:10].isdigit() or tail[10:] != b"\n":
+            raise CorruptQueueFile(f"{path}: no footer")
+        length = int(tail[:10])
+        if length > size - FOOTER_LEN:
+            raise CorruptQueueFile(f"{path}: bad length")
+        handle.seek(length)
+        raw = handle.read(size - FOOTER_LEN - length)
+    try:
+        data = json.loads(raw)
+        return Envelope(**data), length
+    except (ValueError, TypeError) as exc:
+        raise CorruptQueueFile(f"{path}: bad trailer: {exc}") from None
+
+
+def read_message(path: Path, length: int) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(length)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> None:
+    """Durably replace a queue file's trailer (delivery progress, retry count), moving it."""
+    tmp = path.parent.parent / "incoming" / (path.name + ".rw")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        remaining = length
+        while remaining:
+            block = src.read(min(remaining, 1 << 20))
+            if not block:
+                raise CorruptQueueFile(f"{path}: truncated")
+            dst.write(block)
+            remaining -= len(block)
+        dst.write(footer(length, envelope.trailer()))
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, target)
+    fsync_dir(target.parent)
+    if path != target:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+
+class Layout:
+    """``<data_dir>/mail/``: queue directories, Maildirs and the index."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "mail"
+        self.queue = self.root / "queue"
+        self.maildirs = self.root / "maildirs"
+        self.index = self.root / "index.sqlite"
+
+    def q(self, name: str) -> Path:
+        return self.queue / name
+
+    def create(self) -> None:
+        for name in QUEUE_DIRS:
+            self.q(name).mkdir(parents=True, exist_ok=True)
+        self.maildirs.mkdir(parents=True, exist_ok=True)
+
+    def find(self, queue_id: str) -> Path | None:
+        if not queue_id.isalnum():
+            return None
+        for name in ("active", "deferred", "hold", "corrupt"):
+            path = self.q(name) / queue_id
+            if path.exists():
+                return path
+        return None

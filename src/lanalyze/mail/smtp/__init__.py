@@ -1,0 +1,1 @@
+"""The sans-IO SMTP server core: :mod:`.protocol` (the dialogue) and :mod:`.address`."""

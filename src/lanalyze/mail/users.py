@@ -1,0 +1,128 @@
+"""Local domains, mailboxes, aliases and submission users; who may send what where.
+
+The relay decision follows Postfix's ``smtpd_relay_restrictions = permit_mynetworks,
+permit_sasl_authenticated, reject_unauth_destination`` (RFC 5321 §3.6.2, RFC 2505 §2): mail
+to a domain that is not ours is accepted only from trusted networks or authenticated users,
+and addresses using routing syntax (``user%other@local``, ``other!user@local``, source
+routes ``@a:user@b``, quoted local parts, IP literals) are refused to everyone else, so none
+of the classic open-relay tricks works. On submission an authenticated user may only use the
+envelope sender addresses configured as theirs (header From is checked by the server at the
+end of DATA with :meth:`Directory.may_send_as`).
+
+Passwords are argon2 hashes (argon2-cffi); verification is CPU-heavy and runs in a thread.
+Trust: addresses come from peers; the configuration is the operator's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from lanalyze.mail.config import MailConfig
+from lanalyze.mail.smtp.address import Path
+from lanalyze.mail.smtp.protocol import Reply, SMTPSession
+
+R_RELAY_DENIED = Reply(554, "5.7.1 Relay access denied")
+R_UNKNOWN_USER = Reply(550, "5.1.1 Recipient address rejected: User unknown")
+R_NOT_YOURS = Reply(553, "5.7.1 Sender address rejected: not owned by user")
+
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one accepted recipient goes: local mailboxes, or relay (waits in the queue)."""
+
+    recipient: str
+    mailboxes: tuple[str, ...] = ()
+    relay: bool = False
+
+
+class Directory:
+    """The configured domains, mailboxes, aliases and users, with the policy decisions."""
+
+    def __init__(self, config: MailConfig) -> None:
+        self.domains = {d.lower().rstrip(".") for d in config.domains}
+        self.mailboxes = {m.lower() for m in config.mailboxes}
+        self.aliases = {k.lower(): [v.lower() for v in vs] for k, vs in config.aliases.items()}
+        self.users = {u.name: u for u in config.users}
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+
+    # ---------------------------------------------------------------- lookups
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+    def trusted(self, client_ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def resolve(self, path: Path) -> Destination | None:
+        """Mailboxes an address delivers to (aliases expanded one level), None if unknown."""
+        address = path.address.lower()
+        if not path.domain and address == "postmaster" and self.domains:
+            address = f"postmaster@{min(self.domains)}"  # RFC 5321 §4.5.1
+        if address in self.mailboxes:
+            return Destination(address, (address,))
+        if address in self.aliases:
+            targets = tuple(t for t in self.aliases[address] if t in self.mailboxes)
+            return Destination(address, targets) if targets else None
+        return None
+
+    def verify_password(self, user: str, password: str) -> bool:
+        """argon2 verification: slow on purpose, so callers run it in a thread."""
+        entry = self.users.get(user)
+        if entry is None:
+            _hasher.hash("dummy")  # same cost whether or not the user exists
+            return False
+        try:
+            return _hasher.verify(entry.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def may_send_as(self, user: str, address: str) -> bool:
+        entry = self.users.get(user)
+        if entry is None:
+            return False
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        return any(owned in (address, domain) for owned in entry.addresses)
+
+    # ---------------------------------------------------------------- Policy protocol
+
+    def check_sender(self, session: SMTPSession, path: Path) -> Reply | None:
+        if session.user is not None and (
+            not path.address or not self.may_send_as(session.user, path.address)
+        ):
+            return R_NOT_YOURS
+        return None
+
+    def check_recipient(self, session: SMTPSession, path: Path) -> Reply | None:
+        privileged = session.user is not None or self.trusted(session.client_ip)
+        local = (not path.domain and path.local.lower() == "postmaster") or (
+            self.is_local_domain(path.domain) and not path.ip_literal
+        )
+        if not local:
+            return None if privileged else R_RELAY_DENIED
+        if path.relay_tricks and not privileged:
+            return R_RELAY_DENIED
+        if self.resolve(path) is None:
+            return R_UNKNOWN_USER
+        return None
+
+    def destination(self, path: Path) -> Destination:
+        """For an accepted recipient: its mailboxes, or relay."""
+        found = (
+            self.resolve(path) if (not path.domain or self.is_local_domain(path.domain)) else None
+        )
+        return found if found is not None else Destination(path.address, (), relay=True)
