@@ -143,9 +143,8 @@ class Template:
             name = f"f{index}"
             op = _compile_field(name, f)
             names.append(name)
-            formats.append(
-                _int_dtype(f.length) if op.kind not in ("ip", "mac") else ("u1", (f.length,))
-            )
+            as_bytes = op.kind in ("ip", "mac") or (op.kind == "extra" and f.enterprise != 0)
+            formats.append(("u1", (f.length,)) if as_bytes else _int_dtype(f.length))
             if op.kind != "skip":
                 ops.append(op)
         self.dtype = np.dtype({"names": names, "formats": formats}) if names else np.dtype([])
@@ -184,7 +183,7 @@ class Template:
                     if pos + length > end:
                         raise PeerDataError("variable-length field overruns its set")
                     raw = data[pos : pos + length]
-                    values[f.key] = element_value(f, raw)
+                    values[f.key] = element_value(f, raw, variable=True)
                 else:
                     if pos + length > end:
                         raise PeerDataError("record overruns its set")
@@ -209,11 +208,12 @@ class Template:
         return cls(int(data["id"]), fields, bool(data["options"]))
 
 
-def element_value(f: Field, raw: bytes) -> Any:
-    """A value for ``extra``: text for IANA string elements, int for short integers, else hex."""
+def element_value(f: Field, raw: bytes, variable: bool = False) -> Any:
+    """A value for ``extra``: text for IANA string elements, int for fixed-length IANA
+    elements of 1, 2, 4 or 8 bytes, hex for the rest (enterprise elements, octet arrays)."""
     if f.enterprise == 0 and f.element in STRING_ELEMENTS:
         return raw.rstrip(b"\0").decode("utf-8", "replace")
-    if f.enterprise == 0 and len(raw) in (1, 2, 4, 8):
+    if f.enterprise == 0 and not variable and len(raw) in (1, 2, 4, 8):
         return int.from_bytes(raw, "big")
     return raw.hex()
 
