@@ -17,6 +17,7 @@ from lanalyze.flows.cli import flows
 from lanalyze.log import setup_logging
 from lanalyze.mail.cli import mail
 from lanalyze.service import StartError
+from lanalyze.web.cli import web
 
 EXIT_CONFIG = 2
 EXIT_START = 3
@@ -96,3 +97,4 @@ def config_dump(app: AppContext) -> None:
 
 main.add_command(flows)
 main.add_command(mail)
+main.add_command(web)

@@ -1,7 +1,9 @@
 """The HTTP listener: console, JSON API and ``/metrics``, served by uvicorn in our event loop.
 
 We bind the socket ourselves so a busy port is a :class:`~lanalyze.service.BindError` naming
-the config key instead of uvicorn's exit.
+the config key instead of uvicorn's exit. With ``web.tls_cert``/``web.tls_key`` uvicorn serves
+HTTPS on that socket. Every request passes the security-headers middleware, then the
+authentication middleware (login, session, CSRF; see :mod:`lanalyze.web.auth`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,29 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from lanalyze import metrics
 from lanalyze.log import get_logger
-from lanalyze.service import bind_socket
+from lanalyze.service import StartError, bind_socket
+from lanalyze.web.auth import AuthMiddleware, LoginLimiter, SessionCodec, Users
+from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
+from lanalyze.web.security import SecurityHeadersMiddleware
 
 log = get_logger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = Path("~/.local/share/lanalyze")
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -33,13 +45,62 @@ async def health_endpoint(request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
 
-def build_app() -> Starlette:
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics_endpoint),
-            Route("/healthz", health_endpoint),
-        ]
+@dataclass
+class Console:
+    """What every page handler needs, reachable as ``request.app.state.console``."""
+
+    config: WebConfig
+    data_dir: Path
+    users: Users
+    sessions: SessionCodec
+    limiter: LoginLimiter
+
+
+def build_app(
+    config: WebConfig | None = None,
+    data_dir: Path | None = None,
+    *,
+    secret: bytes | None = None,
+) -> Starlette:
+    from lanalyze.web.pages import exporters as exporter_pages
+    from lanalyze.web.pages import flows as flow_pages
+    from lanalyze.web.pages import login as login_pages
+    from lanalyze.web.pages import mail as mail_pages
+
+    config = config or WebConfig()
+    data_dir = (data_dir or DEFAULT_DATA_DIR).expanduser()
+    if secret is None:
+        secret_file = config.session_secret_file or data_dir / "web" / "session.key"
+        try:
+            secret = _load_secret(secret_file.expanduser())
+        except (OSError, ValueError) as exc:
+            raise StartError(f"web.session_secret_file: {exc}") from None
+    users = Users(config.users)
+    console = Console(
+        config=config,
+        data_dir=data_dir,
+        users=users,
+        sessions=SessionCodec(secret, config.session_lifetime, users),
+        limiter=LoginLimiter(config.login_attempts, config.login_window),
     )
+    routes: list[BaseRoute] = [
+        Route("/metrics", metrics_endpoint),
+        Route("/healthz", health_endpoint),
+        Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"),
+        *login_pages.routes,
+        *flow_pages.routes,
+        *exporter_pages.routes,
+        *mail_pages.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeadersMiddleware, tls=config.tls),
+            Middleware(AuthMiddleware, config=config, codec=console.sessions),
+        ],
+    )
+    app.state.console = console
+    return app
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -53,8 +114,9 @@ class _EmbeddedServer(uvicorn.Server):
 class WebServer:
     name = "web"
 
-    def __init__(self, config: WebConfig) -> None:
+    def __init__(self, config: WebConfig, data_dir: Path | None = None) -> None:
         self.config = config
+        self.data_dir = data_dir
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -66,10 +128,23 @@ class WebServer:
         return host, port
 
     async def start(self) -> None:
+        app = await asyncio.to_thread(build_app, self.config, self.data_dir)
         self._sock = bind_socket(self.config.listen, "web.listen")
         config = uvicorn.Config(
-            build_app(), log_config=None, access_log=False, lifespan="off", timeout_notify=5
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_notify=5,
+            ssl_certfile=str(self.config.tls_cert) if self.config.tls_cert else None,
+            ssl_keyfile=str(self.config.tls_key) if self.config.tls_key else None,
         )
+        try:
+            if self.config.tls:
+                config.load()
+        except (OSError, ValueError) as exc:
+            self._sock.close()
+            raise StartError(f"web.tls_cert / web.tls_key: {exc}") from None
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         while not self._server.started:
@@ -77,7 +152,15 @@ class WebServer:
                 self._task.result()
                 return
             await asyncio.sleep(0.01)
-        log.info("web.listening", extra={"address": "{}:{}".format(*self.address)})
+        if not self.config.users:
+            log.warning("web.no_users", extra={"hint": "add [[web.users]] to the config"})
+        log.info(
+            "web.listening",
+            extra={
+                "address": "{}:{}".format(*self.address),
+                "scheme": "https" if self.config.tls else "http",
+            },
+        )
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

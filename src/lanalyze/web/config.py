@@ -1,10 +1,31 @@
-"""Settings of the web console, JSON API and /metrics (section ``[web]``)."""
+"""Settings of the web console, JSON API and /metrics (section ``[web]``).
+
+Users are listed here with argon2 password hashes (``lanalyze web hash-password`` prints one);
+the session signing key lives in a file so it survives restarts without being in the config.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
+
+
+class WebUser(Section):
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._@-]+$",
+        description="Login name of a console user.",
+    )
+    password_hash: str = Field(
+        pattern=r"^\$argon2(id|i|d)\$",
+        description="argon2 hash of the user's password (`lanalyze web hash-password`).",
+    )
 
 
 class WebConfig(Section):
@@ -12,3 +33,57 @@ class WebConfig(Section):
     listen: ListenAddress = Field(
         default="127.0.0.1:8080", description="Address of the console, the API and /metrics."
     )
+    users: list[WebUser] = Field(
+        default_factory=list,
+        description="Console users; with none, every page answers with a hint to add one.",
+    )
+    session_secret_file: Path | None = Field(
+        default=None,
+        description="File with the key that signs session cookies (created with mode 0600 if "
+        "absent); default `<data_dir>/web/session.key`.",
+    )
+    session_lifetime: int = Field(
+        default=12 * 3600,
+        ge=60,
+        le=90 * 86400,
+        description="Seconds a login stays valid.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain; with `tls_key`, the listener is HTTPS."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of `tls_cert`.")
+    login_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed logins allowed per client address and per user name within "
+        "`login_window` before further attempts get 429.",
+    )
+    login_window: int = Field(
+        default=300, ge=1, le=86400, description="Seconds over which failed logins are counted."
+    )
+    metrics_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client networks that may read /metrics without logging in (others must "
+        "log in); an empty list requires a login from everywhere.",
+    )
+
+    @field_validator("metrics_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ipaddress.ip_network(text, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        names = [user.name for user in self.users]
+        if len(names) != len(set(names)):
+            raise ValueError("user names must be unique")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None

@@ -1,0 +1,242 @@
+"""The console's view of the flow reports: calls :mod:`lanalyze.flows.query.reports` and shapes
+the answers for templates and charts.
+
+This is deliberately not a query layer: every number comes from the same functions the CLI and
+the JSON API (``/api/flows/...``) call. What is added here is presentation only: chart series
+as arrays of epoch milliseconds and bits/s, labels for table rows, drill-down keys, and the
+filter error split into message, text and caret column for the page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lanalyze.flows.query import reports
+from lanalyze.flows.query.apps import PROTOCOL_NAMES, application, protocol_name
+from lanalyze.flows.query.compile import compile_filter
+from lanalyze.flows.query.filterlang import FilterError
+
+ReportError = reports.ReportError
+_APP_LABEL = re.compile(r"^([a-z0-9]+)/(\d+)(?: .*)?$")
+_PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
+
+
+@dataclass
+class FilterProblem:
+    message: str
+    text: str
+    column: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """What every report of a page shares: ``[since, until)`` in UTC ms and the filter."""
+
+    since: int
+    until: int
+    filter: str
+
+
+@dataclass
+class TopRow:
+    label: str
+    bytes: int
+    packets: int
+    flows: int
+    bps: float
+    share: float
+    parts: list[str] = field(default_factory=list)
+    """The row's key split into drill-down values (the two hosts of a conversation)."""
+
+
+def flow_dir(data_dir: Path) -> Path:
+    return data_dir / "flows"
+
+
+def check_filter(text: str) -> FilterProblem | None:
+    try:
+        compile_filter(text)
+    except FilterError as exc:
+        return FilterProblem(exc.message, exc.text, exc.column)
+    return None
+
+
+def parse_app(label: str) -> tuple[int, int] | None:
+    """``tcp/443 https`` -> (6, 443); None for port-less applications."""
+    match = _APP_LABEL.match(label)
+    if not match:
+        return None
+    proto = _PROTOCOLS_BY_NAME.get(match.group(1))
+    if proto is None:
+        proto = int(match.group(1)) if match.group(1).isdigit() else None
+    if proto is None:
+        return None
+    return proto, int(match.group(2))
+
+
+def app_label(proto: int, port: int) -> str:
+    return application(proto, port)
+
+
+def _ms(iso_time: str) -> int:
+    return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list[TopRow]:
+    report = reports.top(
+        flow_dir(data_dir),
+        by,
+        since=window.since,
+        until=window.until,
+        order=order,
+        limit=limit,
+        filter=window.filter,
+    )
+    name = report.dimensions[0]
+    rows = []
+    for row in report.rows:
+        label = str(row[name])
+        parts = label.split(" <-> ") if name in ("conversation", "conv") else [label]
+        rows.append(
+            TopRow(
+                label=label,
+                bytes=int(row["bytes"]),
+                packets=int(row["packets"]),
+                flows=int(row["flows"]),
+                bps=float(row["bps"]),
+                share=float(row["share"]),
+                parts=parts,
+            )
+        )
+    return rows
+
+
+def peers(data_dir: Path, window: Window, host: str, order: str, limit: int) -> list[TopRow]:
+    """The hosts ``host`` talked with: its conversations, named by the other side."""
+    rows = top(data_dir, window, "conversation", order, limit)
+    for row in rows:
+        others = [part for part in row.parts if part != host] or row.parts[:1]
+        row.label = others[0]
+        row.parts = [others[0]]
+    return rows
+
+
+def series(data_dir: Path, window: Window, by: str | None, top_n: int) -> dict[str, Any]:
+    """Chart data: ``{times, bucket_ms, unit, series: [{name, values, other}]}`` in bits/s."""
+    report = reports.series(
+        flow_dir(data_dir),
+        since=window.since,
+        until=window.until,
+        by=by,
+        top_n=top_n,
+        filter=window.filter,
+    )
+    times = sorted({_ms(point["time"]) for point in report.points})
+    index = {t: i for i, t in enumerate(times)}
+    values = {group: [0.0] * len(times) for group in report.groups}
+    for point in report.points:
+        values.setdefault(point["group"], [0.0] * len(times))[index[_ms(point["time"])]] = float(
+            point["bps"]
+        )
+    series_list = [
+        {"name": group, "values": values[group], "other": group == "other"}
+        for group in report.groups
+        if any(values[group])
+    ]
+    return {
+        "times": times,
+        "since": report.since,
+        "until": report.until,
+        "bucket_ms": report.bucket_ms,
+        "unit": "b/s",
+        "series": series_list,
+    }
+
+
+def interfaces(
+    data_dir: Path, window: Window, limit: int, *, exporter: str | None = None
+) -> list[dict[str, Any]]:
+    """Interfaces by in + out bytes (all of one exporter's when ``exporter`` is given)."""
+    rows = reports.top_interfaces(
+        flow_dir(data_dir),
+        since=window.since,
+        until=window.until,
+        limit=0 if exporter else limit,
+        filter=window.filter,
+    )
+    result = []
+    for row in rows:
+        if exporter is not None and row["exporter"] != exporter:
+            continue
+        result.append(
+            {
+                "exporter": row["exporter"],
+                "ifindex": int(row["interface"]),
+                "name": row.get("name", ""),
+                "in_bps": float(row["in_bps"]),
+                "out_bps": float(row["out_bps"]),
+                "in_bytes": int(row["in_bytes"]),
+                "out_bytes": int(row["out_bytes"]),
+            }
+        )
+    return result
+
+
+def interface_series(data_dir: Path, window: Window, exporter: str, ifindex: int) -> dict[str, Any]:
+    """In and out bits/s of one interface (the filter does not apply: it is the link's load)."""
+    report = reports.interface_series(
+        flow_dir(data_dir),
+        exporter=exporter,
+        interface=ifindex,
+        since=window.since,
+        until=window.until,
+    )
+    points = report["points"]
+    return {
+        "times": [_ms(p["time"]) for p in points],
+        "since": _ms(report["since"]),
+        "until": _ms(report["until"]),
+        "bucket_ms": int(report["bucket_seconds"]) * 1000,
+        "unit": "b/s",
+        "stacked": False,
+        "series": [
+            {"name": "in", "values": [float(p["in_bps"]) for p in points]},
+            {"name": "out", "values": [float(p["out_bps"]) for p in points]},
+        ],
+    }
+
+
+def flows(data_dir: Path, window: Window, limit: int) -> list[dict[str, Any]]:
+    rows = reports.list_flows(
+        flow_dir(data_dir),
+        since=window.since,
+        until=window.until,
+        filter=window.filter,
+        limit=limit,
+    )
+    result = []
+    for row in rows:
+        start = _ms(row["time_start"]) if row.get("time_start") else 0
+        end = _ms(row["time_end"]) if row.get("time_end") else start
+        result.append(
+            {
+                "start": start or int(row["time_received_ms"]),
+                "duration_ms": max(0, end - start),
+                "proto": protocol_name(int(row["protocol"])),
+                "src": row["src_addr"],
+                "src_port": row["src_port"],
+                "dst": row["dst_addr"],
+                "dst_port": row["dst_port"],
+                "bytes": row["bytes"],
+                "packets": row["packets"],
+                "exporter": row["exporter"],
+                "in_if": row["in_if"],
+                "out_if": row["out_if"],
+                "flags": row.get("flags", ""),
+            }
+        )
+    return result

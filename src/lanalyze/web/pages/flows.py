@@ -1,0 +1,424 @@
+"""Flow pages: the dashboard and the drill-downs (host, application, conversation, interface).
+
+Every page reads the same query parameters, so a drill-down link keeps the time range and the
+filter: ``range`` (``5m`` ... ``30d`` or ``custom`` with ``from``/``to``), ``filter`` (the CLI's
+filter language), ``order`` (``bytes``, ``packets``, ``flows``) and ``refresh`` (seconds).
+The numbers come from the reports layer (:mod:`lanalyze.web.flowreports` adapts it); the
+queries of one page run concurrently in threads so DuckDB never blocks the event loop.
+
+Trust: path and query parameters are the user's. Addresses and numbers in paths are parsed
+and re-printed before they enter a filter; the user's filter text is checked on its own first
+(so the caret points into what they typed) and then combined with the page's own condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from lanalyze.flows.query.apps import PROTOCOL_NAMES
+from lanalyze.web import flowreports
+from lanalyze.web.flowreports import FilterProblem
+from lanalyze.web.templating import render
+
+T = TypeVar("T")
+
+RANGES: dict[str, tuple[str, int]] = {
+    "5m": ("Last 5 minutes", 5 * 60),
+    "15m": ("Last 15 minutes", 15 * 60),
+    "1h": ("Last hour", 3600),
+    "6h": ("Last 6 hours", 6 * 3600),
+    "24h": ("Last 24 hours", 86400),
+    "7d": ("Last 7 days", 7 * 86400),
+    "30d": ("Last 30 days", 30 * 86400),
+}
+DEFAULT_RANGE = "1h"
+ORDERS = ("bytes", "packets", "flows")
+REFRESH = {"0": "Off", "30": "30 s", "60": "1 min", "300": "5 min"}
+TOP_N = 10
+FLOW_LIMIT = 50
+_PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
+
+
+@dataclass
+class View:
+    """What the user asked for: range, filter, order, refresh (all from the URL)."""
+
+    range: str
+    since_ms: int
+    until_ms: int
+    custom_from: str
+    custom_to: str
+    filter: str
+    order: str
+    refresh: str
+    problem: FilterProblem | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def query(self, **changes: str) -> str:
+        params = {"range": self.range, "filter": self.filter, "order": self.order}
+        if self.range == "custom":
+            params.update({"from": self.custom_from, "to": self.custom_to})
+        if self.refresh != "0":
+            params["refresh"] = self.refresh
+        params.update(changes)
+        return urlencode({k: v for k, v in params.items() if v})
+
+    def link(self, path: str, **changes: str) -> str:
+        query = self.query(**changes)
+        return f"{path}?{query}" if query else path
+
+    @property
+    def span_label(self) -> str:
+        if self.range in RANGES:
+            return RANGES[self.range][0]
+        return f"{_fmt_local(self.since_ms)} – {_fmt_local(self.until_ms)} UTC"
+
+
+def _fmt_local(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def _parse_local(text: str) -> int | None:
+    for pattern in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            moment = datetime.strptime(text.strip(), pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        return int(moment.timestamp() * 1000)
+    return None
+
+
+def parse_view(request: Request, now_ms: int | None = None) -> View:
+    params = request.query_params
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    choice = params.get("range", DEFAULT_RANGE)
+    notes: list[str] = []
+    custom_from = params.get("from", "")[:32]
+    custom_to = params.get("to", "")[:32]
+    if choice == "custom":
+        since = _parse_local(custom_from)
+        until = _parse_local(custom_to) if custom_to else now_ms
+        if since is None or until is None or since >= until:
+            notes.append(
+                "The custom range needs a start before its end (UTC); showing the last hour."
+            )
+            choice = DEFAULT_RANGE
+        else:
+            until = min(until, now_ms)
+            return View(
+                choice,
+                since,
+                until,
+                custom_from,
+                custom_to,
+                _filter(params),
+                _order(params),
+                _refresh(params),
+                notes=notes,
+            )
+    if choice not in RANGES:
+        choice = DEFAULT_RANGE
+    seconds = RANGES[choice][1]
+    since = now_ms - seconds * 1000
+    return View(
+        choice,
+        since,
+        now_ms,
+        custom_from or _fmt_local(since),
+        custom_to or _fmt_local(now_ms),
+        _filter(params),
+        _order(params),
+        _refresh(params),
+        notes=notes,
+    )
+
+
+def _filter(params: Any) -> str:
+    return str(params.get("filter", "")).strip()[:4096]
+
+
+def _order(params: Any) -> str:
+    order = str(params.get("order", "bytes"))
+    return order if order in ORDERS else "bytes"
+
+
+def _refresh(params: Any) -> str:
+    value = str(params.get("refresh", "0"))
+    return value if value in REFRESH else "0"
+
+
+def _combine(user: str, own: str) -> str:
+    if not user:
+        return own
+    if not own:
+        return user
+    return f"({user}) and ({own})"
+
+
+async def _gather(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
+    results = await asyncio.gather(*(asyncio.to_thread(call) for call in calls.values()))
+    return dict(zip(calls, results, strict=True))
+
+
+def _page_filter(view: View, own: str) -> str | None:
+    """The filter the queries run with, or None when the user's filter is malformed."""
+    view.problem = flowreports.check_filter(view.filter)
+    if view.problem is not None:
+        return None
+    return _combine(view.filter, own)
+
+
+def _context(request: Request, view: View, **values: Any) -> dict[str, Any]:
+    return {
+        "view": view,
+        "ranges": RANGES,
+        "orders": ORDERS,
+        "refresh_choices": REFRESH,
+        "links": Links(view),
+        **values,
+    }
+
+
+class Links:
+    """Drill-down URLs that keep the current range, filter and order."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+
+    def host(self, address: str) -> str:
+        return self.view.link(f"/flows/host/{quote(address, safe='')}")
+
+    def app(self, label: str) -> str | None:
+        parsed = flowreports.parse_app(label)
+        if parsed is None:
+            return None
+        proto, port = parsed
+        return self.view.link(f"/flows/app/{proto}/{port}")
+
+    def conversation(self, a: str, b: str) -> str:
+        return self.view.link(f"/flows/conversation/{quote(a, safe='')}/{quote(b, safe='')}")
+
+    def interface(self, exporter: str, ifindex: int | str) -> str:
+        return self.view.link(f"/flows/interface/{quote(exporter, safe='')}/{ifindex}")
+
+    def exporter(self, exporter: str) -> str:
+        return self.view.link(f"/flows/exporter/{quote(exporter, safe='')}")
+
+    def page(self, **changes: str) -> str:
+        return self.view.link(self.view_path, **changes)
+
+    view_path = "/"
+
+
+async def _run_page(
+    request: Request,
+    template: str,
+    own_filter: str,
+    queries: Callable[[View, str], dict[str, Callable[[], Any]]],
+    **values: Any,
+) -> Response:
+    view = parse_view(request)
+    started = time.perf_counter()
+    combined = _page_filter(view, own_filter)
+    results: dict[str, Any] = {}
+    if combined is not None:
+        try:
+            results = await _gather(queries(view, combined))
+        except flowreports.ReportError as exc:
+            view.notes.append(str(exc))
+    context = _context(request, view, **values, **results)
+    context["links"].view_path = request.url.path
+    context["query_ms"] = round((time.perf_counter() - started) * 1000)
+    status = 400 if view.problem is not None else 200
+    return render(request, template, context, status_code=status)
+
+
+async def dashboard(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "series": lambda: flowreports.series(data_dir, window, "app", 8),
+            "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
+            "destinations": lambda: flowreports.top(
+                data_dir, window, "dst_addr", view.order, TOP_N
+            ),
+            "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
+            "conversations": lambda: flowreports.top(
+                data_dir, window, "conversation", view.order, TOP_N
+            ),
+            "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
+            "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N),
+        }
+
+    return await _run_page(request, "dashboard.html", "", queries, title="Flows")
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise HTTPException(404, f"{text!r} is not an IP address") from None
+
+
+async def host_page(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+    address = _address(request.path_params["address"])
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "series": lambda: flowreports.series(data_dir, window, "app", 6),
+            "peers": lambda: flowreports.peers(data_dir, window, address, view.order, 20),
+            "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+        }
+
+    return await _run_page(
+        request,
+        "drill.html",
+        f"host {address}",
+        queries,
+        title=f"Host {address}",
+        kind="host",
+        subject=address,
+    )
+
+
+async def app_page(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+    proto_text = str(request.path_params["proto"])
+    proto = _PROTOCOLS_BY_NAME.get(proto_text)
+    if proto is None:
+        if not proto_text.isdigit() or int(proto_text) > 255:
+            raise HTTPException(404, "unknown protocol")
+        proto = int(proto_text)
+    port = int(request.path_params["port"])
+    if port > 65535:
+        raise HTTPException(404, "no such port")
+    label = flowreports.app_label(proto, port)
+    own = f"proto {proto} and port {port}" if proto in (6, 17, 132) else f"proto {proto}"
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "series": lambda: flowreports.series(data_dir, window, "src_addr", 6),
+            "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
+            "destinations": lambda: flowreports.top(
+                data_dir, window, "dst_addr", view.order, TOP_N
+            ),
+            "conversations": lambda: flowreports.top(
+                data_dir, window, "conversation", view.order, TOP_N
+            ),
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+        }
+
+    return await _run_page(
+        request,
+        "drill.html",
+        own,
+        queries,
+        title=f"Application {label}",
+        kind="app",
+        subject=label,
+    )
+
+
+async def conversation_page(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+    a = _address(request.path_params["a"])
+    b = _address(request.path_params["b"])
+    own = f"(src host {a} and dst host {b}) or (src host {b} and dst host {a})"
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "series": lambda: flowreports.series(data_dir, window, "app", 6),
+            "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+        }
+
+    return await _run_page(
+        request,
+        "drill.html",
+        own,
+        queries,
+        title=f"Conversation {a} ⇄ {b}",
+        kind="conversation",
+        subject=f"{a} ⇄ {b}",
+        hosts=(a, b),
+    )
+
+
+async def interface_page(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+    exporter = _address(request.path_params["exporter"])
+    ifindex = int(request.path_params["ifindex"])
+    own = f"if {ifindex}"
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "utilisation": lambda: flowreports.interface_series(
+                data_dir, window, exporter, ifindex
+            ),
+            "peers_by_ip": lambda: flowreports.top(data_dir, window, "ip", view.order, TOP_N),
+            "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+        }
+
+    return await _run_page(
+        request,
+        "drill.html",
+        own,
+        queries,
+        title=f"Interface {ifindex} on {exporter}",
+        kind="interface",
+        subject=f"{exporter} if {ifindex}",
+        exporter=exporter,
+        ifindex=ifindex,
+    )
+
+
+async def exporter_page(request: Request) -> Response:
+    data_dir = request.app.state.console.data_dir
+    exporter = _address(request.path_params["exporter"])
+
+    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
+        window = flowreports.Window(view.since_ms, view.until_ms, flt)
+        return {
+            "interfaces": lambda: flowreports.interfaces(data_dir, window, 0, exporter=exporter),
+        }
+
+    return await _run_page(
+        request,
+        "exporter.html",
+        "",
+        queries,
+        title=f"Exporter {exporter}",
+        exporter=exporter,
+    )
+
+
+routes = [
+    Route("/", dashboard),
+    Route("/flows", dashboard),
+    Route("/flows/host/{address}", host_page),
+    Route("/flows/app/{proto}/{port:int}", app_page),
+    Route("/flows/conversation/{a}/{b}", conversation_page),
+    Route("/flows/interface/{exporter}/{ifindex:int}", interface_page),
+    Route("/flows/exporter/{exporter}", exporter_page),
+]

@@ -1,0 +1,7 @@
+"""mail pages (in progress)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+routes: list[BaseRoute] = []
