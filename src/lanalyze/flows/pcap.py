@@ -280,7 +280,7 @@ def _tsresol(options: bytes, order: str) -> int:
         code, length = struct.unpack(order + "HH", options[pos : pos + 4])
         if code == 0:
             break
-        if code == 9 and length >= 1:
+        if code == 9 and length >= 1 and pos + 4 < len(options):
             value = options[pos + 4]
             exponent = min(value & 0x7F, 30)
             return int(2**exponent if value & 0x80 else 10**exponent)

@@ -1,0 +1,137 @@
+"""Hypothesis fuzz of FlowDecoder.decode: random and mutated datagrams never raise, and the
+template memory stays within its bounds."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lanalyze.flows.decode import FlowDecoder, Packet
+from tests.flows.test_decode_templates import (
+    FLOW_FIELDS,
+    data_message,
+    flow_set,
+    ip4,
+    ipfix_message,
+    ipfix_options_template,
+    template_message,
+    template_record,
+    v9_options_template,
+    v9_packet,
+)
+from tests.flows.test_decode_v5 import v5_datagram, v5_record
+
+# LANALYZE_FUZZ_EXAMPLES=5000 for a longer local run; the suite keeps each test < ~10 s.
+EXAMPLES = int(os.environ.get("LANALYZE_FUZZ_EXAMPLES", "250"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+MAX_TEMPLATES = 8
+MAX_EXPORTERS = 3
+
+VARIABLE_TEMPLATE = ipfix_message(
+    [flow_set(2, template_record(400, [(8, 4), (82, 0xFFFF), (2, 4), (1000, 2, 9), (315, 0xFFFF)]))]
+)
+VARIABLE_DATA = ipfix_message(
+    [flow_set(400, ip4("10.9.9.9") + b"\x04eth0" + struct.pack(">I", 5) + b"\x12\x34\x02\xab\xcd")]
+)
+OPTIONS = ipfix_message(
+    [flow_set(3, ipfix_options_template(500, [(302, 4)], [(305, 4), (306, 4)]))]
+)
+OPTIONS_DATA = ipfix_message([flow_set(500, struct.pack(">III", 1, 1, 99))])
+V9_TEMPLATES = v9_packet(
+    [
+        flow_set(1, v9_options_template(300, [(1, 4)], [(48, 1), (50, 4)]), pad=2),
+        flow_set(0, template_record(256, [(8, 4), (1, 4), (22, 4), (21, 4)], ipfix=False)),
+    ]
+)
+V9_DATA = v9_packet([flow_set(256, ip4("10.0.0.1") + struct.pack(">III", 1500, 1, 2))])
+V9_OPTIONS_DATA = v9_packet([flow_set(300, struct.pack(">IBI", 0, 4, 512), pad=3)])
+
+SEEDS = [
+    v5_datagram([v5_record(i) for i in range(3)]),
+    template_message(),
+    data_message(3),
+    VARIABLE_TEMPLATE,
+    VARIABLE_DATA,
+    OPTIONS,
+    OPTIONS_DATA,
+    V9_TEMPLATES,
+    V9_DATA,
+    V9_OPTIONS_DATA,
+    ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS) + struct.pack(">HH", 2, 0))]),
+]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 6))):
+        action = draw(st.sampled_from(["set", "truncate", "insert", "word"]))
+        if not data:
+            break
+        position = draw(st.integers(0, len(data) - 1))
+        if action == "set":
+            data[position] = draw(st.integers(0, 255))
+        elif action == "truncate":
+            del data[position:]
+        elif action == "insert":
+            data[position:position] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            # Lengths and counts are 16-bit words: push them to their extremes.
+            value = draw(st.sampled_from([0, 1, 3, 4, 255, 256, 0x7FFF, 0xFFFF]))
+            data[position : position + 2] = struct.pack(">H", value)
+    return bytes(data)
+
+
+def random_datagram() -> st.SearchStrategy[bytes]:
+    header = st.sampled_from([b"\x00\x05", b"\x00\x09", b"\x00\x0a", b"\x00\x07", b""])
+    return st.builds(lambda h, body: h + body, header, st.binary(max_size=300))
+
+
+def check(packets: list[bytes], exporters: list[str]) -> None:
+    decoder = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=MAX_EXPORTERS)
+    batch = decoder.decode(
+        [
+            Packet(data, exporter, 1_700_000_000_000)
+            for data, exporter in zip(packets, exporters, strict=True)
+        ]
+    )
+    n = batch.rows
+    assert all(len(column) == n for column in batch.columns.values())
+    assert batch.extra is None or len(batch.extra) == n
+    batch.to_record_batch()
+    assert decoder.template_count <= MAX_TEMPLATES * MAX_EXPORTERS
+    assert decoder.exporter_count <= MAX_EXPORTERS
+    decoder.load_templates(decoder.save_templates())
+
+
+EXPORTER_NAMES = st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "198.51.100.9"])
+
+
+@FUZZ
+@given(st.lists(st.one_of(mutated(), random_datagram()), min_size=1, max_size=12), st.data())
+def test_mutated_and_random_datagrams_never_raise(
+    packets: list[bytes], data: st.DataObject
+) -> None:
+    exporters = [data.draw(EXPORTER_NAMES) for _ in packets]
+    # Valid templates first, so mutated data sets reach the record decoders.
+    seeds = [template_message(), VARIABLE_TEMPLATE, OPTIONS, V9_TEMPLATES]
+    check(seeds + packets, [exporters[0]] * len(seeds) + exporters)
+
+
+@FUZZ
+@given(st.lists(st.binary(min_size=0, max_size=120), min_size=1, max_size=40), EXPORTER_NAMES)
+def test_template_floods_stay_bounded(bodies: list[bytes], exporter: str) -> None:
+    # Random template sets (ids and field lists) for many template ids.
+    packets = [
+        ipfix_message([flow_set(2, struct.pack(">HH", 256 + i, len(body) // 4) + body)])
+        for i, body in enumerate(bodies)
+    ]
+    packets += [template_message(1000 + i) for i in range(3 * MAX_TEMPLATES)]
+    check(packets, [exporter] * len(packets))
