@@ -8,3 +8,12 @@ import click
 @click.group()
 def mail() -> None:
     """SMTP server: messages, queue, verdicts."""
+
+
+def _add_dkim_commands() -> None:
+    from lanalyze.mail.auth.cli import dkim
+
+    mail.add_command(dkim)
+
+
+_add_dkim_commands()

@@ -33,6 +33,8 @@ from lanalyze.mail.auth.message import field_value, header_fields, split_message
 _quiet = logging.getLogger("lanalyze.mail.auth.dkimpy")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+# dkimpy logs every bad signature at error level; they are results here, not our errors.
+_quiet.setLevel(logging.CRITICAL)
 
 MAX_ROUNDS = 4
 

@@ -34,7 +34,21 @@ _ATEXT_DOT_ATOM = re.compile(
 _DOMAIN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
 
 
+def _ascii_domain(domain: str) -> str:
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
 def _clean(text: str, limit: int) -> str:
+    """Printable ASCII only: older readers of the field choke on UTF-8 (RFC 6532)."""
+    local, at, domain = text.rpartition("@")
+    if at and not domain.isascii():
+        text = f"{local}@{_ascii_domain(domain)}"
+    elif not at and not text.isascii():
+        text = _ascii_domain(text)
+    text = "".join(c if c.isascii() else "?" for c in text)
     return _CONTROL.sub("", text)[:limit]
 
 
