@@ -1,7 +1,187 @@
-"""mail pages (in progress)."""
+"""Mail pages: the message list with search, one message with its verdict, the queue.
+
+Reads go through :class:`lanalyze.web.mailstore.MailStore` in threads (SQLite and file reads
+never block the event loop). Queue actions are POSTs, which the auth middleware only lets
+through with the session's CSRF token.
+
+The message page shows the mail's HTML part inside ``<iframe sandbox srcdoc=...>``: with an
+empty ``sandbox`` the frame has a unique origin and may run no script, submit no form and
+navigate nothing; the frame's own ``<meta>`` CSP and the page's inherited CSP block every
+remote resource (no tracking pixels, no remote CSS), so reading a message contacts no one.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import time
+from urllib.parse import urlencode
 
-routes: list[BaseRoute] = []
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from lanalyze.web.mailexplain import explain, warnings
+from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, parse_message
+from lanalyze.web.security import MESSAGE_CSP
+from lanalyze.web.templating import render
+
+RANGES = {
+    "1h": ("Last hour", 3600),
+    "24h": ("Last 24 hours", 86400),
+    "7d": ("Last 7 days", 7 * 86400),
+    "30d": ("Last 30 days", 30 * 86400),
+    "all": ("All time", 0),
+}
+HTML_FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
+
+
+def _store(request: Request) -> MailStore:
+    return MailStore(request.app.state.console.data_dir)
+
+
+def _query(request: Request) -> tuple[MailQuery, dict[str, str]]:
+    params = request.query_params
+    form = {
+        "sender": params.get("sender", "")[:200],
+        "recipient": params.get("recipient", "")[:200],
+        "subject": params.get("subject", "")[:200],
+        "verdict": params.get("verdict", "any"),
+        "range": params.get("range", "7d"),
+    }
+    if form["verdict"] not in VERDICTS:
+        form["verdict"] = "any"
+    if form["range"] not in RANGES:
+        form["range"] = "7d"
+    page_text = params.get("page", "1")
+    page = int(page_text) if page_text.isdigit() else 1
+    seconds = RANGES[form["range"]][1]
+    now = time.time()
+    query = MailQuery(
+        sender=form["sender"].strip(),
+        recipient=form["recipient"].strip(),
+        subject=form["subject"].strip(),
+        verdict=form["verdict"],
+        since=now - seconds if seconds else None,
+        page=min(page, 100_000),
+    )
+    return query, form
+
+
+async def message_list(request: Request) -> Response:
+    store = _store(request)
+    query, form = _query(request)
+    now = time.time()
+    span = RANGES[form["range"]][1] or 30 * 86400
+    bucket = 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
+    result, counts = await asyncio.gather(
+        asyncio.to_thread(store.search, query),
+        asyncio.to_thread(store.counts, now - span, now, bucket),
+    )
+
+    def page_link(page: int) -> str:
+        return "/mail?" + urlencode({**form, "page": str(page)})
+
+    return render(
+        request,
+        "mail_list.html",
+        {
+            "result": result,
+            "form": form,
+            "ranges": RANGES,
+            "verdicts": VERDICTS,
+            "counts": counts,
+            "page_link": page_link,
+        },
+    )
+
+
+async def message_view(request: Request) -> Response:
+    store = _store(request)
+    queue_id = str(request.path_params["queue_id"])
+    row = await asyncio.to_thread(store.get, queue_id)
+    if row is None:
+        raise HTTPException(404, "no such message")
+    raw = await asyncio.to_thread(store.raw, queue_id)
+    parsed = parse_message(raw) if raw is not None else None
+    header_from = parsed.header_from if parsed else []
+    header_to = parsed.header_to if parsed else []
+    if not header_from and row.get("header_from"):
+        header_from = [str(row["header_from"])]
+    items, sender_mismatch, recipient_mismatch, forged = warnings(
+        row.get("auth"), str(row.get("mail_from", "")), header_from, row["recipients"], header_to
+    )
+    frames = [
+        f'<meta http-equiv="Content-Security-Policy" content="{HTML_FRAME_CSP}">' + html
+        for html in (parsed.html_parts if parsed else [])
+    ]
+    return render(
+        request,
+        "mail_message.html",
+        {
+            "row": row,
+            "parsed": parsed,
+            "raw": raw.decode("utf-8", "replace") if raw is not None else None,
+            "findings": explain(row.get("auth")),
+            "warnings": items,
+            "forged": forged,
+            "sender_mismatch": sender_mismatch,
+            "recipient_mismatch": recipient_mismatch,
+            "header_from": header_from,
+            "header_to": header_to,
+            "frames": frames,
+        },
+        headers={"content-security-policy": MESSAGE_CSP},
+    )
+
+
+async def message_raw(request: Request) -> Response:
+    store = _store(request)
+    queue_id = str(request.path_params["queue_id"])
+    raw = await asyncio.to_thread(store.raw, queue_id)
+    if raw is None:
+        raise HTTPException(404, "no such message")
+    return Response(
+        raw,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "content-disposition": f'attachment; filename="{queue_id}.eml"',
+            "content-security-policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
+async def queue_page(request: Request) -> Response:
+    store = _store(request)
+    rows = await asyncio.to_thread(store.queue)
+    counts: dict[str, int] = {"queued": 0, "deferred": 0, "hold": 0}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return render(
+        request,
+        "mail_queue.html",
+        {"rows": rows, "counts": counts, "done": request.query_params.get("done", "")},
+    )
+
+
+async def queue_action(request: Request) -> Response:
+    store = _store(request)
+    queue_id = str(request.path_params["queue_id"])
+    action = str(request.path_params["action"])
+    if action == "retry":
+        ok = await asyncio.to_thread(store.retry, queue_id)
+    elif action == "delete":
+        ok = await asyncio.to_thread(store.delete, queue_id)
+    else:
+        raise HTTPException(404, "no such action")
+    outcome = f"{action}:{queue_id}:{'ok' if ok else 'gone'}"
+    return RedirectResponse("/mail/queue?" + urlencode({"done": outcome}), status_code=303)
+
+
+routes = [
+    Route("/mail", message_list),
+    Route("/mail/queue", queue_page),
+    Route("/mail/queue/{queue_id}/{action}", queue_action, methods=["POST"]),
+    Route("/mail/message/{queue_id}", message_view),
+    Route("/mail/message/{queue_id}/raw", message_raw),
+]

@@ -26,8 +26,9 @@
     return (value < 0 ? "-" : "") + text + " " + units[i] + (unit || "");
   }
 
-  function niceMax(value) {
-    if (value <= 0) return 1;
+  function niceMax(value, integer) {
+    if (value <= 0) return integer ? 4 : 1;
+    if (integer && value <= 4) return 4;
     const exp = Math.pow(10, Math.floor(Math.log10(value)));
     for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * exp >= value) return m * exp;
     return 10 * exp;
@@ -73,11 +74,11 @@
     const layers = series.map(function (s) {
       const base = tops.slice();
       const top = s.values.map(function (v, i) { return stacked ? (tops[i] += (v || 0)) : (v || 0); });
-      return { name: s.name, base: stacked ? base : new Array(n).fill(0), top: top, other: s.other };
+      return { name: s.name, base: stacked ? base : new Array(n).fill(0), top: top, other: s.other, colour: s.colour };
     });
     let peak = 0;
     for (const layer of layers) for (const v of layer.top) peak = Math.max(peak, v);
-    const ymax = niceMax(peak);
+    const ymax = niceMax(peak, data.integer);
     const t0 = Math.min(data.since || times[0], times[0]);
     const t1 = Math.max(data.until || 0, times[n - 1] + (data.bucket_ms || 0));
     const span = Math.max(1, t1 - t0);
@@ -89,7 +90,7 @@
       const v = ymax * i / 4, yy = y(v);
       el("line", { x1: L, x2: W - R, y1: yy, y2: yy, stroke: i ? "#e6eaf0" : "#8a96a8", "stroke-width": 1 }, svg);
       const label = el("text", { x: L - 6, y: yy + 4, "text-anchor": "end", fill: "#4f5b6d" }, svg);
-      label.textContent = human(v, data.unit || "");
+      label.textContent = data.integer ? String(Math.round(v)) : human(v, data.unit || "");
     }
     const ticks = 6;
     for (let i = 0; i <= ticks; i++) {
@@ -99,7 +100,7 @@
     }
     // Areas, drawn as steps per bucket (each bucket's mean rate).
     layers.forEach(function (layer, index) {
-      const colour = layer.other ? OTHER : PALETTE[index % PALETTE.length];
+      const colour = layer.colour || (layer.other ? OTHER : PALETTE[index % PALETTE.length]);
       let d = "";
       for (let i = 0; i < n; i++) {
         const xa = x(times[i]), xb = x(times[i] + bw);

@@ -1,0 +1,136 @@
+"""Flow pages over stored test flows, without a browser: numbers, links, filter errors."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from lanalyze.flows.query import reports
+from tests.web.helpers import log_in, make_app
+from tests.web.sample_flows import TOP_TALKER, write_exporters_file, write_sample
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    data_dir = tmp_path_factory.mktemp("flows")
+    write_sample(data_dir)
+    write_exporters_file(data_dir)
+    client = TestClient(make_app(data_dir), follow_redirects=False)
+    log_in(client)
+    client.data_dir = data_dir  # type: ignore[attr-defined]
+    return client
+
+
+def _first_row(html: str, table: str) -> list[str]:
+    body = html.split(f'id="{table}"', 1)[1].split("<tbody>", 1)[1]
+    row = body.split("</tr>", 1)[0]
+    return [
+        re.sub(r"<[^>]+>", "", cell).strip()
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    ]
+
+
+def test_dashboard_shows_the_same_numbers_as_the_reports_api(client: TestClient) -> None:
+    page = client.get("/?range=6h")
+    assert page.status_code == 200
+    first = _first_row(page.text, "talkers")
+    assert first[0] == TOP_TALKER
+    now = time.time_ns() // 1_000_000
+    report = reports.top(
+        client.data_dir / "flows",
+        "src_addr",
+        since=now - 6 * 3600_000,
+        until=now,
+        limit=1,  # type: ignore[attr-defined]
+    )
+    expected = report.rows[0]["bytes"]
+    value = re.search(r'id="talkers".*?<td class="num" data-value="(\d+)"', page.text, re.S)
+    assert value and int(value.group(1)) == expected
+    for table in ("destinations", "applications", "conversations", "exporters", "interfaces"):
+        assert f'id="{table}"' in page.text, table
+    assert 'id="traffic-data"' in page.text
+
+
+def test_drill_down_links_keep_range_filter_and_order(client: TestClient) -> None:
+    page = client.get("/?range=24h&filter=proto+tcp&order=packets")
+    link = re.search(rf'href="(/flows/host/{re.escape(TOP_TALKER)}\?[^"]+)"', page.text)
+    assert link
+    target = link.group(1).replace("&amp;", "&")
+    assert "range=24h" in target and "filter=proto+tcp" in target and "order=packets" in target
+    host = client.get(target)
+    assert host.status_code == 200
+    assert f"Host {TOP_TALKER}" in host.text
+    assert 'id="peers"' in host.text and 'id="flows"' in host.text
+    # Every flow listed involves the host and is TCP.
+    rows = host.text.split('id="flows"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert rows.count("<tr>") > 0
+    for row in rows.split("<tr>")[1:]:
+        assert TOP_TALKER in row and "<td>tcp</td>" in row
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/flows/app/tcp/443",
+        "/flows/app/udp/53",
+        "/flows/conversation/10.0.0.7/192.0.2.10",
+        "/flows/interface/192.168.1.1/1",
+        "/flows/exporter/192.168.1.1",
+        "/flows/host/2001:db8::1",
+    ],
+)
+def test_drill_down_pages_render(client: TestClient, path: str) -> None:
+    page = client.get(path + "?range=6h")
+    assert page.status_code == 200, page.text[-500:]
+    assert "No flows match" not in page.text.split('id="content"', 1)[1].split("</section>", 1)[0]
+
+
+def test_bad_paths_are_404(client: TestClient) -> None:
+    assert client.get("/flows/host/not-an-address").status_code == 404
+    assert client.get("/flows/app/nope/80").status_code == 404
+    assert client.get("/flows/app/tcp/70000").status_code == 404
+
+
+def test_malformed_filter_shows_the_caret_under_the_mistake(client: TestClient) -> None:
+    page = client.get("/", params={"filter": "proto tcp and port 99999"})
+    assert page.status_code == 400
+    block = re.search(r'<pre class="filter-error"[^>]*>(.*?)</pre>', page.text, re.S)
+    assert block
+    lines = block.group(1).splitlines()
+    caret = lines[-1].index("^")
+    assert lines[-2][caret:].startswith("99999"), lines
+    assert 'aria-invalid="true"' in page.text
+
+
+def test_filter_text_is_escaped_in_the_page(client: TestClient) -> None:
+    page = client.get("/", params={"filter": '"><script>alert(1)</script>'})
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;" in page.text or "&#34;&gt;&lt;script" in page.text
+
+
+def test_custom_range_and_bad_custom_range(client: TestClient) -> None:
+    page = client.get("/?range=custom&from=2020-01-01T00:00&to=2020-01-02T00:00")
+    assert page.status_code == 200
+    assert "No flows match in this range." in page.text
+    bad = client.get("/?range=custom&from=2020-01-02T00:00&to=2020-01-01T00:00")
+    assert "showing the last hour" in bad.text
+
+
+def test_exporters_page_lists_counters(client: TestClient) -> None:
+    page = client.get("/exporters")
+    assert page.status_code == 200
+    assert "192.168.1.1" in page.text and "36,000" in page.text
+    assert "0.0.0.0:2055" in page.text  # kernel drops
+    assert "silent" in page.text  # 192.168.1.2 last seen an hour ago
+
+
+def test_exporters_page_without_collector_file(tmp_path: Path) -> None:
+    client = TestClient(make_app(tmp_path))
+    log_in(client)
+    page = client.get("/exporters")
+    assert page.status_code == 200
+    assert "has not written exporter counters" in page.text

@@ -1,0 +1,111 @@
+"""Mail pages over test mail in the server's own index and queue format."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from lanalyze.web.mailexplain import explain, warnings
+from lanalyze.web.security import MESSAGE_CSP
+from tests.web import sample_mail
+from tests.web.helpers import csrf_of, log_in, make_app
+
+
+@pytest.fixture
+def client(data_dir: Path) -> TestClient:
+    sample_mail.seed(data_dir)
+    client = TestClient(make_app(data_dir), follow_redirects=False)
+    log_in(client)
+    client.data_dir = data_dir  # type: ignore[attr-defined]
+    return client
+
+
+def test_list_and_search(client: TestClient) -> None:
+    page = client.get("/mail")
+    for subject in (sample_mail.FORGED_SUBJECT, sample_mail.GENUINE_SUBJECT):
+        assert subject.replace("'", "&#39;") in page.text
+    forged = client.get("/mail?verdict=forged")
+    assert sample_mail.FORGED_ID in forged.text and sample_mail.GENUINE_ID not in forged.text
+    by_sender = client.get("/mail?sender=carol")
+    assert sample_mail.DEFERRED_ID in by_sender.text and sample_mail.FORGED_ID not in by_sender.text
+    by_subject = client.get("/mail", params={"subject": "minutes"})
+    assert (
+        sample_mail.GENUINE_ID in by_subject.text and sample_mail.DEFERRED_ID not in by_subject.text
+    )
+    # LIKE wildcards typed by the user are literal characters.
+    assert "No message matches." in client.get("/mail?subject=%25").text
+    assert 'id="mailcounts-data"' in page.text
+
+
+def test_forged_message_is_marked(client: TestClient) -> None:
+    page = client.get(f"/mail/message/{sample_mail.FORGED_ID}")
+    assert page.status_code == 200
+    assert "Warning: this message is probably forged." in page.text
+    assert 'class="mono mismatch"' in page.text  # envelope sender marked
+    assert "The From: line is probably forged" in page.text
+    assert "invoice.pdf" in page.text
+    assert page.headers["content-security-policy"] == MESSAGE_CSP
+    frame = re.search(r'<iframe class="mailhtml" sandbox=""[^>]*srcdoc="([^"]*)"', page.text)
+    assert frame, "HTML part must be in a sandboxed srcdoc iframe"
+    srcdoc = frame.group(1)
+    assert "&lt;script&gt;" in srcdoc and "<script" not in srcdoc
+    assert "default-src &#39;none&#39;" in srcdoc
+
+
+def test_genuine_message_has_no_warning(client: TestClient) -> None:
+    page = client.get(f"/mail/message/{sample_mail.GENUINE_ID}")
+    assert page.status_code == 200
+    assert 'role="alert"' not in page.text
+    assert "so the From: line is genuine" in page.text
+
+
+def test_raw_source_download(client: TestClient) -> None:
+    raw = client.get(f"/mail/message/{sample_mail.FORGED_ID}/raw")
+    assert raw.status_code == 200
+    assert raw.headers["content-disposition"].startswith("attachment")
+    assert "sandbox" in raw.headers["content-security-policy"]
+    assert b"Subject: Your account is suspended" in raw.content
+    assert client.get("/mail/message/../../etc/passwd").status_code == 404
+    assert client.get("/mail/message/NOPE").status_code == 404
+
+
+def test_queue_retry_and_delete_need_csrf(client: TestClient) -> None:
+    queue = client.get("/mail/queue")
+    assert sample_mail.DEFERRED_ID in queue.text and "deferred" in queue.text
+    path = f"/mail/queue/{sample_mail.DEFERRED_ID}/retry"
+    assert client.post(path).status_code == 403
+    token = csrf_of(client, "/mail/queue")
+    done = client.post(path, data={"csrf": token})
+    assert done.status_code == 303
+    data_dir: Path = client.data_dir  # type: ignore[attr-defined]
+    assert (data_dir / "mail" / "queue" / "active" / sample_mail.DEFERRED_ID).exists()
+    deleted = client.post(
+        f"/mail/queue/{sample_mail.DEFERRED_ID}/delete", headers={"X-CSRF-Token": token}
+    )
+    assert deleted.status_code == 303 and deleted.headers["location"].endswith("%3Aok")
+    assert not (data_dir / "mail" / "queue" / "active" / sample_mail.DEFERRED_ID).exists()
+    listed = client.get("/mail?sender=carol").text
+    assert "deleted" in listed
+
+
+def test_explanations_in_plain_words() -> None:
+    assert explain(None)[0].tone == "note"
+    words = {f.check: f for f in explain({"spf": "fail", "dkim": "none", "dmarc": "none"})}
+    assert words["SPF"].tone == "bad" and "NOT allowed" in words["SPF"].text
+    assert words["DMARC"].tone == "note"
+    items, sender, recipient, forged = warnings(
+        {"dmarc": "pass", "flags": []},
+        "bounce@lists.example",
+        ["alice@example.org"],
+        ["bob@test.example"],
+        ["team@test.example"],
+    )
+    assert sender and recipient and not forged
+    assert any("different domains" in item for item in items)
+    _, _, _, forged = warnings(
+        {"dmarc": "none", "flags": ["local_domain_claimed_from_outside"]}, "a@x.example", [], [], []
+    )
+    assert forged
