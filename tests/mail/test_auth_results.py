@@ -49,6 +49,28 @@ def test_strip_removes_only_fields_claiming_our_id() -> None:
     )
 
 
+def test_verdict_carries_the_ranges_to_strip(tmp_path: Path) -> None:
+    msg = (
+        b"Authentication-Results: mx.local.example; spf=pass\r\n"
+        b"From: a@x.test\r\n"
+        b"Authentication-Results: other; spf=pass\r\n"
+        b"Authentication-Results: mx.local.example;\r\n dkim=pass\r\n\r\nbody\r\n"
+    )
+    path = tmp_path / "m.eml"
+    path.write_bytes(msg)
+    auth = Authenticator(AuthConfig(), OURS)
+    verdict = asyncio.run(
+        auth.check(
+            path, mail_from="", helo="", client_ip="", rcpt_to=[], authenticated_user="alice"
+        )
+    )
+    kept = bytearray(msg)
+    for start, end in reversed(verdict.strip_headers):
+        del kept[start:end]
+    assert bytes(kept) == strip_our_results(msg, OURS)
+    assert bytes(kept).count(b"Authentication-Results") == 1
+
+
 def test_strip_leaves_other_messages_byte_identical() -> None:
     for msg in [b"", b"\r\n", b"no header at all", b"Subject: x\n\nbody\n", b"X: y"]:
         assert strip_our_results(msg, OURS) == msg

@@ -92,6 +92,11 @@ def test_signed_mail_verifies_with_both_algorithms(
     headers = asyncio.run(sign(path, config=config, from_domain=DOMAIN))
     assert headers.count(b"DKIM-Signature:") == 2 and headers.endswith(b"\r\n")
     assert b"a=rsa-sha256" in headers and b"a=ed25519-sha256" in headers
+    # The component offers the same as a method, the shape the SMTP server's hook calls.
+    via_component = asyncio.run(
+        Authenticator(config, "mx.test").sign(path, user="alice", from_domain=DOMAIN)
+    )
+    assert via_component.count(b"DKIM-Signature:") == 2
     signed = headers + msg
     results = asyncio.run(verify_dkim(Resolver(server.address, 2.0), signed))
     assert [(r.result, r.selector) for r in results] == [("pass", "r1"), ("pass", "e1")]

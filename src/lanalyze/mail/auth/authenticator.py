@@ -36,7 +36,8 @@ from lanalyze.mail.auth.dmarc import (
 from lanalyze.mail.auth.dns import Resolver
 from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
 from lanalyze.mail.auth.policy import LOCAL_CLAIM_FLAG, decide
-from lanalyze.mail.auth.results import ResInfo, render
+from lanalyze.mail.auth.results import ResInfo, our_results_ranges, render
+from lanalyze.mail.auth.signing import sign
 from lanalyze.mail.auth.spf import SpfResult, check_spf
 from lanalyze.metrics import REGISTRY
 
@@ -83,6 +84,9 @@ class AuthVerdict:
     arc: str
     flags: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # Byte ranges [start, end) of incoming Authentication-Results fields claiming our
+    # authserv-id, for a caller that removes them without re-reading the message.
+    strip_headers: list[tuple[int, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +99,7 @@ class AuthVerdict:
             "flags": list(self.flags),
             "header": self.header.decode("utf-8", "replace"),
             "details": self.details,
+            "strip_headers": [list(r) for r in self.strip_headers],
         }
 
 
@@ -134,6 +139,10 @@ class Authenticator:
     async def stop(self) -> None:
         return None
 
+    async def sign(self, message_path: Path, *, from_domain: str, user: str | None = None) -> bytes:
+        """DKIM-Signature field(s) for submission mail (see :func:`signing.sign`)."""
+        return await sign(message_path, config=self.config, from_domain=from_domain)
+
     async def _guarded(self, method: str, work: Awaitable[T], fallback: T) -> T:
         try:
             return await work
@@ -154,7 +163,8 @@ class Authenticator:
         authenticated_user: str | None,
     ) -> AuthVerdict:
         if authenticated_user is not None:
-            return self._finish(
+            message = await asyncio.to_thread(message_path.read_bytes)
+            verdict = self._finish(
                 [ResInfo("auth", "pass", properties=[("smtp.auth", authenticated_user)])],
                 action="accept",
                 reason=f"authenticated submission by {authenticated_user}",
@@ -162,6 +172,8 @@ class Authenticator:
                 flags=[],
                 details={"authenticated_user": authenticated_user},
             )
+            verdict.strip_headers = our_results_ranges(message, self.authserv_id)
+            return verdict
         if not self.config.enabled:
             return self._finish(
                 [],
@@ -250,7 +262,7 @@ class Authenticator:
             "helo": helo,
             "mail_from": mail_from,
         }
-        return self._finish(
+        verdict = self._finish(
             infos,
             action=decision.action,
             reason=decision.reason,
@@ -258,6 +270,8 @@ class Authenticator:
             flags=flags,
             details=details,
         )
+        verdict.strip_headers = our_results_ranges(message, self.authserv_id)
+        return verdict
 
     def _flags(
         self, sender: FromInfo, mail_from: str, dmarc: DmarcResult, dkim: list[DkimResult]

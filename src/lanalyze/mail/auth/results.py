@@ -158,18 +158,29 @@ def authserv_id_of(value: str) -> str | None:
     return match.group(0) if match else None
 
 
-def strip_our_results(message: bytes, authserv_id: str) -> bytes:
-    """Remove Authentication-Results fields that claim ``authserv_id``; keep all else as is."""
+def our_results_ranges(message: bytes, authserv_id: str) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of the header fields that claim ``authserv_id``."""
     header, _ = split_message(message)
-    rest = message[len(header) :]
     ours = authserv_id.strip().lower()
-    kept = []
-    removed = False
+    ranges = []
+    offset = 0
     for name, raw in header_fields(header):
         if name == b"authentication-results":
             claimed = authserv_id_of(field_value(raw))
             if claimed is not None and claimed.strip().lower() == ours:
-                removed = True
-                continue
-        kept.append(raw)
-    return b"".join(kept) + rest if removed else message
+                ranges.append((offset, offset + len(raw)))
+        offset += len(raw)
+    return ranges
+
+
+def strip_our_results(message: bytes, authserv_id: str) -> bytes:
+    """Remove Authentication-Results fields that claim ``authserv_id``; keep all else as is."""
+    ranges = our_results_ranges(message, authserv_id)
+    if not ranges:
+        return message
+    parts, position = [], 0
+    for start, end in ranges:
+        parts.append(message[position:start])
+        position = end
+    parts.append(message[position:])
+    return b"".join(parts)
