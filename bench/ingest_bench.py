@@ -273,8 +273,10 @@ def run_nfcapd(fmt: str, rate: float, duration: float, senders: int) -> Outcome:
     try:
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(
-                [nfcapd, "-w", str(work), "-p", str(port), "-b", "127.0.0.1", "-y"]
-                + ["-B", str(RECEIVE_BUFFER), "-t", "3600", "-P", str(work / "pid")],
+                [
+                    *(nfcapd, "-w", str(work), "-p", str(port), "-b", "127.0.0.1", "-y"),
+                    *("-B", str(RECEIVE_BUFFER), "-t", "3600", "-P", str(work / "pid")),
+                ],
                 stdout=log_file,
                 stderr=log_file,
             )
