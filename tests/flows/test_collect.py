@@ -322,3 +322,40 @@ def test_component_metrics_report_worker_counters(data_dir: Path) -> None:
     assert "lanalyze_flow_datagrams_received_total 5" in text
     # Stopped: its series are gone from the registry.
     assert "lanalyze_flow_flows_total{" not in metrics.render().decode()
+
+
+def test_a_dead_worker_is_replaced_and_counters_do_not_go_back(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lanalyze.flows import collector as collector_module
+
+    monkeypatch.setattr(collector_module, "RESPAWN_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(collector_module, "EXPORTERS_WRITE_INTERVAL", 0.2)
+    port = free_port(socket.SOCK_DGRAM)
+    config = FlowsConfig(listen=[f"127.0.0.1:{port}"], workers=1, flush_interval=0.2)
+
+    def flows_counted(collector: FlowCollector) -> int:
+        return sum(row.flows for row in collector.totals().exporters)
+
+    async def scenario() -> int:
+        collector = FlowCollector(config, data_dir)
+        await collector.start()
+        try:
+            await asyncio.to_thread(send, port, [v5_datagram(0, 0)])
+            await asyncio.to_thread(wait_until, lambda: flows_counted(collector) == 30, 15)
+            await asyncio.to_thread(wait_until, lambda: stored(data_dir) == 30, 15)
+            first = collector._workers[0].process
+            first.kill()  # as the OOM killer would
+            await asyncio.to_thread(first.join, 10)
+            deadline = time.monotonic() + 30
+            while collector._workers[0].process is first or not collector._workers[0].last:
+                assert time.monotonic() < deadline, "worker not replaced"
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(send, port, [v5_datagram(30, 30)])
+            await asyncio.to_thread(wait_until, lambda: flows_counted(collector) == 60, 15)
+            return flows_counted(collector)
+        finally:
+            await collector.stop()
+
+    assert asyncio.run(scenario()) == 60
+    assert stored(data_dir) == 60

@@ -46,6 +46,7 @@ log = get_logger(__name__)
 EXPORTERS_WRITE_INTERVAL = 2.0
 WORKER_START_TIMEOUT = 60.0
 WORKER_STOP_TIMEOUT = 8.0
+RESPAWN_MIN_SECONDS = 10.0
 
 
 def _log_settings() -> tuple[Literal["kv", "json"], str]:
@@ -70,6 +71,7 @@ class _WorkerHandle:
         self.process = process
         self.control = control
         self.reports = reports
+        self.started = time.monotonic()
         self.ready = threading.Event()
         self.failed: str | None = None
         self.last: dict[str, Any] = {}
@@ -91,6 +93,9 @@ class FlowCollector:
         self._metrics: FlowMetrics | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._token = ""
+        self._retired: list[dict[str, Any]] = []
+        self._respawns = 0
 
     @property
     def worker_count(self) -> int:
@@ -122,43 +127,73 @@ class FlowCollector:
         self._socks.clear()
 
     def _spawn(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        token = secrets.token_hex(3)
-        log_format, log_level = _log_settings()
+        self._token = secrets.token_hex(3)
         for index in range(self.worker_count):
-            spec = WorkerSpec(
-                index=index,
-                writer_id=f"w{index}x{token}",
-                data_dir=self.data_dir,
-                flush_interval=self.config.flush_interval,
-                segment_max_rows=self.config.segment_max_rows,
-                compression=self.config.compression,
-                compression_level=self.config.compression_level,
-                max_templates_per_exporter=self.config.max_templates_per_exporter,
-                max_exporters=self.config.max_exporters,
-                sampling_rates=dict(self.config.sampling_rates),
-                log_format=log_format,
-                log_level=log_level,
+            self._workers.append(self._spawn_worker(index, f"w{index}x{self._token}"))
+
+    def _spawn_worker(self, index: int, writer_id: str) -> _WorkerHandle:
+        context = multiprocessing.get_context("spawn")
+        log_format, log_level = _log_settings()
+        spec = WorkerSpec(
+            index=index,
+            writer_id=writer_id,
+            data_dir=self.data_dir,
+            flush_interval=self.config.flush_interval,
+            segment_max_rows=self.config.segment_max_rows,
+            compression=self.config.compression,
+            compression_level=self.config.compression_level,
+            max_templates_per_exporter=self.config.max_templates_per_exporter,
+            max_exporters=self.config.max_exporters,
+            sampling_rates=dict(self.config.sampling_rates),
+            log_format=log_format,
+            log_level=log_level,
+        )
+        control_parent, control_child = context.Pipe()
+        reports_parent, reports_child = context.Pipe(duplex=False)
+        socks = [group[index] for group in self._socks]
+        process = context.Process(
+            target=worker_main,
+            args=(spec, socks, control_child, reports_child),
+            name=f"lanalyze-flows-{index}",
+            daemon=True,
+        )
+        process.start()
+        control_child.close()
+        reports_child.close()
+        handle = _WorkerHandle(spec, process, control_parent, reports_parent)
+        handle.thread = threading.Thread(
+            target=self._read_reports, args=(handle,), name=f"flow-reports-{index}"
+        )
+        handle.thread.daemon = True
+        handle.thread.start()
+        return handle
+
+    def _respawn_dead_workers(self) -> None:
+        """A worker that died (our bug, or the OOM killer) leaves its sockets unread: the
+        kernel keeps sending its exporters there. Start a new one on the same sockets; its
+        predecessor's counters are kept so the totals never go backwards."""
+        now = time.monotonic()
+        for position, handle in enumerate(self._workers):
+            if self._stopping or handle.process.is_alive():
+                continue
+            if now - handle.started < RESPAWN_MIN_SECONDS:
+                continue
+            handle.process.join(0)
+            if handle.thread is not None:
+                handle.thread.join(1.0)
+            handle.control.close()
+            handle.reports.close()
+            with self._lock:
+                self._retired.append(dict(handle.last))
+            self._respawns += 1
+            index = handle.spec.index
+            log.error(
+                "flows.worker_restarted",
+                extra={"worker": index, "exitcode": handle.process.exitcode},
             )
-            control_parent, control_child = context.Pipe()
-            reports_parent, reports_child = context.Pipe(duplex=False)
-            socks = [group[index] for group in self._socks]
-            process = context.Process(
-                target=worker_main,
-                args=(spec, socks, control_child, reports_child),
-                name=f"lanalyze-flows-{index}",
-                daemon=True,
+            self._workers[position] = self._spawn_worker(
+                index, f"w{index}x{self._token}r{self._respawns}"
             )
-            process.start()
-            control_child.close()
-            reports_child.close()
-            handle = _WorkerHandle(spec, process, control_parent, reports_parent)
-            handle.thread = threading.Thread(
-                target=self._read_reports, args=(handle,), name=f"flow-reports-{index}"
-            )
-            handle.thread.daemon = True
-            handle.thread.start()
-            self._workers.append(handle)
 
     def _read_reports(self, handle: _WorkerHandle) -> None:
         while True:
@@ -192,11 +227,17 @@ class FlowCollector:
     async def start(self) -> None:
         self._started_ms = time.time_ns() // 1_000_000
         self._stopping = False
+        self._retired = []
         self._bind()
         try:
-            await asyncio.to_thread(
-                self.data_dir.joinpath("flows").mkdir, parents=True, exist_ok=True
-            )
+            flows_dir = self.data_dir / "flows"
+            try:
+                await asyncio.to_thread(flows_dir.mkdir, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StartError(
+                    f"cannot create the flow store {flows_dir} (general.data_dir): "
+                    f"{exc.strerror or exc}"
+                ) from None
             self._spawn()
             await asyncio.to_thread(self._wait_ready)
         except BaseException:
@@ -213,7 +254,7 @@ class FlowCollector:
 
     def totals(self) -> CollectorTotals:
         with self._lock:
-            reports = [dict(handle.last) for handle in self._workers]
+            reports = [dict(handle.last) for handle in self._workers] + self._retired
         store: dict[str, int] = {}
         for report in reports:
             for name, value in report.get("store", {}).items():
@@ -245,6 +286,7 @@ class FlowCollector:
     async def _write_exporters_periodically(self) -> None:
         while True:
             await asyncio.sleep(EXPORTERS_WRITE_INTERVAL)
+            await asyncio.to_thread(self._respawn_dead_workers)
             await asyncio.to_thread(self._write_exporters)
 
     # -- stop --------------------------------------------------------------------------------
