@@ -6,7 +6,6 @@ Every sub-command loads the same validated configuration; a configuration error 
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -64,12 +63,12 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @pass_app
 def serve(app: AppContext) -> None:
     """Run every enabled service: flow collector, SMTP listeners, web console and API."""
-    from lanalyze.serve import run
+    from lanalyze.serve import run, run_loop
 
     config = app.config
     setup_logging(config.general.log_format, config.general.log_level)
     try:
-        asyncio.run(run(config))
+        run_loop(run(config))
     except StartError as exc:
         click.echo(f"lanalyze serve: {exc}", err=True)
         sys.exit(EXIT_START)

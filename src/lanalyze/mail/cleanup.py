@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import time
@@ -35,15 +36,18 @@ HEAD_BYTES = 65536  # kept in memory for header parsing (From, Subject, Message-
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 
 
+_SEQUENCE = itertools.count()
+_PREFIX = secrets.token_hex(2).upper()  # per process: two servers never collide
+
+
 def new_queue_id() -> str:
-    """Sortable by time, unique across restarts: microseconds then 40 random bits."""
-    micros = time.time_ns() // 1000
+    """Sortable by time, unique across restarts: microseconds, a per-process tag, a counter."""
+    value = time.time_ns() // 1000
     digits = []
-    value = micros
     while value:
         value, rest = divmod(value, len(_ALPHABET))
         digits.append(_ALPHABET[rest])
-    return "".join(reversed(digits)) + secrets.token_hex(5).upper()
+    return "".join(reversed(digits)) + _PREFIX + f"{next(_SEQUENCE) % 0x100000:05X}"
 
 
 @dataclass
