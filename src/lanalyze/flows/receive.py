@@ -128,7 +128,7 @@ def kernel_drops(inodes: Iterable[int], proc: Path = Path("/proc/net")) -> dict[
     found: dict[int, int] = {}
     for name in ("udp", "udp6"):
         try:
-            lines = (proc / name).read_text().splitlines()[1:]
+            lines = (proc / name).read_bytes().decode("ascii", "replace").splitlines()[1:]
         except OSError:
             continue
         for line in lines:
