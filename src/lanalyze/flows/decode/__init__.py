@@ -32,6 +32,7 @@ import pyarrow as pa
 from lanalyze.flows import catalogue
 from lanalyze.flows.decode import v5
 from lanalyze.flows.decode.errors import PeerDataError
+from lanalyze.flows.decode.memory import keep_freed_memory
 from lanalyze.flows.decode.state import DecoderState, ExporterState
 from lanalyze.flows.decode.templated import TemplatedWalker
 
@@ -112,6 +113,7 @@ class FlowDecoder:
         max_exporters: int = 10000,
         sampling_rates: Mapping[str, int] | None = None,
     ) -> None:
+        keep_freed_memory()
         self._state = DecoderState(max_templates_per_exporter, max_exporters)
         self._sampling_rates = {k: max(1, int(v)) for k, v in (sampling_rates or {}).items()}
         # v5 sequence tracking: (exporter, engine) -> next expected flow_sequence.

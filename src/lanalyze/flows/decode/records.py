@@ -42,6 +42,33 @@ class RowContext:
     """(start, stop, sampler id -> rate) of the sets whose domain announced samplers."""
 
 
+_MAPPED_PREFIX = np.frombuffer(b"\0\0\xff\xff", dtype=np.uint32)[0]
+
+
+def ipv4_mapped(raw: Array) -> Array:
+    """IPv4 addresses (their 4 wire bytes read as native uint32) as 16-byte ``::ffff:a.b.c.d``."""
+    out = np.zeros((len(raw), 4), dtype=np.uint32)
+    out[:, 2] = _MAPPED_PREFIX
+    out[:, 3] = raw
+    return out.view("S16").reshape(len(raw))
+
+
+def new_columns(n: int, filled: frozenset[str] | set[str] = frozenset()) -> dict[str, Array]:
+    """Catalogue columns for ``n`` rows: uninitialised where the caller writes every row
+    (``filled``), zero elsewhere; ``flows`` and ``sampling_rate`` default to 1."""
+    columns: dict[str, Array] = {}
+    for column in catalogue.COLUMNS:
+        if column.kind == "str":
+            continue
+        if column.name in filled:
+            columns[column.name] = np.empty(n, dtype=column.numpy_dtype)
+        elif column.name in ("flows", "sampling_rate"):
+            columns[column.name] = np.ones(n, dtype=column.numpy_dtype)
+        else:
+            columns[column.name] = np.zeros(n, dtype=column.numpy_dtype)
+    return columns
+
+
 def be_uint(raw: Array) -> Array:
     """(n, L) big-endian bytes, L <= 8, as uint64."""
     n, length = raw.shape

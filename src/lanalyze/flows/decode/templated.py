@@ -30,25 +30,24 @@ Array = npt.NDArray[Any]
 SET_HEADER = struct.Struct(">HH")
 
 
+SetInfo = tuple[bytes, int, int, int, int, int, dict[int, int]]
+"""Per data set: exporter address, domain, received ms, export ms, sysUpTime at export (-1 if
+unknown), rate for records without sampler id, sampler id -> rate."""
+
+
 @dataclass
 class PendingGroup:
     template: Template
-    parts: list[bytes | memoryview] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    exporter: list[bytes] = field(default_factory=list)
-    domain: list[int] = field(default_factory=list)
-    received: list[int] = field(default_factory=list)
-    export_ms: list[int] = field(default_factory=list)
-    uptime_ms: list[int] = field(default_factory=list)
-    rate: list[int] = field(default_factory=list)
-    samplers: list[dict[int, int] | None] = field(default_factory=list)
+    infos: list[SetInfo] = field(default_factory=list)
     var_extras: list[dict[str, Any]] | None = None
 
 
 class TemplatedWalker:
     def __init__(self, state: DecoderState) -> None:
         self.state = state
-        self.groups: dict[int, PendingGroup] = {}
+        self.groups: dict[Template, PendingGroup] = {}
 
     def walk(
         self,
@@ -86,9 +85,28 @@ class TemplatedWalker:
         domain = exporter.domain(version, domain_id)
         stats: ExporterStats = stats_for(domain_id, version)
         stats.packets += 1
-        if version == ipfix.VERSION:
-            init = domain.sampling.system_init_ms
-            uptime = export_ms - init if init else -1
+        is_ipfix = version == ipfix.VERSION
+
+        def set_info() -> SetInfo:
+            sampling = domain.sampling
+            up = uptime
+            if is_ipfix:
+                init = sampling.system_init_ms
+                up = export_ms - init if init else -1
+            rate = sampling.rate_without_sampler_id() or configured_rate
+            return (
+                exporter.address,
+                domain_id,
+                received_ms,
+                export_ms,
+                up,
+                rate,
+                sampling.samplers,
+            )
+
+        info = set_info()
+        templates = domain.templates
+        groups = self.groups
         records = 0
         countable = True
         while end - pos >= 4:
@@ -103,6 +121,21 @@ class TemplatedWalker:
                 break
             start, stop = pos + 4, pos + set_length
             pos = stop
+            if set_id >= 256:
+                # The common case, kept inline: a data set of a known fixed-length template.
+                template = templates.get(set_id)
+                if template is not None and template.fixed and not template.options:
+                    count = (stop - start) // template.fixed_length
+                    if count:
+                        group = groups.get(template)
+                        if group is None:
+                            group = groups[template] = PendingGroup(template)
+                        group.parts.append(data[start : start + count * template.fixed_length])
+                        group.counts.append(count)
+                        group.infos.append(info)
+                        records += count
+                        stats.flows += count
+                    continue
             try:
                 if set_id >= 256:
                     added = self._data_set(
@@ -110,12 +143,8 @@ class TemplatedWalker:
                         start=start,
                         stop=stop,
                         set_id=set_id,
-                        exporter=exporter,
                         domain=domain,
-                        received_ms=received_ms,
-                        export_ms=export_ms,
-                        uptime=uptime,
-                        configured_rate=configured_rate,
+                        info=info,
                         stats=stats,
                         problems=problems,
                     )
@@ -123,6 +152,7 @@ class TemplatedWalker:
                         countable = False
                     else:
                         records += added
+                        info = set_info()  # option records may have changed the sampling
                 else:
                     self._template_set(
                         data,
@@ -191,16 +221,13 @@ class TemplatedWalker:
         start: int,
         stop: int,
         set_id: int,
-        exporter: ExporterState,
         domain: DomainState,
-        received_ms: int,
-        export_ms: int,
-        uptime: int,
-        configured_rate: int,
+        info: SetInfo,
         stats: ExporterStats,
         problems: list[str],
     ) -> int:
-        """Queues (or applies) one data set; returns its record count, -1 if unknown."""
+        """Options data, variable-length data, or unknown template; returns the record
+        count, -1 if the template is unknown."""
         template = domain.templates.get(set_id)
         if template is None:
             stats.unknown_template_records += 1
@@ -208,33 +235,18 @@ class TemplatedWalker:
             return -1
         if template.options:
             return _option_records(template, data, start, stop, domain)
-        var_extras: list[dict[str, Any]] | None = None
-        if template.fixed:
-            count = (stop - start) // template.fixed_length
-            part: bytes | memoryview = data[start : start + count * template.fixed_length]
-        else:
-            part, var_extras, count = template.split_variable(data, start, stop)
+        part, var_extras, count = template.split_variable(data, start, stop)
         if count == 0:
             return 0
-        group = self.groups.get(id(template))
+        group = self.groups.get(template)
         if group is None:
-            group = self.groups[id(template)] = PendingGroup(template)
-        if var_extras is not None:
-            if group.var_extras is None:
-                group.var_extras = []
-            group.var_extras.extend(var_extras)
+            group = self.groups[template] = PendingGroup(template)
+        if group.var_extras is None:
+            group.var_extras = []
+        group.var_extras.extend(var_extras)
         group.parts.append(part)
         group.counts.append(count)
-        group.exporter.append(exporter.address)
-        group.domain.append(domain.domain)
-        group.received.append(received_ms)
-        group.export_ms.append(export_ms)
-        group.uptime_ms.append(uptime)
-        sampling = domain.sampling
-        group.rate.append(sampling.rate_without_sampler_id() or configured_rate)
-        group.samplers.append(
-            sampling.samplers if sampling.samplers and template.has_sampler_id else None
-        )
+        group.infos.append(info)
         stats.flows += count
         return count
 
@@ -254,20 +266,21 @@ def _decode_group(group: PendingGroup) -> tuple[dict[str, Array], list[str | Non
         recs = np.frombuffer(b"".join(group.parts), dtype=template.dtype, count=n)
     else:
         recs = np.zeros(n, dtype=template.dtype)
+    address, domain, received, export_ms, uptime_ms, rate, samplers = zip(*group.infos, strict=True)
     sampler_chunks: list[tuple[int, int, dict[int, int]]] = []
-    if any(s is not None for s in group.samplers):
+    if template.has_sampler_id:
         offset = 0
-        for count, samplers in zip(group.counts, group.samplers, strict=True):
-            if samplers is not None:
-                sampler_chunks.append((offset, offset + count, samplers))
+        for count, table in zip(group.counts, samplers, strict=True):
+            if table:
+                sampler_chunks.append((offset, offset + count, table))
             offset += count
     ctx = RowContext(
-        exporter=np.repeat(np.array(group.exporter, dtype="S16"), counts),
-        domain=np.repeat(np.array(group.domain, dtype=np.uint32), counts),
-        received_ms=np.repeat(np.array(group.received, dtype=np.uint64), counts),
-        export_ms=np.repeat(np.array(group.export_ms, dtype=np.int64), counts),
-        uptime_ms=np.repeat(np.array(group.uptime_ms, dtype=np.int64), counts),
-        rate=np.repeat(np.array(group.rate, dtype=np.uint32), counts),
+        exporter=np.repeat(np.array(address, dtype="S16"), counts),
+        domain=np.repeat(np.array(domain, dtype=np.uint32), counts),
+        received_ms=np.repeat(np.array(received, dtype=np.uint64), counts),
+        export_ms=np.repeat(np.array(export_ms, dtype=np.int64), counts),
+        uptime_ms=np.repeat(np.array(uptime_ms, dtype=np.int64), counts),
+        rate=np.repeat(np.array(rate, dtype=np.uint32), counts),
         sampler_chunks=sampler_chunks,
     )
     return convert(template, recs, ctx, group.var_extras)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lanalyze.flows import catalogue
+from lanalyze.flows.decode.records import ipv4_mapped, new_columns
 
 Array = npt.NDArray[Any]
 
@@ -43,9 +43,10 @@ HEADER = np.dtype(
 )
 RECORD = np.dtype(
     [
-        ("src", "u1", (4,)),
-        ("dst", "u1", (4,)),
-        ("next_hop", "u1", (4,)),
+        # Addresses as native uint32: only copied, never interpreted (see ipv4_mapped).
+        ("src", np.uint32),
+        ("dst", np.uint32),
+        ("next_hop", np.uint32),
         ("input", ">u2"),
         ("output", ">u2"),
         ("packets", ">u4"),
@@ -64,6 +65,30 @@ RECORD = np.dtype(
         ("dst_mask", "u1"),
         ("pad2", ">u2"),
     ]
+)
+FILLED = frozenset(
+    {
+        "time_received",
+        "exporter",
+        "observation_domain",
+        "sampling_rate",
+        "time_start",
+        "time_end",
+        "bytes",
+        "packets",
+        "in_if",
+        "out_if",
+        "src_port",
+        "dst_port",
+        "tcp_flags",
+        "protocol",
+        "tos",
+        "src_mask",
+        "dst_mask",
+        "src_as",
+        "dst_as",
+        "ip_version",
+    }
 )
 assert HEADER.itemsize == HEADER_LENGTH and RECORD.itemsize == RECORD_LENGTH
 
@@ -118,25 +143,32 @@ def decode_group(
         return np.repeat(values, count)
 
     uptime = header["uptime"].astype(np.int64)
-    export_ms = header["secs"].astype(np.int64) * 1000 + header["nsecs"].astype(np.int64) // 10**6
+    export_ms = header["secs"].astype(np.int64) * 1000 + header["nsecs"] // 10**6
     domain = (header["engine_type"].astype(np.uint32) << 8) | header["engine_id"]
     interval = (header["sampling"] & 0x3FFF).astype(np.uint32)
-    rate = np.where(interval > 0, interval, configured_rate).astype(np.uint32)
+    rate = np.where(interval > 0, interval, configured_rate)
 
-    columns = catalogue.empty_batch(n)
+    columns = new_columns(n, FILLED)
     columns["time_received"][:] = per_row(received_ms)
     columns["exporter"][:] = per_row(exporter16)
     columns["observation_domain"][:] = per_row(domain)
     columns["sampling_rate"][:] = per_row(rate)
-    row_export = per_row(export_ms)
-    row_uptime = per_row(uptime)
+    # Epoch ms = (export time - sysUpTime) + first/last, which is linear; only a sysUpTime that
+    # wrapped (49.7 days) after the flow started needs a correction, done where it can apply.
+    base = per_row(export_ms - uptime)
     for column, field in (("time_start", "first"), ("time_end", "last")):
-        delta = ((row_uptime - recs[field].astype(np.int64) + 2**31) % 2**32) - 2**31
-        columns[column][:] = np.maximum(row_export - delta, 0)
-    for column, field in (("src_addr", "src"), ("dst_addr", "dst"), ("next_hop", "next_hop")):
-        target = columns[column].view(np.uint8).reshape(n, 16)
-        target[:, 10:12] = 0xFF
-        target[:, 12:] = recs[field]
+        value = recs[field]
+        target = columns[column]
+        np.add(base, value, out=target, casting="unsafe")
+        suspicious = value > 2**31
+        if suspicious.any():
+            times = base + value.astype(np.int64)
+            fix = suspicious & (value.astype(np.int64) > per_row(uptime) + 2**31)
+            times[fix] -= 2**32
+            target[:] = np.maximum(times, 0)
+    columns["src_addr"] = ipv4_mapped(recs["src"])
+    columns["dst_addr"] = ipv4_mapped(recs["dst"])
+    columns["next_hop"] = ipv4_mapped(recs["next_hop"])
     columns["bytes"][:] = recs["bytes"]
     columns["packets"][:] = recs["packets"]
     columns["in_if"][:] = recs["input"]
@@ -145,11 +177,12 @@ def decode_group(
         columns[name][:] = recs[name]
     columns["src_as"][:] = recs["src_as"]
     columns["dst_as"][:] = recs["dst_as"]
-    columns["ip_version"][:] = 4
+    columns["ip_version"].fill(4)
     # v5 has no ICMP fields: exporters put type << 8 | code in the destination port.
     is_icmp = columns["protocol"] == 1
-    columns["icmp_type"][:] = np.where(is_icmp, recs["dst_port"] >> 8, 0)
-    columns["icmp_code"][:] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0)
+    if is_icmp.any():
+        columns["icmp_type"][:] = np.where(is_icmp, recs["dst_port"] >> 8, 0)
+        columns["icmp_code"][:] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0)
     headers = V5Datagrams(
         good_indexes,
         count.tolist(),

@@ -1,0 +1,165 @@
+"""Decoder throughput: lanalyze's FlowDecoder vs the pure-Python ``netflow`` package.
+
+Batches of ~1000 export datagrams, decoded in memory (no sockets): NetFlow v5 with 30 records
+a datagram, and IPFIX with a softflowd-like template (IPv4 addresses, ports, protocol, flags,
+ToS, IP version, 64-bit counters, millisecond start/end, interfaces: 56 bytes a record, 25
+records a datagram). Prints flows/s for the peer (``netflow``: the only maintained Python
+library; it parses record by record into dicts), ours, and the ratio; each figure is the median
+of ``--runs`` runs, in flows per second of this process's CPU time (``time.process_time``),
+so that other processes competing for the two cores do not count against either side.
+
+    .venv/bin/python bench/decode_bench.py --runs 5
+
+The machine is shared and noisy: compare figures from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from lanalyze.flows.decode import FlowDecoder, Packet
+
+DATAGRAMS = 1000
+EXPORT_SECS = 1_700_000_000
+IPFIX_FIELDS = [
+    (8, 4),
+    (12, 4),
+    (7, 2),
+    (11, 2),
+    (4, 1),
+    (6, 1),
+    (5, 1),
+    (60, 1),
+    (2, 8),
+    (1, 8),
+    (152, 8),
+    (153, 8),
+    (10, 4),
+    (14, 4),
+]
+IPFIX_RECORDS = 25
+IPFIX_DTYPE = np.dtype(
+    [
+        ("src", ">u4"),
+        ("dst", ">u4"),
+        ("sport", ">u2"),
+        ("dport", ">u2"),
+        ("proto", "u1"),
+        ("flags", "u1"),
+        ("tos", "u1"),
+        ("version", "u1"),
+        ("packets", ">u8"),
+        ("bytes", ">u8"),
+        ("start", ">u8"),
+        ("end", ">u8"),
+        ("in_if", ">u4"),
+        ("out_if", ">u4"),
+    ]
+)
+
+
+def v5_datagrams(count: int, rng: np.random.Generator) -> list[bytes]:
+    out = []
+    for sequence in range(count):
+        header = struct.pack(">HHIIIIBBH", 5, 30, 3_600_000, EXPORT_SECS, 0, sequence * 30, 0, 0, 0)
+        records = rng.integers(0, 256, size=(30, 48), dtype=np.uint8)
+        records[:, 38] = 6  # protocol
+        out.append(header + records.tobytes())
+    return out
+
+
+def ipfix_template() -> bytes:
+    fields = b"".join(struct.pack(">HH", e, length) for e, length in IPFIX_FIELDS)
+    body = struct.pack(">HH", 256, len(IPFIX_FIELDS)) + fields
+    template_set = struct.pack(">HH", 2, 4 + len(body)) + body
+    return struct.pack(">HHIII", 10, 16 + len(template_set), EXPORT_SECS, 0, 1) + template_set
+
+
+def ipfix_datagrams(count: int, rng: np.random.Generator) -> list[bytes]:
+    out = []
+    for sequence in range(count):
+        records = np.zeros(IPFIX_RECORDS, dtype=IPFIX_DTYPE)
+        records["src"] = rng.integers(0, 2**32, IPFIX_RECORDS)
+        records["dst"] = rng.integers(0, 2**32, IPFIX_RECORDS)
+        records["sport"] = rng.integers(0, 2**16, IPFIX_RECORDS)
+        records["dport"] = 443
+        records["proto"] = 6
+        records["version"] = 4
+        records["packets"] = rng.integers(1, 1000, IPFIX_RECORDS)
+        records["bytes"] = records["packets"] * 500
+        records["start"] = EXPORT_SECS * 1000 - 10_000
+        records["end"] = EXPORT_SECS * 1000 - 1_000
+        body = records.tobytes()
+        data_set = struct.pack(">HH", 256, 4 + len(body)) + body
+        header = struct.pack(
+            ">HHIII", 10, 16 + len(data_set), EXPORT_SECS, sequence * IPFIX_RECORDS, 1
+        )
+        out.append(header + data_set)
+    return out
+
+
+def ours(datagrams: list[bytes], warmup: list[bytes]) -> Callable[[], int]:
+    decoder = FlowDecoder()
+    decoder.decode([Packet(d, "192.0.2.1", 0) for d in warmup])
+    packets = [Packet(d, "192.0.2.1", 1_700_000_000_000) for d in datagrams]
+
+    def run() -> int:
+        return decoder.decode(packets).rows
+
+    return run
+
+
+def peer(datagrams: list[bytes], warmup: list[bytes]) -> Callable[[], int]:
+    from netflow.utils import parse_packet
+
+    templates: dict[str, dict[object, object]] = {"netflow": {}, "ipfix": {}}
+    for data in warmup:
+        parse_packet(data, templates)
+
+    def run() -> int:
+        flows = 0
+        for data in datagrams:
+            flows += len(parse_packet(data, templates).flows)
+        return flows
+
+    return run
+
+
+def flows_per_second(run: Callable[[], int], runs: int) -> float:
+    rates = []
+    for _ in range(runs):
+        started = time.process_time()
+        flows = run()
+        rates.append(flows / (time.process_time() - started))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--datagrams", type=int, default=DATAGRAMS)
+    args = parser.parse_args()
+    rng = np.random.default_rng(1)
+    cases = {
+        "NetFlow v5 (30 records/datagram)": (v5_datagrams(args.datagrams, rng), []),
+        f"IPFIX softflowd-like ({IPFIX_RECORDS} records/datagram)": (
+            ipfix_datagrams(args.datagrams, rng),
+            [ipfix_template()],
+        ),
+    }
+    print(f"{'case':44} {'netflow pkg':>14} {'lanalyze':>14} {'ratio':>8}")
+    for name, (datagrams, warmup) in cases.items():
+        # The peer is ~100x slower: a tenth of the batch keeps its runs short.
+        theirs = flows_per_second(peer(datagrams[: max(1, len(datagrams) // 10)], warmup), 3)
+        mine = flows_per_second(ours(datagrams, warmup), args.runs)
+        print(f"{name:44} {theirs:>12,.0f}/s {mine:>12,.0f}/s {mine / theirs:>7.0f}x")
+
+
+if __name__ == "__main__":
+    main()
