@@ -135,6 +135,10 @@ class Authenticator:
     async def start(self) -> None:
         # Loading the public suffix list takes a moment; not on the first message's clock.
         await asyncio.to_thread(public_suffix_list)
+        try:
+            await asyncio.to_thread(self.resolver.prepare)
+        except Exception as exc:  # no resolv.conf: every lookup will say so (temperror)
+            log.warning("mail.auth.resolver_unavailable", extra={"error": str(exc)})
 
     async def stop(self) -> None:
         return None

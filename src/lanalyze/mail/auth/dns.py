@@ -90,6 +90,10 @@ class Resolver:
         self.timeout = timeout
         self._resolver: dns.asyncresolver.Resolver | None = None
 
+    def prepare(self) -> None:
+        """Build the resolver now (reads /etc/resolv.conf: call it from a worker thread)."""
+        self._get()
+
     def _get(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
             if self.address is None:
