@@ -25,6 +25,12 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.flows.collector import FlowCollector
 
         components.append(FlowCollector(config.flows, config.general.data_path))
+        if config.flows.rollup.enabled:
+            from lanalyze.flows.rollup import RollupMaintainer
+
+            components.append(
+                RollupMaintainer(config.flows.rollup, config.general.data_path / "flows")
+            )
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 

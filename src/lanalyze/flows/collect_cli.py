@@ -59,7 +59,7 @@ def collect(
     ctx: click.Context, listen: tuple[str, ...], data_dir: Path | None, workers: int | None
 ) -> None:
     """Run the flow collector alone in the foreground until Ctrl-C or SIGTERM."""
-    from lanalyze.flows.collector import FlowCollector, run_until_signalled, with_default_port
+    from lanalyze.flows.collector import FlowCollector, with_default_port
     from lanalyze.log import setup_logging
     from lanalyze.service import StartError
 
@@ -76,8 +76,11 @@ def collect(
         sys.exit(EXIT_CONFIG)
     setup_logging(config.general.log_format, config.general.log_level)
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
+    from lanalyze.flows.rollup import run_collector_with_rollups
+
+    flow_dir = _data_dir(ctx, data_dir) / "flows"
     try:
-        asyncio.run(run_until_signalled(collector))
+        asyncio.run(run_collector_with_rollups(collector, flows_config.rollup, flow_dir))
     except StartError as exc:
         click.echo(f"lanalyze flows collect: {exc}", err=True)
         sys.exit(EXIT_START)

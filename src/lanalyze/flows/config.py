@@ -10,6 +10,56 @@ from pydantic import Field, field_validator
 from lanalyze.configbase import ListenAddress, Section
 
 
+class RollupConfig(Section):
+    """Rollup tables and retention (section ``[flows.rollup]``), see lanalyze.flows.rollup."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Maintain rollup tables, compact closed hours and enforce retention while "
+        "the collector runs.",
+    )
+    interval: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds between maintenance rounds."
+    )
+    close_after: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Seconds after an hour ends before it is compacted (late flows still "
+        "count; they are merged again later).",
+    )
+    compression: Literal["lz4", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Parquet compression of rollup parts and compacted raw files."
+    )
+    query_threads: int = Field(
+        default=2, ge=1, le=256, description="DuckDB threads per report query."
+    )
+    raw_max_age: float = Field(
+        default=7, ge=0, description="Days of raw flows kept (0: no age limit)."
+    )
+    raw_max_bytes: int = Field(
+        default=0, ge=0, description="Bytes of raw flows kept, oldest hours go first (0: no limit)."
+    )
+    minute_max_age: float = Field(
+        default=2, ge=0, description="Days of per-minute rollups kept (0: no age limit)."
+    )
+    minute_max_bytes: int = Field(
+        default=0, ge=0, description="Bytes of per-minute rollups kept (0: no limit)."
+    )
+    hour_max_age: float = Field(
+        default=90, ge=0, description="Days of per-hour rollups kept (0: no age limit)."
+    )
+    hour_max_bytes: int = Field(
+        default=0, ge=0, description="Bytes of per-hour rollups kept (0: no limit)."
+    )
+    day_max_age: float = Field(
+        default=0, ge=0, description="Days of per-day rollups kept (0: no age limit)."
+    )
+    day_max_bytes: int = Field(
+        default=0, ge=0, description="Bytes of per-day rollups kept (0: no limit)."
+    )
+
+
 class FlowsConfig(Section):
     enabled: bool = Field(default=True, description="Run the flow collector in `lanalyze serve`.")
     listen: list[ListenAddress] = Field(
@@ -72,6 +122,9 @@ class FlowsConfig(Section):
         default_factory=dict,
         description="Sampling rate per exporter address (1 in N), used when the exporter "
         'does not announce one, e.g. { "192.0.2.1" = 1000 }.',
+    )
+    rollup: RollupConfig = Field(
+        default_factory=RollupConfig, description="Rollup tables and retention."
     )
 
     @field_validator("sampling_rates")

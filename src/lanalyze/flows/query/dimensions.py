@@ -42,6 +42,8 @@ class Dimension:
     """One tuple of key expressions; two for either-side dimensions (source, destination)."""
     needs: frozenset[str]
     render: Callable[[tuple[object, ...]], object]
+    variant_needs: tuple[frozenset[str], ...] = ()
+    """Columns each variant reads (either-side dimensions: one side each)."""
 
     @property
     def width(self) -> int:
@@ -87,7 +89,11 @@ def _either(
     name: str, columns: tuple[str, str], render: Callable[[tuple[object, ...]], object]
 ) -> Dimension:
     return Dimension(
-        name, ((KeyExpr(columns[0]),), (KeyExpr(columns[1]),)), frozenset(columns), render
+        name,
+        ((KeyExpr(columns[0]),), (KeyExpr(columns[1]),)),
+        frozenset(columns),
+        render,
+        (frozenset({columns[0]}), frozenset({columns[1]})),
     )
 
 
@@ -206,6 +212,7 @@ def _subnet(name: str, side: str, v4_length: int, v6_length: int) -> Dimension:
             ((expr("src_addr"),), (expr("dst_addr"),)),
             frozenset({"src_addr", "dst_addr"}),
             render,
+            (frozenset({"src_addr"}), frozenset({"dst_addr"})),
         )
     column = f"{side}_addr"
     return Dimension(name, ((expr(column),),), frozenset({column}), render)

@@ -109,17 +109,51 @@ def _piece_sql(
     return sql, params
 
 
-def _union(
-    the_plan: Plan, variants: list[list[KeyExpr]], flt: CompiledFilter
-) -> tuple[str, list[object]]:
+Planned = list[tuple[Plan, list[KeyExpr]]]
+
+
+def _union(planned: Planned, flt: CompiledFilter) -> tuple[str, list[object]]:
     parts: list[str] = []
     params: list[object] = []
-    for piece in the_plan.pieces:
-        for selects in variants:
+    for the_plan, selects in planned:
+        for piece in the_plan.pieces:
             sql, piece_params = _piece_sql(piece, selects, flt)
             parts.append(sql)
             params.extend(piece_params)
     return " UNION ALL ".join(parts), params
+
+
+def _plan_variants(
+    data: Path,
+    since: int,
+    until: int,
+    dims: list[Dimension],
+    flt: CompiledFilter,
+    *,
+    head: list[KeyExpr],
+    finest: int | None = None,
+    use_rollups: bool = True,
+) -> Planned:
+    """One plan per side of an either-side dimension (``ip`` reads the source-address rollup
+    for the source side and the destination-address one for the other), else one plan."""
+    planned: Planned = []
+    for index, selects in enumerate(_variants(dims, _SUMS)):
+        needs = set(flt.columns)
+        for dim in dims:
+            needs.update(dim.variant_needs[index] if dim.either else dim.needs)
+        the_plan = plan(
+            data, since, until, frozenset(needs), finest_bucket=finest, use_rollups=use_rollups
+        )
+        planned.append((the_plan, [*head, *selects]))
+    return planned
+
+
+def _describe(planned: Planned) -> str:
+    return "; ".join(dict.fromkeys(p.describe() for p, _ in planned))
+
+
+def _empty(planned: Planned) -> bool:
+    return not any(p.pieces for p, _ in planned)
 
 
 def _variants(dims: list[Dimension], tail: list[KeyExpr]) -> list[list[KeyExpr]]:
@@ -134,13 +168,6 @@ def _variants(dims: list[Dimension], tail: list[KeyExpr]) -> list[list[KeyExpr]]
 
 
 _SUMS = [KeyExpr("{b}"), KeyExpr("{p}"), KeyExpr("{f}")]
-
-
-def _needs(dims: list[Dimension], flt: CompiledFilter) -> frozenset[str]:
-    needs: set[str] = set(flt.columns)
-    for dim in dims:
-        needs.update(dim.needs)
-    return frozenset(needs)
 
 
 def _with_replan(run: Any) -> Any:
@@ -209,16 +236,15 @@ def top(
     flt = compile_filter(filter)
 
     def run() -> TopReport:
-        the_plan = plan(data, since, until, _needs(dims, flt), use_rollups=use_rollups)
+        planned = _plan_variants(data, since, until, dims, flt, head=[], use_rollups=use_rollups)
         width = sum(d.width for d in dims)
         keys = ", ".join(f"c{i}" for i in range(width))
-        variants = _variants(dims, _SUMS)
         seconds = max((until - since) / 1000, 1e-3)
-        if not the_plan.pieces:
+        if _empty(planned):
             return TopReport(
-                [d.name for d in dims], order, since, until, [], _zero(), the_plan.describe()
+                [d.name for d in dims], order, since, until, [], _zero(), _describe(planned)
             )
-        union, params = _union(the_plan, variants, flt)
+        union, params = _union(planned, flt)
         b, p, f = f"c{width}", f"c{width + 1}", f"c{width + 2}"
         order_column = {"bytes": "bytes", "packets": "packets", "flows": "flows"}[order]
         sql = (
@@ -243,7 +269,7 @@ def top(
                 "flows": int(result[0][-1]),
             }
         if any(d.either for d in dims):
-            total = _total(the_plan, flt)
+            total = _total(data, since, until, flt, use_rollups)
         rows = []
         key_values = []
         for row in result:
@@ -272,7 +298,7 @@ def top(
             until,
             rows,
             total,
-            the_plan.describe(),
+            _describe(planned),
             key_values,
         )
 
@@ -284,8 +310,13 @@ def _zero() -> dict[str, int]:
     return {"bytes": 0, "packets": 0, "flows": 0}
 
 
-def _total(the_plan: Plan, flt: CompiledFilter) -> dict[str, int]:
-    union, params = _union(the_plan, [_SUMS], flt)
+def _total(
+    data: Path, since: int, until: int, flt: CompiledFilter, use_rollups: bool
+) -> dict[str, int]:
+    planned = _plan_variants(data, since, until, [], flt, head=[], use_rollups=use_rollups)
+    if _empty(planned):
+        return _zero()
+    union, params = _union(planned, flt)
     row = _execute(f"SELECT sum(c0), sum(c1), sum(c2) FROM ({union})", params)[0]  # noqa: S608
     return {"bytes": int(row[0] or 0), "packets": int(row[1] or 0), "flows": int(row[2] or 0)}
 
@@ -351,19 +382,20 @@ def series(
     finest = bucket_ms if bucket_ms % RESOLUTIONS["1m"] == 0 else None
 
     def run() -> SeriesReport:
-        the_plan = plan(
-            data, since, until, _needs(dims, flt), finest_bucket=finest, use_rollups=use_rollups
-        )
-        if finest is None:
-            the_plan = plan(data, since, until, frozenset({"@raw"}), use_rollups=False)
+        rollups = use_rollups and finest is not None
         bucket_expr = KeyExpr("({t} - {t} % ?)", (bucket_ms,))
-        totals = _series_rows(the_plan, [[bucket_expr, *_SUMS]], flt, 0, [])
+        total_plan = _plan_variants(
+            data, since, until, [], flt, head=[bucket_expr], finest=finest, use_rollups=rollups
+        )
+        totals = _series_rows(total_plan, flt, 0, [])
         groups = ["total"]
         points: list[dict[str, Any]] = []
         if not dims:
             for key, sums in sorted(totals.items()):
                 points.append(_point(key[0], "total", sums, bucket_ms))
-            return SeriesReport(since, until, bucket_ms, None, groups, points, the_plan.describe())
+            return SeriesReport(
+                since, until, bucket_ms, None, groups, points, _describe(total_plan)
+            )
         dim = dims[0]
         ranking = top(
             data,
@@ -377,13 +409,15 @@ def series(
         )
         names = [str(row[dim.name]) for row in ranking.rows]
         groups = [*names, "other"]
-        variants = _variants(dims, _SUMS)
-        variants = [[bucket_expr, *v] for v in variants]
-        by_key = _series_rows(the_plan, variants, flt, dim.width, ranking.keys)
+        planned = _plan_variants(
+            data, since, until, dims, flt, head=[bucket_expr], finest=finest, use_rollups=rollups
+        )
+        by_key = _series_rows(planned, flt, dim.width, ranking.keys)
         other: dict[int, list[int]] = {key[0]: list(sums) for key, sums in totals.items()}
         if dim.either:
+            # Each flow counts once per side: "other" is the rest of both sides' sums.
             other = {}
-            for key, sums in _series_rows(the_plan, variants, flt, 0, []).items():
+            for key, sums in _series_rows(_drop_keys(planned, dim.width), flt, 0, []).items():
                 other[key[0]] = list(sums)
         per_bucket: dict[int, list[dict[str, Any]]] = {}
         for key, sums in by_key.items():
@@ -401,22 +435,25 @@ def series(
             )
             if time_ms in other:
                 points.append(_point(time_ms, "other", tuple(other[time_ms]), bucket_ms))
-        return SeriesReport(since, until, bucket_ms, dim.name, groups, points, the_plan.describe())
+        return SeriesReport(since, until, bucket_ms, dim.name, groups, points, _describe(planned))
 
     result: SeriesReport = _with_replan(run)
     return result
 
 
+def _drop_keys(planned: Planned, width: int) -> Planned:
+    return [(p, [selects[0], *selects[1 + width :]]) for p, selects in planned]
+
+
 def _series_rows(
-    the_plan: Plan,
-    variants: list[list[KeyExpr]],
+    planned: Planned,
     flt: CompiledFilter,
     width: int,
     restrict: list[tuple[Any, ...]],
 ) -> dict[tuple[Any, ...], tuple[int, int, int]]:
-    if not the_plan.pieces:
+    if _empty(planned):
         return {}
-    union, params = _union(the_plan, variants, flt)
+    union, params = _union(planned, flt)
     keys = ", ".join(f"c{i}" for i in range(width + 1))
     where = "TRUE"
     if width:
@@ -569,7 +606,7 @@ def top_interfaces(
             [KeyExpr("exporter"), KeyExpr("in_if"), KeyExpr("{b}"), KeyExpr("0")],
             [KeyExpr("exporter"), KeyExpr("out_if"), KeyExpr("0"), KeyExpr("{b}")],
         ]
-        union, params = _union(the_plan, variants, flt)
+        union, params = _union([(the_plan, v) for v in variants], flt)
         sql = (
             f"SELECT c0, c1, sum(c2) AS i, sum(c3) AS o FROM ({union}) "  # noqa: S608
             "GROUP BY c0, c1 ORDER BY i + o DESC, c0, c1"
@@ -636,7 +673,7 @@ def interface_series(
                     (address, interface),
                 ),
             ]
-            union, params = _union(the_plan, [selects], flt)
+            union, params = _union([(the_plan, selects)], flt)
             sql = f"SELECT c0, sum(c1), sum(c2) FROM ({union}) GROUP BY c0 ORDER BY c0"  # noqa: S608
             seconds = bucket_ms / 1000
             for row in _execute(sql, params):

@@ -1,0 +1,624 @@
+"""The rollup maintainer: tails new raw segments into rollup tables, compacts, expires.
+
+Every ``flows.rollup.interval`` seconds, in a worker thread (never on the event loop):
+
+1. **Roll up** raw segments the manifest does not cover yet: one DuckDB scan of the batch with
+   ``GROUPING SETS`` sums bytes, packets and flows (scaled by sampling) per minute for every
+   rollup table (:data:`~lanalyze.flows.query.layout.ROLLUP_TABLES`), then per hour from those;
+   each (resolution, table, hour) gets a new part file, and the manifest records the parts and
+   the raw files they cover, in one atomic replace.
+2. **Compact** closed hours (``close_after`` seconds past their end): merge each hour's parts
+   into one, merge its small raw segments into ``<first>-compact-<n>`` files (which name the
+   segments they replace, so readers never count twice), and build the per-day parts of
+   closed days from the hour parts.
+3. **Expire** by age and by size per kind (raw, 1m, 1h, 1d), oldest first.
+4. Delete unreferenced files once a grace period has passed, so running queries finish.
+
+Only one maintainer works on a data directory at a time (an ``flock`` on
+``rollup/.maintainer.lock``); readers never lock. Parts are written before the manifest names
+them; a crash leaves at worst unreferenced files, removed at the next start.
+
+Trust: the raw segments are our own collector's files; a file that cannot be read is logged,
+counted and skipped (left to raw queries), never a crash of the maintainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import Counter
+
+from lanalyze import metrics
+from lanalyze.flows.config import RollupConfig
+from lanalyze.flows.query import reports
+from lanalyze.flows.query.layout import (
+    COMPACT_TAG,
+    DAY_MS,
+    DERIVED_SQL,
+    HOUR_MS,
+    MINUTE_MS,
+    REPLACES_KEY,
+    ROLLUP_TABLES,
+    Manifest,
+    bucket_key,
+    hour_start,
+    key_start,
+    list_raw_files,
+    list_raw_hours,
+    part_path,
+    raw_dir,
+    read_manifest,
+    rollup_dir,
+    write_manifest,
+)
+from lanalyze.log import get_logger
+
+if TYPE_CHECKING:
+    from lanalyze.flows.collector import FlowCollector
+
+log = get_logger(__name__)
+
+ROLLED_FILES = Counter(
+    "lanalyze_rollup_raw_files_total",
+    "Raw segments added to the rollup tables.",
+    registry=metrics.REGISTRY,
+)
+ROLLED_ROWS = Counter(
+    "lanalyze_rollup_raw_rows_total",
+    "Raw flow records added to the rollup tables.",
+    registry=metrics.REGISTRY,
+)
+ROLLUP_ERRORS = Counter(
+    "lanalyze_rollup_errors_total",
+    "Maintenance steps that failed (unreadable segment, disk error); retried next round.",
+    ["step"],
+    registry=metrics.REGISTRY,
+)
+EXPIRED_FILES = Counter(
+    "lanalyze_rollup_expired_files_total",
+    "Files removed by retention, per kind (raw, 1m, 1h, 1d).",
+    ["kind"],
+    registry=metrics.REGISTRY,
+)
+
+GRACE_SECONDS = 120.0
+BATCH_BYTES = 256 * 1024 * 1024
+COMPACT_ROWS = 4_000_000
+SUM_COLUMNS = ("bytes", "packets", "flows")
+ALL_COLUMNS = tuple(dict.fromkeys(c for t in ROLLUP_TABLES for c in t.columns))
+
+
+class RollupMaintainer:
+    """Component keeping the rollups of one flow data directory (``<data_dir>/flows``)."""
+
+    name = "rollup"
+
+    def __init__(self, config: RollupConfig, flow_dir: Path) -> None:
+        self.config = config
+        self.data = flow_dir
+        self._task: asyncio.Task[None] | None = None
+        self._lock_file: IO[bytes] | None = None
+        self._stopping = asyncio.Event()
+        self._compact_seq = 0
+
+    async def start(self) -> None:
+        reports.configure(self.config.query_threads)
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self.release()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.run_once)
+            except Exception:
+                ROLLUP_ERRORS.labels("round").inc()
+                log.exception("rollup.round_failed", extra={"data": str(self.data)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.interval)
+
+    # --- locking -------------------------------------------------------------------------------
+
+    def _acquire(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        rollup_dir(self.data).mkdir(parents=True, exist_ok=True)
+        handle = (rollup_dir(self.data) / ".maintainer.lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        self._remove_orphans()
+        return True
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # --- one round -----------------------------------------------------------------------------
+
+    def run_once(self, now: float | None = None) -> dict[str, int]:
+        """One maintenance round (blocking). Returns what it did, for tests and logs."""
+        now = time.time() if now is None else now
+        done = {"rolled_files": 0, "compacted": 0, "days": 0, "expired": 0, "deleted": 0}
+        if not self._acquire():
+            log.debug("rollup.busy", extra={"data": str(self.data)})
+            return done
+        connection = duckdb.connect(":memory:", config={"threads": 1})
+        try:
+            done["rolled_files"] = self._roll_up_new(connection)
+            done["compacted"] = self._compact(connection, now)
+            done["days"] = self._build_days(connection, now)
+            done["expired"] = self._expire(now)
+            done["deleted"] = self._delete_pending(now)
+        finally:
+            connection.close()
+        if any(done.values()):
+            log.info("rollup.round", extra=done)
+        return done
+
+    # --- 1. roll up ----------------------------------------------------------------------------
+
+    def _uncovered(self, manifest: Manifest) -> list[tuple[str, str]]:
+        expired = manifest.expired_before.get("raw", 0)
+        found: list[tuple[str, str]] = []
+        for hour in list_raw_hours(self.data):
+            if hour_start(hour) + HOUR_MS <= expired:
+                continue
+            found.extend(
+                (hour, name)
+                for name in list_raw_files(self.data, hour)
+                if not manifest.covers(hour, name, self.data)
+            )
+        return found
+
+    def _roll_up_new(self, connection: duckdb.DuckDBPyConnection) -> int:
+        total = 0
+        while True:
+            manifest = read_manifest(self.data)
+            pending = self._uncovered(manifest)
+            if not pending:
+                return total
+            batch: list[tuple[str, str]] = []
+            size = 0
+            for hour, name in pending:
+                path = raw_dir(self.data) / hour / name
+                try:
+                    size += path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                batch.append((hour, name))
+                if size >= BATCH_BYTES:
+                    break
+            if not batch:
+                return total
+            try:
+                rows = self._roll_up(connection, manifest, batch)
+            except (duckdb.Error, OSError, pa.ArrowException) as exc:
+                ROLLUP_ERRORS.labels("rollup").inc()
+                log.warning("rollup.batch_failed", extra={"files": len(batch), "error": str(exc)})
+                return total
+            ROLLED_FILES.inc(len(batch))
+            ROLLED_ROWS.inc(rows)
+            total += len(batch)
+
+    def _roll_up(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        manifest: Manifest,
+        batch: list[tuple[str, str]],
+    ) -> int:
+        paths = [str(raw_dir(self.data) / hour / name) for hour, name in batch]
+        derived = ", ".join(f"{sql} AS {name}" for name, sql in DERIVED_SQL.items())
+        sets = ", ".join("(time, " + ", ".join(t.columns) + ")" for t in ROLLUP_TABLES)
+        grouping = "GROUPING(" + ", ".join(ALL_COLUMNS) + ")"
+        # Fixed fragments only; the file list is a parameter.
+        sql = (
+            f"SELECT {grouping} AS grouping_id, "  # noqa: S608
+            f"(time_received - time_received % {MINUTE_MS}) AS time, "
+            + ", ".join(ALL_COLUMNS)
+            + ", sum(bytes * sampling_rate)::UBIGINT AS bytes, "  # noqa: S608
+            "sum(packets * sampling_rate)::UBIGINT AS packets, sum(flows)::UBIGINT AS flows "
+            f"FROM (SELECT *, {derived} FROM read_parquet(?)) "
+            f"GROUP BY GROUPING SETS ({sets})"
+        )
+        result = connection.sql(sql, params=[paths]).to_arrow_table()
+        rows = int(
+            connection.execute("SELECT count(*) FROM read_parquet(?)", [paths]).fetchall()[0][0]
+        )
+        grouping_ids = result.column("grouping_id").to_numpy()
+        written: list[tuple[str, str, str, str]] = []
+        batch_id = f"{int(time.time() * 1000)}-{os.getpid()}-{self._next_seq()}"
+        for table in ROLLUP_TABLES:
+            # GROUPING() sets a bit for each column *not* in the set (first column = high bit).
+            expected = sum(
+                1 << (len(ALL_COLUMNS) - 1 - i)
+                for i, column in enumerate(ALL_COLUMNS)
+                if column not in table.columns
+            )
+            rows_of_table = result.filter(pa.array(grouping_ids == expected))
+            minute = rows_of_table.select(["time", *table.columns, *SUM_COLUMNS])
+            minute = minute.sort_by([("time", "ascending")])
+            written += self._write_parts("1m", table.name, minute, batch_id)
+            hour = _reaggregate(connection, minute, table.columns, HOUR_MS)
+            written += self._write_parts("1h", table.name, hour, batch_id)
+        manifest = read_manifest(self.data)
+        for hour_key, name in batch:
+            manifest.covered.setdefault(hour_key, []).append(name)
+        touched_days: set[str] = set()
+        for resolution, table_name, key, name in written:
+            manifest.parts.setdefault(resolution, {}).setdefault(table_name, {}).setdefault(
+                key, []
+            ).append(name)
+            touched_days.add(key[:8])
+        self._invalidate_days(manifest, touched_days, time.time())
+        write_manifest(self.data, manifest)
+        return rows
+
+    def _next_seq(self) -> int:
+        self._compact_seq += 1
+        return self._compact_seq
+
+    def _write_parts(
+        self, resolution: str, table_name: str, table: pa.Table, batch_id: str
+    ) -> list[tuple[str, str, str, str]]:
+        if table.num_rows == 0:
+            return []
+        times = table.column("time").to_numpy()
+        span = DAY_MS if resolution == "1d" else HOUR_MS
+        containers = times - times % span
+        edges = np.flatnonzero(np.diff(containers)) + 1
+        written = []
+        for lo, hi in zip([0, *edges.tolist()], [*edges.tolist(), len(times)], strict=True):
+            key = bucket_key(resolution, int(containers[lo]))
+            name = f"{batch_id}.parquet"
+            path = part_path(self.data, resolution, table_name, key, name)
+            self._write_parquet(table.slice(lo, hi - lo), path)
+            written.append((resolution, table_name, key, name))
+        return written
+
+    def _write_parquet(
+        self, table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp")
+        if metadata:
+            table = table.replace_schema_metadata(metadata)
+        pq.write_table(
+            table,
+            temp,
+            compression=self.config.compression,
+            row_group_size=1_000_000,
+        )
+        os.replace(temp, path)
+
+    def _invalidate_days(self, manifest: Manifest, days: set[str], now: float) -> None:
+        """A day part is stale once any hour of its day changed: drop it, rebuilt later."""
+        for table_name, keyed in manifest.parts.get("1d", {}).items():
+            for day in days & set(keyed):
+                for name in keyed.pop(day):
+                    relative = part_path(Path(), "1d", table_name, day, name)
+                    manifest.pending_delete.append((now + GRACE_SECONDS, str(relative)))
+
+    # --- 2. compaction -------------------------------------------------------------------------
+
+    def _compact(self, connection: duckdb.DuckDBPyConnection, now: float) -> int:
+        closed_before = int((now - self.config.close_after) * 1000)
+        manifest = read_manifest(self.data)
+        changed = 0
+        for resolution in ("1m", "1h"):
+            for table in ROLLUP_TABLES:
+                keyed = manifest.parts.get(resolution, {}).get(table.name, {})
+                for key, names in list(keyed.items()):
+                    if len(names) < 2 or hour_start(key) + HOUR_MS > closed_before:
+                        continue
+                    paths = [
+                        str(part_path(self.data, resolution, table.name, key, n)) for n in names
+                    ]
+                    merged = _reaggregate_files(connection, paths, table.columns)
+                    name = f"c{int(now * 1000)}-{self._next_seq()}.parquet"
+                    self._write_parquet(
+                        merged, part_path(self.data, resolution, table.name, key, name)
+                    )
+                    keyed[key] = [name]
+                    manifest.pending_delete.extend(
+                        (
+                            now + GRACE_SECONDS,
+                            str(part_path(Path(), resolution, table.name, key, n)),
+                        )
+                        for n in names
+                    )
+                    changed += 1
+        if changed:
+            write_manifest(self.data, manifest)
+        changed += self._compact_raw(now, closed_before)
+        return changed
+
+    def _compact_raw(self, now: float, closed_before: int) -> int:
+        manifest = read_manifest(self.data)
+        changed = 0
+        for hour in list_raw_hours(self.data):
+            if hour_start(hour) + HOUR_MS > closed_before:
+                continue
+            names = list_raw_files(self.data, hour)
+            small = [n for n in names if COMPACT_TAG not in n]
+            if len(small) < 2 or not all(manifest.covers(hour, n, self.data) for n in names):
+                continue
+            directory = raw_dir(self.data) / hour
+            groups: list[list[str]] = [[]]
+            rows = 0
+            for name in small:
+                count = pq.read_metadata(directory / name).num_rows
+                if groups[-1] and rows + count > COMPACT_ROWS:
+                    groups.append([])
+                    rows = 0
+                groups[-1].append(name)
+                rows += count
+            for group in groups:
+                if len(group) < 2:
+                    continue
+                compact_name = (
+                    f"{group[0].split('-', 1)[0]}{COMPACT_TAG}{self._next_seq()}-{int(now)}.parquet"
+                )
+                self._merge_raw(directory, group, compact_name)
+                covered = manifest.covered.setdefault(hour, [])
+                covered[:] = [n for n in covered if n not in group] + [compact_name]
+                manifest.pending_delete.extend(
+                    (now + GRACE_SECONDS, str(Path("raw") / hour / n)) for n in group
+                )
+                changed += 1
+            write_manifest(self.data, manifest)
+        return changed
+
+    def _merge_raw(self, directory: Path, names: list[str], compact_name: str) -> None:
+        first = pq.read_schema(directory / names[0])
+        schema = first.with_metadata({REPLACES_KEY: json.dumps(names).encode()})
+        temp = directory / f".{compact_name}.tmp"
+        with pq.ParquetWriter(temp, schema, compression=self.config.compression) as writer:
+            pending: list[pa.Table] = []
+            rows = 0
+            for name in names:
+                table = pq.read_table(directory / name).cast(first)
+                pending.append(table)
+                rows += table.num_rows
+                if rows >= 1_000_000:
+                    writer.write_table(
+                        pa.concat_tables(pending).replace_schema_metadata(schema.metadata),
+                        row_group_size=1_000_000,
+                    )
+                    pending, rows = [], 0
+            if pending:
+                writer.write_table(
+                    pa.concat_tables(pending).replace_schema_metadata(schema.metadata),
+                    row_group_size=1_000_000,
+                )
+        os.replace(temp, directory / compact_name)
+
+    def _build_days(self, connection: duckdb.DuckDBPyConnection, now: float) -> int:
+        manifest = read_manifest(self.data)
+        closed_before = int((now - self.config.close_after) * 1000)
+        built = 0
+        expired_1h = manifest.expired_before.get("1h", 0)
+        for table in ROLLUP_TABLES:
+            hours = manifest.parts.get("1h", {}).get(table.name, {})
+            days_done = manifest.parts.get("1d", {}).get(table.name, {})
+            by_day: dict[str, list[str]] = {}
+            for key in hours:
+                by_day.setdefault(key[:8], []).append(key)
+            for day, keys in by_day.items():
+                start = key_start("1d", day)
+                if day in days_done or start + DAY_MS > closed_before or start < expired_1h:
+                    continue
+                if any(len(hours[k]) > 1 for k in keys):
+                    continue  # compact the hours first
+                paths = [
+                    str(part_path(self.data, "1h", table.name, k, n))
+                    for k in keys
+                    for n in hours[k]
+                ]
+                merged = _reaggregate_files(connection, paths, table.columns, DAY_MS)
+                name = f"d{int(now * 1000)}-{self._next_seq()}.parquet"
+                self._write_parquet(merged, part_path(self.data, "1d", table.name, day, name))
+                manifest.parts.setdefault("1d", {}).setdefault(table.name, {})[day] = [name]
+                built += 1
+        if built:
+            write_manifest(self.data, manifest)
+        return built
+
+    # --- 3. retention --------------------------------------------------------------------------
+
+    def _limits(self) -> dict[str, tuple[float, int]]:
+        c = self.config
+        return {
+            "raw": (c.raw_max_age, c.raw_max_bytes),
+            "1m": (c.minute_max_age, c.minute_max_bytes),
+            "1h": (c.hour_max_age, c.hour_max_bytes),
+            "1d": (c.day_max_age, c.day_max_bytes),
+        }
+
+    def _expire(self, now: float) -> int:
+        manifest = read_manifest(self.data)
+        removed = 0
+        for kind, (max_age_days, max_bytes) in self._limits().items():
+            containers = self._containers(kind, manifest)
+            doomed: set[str] = set()
+            if max_age_days > 0:
+                cutoff = int((now - max_age_days * 86400) * 1000)
+                doomed.update(k for k, (end, _) in containers.items() if end <= cutoff)
+            if max_bytes > 0:
+                total = sum(size for k, (_, size) in containers.items() if k not in doomed)
+                for key in sorted(containers):
+                    if total <= max_bytes:
+                        break
+                    if key not in doomed:
+                        doomed.add(key)
+                        total -= containers[key][1]
+            if not doomed:
+                continue
+            horizon = max(containers[k][0] for k in doomed)
+            manifest.expired_before[kind] = max(manifest.expired_before.get(kind, 0), horizon)
+            removed += self._remove(kind, manifest, doomed, now)
+        if removed:
+            write_manifest(self.data, manifest)
+        return removed
+
+    def _containers(self, kind: str, manifest: Manifest) -> dict[str, tuple[int, int]]:
+        """Hour (or day) key -> (end ms, bytes on disk) of one kind of table."""
+        found: dict[str, tuple[int, int]] = {}
+        if kind == "raw":
+            for hour in list_raw_hours(self.data):
+                directory = raw_dir(self.data) / hour
+                size = sum(_size(directory / n) for n in os.listdir(directory))
+                found[hour] = (hour_start(hour) + HOUR_MS, size)
+            return found
+        span = DAY_MS if kind == "1d" else HOUR_MS
+        for table_name, keyed in manifest.parts.get(kind, {}).items():
+            for key, names in keyed.items():
+                end, size = found.get(key, (key_start(kind, key) + span, 0))
+                size += sum(_size(part_path(self.data, kind, table_name, key, n)) for n in names)
+                found[key] = (end, size)
+        return found
+
+    def _remove(self, kind: str, manifest: Manifest, keys: set[str], now: float) -> int:
+        removed = 0
+        if kind == "raw":
+            # Raw hours go at once: a reader that listed them re-plans on the missing file.
+            for hour in keys:
+                directory = raw_dir(self.data) / hour
+                removed += len(os.listdir(directory)) if directory.is_dir() else 0
+                shutil.rmtree(directory, ignore_errors=True)
+                manifest.covered.pop(hour, None)
+            EXPIRED_FILES.labels(kind).inc(removed)
+            return removed
+        for table_name, keyed in manifest.parts.get(kind, {}).items():
+            for key in keys & set(keyed):
+                for name in keyed.pop(key):
+                    relative = part_path(Path(), kind, table_name, key, name)
+                    manifest.pending_delete.append((now + GRACE_SECONDS, str(relative)))
+                    removed += 1
+        EXPIRED_FILES.labels(kind).inc(removed)
+        return removed
+
+    # --- 4. deletion ---------------------------------------------------------------------------
+
+    def _delete_pending(self, now: float) -> int:
+        manifest = read_manifest(self.data)
+        due = [(t, p) for t, p in manifest.pending_delete if t <= now]
+        if not due:
+            return 0
+        for _, relative in due:
+            path = self.data / relative
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when empty
+        manifest.pending_delete = [(t, p) for t, p in manifest.pending_delete if t > now]
+        write_manifest(self.data, manifest)
+        return len(due)
+
+    def _remove_orphans(self) -> None:
+        """Parts a crash left unnamed by the manifest, and temporaries."""
+        manifest = read_manifest(self.data)
+        known = {str(self.data / p) for _, p in manifest.pending_delete}
+        for resolution, tables in manifest.parts.items():
+            for table_name, keyed in tables.items():
+                for key, names in keyed.items():
+                    known.update(
+                        str(part_path(self.data, resolution, table_name, key, n)) for n in names
+                    )
+        for resolution in ("1m", "1h", "1d"):
+            base = rollup_dir(self.data) / resolution
+            if not base.is_dir():
+                continue
+            for path in base.glob("*/*/*"):
+                if path.is_file() and str(path) not in known:
+                    path.unlink(missing_ok=True)
+        for hour in list_raw_hours(self.data):
+            for path in (raw_dir(self.data) / hour).glob(f".*{COMPACT_TAG}*.tmp"):
+                path.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _reaggregate(
+    connection: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    columns: tuple[str, ...],
+    step: int,
+) -> pa.Table:
+    connection.register("rollup_input", table)
+    try:
+        keys = ", ".join(columns)
+        result = connection.sql(
+            f"SELECT (time - time % {step})::UBIGINT AS time, {keys}, "  # noqa: S608 (fixed)
+            "sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, "
+            f"sum(flows)::UBIGINT AS flows FROM rollup_input GROUP BY ALL ORDER BY time"
+        ).to_arrow_table()
+    finally:
+        connection.unregister("rollup_input")
+    return result
+
+
+def _reaggregate_files(
+    connection: duckdb.DuckDBPyConnection,
+    paths: list[str],
+    columns: tuple[str, ...],
+    step: int = 1,
+) -> pa.Table:
+    keys = ", ".join(columns)
+    time_sql = "time" if step == 1 else f"(time - time % {step})::UBIGINT"
+    return connection.sql(
+        f"SELECT {time_sql} AS time, {keys}, "  # noqa: S608 (fixed fragments, files as ?)
+        "sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, "
+        "sum(flows)::UBIGINT AS flows FROM read_parquet(?) GROUP BY ALL ORDER BY time",
+        params=[paths],
+    ).to_arrow_table()
+
+
+def flow_dir_of(data_dir: Path) -> Path:
+    """The flow directory under a general data directory."""
+    return data_dir / "flows"
+
+
+async def run_collector_with_rollups(
+    collector: FlowCollector, config: RollupConfig, flow_dir: Path
+) -> None:
+    """``lanalyze flows collect``: the collector until a signal, with the maintainer beside."""
+    from lanalyze.flows.collector import run_until_signalled
+
+    if not config.enabled:
+        await run_until_signalled(collector)
+        return
+    maintainer = RollupMaintainer(config, flow_dir)
+    await maintainer.start()
+    try:
+        await run_until_signalled(collector)
+    finally:
+        await maintainer.stop()
