@@ -1,13 +1,379 @@
-"""``lanalyze mail ...``: the message store, the queue and a test client."""
+"""``lanalyze mail ...``: the message index, the queue, a test client, TLS and password tools.
+
+``ls`` and ``show`` read the message index (SQLite, read-only, safe while the server runs);
+``queue`` reads the queue files themselves, like ``mailq``; ``queue retry`` moves deferred
+messages back to ``active/`` (the running server's queue manager picks them up within
+``mail.queue.scan_interval``) and ``queue delete`` removes them. ``send`` is an SMTP client
+built on :mod:`smtplib` that prints the whole dialogue with ``->`` / ``<-`` markers, like
+swaks, for testing any SMTP server.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import smtplib
+import socket
+import ssl
+import sys
+import time
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
 import click
+
+from lanalyze.mail.queuefile import CorruptQueueFile, Layout, read_envelope
 
 
 @click.group()
 def mail() -> None:
     """SMTP server: messages, queue, verdicts."""
+
+
+def _layout(ctx: click.Context) -> Layout:
+    config = ctx.find_root().obj.config
+    return Layout(config.general.data_path)
+
+
+def _index(ctx: click.Context) -> Any:
+    from lanalyze.mail.index import MessageIndex
+
+    layout = _layout(ctx)
+    if not layout.index.exists():
+        return None
+    return MessageIndex(layout.index, readonly=True)
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _verdict(auth: dict[str, Any] | None) -> str:
+    if not auth:
+        return "-"
+    parts = []
+    for key in ("spf", "dkim", "dmarc", "arc"):
+        value = auth.get(key)
+        if isinstance(value, dict):
+            value = value.get("result")
+        if isinstance(value, list):
+            value = ",".join(
+                str(v.get("result", v)) if isinstance(v, dict) else str(v) for v in value
+            )
+        if value:
+            parts.append(f"{key}={value}")
+    action = auth.get("action")
+    if action and action != "accept":
+        parts.append(str(action))
+    return " ".join(parts) or "-"
+
+
+@mail.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted"]))
+@click.pass_context
+def ls_command(ctx: click.Context, fmt: str, limit: int, status: str | None) -> None:
+    """Stored and queued messages, newest first."""
+    index = _index(ctx)
+    rows = index.list(limit=limit, status=status) if index is not None else []
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no messages")
+        return
+    click.echo(
+        f"{'queue id':22} {'time':19} {'status':9} {'size':>7}  from -> to / subject / verdict"
+    )
+    for row in rows:
+        click.echo(
+            f"{row['queue_id']:22} {_when(row['received_at'])} {row['status']:9} "
+            f"{row['size']:>7}  <{row['mail_from']}> -> {', '.join(row['recipients'])}"
+        )
+        click.echo(
+            f"{'':22} From: {row['header_from'] or '-'}  Subject: {row['subject'] or '-'}"
+            f"  [{_verdict(row['auth'])}]"
+        )
+
+
+@mail.command("show")
+@click.argument("queue_id")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def show_command(ctx: click.Context, queue_id: str, fmt: str) -> None:
+    """One message: envelope, headers, delivery state and authentication results."""
+    index = _index(ctx)
+    row = index.get(queue_id) if index is not None else None
+    if row is None:
+        click.echo(f"no message {queue_id}", err=True)
+        sys.exit(1)
+    path = _layout(ctx).find(queue_id)
+    row["queue_file"] = str(path) if path is not None else None
+    if fmt == "json":
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key, value in row.items():
+        if key == "auth":
+            continue
+        shown = _when(value) if key in ("received_at", "updated_at") else value
+        click.echo(f"{key:13} {shown}")
+    auth = row.get("auth")
+    click.echo(f"{'auth':13} {_verdict(auth)}")
+    if auth:
+        click.echo(json.dumps(auth, indent=2))
+
+
+def _queue_entries(layout: Layout) -> list[dict[str, Any]]:
+    entries = []
+    for name in ("active", "deferred", "hold", "corrupt"):
+        directory = layout.q(name)
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            entry: dict[str, Any] = {"queue_id": path.name, "queue": name}
+            try:
+                envelope, length = read_envelope(path)
+                entry.update(
+                    size=length,
+                    arrival=envelope.received_at,
+                    mail_from=envelope.mail_from,
+                    pending=sorted(envelope.local) + envelope.relay,
+                    attempts=envelope.attempts,
+                    last_error=envelope.last_error,
+                )
+            except (CorruptQueueFile, OSError) as exc:
+                entry["error"] = str(exc)
+            entries.append(entry)
+    return entries
+
+
+@mail.group("queue", invoke_without_command=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def queue_group(ctx: click.Context, fmt: str) -> None:
+    """The mail queue (like mailq): active, deferred, hold (relay waiting) and corrupt."""
+    if ctx.invoked_subcommand is not None:
+        return
+    entries = _queue_entries(_layout(ctx))
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("Mail queue is empty")
+        return
+    for entry in entries:
+        if "error" in entry:
+            click.echo(f"{entry['queue_id']:22} {entry['queue']:8} unreadable: {entry['error']}")
+            continue
+        click.echo(
+            f"{entry['queue_id']:22} {entry['queue']:8} {entry['size']:>8} "
+            f"{_when(entry['arrival'])}  <{entry['mail_from']}>"
+        )
+        if entry["last_error"]:
+            click.echo(f"{'':22} ({entry['last_error']}; {entry['attempts']} attempts)")
+        for recipient in entry["pending"]:
+            click.echo(f"{'':22} {recipient}")
+    click.echo(f"-- {len(entries)} messages")
+
+
+@queue_group.command("retry")
+@click.argument("queue_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Every deferred message.")
+@click.pass_context
+def queue_retry(ctx: click.Context, queue_ids: tuple[str, ...], retry_all: bool) -> None:
+    """Move deferred messages back to the active queue for an immediate attempt."""
+    layout = _layout(ctx)
+    deferred = layout.q("deferred")
+    names = [p.name for p in deferred.iterdir()] if retry_all else list(queue_ids)
+    moved = 0
+    for name in names:
+        source = deferred / name
+        if not name.isalnum() or not source.exists():
+            click.echo(f"{name}: not in the deferred queue", err=True)
+            continue
+        os.rename(source, layout.q("active") / name)
+        moved += 1
+    click.echo(f"{moved} message(s) queued for retry")
+
+
+@queue_group.command("delete")
+@click.argument("queue_ids", nargs=-1, required=True)
+@click.pass_context
+def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...]) -> None:
+    """Remove messages from the queue (they are not delivered)."""
+    from lanalyze.mail.index import MessageIndex
+
+    layout = _layout(ctx)
+    deleted = []
+    for name in queue_ids:
+        path = layout.find(name)
+        if path is None:
+            click.echo(f"{name}: not queued", err=True)
+            continue
+        path.unlink(missing_ok=True)
+        deleted.append(name)
+    if deleted and layout.index.exists():
+        index = MessageIndex(layout.index)
+        index.set_status((q, "deleted", 0, "deleted by operator", []) for q in deleted)
+        index.close()
+    click.echo(f"{len(deleted)} message(s) deleted")
+    if len(deleted) != len(queue_ids):
+        sys.exit(1)
+
+
+class _TracingSMTP(smtplib.SMTP):
+    """smtplib with the dialogue printed: ``->`` what we send, ``<-`` what the server says."""
+
+    def send(self, s: Any) -> None:
+        data = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(s)
+        _trace("->", data)
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, message = super().getreply()
+        lines = message.split(b"\n") if message else [b""]
+        for number, line in enumerate(lines):
+            sep = "-" if number < len(lines) - 1 else " "
+            click.echo(f"<- {code}{sep}{line.decode('utf-8', 'replace')}")
+        return code, message
+
+
+class _TracingSMTPSSL(_TracingSMTP, smtplib.SMTP_SSL):
+    pass
+
+
+_DATA_SHOWN = 12  # lines of message data echoed before eliding
+
+
+def _trace(marker: str, data: bytes) -> None:
+    lines = data.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    shown = lines if len(lines) <= _DATA_SHOWN + 2 else [*lines[:_DATA_SHOWN], b"...", *lines[-1:]]
+    for line in shown:
+        click.echo(f"{marker} {line.decode('utf-8', 'replace')}")
+
+
+def _message(
+    sender: str, recipients: list[str], headers: tuple[str, ...], subject: str, body: str
+) -> bytes:
+    lines = [
+        f"From: {sender}",
+        f"To: {', '.join(recipients)}",
+        f"Subject: {subject}",
+        f"Date: {formatdate(localtime=True)}",
+        f"Message-ID: {make_msgid(domain=sender.rpartition('@')[2] or None)}",
+        *headers,
+        "",
+        body,
+    ]
+    return "\r\n".join(lines).encode("utf-8") + b"\r\n"
+
+
+@mail.command("send")
+@click.option("--server", "server", default="127.0.0.1:2525", show_default=True, help="HOST:PORT")
+@click.option("--from", "sender", required=True, help="Envelope sender (and From: if generated).")
+@click.option("--to", "recipients", multiple=True, required=True, help="Recipient (repeatable).")
+@click.option("--helo", default=socket.gethostname(), show_default=True)
+@click.option("--starttls", is_flag=True, help="Upgrade with STARTTLS before MAIL.")
+@click.option("--tls", "implicit_tls", is_flag=True, help="Implicit TLS (port 465 style).")
+@click.option("--verify/--no-verify", default=False, help="Verify the server's certificate.")
+@click.option("--auth", "auth", help="USER:PASSWORD for AUTH (PLAIN, or LOGIN if that is all).")
+@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--header", "headers", multiple=True, help="Extra header line 'Name: value'.")
+@click.option("--subject", default="lanalyze test message", show_default=True)
+@click.option("--body", default="This is a test message sent by lanalyze mail send.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def send_command(
+    *,
+    server: str,
+    sender: str,
+    recipients: tuple[str, ...],
+    helo: str,
+    starttls: bool,
+    implicit_tls: bool,
+    verify: bool,
+    auth: str | None,
+    data_file: Path | None,
+    headers: tuple[str, ...],
+    subject: str,
+    body: str,
+    timeout: float,
+) -> None:
+    """Send one message and print the SMTP dialogue (exit 1 if it was not accepted)."""
+    host, _, port_text = server.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if data_file is not None:
+        raw = data_file.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        extra = "".join(f"{h}\r\n" for h in headers).encode()
+        message = extra + raw
+    else:
+        message = _message(sender, list(recipients), headers, subject, body)
+    client: _TracingSMTP
+    try:
+        click.echo(f"=== Trying {host}:{port}...")
+        if implicit_tls:
+            client = _TracingSMTPSSL(
+                host, port, local_hostname=helo, timeout=timeout, context=context
+            )
+        else:
+            client = _TracingSMTP(host, port, local_hostname=helo, timeout=timeout)
+        with client:
+            client.ehlo(helo)
+            if starttls:
+                client.starttls(context=context)
+                client.ehlo(helo)
+            if auth:
+                user, _, password = auth.partition(":")
+                client.login(user, password)
+            refused = client.sendmail(sender, list(recipients), message)
+            for recipient, (code, text) in refused.items():
+                click.echo(f"=== {recipient} refused: {code} {text.decode('utf-8', 'replace')}")
+    except (smtplib.SMTPException, OSError) as exc:
+        click.echo(f"=== failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo("=== message accepted")
+
+
+@mail.command("tls-selfsigned")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--hostname", help="Name in the certificate (default: general.hostname).")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True)
+@click.pass_context
+def tls_selfsigned(
+    ctx: click.Context, cert: Path, key: Path, hostname: str | None, days: int
+) -> None:
+    """Write a self-signed certificate and key for trying STARTTLS / implicit TLS out."""
+    from lanalyze.mail.tls import write_selfsigned
+
+    name = hostname or ctx.find_root().obj.config.general.hostname
+    write_selfsigned(cert, key, name, days)
+    click.echo(f"wrote {cert} and {key} (CN={name}, {days} days); configure:")
+    click.echo(f'[mail]\ntls_cert = "{cert.resolve()}"\ntls_key = "{key.resolve()}"')
+
+
+@mail.command("hash-password")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
+def hash_password_command(from_stdin: bool) -> None:
+    """Print an argon2 hash for `[[mail.users]] password_hash`."""
+    from lanalyze.mail.users import hash_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("empty password", err=True)
+        sys.exit(1)
+    click.echo(hash_password(password))
 
 
 def _add_dkim_commands() -> None:
