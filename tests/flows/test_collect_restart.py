@@ -67,3 +67,18 @@ def test_templates_persist_across_a_restart(
     assert second.stop() == 0
     assert stored(data_dir, "sum(packets)") == 60
     assert stored(data_dir, "count(distinct observation_domain)") == 1
+
+
+def test_ctrl_c_to_the_process_group_stores_everything_and_exits_0(
+    data_dir: Path, start_collector: Callable[..., Collector]
+) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    collector = start_collector([f"127.0.0.1:{port}"], workers=2, session=True)
+    send(port, [v5_datagram(i * 30, i * 30) for i in range(40)])
+    # At once, as a terminal's Ctrl-C does: parent and workers all get SIGINT; what was
+    # received (even not yet decoded) is stored before the exit.
+    os.killpg(collector.proc.pid, signal.SIGINT)
+    assert collector.proc.wait(timeout=30) == 0, collector.log
+    collector.log_file.close()
+    assert stored(data_dir) == 1200
+    assert "Traceback" not in collector.log
