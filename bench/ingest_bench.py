@@ -365,8 +365,10 @@ def highest_lossless(name: str, fmt: str, rates: list[float], run: object) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="v5,ipfix")
-    parser.add_argument("--rates", default="0.25,0.5,1,1.5,2,2.5,3,3.5,4,5", help="M flows/s")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per rate")
+    parser.add_argument(
+        "--rates", default="0.25,0.5,0.75,1,1.25,1.5,2,2.5,3,3.5,4,5", help="M flows/s"
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--senders", type=int, default=2, help="sender processes")
     parser.add_argument("--workers", type=int, default=0, help="lanalyze flows.workers")
@@ -405,6 +407,8 @@ def main() -> None:
             print(f"RESULT {fmt}: nfcapd {theirs}, lanalyze {ours}")
             continue
         peer, mine = statistics.median(theirs), statistics.median(ours)
+        theirs_bpf = [b for b in theirs_bpf if b == b] or [float("nan")]  # drop NaN (no run ok)
+        ours_bpf = [b for b in ours_bpf if b == b] or [float("nan")]
         print(
             f"RESULT {fmt}: nfcapd {peer / 1e6:.2f} M flows/s ({statistics.median(theirs_bpf):.1f}"
             f" B/flow), lanalyze {mine / 1e6:.2f} M flows/s "
