@@ -189,17 +189,20 @@ class FlowDecoder:
         problem: Any,
     ) -> list[tuple[dict[str, Array], list[str | None] | None]]:
         parts: list[tuple[dict[str, Array], list[str | None] | None]] = []
-        accounted: list[tuple[int, int, int, int]] = []  # index, count, sequence, domain
-        addresses: dict[str, bytes] = {}
+        code_of: dict[str, int] = {}
+        accounted: list[tuple[Array, Array, Array, Array, Array]] = []
         for indexes in groups.values():
             group = [packets[i] for i in indexes]
             names = [p.exporter for p in group]
-            for name in names:
-                if name not in addresses:
-                    addresses[name] = self._state.exporter(name).address
-            exporter16 = np.array([addresses[name] for name in names], dtype="S16")
+            for name in dict.fromkeys(names):
+                code_of.setdefault(name, len(code_of))
+            codes = np.fromiter(map(code_of.__getitem__, names), np.int64, len(names))
+            unique = list(code_of)
+            exporter16 = np.array([self._state.exporter(n).address for n in unique], dtype="S16")[
+                codes
+            ]
+            rates = np.array([self._sampling_rates.get(n, 1) for n in unique], np.uint32)[codes]
             received = np.array([p.received_ms for p in group], dtype=np.uint64)
-            rates = np.array([self._sampling_rates.get(n, 1) for n in names], dtype=np.uint32)
             columns, headers, bad = v5.decode_group(
                 [p.data for p in group], indexes, exporter16, received, rates
             )
@@ -209,30 +212,62 @@ class FlowDecoder:
                 problem(name, "v5 header count does not fit the datagram (or wrong version)")
             if len(columns["bytes"]):
                 parts.append((columns, None))
-            accounted.extend(
-                zip(
-                    headers.indexes, headers.counts, headers.sequences, headers.domains, strict=True
+                accounted.append(
+                    (
+                        np.array(headers.indexes, dtype=np.int64),
+                        headers.counts,
+                        headers.sequences,
+                        headers.domains,
+                        codes[headers.valid] if bad else codes,
+                    )
                 )
-            )
-        # Sequence numbers must be followed in arrival order, whatever the length grouping.
-        accounted.sort()
-        expected_by = self._v5_expected
-        for index, count, sequence, domain in accounted:
-            name = packets[index].exporter
-            item = stats_for(name, domain, 5)
-            item.packets += 1
-            item.flows += count
-            key = (name, domain)
-            expected = expected_by.get(key)
-            if expected is not None:
-                gap = (sequence - expected) % 2**32
-                if 0 < gap < 2**31:
-                    item.sequence_gaps += gap
-            elif len(expected_by) >= self._state.max_exporters * 4:
-                expected_by.pop(next(iter(expected_by)))
-            expected_by[key] = (sequence + count) % 2**32
-            item.last_sequence = sequence
+        if accounted:
+            self._v5_sequences(accounted, list(code_of), stats_for)
         return parts
+
+    def _v5_sequences(
+        self,
+        accounted: list[tuple[Array, Array, Array, Array, Array]],
+        names: list[str],
+        stats_for: Any,
+    ) -> None:
+        """Counts, lost flows and last sequence per (exporter, engine), in arrival order.
+
+        Vectorised: datagrams are sorted by (stream, arrival); each one's expected
+        flow_sequence is its predecessor's sequence + count (RFC-less v5 convention), the
+        first of each stream's is remembered from the previous batch."""
+        index, count, sequence, domain, code = (
+            np.concatenate([a[k] for a in accounted]).astype(np.int64) for k in range(5)
+        )
+        stream = code * 2**32 + domain
+        order = np.lexsort((index, stream))
+        stream, count, sequence = stream[order], count[order], sequence[order]
+        starts = np.flatnonzero(np.r_[True, stream[1:] != stream[:-1]])
+        ends = np.r_[starts[1:], len(stream)]
+        following = (sequence + count) % 2**32
+        expected = np.r_[0, following[:-1]]
+        known = np.ones(len(stream), dtype=bool)
+        remembered = self._v5_expected
+        keys = [(names[int(s) >> 32], int(s) & 0xFFFFFFFF) for s in stream[starts].tolist()]
+        for start, key in zip(starts.tolist(), keys, strict=True):
+            previous = remembered.get(key)
+            known[start] = previous is not None
+            expected[start] = previous or 0
+        gap = (sequence - expected) % 2**32
+        gap[~known | (gap >= 2**31)] = 0
+        gaps = np.add.reduceat(gap, starts).tolist()
+        flows = np.add.reduceat(count, starts).tolist()
+        last = sequence[ends - 1].tolist()
+        following_last = following[ends - 1].tolist()
+        for i, key in enumerate(keys):
+            item = stats_for(key[0], key[1], 5)
+            item.packets += int(ends[i] - starts[i])
+            item.flows += flows[i]
+            item.sequence_gaps += gaps[i]
+            item.last_sequence = last[i]
+            if key not in remembered and len(remembered) >= self._state.max_exporters * 4:
+                remembered.pop(next(iter(remembered)))
+            remembered[key] = following_last[i]
 
     def save_templates(self) -> bytes:
         """Templates and sampling announcements of every exporter, as versioned JSON."""

@@ -98,9 +98,10 @@ class V5Datagrams:
     """Headers of the valid datagrams of a length group, for the caller's accounting."""
 
     indexes: list[int]  # positions in the batch
-    counts: list[int]
-    sequences: list[int]
-    domains: list[int]
+    counts: Array
+    sequences: Array
+    domains: Array
+    valid: Array  # which datagrams of the group these are
 
 
 def decode_group(
@@ -183,10 +184,5 @@ def decode_group(
     if is_icmp.any():
         columns["icmp_type"][:] = np.where(is_icmp, recs["dst_port"] >> 8, 0)
         columns["icmp_code"][:] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0)
-    headers = V5Datagrams(
-        good_indexes,
-        count.tolist(),
-        header["sequence"].tolist(),
-        domain.tolist(),
-    )
+    headers = V5Datagrams(good_indexes, count, header["sequence"], domain, valid)
     return columns, headers, [indexes[i] for i in bad.tolist()]
