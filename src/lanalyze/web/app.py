@@ -62,6 +62,7 @@ def build_app(
     *,
     secret: bytes | None = None,
 ) -> Starlette:
+    from lanalyze.web import api_flows
     from lanalyze.web.pages import exporters as exporter_pages
     from lanalyze.web.pages import flows as flow_pages
     from lanalyze.web.pages import login as login_pages
@@ -91,6 +92,7 @@ def build_app(
         *flow_pages.routes,
         *exporter_pages.routes,
         *mail_pages.routes,
+        *api_flows.routes,
     ]
     app = Starlette(
         routes=routes,
