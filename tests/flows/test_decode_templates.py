@@ -383,6 +383,10 @@ def test_template_flood_is_bounded() -> None:
         ("fields overrun", ipfix_message([flow_set(2, struct.pack(">HH", 256, 50) + b"\0" * 8)])),
         ("v9 truncated header", v9_packet([])[:12]),
         (
+            "v9 absurd field length",
+            v9_packet([flow_set(0, template_record(256, [(8, 0xFFFF)], ipfix=False))]),
+        ),
+        (
             "options scope count zero",
             ipfix_message([flow_set(3, struct.pack(">HHHHH", 256, 1, 0, 8, 4))]),
         ),

@@ -39,6 +39,7 @@ def parse_template_set(data: bytes, start: int, end: int) -> list[TemplateEvent]
         if pos + 4 * count > end:
             raise PeerDataError(f"v9 template {template_id}: {count} fields overrun the flowset")
         fields = tuple(Field(*struct.unpack_from(">HH", data, pos + 4 * i)) for i in range(count))
+        _fixed_lengths_only(template_id, fields)
         pos += 4 * count
         events.append(("add", template_id, Template(template_id, fields, options=False)))
     return events
@@ -64,5 +65,14 @@ def parse_options_template_set(data: bytes, start: int, end: int) -> list[Templa
             element, length = struct.unpack_from(">HH", data, pos + 4 * i)
             fields.append(Field(element, length, 0, scope=4 * i < scope_length))
         pos += scope_length + option_length
+        _fixed_lengths_only(template_id, fields)
         events.append(("add", template_id, Template(template_id, tuple(fields), options=True)))
     return events
+
+
+def _fixed_lengths_only(template_id: int, fields: tuple[Field, ...] | list[Field]) -> None:
+    # NetFlow v9 has no variable-length fields: 65535 here is an absurd length, not IPFIX's
+    # variable-length marker.
+    for f in fields:
+        if f.length == 0xFFFF:
+            raise PeerDataError(f"v9 template {template_id}: field {f.element} of length 65535")
