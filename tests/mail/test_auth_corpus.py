@@ -182,6 +182,10 @@ def test_tampered_body_fails_dkim(run: Check) -> None:
 def test_missing_key_is_permerror_and_dns_trouble_temperror(run: Check) -> None:
     no_key = dkim_sign(message(), selector="gone")
     assert run(no_key).dkim == "permerror"
+    # An RSA signature whose selector publishes an Ed25519 key (found by fuzzing: dkimpy
+    # lets the crypto library's error escape).
+    wrong_key_type = dkim_sign(message(), selector="ed", key="rsa")
+    assert run(wrong_key_type).dkim == "permerror"
     broken = dkim_sign(message(from_header="a@servfail.test"), domain="servfail.test")
     verdict = run(broken, mail_from="a@servfail.test")
     assert verdict.dkim == "temperror" and verdict.dmarc == "temperror"

@@ -19,7 +19,13 @@ from typing import Any
 
 import dkim
 
-from lanalyze.mail.auth.dns import LookupBudgetExceeded, Prefetched, Resolver, run_with_lookups
+from lanalyze.mail.auth.dns import (
+    LookupBudgetExceeded,
+    LookupNeeded,
+    Prefetched,
+    Resolver,
+    run_with_lookups,
+)
 from lanalyze.mail.auth.message import header_fields, split_message
 
 MAX_INSTANCES = 50
@@ -60,8 +66,11 @@ def _verify(message: bytes) -> Any:
             cv, sets, comment = verifier.verify(dnsfunc=dnsfunc)
         except dkim.DKIMException as exc:
             return ArcResult("fail", reason=str(exc)[:200])
-        except (IndexError, KeyError, ValueError) as exc:
-            # dkimpy indexes into headers it assumes exist; a crafted chain gets here.
+        except LookupNeeded:
+            raise
+        except Exception as exc:
+            # dkimpy indexes into headers it assumes exist and lets its crypto back ends'
+            # errors escape; a crafted chain gets here, and it is the sealer's fault.
             return ArcResult("fail", reason=f"malformed ARC set: {type(exc).__name__}")
         sealers = [
             s.get("as-domain", b"").decode("ascii", "replace") for s in sets if isinstance(s, dict)

@@ -27,7 +27,13 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from lanalyze.mail.auth.dns import LookupBudgetExceeded, Prefetched, Resolver, run_with_lookups
+from lanalyze.mail.auth.dns import (
+    LookupBudgetExceeded,
+    LookupNeeded,
+    Prefetched,
+    Resolver,
+    run_with_lookups,
+)
 from lanalyze.mail.auth.message import field_value, header_fields, split_message
 
 _quiet = logging.getLogger("lanalyze.mail.auth.dkimpy")
@@ -112,6 +118,13 @@ def _verify_one(message: bytes, index: int, tags: dict[bytes, bytes], length_tag
             )
         except dkim.DKIMException as exc:
             return outcome("permerror", reason=str(exc)[:200])
+        except LookupNeeded:
+            raise
+        except Exception as exc:
+            # dkimpy lets errors of its crypto back ends escape on hostile input (an RSA
+            # signature checked with an Ed25519 key raises nacl's ValueError): the signer's
+            # data is at fault, not us.
+            return outcome("permerror", reason=f"unusable signature or key: {type(exc).__name__}")
         if trouble:
             return outcome("temperror", reason=f"key lookup: {trouble[0]}")
         if not ok:

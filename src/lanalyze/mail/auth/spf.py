@@ -22,7 +22,13 @@ from typing import Any
 
 import spf as pyspf
 
-from lanalyze.mail.auth.dns import LookupBudgetExceeded, Prefetched, Resolver, run_with_lookups
+from lanalyze.mail.auth.dns import (
+    LookupBudgetExceeded,
+    LookupNeeded,
+    Prefetched,
+    Resolver,
+    run_with_lookups,
+)
 
 # RFC 7208 §4.6.4 allows 10 lookup terms, each MX up to 10 names, plus void lookups and CNAME
 # hops: 150 rounds covers any evaluation pyspf lets through.
@@ -67,6 +73,11 @@ def _evaluate(ip: str, sender: str, helo: str) -> Callable[[Prefetched], tuple[s
             query = pyspf.query(i=ip, s=sender, h=helo, strict=True, timeout=30)
             result, _code, explanation = query.check()
             return str(result), str(explanation), str(query.ident)
+        except LookupNeeded:
+            raise
+        except (AssertionError, ValueError, TypeError, IndexError, UnicodeError) as exc:
+            # pyspf's own consistency checks on hostile records: the record is at fault.
+            return "permerror", f"unusable SPF data: {type(exc).__name__}", "mailfrom"
         finally:
             _current_view.reset(token)
 
