@@ -153,14 +153,22 @@ async def message_raw(request: Request) -> Response:
 
 async def queue_page(request: Request) -> Response:
     store = _store(request)
-    rows = await asyncio.to_thread(store.queue)
+    now = time.time()
+    rows, series = await asyncio.gather(
+        asyncio.to_thread(store.queue), asyncio.to_thread(store.counts, now - 86400, now, 3600)
+    )
     counts: dict[str, int] = {"queued": 0, "deferred": 0, "hold": 0}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return render(
         request,
         "mail_queue.html",
-        {"rows": rows, "counts": counts, "done": request.query_params.get("done", "")},
+        {
+            "rows": rows,
+            "counts": counts,
+            "series": series,
+            "done": request.query_params.get("done", ""),
+        },
     )
 
 
