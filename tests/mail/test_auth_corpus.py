@@ -310,6 +310,9 @@ def test_several_from_domains_take_the_strictest_failing_policy(run: Check) -> N
     one_field = message(from_header="a@none.test, b@quarantine.test")
     verdict = run(one_field, mail_from="a@none.test", ip=STRANGER_IP)
     assert "multiple_from" in verdict.flags and verdict.action == "quarantine"
+    crowd = ", ".join(f"a@d{i}.test" for i in range(50))
+    verdict = run(message(from_header=crowd), mail_from="a@none.test", ip=STRANGER_IP)
+    assert verdict.dmarc == "permerror" and "multiple_from" in verdict.flags
 
 
 def test_local_domain_claimed_from_outside(run: Check) -> None:
