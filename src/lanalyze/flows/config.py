@@ -89,11 +89,11 @@ class FlowsConfig(Section):
         "crash, at most about this long after they arrive.",
     )
     segment_max_rows: int = Field(
-        default=2_000_000,
+        default=500_000,
         ge=1000,
         le=100_000_000,
         description="A segment is written as soon as this many flows are waiting, even "
-        "before the flush interval.",
+        "before the flush interval (bounds a worker's memory: ~180 bytes a waiting flow).",
     )
     compression: Literal["lz4", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Parquet compression of flow segments."

@@ -194,7 +194,7 @@ class BackgroundWriter:
     than retried forever, so ingest continues once the disk recovers.
     """
 
-    def __init__(self, writer: SegmentWriter, max_pending: int = 4) -> None:
+    def __init__(self, writer: SegmentWriter, max_pending: int = 3) -> None:
         self.writer = writer
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(

@@ -58,7 +58,7 @@ class WorkerSpec:
     writer_id: str
     data_dir: Path
     flush_interval: float = 1.0
-    segment_max_rows: int = 2_000_000
+    segment_max_rows: int = 500_000
     compression: Compression = "lz4"
     compression_level: int | None = None
     max_templates_per_exporter: int = 1024
