@@ -412,6 +412,10 @@ def test_save_and_load_templates() -> None:
         ]
     )
     state = decoder.save_templates()
+    decoder.decode([packet(template_message(), exporter="192.0.2.50"), packet(data_message(1))])
+    again = decoder.save_templates()
+    decoder.decode([packet(data_message(1), exporter="192.0.2.50"), packet(data_message(1))])
+    assert decoder.save_templates() == again  # deterministic: unchanged state, same bytes
     restarted = FlowDecoder()
     restarted.load_templates(state)
     assert restarted.template_count == 2

@@ -116,7 +116,8 @@ class DecoderState:
 
     def save(self) -> bytes:
         exporters = []
-        for exporter in self.exporters.values():
+        # Sorted, so an unchanged state saves to the same bytes (callers skip rewriting it).
+        for exporter in sorted(self.exporters.values(), key=lambda e: e.exporter):
             domains = [
                 {
                     "version": d.version,
