@@ -426,3 +426,23 @@ def test_save_and_load_templates() -> None:
         restarted.load_templates(b'{"version": 99}')
     with pytest.raises(ValueError):
         restarted.load_templates(b"not json")
+
+
+def test_ipfix_uptime_times_against_system_init_from_options() -> None:
+    # softflowd's way: systemInitTimeMilliseconds in an option record, 21/22 in the data. The
+    # init time may be a fraction of a second *after* the export time (seconds resolution).
+    decoder = FlowDecoder()
+    init = EXPORT_SECS * 1000 + 400
+    messages = [
+        ipfix_message(
+            [
+                flow_set(3, ipfix_options_template(600, [(143, 4)], [(160, 8)])),
+                flow_set(2, template_record(256, [(8, 4), (22, 4), (21, 4)])),
+                flow_set(600, struct.pack(">IQ", 1, init)),
+                flow_set(256, ip4("10.0.0.1") + struct.pack(">II", 100, 250)),
+            ]
+        )
+    ]
+    batch = decoder.decode([packet(m) for m in messages])
+    assert int(batch.columns["time_start"][0]) == init + 100
+    assert int(batch.columns["time_end"][0]) == init + 250

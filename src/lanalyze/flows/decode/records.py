@@ -26,6 +26,9 @@ from lanalyze.flows.decode.templates import Template
 
 Array = npt.NDArray[Any]
 NTP_EPOCH_OFFSET = 2208988800
+UNKNOWN_UPTIME = -(2**62)
+"""sysUpTime of an IPFIX export whose systemInitTimeMilliseconds is not known. (A known one
+can be slightly negative: the export time has only second resolution.)"""
 
 
 @dataclass
@@ -36,7 +39,7 @@ class RowContext:
     domain: Array  # u32
     received_ms: Array  # u64
     export_ms: Array  # i64
-    uptime_ms: Array  # i64, sysUpTime at export, -1 if unknown
+    uptime_ms: Array  # i64, sysUpTime at export, UNKNOWN_UPTIME if unknown
     rate: Array  # u32, rate that applies to records with no sampler id
     sampler_chunks: list[tuple[int, int, dict[int, int]]]
     """(start, stop, sampler id -> rate) of the sets whose domain announced samplers."""
@@ -198,7 +201,7 @@ def convert(
     export_ms = ctx.export_ms
     for column, value in relative:
         uptime = ctx.uptime_ms if init is None else export_ms - init
-        ms = np.where(uptime >= 0, export_ms - _signed32(uptime - value), export_ms)
+        ms = np.where(uptime != UNKNOWN_UPTIME, export_ms - _signed32(uptime - value), export_ms)
         previous = times.get(column)
         times[column] = ms if previous is None else np.where(previous != 0, previous, ms)
     for column, value in deltas:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from lanalyze.flows.decode import ipfix, v9
 from lanalyze.flows.decode.errors import PeerDataError
-from lanalyze.flows.decode.records import RowContext, convert
+from lanalyze.flows.decode.records import UNKNOWN_UPTIME, RowContext, convert
 from lanalyze.flows.decode.state import DecoderState, DomainState, ExporterState
 from lanalyze.flows.decode.templates import VARIABLE_LENGTH, Template
 
@@ -31,8 +31,8 @@ SET_HEADER = struct.Struct(">HH")
 
 
 SetInfo = tuple[bytes, int, int, int, int, int, dict[int, int]]
-"""Per data set: exporter address, domain, received ms, export ms, sysUpTime at export (-1 if
-unknown), rate for records without sampler id, sampler id -> rate."""
+"""Per data set: exporter address, domain, received ms, export ms, sysUpTime at export
+(:data:`UNKNOWN_UPTIME` if unknown), rate for records without sampler id, sampler id -> rate."""
 
 
 @dataclass
@@ -81,7 +81,7 @@ class TemplatedWalker:
                 )
             pos, end = ipfix.HEADER.size, length
             export_ms = secs * 1000
-            uptime = -1
+            uptime = UNKNOWN_UPTIME
         domain = exporter.domain(version, domain_id)
         stats: ExporterStats = stats_for(domain_id, version)
         stats.packets += 1
@@ -92,7 +92,7 @@ class TemplatedWalker:
             up = uptime
             if is_ipfix:
                 init = sampling.system_init_ms
-                up = export_ms - init if init else -1
+                up = export_ms - init if init else UNKNOWN_UPTIME
             rate = sampling.rate_without_sampler_id() or configured_rate
             return (
                 exporter.address,
