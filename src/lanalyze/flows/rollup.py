@@ -96,6 +96,7 @@ EXPIRED_FILES = Counter(
 GRACE_SECONDS = 120.0
 BATCH_BYTES = 256 * 1024 * 1024
 COMPACT_ROWS = 4_000_000
+OPEN_HOUR_PARTS = 16  # an open hour's parts are merged once this many accumulate
 SUM_COLUMNS = ("bytes", "packets", "flows")
 ALL_COLUMNS = tuple(dict.fromkeys(c for t in ROLLUP_TABLES for c in t.columns))
 
@@ -267,6 +268,8 @@ class RollupMaintainer:
         manifest = read_manifest(self.data)
         for hour_key, name in batch:
             manifest.covered.setdefault(hour_key, []).append(name)
+            latest = _latest_time(raw_dir(self.data) / hour_key / name, hour_key)
+            manifest.latest[hour_key] = max(manifest.latest.get(hour_key, 0), latest)
         touched_days: set[str] = set()
         for resolution, table_name, key, name in written:
             manifest.parts.setdefault(resolution, {}).setdefault(table_name, {}).setdefault(
@@ -332,7 +335,8 @@ class RollupMaintainer:
             for table in ROLLUP_TABLES:
                 keyed = manifest.parts.get(resolution, {}).get(table.name, {})
                 for key, names in list(keyed.items()):
-                    if len(names) < 2 or hour_start(key) + HOUR_MS > closed_before:
+                    closed = hour_start(key) + HOUR_MS <= closed_before
+                    if len(names) < 2 or (not closed and len(names) < OPEN_HOUR_PARTS):
                         continue
                     paths = [
                         str(part_path(self.data, resolution, table.name, key, n)) for n in names
@@ -512,6 +516,9 @@ class RollupMaintainer:
                 manifest.covered.pop(hour, None)
             EXPIRED_FILES.labels(kind).inc(removed)
             return removed
+        if kind == "1h":
+            for key in keys:
+                manifest.latest.pop(key, None)
         for table_name, keyed in manifest.parts.get(kind, {}).items():
             for key in keys & set(keyed):
                 for name in keyed.pop(key):
@@ -558,6 +565,23 @@ class RollupMaintainer:
         for hour in list_raw_hours(self.data):
             for path in (raw_dir(self.data) / hour).glob(f".*{COMPACT_TAG}*.tmp"):
                 path.unlink(missing_ok=True)
+
+
+def _latest_time(path: Path, hour: str) -> int:
+    """Latest ``time_received`` of a segment, from its footer statistics (else the hour's end)."""
+    fallback = hour_start(hour) + HOUR_MS
+    try:
+        metadata = pq.read_metadata(path)
+        index = metadata.schema.names.index("time_received")
+        latest = 0
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(index).statistics
+            if stats is None or not stats.has_min_max:
+                return fallback
+            latest = max(latest, int(stats.max))
+    except (OSError, ValueError, pa.ArrowException):
+        return fallback
+    return latest
 
 
 def _size(path: Path) -> int:

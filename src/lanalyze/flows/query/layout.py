@@ -173,6 +173,8 @@ class Manifest:
     """Raw hour -> raw file names whose flows are in the rollups."""
     parts: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
     """Resolution -> table -> hour (or day, for ``1d``) -> part file names."""
+    latest: dict[str, int] = field(default_factory=dict)
+    """Raw hour -> the latest ``time_received`` of the flows the rollups cover there."""
     expired_before: dict[str, int] = field(default_factory=dict)
     """Table kind (``raw``, ``1m``, ``1h``, ``1d``) -> nothing older is kept (ms)."""
     pending_delete: list[tuple[float, str]] = field(default_factory=list)
@@ -195,6 +197,7 @@ class Manifest:
             "version": 1,
             "covered": self.covered,
             "parts": self.parts,
+            "latest": self.latest,
             "expired_before": self.expired_before,
             "pending_delete": self.pending_delete,
         }
@@ -204,6 +207,7 @@ class Manifest:
         return cls(
             covered={k: list(v) for k, v in data.get("covered", {}).items()},
             parts=data.get("parts", {}),
+            latest={k: int(v) for k, v in data.get("latest", {}).items()},
             expired_before={k: int(v) for k, v in data.get("expired_before", {}).items()},
             pending_delete=[(float(t), str(p)) for t, p in data.get("pending_delete", [])],
         )

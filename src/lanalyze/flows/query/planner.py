@@ -103,6 +103,11 @@ def _subtract(intervals: list[Interval], used: list[Interval]) -> list[Interval]
     return result
 
 
+def _complete_before(manifest: Manifest, bucket: int, until: int) -> bool:
+    latest = manifest.latest.get(hour_name(bucket))
+    return latest is not None and latest < until
+
+
 def plan(
     data: Path,
     since: int,
@@ -150,6 +155,10 @@ def plan(
         files: list[str] = []
         for lo, hi in remaining:
             a, b = _ceil(lo, step), _floor(hi, step)
+            if resolution != "1d" and b < hi and _complete_before(manifest, b, hi):
+                # The bucket holding ``hi`` has no flow at or after ``hi`` (a window ending
+                # "now"): the rollup answers it whole, no raw scan of the open hour.
+                b = hi
             container = _floor(a, span) if resolution != "1d" else _floor(a, DAY_MS)
             while container < b:
                 key = bucket_key(resolution, container)
