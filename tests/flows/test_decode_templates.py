@@ -446,3 +446,28 @@ def test_ipfix_uptime_times_against_system_init_from_options() -> None:
     batch = decoder.decode([packet(m) for m in messages])
     assert int(batch.columns["time_start"][0]) == init + 100
     assert int(batch.columns["time_end"][0]) == init + 250
+
+
+def test_preferred_element_wins_whatever_the_template_order() -> None:
+    # octetTotalCount (85) before octetDeltaCount (1): the delta is the flow's bytes; the
+    # total only fills records whose delta is zero. IPv4 and IPv6 sources share src_addr.
+    decoder = FlowDecoder()
+    fields: list[FieldSpec] = [(85, 8), (1, 8), (27, 16), (8, 4)]
+    v6 = ipaddress.IPv6Address("2001:db8::5").packed
+    records = (
+        struct.pack(">QQ", 9000, 100)
+        + v6
+        + bytes(4)
+        + struct.pack(">QQ", 9000, 0)
+        + bytes(16)
+        + ip4("10.0.0.9")
+    )
+    batch = decoder.decode(
+        [
+            packet(ipfix_message([flow_set(2, template_record(256, fields))])),
+            packet(ipfix_message([flow_set(256, records)])),
+        ]
+    )
+    assert batch.columns["bytes"].tolist() == [100, 9000]
+    assert addresses(batch.columns["src_addr"]) == [v6, mapped("10.0.0.9")]
+    assert batch.columns["ip_version"].tolist() == [6, 4]

@@ -91,15 +91,20 @@ def _signed32(value: Array) -> Array:
     return ((value + 2**31) % 2**32) - 2**31
 
 
-def _set(columns: dict[str, Array], filled: set[str], name: str, value: Array) -> None:
-    """First field for a column sets it; a later one (IPv4 and IPv6 source...) fills gaps."""
+def _set(
+    columns: dict[str, Array], filled: dict[str, int], name: str, element: int, value: Array
+) -> None:
+    """The preferred element for a column sets it; other elements fill the rows it left at
+    zero. The same element repeated (inner and outer headers of a tunnel) overrides where not
+    zero: the last one describes the inner flow, as pmacct reads it."""
     target = columns[name]
-    if name in filled:
-        mask = value != 0
-        target[mask] = value[mask]
-    else:
+    previous = filled.get(name)
+    if previous is None:
         target[:] = value
-        filled.add(name)
+        filled[name] = element
+    else:
+        mask = value != 0 if previous == element else target == 0
+        target[mask] = value[mask]
 
 
 def ntp_to_ms(value: Array) -> Array:
@@ -119,11 +124,12 @@ def convert(
     columns["exporter"][:] = ctx.exporter
     columns["observation_domain"][:] = ctx.domain
     columns["time_received"][:] = ctx.received_ms
-    filled: set[str] = set()
+    filled: dict[str, int] = {}
     ip_bytes = {
         name: columns[name].view(np.uint8).reshape(n, 16)
         for name in ("src_addr", "dst_addr", "next_hop", "bgp_next_hop")
     }
+    ip_present: dict[str, Array] = {}
     times: dict[str, Array] = {}
     relative: list[tuple[str, Array]] = []
     deltas: list[tuple[str, Array]] = []
@@ -141,7 +147,7 @@ def convert(
         kind = op.kind
         if kind == "int":
             value = _uint(recs, op.name)
-            _set(columns, filled, op.column, value.astype(columns[op.column].dtype))
+            _set(columns, filled, op.column, op.element, value.astype(columns[op.column].dtype))
         elif kind == "ip":
             raw = recs[op.name]
             out = np.zeros((n, 16), dtype=np.uint8)
@@ -151,20 +157,26 @@ def convert(
             else:
                 out[:] = raw
             target = ip_bytes[op.column]
-            if op.column in filled:
-                mask = raw.any(axis=1)
-                target[mask] = out[mask]
-            else:
+            present: Array = np.asarray(raw.any(axis=1))
+            previous = filled.get(op.column)
+            if previous is None:
                 target[:] = out
-                filled.add(op.column)
+                filled[op.column] = op.element
+                ip_present[op.column] = present.copy()
+            else:
+                # IPv4 is preferred where a record carries both (Huawei's tunnelled flows, as
+                # pmacct reads them): IPv6 fills the records without it; a repeated element
+                # (inner header) overrides.
+                mask = present if previous == op.element else present & ~ip_present[op.column]
+                target[mask] = out[mask]
+                ip_present[op.column] |= present
             if op.column == "src_addr":
-                present: Array = np.asarray(raw.any(axis=1))
                 if op.length == 4:
                     v4_src = present
                 else:
                     v6_src = present
         elif kind == "mac":
-            _set(columns, filled, op.column, be_uint(recs[op.name]))
+            _set(columns, filled, op.column, op.element, be_uint(recs[op.name]))
         elif kind == "time":
             value = recs[op.name].astype(np.uint64)
             if op.unit == "s":
@@ -173,8 +185,8 @@ def convert(
                 ms = value.astype(np.int64)
             else:
                 ms = ntp_to_ms(value)
-            previous = times.get(op.column)
-            times[op.column] = ms if previous is None else np.where(ms != 0, ms, previous)
+            earlier = times.get(op.column)
+            times[op.column] = ms if earlier is None else np.where(ms != 0, ms, earlier)
         elif kind == "uptime":
             relative.append((op.column, recs[op.name].astype(np.int64)))
         elif kind == "delta":
@@ -202,12 +214,12 @@ def convert(
     for column, value in relative:
         uptime = ctx.uptime_ms if init is None else export_ms - init
         ms = np.where(uptime != UNKNOWN_UPTIME, export_ms - _signed32(uptime - value), export_ms)
-        previous = times.get(column)
-        times[column] = ms if previous is None else np.where(previous != 0, previous, ms)
+        earlier = times.get(column)
+        times[column] = ms if earlier is None else np.where(earlier != 0, earlier, ms)
     for column, value in deltas:
         ms = export_ms - value // 1000
-        previous = times.get(column)
-        times[column] = ms if previous is None else np.where(previous != 0, previous, ms)
+        earlier = times.get(column)
+        times[column] = ms if earlier is None else np.where(earlier != 0, earlier, ms)
     observed = times.get("observation")
     start = times.get("time_start", observed)
     end = times.get("time_end", observed)
@@ -254,7 +266,7 @@ def convert(
 
     if not version_seen:
         if v4_src is not None and v6_src is not None:
-            columns["ip_version"][:] = np.where(v6_src, 6, 4)
+            columns["ip_version"][:] = np.where(v4_src | ~v6_src, 4, 6)
         elif v4_src is not None:
             columns["ip_version"][:] = 4
         elif v6_src is not None:

@@ -87,6 +87,13 @@ class FieldOp:
     key: str = ""
     length: int = 0
     text: bool = False
+    element: int = 0
+
+
+def _preference(op: FieldOp) -> int:
+    if op.kind in ("int", "mac", "ip"):
+        return catalogue.BY_NAME[op.column].ipfix_ids.index(op.element)
+    return 0
 
 
 def _int_dtype(length: int) -> Any:
@@ -148,7 +155,10 @@ class Template:
             if op.kind != "skip":
                 ops.append(op)
         self.dtype = np.dtype({"names": names, "formats": formats}) if names else np.dtype([])
-        self.ops = tuple(ops)
+        # Where several elements fill one column (octetDeltaCount and octetTotalCount...), the
+        # catalogue lists them by preference: the converter applies the preferred one first and
+        # lets the others fill only its gaps.
+        self.ops = tuple(sorted(ops, key=_preference))
 
     @property
     def has_sampler_id(self) -> bool:
@@ -262,10 +272,10 @@ def _compile_field(name: str, f: Field) -> FieldOp:
     elif e in catalogue.BY_IPFIX_ID:
         target = catalogue.BY_IPFIX_ID[e]
         if target.kind == "ip" and f.length in (4, 16):
-            return FieldOp(name, "ip", column=target.name, length=f.length)
+            return FieldOp(name, "ip", column=target.name, length=f.length, element=e)
         if target.kind == "mac" and f.length == 6:
-            return FieldOp(name, "mac", column=target.name)
+            return FieldOp(name, "mac", column=target.name, element=e)
         if target.kind in ("u8", "u16", "u32", "u64") and f.length <= 8:
-            return FieldOp(name, "int", column=target.name, length=f.length)
+            return FieldOp(name, "int", column=target.name, length=f.length, element=e)
     text = e in STRING_ELEMENTS
     return FieldOp(name, "extra", key=f.key, length=f.length, text=text)
