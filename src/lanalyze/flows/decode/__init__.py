@@ -122,7 +122,6 @@ class FlowDecoder:
     def decode(self, packets: Sequence[Packet]) -> DecodedBatch:
         stats: dict[tuple[str, int, int], ExporterStats] = {}
         problems: list[DecodeProblem] = []
-        walker = TemplatedWalker(self._state)
         v5_groups: dict[int, list[int]] = defaultdict(list)
         exporters: dict[str, ExporterState] = {}
 
@@ -136,6 +135,11 @@ class FlowDecoder:
         def problem(exporter: str, reason: str) -> None:
             if len(problems) < MAX_PROBLEMS_PER_BATCH:
                 problems.append(DecodeProblem(exporter, reason))
+
+        walker = TemplatedWalker(self._state, stats_for)
+        walk = walker.walk
+        rate_of = self._sampling_rates.get
+        reasons: list[str] = []
 
         for index, packet in enumerate(packets):
             data = packet.data
@@ -160,20 +164,20 @@ class FlowDecoder:
             exporter = exporters.get(name)
             if exporter is None:
                 exporter = exporters[name] = self._state.exporter(name)
-            reasons: list[str] = []
             try:
-                walker.walk(
-                    bytes(data),
-                    exporter=exporter,
-                    received_ms=packet.received_ms,
-                    configured_rate=self._sampling_rates.get(name, 1),
-                    stats_for=lambda domain, version, name=name: stats_for(name, domain, version),
-                    problems=reasons,
+                walk(
+                    data if isinstance(data, bytes) else bytes(data),
+                    exporter,
+                    packet.received_ms,
+                    rate_of(name, 1),
+                    reasons,
                 )
             except PeerDataError as exc:
                 reasons.append(str(exc))
-            for reason in reasons:
-                problem(name, reason)
+            if reasons:
+                for reason in reasons:
+                    problem(name, reason)
+                reasons.clear()
 
         parts = walker.finish()
         if v5_groups:

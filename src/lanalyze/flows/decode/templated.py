@@ -11,6 +11,7 @@ concatenated sets (:mod:`.records`). A set whose template is unknown is counted 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,21 +46,28 @@ class PendingGroup:
 
 
 class TemplatedWalker:
-    def __init__(self, state: DecoderState) -> None:
+    """Walks the v9/IPFIX datagrams of one batch; ``stats_for(exporter, domain, version)``
+    gives the batch's statistics object of a stream."""
+
+    def __init__(self, state: DecoderState, stats_for: Callable[[str, int, int], Any]) -> None:
         self.state = state
+        self.stats_for = stats_for
         self.groups: dict[Template, PendingGroup] = {}
 
     def walk(
         self,
         data: bytes,
-        *,
         exporter: ExporterState,
         received_ms: int,
         configured_rate: int,
-        stats_for: Any,
         problems: list[str],
     ) -> None:
-        """Walks one v9 or IPFIX datagram; ``stats_for(domain, version)`` gives its stats."""
+        """Walks one datagram; the peer's errors go to ``problems`` (or raise PeerDataError)."""
+        name = exporter.exporter
+
+        def stats_for(domain: int, version: int) -> Any:
+            return self.stats_for(name, domain, version)
+
         version = (data[0] << 8) | data[1]
         size = len(data)
         if version == v9.VERSION:
