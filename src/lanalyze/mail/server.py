@@ -350,6 +350,9 @@ class SMTPConnection(asyncio.Protocol):
             elif isinstance(event, AuthAttempt):
                 self._spawn(self._authenticate(event))
             elif isinstance(event, StartTLS):
+                if transport is not None:
+                    # Now, not in the task: the ClientHello must reach TLS, not the session.
+                    transport.pause_reading()
                 self._spawn(self._start_tls())
             elif isinstance(event, Close):
                 self._close_transport()
@@ -518,8 +521,9 @@ class SMTPConnection(asyncio.Protocol):
         if new_transport is None:
             return
         self.transport = new_transport
-        session.tls_started()
         self._touch(self.server.config.command_timeout)
+        events = session.tls_started()
+        self._dispatch(session.data_to_send(), events)
 
     # ---------------------------------------------------------------- reporting
 

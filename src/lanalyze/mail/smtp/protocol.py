@@ -268,14 +268,20 @@ class SMTPSession:
         self._run()
         return self._take_events()
 
-    def tls_started(self) -> None:
-        """RFC 3207 §4.2: forget everything learnt before TLS, including any buffered bytes."""
+    def tls_started(self) -> list[Event]:
+        """RFC 3207 §4.2: forget everything learnt before TLS.
+
+        Plaintext that followed STARTTLS was dropped when STARTTLS was read; the shell stops
+        reading at :class:`StartTLS`, so what was fed since is already TLS application data
+        (a fast client's EHLO) and is processed now.
+        """
         self.tls = True
-        self._buf = b""
         self.helo = None
         self.esmtp = False
         self._reset_transaction()
         self.state = State.COMMAND
+        self._run()
+        return self._take_events()
 
     def connection_lost(self) -> list[Event]:
         if self.state is State.CLOSED:

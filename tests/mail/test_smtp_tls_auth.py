@@ -1,0 +1,101 @@
+"""STARTTLS, implicit TLS, AUTH PLAIN/LOGIN, submission rules and sender binding (smtplib)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
+
+MESSAGE = b"From: alice@example.test\r\nSubject: signed off\r\n\r\nhello\r\n"
+
+
+def context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.fixture
+def tls_server(data_dir: Path, tls_pair: tuple[Path, Path]) -> Iterator[RunningServer]:
+    cert, key = tls_pair
+    with run_server(
+        data_dir,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        submission_listen=["127.0.0.1:0"],
+        smtps_listen=["127.0.0.1:0"],
+        users=[
+            {"name": "alice", "password_hash": password_hash(), "addresses": ["alice@example.test"]}
+        ],
+    ) as running:
+        yield running
+
+
+def test_auth_is_offered_only_after_starttls(tls_server: RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", tls_server.port(), timeout=10) as client:
+        client.ehlo("c")
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        code, _ = client.docmd("AUTH", "PLAIN AGFsaWNlAHg=")
+        assert code == 503
+        client.starttls(context=context())
+        client.ehlo("c")
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        assert "PLAIN" in client.esmtp_features["auth"]
+        assert "LOGIN" in client.esmtp_features["auth"]
+
+
+def test_submission_requires_auth_and_binds_sender(tls_server: RunningServer) -> None:
+    port = tls_server.port("submission")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=context())
+        client.ehlo("c")
+        assert client.mail("alice@example.test")[0] == 530
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login("alice", "wrong")
+        assert refused.value.smtp_code == 535
+        client.login("alice", PASSWORD)
+        assert client.mail("bob@example.test")[0] == 553  # not hers
+        client.rset()
+        forged = MESSAGE.replace(b"From: alice@", b"From: bob@")
+        with pytest.raises(smtplib.SMTPDataError) as bad_header:
+            client.sendmail("alice@example.test", ["bob@example.test"], forged)
+        assert bad_header.value.smtp_code == 553
+        client.rset()
+        assert client.sendmail("alice@example.test", ["bob@example.test"], MESSAGE) == {}
+    [message] = tls_server.wait_delivered(1, mailbox="bob@example.test")
+    assert b"with ESMTPSA id" in message
+
+
+def test_auth_login_and_relay_for_authenticated_user(tls_server: RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", tls_server.port("submission"), timeout=10) as client:
+        client.starttls(context=context())
+        client.ehlo("c")
+        client.user, client.password = "alice", PASSWORD
+        code, _ = client.auth("LOGIN", client.auth_login)
+        assert code == 235
+        # Authenticated: a non-local recipient is accepted (it waits in the hold queue).
+        assert client.sendmail("alice@example.test", ["far@elsewhere.test"], MESSAGE) == {}
+
+
+def test_implicit_tls_listener(tls_server: RunningServer) -> None:
+    port = tls_server.port("smtps")
+    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=10, context=context()) as client:
+        client.ehlo("c")
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        client.login("alice", PASSWORD)
+        assert client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE) == {}
+    tls_server.wait_delivered(1)
+
+
+def test_submission_listener_needs_a_certificate(data_dir: Path) -> None:
+    with (
+        pytest.raises(ValueError, match="tls_cert"),
+        run_server(data_dir, submission_listen=["127.0.0.1:0"]),
+    ):
+        pass
