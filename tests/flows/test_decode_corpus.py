@@ -160,6 +160,21 @@ def test_akvorado_values(corpus: Path) -> None:
 
     datalink = akvorado(corpus, "datalink")
     assert datalink[0]["in_if"] == 582 and "0:315" in datalink[0]["extra"]
+    # Filled from the frame section (IE 315), as akvorado reads it.
+    frame = datalink[0]
+    assert (frame["src"], frame["dst"], frame["src_port"], frame["dst_port"]) == (
+        "51.51.51.51",
+        "52.52.52.52",
+        55501,
+        11777,
+    )
+    assert (frame["protocol"], frame["src_vlan"], frame["bytes"], frame["packets"]) == (
+        17,
+        231,
+        96,
+        1,
+    )
+    assert (frame["src_mac"], frame["dst_mac"]) == (0xB402165592F4, 0x182AD36E503F)
 
     physical = akvorado(corpus, "physicalinterfaces")
     assert physical[0]["sampling_rate"] == 1000

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lanalyze.flows import catalogue
+from lanalyze.flows.decode.frames import FRAME_KEY, apply_frames
 from lanalyze.flows.decode.templates import Template
 
 Array = npt.NDArray[Any]
@@ -272,6 +273,8 @@ def convert(
         elif v6_src is not None:
             columns["ip_version"][:] = 6
 
+    if var_extras and any(FRAME_KEY in values for values in var_extras):
+        apply_frames(columns, [values.pop(FRAME_KEY, {}) for values in var_extras])
     extra = _extra(recs, extra_ops, var_extras, n)
     return columns, extra
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.decode.errors import PeerDataError
+from lanalyze.flows.decode.frames import DATA_LINK_FRAME_SECTION, FRAME_KEY, frame_columns
 
 VARIABLE_LENGTH = 0xFFFF
 MAX_FIELDS = 512
@@ -194,6 +195,8 @@ class Template:
                         raise PeerDataError("variable-length field overruns its set")
                     raw = data[pos : pos + length]
                     values[f.key] = element_value(f, raw, variable=True)
+                    if f.element == DATA_LINK_FRAME_SECTION and not f.enterprise:
+                        values[FRAME_KEY] = frame_columns(raw)
                 else:
                     if pos + length > end:
                         raise PeerDataError("record overruns its set")
