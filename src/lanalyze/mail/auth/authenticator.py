@@ -131,17 +131,30 @@ class Authenticator:
         )
         self.rng = rng
         self.resolver = Resolver(config.resolver, config.dns_timeout)
+        self._warmup: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        # Loading the public suffix list takes a moment; not on the first message's clock.
-        await asyncio.to_thread(public_suffix_list)
+        # Loading the public suffix list takes a moment (seconds on a busy machine): do it in
+        # the background so that neither the service's start nor the event loop waits for it;
+        # the first check waits for it instead.
+        self._warmup = asyncio.ensure_future(asyncio.to_thread(self._warm))
+
+    def _warm(self) -> None:
+        public_suffix_list()
         try:
-            await asyncio.to_thread(self.resolver.prepare)
+            self.resolver.prepare()
         except Exception as exc:  # no resolv.conf: every lookup will say so (temperror)
             log.warning("mail.auth.resolver_unavailable", extra={"error": str(exc)})
 
+    async def _ready(self) -> None:
+        if self._warmup is None:
+            self._warmup = asyncio.ensure_future(asyncio.to_thread(self._warm))
+        await asyncio.shield(self._warmup)
+
     async def stop(self) -> None:
-        return None
+        if self._warmup is not None:
+            await self._warmup
+            self._warmup = None
 
     async def sign(self, message_path: Path, *, from_domain: str, user: str | None = None) -> bytes:
         """DKIM-Signature field(s) for submission mail (see :func:`signing.sign`)."""
@@ -198,6 +211,7 @@ class Authenticator:
         """The checks on an in-memory message from an unauthenticated client."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.check_timeout
+        await self._ready()
         mail_from = mail_from.strip().strip("<>").strip()
         header, _ = split_message(message)
         sender = from_info(header)
