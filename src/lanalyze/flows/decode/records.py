@@ -126,10 +126,6 @@ def convert(
     columns["observation_domain"][:] = ctx.domain
     columns["time_received"][:] = ctx.received_ms
     filled: dict[str, int] = {}
-    ip_bytes = {
-        name: columns[name].view(np.uint8).reshape(n, 16)
-        for name in ("src_addr", "dst_addr", "next_hop", "bgp_next_hop")
-    }
     ip_present: dict[str, Array] = {}
     times: dict[str, Array] = {}
     relative: list[tuple[str, Array]] = []
@@ -143,39 +139,49 @@ def convert(
     version_seen = False
     v4_src: Array | None = None
     v6_src: Array | None = None
+    version_default = 0
     extra_ops = []
     for op in template.ops:
         kind = op.kind
         if kind == "int":
-            value = _uint(recs, op.name)
-            _set(columns, filled, op.column, op.element, value.astype(columns[op.column].dtype))
+            raw = recs[op.name]
+            if op.column not in filled and raw.ndim == 1:
+                columns[op.column][:] = raw  # one cast, big-endian wire to native
+                filled[op.column] = op.element
+            else:
+                value = be_uint(raw) if raw.ndim == 2 else raw
+                _set(columns, filled, op.column, op.element, value.astype(columns[op.column].dtype))
         elif kind == "ip":
             raw = recs[op.name]
-            out = np.zeros((n, 16), dtype=np.uint8)
             if op.length == 4:
-                out[:, 10:12] = 0xFF
-                out[:, 12:] = raw
+                out = ipv4_mapped(raw)  # compiled as native uint32: the 4 wire bytes
             else:
-                out[:] = raw
-            target = ip_bytes[op.column]
-            present: Array = np.asarray(raw.any(axis=1))
+                out = np.ascontiguousarray(raw).view("S16").reshape(n)
             previous = filled.get(op.column)
+            several = op.column in template.shared_ip_columns
+            present: Array | None = None
+            if several:
+                present = np.asarray(raw != 0) if op.length == 4 else np.asarray(raw.any(axis=1))
             if previous is None:
-                target[:] = out
+                columns[op.column] = out
                 filled[op.column] = op.element
-                ip_present[op.column] = present.copy()
+                if present is not None:
+                    ip_present[op.column] = present.copy()
             else:
                 # IPv4 is preferred where a record carries both (Huawei's tunnelled flows, as
                 # pmacct reads them): IPv6 fills the records without it; a repeated element
                 # (inner header) overrides.
+                assert present is not None
                 mask = present if previous == op.element else present & ~ip_present[op.column]
-                target[mask] = out[mask]
+                columns[op.column][mask] = out[mask]
                 ip_present[op.column] |= present
-            if op.column == "src_addr":
+            if op.column == "src_addr" and present is not None:
                 if op.length == 4:
                     v4_src = present
                 else:
                     v6_src = present
+            elif op.column == "src_addr":
+                version_default = 4 if op.length == 4 else 6
         elif kind == "mac":
             _set(columns, filled, op.column, op.element, be_uint(recs[op.name]))
         elif kind == "time":
@@ -272,6 +278,8 @@ def convert(
             columns["ip_version"][:] = 4
         elif v6_src is not None:
             columns["ip_version"][:] = 6
+        elif version_default:
+            columns["ip_version"].fill(version_default)
 
     if var_extras and any(FRAME_KEY in values for values in var_extras):
         apply_frames(columns, [values.pop(FRAME_KEY, {}) for values in var_extras])

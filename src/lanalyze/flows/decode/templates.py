@@ -114,6 +114,7 @@ class Template:
         "min_length",
         "ops",
         "options",
+        "shared_ip_columns",
         "template_id",
         "var_fields",
     )
@@ -152,7 +153,10 @@ class Template:
             op = _compile_field(name, f)
             names.append(name)
             as_bytes = op.kind in ("ip", "mac") or (op.kind == "extra" and f.enterprise != 0)
-            formats.append(("u1", (f.length,)) if as_bytes else _int_dtype(f.length))
+            if op.kind == "ip" and f.length == 4:
+                formats.append(np.uint32)  # native: only copied into ::ffff:a.b.c.d
+            else:
+                formats.append(("u1", (f.length,)) if as_bytes else _int_dtype(f.length))
             if op.kind != "skip":
                 ops.append(op)
         self.dtype = np.dtype({"names": names, "formats": formats}) if names else np.dtype([])
@@ -160,6 +164,8 @@ class Template:
         # catalogue lists them by preference: the converter applies the preferred one first and
         # lets the others fill only its gaps.
         self.ops = tuple(sorted(ops, key=_preference))
+        ip_columns = [op.column for op in self.ops if op.kind == "ip"]
+        self.shared_ip_columns = frozenset(c for c in ip_columns if ip_columns.count(c) > 1)
 
     @property
     def has_sampler_id(self) -> bool:
