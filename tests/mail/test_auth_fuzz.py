@@ -126,3 +126,16 @@ def test_fuzz_dkim_keys_and_mangled_signatures(
         assert all(r.result in DKIM_WORDS for r in results)
         arc = asyncio.run(verify_arc(StubResolver(txt, Answer("nxdomain")), candidate))
         assert arc.result in {"pass", "fail", "none"}
+
+
+def test_pathological_folding_is_not_handed_to_dkimpy() -> None:
+    # dkimpy's parser is quadratic in a field's continuation lines (seconds for this one).
+    lines = b"".join(b" " + b"b" * 48 + b"\r\n" for _ in range(40_000))
+    msg = b"X-Padding: a\r\n" + lines + signed()
+    results = asyncio.run(verify_dkim(StubResolver([], Answer("nxdomain")), msg))
+    assert [(r.result, r.reason) for r in results] == [
+        ("permerror", "header folded too often to verify safely")
+    ]
+    sealed = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=x.test; s=s; b=AAAA\r\n" + msg
+    arc = asyncio.run(verify_arc(StubResolver([], Answer("nxdomain")), sealed))
+    assert arc.result == "fail" and "folded" in arc.reason

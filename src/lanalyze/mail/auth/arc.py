@@ -26,7 +26,12 @@ from lanalyze.mail.auth.dns import (
     Resolver,
     run_with_lookups,
 )
-from lanalyze.mail.auth.message import header_fields, split_message
+from lanalyze.mail.auth.message import (
+    MAX_FOLDING_COST,
+    folding_cost,
+    header_fields,
+    split_message,
+)
 
 MAX_INSTANCES = 50
 
@@ -88,9 +93,12 @@ def _verify(message: bytes) -> Any:
 
 async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
     header, _ = split_message(message)
-    seals = sum(1 for name, _raw in header_fields(header) if name == b"arc-seal")
+    fields = header_fields(header)
+    seals = sum(1 for name, _raw in fields if name == b"arc-seal")
     if seals == 0:
         return ArcResult("none")
+    if folding_cost(fields) > MAX_FOLDING_COST:
+        return ArcResult("fail", seals, "header folded too often to verify safely")
     if seals > MAX_INSTANCES:
         return ArcResult("fail", seals, f"more than {MAX_INSTANCES} ARC sets")
     try:

@@ -214,7 +214,7 @@ class Authenticator:
         await self._ready()
         mail_from = mail_from.strip().strip("<>").strip()
         header, _ = split_message(message)
-        sender = from_info(header)
+        sender = await asyncio.to_thread(from_info, header)
         timeout_spf = SpfResult("temperror", "mailfrom", "", mail_from, "check timed out")
         spf_task = asyncio.ensure_future(
             self._guarded(

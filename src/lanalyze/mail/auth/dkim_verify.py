@@ -34,7 +34,13 @@ from lanalyze.mail.auth.dns import (
     Resolver,
     run_with_lookups,
 )
-from lanalyze.mail.auth.message import field_value, header_fields, split_message
+from lanalyze.mail.auth.message import (
+    MAX_FOLDING_COST,
+    field_value,
+    folding_cost,
+    header_fields,
+    split_message,
+)
 
 _quiet = logging.getLogger("lanalyze.mail.auth.dkimpy")
 _quiet.addHandler(logging.NullHandler())
@@ -161,7 +167,10 @@ async def verify_dkim(
 ) -> list[DkimResult]:
     """One result per DKIM-Signature field (top to bottom), at most ``max_signatures``."""
     header, _ = split_message(message)
-    signatures = [raw for name, raw in header_fields(header) if name == b"dkim-signature"]
+    fields = header_fields(header)
+    signatures = [raw for name, raw in fields if name == b"dkim-signature"]
+    if signatures and folding_cost(fields) > MAX_FOLDING_COST:
+        return [DkimResult("permerror", reason="header folded too often to verify safely")]
     results = []
     for index, raw in enumerate(signatures[:max_signatures]):
         tags = _tags(raw)

@@ -20,6 +20,12 @@ from prometheus_client import Counter
 
 from lanalyze.log import get_logger
 from lanalyze.mail.auth.config import AuthConfig, SigningKey
+from lanalyze.mail.auth.message import (
+    MAX_FOLDING_COST,
+    folding_cost,
+    header_fields,
+    split_message,
+)
 from lanalyze.metrics import REGISTRY
 
 log = get_logger("lanalyze.mail.auth.signing")
@@ -49,6 +55,10 @@ def keys_for(config: AuthConfig, from_domain: str) -> list[SigningKey]:
 
 def _sign_sync(message_path: Path, keys: list[SigningKey]) -> bytes:
     message = message_path.read_bytes()
+    header, _ = split_message(message)
+    if folding_cost(header_fields(header)) > MAX_FOLDING_COST:
+        log.error("mail.dkim.sign_skipped", extra={"reason": "header folded too often"})
+        return b""
     headers = []
     for key in keys:
         try:
