@@ -211,6 +211,11 @@ def test_console_in_a_browser(page: Any, server: str) -> None:
         page.locator("button[data-export-chart='traffic'][data-format='png']").click()
     assert Path(info.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Over a day, top conversations (raw flows only) load after the page, in place.
+    page.goto("/?range=24h")
+    expect(page.locator("#conversations tbody tr").first).to_be_visible()
+    expect(page.locator("#panel-conversations")).not_to_have_attribute("aria-busy", "true")
+
     # Exporters page.
     page.get_by_role("link", name="Exporters").click()
     expect(page.get_by_role("heading", level=1, name=re.compile("^Exporters"))).to_be_visible()

@@ -64,7 +64,16 @@ def test_drill_down_links_keep_range_filter_and_order(client: TestClient) -> Non
     host = client.get(target)
     assert host.status_code == 200
     assert f"Host {TOP_TALKER}" in host.text
-    assert 'id="peers"' in host.text and 'id="flows"' in host.text
+    assert 'id="flows"' in host.text
+    # Over 24 hours the peers (raw flows only) are deferred to a panel the script fetches.
+    panel = re.search(r'id="panel-peers" data-panel="([^"]+)"', host.text)
+    assert panel
+    peers = client.get(panel.group(1).replace("&amp;", "&"))
+    assert peers.status_code == 200
+    assert 'id="peers"' in peers.text and "range=24h" in peers.text
+    assert TOP_TALKER not in _first_row(peers.text, "peers")[0]
+    full = client.get(target + "&full=1")
+    assert 'id="peers"' in full.text
     # Every flow listed involves the host and is TCP.
     rows = host.text.split('id="flows"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     assert rows.count("<tr>") > 0

@@ -125,7 +125,9 @@ def peers(data_dir: Path, window: Window, host: str, order: str, limit: int) -> 
     return rows
 
 
-def series(data_dir: Path, window: Window, by: str | None, top_n: int) -> dict[str, Any]:
+def series(
+    data_dir: Path, window: Window, by: str | None, top_n: int, *, bucket: str | None = None
+) -> dict[str, Any]:
     """Chart data: ``{times, bucket_ms, unit, series: [{name, values, other}]}`` in bits/s."""
     report = reports.series(
         flow_dir(data_dir),
@@ -134,6 +136,7 @@ def series(data_dir: Path, window: Window, by: str | None, top_n: int) -> dict[s
         by=by,
         top_n=top_n,
         filter=window.filter,
+        bucket=bucket,
     )
     times = sorted({_ms(point["time"]) for point in report.points})
     index = {t: i for i, t in enumerate(times)}
@@ -186,7 +189,9 @@ def interfaces(
     return result
 
 
-def interface_series(data_dir: Path, window: Window, exporter: str, ifindex: int) -> dict[str, Any]:
+def interface_series(
+    data_dir: Path, window: Window, exporter: str, ifindex: int, *, bucket: str | None = None
+) -> dict[str, Any]:
     """In and out bits/s of one interface (the filter does not apply: it is the link's load)."""
     report = reports.interface_series(
         flow_dir(data_dir),
@@ -194,6 +199,7 @@ def interface_series(data_dir: Path, window: Window, exporter: str, ifindex: int
         interface=ifindex,
         since=window.since,
         until=window.until,
+        bucket=bucket,
     )
     points = report["points"]
     return {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ RANGES: dict[str, tuple[str, int]] = {
     "30d": ("Last 30 days", 30 * 86400),
 }
 DEFAULT_RANGE = "1h"
+ALIGN_MS = {"24h": 60_000, "7d": 3_600_000, "30d": 3_600_000}
+# Chart buckets the rollups hold whole (None: the reports layer picks one for the range).
+SERIES_BUCKET = {"7d": "1h", "30d": "1d"}
+# Reports only raw flows can answer (no rollup keeps address pairs): beyond this span they load
+# after the page, so the rest of it is usable at once.
+LAZY_AFTER_MS = 6 * 3_600_000
 ORDERS = ("bytes", "packets", "flows")
 REFRESH = {"0": "Off", "30": "30 s", "60": "1 min", "300": "5 min"}
 TOP_N = 10
@@ -78,6 +85,14 @@ class View:
     def link(self, path: str, **changes: str) -> str:
         query = self.query(**changes)
         return f"{path}?{query}" if query else path
+
+    @property
+    def bucket(self) -> str | None:
+        return SERIES_BUCKET.get(self.range)
+
+    @property
+    def heavy_is_lazy(self) -> bool:
+        return self.until_ms - self.since_ms > LAZY_AFTER_MS
 
     @property
     def span_label(self) -> str:
@@ -131,13 +146,18 @@ def parse_view(request: Request, now_ms: int | None = None) -> View:
     if choice not in RANGES:
         choice = DEFAULT_RANGE
     seconds = RANGES[choice][1]
-    since = now_ms - seconds * 1000
+    # Long ranges end at a whole minute (a day or more) or hour (a week or more): the rollups
+    # answer them without touching raw flows, and the same window (and its cached answer)
+    # holds until the next minute or hour.
+    align = ALIGN_MS.get(choice, 1)
+    until = now_ms - now_ms % align
+    since = until - seconds * 1000
     return View(
         choice,
         since,
-        now_ms,
+        until,
         custom_from or _fmt_local(since),
-        custom_to or _fmt_local(now_ms),
+        custom_to or _fmt_local(until),
         _filter(params),
         _order(params),
         _refresh(params),
@@ -167,9 +187,19 @@ def _combine(user: str, own: str) -> str:
     return f"({user}) and ({own})"
 
 
+# DuckDB parallelises each query itself; running a page's reports side by side on a small
+# machine only makes them fight for the cores (measured: 7 at once took 3x longer than one
+# after the other), so a page runs its reports in sequence, in one thread, and at most two
+# pages query at the same time.
+_QUERY_SLOTS = threading.BoundedSemaphore(2)
+
+
 async def _gather(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
-    results = await asyncio.gather(*(asyncio.to_thread(call) for call in calls.values()))
-    return dict(zip(calls, results, strict=True))
+    def run_all() -> dict[str, T]:
+        with _QUERY_SLOTS:
+            return {name: call() for name, call in calls.items()}
+
+    return await asyncio.to_thread(run_all)
 
 
 def _page_filter(view: View, own: str) -> str | None:
@@ -219,7 +249,17 @@ class Links:
     def page(self, **changes: str) -> str:
         return self.view.link(self.view_path, **changes)
 
+    def panel(self, name: str) -> str:
+        return self.view.link(self.view_path, panel=name)
+
     view_path = "/"
+
+
+# Panels a page may defer: the query's name -> (title, first column heading, link kind).
+PANELS = {
+    "conversations": ("Top conversations", "Conversation", "conversation"),
+    "peers": ("Peers", "Peer address", "host"),
+}
 
 
 async def _run_page(
@@ -233,9 +273,16 @@ async def _run_page(
     started = time.perf_counter()
     combined = _page_filter(view, own_filter)
     results: dict[str, Any] = {}
+    panel = request.query_params.get("panel", "")
+    lazy = view.heavy_is_lazy and request.query_params.get("full") != "1"
     if combined is not None:
+        calls = queries(view, combined)
+        if panel in calls and panel in PANELS:
+            return await _panel(request, view, panel, calls[panel])
+        deferred = {name for name in calls if name in PANELS} if lazy else set()
+        results = dict.fromkeys(deferred)
         try:
-            results = await _gather(queries(view, combined))
+            results.update(await _gather({k: v for k, v in calls.items() if k not in deferred}))
         except flowreports.ReportError as exc:
             view.notes.append(str(exc))
     context = _context(request, view, **values, **results)
@@ -245,13 +292,30 @@ async def _run_page(
     return render(request, template, context, status_code=status)
 
 
+async def _panel(request: Request, view: View, name: str, call: Callable[[], Any]) -> Response:
+    """One deferred table alone, for the page's script to put in place."""
+    started = time.perf_counter()
+    try:
+        rows = (await _gather({name: call}))[name]
+    except flowreports.ReportError as exc:
+        view.notes.append(str(exc))
+        rows = []
+    title, heading, kind = PANELS[name]
+    context = _context(
+        request, view, rows=rows, panel=name, title=title, heading=heading, kind=kind
+    )
+    context["links"].view_path = request.url.path
+    context["query_ms"] = round((time.perf_counter() - started) * 1000)
+    return render(request, "panel.html", context)
+
+
 async def dashboard(request: Request) -> Response:
     data_dir = request.app.state.console.data_dir
 
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
-            "series": lambda: flowreports.series(data_dir, window, "app", 8),
+            "series": lambda: flowreports.series(data_dir, window, "app", 8, bucket=view.bucket),
             "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
             "destinations": lambda: flowreports.top(
                 data_dir, window, "dst_addr", view.order, TOP_N
@@ -281,7 +345,7 @@ async def host_page(request: Request) -> Response:
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
-            "series": lambda: flowreports.series(data_dir, window, "app", 6),
+            "series": lambda: flowreports.series(data_dir, window, "app", 6, bucket=view.bucket),
             "peers": lambda: flowreports.peers(data_dir, window, address, view.order, 20),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
             "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
@@ -315,7 +379,9 @@ async def app_page(request: Request) -> Response:
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
-            "series": lambda: flowreports.series(data_dir, window, "src_addr", 6),
+            "series": lambda: flowreports.series(
+                data_dir, window, "src_addr", 6, bucket=view.bucket
+            ),
             "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
             "destinations": lambda: flowreports.top(
                 data_dir, window, "dst_addr", view.order, TOP_N
@@ -346,7 +412,7 @@ async def conversation_page(request: Request) -> Response:
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
-            "series": lambda: flowreports.series(data_dir, window, "app", 6),
+            "series": lambda: flowreports.series(data_dir, window, "app", 6, bucket=view.bucket),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
             "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
         }

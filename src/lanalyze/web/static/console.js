@@ -311,6 +311,28 @@
       });
     });
     root.querySelectorAll("form.controls").forEach(setupControls);
+    root.querySelectorAll("section[data-panel]").forEach(loadPanel);
+  }
+
+  /* A table the server deferred (answered from raw flows): fetch it and put it in place. */
+  function loadPanel(section) {
+    const url = section.dataset.panel;
+    section.removeAttribute("data-panel");
+    fetch(url, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) {
+        const doc = new DOMParser().parseFromString(html, "text/html");
+        const fresh = doc.getElementById(section.id);
+        if (!fresh) return;
+        const node = document.adoptNode(fresh);
+        section.replaceWith(node);
+        enhance(node);
+      })
+      .catch(function () {
+        const p = section.querySelector("p");
+        if (p) p.textContent = "This table could not be loaded; reload the page to try again.";
+        section.removeAttribute("aria-busy");
+      });
   }
 
   function setupControls(form) {
@@ -357,6 +379,8 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     enhance(document);
+    // Charts drawn, tables sortable: the page is interactive (read by bench/console_bench.py).
+    if (window.performance && performance.mark) performance.mark("lanalyze-interactive");
     scheduleRefresh();
     document.querySelectorAll("form[data-confirm]").forEach(function (form) {
       form.addEventListener("submit", function (ev) {
