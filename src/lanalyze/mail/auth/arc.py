@@ -19,6 +19,7 @@ from typing import Any
 
 import dkim
 
+from lanalyze.mail.auth.dkim_verify import signing_key_name
 from lanalyze.mail.auth.dns import (
     LookupBudgetExceeded,
     LookupNeeded,
@@ -101,9 +102,21 @@ async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
         return ArcResult("fail", seals, "header folded too often to verify safely")
     if seals > MAX_INSTANCES:
         return ArcResult("fail", seals, f"more than {MAX_INSTANCES} ARC sets")
+    keys = [
+        (key_name, "TXT")
+        for name, raw in fields
+        if name in (b"arc-seal", b"arc-message-signature")
+        and (key_name := signing_key_name(raw)) is not None
+    ]
     try:
+        # Every key is fetched before dkimpy runs: each re-run would hash the body again
+        # for every ARC set already verified.
         return await run_with_lookups(
-            _verify(message), resolver, max_rounds=2 * seals + 2, in_thread=True
+            _verify(message),
+            resolver,
+            max_rounds=2 * seals + 2,
+            in_thread=True,
+            prefetch=keys[: 2 * MAX_INSTANCES],
         )
     except LookupBudgetExceeded as exc:
         return ArcResult("fail", seals, str(exc))

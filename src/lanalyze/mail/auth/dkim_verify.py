@@ -87,6 +87,15 @@ def _tags(raw_field: bytes) -> dict[bytes, bytes]:
         return {}
 
 
+def signing_key_name(raw_field: bytes) -> str | None:
+    """``<s>._domainkey.<d>`` named by a signature field (DKIM-Signature, ARC-*), if any."""
+    tags = _tags(raw_field)
+    selector, domain = tags.get(b"s"), tags.get(b"d")
+    if not selector or not domain:
+        return None
+    return f"{_text(selector)}._domainkey.{_text(domain)}"
+
+
 def _verify_one(message: bytes, index: int, tags: dict[bytes, bytes], length_tag: str) -> Any:
     """The verification of signature ``index``, as a function of the DNS answers so far."""
 
@@ -177,12 +186,14 @@ async def verify_dkim(
         if b"l" in tags and not tags[b"l"].isdigit():
             results.append(DkimResult("permerror", reason="invalid l= tag"))
             continue
+        key = signing_key_name(raw)
         try:
             result = await run_with_lookups(
                 _verify_one(message, index, tags, length_tag),
                 resolver,
                 max_rounds=MAX_ROUNDS,
                 in_thread=True,
+                prefetch=[(key, "TXT")] if key else None,
             )
         except LookupBudgetExceeded as exc:
             result = DkimResult("permerror", reason=str(exc))

@@ -154,9 +154,18 @@ async def run_with_lookups(
     max_rounds: int,
     in_thread: bool,
     view: Prefetched | None = None,
+    prefetch: list[tuple[str, str]] | None = None,
 ) -> T:
-    """Run ``fn`` until it completes without asking for an answer we do not have yet."""
+    """Run ``fn`` until it completes without asking for an answer we do not have yet.
+
+    ``prefetch`` names the lookups known to be needed (keys named in signature fields), all
+    fetched concurrently before the first run, so that a run rarely repeats expensive work.
+    """
     view = view if view is not None else Prefetched()
+    if prefetch:
+        wanted = list(dict.fromkeys((normalise_name(n), rd) for n, rd in prefetch))
+        answers = await asyncio.gather(*(resolver.query(name, rd) for name, rd in wanted))
+        view.answers.update(zip(wanted, answers, strict=True))
     for _ in range(max_rounds):
         view.missing.clear()
         try:
