@@ -53,7 +53,28 @@ V9_TEMPLATES = v9_packet(
 V9_DATA = v9_packet([flow_set(256, ip4("10.0.0.1") + struct.pack(">III", 1500, 1, 2))])
 V9_OPTIONS_DATA = v9_packet([flow_set(300, struct.pack(">IBI", 0, 4, 512), pad=3)])
 
+# Elements sharing columns (IPv4 and IPv6 source, delta and total bytes) and a frame section.
+SHARED_TEMPLATE = ipfix_message(
+    [flow_set(2, template_record(700, [(85, 8), (1, 8), (27, 16), (8, 4), (315, 0xFFFF)]))]
+)
+FRAME = bytes.fromhex("0202020202020404040404048100002a0800") + bytes.fromhex(
+    "4500002100010000401100000c0000020c63360104d200350011000068656c6c6f"
+)
+SHARED_DATA = ipfix_message(
+    [
+        flow_set(
+            700,
+            struct.pack(">QQ", 900, 100)
+            + bytes(16)
+            + ip4("10.0.0.9")
+            + bytes([len(FRAME)])
+            + FRAME,
+        )
+    ]
+)
+
 SEEDS = [
+    SHARED_DATA,
     v5_datagram([v5_record(i) for i in range(3)]),
     template_message(),
     data_message(3),
@@ -121,7 +142,7 @@ def test_mutated_and_random_datagrams_never_raise(
 ) -> None:
     exporters = [data.draw(EXPORTER_NAMES) for _ in packets]
     # Valid templates first, so mutated data sets reach the record decoders.
-    seeds = [template_message(), VARIABLE_TEMPLATE, OPTIONS, V9_TEMPLATES]
+    seeds = [template_message(), VARIABLE_TEMPLATE, OPTIONS, V9_TEMPLATES, SHARED_TEMPLATE]
     check(seeds + packets, [exporters[0]] * len(seeds) + exporters)
 
 
