@@ -25,7 +25,7 @@ from tests.flows.test_decode_templates import (
 from tests.flows.test_decode_v5 import v5_datagram, v5_record
 
 # LANALYZE_FUZZ_EXAMPLES=5000 for a longer local run; the suite keeps each test < ~10 s.
-EXAMPLES = int(os.environ.get("LANALYZE_FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("LANALYZE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
