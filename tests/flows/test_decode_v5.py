@@ -126,11 +126,15 @@ def test_v5_values_and_times() -> None:
 
 
 def test_v5_sampling_header_and_configured_rate() -> None:
-    decoder = FlowDecoder(sampling_rates={"192.0.2.11": 50})
+    decoder = FlowDecoder(sampling_rates={"192.0.2.11": 50, "192.0.2.10": 7})
     sampled = v5_datagram([v5_record(0)], sampling=(1 << 14) | 100)
     unsampled = v5_datagram([v5_record(0)])
     batch = decoder.decode(
-        [packet(sampled), packet(unsampled), packet(unsampled, exporter="192.0.2.11")]
+        [
+            packet(sampled),  # the header's rate wins over the configured one
+            packet(unsampled, exporter="192.0.2.12"),
+            packet(unsampled, exporter="::ffff:192.0.2.11"),  # seen on a dual-stack socket
+        ]
     )
     assert sorted(batch.columns["sampling_rate"].tolist()) == [1, 50, 100]
     # Counters stay raw: reports scale them.

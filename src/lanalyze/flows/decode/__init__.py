@@ -33,7 +33,7 @@ from lanalyze.flows import catalogue
 from lanalyze.flows.decode import v5
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.memory import keep_freed_memory
-from lanalyze.flows.decode.state import DecoderState, ExporterState
+from lanalyze.flows.decode.state import DecoderState, ExporterState, address16
 from lanalyze.flows.decode.templated import TemplatedWalker
 
 __all__ = [
@@ -115,7 +115,11 @@ class FlowDecoder:
     ) -> None:
         keep_freed_memory()
         self._state = DecoderState(max_templates_per_exporter, max_exporters)
-        self._sampling_rates = {k: max(1, int(v)) for k, v in (sampling_rates or {}).items()}
+        # Keyed by the 16-byte address, so "192.0.2.1" also matches an exporter seen as
+        # "::ffff:192.0.2.1" on a dual-stack socket.
+        self._sampling_rates = {
+            address16(k): max(1, int(v)) for k, v in (sampling_rates or {}).items()
+        }
         # v5 sequence tracking: (exporter, engine) -> next expected flow_sequence.
         self._v5_expected: dict[tuple[str, int], int] = {}
 
@@ -169,7 +173,7 @@ class FlowDecoder:
                     data if isinstance(data, bytes) else bytes(data),
                     exporter,
                     packet.received_ms,
-                    rate_of(name, 1),
+                    rate_of(exporter.address, 1),
                     reasons,
                 )
             except PeerDataError as exc:
@@ -205,7 +209,10 @@ class FlowDecoder:
             exporter16 = np.array([self._state.exporter(n).address for n in unique], dtype="S16")[
                 codes
             ]
-            rates = np.array([self._sampling_rates.get(n, 1) for n in unique], np.uint32)[codes]
+            rates = np.array(
+                [self._sampling_rates.get(self._state.exporter(n).address, 1) for n in unique],
+                np.uint32,
+            )[codes]
             received = np.array([p.received_ms for p in group], dtype=np.uint64)
             columns, headers, bad = v5.decode_group(
                 [p.data for p in group], indexes, exporter16, received, rates
