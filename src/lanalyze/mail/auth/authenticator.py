@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,8 @@ class Authenticator:
         self.rng = rng
         self.resolver = Resolver(config.resolver, config.dns_timeout)
         self._warmup: asyncio.Future[None] | None = None
+        self._warm_lock = threading.Lock()
+        self._warm_done = False
 
     async def start(self) -> None:
         # Loading the public suffix list takes a moment (seconds on a busy machine): do it in
@@ -140,21 +143,24 @@ class Authenticator:
         self._warmup = asyncio.ensure_future(asyncio.to_thread(self._warm))
 
     def _warm(self) -> None:
-        public_suffix_list()
-        try:
-            self.resolver.prepare()
-        except Exception as exc:  # no resolv.conf: every lookup will say so (temperror)
-            log.warning("mail.auth.resolver_unavailable", extra={"error": str(exc)})
+        with self._warm_lock:
+            if self._warm_done:
+                return
+            public_suffix_list()
+            try:
+                self.resolver.prepare()
+            except Exception as exc:  # no resolv.conf: every lookup will say so (temperror)
+                log.warning("mail.auth.resolver_unavailable", extra={"error": str(exc)})
+            self._warm_done = True
 
     async def _ready(self) -> None:
-        if self._warmup is None:
-            self._warmup = asyncio.ensure_future(asyncio.to_thread(self._warm))
-        await asyncio.shield(self._warmup)
+        if not self._warm_done:
+            await asyncio.to_thread(self._warm)
 
     async def stop(self) -> None:
-        if self._warmup is not None:
-            await self._warmup
-            self._warmup = None
+        warmup, self._warmup = self._warmup, None
+        if warmup is not None and warmup.get_loop() is asyncio.get_running_loop():
+            await warmup
 
     async def sign(self, message_path: Path, *, from_domain: str, user: str | None = None) -> bytes:
         """DKIM-Signature field(s) for submission mail (see :func:`signing.sign`)."""
