@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from lanalyze.flows.decode.errors import PeerDataError
-from lanalyze.flows.decode.templates import Field, Template
+from lanalyze.flows.decode.templates import Field
 from lanalyze.flows.decode.v9 import TemplateEvent
 
 VERSION = 10
@@ -23,32 +23,13 @@ TEMPLATE_SET = 2
 OPTIONS_TEMPLATE_SET = 3
 
 
-def _fields(
-    data: bytes, pos: int, end: int, count: int, template_id: int
-) -> tuple[list[Field], int]:
-    fields: list[Field] = []
-    for _ in range(count):
-        if pos + 4 > end:
-            raise PeerDataError(f"IPFIX template {template_id}: fields overrun the set")
-        element, length = struct.unpack_from(">HH", data, pos)
-        pos += 4
-        enterprise = 0
-        if element & 0x8000:
-            if pos + 4 > end:
-                raise PeerDataError(f"IPFIX template {template_id}: fields overrun the set")
-            (enterprise,) = struct.unpack_from(">I", data, pos)
-            pos += 4
-            element &= 0x7FFF
-        fields.append(Field(element, length, enterprise))
-    return fields, pos
-
-
 def parse_template_set(data: bytes, start: int, end: int, options: bool) -> list[TemplateEvent]:
     events: list[TemplateEvent] = []
     pos = start
     all_id = OPTIONS_TEMPLATE_SET if options else TEMPLATE_SET
     while end - pos >= 4:
         template_id, count = struct.unpack_from(">HH", data, pos)
+        record = pos
         pos += 4
         if count == 0:
             if template_id == all_id:
@@ -60,7 +41,6 @@ def parse_template_set(data: bytes, start: int, end: int, options: bool) -> list
             continue
         if template_id < 256:
             raise PeerDataError(f"IPFIX template id {template_id} is reserved (< 256)")
-        scope = 0
         if options:
             if pos + 2 > end:
                 raise PeerDataError(f"IPFIX options template {template_id} is truncated")
@@ -71,6 +51,29 @@ def parse_template_set(data: bytes, start: int, end: int, options: bool) -> list
                     f"IPFIX options template {template_id}: scope field count {scope} "
                     f"of {count} fields"
                 )
-        fields, pos = _fields(data, pos, end, count, template_id)
-        events.append(("add", template_id, Template(template_id, tuple(fields), options)))
+        for _ in range(count):
+            # Only the lengths of the field specifiers here (enterprise bit: 8 bytes, else 4);
+            # their contents are read if the template turns out to be new.
+            if pos + 4 > end:
+                raise PeerDataError(f"IPFIX template {template_id}: fields overrun the set")
+            pos += 8 if data[pos] & 0x80 else 4
+        if pos > end:
+            raise PeerDataError(f"IPFIX template {template_id}: fields overrun the set")
+        events.append(("add", template_id, data[record:pos]))
     return events
+
+
+def template_fields(wire: bytes, options: bool) -> tuple[Field, ...]:
+    """The fields of a template record returned by :func:`parse_template_set`."""
+    fields: list[Field] = []
+    pos = 6 if options else 4
+    while pos < len(wire):
+        element, length = struct.unpack_from(">HH", wire, pos)
+        pos += 4
+        enterprise = 0
+        if element & 0x8000:
+            (enterprise,) = struct.unpack_from(">I", wire, pos)
+            pos += 4
+            element &= 0x7FFF
+        fields.append(Field(element, length, enterprise))
+    return tuple(fields)

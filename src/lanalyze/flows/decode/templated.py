@@ -10,6 +10,7 @@ concatenated sets (:mod:`.records`). A set whose template is unknown is counted 
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -205,12 +206,14 @@ class TemplatedWalker:
             )
         else:
             return
-        for action, number, template in events:
+        options = set_id in (v9.OPTIONS_TEMPLATE_SET, ipfix.OPTIONS_TEMPLATE_SET)
+        for action, number, wire in events:
             if action == "add":
-                assert template is not None
+                assert wire is not None
                 current = domain.templates.get(number)
-                if current is not None and current.fields == template.fields:
-                    continue  # refresh: keep the compiled one
+                if current is not None and current.wire == wire:
+                    continue  # a refresh: nothing to parse or compile
+                template = compile_wire(version, wire, options)
                 evicted = self.state.add_template(exporter, domain, template)
                 if evicted:
                     stats.decode_errors += evicted
@@ -264,6 +267,18 @@ class TemplatedWalker:
             out.append(_decode_group(group))
         self.groups = {}
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_wire(version: int, wire: bytes, options: bool) -> Template:
+    """A template record, as sent, compiled. Cached (bounded): every exporter that sends the
+    same template shares one compiled object, which is never mutated. Raises PeerDataError
+    for absurd templates."""
+    parse = v9.template_fields if version == v9.VERSION else ipfix.template_fields
+    template_id = struct.unpack_from(">H", wire)[0]
+    template = Template(template_id, parse(wire, options), options)
+    template.wire = wire
+    return template
 
 
 def _decode_group(group: PendingGroup) -> tuple[dict[str, Array], list[str | None] | None]:

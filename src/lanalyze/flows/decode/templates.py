@@ -117,6 +117,7 @@ class Template:
         "shared_ip_columns",
         "template_id",
         "var_fields",
+        "wire",
     )
 
     def __init__(self, template_id: int, fields: tuple[Field, ...], options: bool) -> None:
@@ -131,6 +132,9 @@ class Template:
                 raise PeerDataError(f"template {template_id}: element {f.key} has length 0")
         self.template_id = template_id
         self.fields = fields
+        self.wire = b""
+        """The template record as the exporter sent it (refreshes compare it); empty when
+        restored from a saved state."""
         self.options = options
         self.fixed = all(f.length != VARIABLE_LENGTH for f in fields)
         self.fixed_length = sum(f.length for f in fields if f.length != VARIABLE_LENGTH)
