@@ -37,21 +37,41 @@ class KeyExpr:
 
 @dataclass(frozen=True)
 class Dimension:
+    """A ``--by`` dimension: the stored columns it reads and the key SQL computed from them.
+
+    Reports first sum per exact stored values (``bases``), then compute ``keys`` over those
+    sums (``{0}``, ``{1}``... name the base columns): a subnet or conversation is computed
+    once per distinct address, not once per flow or rollup row.
+    """
+
     name: str
-    variants: tuple[tuple[KeyExpr, ...], ...]
-    """One tuple of key expressions; two for either-side dimensions (source, destination)."""
-    needs: frozenset[str]
+    bases: tuple[tuple[str, ...], ...]
+    """Stored columns, per variant: one variant; two (source, destination) for either-side."""
+    keys: tuple[KeyExpr, ...]
     render: Callable[[tuple[object, ...]], object]
-    variant_needs: tuple[frozenset[str], ...] = ()
-    """Columns each variant reads (either-side dimensions: one side each)."""
 
     @property
     def width(self) -> int:
-        return len(self.variants[0])
+        return len(self.keys)
 
     @property
     def either(self) -> bool:
-        return len(self.variants) > 1
+        return len(self.bases) > 1
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset(column for base in self.bases for column in base)
+
+    def variant_needs(self, index: int) -> frozenset[str]:
+        return frozenset(self.variant_needs_ordered(index))
+
+    def variant_needs_ordered(self, index: int) -> tuple[str, ...]:
+        return self.bases[min(index, len(self.bases) - 1)]
+
+    @property
+    def identity(self) -> bool:
+        """The keys are the base columns themselves (no second aggregation needed)."""
+        return [k.sql for k in self.keys] == [f"{{{i}}}" for i in range(len(self.bases[0]))]
 
 
 def format_ip(value: object) -> str:
@@ -81,20 +101,17 @@ def _ip(values: tuple[object, ...]) -> object:
     return format_ip(values[0])
 
 
+_IDENTITY = (KeyExpr("{0}"),)
+
+
 def _single(name: str, column: str, render: Callable[[tuple[object, ...]], object]) -> Dimension:
-    return Dimension(name, ((KeyExpr(column),),), frozenset({column}), render)
+    return Dimension(name, ((column,),), _IDENTITY, render)
 
 
 def _either(
     name: str, columns: tuple[str, str], render: Callable[[tuple[object, ...]], object]
 ) -> Dimension:
-    return Dimension(
-        name,
-        ((KeyExpr(columns[0]),), (KeyExpr(columns[1]),)),
-        frozenset(columns),
-        render,
-        (frozenset({columns[0]}), frozenset({columns[1]})),
-    )
+    return Dimension(name, ((columns[0],), (columns[1],)), _IDENTITY, render)
 
 
 def _catalogue_dimensions() -> dict[str, Dimension]:
@@ -139,7 +156,7 @@ def _with_port(address: object, port: object) -> str:
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
-_A_FIRST = "(src_addr < dst_addr OR (src_addr = dst_addr AND src_port <= dst_port))"
+_A_FIRST = "({0} < {2} OR ({0} = {2} AND {1} <= {3}))"
 
 
 def _derived() -> dict[str, Dimension]:
@@ -154,30 +171,25 @@ def _derived() -> dict[str, Dimension]:
         "protocol": _single("protocol", "protocol", _proto),
         "flags": _single("flags", "tcp_flags", _flags),
         "tcp_flags": _single("tcp_flags", "tcp_flags", _flags),
-        "dscp": Dimension("dscp", ((KeyExpr("tos >> 2"),),), frozenset({"tos"}), _int),
+        "dscp": Dimension("dscp", (("tos",),), (KeyExpr("{0} >> 2"),), _int),
         "app": Dimension(
-            "app",
-            ((KeyExpr("protocol"), KeyExpr("service_port")),),
-            frozenset({"protocol", "service_port"}),
-            _app,
+            "app", (("protocol", "service_port"),), (KeyExpr("{0}"), KeyExpr("{1}")), _app
         ),
         "conversation": Dimension(
             "conversation",
-            ((KeyExpr("least(src_addr, dst_addr)"), KeyExpr("greatest(src_addr, dst_addr)")),),
-            frozenset({"src_addr", "dst_addr"}),
+            (("src_addr", "dst_addr"),),
+            (KeyExpr("least({0}, {1})"), KeyExpr("greatest({0}, {1})")),
             _conversation,
         ),
         "conversation-ports": Dimension(
             "conversation-ports",
+            (("src_addr", "src_port", "dst_addr", "dst_port"),),
             (
-                (
-                    KeyExpr(f"CASE WHEN {_A_FIRST} THEN src_addr ELSE dst_addr END"),
-                    KeyExpr(f"CASE WHEN {_A_FIRST} THEN src_port ELSE dst_port END"),
-                    KeyExpr(f"CASE WHEN {_A_FIRST} THEN dst_addr ELSE src_addr END"),
-                    KeyExpr(f"CASE WHEN {_A_FIRST} THEN dst_port ELSE src_port END"),
-                ),
+                KeyExpr(f"CASE WHEN {_A_FIRST} THEN {{0}} ELSE {{2}} END"),
+                KeyExpr(f"CASE WHEN {_A_FIRST} THEN {{1}} ELSE {{3}} END"),
+                KeyExpr(f"CASE WHEN {_A_FIRST} THEN {{2}} ELSE {{0}} END"),
+                KeyExpr(f"CASE WHEN {_A_FIRST} THEN {{3}} ELSE {{1}} END"),
             ),
-            frozenset({"src_addr", "dst_addr", "src_port", "dst_port"}),
             _conversation_ports,
         ),
     }
@@ -194,12 +206,11 @@ def _mask_bits(length: int) -> str:
 
 
 def _subnet(name: str, side: str, v4_length: int, v6_length: int) -> Dimension:
-    def expr(column: str) -> KeyExpr:
-        return KeyExpr(
-            f"CASE WHEN {column} BETWEEN ? AND ? THEN ({column}::BIT & ?::BIT)::BLOB "
-            f"ELSE ({column}::BIT & ?::BIT)::BLOB END",
-            (V4_LOW, V4_HIGH, _mask_bits(96 + v4_length), _mask_bits(v6_length)),
-        )
+    key = KeyExpr(
+        "CASE WHEN {0} BETWEEN ? AND ? THEN ({0}::BIT & ?::BIT)::BLOB "
+        "ELSE ({0}::BIT & ?::BIT)::BLOB END",
+        (V4_LOW, V4_HIGH, _mask_bits(96 + v4_length), _mask_bits(v6_length)),
+    )
 
     def render(values: tuple[object, ...]) -> object:
         value = values[0]
@@ -207,15 +218,8 @@ def _subnet(name: str, side: str, v4_length: int, v6_length: int) -> Dimension:
         return f"{text}/{v6_length if ':' in text else v4_length}"
 
     if side == "either":
-        return Dimension(
-            name,
-            ((expr("src_addr"),), (expr("dst_addr"),)),
-            frozenset({"src_addr", "dst_addr"}),
-            render,
-            (frozenset({"src_addr"}), frozenset({"dst_addr"})),
-        )
-    column = f"{side}_addr"
-    return Dimension(name, ((expr(column),),), frozenset({column}), render)
+        return Dimension(name, (("src_addr",), ("dst_addr",)), (key,), render)
+    return Dimension(name, ((f"{side}_addr",),), (key,), render)
 
 
 def dimension(name: str) -> Dimension:

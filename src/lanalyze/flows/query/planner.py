@@ -23,6 +23,7 @@ from lanalyze.flows.query.layout import (
     RollupTable,
     bucket_key,
     hour_name,
+    hour_start,
     key_span,
     list_raw_files,
     list_raw_hours,
@@ -103,6 +104,10 @@ def _subtract(intervals: list[Interval], used: list[Interval]) -> list[Interval]
     return result
 
 
+def _overlaps(hour: int, intervals: list[Interval]) -> bool:
+    return any(lo < hour + HOUR_MS and hour < hi for lo, hi in intervals)
+
+
 def _complete_before(manifest: Manifest, bucket: int, until: int) -> bool:
     latest = manifest.latest.get(hour_name(bucket))
     return latest is not None and latest < until
@@ -123,7 +128,8 @@ def plan(
     """
     manifest = read_manifest(data) if use_rollups else Manifest()
     # Listing after reading the manifest: files the manifest covers are all listed.
-    first_hour = hour_name(max(0, since - HOUR_MS))
+    # Every flow of a segment lies in its directory's hour (the store contract).
+    first_hour = hour_name(since)
     last_hour = hour_name(until)
     hours = [h for h in list_raw_hours(data) if first_hour <= h <= last_hour]
     raw_files: list[tuple[str, str]] = []
@@ -131,7 +137,9 @@ def plan(
         raw_files.extend((hour, name) for name in list_raw_files(data, hour))
     raw_files = [(h, n) for h, n in raw_files if int(n.split("-", 1)[0] or 0) < until]
 
-    def raw_paths(files: list[tuple[str, str]]) -> list[str]:
+    def raw_paths(files: list[tuple[str, str]], within: list[Interval] | None = None) -> list[str]:
+        if within is not None:
+            files = [(h, n) for h, n in files if _overlaps(hour_start(h), within)]
         return [str(raw_dir(data) / h / n) for h, n in files]
 
     table = choose_table(needs) if use_rollups else None
@@ -176,10 +184,12 @@ def plan(
             rolled.extend(used)
             remaining = _subtract(remaining, used)
     rolled = _merge(rolled)
-    if remaining and raw_files:
-        result.pieces.append(Piece("raw", None, raw_paths(raw_files), remaining))
+    edge_files = raw_paths(raw_files, remaining) if remaining else []
+    if edge_files:
+        result.pieces.append(Piece("raw", None, edge_files, remaining))
     if rolled:
         uncovered = [(h, n) for h, n in raw_files if not manifest.covers(h, n, data)]
-        if uncovered:
-            result.pieces.append(Piece("raw", None, raw_paths(uncovered), rolled))
+        late_files = raw_paths(uncovered, rolled)
+        if late_files:
+            result.pieces.append(Piece("raw", None, late_files, rolled))
     return result

@@ -140,7 +140,7 @@ def _plan_variants(
     for index, selects in enumerate(_variants(dims, _SUMS)):
         needs = set(flt.columns)
         for dim in dims:
-            needs.update(dim.variant_needs[index] if dim.either else dim.needs)
+            needs.update(dim.variant_needs(index))
         the_plan = plan(
             data, since, until, frozenset(needs), finest_bucket=finest, use_rollups=use_rollups
         )
@@ -157,14 +157,52 @@ def _empty(planned: Planned) -> bool:
 
 
 def _variants(dims: list[Dimension], tail: list[KeyExpr]) -> list[list[KeyExpr]]:
-    count = max((len(d.variants) for d in dims), default=1)
+    count = max((len(d.bases) for d in dims), default=1)
     result = []
     for variant in range(count):
         selects: list[KeyExpr] = []
         for dim in dims:
-            selects.extend(dim.variants[min(variant, len(dim.variants) - 1)])
+            selects.extend(KeyExpr(column) for column in dim.variant_needs_ordered(variant))
         result.append(selects + tail)
     return result
+
+
+def _aggregate(
+    planned: Planned, flt: CompiledFilter, head_count: int, dims: list[Dimension]
+) -> tuple[str, list[object], int]:
+    """SQL giving ``k0..``, bytes, packets, flows summed per key, and the number of keys.
+
+    First sums per exact stored values (head columns and the dimensions' base columns), then,
+    if a dimension derives its keys (subnet, conversation), sums again per derived key, so
+    the derivation runs once per distinct value.
+    """
+    union, union_params = _union(planned, flt)
+    bases = head_count + sum(len(d.bases[0]) for d in dims)
+    columns = ", ".join(f"c{i}" for i in range(bases))
+    sums = f"sum(c{bases}) AS b, sum(c{bases + 1}) AS p, sum(c{bases + 2}) AS f"
+    if bases:
+        inner = f"SELECT {columns}, {sums} FROM ({union}) GROUP BY {columns}"  # noqa: S608
+    else:
+        inner = f"SELECT {sums} FROM ({union})"  # noqa: S608
+    keys: list[str] = [f"c{i}" for i in range(head_count)]
+    params: list[object] = []
+    offset = head_count
+    for dim in dims:
+        names = [f"c{offset + i}" for i in range(len(dim.bases[0]))]
+        for key in dim.keys:
+            keys.append(key.sql.format(*names))
+            params.extend(key.params)
+        offset += len(names)
+    selected = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
+    selected = selected + ", " if selected else ""
+    if all(d.identity for d in dims):
+        sql = f"SELECT {selected}b AS bytes, p AS packets, f AS flows FROM ({inner})"  # noqa: S608
+    else:
+        sql = (
+            f"SELECT {selected}sum(b) AS bytes, sum(p) AS packets, sum(f) AS flows "  # noqa: S608
+            f"FROM ({inner}) GROUP BY ALL"
+        )
+    return sql, params + union_params, len(keys)
 
 
 _SUMS = [KeyExpr("{b}"), KeyExpr("{p}"), KeyExpr("{f}")]
@@ -237,25 +275,17 @@ def top(
 
     def run() -> TopReport:
         planned = _plan_variants(data, since, until, dims, flt, head=[], use_rollups=use_rollups)
-        width = sum(d.width for d in dims)
-        keys = ", ".join(f"c{i}" for i in range(width))
         seconds = max((until - since) / 1000, 1e-3)
         if _empty(planned):
             return TopReport(
                 [d.name for d in dims], order, since, until, [], _zero(), _describe(planned)
             )
-        union, params = _union(planned, flt)
-        b, p, f = f"c{width}", f"c{width + 1}", f"c{width + 2}"
+        aggregated, params, width = _aggregate(planned, flt, 0, dims)
+        keys = ", ".join(f"k{i}" for i in range(width))
         order_column = {"bytes": "bytes", "packets": "packets", "flows": "flows"}[order]
         sql = (
-            (
-                f"SELECT {keys}, sum({b}) AS bytes, sum({p}) AS packets, sum({f}) AS flows, "  # noqa: S608
-                "sum(sum({b})) OVER () , sum(sum({p})) OVER (), sum(sum({f})) OVER () "
-                f"FROM ({union}) GROUP BY {keys} ORDER BY {order_column} DESC, {keys}"
-            )
-            .replace("{b}", b)
-            .replace("{p}", p)
-            .replace("{f}", f)
+            "SELECT *, sum(bytes) OVER (), sum(packets) OVER (), sum(flows) OVER () "  # noqa: S608
+            f"FROM ({aggregated}) ORDER BY {order_column} DESC, {keys}"
         )
         if limit:
             sql += " LIMIT ?"
@@ -316,8 +346,8 @@ def _total(
     planned = _plan_variants(data, since, until, [], flt, head=[], use_rollups=use_rollups)
     if _empty(planned):
         return _zero()
-    union, params = _union(planned, flt)
-    row = _execute(f"SELECT sum(c0), sum(c1), sum(c2) FROM ({union})", params)[0]  # noqa: S608
+    sql, params, _ = _aggregate(planned, flt, 0, [])
+    row = _execute(sql, params)[0]
     return {"bytes": int(row[0] or 0), "packets": int(row[1] or 0), "flows": int(row[2] or 0)}
 
 
@@ -387,7 +417,7 @@ def series(
         total_plan = _plan_variants(
             data, since, until, [], flt, head=[bucket_expr], finest=finest, use_rollups=rollups
         )
-        totals = _series_rows(total_plan, flt, 0, [])
+        totals = _series_rows(total_plan, flt, [], None)
         groups = ["total"]
         points: list[dict[str, Any]] = []
         if not dims:
@@ -412,12 +442,12 @@ def series(
         planned = _plan_variants(
             data, since, until, dims, flt, head=[bucket_expr], finest=finest, use_rollups=rollups
         )
-        by_key = _series_rows(planned, flt, dim.width, ranking.keys)
+        by_key = _series_rows(planned, flt, dims, ranking.keys)
         other: dict[int, list[int]] = {key[0]: list(sums) for key, sums in totals.items()}
         if dim.either:
             # Each flow counts once per side: "other" is the rest of both sides' sums.
             other = {}
-            for key, sums in _series_rows(_drop_keys(planned, dim.width), flt, 0, []).items():
+            for key, sums in _series_rows(planned, flt, dims, None, collapse=True).items():
                 other[key[0]] = list(sums)
         per_bucket: dict[int, list[dict[str, Any]]] = {}
         for key, sums in by_key.items():
@@ -441,35 +471,35 @@ def series(
     return result
 
 
-def _drop_keys(planned: Planned, width: int) -> Planned:
-    return [(p, [selects[0], *selects[1 + width :]]) for p, selects in planned]
-
-
 def _series_rows(
     planned: Planned,
     flt: CompiledFilter,
-    width: int,
-    restrict: list[tuple[Any, ...]],
+    dims: list[Dimension],
+    restrict: list[tuple[Any, ...]] | None,
+    *,
+    collapse: bool = False,
 ) -> dict[tuple[Any, ...], tuple[int, int, int]]:
-    if _empty(planned):
+    """Sums per (bucket, keys); only the ``restrict`` keys; per bucket alone if ``collapse``."""
+    if _empty(planned) or restrict == []:
         return {}
-    union, params = _union(planned, flt)
-    keys = ", ".join(f"c{i}" for i in range(width + 1))
+    aggregated, params, width = _aggregate(planned, flt, 1, dims)
     where = "TRUE"
-    if width:
-        if not restrict:
-            return {}
+    if restrict:
         conditions = []
         for values in restrict:
-            conditions.append("(" + " AND ".join(f"c{i + 1} = ?" for i in range(width)) + ")")
+            conditions.append("(" + " AND ".join(f"k{i + 1} = ?" for i in range(width - 1)) + ")")
             params.extend(values)
         where = " OR ".join(conditions)
-    sql = (
-        f"SELECT {keys}, sum(c{width + 1}), sum(c{width + 2}), sum(c{width + 3}) "  # noqa: S608
-        f"FROM ({union}) WHERE {where} GROUP BY {keys}"
-    )
+    if collapse:
+        sql = (
+            "SELECT k0, sum(bytes), sum(packets), sum(flows) "  # noqa: S608
+            f"FROM ({aggregated}) WHERE {where} GROUP BY k0"
+        )
+        width = 1
+    else:
+        sql = f"SELECT * FROM ({aggregated}) WHERE {where}"  # noqa: S608
     return {
-        tuple(row[: width + 1]): (int(row[-3]), int(row[-2]), int(row[-1]))
+        tuple(row[:width]): (int(row[-3]), int(row[-2]), int(row[-1]))
         for row in _execute(sql, params)
     }
 

@@ -17,8 +17,7 @@ _BUCKETS_MS = (
     300_000,
     900_000,
     3_600_000,
-    21_600_000,
-    86_400_000,
+    86_400_000,  # no 6h: beyond ~8 days whole days, which the per-day rollups answer
 )
 
 
