@@ -23,6 +23,7 @@ import argparse
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -189,13 +190,14 @@ def sender(
 
 
 def _sender_entry(args: tuple[str, int, float, float, int, int, float], out: object) -> None:
-    result = sender(*args)
-    out.put(result)  # type: ignore[attr-defined]
+    flows, seconds = sender(*args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((flows, seconds, usage.ru_utime + usage.ru_stime))  # type: ignore[attr-defined]
 
 
 def send_paced(
     fmt: str, port: int, rate: float, duration: float, senders: int
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     start_at = time.time() + 0.5 + (0.5 if fmt == "ipfix" else 0)
@@ -213,7 +215,13 @@ def send_paced(
         proc.join()
     flows = sum(o[0] for o in outcomes)
     seconds = max(o[1] for o in outcomes)
-    return flows, seconds
+    return flows, seconds, sum(o[2] for o in outcomes)
+
+
+def children_cpu() -> float:
+    """User + system CPU of every waited-for child (and theirs: lanalyze's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- kernel counters ---------------------------------------------------------------------------
@@ -259,6 +267,8 @@ class Outcome:
     kernel_drops: int
     stored_bytes: int
     send_seconds: float
+    cpu_seconds: float
+    """CPU the collector used (all its processes, user + system), the senders' excluded."""
 
     @property
     def loss(self) -> float:
@@ -270,6 +280,7 @@ def run_nfcapd(fmt: str, rate: float, duration: float, senders: int) -> Outcome:
     work = Path(tempfile.mkdtemp(prefix="bench-nfcapd-"))
     port = free_udp_port()
     log_path = work / "nfcapd.log"
+    cpu0 = children_cpu()
     try:
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(
@@ -283,7 +294,7 @@ def run_nfcapd(fmt: str, rate: float, duration: float, senders: int) -> Outcome:
             deadline = time.monotonic() + 20
             while "Startup" not in log_path.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            sent, seconds = send_paced(fmt, port, rate, duration, senders)
+            sent, seconds, sender_cpu = send_paced(fmt, port, rate, duration, senders)
             wait_drained(port)
             time.sleep(0.5)
             drops = port_drops(port)
@@ -292,7 +303,7 @@ def run_nfcapd(fmt: str, rate: float, duration: float, senders: int) -> Outcome:
         text = log_path.read_text()
         stored = sum(int(n) for n in re.findall(r"Ident: .*? Flows: (\d+)", text))
         size = sum(p.stat().st_size for p in work.glob("nfcapd.2*"))
-        return Outcome(sent, stored, drops, size, seconds)
+        return Outcome(sent, stored, drops, size, seconds, children_cpu() - cpu0 - sender_cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -309,6 +320,7 @@ def run_lanalyze(
         f"workers = {workers}\n" + (f'compression = "{compression}"\n' if compression else "")
     )
     exe = Path(sys.executable).parent / "lanalyze"
+    cpu0 = children_cpu()
     try:
         with open(work / "collect.log", "w") as log_file:
             proc = subprocess.Popen(
@@ -321,7 +333,7 @@ def run_lanalyze(
             while len(port_sockets(port)) < max(1, workers) and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(1.0)  # workers import numpy/pyarrow after the parent bound the sockets
-            sent, seconds = send_paced(fmt, port, rate, duration, senders)
+            sent, seconds, sender_cpu = send_paced(fmt, port, rate, duration, senders)
             wait_drained(port)
             drops = port_drops(port)
             proc.send_signal(signal.SIGTERM)
@@ -329,37 +341,47 @@ def run_lanalyze(
         files = list((work / "data" / "flows" / "raw").glob("*/*.parquet"))
         stored = sum(pq.read_metadata(f).num_rows for f in files)
         size = sum(f.stat().st_size for f in files)
-        return Outcome(sent, stored, drops, size, seconds)
+        return Outcome(sent, stored, drops, size, seconds, children_cpu() - cpu0 - sender_cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def highest_lossless(name: str, fmt: str, rates: list[float], run: object) -> tuple[float, float]:
+def highest_lossless(
+    name: str, fmt: str, rates: list[float], run: object
+) -> tuple[float, float, float]:
     """The highest rate stored with < 0.1 % loss (the rate the sender achieved, which on a
-    busy machine can be below the offered one), and that run's stored bytes per flow."""
-    best, best_bpf = 0.0, float("nan")
+    busy machine can be below the offered one), that run's stored bytes per flow, and the
+    collector's CPU time per stored flow (its idle cost, start-up included, measured first
+    and subtracted): CPU time is far less sensitive to other load than the loss point."""
+    idle: Outcome = run(30.0)  # type: ignore[operator]
+    best, best_bpf, best_cpu = 0.0, float("nan"), float("nan")
     short = 0
     for rate in rates:
         outcome: Outcome = run(rate)  # type: ignore[operator]
         achieved = outcome.sent / outcome.send_seconds
         ok = outcome.loss < LOSS_LIMIT and outcome.kernel_drops <= outcome.sent * LOSS_LIMIT
+        cpu = (outcome.cpu_seconds - idle.cpu_seconds) / max(1, outcome.stored)
         print(
             f"  {name:8} {fmt:5} offered {rate / 1e6:5.2f} M/s achieved {achieved / 1e6:5.2f} "
             f"sent {outcome.sent} stored {outcome.stored} loss {outcome.loss:7.3%} "
             f"kernel drops {outcome.kernel_drops} "
             f"bytes/flow {outcome.stored_bytes / max(1, outcome.stored):5.1f} "
-            f"{'ok' if ok else 'LOSS'}",
+            f"CPU {cpu * 1e6:5.2f} us/flow {'ok' if ok else 'LOSS'}",
             flush=True,
         )
         if not ok:
             break
         if achieved > best:
-            best, best_bpf = achieved, outcome.stored_bytes / max(1, outcome.stored)
+            best, best_bpf, best_cpu = (
+                achieved,
+                outcome.stored_bytes / max(1, outcome.stored),
+                cpu,
+            )
         short = short + 1 if achieved < rate * 0.95 else 0
         if short >= 2:
             print("  (the sender cannot offer more on this machine now: stopping here)")
             break
-    return best, best_bpf
+    return best, best_bpf, best_cpu
 
 
 def main() -> None:
@@ -380,40 +402,36 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, lanalyze workers: {workers}, senders: {args.senders}, ")
     print(f"receive buffer {RECEIVE_BUFFER >> 20} MiB for both; loss limit {LOSS_LIMIT:.1%}")
     for fmt in args.formats.split(","):
-        ours, theirs, ours_bpf, theirs_bpf = [], [], [], []
+        results: dict[str, list[tuple[float, float, float]]] = {"nfcapd": [], "lanalyze": []}
+        runners = {
+            "nfcapd": lambda r, fmt=fmt: run_nfcapd(fmt, r, args.duration, args.senders),
+            "lanalyze": lambda r, fmt=fmt: run_lanalyze(
+                fmt, r, args.duration, args.senders, workers, args.compression
+            ),
+        }
         for run in range(args.runs):
             print(f"{fmt} run {run + 1}/{args.runs}", flush=True)
-            if "nfcapd" in args.peers:
-                rate, bpf = highest_lossless(
-                    "nfcapd",
-                    fmt,
-                    rates,
-                    lambda r, fmt=fmt: run_nfcapd(fmt, r, args.duration, args.senders),
-                )
-                theirs.append(rate)
-                theirs_bpf.append(bpf)
-            if "lanalyze" in args.peers:
-                rate, bpf = highest_lossless(
-                    "lanalyze",
-                    fmt,
-                    rates,
-                    lambda r, fmt=fmt: run_lanalyze(
-                        fmt, r, args.duration, args.senders, workers, args.compression
-                    ),
-                )
-                ours.append(rate)
-                ours_bpf.append(bpf)
-        if not ours or not theirs:
-            print(f"RESULT {fmt}: nfcapd {theirs}, lanalyze {ours}")
-            continue
-        peer, mine = statistics.median(theirs), statistics.median(ours)
-        theirs_bpf = [b for b in theirs_bpf if b == b] or [float("nan")]  # drop NaN (no run ok)
-        ours_bpf = [b for b in ours_bpf if b == b] or [float("nan")]
-        print(
-            f"RESULT {fmt}: nfcapd {peer / 1e6:.2f} M flows/s ({statistics.median(theirs_bpf):.1f}"
-            f" B/flow), lanalyze {mine / 1e6:.2f} M flows/s "
-            f"({statistics.median(ours_bpf):.1f} B/flow), ratio {mine / peer if peer else 0:.2f}"
-        )
+            for name, runner in runners.items():
+                if name in args.peers:
+                    results[name].append(highest_lossless(name, fmt, rates, runner))
+        medians = {}
+        for name, rows in results.items():
+            if rows:
+                medians[name] = [
+                    statistics.median([row[i] for row in rows if row[i] == row[i]] or [0.0])
+                    for i in range(3)
+                ]
+        for name, (rate, bpf, cpu) in medians.items():
+            print(
+                f"RESULT {fmt} {name}: {rate / 1e6:.2f} M flows/s lossless, {bpf:.1f} bytes/flow, "
+                f"{cpu * 1e6:.2f} us CPU/flow"
+            )
+        if len(medians) == 2:
+            peer, mine = medians["nfcapd"], medians["lanalyze"]
+            print(
+                f"RATIO {fmt} lanalyze/nfcapd: rate {mine[0] / peer[0] if peer[0] else 0:.2f}, "
+                f"CPU per flow {mine[2] / peer[2] if peer[2] else 0:.2f}"
+            )
 
 
 if __name__ == "__main__":
