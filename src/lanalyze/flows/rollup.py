@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -112,14 +113,17 @@ class RollupMaintainer:
         self._task: asyncio.Task[None] | None = None
         self._lock_file: IO[bytes] | None = None
         self._stopping = asyncio.Event()
+        self._halt = threading.Event()  # seen by the worker thread between batches
         self._compact_seq = 0
 
     async def start(self) -> None:
         reports.configure(self.config.query_threads)
+        self._halt.clear()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        self._halt.set()
         self._stopping.set()
         if self._task is not None:
             await self._task
@@ -197,7 +201,7 @@ class RollupMaintainer:
 
     def _roll_up_new(self, connection: duckdb.DuckDBPyConnection) -> int:
         total = 0
-        while True:
+        while not self._halt.is_set():
             manifest = read_manifest(self.data)
             pending = self._uncovered(manifest)
             if not pending:
@@ -224,6 +228,7 @@ class RollupMaintainer:
             ROLLED_FILES.inc(len(batch))
             ROLLED_ROWS.inc(rows)
             total += len(batch)
+        return total
 
     def _roll_up(
         self,
