@@ -65,26 +65,23 @@ class TemplatedWalker:
     ) -> None:
         """Walks one datagram; the peer's errors go to ``problems`` (or raise PeerDataError)."""
         name = exporter.exporter
-
-        def stats_for(domain: int, version: int) -> Any:
-            return self.stats_for(name, domain, version)
-
+        stats_for = self.stats_for
         version = (data[0] << 8) | data[1]
         size = len(data)
         if version == v9.VERSION:
             if size < v9.HEADER.size:
-                stats_for(0, version).decode_errors += 1
+                stats_for(name, 0, version).decode_errors += 1
                 raise PeerDataError(f"truncated v9 header: {size} bytes")
             _, _, uptime, secs, sequence, domain_id = v9.HEADER.unpack_from(data)
             pos, end = v9.HEADER.size, size
             export_ms = secs * 1000
         else:
             if size < ipfix.HEADER.size:
-                stats_for(0, version).decode_errors += 1
+                stats_for(name, 0, version).decode_errors += 1
                 raise PeerDataError(f"truncated IPFIX header: {size} bytes")
             _, length, secs, sequence, domain_id = ipfix.HEADER.unpack_from(data)
             if length > size or length < ipfix.HEADER.size:
-                stats_for(domain_id, version).decode_errors += 1
+                stats_for(name, domain_id, version).decode_errors += 1
                 raise PeerDataError(
                     f"truncated IPFIX message: header says {length} bytes, {size} present"
                 )
@@ -92,28 +89,12 @@ class TemplatedWalker:
             export_ms = secs * 1000
             uptime = UNKNOWN_UPTIME
         domain = exporter.domain(version, domain_id)
-        stats: ExporterStats = stats_for(domain_id, version)
+        stats: ExporterStats = stats_for(name, domain_id, version)
         stats.packets += 1
-        is_ipfix = version == ipfix.VERSION
-
-        def set_info() -> SetInfo:
-            sampling = domain.sampling
-            up = uptime
-            if is_ipfix:
-                init = sampling.system_init_ms
-                up = export_ms - init if init else UNKNOWN_UPTIME
-            rate = sampling.rate_without_sampler_id() or configured_rate
-            return (
-                exporter.address,
-                domain_id,
-                received_ms,
-                export_ms,
-                up,
-                rate,
-                sampling.samplers,
-            )
-
-        info = set_info()
+        if version == ipfix.VERSION:
+            init = domain.sampling.system_init_ms
+            uptime = export_ms - init if init else UNKNOWN_UPTIME
+        info = _set_info(domain, exporter.address, received_ms, export_ms, uptime, configured_rate)
         templates = domain.templates
         groups = self.groups
         records = 0
@@ -161,7 +142,18 @@ class TemplatedWalker:
                         countable = False
                     else:
                         records += added
-                        info = set_info()  # option records may have changed the sampling
+                        # Option records may have changed the sampling or the init time.
+                        if version == ipfix.VERSION:
+                            init = domain.sampling.system_init_ms
+                            uptime = export_ms - init if init else UNKNOWN_UPTIME
+                        info = _set_info(
+                            domain,
+                            exporter.address,
+                            received_ms,
+                            export_ms,
+                            uptime,
+                            configured_rate,
+                        )
                 else:
                     self._template_set(
                         data,
@@ -267,6 +259,19 @@ class TemplatedWalker:
             out.append(_decode_group(group))
         self.groups = {}
         return out
+
+
+def _set_info(  # noqa: PLR0917 - a hot path: positional on purpose
+    domain: DomainState,
+    address: bytes,
+    received_ms: int,
+    export_ms: int,
+    uptime: int,
+    configured_rate: int,
+) -> SetInfo:
+    sampling = domain.sampling
+    rate = sampling.rate_without_sampler_id() or configured_rate
+    return (address, domain.domain, received_ms, export_ms, uptime, rate, sampling.samplers)
 
 
 @functools.lru_cache(maxsize=4096)
