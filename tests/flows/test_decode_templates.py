@@ -383,6 +383,10 @@ def test_template_flood_is_bounded() -> None:
         ("fields overrun", ipfix_message([flow_set(2, struct.pack(">HH", 256, 50) + b"\0" * 8)])),
         ("v9 truncated header", v9_packet([])[:12]),
         (
+            "v9 options template of empty scope fields only",
+            v9_packet([flow_set(1, v9_options_template(300, [(1, 0)], []), pad=2)]),
+        ),
+        (
             "v9 absurd field length",
             v9_packet([flow_set(0, template_record(256, [(8, 0xFFFF)], ipfix=False))]),
         ),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-MAX_PENDING_FRAGMENTS = 1024
+MAX_PENDING_FRAGMENTS = 256
 MAX_BLOCK = 64 * 1024 * 1024
 
 PCAP_MAGIC = {
@@ -250,8 +250,8 @@ class PcapReader:
         pending.parts[offset] = payload
         if not more:
             pending.total = offset + len(payload)
-        if pending.total is None:
-            return None
+        if pending.total is None or sum(map(len, pending.parts.values())) < pending.total:
+            return None  # not all bytes yet: assemble only when it can succeed
         whole = bytearray()
         for start in sorted(pending.parts):
             if start > len(whole):

@@ -139,6 +139,8 @@ class Template:
         self.fixed = all(f.length != VARIABLE_LENGTH for f in fields)
         self.fixed_length = sum(f.length for f in fields if f.length != VARIABLE_LENGTH)
         self.min_length = self.fixed_length + sum(1 for f in fields if f.length == VARIABLE_LENGTH)
+        if self.min_length == 0:
+            raise PeerDataError(f"template {template_id}: records would have no bytes")
         if self.fixed_length > MAX_RECORD_LENGTH:
             raise PeerDataError(
                 f"template {template_id}: record length {self.fixed_length} exceeds a datagram"
