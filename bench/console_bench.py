@@ -6,6 +6,9 @@ layout, builds the rollups with the rollup maintainer (one round), starts a real
 several times. "Interactive" = from navigation start until our script has drawn the charts and
 made the tables sortable (its ``lanalyze-interactive`` performance mark), measured in the
 browser on the Navigation Timing clock. The target is 500 ms per page (issue 7).
+Columns: the first load (cold caches), then median / min / max of the next loads, their ratio
+to the target, and "all": the median time until the tables deferred to after the page
+(answered from raw flows) are in place too.
 
     .venv/bin/python bench/console_bench.py [--flows 10000000] [--days 30] [--runs 5]
 
@@ -53,6 +56,7 @@ CHROMIUM_ARGS = [
 # the start of the navigation (Navigation Timing), so no test-driver latency is included.
 READY_MARK = "performance.getEntriesByName('lanalyze-interactive').length > 0"
 READY_TIME = "performance.getEntriesByName('lanalyze-interactive')[0].startTime"
+ALL_LOADED = "document.querySelectorAll('[aria-busy=\"true\"]').length === 0"
 SERVICES = [(6, 443), (6, 80), (17, 53), (6, 22), (17, 123), (6, 25), (6, 993), (17, 443)]
 
 
@@ -166,7 +170,7 @@ PAGES = [
 ]
 
 
-def measure(base: str, runs: int) -> list[tuple[str, float, float, float, str]]:
+def measure(base: str, runs: int) -> list[tuple[str, float, float, float, float, float, str]]:
     from playwright.sync_api import sync_playwright
 
     results = []
@@ -174,7 +178,11 @@ def measure(base: str, runs: int) -> list[tuple[str, float, float, float, str]]:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS
         )
-        page = browser.new_page(base_url=base, viewport={"width": 1400, "height": 1000})
+        # Playwright's polling evaluates strings, which our own CSP forbids (no eval): the
+        # measuring browser bypasses it; the pages and their scripts are unchanged.
+        page = browser.new_page(
+            base_url=base, viewport={"width": 1400, "height": 1000}, bypass_csp=True
+        )
         page.set_default_timeout(60_000)
         page.goto("/login")
         page.get_by_label("User name").fill("bench")
@@ -183,18 +191,36 @@ def measure(base: str, runs: int) -> list[tuple[str, float, float, float, str]]:
         page.wait_for_selector("h1")
         for label, url, ready in PAGES:
             times = []
+            complete: list[float] = []
+            first = 0.0
             server = ""
             for run in range(runs + 1):
                 page.goto(url, wait_until="commit")
                 page.wait_for_selector(ready, state="attached")
                 page.wait_for_function(READY_MARK)
                 elapsed = page.evaluate(READY_TIME)
-                if run:  # the first load warms caches (files, DuckDB), like a second visit
+                # Deferred tables (raw flows only) load after that; let them finish so their
+                # queries do not overlap the next measurement, and note when they were there.
+                page.wait_for_function(ALL_LOADED)
+                complete.append(float(page.evaluate("performance.now()")))
+                if run:  # the first load also warms the OS page cache: reported apart
                     times.append(float(elapsed))
+                else:
+                    first = float(elapsed)
                 answered = page.locator("text=/Answered in/")
                 if answered.count():
                     server = answered.first.inner_text()
-            results.append((label, statistics.median(times), min(times), max(times), server))
+            results.append(
+                (
+                    label,
+                    first,
+                    statistics.median(times),
+                    min(times),
+                    max(times),
+                    statistics.median(complete[1:]),
+                    server,
+                )
+            )
         browser.close()
     return results
 
@@ -230,12 +256,13 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
     print(
-        f"\n{'page':32} {'target ms':>9} {'ours ms':>8} {'min':>6} {'max':>6} {'ratio':>6}  server"
+        f"\n{'page':32} {'target ms':>9} {'first':>6} {'median':>6} {'min':>6} {'max':>6} "
+        f"{'ratio':>6} {'all':>6}  server (last load)"
     )
-    for label, median, low, high, server in results:
+    for label, first, median, low, high, complete, server in results:
         print(
-            f"{label:32} {TARGET_MS:9.0f} {median:8.0f} {low:6.0f} {high:6.0f} "
-            f"{median / TARGET_MS:6.2f}  {server}"
+            f"{label:32} {TARGET_MS:9.0f} {first:6.0f} {median:6.0f} {low:6.0f} {high:6.0f} "
+            f"{median / TARGET_MS:6.2f} {complete:6.0f}  {server}"
         )
 
 

@@ -143,3 +143,22 @@ def test_exporters_page_without_collector_file(tmp_path: Path) -> None:
     page = client.get("/exporters")
     assert page.status_code == 200
     assert "has not written exporter counters" in page.text
+
+
+def test_answer_cache_expires_and_is_bounded() -> None:
+    from lanalyze.web.flowreports import AnswerCache
+
+    cache = AnswerCache(ttl=0.05, max_entries=3)
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get_or_compute(("a",), compute) == 1
+    assert cache.get_or_compute(("a",), compute) == 1
+    time.sleep(0.06)
+    assert cache.get_or_compute(("a",), compute) == 2
+    for key in "bcde":
+        cache.get_or_compute((key,), compute)
+    assert len(cache._entries) == 3

@@ -10,16 +10,21 @@ filter error split into message, text and caret column for the page.
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.apps import PROTOCOL_NAMES, application, protocol_name
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.filterlang import FilterError
 
+T = TypeVar("T")
 ReportError = reports.ReportError
 _APP_LABEL = re.compile(r"^([a-z0-9]+)/(\d+)(?: .*)?$")
 _PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
@@ -51,6 +56,49 @@ class TopRow:
     share: float
     parts: list[str] = field(default_factory=list)
     """The row's key split into drill-down values (the two hosts of a conversation)."""
+
+
+class AnswerCache:
+    """Recent answers by their full question, for a short time.
+
+    Auto-refresh, going back from a drill-down and several people on the same dashboard ask
+    the same question again; long ranges end on whole minutes or hours (see the flow pages),
+    so their question stays the same until the next one. Late flows inside an already
+    answered window show up after ``ttl`` seconds at most. Bounded in entries.
+    """
+
+    def __init__(self, ttl: float = 60.0, max_entries: int = 256) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and now - hit[0] < self.ttl:
+                self._entries.move_to_end(key)
+                value: T = hit[1]
+                return value
+        value = compute()
+        with self._lock:
+            self._entries[key] = (now, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+CACHE = AnswerCache()
+
+
+def _cached(name: str, compute: Callable[[], T], *key: Any) -> T:
+    return CACHE.get_or_compute((name, *key), compute)
 
 
 def flow_dir(data_dir: Path) -> Path:
@@ -87,14 +135,22 @@ def _ms(iso_time: str) -> int:
 
 
 def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list[TopRow]:
-    report = reports.top(
-        flow_dir(data_dir),
+    report = _cached(
+        "top",
+        lambda: reports.top(
+            flow_dir(data_dir),
+            by,
+            since=window.since,
+            until=window.until,
+            order=order,
+            limit=limit,
+            filter=window.filter,
+        ),
+        data_dir,
+        window,
         by,
-        since=window.since,
-        until=window.until,
-        order=order,
-        limit=limit,
-        filter=window.filter,
+        order,
+        limit,
     )
     name = report.dimensions[0]
     rows = []
@@ -129,14 +185,22 @@ def series(
     data_dir: Path, window: Window, by: str | None, top_n: int, *, bucket: str | None = None
 ) -> dict[str, Any]:
     """Chart data: ``{times, bucket_ms, unit, series: [{name, values, other}]}`` in bits/s."""
-    report = reports.series(
-        flow_dir(data_dir),
-        since=window.since,
-        until=window.until,
-        by=by,
-        top_n=top_n,
-        filter=window.filter,
-        bucket=bucket,
+    report = _cached(
+        "series",
+        lambda: reports.series(
+            flow_dir(data_dir),
+            since=window.since,
+            until=window.until,
+            by=by,
+            top_n=top_n,
+            filter=window.filter,
+            bucket=bucket,
+        ),
+        data_dir,
+        window,
+        by,
+        top_n,
+        bucket,
     )
     times = sorted({_ms(point["time"]) for point in report.points})
     index = {t: i for i, t in enumerate(times)}
@@ -164,12 +228,18 @@ def interfaces(
     data_dir: Path, window: Window, limit: int, *, exporter: str | None = None
 ) -> list[dict[str, Any]]:
     """Interfaces by in + out bytes (all of one exporter's when ``exporter`` is given)."""
-    rows = reports.top_interfaces(
-        flow_dir(data_dir),
-        since=window.since,
-        until=window.until,
-        limit=0 if exporter else limit,
-        filter=window.filter,
+    rows = _cached(
+        "interfaces",
+        lambda: reports.top_interfaces(
+            flow_dir(data_dir),
+            since=window.since,
+            until=window.until,
+            limit=0 if exporter else limit,
+            filter=window.filter,
+        ),
+        data_dir,
+        window,
+        0 if exporter else limit,
     )
     result = []
     for row in rows:
