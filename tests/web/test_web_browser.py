@@ -148,6 +148,7 @@ def test_console_in_a_browser(page: Any, server: str) -> None:
 
     # Dashboard: a chart drawn by our script, the top talker first.
     expect(page.locator("#traffic svg path").first).to_be_attached()
+    _every_control_is_labelled(page)
     talkers = page.locator("#talkers tbody tr")
     expect(talkers.first.locator("td").first).to_have_text(TOP_TALKER)
     page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
@@ -263,3 +264,12 @@ def _mail_checks(page: Any) -> None:
     row.get_by_role("button", name="Retry now").click()
     expect(page.get_by_role("status")).to_contain_text("done")
     expect(page.locator("#queue tbody tr", has_text=seed.DEFERRED_ID)).to_contain_text("queued")
+
+
+def _every_control_is_labelled(page: Any) -> None:
+    controls = page.locator("main input:not([type=hidden]), main select")
+    assert controls.count() >= 5
+    for index in range(controls.count()):
+        control_id = controls.nth(index).get_attribute("id")
+        assert control_id, controls.nth(index).evaluate("e => e.outerHTML")
+        assert page.locator(f"label[for='{control_id}']").count() == 1, control_id

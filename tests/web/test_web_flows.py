@@ -162,3 +162,11 @@ def test_answer_cache_expires_and_is_bounded() -> None:
     for key in "bcde":
         cache.get_or_compute((key,), compute)
     assert len(cache._entries) == 3
+
+
+def test_auto_refresh_choice_is_kept(client: TestClient) -> None:
+    page = client.get("/?range=15m&refresh=30")
+    assert 'data-refresh="30"' in page.text
+    link = re.search(r'href="(/flows/host/[^"]+)"', page.text)
+    assert link and "refresh=30" in link.group(1)
+    assert 'data-refresh=""' in client.get("/?refresh=7").text  # unknown choice: off
