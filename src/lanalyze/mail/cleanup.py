@@ -3,12 +3,12 @@
 Postfix's cleanup(8) stage in one module. A :class:`Spool` holds a message's first bytes in
 memory and streams the rest to ``queue/incoming/<id>`` once ``mail.spool_memory`` is
 exceeded, so a large message never sits in memory. :class:`Committer` makes messages
-durable: write what is left, append the trailer (envelope), ``fsync`` the file, rename it
-into ``queue/active/`` and ``fsync`` that directory. Every message waiting when a batch
-starts shares the batch's directory fsync (group commit), and the batch runs in one worker
-thread so the event loop never waits on the disk. Only when its batch has finished does a
-session send ``250 ... queued as ID``; on any error the session gets a 451 and the files are
-removed.
+durable: write what is left, append the trailer (envelope), flush the data (per file, or one
+``syncfs`` for the whole batch: ``mail.sync``), rename into ``queue/active/`` and ``fsync``
+that directory. Every message waiting when a batch starts shares the batch's flushes (group
+commit), and the batch runs in one worker thread so the event loop never waits on the disk.
+Only when its batch has finished does a session send ``250 ... queued as ID``; on any error
+the session gets a 451 and the files are removed.
 
 Trust: message bytes are the peer's but are only copied; the paths are ours (queue IDs are
 generated here, never taken from a peer).
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanalyze.log import get_logger
-from lanalyze.mail.queuefile import Envelope, Layout, footer, fsync_dir
+from lanalyze.mail.queuefile import Envelope, Layout, Syncer, footer, fsync_dir
 
 log = get_logger(__name__)
 
@@ -121,8 +121,10 @@ class Committer:
         layout: Layout,
         executor: Executor,
         on_committed: Callable[[list[Envelope]], None] | None = None,
+        syncer: Syncer | None = None,
     ) -> None:
         self.layout = layout
+        self.syncer = syncer or Syncer("fsync")
         self.executor = executor
         self.on_committed = on_committed
         self._pending: list[_Pending] = []
@@ -177,34 +179,39 @@ class Committer:
     def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
         active = self.layout.q("active")
         errors: list[BaseException | None] = []
-        done: list[Envelope] = []
+        written: list[_Pending] = []
         for item in batch:
             spool = item.spool
             try:
                 item.envelope.size = spool.length
                 spool.write_parts([*item.parts, footer(spool.length, item.envelope.trailer())])
                 assert spool.fd is not None
-                os.fsync(spool.fd)
+                self.syncer.file(spool.fd)
                 os.close(spool.fd)
                 spool.fd = None
-                os.rename(spool.path, active / item.envelope.queue_id)
+                written.append(item)
                 errors.append(None)
-                done.append(item.envelope)
             except OSError as exc:
                 log.error("mail.cleanup.write_failed", extra={"error": str(exc)})
                 with contextlib.suppress(OSError):
                     spool.discard_sync()
                 errors.append(exc)
-        if done:
+        if not written:
+            return errors
+        try:
+            # Data first, then names: a crash never leaves a half-written file in active/.
+            self.syncer.batch(self.layout.q("incoming"))
+            for item in written:
+                os.rename(item.spool.path, active / item.envelope.queue_id)
+            fsync_dir(active)
+        except OSError as exc:
+            log.error("mail.cleanup.sync_failed", extra={"error": str(exc)})
+            return [exc] * len(batch)
+        self.batches += 1
+        self.committed += len(written)
+        if self.on_committed is not None:
             try:
-                fsync_dir(active)
-            except OSError as exc:
-                return [exc] * len(batch)
-            self.batches += 1
-            self.committed += len(done)
-            if self.on_committed is not None:
-                try:
-                    self.on_committed(done)
-                except Exception:  # the index is derived data; the queue file is what counts
-                    log.exception("mail.index.record_failed")
+                self.on_committed([item.envelope for item in written])
+            except Exception:  # the index is derived data; the queue file is what counts
+                log.exception("mail.index.record_failed")
         return errors

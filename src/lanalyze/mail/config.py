@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -134,6 +134,11 @@ class MailConfig(Section):
         default=262_144,
         ge=4096,
         description="Bytes of a message held in memory before it streams to its queue file.",
+    )
+    sync: Literal["syncfs", "fsync"] = Field(
+        default="syncfs",
+        description="How accepted messages and Maildir deliveries are made durable: one "
+        "syncfs(2) per group-commit batch, or an fsync per file.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
     auth: AuthConfig = Field(

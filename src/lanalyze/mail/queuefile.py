@@ -6,8 +6,9 @@ the authentication verdict, the delivery state) and the message length as 10 ASC
 and a newline. The message comes first so it can be spooled to disk as it arrives, before
 the envelope is final; the length at the very end finds the trailer without parsing.
 
-A file is only ever complete: it is written under ``queue/incoming/``, fsynced, renamed into
-``queue/active/`` and the directory fsynced (that is the moment of acceptance). Files left in
+A file is only ever complete: it is written under ``queue/incoming/``, made durable
+(:class:`Syncer`), renamed into ``queue/active/`` and the directory fsynced (that is the moment
+of acceptance). Files left in
 ``incoming/`` by a crash were never acknowledged and are removed at start.
 
 Trust: queue files are written by us; a damaged one (disk error, an operator's edit) is
@@ -16,6 +17,7 @@ reported and moved to ``queue/corrupt/``, never delivered half.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -87,6 +89,42 @@ def read_envelope(path: Path) -> tuple[Envelope, int]:
 def read_message(path: Path, length: int) -> bytes:
     with path.open("rb") as handle:
         return handle.read(length)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    """Flush every dirty page and the journal of the filesystem holding ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+
+
+class Syncer:
+    """How a batch of new files becomes durable before it is renamed into place.
+
+    ``fsync``: each file on its own (one journal commit each, ~3 ms here). ``syncfs``: one
+    ``syncfs(2)`` for the whole batch (Linux >= 5.8 reports write-back errors from it), the
+    group commit that reaches the throughput target; it also flushes other programs' dirty
+    data on the same filesystem, so a data directory on a busy shared disk may prefer fsync.
+    Either way the renamed names are then made durable by fsyncing their directories.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def file(self, fd: int) -> None:
+        if self.mode == "fsync":
+            os.fsync(fd)
+
+    def batch(self, anchor: Path) -> None:
+        if self.mode == "syncfs":
+            syncfs(anchor)
 
 
 def fsync_dir(path: Path) -> None:

@@ -35,7 +35,7 @@ from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
 from lanalyze.mail.headers import header_summary, sanitize
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.queue import QueueManager
-from lanalyze.mail.queuefile import Envelope, Layout
+from lanalyze.mail.queuefile import Envelope, Layout, Syncer
 from lanalyze.mail.smtp.protocol import (
     AuthAttempt,
     Close,
@@ -109,11 +109,14 @@ class MailServer:
         self._delivery_pool = ThreadPoolExecutor(2, thread_name_prefix="mail-deliver")
         await loop.run_in_executor(self._disk, self.layout.create)
         self.index = await loop.run_in_executor(self._disk, MessageIndex, self.layout.index)
-        self.committer = Committer(self.layout, self._disk, self.index.record_accepted)
+        syncer = Syncer(self.config.sync)
+        self.committer = Committer(
+            self.layout, self._disk, self.index.record_accepted, syncer=syncer
+        )
         self.queue = QueueManager(
             self.config.queue,
             self.layout,
-            MaildirDelivery(self.layout),
+            MaildirDelivery(self.layout, syncer),
             self._delivery_pool,
             self._record_outcomes,
         )

@@ -1,8 +1,9 @@
 """Local delivery into Maildir (the layout of qmail's maildir(5), read by mutt and Dovecot).
 
 Each copy is written to ``tmp/`` under a unique name (time, microseconds, pid, counter, host;
-the ``S=`` size Dovecot understands), fsynced, renamed into ``new/``; the ``new/`` directories
-touched by a batch are fsynced once; only then is the queue file removed (or rewritten with
+the ``S=`` size Dovecot understands); the batch's files are flushed (``mail.sync``: each
+fsynced, or one syncfs), then renamed into ``new/`` and the ``new/`` directories touched are
+fsynced once; only then is the queue file removed (or rewritten with
 the recipients still to do). A crash therefore never loses a message and never shows a
 partial one in ``new/``; at worst a message is delivered twice (at-least-once, as every MTA).
 Lines are stored with LF endings, ``Return-Path`` and ``Delivered-To`` are added in front
@@ -27,6 +28,7 @@ from lanalyze.mail.queuefile import (
     CorruptQueueFile,
     Envelope,
     Layout,
+    Syncer,
     fsync_dir,
     read_envelope,
     read_message,
@@ -59,8 +61,9 @@ def ensure_maildir(path: Path) -> None:
 
 
 class MaildirDelivery:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, syncer: Syncer | None = None) -> None:
         self.layout = layout
+        self.syncer = syncer or Syncer("fsync")
         self._known: set[Path] = set()
 
     def folder(self, mailbox: str, junk: bool) -> Path:
@@ -78,6 +81,7 @@ class MaildirDelivery:
         """Deliver each queue file; fsync the touched directories once; then dequeue."""
         staged: list[tuple[Path, Envelope, int, Outcome]] = []
         dirs: set[Path] = set()
+        renames: list[tuple[Path, Path]] = []
         for path in paths:
             queue_id = path.name
             try:
@@ -114,7 +118,7 @@ class MaildirDelivery:
                             + head
                             + body
                         )
-                        self._write(folder, data)
+                        renames.append(self._write(folder, data))
                         dirs.add(folder / "new")
                         done_mailboxes.add(mailbox)
                     del envelope.local[recipient]
@@ -126,11 +130,16 @@ class MaildirDelivery:
                 outcome.status = "hold"
             staged.append((path, envelope, length, outcome))
         dir_error = ""
-        for directory in dirs:
-            try:
+        try:
+            # Contents durable before any name appears in new/: never a partial message.
+            if renames:
+                self.syncer.batch(self.layout.maildirs)
+            for tmp, final in renames:
+                os.rename(tmp, final)
+            for directory in dirs:
                 fsync_dir(directory)
-            except OSError as exc:
-                dir_error = str(exc)
+        except OSError as exc:
+            dir_error = str(exc)
         outcomes = []
         for path, envelope, length, outcome in staged:
             if outcome.status == "corrupt":
@@ -155,7 +164,7 @@ class MaildirDelivery:
             outcomes.append(outcome)
         return outcomes
 
-    def _write(self, folder: Path, data: bytes) -> None:
+    def _write(self, folder: Path, data: bytes) -> tuple[Path, Path]:
         name = maildir_name(len(data))
         tmp = folder / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -163,10 +172,10 @@ class MaildirDelivery:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            self.syncer.file(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, folder / "new" / name)
+        return tmp, folder / "new" / name
 
     def _quarantine(self, path: Path) -> None:
         with contextlib.suppress(OSError):

@@ -1,0 +1,283 @@
+"""SMTP acceptance benchmark: lanalyze vs a private Postfix, both driven by smtp-source.
+
+Measures messages per second accepted durably (each on disk, fsynced, before its 250) under
+``smtp-source -s 20 -m N -l 4096``, with a new connection per message and with ``-d``
+(connection reused), then memory with 1,000 idle connections open. Postfix runs as a
+private instance (its own config and queue directory under a temporary directory, listening
+on a loopback port, delivering to ``discard``); nothing system-wide is touched. lanalyze
+runs ``lanalyze serve`` with only the mail component, delivering into a real Maildir.
+
+Usage: .venv/bin/python bench/smtp_bench.py [--messages 10000] [--runs 3]
+Needs root for Postfix (it drops privileges to the ``postfix`` user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LANALYZE = ROOT / ".venv" / "bin" / "lanalyze"
+
+MASTER_CF = """\
+{port} inet n - n - - smtpd
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"""
+
+QUEUE_DIRS = [
+    "incoming",
+    "active",
+    "deferred",
+    "defer",
+    "bounce",
+    "corrupt",
+    "maildrop",
+    "hold",
+    "flush",
+    "saved",
+    "trace",
+    "private",
+    "public",
+]
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {base}/spool
+data_directory = {base}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.localdomain
+mydomain = localdomain
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+default_transport = discard
+local_transport = discard
+relay_transport = discard
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = /dev/stdout
+syslog_name = postfix-bench
+alias_maps =
+alias_database =
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+default_process_limit = 1100
+smtpd_peername_lookup = no
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                if conn.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+class Postfix:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.etc = base / "etc"
+        self.port = free_port()
+
+    def __enter__(self) -> Postfix:
+        self.etc.mkdir(parents=True)
+        spool = self.base / "spool"
+        (self.base / "data").mkdir()
+        (self.etc / "main.cf").write_text(MAIN_CF.format(base=self.base))
+        (self.etc / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
+        shutil.chown(self.base / "data", "postfix")
+        os.chmod(self.base, 0o755)
+        # `postfix -c DIR start` insists that DIR be listed in the system main.cf's
+        # alternate_config_directories; running master(8) directly needs no system change.
+        for name in QUEUE_DIRS:
+            (spool / name).mkdir(parents=True, exist_ok=True)
+            shutil.chown(spool / name, "postfix")
+            os.chmod(spool / name, 0o700)
+        for name, mode in (("public", 0o710), ("maildrop", 0o730)):
+            shutil.chown(spool / name, "postfix", "postdrop")
+            os.chmod(spool / name, mode)
+        (spool / "pid").mkdir(exist_ok=True)
+        self.log = (self.base / "maillog").open("wb")
+        self.proc = subprocess.Popen(
+            ["/usr/lib/postfix/sbin/master", "-c", str(self.etc), "-d"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+        return self
+
+    def master_pid(self) -> int:
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Lanalyze:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Lanalyze:
+        self.base.mkdir(parents=True, exist_ok=True)
+        config = self.base / "lanalyze.toml"
+        config.write_text(
+            f"""
+[general]
+data_dir = "{self.base}/data"
+hostname = "mx.bench.test"
+log_level = "warning"
+[flows]
+enabled = false
+[web]
+enabled = false
+[mail]
+listen = ["127.0.0.1:{self.port}"]
+domains = ["bench.test"]
+mailboxes = ["sink@bench.test"]
+max_connections_per_client = 2000
+max_connections = 2000
+[mail.auth]
+enabled = false
+"""
+        )
+        self.proc = subprocess.Popen([str(LANALYZE), "--config", str(config), "serve"])
+        wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def smtp_source(port: int, messages: int, reuse: bool) -> float:
+    args = ["smtp-source", "-s", "20", "-m", str(messages), "-l", "4096"]
+    if reuse:
+        args.append("-d")
+    args += ["-f", "bench@client.test", "-t", "sink@bench.test", f"127.0.0.1:{port}"]
+    started = time.perf_counter()
+    subprocess.run(args, check=True)
+    return messages / (time.perf_counter() - started)
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def postfix_pids(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    return [master, *(int(p) for p in out.split())]
+
+
+def idle_memory(port: int, pids: list[int] | None, count: int = 1000) -> tuple[int, int]:
+    """RSS (KiB) before and with ``count`` idle connections open (each greeted)."""
+    before = rss_kib(pids or [])
+    conns = []
+    try:
+        for _ in range(count):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conns.append(conn)
+        for conn in conns:
+            conn.recv(200)
+        time.sleep(1.0)
+        return before, rss_kib(pids or [])
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--idle", type=int, default=1000)
+    args = parser.parse_args()
+    for tool in ("smtp-source", "postfix"):
+        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
+            sys.exit(f"{tool} is not installed")
+    results: dict[tuple[str, bool], list[float]] = {}
+    memory: dict[str, tuple[int, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
+        base = Path(tmp)
+        os.chmod(base, 0o755)  # Postfix's daemons run as the postfix user
+        with Postfix(base / "postfix") as postfix, Lanalyze(base / "lanalyze") as ours:
+            for _ in range(args.runs):
+                for reuse in (False, True):
+                    for name, port in (("postfix", postfix.port), ("lanalyze", ours.port)):
+                        rate = smtp_source(port, args.messages, reuse)
+                        results.setdefault((name, reuse), []).append(rate)
+                        print(f"{name:9} {'-d' if reuse else 'new conn':8} {rate:8.0f} msg/s")
+            memory["postfix"] = idle_memory(postfix.port, postfix_pids(postfix.master_pid()))
+            assert ours.proc is not None
+            memory["lanalyze"] = idle_memory(ours.port, [ours.proc.pid])
+    print()
+    print(f"smtp-source -s 20 -m {args.messages} -l 4096, median of {args.runs} runs (msg/s):")
+    print(f"{'mode':22} {'postfix':>9} {'lanalyze':>9} {'ratio':>6}")
+    for reuse, label in ((False, "new connection (no -d)"), (True, "reused (-d)")):
+        theirs = statistics.median(results[("postfix", reuse)])
+        mine = statistics.median(results[("lanalyze", reuse)])
+        print(f"{label:22} {theirs:9.0f} {mine:9.0f} {mine / theirs:6.2f}")
+    print()
+    print(f"memory with {args.idle} idle connections (RSS of all processes, MiB):")
+    for name, (before, during) in memory.items():
+        print(f"{name:9} before {before / 1024:7.1f}  with idle {during / 1024:7.1f}")
+
+
+if __name__ == "__main__":
+    main()
