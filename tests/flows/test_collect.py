@@ -135,9 +135,12 @@ class Collector:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"collector exited {self.proc.returncode}: {self.log}")
-            return self.log.count("event=flows.listening") >= count
+            # Bound at once ("flows.listening"); every worker running: "flows.ready".
+            return self.log.count("event=flows.listening") >= count and (
+                "event=flows.ready" in self.log
+            )
 
-        wait_until(ready, 60, "collector listening")
+        wait_until(ready, 60, "collector ready")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

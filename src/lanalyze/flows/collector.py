@@ -91,7 +91,7 @@ class FlowCollector:
         self._lock = threading.Lock()
         self._started_ms = 0
         self._metrics: FlowMetrics | None = None
-        self._writer_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._token = ""
         self._retired: list[dict[str, Any]] = []
@@ -215,16 +215,33 @@ class FlowCollector:
                 extra={"worker": handle.spec.index, "exitcode": handle.process.exitcode},
             )
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> list[str]:
+        """Problems of workers that did not start (empty when all run)."""
         deadline = time.monotonic() + WORKER_START_TIMEOUT
-        for handle in self._workers:
+        problems = []
+        for handle in list(self._workers):
             handle.ready.wait(max(0.0, deadline - time.monotonic()))
             if handle.failed:
-                raise StartError(f"flow {handle.failed}")
-            if not handle.last:
-                raise StartError(f"flow worker {handle.spec.index} did not start")
+                problems.append(handle.failed)
+            elif not handle.last:
+                problems.append(f"worker {handle.spec.index} did not start")
+        return problems
+
+    async def _announce_ready(self) -> None:
+        problems = await asyncio.to_thread(self._wait_ready)
+        if problems:
+            for problem in problems:
+                log.error("flows.worker_start_failed", extra={"problem": problem})
+        else:
+            log.info("flows.ready", extra={"workers": len(self._workers)})
 
     async def start(self) -> None:
+        """Bind (errors name the key), then spawn the workers without waiting for them.
+
+        The sockets are bound before the workers exist, so what arrives while they import
+        their libraries (seconds on a busy machine) waits in the kernel buffer; other
+        components need not wait. ``flows.ready`` is logged once every worker runs.
+        """
         self._started_ms = time.time_ns() // 1_000_000
         self._stopping = False
         self._retired = []
@@ -238,15 +255,17 @@ class FlowCollector:
                     f"cannot create the flow store {flows_dir} (general.data_dir): "
                     f"{exc.strerror or exc}"
                 ) from None
-            self._spawn()
-            await asyncio.to_thread(self._wait_ready)
+            await asyncio.to_thread(self._spawn)
         except BaseException:
             await self._shutdown_workers()
             self._close_sockets()
             raise
         self._metrics = FlowMetrics(self.totals)
         metrics.REGISTRY.register(self._metrics)
-        self._writer_task = asyncio.create_task(self._write_exporters_periodically())
+        self._tasks = [
+            asyncio.create_task(self._write_exporters_periodically()),
+            asyncio.create_task(self._announce_ready()),
+        ]
         for address in self.addresses:
             log.info("flows.listening", extra={"address": address, "workers": len(self._workers)})
 
@@ -316,11 +335,11 @@ class FlowCollector:
             handle.reports.close()
 
     async def stop(self) -> None:
-        if self._writer_task is not None:
-            self._writer_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
-            self._writer_task = None
+                await task
+        self._tasks = []
         await self._shutdown_workers()
         await asyncio.to_thread(self._write_exporters)
         if self._metrics is not None:
