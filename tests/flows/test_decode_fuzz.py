@@ -156,3 +156,54 @@ def test_template_floods_stay_bounded(bodies: list[bytes], exporter: str) -> Non
     ]
     packets += [template_message(1000 + i) for i in range(3 * MAX_TEMPLATES)]
     check(packets, [exporter] * len(packets))
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 3]),  # v9 template / options, IPFIX template / options
+            st.lists(
+                st.tuples(
+                    st.integers(0, 0xFFFF),
+                    st.sampled_from([0, 1, 2, 3, 4, 8, 16, 255, 0xFFFF]),
+                ),
+                max_size=6,
+            ),
+            st.integers(0, 3),
+            st.binary(max_size=80),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_random_templates_then_data_for_them(
+    cases: list[tuple[int, list[tuple[int, int]], int, bytes]],
+) -> None:
+    """Structurally valid but arbitrary templates (any element, length 0, 65535, enterprise
+    bits, scopes), each followed by random data for it: nothing raises or loops."""
+    packets = []
+    for kind, fields, scope, data in cases:
+        specs = b"".join(struct.pack(">HH", element, length) for element, length in fields)
+        if kind in (2, 3) and element_pairs_end_with_enterprise(fields):
+            specs += b"\0\0\0\x09"  # a PEN for the last specifier, so the record is whole
+        if kind == 0:
+            packets.append(v9_packet([flow_set(0, struct.pack(">HH", 300, len(fields)) + specs)]))
+            packets.append(v9_packet([flow_set(300, data)]))
+        elif kind == 1:
+            scoped = min(scope, len(fields))
+            body = struct.pack(">HHH", 301, 4 * scoped, 4 * (len(fields) - scoped)) + specs
+            packets.append(v9_packet([flow_set(1, body)]))
+            packets.append(v9_packet([flow_set(301, data)]))
+        else:
+            options = kind == 3
+            header = struct.pack(">HH", 302, len(fields))
+            if options:
+                header += struct.pack(">H", scope)
+            packets.append(ipfix_message([flow_set(2 + options, header + specs)]))
+            packets.append(ipfix_message([flow_set(302, data)]))
+    check(packets, ["192.0.2.1"] * len(packets))
+
+
+def element_pairs_end_with_enterprise(fields: list[tuple[int, int]]) -> bool:
+    return bool(fields) and bool(fields[-1][0] & 0x8000)
