@@ -21,6 +21,7 @@ import dkim
 
 from lanalyze.mail.auth.dkim_verify import signing_key_name
 from lanalyze.mail.auth.dns import (
+    INLINE_LIMIT,
     LookupBudgetExceeded,
     LookupNeeded,
     Prefetched,
@@ -98,7 +99,8 @@ async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
     seals = sum(1 for name, _raw in fields if name == b"arc-seal")
     if seals == 0:
         return ArcResult("none")
-    if folding_cost(fields) > MAX_FOLDING_COST:
+    cost = folding_cost(fields)
+    if cost > MAX_FOLDING_COST:
         return ArcResult("fail", seals, "header folded too often to verify safely")
     if seals > MAX_INSTANCES:
         return ArcResult("fail", seals, f"more than {MAX_INSTANCES} ARC sets")
@@ -115,7 +117,9 @@ async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
             _verify(message),
             resolver,
             max_rounds=2 * seals + 2,
-            in_thread=True,
+            # Each ARC set hashes the body again: only a short chain on a small message
+            # stays on the event loop.
+            in_thread=len(message) > INLINE_LIMIT or seals > 2 or cost > INLINE_LIMIT * 16,
             prefetch=keys[: 2 * MAX_INSTANCES],
         )
     except LookupBudgetExceeded as exc:

@@ -31,6 +31,7 @@ from lanalyze.mail.auth.dkim_verify import DkimResult, verify_dkim
 from lanalyze.mail.auth.dmarc import (
     DmarcResult,
     check_dmarc,
+    discover_policies,
     organisational_domain,
     public_suffix_list,
 )
@@ -220,7 +221,10 @@ class Authenticator:
         await self._ready()
         mail_from = mail_from.strip().strip("<>").strip()
         header, _ = split_message(message)
-        sender = await asyncio.to_thread(from_info, header)
+        # Large header blocks are parsed off the event loop; most are a few kilobytes.
+        sender = (
+            from_info(header) if len(header) < 65536 else await asyncio.to_thread(from_info, header)
+        )
         timeout_spf = SpfResult("temperror", "mailfrom", "", mail_from, "check timed out")
         spf_task = asyncio.ensure_future(
             self._guarded(
@@ -244,7 +248,10 @@ class Authenticator:
         arc_task = asyncio.ensure_future(
             self._guarded("arc", verify_arc(self.resolver, message), ArcResult("fail"))
         )
-        tasks: list[asyncio.Future[Any]] = [spf_task, dkim_task, arc_task]
+        policy_task = asyncio.ensure_future(
+            self._guarded("dmarc", discover_policies(self.resolver, sender.domains), {})
+        )
+        tasks: list[asyncio.Future[Any]] = [spf_task, dkim_task, arc_task, policy_task]
         _done, pending = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0))
         for task in pending:
             task.cancel()
@@ -259,7 +266,14 @@ class Authenticator:
             dmarc = await asyncio.wait_for(
                 self._guarded(
                     "dmarc",
-                    check_dmarc(self.resolver, sender.domains, spf, dkim, self.rng),
+                    check_dmarc(
+                        self.resolver,
+                        sender.domains,
+                        spf,
+                        dkim,
+                        rng=self.rng,
+                        policies=policy_task.result() if policy_task not in pending else None,
+                    ),
                     DmarcResult("temperror", reason="internal error"),
                 ),
                 timeout=max(deadline - loop.time(), 0.001),

@@ -28,6 +28,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from lanalyze.mail.auth.dns import (
+    INLINE_LIMIT,
     LookupBudgetExceeded,
     LookupNeeded,
     Prefetched,
@@ -178,8 +179,12 @@ async def verify_dkim(
     header, _ = split_message(message)
     fields = header_fields(header)
     signatures = [raw for name, raw in fields if name == b"dkim-signature"]
-    if signatures and folding_cost(fields) > MAX_FOLDING_COST:
+    if not signatures:
+        return []
+    cost = folding_cost(fields)
+    if cost > MAX_FOLDING_COST:
         return [DkimResult("permerror", reason="header folded too often to verify safely")]
+    in_thread = len(message) > INLINE_LIMIT or cost > INLINE_LIMIT * 16
     results = []
     for index, raw in enumerate(signatures[:max_signatures]):
         tags = _tags(raw)
@@ -192,7 +197,7 @@ async def verify_dkim(
                 _verify_one(message, index, tags, length_tag),
                 resolver,
                 max_rounds=MAX_ROUNDS,
-                in_thread=True,
+                in_thread=in_thread,
                 prefetch=[(key, "TXT")] if key else None,
             )
         except LookupBudgetExceeded as exc:

@@ -163,14 +163,26 @@ def _weaker(policy: str) -> str:
     return POLICIES[max(_STRICTNESS[policy] - 1, 0)]
 
 
-async def evaluate_domain(
-    resolver: Resolver,
+Policies = dict[str, DmarcRecord | str | None]
+"""From domain -> its applicable record, None (no record) or an error text (temperror)."""
+
+
+async def discover_policies(resolver: Resolver, from_domains: Sequence[str]) -> Policies:
+    """§6.6.3 for every From: domain, concurrently; needs nothing from SPF or DKIM, so the
+    caller can run it alongside them."""
+    if len(from_domains) > MAX_FROM_DOMAINS:
+        return {}
+    found = await asyncio.gather(*(_discover(resolver, d) for d in from_domains))
+    return dict(zip(from_domains, found, strict=True))
+
+
+def evaluate_domain(
     from_domain: str,
+    record: DmarcRecord | str | None,
     spf: SpfResult | None,
     dkim: Sequence[DkimResult],
     rng: Callable[[], float],
 ) -> DomainVerdict:
-    record = await _discover(resolver, from_domain)
     if isinstance(record, str):
         return DomainVerdict(from_domain, "temperror", reason=record)
     if record is None:
@@ -220,17 +232,25 @@ async def check_dmarc(
     from_domains: Sequence[str],
     spf: SpfResult | None,
     dkim: Sequence[DkimResult],
+    *,
     rng: Callable[[], float] = random.random,
+    policies: Policies | None = None,
 ) -> DmarcResult:
-    """DMARC over every From: domain; the strictest failing policy decides (§6.6.1)."""
+    """DMARC over every From: domain; the strictest failing policy decides (§6.6.1).
+
+    ``policies`` are the records already discovered (:func:`discover_policies`); missing
+    ones are looked up here.
+    """
     if not from_domains:
         return DmarcResult("none", reason="no From: domain to evaluate")
     if len(from_domains) > MAX_FROM_DOMAINS:
         # Each domain costs DNS queries; a From: listing hundreds is an attack, not mail.
         return DmarcResult("permerror", reason=f"more than {MAX_FROM_DOMAINS} From: domains")
-    verdicts = list(
-        await asyncio.gather(*(evaluate_domain(resolver, d, spf, dkim, rng) for d in from_domains))
-    )
+    policies = dict(policies or {})
+    missing = [d for d in from_domains if d not in policies]
+    if missing:
+        policies.update(await discover_policies(resolver, missing))
+    verdicts = [evaluate_domain(d, policies[d], spf, dkim, rng) for d in from_domains]
     failing = [v for v in verdicts if v.result == "fail"]
     if failing:
         worst = max(failing, key=lambda v: _STRICTNESS[v.disposition])

@@ -31,6 +31,10 @@ import dns.resolver
 from lanalyze.configbase import parse_listen
 
 Status = Literal["ok", "nxdomain", "nodata", "error"]
+
+INLINE_LIMIT = 65_536
+"""Messages up to this size are verified on the event loop: hashing them and one public-key
+operation take well under a millisecond, less than handing them to a thread and back."""
 T = TypeVar("T")
 
 

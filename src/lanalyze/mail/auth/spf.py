@@ -122,6 +122,8 @@ async def check_spf(resolver: Resolver, *, client_ip: str, mail_from: str, helo:
             resolver,
             max_rounds=MAX_ROUNDS,
             in_thread=False,
+            # The first thing pyspf asks for (RFC 7208 §4.4); saves one evaluation round.
+            prefetch=[(domain, "TXT")],
         )
     except LookupBudgetExceeded as exc:
         return SpfResult("permerror", identity, domain, sender, str(exc))
