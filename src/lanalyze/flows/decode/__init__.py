@@ -88,6 +88,9 @@ class DecodeProblem:
 
 @dataclass
 class DecodedBatch:
+    """The flows of a batch. Rows are grouped by template (v9/IPFIX) and datagram length (v5),
+    in arrival order within a group: not in arrival order overall."""
+
     columns: dict[str, Array]
     """Catalogue column names (:func:`catalogue.empty_batch` layout), equal lengths."""
     extra: list[str | None] | None
@@ -104,7 +107,11 @@ class DecodedBatch:
 
 
 class FlowDecoder:
-    """Decodes batches of export datagrams; keeps per-exporter template and sampling state."""
+    """Decodes batches of export datagrams; keeps per-exporter template and sampling state.
+
+    ``sampling_rates`` (exporter address -> N) applies to flows whose export announces no
+    rate (v5 header interval 0, no option record, no inline IE 34): an announced rate wins.
+    Not thread-safe: one decoder per worker."""
 
     def __init__(
         self,
