@@ -170,3 +170,20 @@ def test_auto_refresh_choice_is_kept(client: TestClient) -> None:
     link = re.search(r'href="(/flows/host/[^"]+)"', page.text)
     assert link and "refresh=30" in link.group(1)
     assert 'data-refresh=""' in client.get("/?refresh=7").text  # unknown choice: off
+
+
+def test_warming_fills_the_cache_for_the_dashboard(tmp_path: Path) -> None:
+    from lanalyze.web import flowreports
+    from lanalyze.web.pages.flows import warm_dashboards
+
+    write_sample(tmp_path)
+    flowreports.CACHE.clear()
+    assert warm_dashboards(tmp_path, ["7d"]) == 6
+    entries = len(flowreports.CACHE._entries)
+    assert entries >= 5
+    client = TestClient(make_app(tmp_path))
+    log_in(client)
+    assert client.get("/?range=7d").status_code == 200
+    # Only the deferred conversations panel is missing; the rest was answered from memory
+    # (a 7-day window ends on a whole hour, so the visit asks the same questions).
+    assert len(flowreports.CACHE._entries) == entries

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ log = get_logger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = Path("~/.local/share/lanalyze")
+WARM_DELAY = 5.0
+WARM_INTERVAL = 60.0
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -122,6 +125,7 @@ class WebServer:
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
+        self._warm_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -131,6 +135,7 @@ class WebServer:
 
     async def start(self) -> None:
         app = await asyncio.to_thread(build_app, self.config, self.data_dir)
+        self._data_dir = app.state.console.data_dir
         self._sock = bind_socket(self.config.listen, "web.listen")
         config = uvicorn.Config(
             app,
@@ -154,6 +159,8 @@ class WebServer:
                 self._task.result()
                 return
             await asyncio.sleep(0.01)
+        if self.config.warm_ranges:
+            self._warm_task = asyncio.create_task(self._warm(self._data_dir))
         if not self.config.users:
             log.warning("web.no_users", extra={"hint": "add [[web.users]] to the config"})
         log.info(
@@ -164,7 +171,25 @@ class WebServer:
             },
         )
 
+    async def _warm(self, data_dir: Path) -> None:
+        """Keep the default dashboards answered (see ``web.warm_ranges``)."""
+        from lanalyze.web.pages.flows import warm_dashboards
+
+        await asyncio.sleep(WARM_DELAY)
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(warm_dashboards, data_dir, list(self.config.warm_ranges))
+            except Exception:  # a bad file or a bug must not stop the console; next round retries
+                log.exception("web.warm_failed")
+            await asyncio.sleep(max(WARM_INTERVAL - (time.monotonic() - started), 5))
+
     async def stop(self) -> None:
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_task
+            self._warm_task = None
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
+
+RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d", "30d"]
+DEFAULT_WARM_RANGES: tuple[RangeName, ...] = ("24h", "7d", "30d")
 
 
 class WebUser(Section):
@@ -66,6 +69,12 @@ class WebConfig(Section):
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Client networks that may read /metrics without logging in (others must "
         "log in); an empty list requires a login from everywhere.",
+    )
+
+    warm_ranges: list[RangeName] = Field(
+        default_factory=lambda: list(DEFAULT_WARM_RANGES),
+        description="Dashboard ranges answered in the background every minute, so a first "
+        "visit finds them ready; [] turns this off.",
     )
 
     @field_validator("metrics_networks")

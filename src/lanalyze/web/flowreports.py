@@ -73,11 +73,14 @@ class AnswerCache:
         self._entries: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get_or_compute(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+    def get_or_compute(
+        self, key: tuple[Any, ...], compute: Callable[[], T], ttl: float | None = None
+    ) -> T:
         now = time.monotonic()
+        ttl = self.ttl if ttl is None else ttl
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
+            if hit is not None and now - hit[0] < ttl:
                 self._entries.move_to_end(key)
                 value: T = hit[1]
                 return value
@@ -95,10 +98,14 @@ class AnswerCache:
 
 
 CACHE = AnswerCache()
+HOUR_TTL = 300.0
 
 
-def _cached(name: str, compute: Callable[[], T], *key: Any) -> T:
-    return CACHE.get_or_compute((name, *key), compute)
+def _cached(name: str, compute: Callable[[], T], data_dir: Path, window: Window, *key: Any) -> T:
+    # A window ending on a whole hour is asked again for an hour (a week or a month of
+    # traffic); new flows only change its last hour, a little, so it may be older.
+    ttl = HOUR_TTL if window.until % 3_600_000 == 0 else None
+    return CACHE.get_or_compute((name, data_dir, window, *key), compute, ttl)
 
 
 def flow_dir(data_dir: Path) -> Path:

@@ -17,9 +17,10 @@ import asyncio
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -116,7 +117,11 @@ def _parse_local(text: str) -> int | None:
 
 
 def parse_view(request: Request, now_ms: int | None = None) -> View:
-    params = request.query_params
+    return view_from(request.query_params, now_ms)
+
+
+def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
+    """The view a page's query string asks for (also used to warm the answer cache)."""
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     choice = params.get("range", DEFAULT_RANGE)
     notes: list[str] = []
@@ -309,26 +314,48 @@ async def _panel(request: Request, view: View, name: str, call: Callable[[], Any
     return render(request, "panel.html", context)
 
 
+def dashboard_queries(data_dir: Path, view: View, flt: str) -> dict[str, Callable[[], Any]]:
+    window = flowreports.Window(view.since_ms, view.until_ms, flt)
+    return {
+        "series": lambda: flowreports.series(data_dir, window, "app", 8, bucket=view.bucket),
+        "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
+        "destinations": lambda: flowreports.top(data_dir, window, "dst_addr", view.order, TOP_N),
+        "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
+        "conversations": lambda: flowreports.top(
+            data_dir, window, "conversation", view.order, TOP_N
+        ),
+        "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
+        "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N),
+    }
+
+
 async def dashboard(request: Request) -> Response:
     data_dir = request.app.state.console.data_dir
+    return await _run_page(
+        request,
+        "dashboard.html",
+        "",
+        lambda view, flt: dashboard_queries(data_dir, view, flt),
+        title="Flows",
+    )
 
-    def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
-        window = flowreports.Window(view.since_ms, view.until_ms, flt)
-        return {
-            "series": lambda: flowreports.series(data_dir, window, "app", 8, bucket=view.bucket),
-            "talkers": lambda: flowreports.top(data_dir, window, "src_addr", view.order, TOP_N),
-            "destinations": lambda: flowreports.top(
-                data_dir, window, "dst_addr", view.order, TOP_N
-            ),
-            "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
-            "conversations": lambda: flowreports.top(
-                data_dir, window, "conversation", view.order, TOP_N
-            ),
-            "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
-            "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N),
-        }
 
-    return await _run_page(request, "dashboard.html", "", queries, title="Flows")
+def warm_dashboards(data_dir: Path, ranges: list[str]) -> int:
+    """Answer the unfiltered dashboard of each range now, so a first visit finds it cached.
+
+    Deferred (raw-only) tables are left out: they load after the page anyway. Blocking: run it
+    in a thread. Returns the number of reports computed.
+    """
+    done = 0
+    for choice in ranges:
+        view = view_from({"range": choice})
+        calls = dashboard_queries(data_dir, view, "")
+        with _QUERY_SLOTS:
+            for name, call in calls.items():
+                if name not in PANELS:
+                    call()
+                    done += 1
+    return done
 
 
 def _address(text: str) -> str:
