@@ -51,6 +51,13 @@ class AuthConfig(Section):
     dns_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds one DNS query may take (all retries)."
     )
+    dns_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="DNS answers (negative ones too) kept across messages for their TTL; "
+        "0 disables the cache.",
+    )
     check_timeout: float = Field(
         default=20.0,
         gt=0,

@@ -89,9 +89,10 @@ class Prefetched:
 class Resolver:
     """dnspython's async resolver with our timeout and server; never raises for DNS trouble."""
 
-    def __init__(self, address: str | None, timeout: float) -> None:
+    def __init__(self, address: str | None, timeout: float, cache_size: int = 0) -> None:
         self.address = address
         self.timeout = timeout
+        self.cache_size = cache_size
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     def prepare(self) -> None:
@@ -109,7 +110,8 @@ class Resolver:
                 resolver.port = port
             resolver.lifetime = self.timeout
             resolver.timeout = min(self.timeout, 2.0)
-            resolver.cache = None
+            # dnspython's LRU cache keeps answers, NODATA and NXDOMAIN for their TTL.
+            resolver.cache = dns.resolver.LRUCache(self.cache_size) if self.cache_size else None
             self._resolver = resolver
         return self._resolver
 
