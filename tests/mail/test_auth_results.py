@@ -205,3 +205,25 @@ def test_fuzz_check_never_raises(
     parsed = authres.AuthenticationResultsHeader.parse(text.replace("\r\n", ""))
     assert {r.method for r in parsed.results} >= {"spf", "dkim", "dmarc", "arc"}
     assert verdict.action in ("accept", "reject", "quarantine")
+
+
+def test_dns_cache_answers_after_the_server_is_gone(tmp_path: Path) -> None:
+    zone = {"cached.test": '@ TXT "v=spf1 ip4:192.0.2.1 -all"\n_dmarc TXT "v=DMARC1; p=reject"'}
+    msg = b"From: a@cached.test\r\nSubject: s\r\n\r\nbody\r\n"
+
+    def check(auth: Authenticator) -> tuple[str, str]:
+        verdict = asyncio.run(
+            auth.check_bytes(
+                msg, mail_from="a@cached.test", helo="h", client_ip="192.0.2.1", rcpt_to=[]
+            )
+        )
+        return verdict.spf, verdict.dmarc
+
+    with knot_server(tmp_path / "knot", zone) as server:
+        config = AuthConfig(resolver=server.address, dns_timeout=0.5)
+        cached = Authenticator(config, OURS)
+        uncached = Authenticator(config.model_copy(update={"dns_cache_size": 0}), OURS)
+        assert check(cached) == check(uncached) == ("pass", "pass")
+    # knotd has stopped: only the cache (TTL 60 s) still knows the records.
+    assert check(cached) == ("pass", "pass")
+    assert check(uncached) == ("temperror", "temperror")
