@@ -129,14 +129,17 @@ def build_rollups(data_dir: Path) -> str:
     return f"rollups built in {time.perf_counter() - started:.0f} s: {done}"
 
 
-def serve(data_dir: Path, work: Path, password_hash: str) -> tuple[subprocess.Popen[str], str]:
+def serve(
+    data_dir: Path, work: Path, password_hash: str, warm: bool = True
+) -> tuple[subprocess.Popen[str], str]:
     from tests.conftest import free_port, lanalyze_cmd
 
     port = free_port()
     config = work / "lanalyze.toml"
     config.write_text(
         f'[general]\ndata_dir = "{data_dir}"\n[flows]\nenabled = false\n[mail]\nenabled = false\n'
-        f'[web]\nlisten = "127.0.0.1:{port}"\n[[web.users]]\nname = "bench"\n'
+        f'[web]\nlisten = "127.0.0.1:{port}"\n{"" if warm else "warm_ranges = []"}\n'
+        '[[web.users]]\nname = "bench"\n'
         f'password_hash = "{password_hash}"\n'
     )
     proc = subprocess.Popen(
@@ -230,6 +233,9 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--no-warm", action="store_true", help="Measure with web.warm_ranges = [] (all cold)."
+    )
     args = parser.parse_args()
     data_dir = ROOT / "bench" / "out" / f"console-{args.flows}-{args.days}"
     marker = data_dir / "generated.json"
@@ -249,7 +255,11 @@ def main() -> None:
         print(f"reusing {data_dir} (generated {json.loads(marker.read_text())['now_ms']})")
         print(build_rollups(data_dir))  # catch up with the hours since
     with tempfile.TemporaryDirectory() as work:
-        proc, base = serve(data_dir, Path(work), hash_password("bench-password"))
+        proc, base = serve(
+            data_dir, Path(work), hash_password("bench-password"), warm=not args.no_warm
+        )
+        if not args.no_warm:
+            time.sleep(30)  # the first warming round, as on a server that runs for a while
         try:
             results = measure(base, args.runs)
         finally:
