@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lanalyze.log import get_logger
@@ -66,7 +67,7 @@ class AuthHook:
         try:
             verdict = await asyncio.wait_for(
                 self._impl.check(
-                    spool.path,
+                    Path(spool.path),
                     mail_from=envelope.mail_from,
                     helo=session.helo or "",
                     client_ip=envelope.client_ip,
@@ -96,7 +97,9 @@ class AuthHook:
         if sign is None:
             return ""
         try:
-            header = await sign(spool.path, user=user, from_domain=from_address.rpartition("@")[2])
+            header = await sign(
+                Path(spool.path), user=user, from_domain=from_address.rpartition("@")[2]
+            )
         except Exception:
             log.exception("mail.auth.sign_failed")
             return ""

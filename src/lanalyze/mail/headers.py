@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 MAX_FIELD = 500
@@ -20,9 +20,18 @@ MAX_FIELD = 500
 @dataclass
 class HeaderSummary:
     header_from: str = ""
-    from_addresses: list[str] = field(default_factory=list)
+    raw_from: str = ""
     subject: str = ""
     message_id: str = ""
+
+    @property
+    def from_addresses(self) -> list[str]:
+        """The addresses in From: (parsed only when needed: sender binding, signing)."""
+        try:
+            pairs = email.utils.getaddresses([self.raw_from]) if self.raw_from else []
+        except (ValueError, IndexError):
+            return []
+        return [addr for _, addr in pairs if "@" in addr]
 
 
 def sanitize(text: str, limit: int = MAX_FIELD) -> str:
@@ -56,11 +65,7 @@ def header_summary(head: bytes) -> HeaderSummary:
     summary = HeaderSummary()
     raw_from = wanted.get("from", "")
     summary.header_from = sanitize(_decode(raw_from))
-    try:
-        pairs = email.utils.getaddresses([raw_from]) if raw_from else []
-    except (ValueError, IndexError):
-        pairs = []
-    summary.from_addresses = [addr for _, addr in pairs if "@" in addr]
+    summary.raw_from = raw_from
     summary.subject = sanitize(_decode(wanted.get("subject", "")))
     summary.message_id = sanitize(wanted.get("message-id", ""))
     return summary

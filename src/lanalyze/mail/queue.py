@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -54,7 +55,7 @@ class QueueManager:
         self.delivery = delivery
         self.executor = executor
         self.record = record
-        self._pending: deque[Path] = deque()
+        self._pending: deque[str] = deque()
         self._known: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,11 +87,12 @@ class QueueManager:
                 await task
         self._tasks.clear()
 
-    def submit(self, path: Path) -> None:
-        if path.name in self._known or len(self._pending) >= MAX_PENDING_IN_MEMORY:
+    def submit(self, path: str | Path) -> None:
+        name = os.path.basename(path)
+        if name in self._known or len(self._pending) >= MAX_PENDING_IN_MEMORY:
             return
-        self._known.add(path.name)
-        self._pending.append(path)
+        self._known.add(name)
+        self._pending.append(str(path))
         self._wake.set()
 
     @property
@@ -116,7 +118,7 @@ class QueueManager:
                 for path in batch:
                     self._retry_later(path, 0)
             for path in batch:
-                self._known.discard(path.name)
+                self._known.discard(os.path.basename(path))
             for outcome in outcomes:
                 DELIVERIES.labels("local", outcome.status).inc()
                 if outcome.status == "delivered":
@@ -133,17 +135,18 @@ class QueueManager:
             except Exception:
                 log.exception("mail.index.status_failed")
 
-    def _retry_later(self, path: Path, attempts: int) -> None:
+    def _retry_later(self, path: str | Path, attempts: int) -> None:
+        name = os.path.basename(path)
         delay = min(self.config.retry_max, self.config.retry_min * 2 ** max(0, attempts - 1))
-        old = self._timers.pop(path.name, None)
+        old = self._timers.pop(name, None)
         if old is not None:
             old.cancel()
 
         def fire() -> None:
-            self._timers.pop(path.name, None)
+            self._timers.pop(name, None)
             self.submit(path)
 
-        self._timers[path.name] = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, fire)
 
     async def _scanner(self) -> None:
         loop = asyncio.get_running_loop()

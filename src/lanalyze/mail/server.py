@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import multiprocessing
+import os
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -88,13 +90,14 @@ class MailServer:
         self.config = config
         self.hostname = general.hostname
         self.layout = Layout(general.data_path)
+        self.active_dir = str(self.layout.q("active"))
         self.directory = Directory(config)
         self.auth = AuthHook(config, general.hostname)
         self._servers: list[asyncio.Server] = []
         self._connections: set[SMTPConnection] = set()
         self._per_client: dict[str, int] = {}
         self._disk: ThreadPoolExecutor | None = None
-        self._delivery_pool: ThreadPoolExecutor | None = None
+        self._delivery_pool: Executor | None = None
         self.index: MessageIndex | None = None
         self.committer: Committer | None = None
         self.queue: QueueManager | None = None
@@ -106,7 +109,11 @@ class MailServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="mail-disk")
-        self._delivery_pool = ThreadPoolExecutor(2, thread_name_prefix="mail-deliver")
+        # Delivery runs in its own process: its file work and Python parts then use the
+        # other core instead of contending for the GIL with the SMTP sessions.
+        self._delivery_pool = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("forkserver")
+        )
         await loop.run_in_executor(self._disk, self.layout.create)
         self.index = await loop.run_in_executor(self._disk, MessageIndex, self.layout.index)
         syncer = Syncer(self.config.sync)
@@ -416,7 +423,7 @@ class SMTPConnection(asyncio.Protocol):
             self.listener.messages.inc()
             self.listener.bytes.inc(spool.length)
             assert self.server.queue is not None
-            self.server.queue.submit(self.server.layout.q("active") / queue_id)
+            self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
         else:
             await self._discard(spool)
         self._resume(reply)
@@ -428,8 +435,9 @@ class SMTPConnection(asyncio.Protocol):
             await self._flushing
         server = self.server
         summary = header_summary(bytes(spool.head))
+        from_addresses = summary.from_addresses if session.user is not None else []
         if session.user is not None:
-            for address in summary.from_addresses:
+            for address in from_addresses:
                 if not server.directory.may_send_as(session.user, address):
                     return R_HEADER_FROM_NOT_YOURS
         local: dict[str, list[str]] = {}
@@ -469,8 +477,8 @@ class SMTPConnection(asyncio.Protocol):
                 envelope.auth = verdict.data
                 envelope.extra["strip_ranges"] = verdict.strip_ranges
                 prepend = verdict.header + prepend
-            if session.user is not None and summary.from_addresses:
-                signature = await server.auth.sign(spool, session.user, summary.from_addresses[0])
+            if session.user is not None and from_addresses:
+                signature = await server.auth.sign(spool, session.user, from_addresses[0])
                 prepend = signature + prepend
         envelope.prepend = prepend
         assert server.committer is not None

@@ -77,8 +77,9 @@ class MaildirDelivery:
             self._known.add(path)
         return path
 
-    def deliver_batch(self, paths: list[Path]) -> list[Outcome]:
+    def deliver_batch(self, names: list[str]) -> list[Outcome]:
         """Deliver each queue file; fsync the touched directories once; then dequeue."""
+        paths = [Path(name) for name in names]
         staged: list[tuple[Path, Envelope, int, Outcome]] = []
         dirs: set[Path] = set()
         renames: list[tuple[Path, Path]] = []

@@ -15,6 +15,7 @@ accept header syntax (comments, folding) that is not SMTP syntax and give no rel
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_PATH = 512
@@ -76,11 +77,8 @@ def parse_path(raw: str, *, allow_null: bool) -> Path:
         if allow_null:
             return Path("", "", "")
         raise AddressError("null address not allowed here")
-    for char in raw:
-        if char < " " or char == "\x7f":
-            raise AddressError("control character in address")
-        if "\udc80" <= char <= "\udcff":
-            raise AddressError("address is not UTF-8")  # surrogateescape'd bytes
+    if not raw.isprintable():  # control characters, and surrogate-escaped non-UTF-8 bytes
+        raise AddressError("control character or invalid UTF-8 in address")
     source_route = False
     if raw.startswith("@"):
         # RFC 5321 §4.1.1.11 / Appendix C: "@a,@b:user@c"; servers SHOULD ignore the route.
@@ -132,12 +130,15 @@ def _closing_quote(raw: str) -> int:
     raise AddressError("unbalanced quotes")
 
 
+_DOMAIN = re.compile(r"[\w.-]+")  # \w: letters and digits of any script (RFC 6531), "_"
+
+
 def _domain_ok(domain: str) -> bool:
     if domain.startswith("["):
         return domain.endswith("]") and len(domain) > 2
     if len(domain) > 255 or ".." in domain or domain.startswith(".") or domain.endswith("."):
         return False
-    return all(c.isalnum() or c in "-._" or ord(c) > 127 for c in domain)
+    return _DOMAIN.fullmatch(domain) is not None
 
 
 def parse_params(text: str) -> dict[str, str]:
