@@ -15,6 +15,9 @@ from lanalyze.configbase import ListenAddress, Section
 Action = Literal["reject", "quarantine", "tag"]
 """What to do with a message: 550 5.7.1 before the 250, the Junk folder, or only the header."""
 
+DmarcAction = Literal["honour", "reject", "quarantine", "tag"]
+"""An action, or ``honour``: do what the domain's published policy asks."""
+
 
 class SigningKey(Section):
     domain: str = Field(
@@ -80,12 +83,12 @@ class AuthConfig(Section):
         description="Result of a valid DKIM signature whose `l=` leaves body content unsigned: "
         "`policy` (not counted for DMARC) or `pass` (flagged only).",
     )
-    on_dmarc_reject: Action | Literal["honour"] = Field(
+    on_dmarc_reject: DmarcAction = Field(
         default="honour",
         description="A DMARC failure whose domain publishes p=reject: `honour` rejects "
         "(after `pct` sampling), or force `reject`, `quarantine`, `tag`.",
     )
-    on_dmarc_quarantine: Action | Literal["honour"] = Field(
+    on_dmarc_quarantine: DmarcAction = Field(
         default="honour",
         description="A DMARC failure whose domain publishes p=quarantine: `honour` "
         "quarantines (after `pct`), or force `reject`, `quarantine`, `tag`.",
