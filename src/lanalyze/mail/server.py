@@ -79,6 +79,15 @@ class Listener:
         self.open = metrics.OPEN_CONNECTIONS.labels(self.kind)
         self.messages = metrics.MESSAGES.labels(self.kind)
         self.bytes = metrics.BYTES.labels(self.kind)
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def counter(self, family: Any, label: str) -> Any:
+        """``family.labels(kind, label)``, resolved once (the label sets are bounded)."""
+        key = (id(family), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self.kind, label)
+        return child
 
 
 class MailServer:
@@ -555,11 +564,11 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
-        kind = self.listener.kind
+        listener = self.listener
         for command, count in session.commands.items():
-            metrics.COMMANDS.labels(kind, command).inc(count)
+            listener.counter(metrics.COMMANDS, command).inc(count)
         for reason, count in session.rejections.items():
-            metrics.REJECTIONS.labels(kind, reason).inc(count)
+            listener.counter(metrics.REJECTIONS, reason).inc(count)
         if session.rejections:
             self._warn("smtp.session_errors", ",".join(sorted(session.rejections)))
         session.commands.clear()

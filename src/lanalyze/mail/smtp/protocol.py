@@ -57,10 +57,30 @@ class Reply:
     text: str  # "5.7.1 Relay access denied"; several lines separated by "\n"
 
     def encode(self) -> bytes:
+        cached = _ENCODED.get(self)
+        if cached is not None:
+            return cached
         lines = self.text.split("\n")
         out = [f"{self.code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{self.code} {lines[-1]}\r\n")
         return "".join(out).encode("utf-8", "surrogateescape")
+
+
+_ENCODED: dict[Reply, bytes] = {}
+
+
+def _const(code: int, text: str) -> Reply:
+    """A fixed reply, encoded once (the per-message replies are on the hot path)."""
+    reply = Reply(code, text)
+    _ENCODED[reply] = reply.encode()
+    return reply
+
+
+R_MAIL_OK = _const(250, "2.1.0 Ok")
+R_RCPT_OK = _const(250, "2.1.5 Ok")
+R_OK = _const(250, "2.0.0 Ok")
+R_GO_AHEAD = _const(354, "End data with <CR><LF>.<CR><LF>")
+R_BYE = _const(221, "2.0.0 Bye")
 
 
 class Event:
@@ -153,11 +173,11 @@ class SessionOptions:
     limits: Limits = field(default_factory=Limits)
 
 
-R_BARE_NEWLINE = Reply(521, "5.5.2 Error: bare CR or LF received")
-R_LINE_TOO_LONG = Reply(500, "5.5.2 Error: line too long")
-R_TOO_MANY_ERRORS = Reply(421, "4.7.0 Error: too many errors")
-R_NEED_HELO = Reply(503, "5.5.1 Error: send HELO/EHLO first")
-R_TOO_BIG = Reply(552, "5.3.4 Error: message too big")
+R_BARE_NEWLINE = _const(521, "5.5.2 Error: bare CR or LF received")
+R_LINE_TOO_LONG = _const(500, "5.5.2 Error: line too long")
+R_TOO_MANY_ERRORS = _const(421, "4.7.0 Error: too many errors")
+R_NEED_HELO = _const(503, "5.5.1 Error: send HELO/EHLO first")
+R_TOO_BIG = _const(552, "5.3.4 Error: message too big")
 _HANDLED = b"\0handled"  # _line(): the bytes were consumed and already answered
 COMMANDS = frozenset(
     [
@@ -465,7 +485,7 @@ class SMTPSession:
             return
         self.mail_from = path
         self.mail_params = params
-        self._reply(Reply(250, "2.1.0 Ok"))
+        self._reply(R_MAIL_OK)
 
     def _check_mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
         for key, value in params.items():
@@ -512,7 +532,7 @@ class SMTPSession:
             self._reply(rejected, reason)
             return
         self.recipients.append(path)
-        self._reply(Reply(250, "2.1.5 Ok"))
+        self._reply(R_RCPT_OK)
 
     def _transaction_ready(self) -> bool:
         if self.mail_from is None:
@@ -534,7 +554,7 @@ class SMTPSession:
             return
         assert self.mail_from is not None
         self._events.append(MessageBegin(self.mail_from, list(self.recipients), self.mail_params))
-        self._reply(Reply(354, "End data with <CR><LF>.<CR><LF>"))
+        self._reply(R_GO_AHEAD)
         self.state = State.DATA
 
     def _cmd_bdat(self, arg: str) -> None:
@@ -669,13 +689,13 @@ class SMTPSession:
         if self._bdat_active:
             self._events.append(MessageAbort("rset"))
         self._reset_transaction()
-        self._reply(Reply(250, "2.0.0 Ok"))
+        self._reply(R_OK)
 
     def _cmd_noop(self, arg: str) -> None:
-        self._reply(Reply(250, "2.0.0 Ok"))
+        self._reply(R_OK)
 
     def _cmd_quit(self, arg: str) -> None:
-        self._out.append(Reply(221, "2.0.0 Bye").encode())
+        self._out.append(R_BYE.encode())
         if self._bdat_active:
             self._events.append(MessageAbort("quit"))
         self.state = State.CLOSED
