@@ -76,7 +76,7 @@ other_answers = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(spf_records | st.binary(max_size=40), max_size=3), other_answers, st.text(max_size=20)
 )
@@ -109,7 +109,7 @@ key_records = st.sampled_from(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.lists(key_records | st.binary(max_size=60), max_size=2),
     st.integers(min_value=0, max_value=2000),
