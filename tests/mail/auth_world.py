@@ -87,6 +87,12 @@ def zones() -> dict[str, str | None]:
                 f"two TXT {txt('v=spf1 -all')}\ntwo TXT {txt('v=spf1 +all')}",
                 'nospf TXT "just a text record"',
                 f"tempinc TXT {txt('v=spf1 include:servfail.test -all')}",
+                f"v6 TXT {txt('v=spf1 ip6:2001:db8:10::/48 -all')}",
+                f"redirect TXT {txt('v=spf1 redirect=fail.spf.test')}",
+                f"macro TXT {txt('v=spf1 exists:%{l}.allowed.spf.test -all')}",
+                f"bob.allowed A {GOOD_IP}",
+                f"viamx TXT {txt('v=spf1 mx -all')}",
+                "viamx MX 10 host.spf.test.",
             ]
         ),
         "toomany.test": f"@ TXT {txt('v=spf1 include:l0.toomany.test -all')}\n{too_many}",

@@ -44,6 +44,13 @@ def spf(server: KnotServer, mail_from: str, ip: str, helo: str = "client.test") 
         ("x@two.spf.test", STRANGER_IP, "permerror"),
         ("x@toomany.test", STRANGER_IP, "permerror"),
         ("x@void.spf.test", STRANGER_IP, "permerror"),
+        ("x@v6.spf.test", "2001:db8:10::25", "pass"),
+        ("x@v6.spf.test", "2001:db8:99::25", "fail"),
+        ("x@redirect.spf.test", GOOD_IP, "pass"),
+        ("x@redirect.spf.test", STRANGER_IP, "fail"),
+        ("bob@macro.spf.test", STRANGER_IP, "pass"),  # exists:%{l}.allowed...
+        ("eve@macro.spf.test", STRANGER_IP, "fail"),
+        ("x@viamx.spf.test", STRANGER_IP, "pass"),  # the MX host's A record
     ],
 )
 def test_spf_results(dns_server: KnotServer, mail_from: str, ip: str, expected: str) -> None:
