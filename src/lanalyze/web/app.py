@@ -37,7 +37,7 @@ log = get_logger(__name__)
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = Path("~/.local/share/lanalyze")
 WARM_DELAY = 5.0
-WARM_INTERVAL = 60.0
+WARM_INTERVAL = 30.0
 
 
 async def metrics_endpoint(request: Request) -> Response:

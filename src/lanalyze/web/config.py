@@ -73,7 +73,7 @@ class WebConfig(Section):
 
     warm_ranges: list[RangeName] = Field(
         default_factory=lambda: list(DEFAULT_WARM_RANGES),
-        description="Dashboard ranges answered in the background every minute, so a first "
+        description="Dashboard ranges answered in the background (checked every 30 s), so a first "
         "visit finds them ready; [] turns this off.",
     )
 

@@ -99,12 +99,18 @@ class AnswerCache:
 
 CACHE = AnswerCache()
 HOUR_TTL = 300.0
+FIVE_MINUTE_TTL = 120.0
 
 
 def _cached(name: str, compute: Callable[[], T], data_dir: Path, window: Window, *key: Any) -> T:
-    # A window ending on a whole hour is asked again for an hour (a week or a month of
-    # traffic); new flows only change its last hour, a little, so it may be older.
-    ttl = HOUR_TTL if window.until % 3_600_000 == 0 else None
+    # A window ending on a whole hour (or 5 minutes) is asked again until the next one; new
+    # flows change only its last part, a little, so its answer may be a bit older.
+    if window.until % 3_600_000 == 0:
+        ttl: float | None = HOUR_TTL
+    elif window.until % 300_000 == 0:
+        ttl = FIVE_MINUTE_TTL
+    else:
+        ttl = None
     return CACHE.get_or_compute((name, data_dir, window, *key), compute, ttl)
 
 

@@ -46,7 +46,7 @@ RANGES: dict[str, tuple[str, int]] = {
     "30d": ("Last 30 days", 30 * 86400),
 }
 DEFAULT_RANGE = "1h"
-ALIGN_MS = {"24h": 60_000, "7d": 3_600_000, "30d": 3_600_000}
+ALIGN_MS = {"24h": 300_000, "7d": 3_600_000, "30d": 3_600_000}
 # Chart buckets the rollups hold whole (None: the reports layer picks one for the range).
 SERIES_BUCKET = {"7d": "1h", "30d": "1d"}
 # Reports only raw flows can answer (no rollup keeps address pairs): beyond this span they load
@@ -151,9 +151,9 @@ def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
     if choice not in RANGES:
         choice = DEFAULT_RANGE
     seconds = RANGES[choice][1]
-    # Long ranges end at a whole minute (a day or more) or hour (a week or more): the rollups
-    # answer them without touching raw flows, and the same window (and its cached answer)
-    # holds until the next minute or hour.
+    # Long ranges end on a whole 5 minutes (a day) or hour (a week or more), like the
+    # intervals of Scrutinizer's long reports: the rollups answer them without touching raw
+    # flows, and the same window (and its cached answer) holds until the next boundary.
     align = ALIGN_MS.get(choice, 1)
     until = now_ms - now_ms % align
     since = until - seconds * 1000
