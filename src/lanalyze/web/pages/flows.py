@@ -466,11 +466,16 @@ async def interface_page(request: Request) -> Response:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
             "utilisation": lambda: flowreports.interface_series(
-                data_dir, window, exporter, ifindex
+                data_dir, window, exporter, ifindex, bucket=view.bucket
             ),
             "peers_by_ip": lambda: flowreports.top(data_dir, window, "ip", view.order, TOP_N),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
-            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+            # The filter language has no exporter term: keep this exporter's flows here.
+            "flows": lambda: [
+                flow
+                for flow in flowreports.flows(data_dir, window, FLOW_LIMIT * 4)
+                if flow["exporter"] == exporter
+            ][:FLOW_LIMIT],
         }
 
     return await _run_page(
