@@ -362,3 +362,27 @@ def test_a_dead_worker_is_replaced_and_counters_do_not_go_back(
 
     assert asyncio.run(scenario()) == 60
     assert stored(data_dir) == 60
+
+
+def test_configured_sampling_rate_is_stored_with_the_flows(data_dir: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    config = FlowsConfig(
+        listen=[f"127.0.0.1:{port}"],
+        workers=1,
+        flush_interval=0.2,
+        sampling_rates={"127.0.0.1": 100, "192.0.2.1": 5},
+    )
+
+    async def scenario() -> None:
+        collector = FlowCollector(config, data_dir)
+        await collector.start()
+        try:
+            await asyncio.to_thread(send, port, [v5_datagram(0, 0, 10)])
+            await asyncio.to_thread(wait_until, lambda: stored(data_dir) == 10, 15)
+        finally:
+            await collector.stop()
+
+    asyncio.run(scenario())
+    # The v5 header announces no sampling: the configured rate applies; raw counters kept.
+    assert stored(data_dir, "min(sampling_rate)") == stored(data_dir, "max(sampling_rate)") == 100
+    assert stored(data_dir, "sum(packets)") == 30
