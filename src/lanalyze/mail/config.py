@@ -140,6 +140,13 @@ class MailConfig(Section):
         description="How accepted messages and Maildir deliveries are made durable: one "
         "syncfs(2) per group-commit batch, or an fsync per file.",
     )
+    acceptors: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="SMTP processes sharing the listeners (SO_REUSEPORT); more than one "
+        "spreads sessions over cores.",
+    )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig,

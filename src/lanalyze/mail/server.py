@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
+from lanalyze.mail.acceptors import die_with_parent
 from lanalyze.mail.authhook import AuthHook
 from lanalyze.mail.cleanup import Committer, Spool, new_queue_id
 from lanalyze.mail.config import MailConfig
@@ -95,7 +96,9 @@ class MailServer:
 
     name = "mail"
 
-    def __init__(self, config: MailConfig, general: GeneralConfig) -> None:
+    def __init__(self, config: MailConfig, general: GeneralConfig, *, role: str = "main") -> None:
+        self.role = role  # "main", or "acceptor": sessions and cleanup only (acceptors.py)
+        self.general = general
         self.config = config
         self.hostname = general.hostname
         self.layout = Layout(general.data_path)
@@ -112,33 +115,38 @@ class MailServer:
         self.queue: QueueManager | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
+        self._acceptors: list[Any] = []
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="mail-disk")
-        # Delivery runs in its own process: its file work and Python parts then use the
-        # other core instead of contending for the GIL with the SMTP sessions.
-        self._delivery_pool = ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("forkserver")
-        )
         await loop.run_in_executor(self._disk, self.layout.create)
         self.index = await loop.run_in_executor(self._disk, MessageIndex, self.layout.index)
         syncer = Syncer(self.config.sync)
         self.committer = Committer(
             self.layout, self._disk, self.index.record_accepted, syncer=syncer
         )
-        self.queue = QueueManager(
-            self.config.queue,
-            self.layout,
-            MaildirDelivery(self.layout, syncer),
-            self._delivery_pool,
-            self._record_outcomes,
-        )
+        if self.role == "main":
+            # Delivery runs in its own process: its file work and Python parts then use the
+            # other core instead of contending for the GIL with the SMTP sessions.
+            self._delivery_pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent,
+            )
+            self.queue = QueueManager(
+                self.config.queue,
+                self.layout,
+                MaildirDelivery(self.layout, syncer),
+                self._delivery_pool,
+                self._record_outcomes,
+            )
         await self.auth.start()
         await self.committer.start()
-        await self.queue.start()
+        if self.queue is not None:
+            await self.queue.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="mail-timeouts")
         tls = self._ssl_context()
         limits = Limits(
@@ -169,7 +177,9 @@ class MailServer:
         ]
         for key, listener, addresses in groups:
             for number, address in enumerate(addresses):
-                sock = bind_socket(address, f"mail.{key}[{number}]")
+                sock = bind_socket(
+                    address, f"mail.{key}[{number}]", reuse_port=self.config.acceptors > 1
+                )
                 server = await loop.create_server(
                     lambda listener=listener: SMTPConnection(self, listener, tls),
                     sock=sock,
@@ -178,9 +188,18 @@ class MailServer:
                 )
                 self._servers.append(server)
                 self.addresses.setdefault(listener.kind, []).append(sock.getsockname()[:2])
+        if self.role == "main" and self.config.acceptors > 1:
+            from lanalyze.mail.acceptors import spawn_acceptors
+
+            self._acceptors = spawn_acceptors(self, self.config.acceptors - 1)
         log.info("mail.started", extra={"listeners": self.addresses})
 
     async def stop(self) -> None:
+        if self._acceptors:
+            from lanalyze.mail.acceptors import stop_acceptors
+
+            await asyncio.to_thread(stop_acceptors, self._acceptors)
+            self._acceptors = []
         for server in self._servers:
             server.close()
         for connection in list(self._connections):
@@ -431,8 +450,8 @@ class SMTPConnection(asyncio.Protocol):
         if reply.code == 250:
             self.listener.messages.inc()
             self.listener.bytes.inc(spool.length)
-            assert self.server.queue is not None
-            self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+            if self.server.queue is not None:  # acceptors: the main process's scan finds it
+                self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
         else:
             await self._discard(spool)
         self._resume(reply)

@@ -1,0 +1,91 @@
+"""Extra SMTP acceptor processes (``mail.acceptors > 1``) sharing the listeners.
+
+Each acceptor is a :class:`~lanalyze.mail.server.MailServer` in the ``acceptor`` role: SMTP
+sessions, the authentication checks and cleanup's group commit into ``queue/active/`` (the
+same durability rule: the 250 follows the flush), but no queue manager and no delivery; the
+main process's queue scan (``mail.queue.scan_interval``) picks their queue files up. The
+kernel spreads connections over the processes (``SO_REUSEPORT``), so sessions use every core
+instead of one event loop's thread. Acceptors (and the delivery worker) are spawned children
+of the main process with ``PR_SET_PDEATHSIG``, so a ``kill -9`` of ``lanalyze serve`` leaves
+no listener or worker behind.
+
+Limitation: counters of the extra acceptors are not yet merged into the main process's
+``/metrics``; connection limits apply per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import signal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lanalyze.mail.server import MailServer
+
+PR_SET_PDEATHSIG = 1
+
+
+def _listen_exact(addresses: list[tuple[str, int]]) -> list[str]:
+    return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in addresses]
+
+
+def spawn_acceptors(server: MailServer, count: int) -> list[Any]:
+    config = server.config.model_dump(mode="json")
+    # Port 0 means "whatever the main process got": bind exactly those ports.
+    config["listen"] = _listen_exact(server.addresses.get("mta", []))
+    config["submission_listen"] = _listen_exact(server.addresses.get("submission", []))
+    config["smtps_listen"] = _listen_exact(server.addresses.get("smtps", []))
+    general = server.general.model_dump(mode="json")
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for number in range(count):
+        process = context.Process(
+            target=run_acceptor, args=(config, general), name=f"mail-acceptor-{number}"
+        )
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def stop_acceptors(processes: list[Any]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=15)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def die_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the process that started us dies (even by
+    SIGKILL), so no worker or acceptor outlives ``lanalyze serve``."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_acceptor(config_data: dict[str, Any], general_data: dict[str, Any]) -> None:
+    die_with_parent()
+    from lanalyze.config import GeneralConfig
+    from lanalyze.log import setup_logging
+    from lanalyze.mail.config import MailConfig
+    from lanalyze.mail.server import MailServer
+    from lanalyze.serve import run_loop
+
+    general = GeneralConfig.model_validate(general_data)
+    setup_logging(general.log_format, general.log_level)
+    server = MailServer(MailConfig.model_validate(config_data), general, role="acceptor")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    run_loop(main())
