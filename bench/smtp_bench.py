@@ -5,7 +5,8 @@ Measures messages per second accepted durably (each on disk, fsynced, before its
 (connection reused), then memory with 1,000 idle connections open. Postfix runs as a
 private instance (its own config and queue directory under a temporary directory, listening
 on a loopback port, delivering to ``discard``); nothing system-wide is touched. lanalyze
-runs ``lanalyze serve`` with only the mail component, delivering into a real Maildir.
+runs ``lanalyze serve`` with only the mail component (``mail.acceptors = 2``: one SMTP process
+per core), delivering into a real Maildir.
 
 Usage: .venv/bin/python bench/smtp_bench.py [--messages 10000] [--runs 3]
 Needs root for Postfix (it drops privileges to the ``postfix`` user).
@@ -160,8 +161,9 @@ class Postfix:
 
 
 class Lanalyze:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, acceptors: int) -> None:
         self.base = base
+        self.acceptors = acceptors
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -184,6 +186,9 @@ domains = ["bench.test"]
 mailboxes = ["sink@bench.test"]
 max_connections_per_client = 2000
 max_connections = 2000
+acceptors = {self.acceptors}
+[mail.queue]
+scan_interval = 0.5
 [mail.auth]
 enabled = false
 """
@@ -225,6 +230,11 @@ def postfix_pids(master: int) -> list[int]:
     return [master, *(int(p) for p in out.split())]
 
 
+def lanalyze_pids(main: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
+    return [main, *(int(p) for p in out.split())]
+
+
 def idle_memory(port: int, pids: list[int] | None, count: int = 1000) -> tuple[int, int]:
     """RSS (KiB) before and with ``count`` idle connections open (each greeted)."""
     before = rss_kib(pids or [])
@@ -247,6 +257,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument(
+        "--acceptors", type=int, default=2, help="mail.acceptors (one per core here)"
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "postfix"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
@@ -256,7 +269,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o755)  # Postfix's daemons run as the postfix user
-        with Postfix(base / "postfix") as postfix, Lanalyze(base / "lanalyze") as ours:
+        with (
+            Postfix(base / "postfix") as postfix,
+            Lanalyze(base / "lanalyze", args.acceptors) as ours,
+        ):
             for _ in range(args.runs):
                 for reuse in (False, True):
                     for name, port in (("postfix", postfix.port), ("lanalyze", ours.port)):
@@ -265,7 +281,7 @@ def main() -> None:
                         print(f"{name:9} {'-d' if reuse else 'new conn':8} {rate:8.0f} msg/s")
             memory["postfix"] = idle_memory(postfix.port, postfix_pids(postfix.master_pid()))
             assert ours.proc is not None
-            memory["lanalyze"] = idle_memory(ours.port, [ours.proc.pid])
+            memory["lanalyze"] = idle_memory(ours.port, lanalyze_pids(ours.proc.pid))
     print()
     print(f"smtp-source -s 20 -m {args.messages} -l 4096, median of {args.runs} runs (msg/s):")
     print(f"{'mode':22} {'postfix':>9} {'lanalyze':>9} {'ratio':>6}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import smtplib
+from pathlib import Path
 
-from tests.mail.conftest import RunningServer
+import pytest
+
+from tests.mail.conftest import RunningServer, run_server
 
 
 def test_smtplib_message_is_queued_and_delivered(mail_server: RunningServer) -> None:
@@ -23,3 +26,63 @@ def test_smtplib_message_is_queued_and_delivered(mail_server: RunningServer) -> 
         b"Received: from client.test ([127.0.0.1])\n\tby mx.example.test (lanalyze) with ESMTP"
     )
     assert message.endswith(b"Subject: hello\n\n.line\nbody\n")
+
+
+class FakeVerdict:
+    def __init__(self, action: str, message: bytes) -> None:
+        self.action = action
+        self.reason = "DMARC policy of forged.test says reject"
+        self.header = b"Authentication-Results: mx.example.test; dmarc=fail\r\n"
+        start = message.find(b"Authentication-Results: mx.example.test; forged")
+        end = message.find(b"\r\n", start) + 2
+        self.strip_headers = [(start, end)] if start >= 0 else []
+
+    def as_dict(self) -> dict[str, object]:
+        return {"action": self.action, "dmarc": {"result": "fail"}}
+
+
+class FakeAuthenticator:
+    """Stands in for lanalyze.mail.auth: the verdict comes from the Subject line."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    async def check(self, message_path, **envelope):  # type: ignore[no-untyped-def]
+        message = Path(message_path).read_bytes()
+        self.calls.append(envelope)
+        action = "reject" if b"Subject: reject" in message else "quarantine"
+        return FakeVerdict(action, message)
+
+    async def stop(self) -> None:
+        return None
+
+
+def test_auth_hook_reject_quarantine_and_stripping(data_dir: Path) -> None:
+    with run_server(data_dir) as running:
+        fake = FakeAuthenticator()
+
+        def install() -> None:
+            running.server.auth._impl = fake
+            running.server.auth.enabled = True
+
+        running.call(install)
+        with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(
+                    "x@forged.test", ["alice@example.test"], b"Subject: reject\r\n\r\nx\r\n"
+                )
+            assert refused.value.smtp_code == 550
+            assert refused.value.smtp_error.startswith(b"5.7.1 DMARC policy")
+            client.sendmail(
+                "x@forged.test",
+                ["alice@example.test"],
+                b"Authentication-Results: mx.example.test; forged=pass\r\n"
+                b"Subject: suspicious\r\n\r\nbody\r\n",
+            )
+        [junk] = running.wait_delivered(1, folder=".Junk")
+        assert running.messages() == []
+        assert b"Authentication-Results: mx.example.test; dmarc=fail\n" in junk
+        assert b"forged=pass" not in junk
+        assert (running.maildirs / "alice@example.test" / ".Junk" / "maildirfolder").exists()
+        assert fake.calls[0]["mail_from"] == "x@forged.test"
+        assert fake.calls[0]["rcpt_to"] == ["alice@example.test"]
