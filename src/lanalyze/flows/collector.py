@@ -47,6 +47,7 @@ EXPORTERS_WRITE_INTERVAL = 2.0
 WORKER_START_TIMEOUT = 60.0
 WORKER_STOP_TIMEOUT = 8.0
 RESPAWN_MIN_SECONDS = 10.0
+AUTO_WORKERS_MAX = 8
 
 
 def _log_settings() -> tuple[Literal["kv", "json"], str]:
@@ -99,7 +100,9 @@ class FlowCollector:
 
     @property
     def worker_count(self) -> int:
-        return self.config.workers or os.cpu_count() or 1
+        # Automatic: one per core, but each worker's socket may hold flows.receive_buffer of
+        # kernel memory, so a large machine does not get dozens by default.
+        return self.config.workers or min(os.cpu_count() or 1, AUTO_WORKERS_MAX)
 
     # -- start -------------------------------------------------------------------------------
 

@@ -79,7 +79,8 @@ class FlowsConfig(Section):
         ge=0,
         le=64,
         description="Receive/decode/store worker processes sharing each listen address with "
-        "SO_REUSEPORT (0: one per CPU core). The kernel keeps each exporter on one worker.",
+        "SO_REUSEPORT (0: one per CPU core, at most 8). The kernel keeps each exporter on "
+        "one worker.",
     )
     flush_interval: float = Field(
         default=1.0,
