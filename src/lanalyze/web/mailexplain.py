@@ -46,18 +46,30 @@ def explain(auth: dict[str, Any] | None) -> list[Finding]:
                 "This message was not checked (authentication checks were off when it arrived).",
             )
         ]
-    details = auth.get("details") or {}
-    findings = [_spf(auth.get("spf", "none"), details)]
-    findings += _dkim(auth.get("dkim", "none"), details)
-    findings.append(_dmarc(auth.get("dmarc", "none"), details))
-    arc = _arc(auth.get("arc", "none"), details)
+    details = auth.get("details")
+    if not isinstance(details, dict):
+        details = {}
+    findings = [_spf(_word(auth.get("spf")), details)]
+    findings += _dkim(_word(auth.get("dkim")), details)
+    findings.append(_dmarc(_word(auth.get("dmarc")), details))
+    arc = _arc(_word(auth.get("arc")), details)
     if arc is not None:
         findings.append(arc)
     return findings
 
 
+def _word(value: Any) -> str:
+    """A stored result word; anything else (an older or damaged record) reads as none."""
+    return value if isinstance(value, str) and value else "none"
+
+
+def _part(details: dict[str, Any], name: str) -> dict[str, Any]:
+    value = details.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _spf(word: str, details: dict[str, Any]) -> Finding:
-    spf = details.get("spf") or {}
+    spf = _part(details, "spf")
     domain = spf.get("domain") or _domain(str(details.get("mail_from", ""))) or "the sender domain"
     ip = details.get("client_ip") or "the sending server"
     texts = {
@@ -85,7 +97,7 @@ def _spf(word: str, details: dict[str, Any]) -> Finding:
 
 
 def _dkim(word: str, details: dict[str, Any]) -> list[Finding]:
-    signatures = details.get("dkim") or []
+    signatures = [s for s in details.get("dkim") or [] if isinstance(s, dict)]
     if not signatures or word == "none":
         return [Finding("DKIM", "none", "note", "The message carries no DKIM signature.")]
     findings = []
@@ -118,7 +130,7 @@ def _dkim(word: str, details: dict[str, Any]) -> list[Finding]:
 
 
 def _dmarc(word: str, details: dict[str, Any]) -> Finding:
-    dmarc = details.get("dmarc") or {}
+    dmarc = _part(details, "dmarc")
     domain = dmarc.get("from_domain") or "the From: domain"
     policy = dmarc.get("policy") or ""
     if word == "pass":
@@ -159,7 +171,7 @@ def _policy_words(policy: str) -> str:
 def _arc(word: str, details: dict[str, Any]) -> Finding | None:
     if word in ("none", ""):
         return None
-    arc = details.get("arc") or {}
+    arc = _part(details, "arc")
     sealers = ", ".join(str(s) for s in arc.get("sealers") or []) or "intermediaries"
     if word == "pass":
         return Finding(
@@ -183,11 +195,13 @@ def warnings(
     message looks forged."""
     items: list[str] = []
     forged = False
+    flags = auth.get("flags") if auth else None
+    flags = [str(f) for f in flags] if isinstance(flags, list) else []
     if auth:
         if auth.get("dmarc") == "fail":
             forged = True
             items.append("DMARC failed: the From: line is not vouched for by its domain.")
-        for flag in auth.get("flags") or []:
+        for flag in flags:
             if flag == "local_domain_claimed_from_outside":
                 forged = True
             items.append(FLAG_TEXT.get(flag, flag))

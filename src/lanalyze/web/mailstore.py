@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import email
+import email.header
 import email.policy
 import email.utils
 import json
@@ -25,7 +26,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -326,41 +327,62 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    headers = [(str(name), _header_text(value)) for name, value in message.items()]
+    """Headers, text and HTML parts and attachments of a message, for display.
+
+    The standard library's parser does not raise on malformed messages, but its header
+    objects can raise when read (a group where an address was expected, broken encoded
+    words), so headers are taken raw and decoded here, and every part is read on its own: a
+    part that cannot be read is listed as such, never an error for the page.
+    """
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    headers = [(str(name), _decoded(value)) for name, value in message.items()]
     parsed = ParsedMessage(headers)
-    parsed.header_from = [addr for _, addr in email.utils.getaddresses(message.get_all("From", []))]
-    parsed.header_to = [
-        addr
-        for _, addr in email.utils.getaddresses(
-            [*message.get_all("To", []), *message.get_all("Cc", [])]
-        )
-    ]
+    parsed.header_from = _addresses(message.get_all("From", []))
+    parsed.header_to = _addresses([*message.get_all("To", []), *message.get_all("Cc", [])])
     for part in message.walk():
-        if part.is_multipart():
-            continue
-        content_type = part.get_content_type()
-        filename = part.get_filename() or ""
-        disposition = part.get_content_disposition()
-        payload = part.get_payload(decode=True)
-        size = len(payload) if isinstance(payload, bytes) else 0
-        if disposition == "attachment" or filename or not content_type.startswith("text/"):
-            parsed.attachments.append(Part(content_type, filename or "(unnamed)", size, "", True))
-            continue
         try:
-            text = part.get_content()
-        except (LookupError, UnicodeError, ValueError):
-            text = (payload or b"").decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-        if content_type == "text/html":
-            parsed.html_parts.append(str(text))
-        else:
-            parsed.text_parts.append(str(text))
+            _add_part(parsed, part)
+        except Exception:  # the peer's malformed part: list it, go on
+            parsed.attachments.append(Part("application/octet-stream", "(unreadable part)", 0))
     return parsed
 
 
-def _header_text(value: Any) -> str:
+def _add_part(parsed: ParsedMessage, part: Message) -> None:
+    if part.is_multipart():
+        return
+    content_type = part.get_content_type()
+    filename = _decoded(part.get_filename() or "")
+    disposition = part.get_content_disposition()
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    if disposition == "attachment" or filename or not content_type.startswith("text/"):
+        parsed.attachments.append(Part(content_type, filename or "(unnamed)", len(data), "", True))
+        return
+    charset = part.get_content_charset() or "utf-8"
     try:
-        return str(value)
-    except Exception:  # a header the email package cannot render: show it undecoded
-        return repr(value)
+        text = data.decode(charset, "replace")
+    except LookupError:
+        text = data.decode("utf-8", "replace")
+    if content_type == "text/html":
+        parsed.html_parts.append(text)
+    else:
+        parsed.text_parts.append(text)
+
+
+def _addresses(values: list[Any]) -> list[str]:
+    try:
+        pairs = email.utils.getaddresses([str(v) for v in values])
+    except Exception:  # malformed address lists are the peer's
+        return []
+    return [address for _, address in pairs if address]
+
+
+def _decoded(value: Any) -> str:
+    """RFC 2047 encoded words decoded; undecodable text shown as it came."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # broken encoded words: show them raw
+        return text
