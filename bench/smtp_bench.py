@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,12 +214,14 @@ def smtp_source(port: int, messages: int, reuse: bool) -> float:
     return messages / (time.perf_counter() - started)
 
 
-def rss_kib(pids: list[int]) -> int:
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size: shared pages split among the processes sharing them, so a
+    many-process server (Postfix) is not charged its shared libraries once per process."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -235,9 +238,10 @@ def lanalyze_pids(main: int) -> list[int]:
     return [main, *(int(p) for p in out.split())]
 
 
-def idle_memory(port: int, pids: list[int] | None, count: int = 1000) -> tuple[int, int]:
-    """RSS (KiB) before and with ``count`` idle connections open (each greeted)."""
-    before = rss_kib(pids or [])
+def idle_memory(port: int, pids: Callable[[], list[int]], count: int) -> tuple[int, int]:
+    """PSS (KiB) of all processes before and with ``count`` idle connections open (each
+    greeted, so each is being served)."""
+    before = pss_kib(pids())
     conns = []
     try:
         for _ in range(count):
@@ -246,7 +250,7 @@ def idle_memory(port: int, pids: list[int] | None, count: int = 1000) -> tuple[i
         for conn in conns:
             conn.recv(200)
         time.sleep(1.0)
-        return before, rss_kib(pids or [])
+        return before, pss_kib(pids())
     finally:
         for conn in conns:
             conn.close()
@@ -273,15 +277,19 @@ def main() -> None:
             Postfix(base / "postfix") as postfix,
             Lanalyze(base / "lanalyze", args.acceptors) as ours,
         ):
+            # Memory first, on fresh servers, so the heaps of the throughput runs do not hide it.
+            memory["postfix"] = idle_memory(
+                postfix.port, lambda: postfix_pids(postfix.master_pid()), args.idle
+            )
+            assert ours.proc is not None
+            main_pid = ours.proc.pid
+            memory["lanalyze"] = idle_memory(ours.port, lambda: lanalyze_pids(main_pid), args.idle)
             for _ in range(args.runs):
                 for reuse in (False, True):
                     for name, port in (("postfix", postfix.port), ("lanalyze", ours.port)):
                         rate = smtp_source(port, args.messages, reuse)
                         results.setdefault((name, reuse), []).append(rate)
                         print(f"{name:9} {'-d' if reuse else 'new conn':8} {rate:8.0f} msg/s")
-            memory["postfix"] = idle_memory(postfix.port, postfix_pids(postfix.master_pid()))
-            assert ours.proc is not None
-            memory["lanalyze"] = idle_memory(ours.port, lanalyze_pids(ours.proc.pid))
     print()
     print(f"smtp-source -s 20 -m {args.messages} -l 4096, median of {args.runs} runs (msg/s):")
     print(f"{'mode':22} {'postfix':>9} {'lanalyze':>9} {'ratio':>6}")
@@ -290,7 +298,7 @@ def main() -> None:
         mine = statistics.median(results[("lanalyze", reuse)])
         print(f"{label:22} {theirs:9.0f} {mine:9.0f} {mine / theirs:6.2f}")
     print()
-    print(f"memory with {args.idle} idle connections (RSS of all processes, MiB):")
+    print(f"memory with {args.idle} idle connections (PSS of all processes, MiB):")
     for name, (before, during) in memory.items():
         print(f"{name:9} before {before / 1024:7.1f}  with idle {during / 1024:7.1f}")
 
