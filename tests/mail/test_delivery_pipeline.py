@@ -86,3 +86,48 @@ def test_auth_hook_reject_quarantine_and_stripping(data_dir: Path) -> None:
         assert (running.maildirs / "alice@example.test" / ".Junk" / "maildirfolder").exists()
         assert fake.calls[0]["mail_from"] == "x@forged.test"
         assert fake.calls[0]["rcpt_to"] == ["alice@example.test"]
+
+
+def test_large_message_streams_to_disk_and_reads_as_maildir(data_dir: Path) -> None:
+    import mailbox
+
+    body = b"".join(b"line %07d of a large message\r\n" % n for n in range(80_000))  # ~2.5 MB
+    with run_server(data_dir, spool_memory=65536) as running:
+        with smtplib.SMTP("127.0.0.1", running.port(), timeout=30) as client:
+            client.sendmail(
+                "big@remote.test",
+                ["alice@example.test"],
+                b"From: big@remote.test\r\nSubject: large\r\n\r\n" + body,
+            )
+        running.wait_delivered(1)
+    box = mailbox.Maildir(data_dir / "mail" / "maildirs" / "alice@example.test", create=False)
+    [message] = list(box)
+    assert message["Subject"] == "large"
+    assert message["Return-Path"] == "<big@remote.test>"
+    payload = message.get_payload(decode=False)
+    assert payload == body.replace(b"\r\n", b"\n").decode()
+
+
+def test_bdat_and_smtputf8_over_a_socket(mail_server: RunningServer) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", mail_server.port()), timeout=10) as conn:
+        conn.recv(200)
+        chunk = "Subject: grüße\r\n\r\nüber\r\n".encode()
+        conn.sendall(
+            "EHLO c\r\nMAIL FROM:<jörg@bücher.test> SMTPUTF8 BODY=8BITMIME\r\n"
+            "RCPT TO:<alice@example.test>\r\n".encode()
+            + b"BDAT %d LAST\r\n" % len(chunk)
+            + chunk
+            + b"QUIT\r\n"
+        )
+        data = b""
+        while b"221 " not in data:
+            received = conn.recv(4096)
+            if not received:
+                break
+            data += received
+    assert b"queued as" in data, data
+    [message] = mail_server.wait_delivered(1)
+    assert "Return-Path: <jörg@bücher.test>".encode() in message
+    assert message.endswith("Subject: grüße\n\nüber\n".encode())
