@@ -99,6 +99,16 @@ def test_validation_errors_are_400(
     assert fragment in response.json()["error"]
 
 
+def test_requests_are_counted(client: TestClient) -> None:
+    from lanalyze import metrics
+
+    client.get("/api/flows/status")
+    client.get("/api/flows/top", params={"by": "nosuch"})
+    text = metrics.render().decode()
+    assert 'lanalyze_api_flow_reports_total{outcome="ok",report="status"}' in text
+    assert 'lanalyze_api_flow_reports_total{outcome="bad_request",report="top"}' in text
+
+
 def test_filter_error_carries_the_caret(client: TestClient) -> None:
     response = client.get("/api/flows/top", params={"by": "srcip", "filter": "port 99999"})
     assert response.status_code == 400

@@ -18,14 +18,30 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from lanalyze import metrics
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.filterlang import FilterError
 from lanalyze.flows.query.timespec import window
+
+REQUESTS = Counter(
+    "lanalyze_api_flow_reports_total",
+    "Flow report API requests, by report and outcome (ok, bad_request).",
+    ["report", "outcome"],
+    registry=metrics.REGISTRY,
+)
+SECONDS = Histogram(
+    "lanalyze_api_flow_report_seconds",
+    "Time to answer a flow report API request, by report.",
+    ["report"],
+    registry=metrics.REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 class BadRequest(ValueError):
@@ -72,13 +88,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _endpoint(work: Callable[[Request], Callable[[], Any]]) -> Handler:
     """Parse in the request, run the report in a thread, answer JSON or 400."""
+    report = work.__name__.strip("_")
 
     async def handle(request: Request) -> Response:
         try:
             job = work(request)
-            result = await run_in_threadpool(job)
+            with SECONDS.labels(report).time():
+                result = await run_in_threadpool(job)
         except ValueError as exc:
+            REQUESTS.labels(report, "bad_request").inc()
             return _error(exc)
+        REQUESTS.labels(report, "ok").inc()
         return JSONResponse(result)
 
     return handle
