@@ -15,6 +15,7 @@ read the CSRF field and replay it to the handler.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -55,8 +56,12 @@ REJECTED = Counter(
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_FORM_BODY = 64 * 1024
 _HASHER = PasswordHasher()
-# Verified against when the user name is unknown, so both paths cost one argon2 run.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user name is unknown, so both paths cost one argon2 run."""
+    return _HASHER.hash(secrets.token_hex(16))
 
 
 def hash_password(password: str) -> str:
@@ -103,7 +108,7 @@ class Users:
         """The user when the password matches; blocking (argon2): call from a thread."""
         user = self._by_name.get(name)
         try:
-            _HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
+            _HASHER.verify(user.password_hash if user else _dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             return None
         return user
