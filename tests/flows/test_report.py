@@ -225,7 +225,6 @@ def test_cli_top_json_and_table(store) -> None:
     for command in (
         ["series", "--by", "proto"],
         ["list", "-n", "3"],
-        ["interfaces"],
         ["interfaces", "--exporter", "192.0.2.1", "--if", "1"],
     ):
         out = run_cli(*command, "--format", "json", "--data", str(data), *window)
