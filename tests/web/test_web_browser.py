@@ -227,6 +227,12 @@ def test_console_in_a_browser(page: Any, server: str) -> None:
 
     _mail_checks(page)
 
+    # Log out: the session is gone, pages ask for a login again.
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto("/exporters")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fexporters$"))
+
     # The malformed filter's page is a 400 on purpose, and the forged mail's tracking pixel
     # and its script must have been blocked; nothing else may fail.
     expected = ("status of 400", "tracker.example", "Blocked script execution in 'about:srcdoc'")

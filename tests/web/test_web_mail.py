@@ -109,3 +109,42 @@ def test_explanations_in_plain_words() -> None:
         {"dmarc": "none", "flags": ["local_domain_claimed_from_outside"]}, "a@x.example", [], [], []
     )
     assert forged
+
+
+def test_paging(data_dir: Path) -> None:
+    import time
+
+    from lanalyze.mail.index import MessageIndex
+    from lanalyze.mail.queuefile import Envelope, Layout
+
+    layout = Layout(data_dir)
+    layout.create()
+    now = time.time()
+    index = MessageIndex(layout.index)
+    try:
+        index.record_accepted(
+            Envelope(
+                queue_id=f"PAGE{number:04d}",
+                mail_from=f"sender{number}@example.org",
+                recipients=["bob@test.example"],
+                local={},
+                relay=[],
+                received_at=now - number,
+                client_ip="192.0.2.1",
+                helo="h",
+                listener="mta",
+                subject=f"message {number}",
+            )
+            for number in range(120)
+        )
+    finally:
+        index.close()
+    client = TestClient(make_app(data_dir))
+    log_in(client)
+    first = client.get("/mail")
+    assert "Page 1 of 3" in first.text and "PAGE0000" in first.text and "PAGE0050" not in first.text
+    second = client.get("/mail?page=2")
+    assert "Page 2 of 3" in second.text and "PAGE0050" in second.text
+    assert 'rel="prev"' in second.text and 'rel="next"' in second.text
+    beyond = client.get("/mail?page=99")
+    assert "Page 3 of 3" in beyond.text and "PAGE0119" in beyond.text
