@@ -1,0 +1,29 @@
+"""mail.acceptors = 2: a second SMTP process shares the port; all its mail gets delivered,
+and it dies with the main process."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+from pathlib import Path
+
+from tests.mail.conftest import run_server
+
+
+def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> None:
+    with run_server(data_dir, acceptors=2) as running:
+        [child] = running.server._acceptors
+        assert child.is_alive()
+        for number in range(30):  # new connections: the kernel spreads them over both
+            with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+                client.sendmail(
+                    "x@remote.test", ["alice@example.test"], b"Subject: %d\r\n\r\nx\r\n" % number
+                )
+        messages = running.wait_delivered(30, timeout=20)
+        assert len(messages) == 30
+    deadline = time.monotonic() + 10
+    while child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not child.is_alive()
+    assert not any(os.scandir(data_dir / "mail" / "queue" / "active"))
