@@ -243,3 +243,13 @@ def test_cli_filter_error_shows_caret(store) -> None:
     lines = result.stderr.splitlines()
     assert lines[1] == "  proto tcp and port x"
     assert lines[2] == "  " + " " * 19 + "^"
+
+
+def test_a_huge_raw_scan_is_refused(store) -> None:
+    data, _ = store
+    reports.configure(2, max_raw_bytes=1000)
+    try:
+        with pytest.raises(reports.ReportError, match="GiB of raw flows"):
+            reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
+    finally:
+        reports.configure(2, max_raw_bytes=8 * 2**30)

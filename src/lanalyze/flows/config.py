@@ -34,6 +34,12 @@ class RollupConfig(Section):
     query_threads: int = Field(
         default=2, ge=1, le=256, description="DuckDB threads per report query."
     )
+    query_max_raw_bytes: int = Field(
+        default=8 * 2**30,
+        ge=0,
+        description="Bytes of raw segments one report may scan; a report needing more "
+        "(a per-flow filter over weeks) is refused with a message.",
+    )
     raw_max_age: float = Field(
         default=7, ge=0, description="Days of raw flows kept (0: no age limit)."
     )

@@ -117,7 +117,7 @@ class RollupMaintainer:
         self._compact_seq = 0
 
     async def start(self) -> None:
-        reports.configure(self.config.query_threads)
+        reports.configure(self.config.query_threads, self.config.query_max_raw_bytes)
         self._halt.clear()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop())

@@ -21,8 +21,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     """The flow directory: ``--data`` (a flow directory, or a data directory holding
     ``flows/``), else ``general.data_dir``/flows of the configuration."""
+    from lanalyze.flows.query import reports
+
+    config = ctx.find_root().obj.config
+    reports.configure(config.flows.rollup.query_threads, config.flows.rollup.query_max_raw_bytes)
     if data is None:
-        return Path(ctx.find_root().obj.config.general.data_path) / "flows"
+        return Path(config.general.data_path) / "flows"
     data = data.expanduser()
     if not (data / "raw").is_dir() and (data / "flows").is_dir():
         return data / "flows"

@@ -12,7 +12,9 @@ value from the user is a SQL parameter; the SQL text is built from fixed fragmen
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +43,15 @@ class ReportError(ValueError):
 
 
 _local = threading.local()
-_settings = {"threads": 2}
+_settings = {"threads": 2, "max_raw_bytes": 8 * 2**30}
 
 
-def configure(threads: int) -> None:
-    """DuckDB worker threads per query (the machine is shared with the collector)."""
+def configure(threads: int, max_raw_bytes: int | None = None) -> None:
+    """DuckDB worker threads per query (the machine is shared with the collector), and how
+    many bytes of raw segments one report may scan before it is refused."""
     _settings["threads"] = threads
+    if max_raw_bytes is not None:
+        _settings["max_raw_bytes"] = max_raw_bytes
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
@@ -112,7 +117,27 @@ def _piece_sql(
 Planned = list[tuple[Plan, list[KeyExpr]]]
 
 
+def _check_raw_size(planned: Planned) -> None:
+    """Refuse a report that would scan more raw flows than allowed (a per-flow filter such
+    as ``bytes > 1M`` over weeks), instead of holding a worker thread for minutes."""
+    limit = _settings["max_raw_bytes"]
+    files = {
+        f for p, _ in planned for piece in p.pieces if piece.source == "raw" for f in piece.files
+    }
+    total = 0
+    for name in files:
+        with contextlib.suppress(OSError):
+            total += os.stat(name).st_size
+        if total > limit:
+            raise ReportError(
+                f"this report would scan more than {limit / 2**30:.0f} GiB of raw flows: "
+                "narrow the time window, or drop per-flow filters (bytes, packets) and "
+                "dimensions no rollup keeps"
+            )
+
+
 def _union(planned: Planned, flt: CompiledFilter) -> tuple[str, list[object]]:
+    _check_raw_size(planned)
     parts: list[str] = []
     params: list[object] = []
     for the_plan, selects in planned:
