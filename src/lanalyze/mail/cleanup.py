@@ -166,13 +166,27 @@ class Committer:
             except Exception as exc:  # our bug or a dead disk: nobody gets a 250
                 log.exception("mail.cleanup.batch_failed")
                 errors = [exc] * len(batch)
+            committed = []
             for item, error in zip(batch, errors, strict=True):
+                if error is None:
+                    committed.append(item.envelope)
                 if item.future.done():
                     continue
                 if error is None:
                     item.future.set_result(None)
                 else:
                     item.future.set_exception(error)
+            if committed and self.on_committed is not None:
+                # After the replies: the index is derived data and must not delay a 250.
+                # The same single disk thread runs it, so the next batch queues behind it.
+                loop.run_in_executor(self.executor, self._record, committed)
+
+    def _record(self, envelopes: list[Envelope]) -> None:
+        assert self.on_committed is not None
+        try:
+            self.on_committed(envelopes)
+        except Exception:  # the index is derived data; the queue file is what counts
+            log.exception("mail.index.record_failed")
 
     def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
         active = self._active
@@ -207,9 +221,4 @@ class Committer:
             return [exc] * len(batch)
         self.batches += 1
         self.committed += len(written)
-        if self.on_committed is not None:
-            try:
-                self.on_committed([item.envelope for item in written])
-            except Exception:  # the index is derived data; the queue file is what counts
-                log.exception("mail.index.record_failed")
         return errors
