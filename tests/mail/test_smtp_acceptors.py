@@ -8,10 +8,13 @@ import smtplib
 import time
 from pathlib import Path
 
+from lanalyze.metrics import REGISTRY
 from tests.mail.conftest import run_server
 
 
 def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> None:
+    accepted = {"listener": "mta"}
+    before = REGISTRY.get_sample_value("lanalyze_smtp_messages_accepted_total", accepted) or 0
     with run_server(data_dir, acceptors=2) as running:
         [child] = running.server._acceptors
         assert child.is_alive()
@@ -26,4 +29,12 @@ def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> 
     while child.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not child.is_alive()
+    # The acceptor's counts reach the main process's /metrics (its final snapshot included).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        after = REGISTRY.get_sample_value("lanalyze_smtp_messages_accepted_total", accepted)
+        if after == before + 30:
+            break
+        time.sleep(0.1)
+    assert after == before + 30
     assert not any(os.scandir(data_dir / "mail" / "queue" / "active"))

@@ -9,16 +9,20 @@ instead of one event loop's thread. Acceptors (and the delivery worker) are spaw
 of the main process with ``PR_SET_PDEATHSIG``, so a ``kill -9`` of ``lanalyze serve`` leaves
 no listener or worker behind.
 
-Limitation: counters of the extra acceptors are not yet merged into the main process's
-``/metrics``; connection limits apply per process.
+Each acceptor sends a snapshot of its mail counters over a pipe every second; the main
+process adds the differences to its own counters, so ``/metrics`` shows the sum of all
+processes. Connection limits apply per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import multiprocessing
 import signal
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,6 +35,64 @@ def _listen_exact(addresses: list[tuple[str, int]]) -> list[str]:
     return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in addresses]
 
 
+SNAPSHOT_INTERVAL = 1.0
+
+
+def _families() -> dict[str, Any]:
+    from lanalyze.mail import metrics
+
+    return {
+        "connections": metrics.CONNECTIONS,
+        "open": metrics.OPEN_CONNECTIONS,
+        "commands": metrics.COMMANDS,
+        "rejections": metrics.REJECTIONS,
+        "messages": metrics.MESSAGES,
+        "bytes": metrics.BYTES,
+        "batches": metrics.COMMIT_BATCHES,
+    }
+
+
+def snapshot() -> list[tuple[str, tuple[str, ...], float]]:
+    """(family, label values, value) of every mail counter and gauge in this process."""
+    out = []
+    for key, family in _families().items():
+        names = tuple(family._labelnames)
+        for metric in family.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = tuple(sample.labels[name] for name in names)
+                out.append((key, labels, float(sample.value)))
+    return out
+
+
+def _report(connection: Any) -> None:
+    """Acceptor side: ship snapshots until the pipe breaks."""
+    while True:
+        time.sleep(SNAPSHOT_INTERVAL)
+        try:
+            connection.send(snapshot())
+        except (OSError, EOFError):
+            return
+
+
+def _merge(connection: Any) -> None:
+    """Main-process side: add each acceptor's increments to our own counters."""
+    families = _families()
+    last: dict[tuple[str, tuple[str, ...]], float] = {}
+    while True:
+        try:
+            samples = connection.recv()
+        except (OSError, EOFError):
+            return
+        for key, labels, value in samples:
+            delta = value - last.get((key, labels), 0.0)
+            last[(key, labels)] = value
+            if delta:
+                family = families[key]
+                (family.labels(*labels) if labels else family).inc(delta)
+
+
 def spawn_acceptors(server: MailServer, count: int) -> list[Any]:
     config = server.config.model_dump(mode="json")
     # Port 0 means "whatever the main process got": bind exactly those ports.
@@ -41,10 +103,15 @@ def spawn_acceptors(server: MailServer, count: int) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     processes = []
     for number in range(count):
+        receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
-            target=run_acceptor, args=(config, general), name=f"mail-acceptor-{number}"
+            target=run_acceptor, args=(config, general, sender), name=f"mail-acceptor-{number}"
         )
         process.start()
+        sender.close()
+        threading.Thread(
+            target=_merge, args=(receiver,), name=f"mail-acceptor-{number}-metrics", daemon=True
+        ).start()
         processes.append(process)
     return processes
 
@@ -65,8 +132,11 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_acceptor(config_data: dict[str, Any], general_data: dict[str, Any]) -> None:
+def run_acceptor(
+    config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any
+) -> None:
     die_with_parent()
+    threading.Thread(target=_report, args=(metrics_pipe,), daemon=True).start()
     from lanalyze.config import GeneralConfig
     from lanalyze.log import setup_logging
     from lanalyze.mail.config import MailConfig
@@ -89,3 +159,5 @@ def run_acceptor(config_data: dict[str, Any], general_data: dict[str, Any]) -> N
             await server.stop()
 
     run_loop(main())
+    with contextlib.suppress(OSError, EOFError):
+        metrics_pipe.send(snapshot())  # the last second's counts
