@@ -383,11 +383,16 @@ def build_30d(work: Path) -> int:
     began = time.perf_counter()
 
     def put(
-        resolution: str, table: str, columns: tuple[str, ...], times: list[int], per: int
+        resolution: str,
+        table: str,
+        columns: tuple[str, ...],
+        times: list[int],
+        per: int,
+        stem: str = "",
     ) -> None:
         rows = rollup_rows(table, columns, np.array(times, dtype=np.uint64), rng, per)
         key = bucket_key(resolution, times[0])
-        name = f"bench-{times[0]}.parquet"
+        name = f"{stem or 'bench-' + str(times[0])}.parquet"
         path = part_path(flow_dir, resolution, table, key, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, path, compression="lz4", row_group_size=1_000_000)
@@ -407,6 +412,10 @@ def build_30d(work: Path) -> int:
             *range(today, current_hour + 1, HOUR_MS),
         ]:
             put("1h", table.name, table.columns, [hour], RATE * 3600)
+        for block in range(first_day, current_hour - 6 * HOUR_MS + 1, 6 * HOUR_MS):
+            if first_day + DAY_MS <= block < today:
+                continue  # middle days: their 1d parts answer
+            put("6h", table.name, table.columns, [block], RATE * 6 * 3600, f"b{block}-0")
         for hour in (current_hour - HOUR_MS, current_hour):
             minutes = list(range(hour, min(hour + HOUR_MS, now), MINUTE_MS))
             put("1m", table.name, table.columns, minutes, RATE * 60)

@@ -46,15 +46,21 @@ from lanalyze.flows.config import RollupConfig
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.layout import (
     COMPACT_TAG,
+    DAY_KEYED,
     DAY_MS,
     DERIVED_SQL,
     HOUR_MS,
     MINUTE_MS,
     REPLACES_KEY,
+    RESOLUTIONS,
     ROLLUP_TABLES,
+    SIX_HOURS_MS,
     Manifest,
+    RollupTable,
+    block_of,
     bucket_key,
     hour_start,
+    key_span,
     key_start,
     list_raw_files,
     list_raw_hours,
@@ -275,13 +281,13 @@ class RollupMaintainer:
             manifest.covered.setdefault(hour_key, []).append(name)
             latest = _latest_time(raw_dir(self.data) / hour_key / name, hour_key)
             manifest.latest[hour_key] = max(manifest.latest.get(hour_key, 0), latest)
-        touched_days: set[str] = set()
+        touched_hours: set[str] = set()
         for resolution, table_name, key, name in written:
             manifest.parts.setdefault(resolution, {}).setdefault(table_name, {}).setdefault(
                 key, []
             ).append(name)
-            touched_days.add(key[:8])
-        self._invalidate_days(manifest, touched_days, time.time())
+            touched_hours.add(key)
+        self._invalidate_days(manifest, touched_hours, time.time())
         write_manifest(self.data, manifest)
         return rows
 
@@ -295,7 +301,7 @@ class RollupMaintainer:
         if table.num_rows == 0:
             return []
         times = table.column("time").to_numpy()
-        span = DAY_MS if resolution == "1d" else HOUR_MS
+        span = key_span(resolution)
         containers = times - times % span
         edges = np.flatnonzero(np.diff(containers)) + 1
         written = []
@@ -322,13 +328,26 @@ class RollupMaintainer:
         )
         os.replace(temp, path)
 
-    def _invalidate_days(self, manifest: Manifest, days: set[str], now: float) -> None:
-        """A day part is stale once any hour of its day changed: drop it, rebuilt later."""
-        for table_name, keyed in manifest.parts.get("1d", {}).items():
-            for day in days & set(keyed):
-                for name in keyed.pop(day):
-                    relative = part_path(Path(), "1d", table_name, day, name)
-                    manifest.pending_delete.append((now + GRACE_SECONDS, str(relative)))
+    def _invalidate_days(self, manifest: Manifest, hours: set[str], now: float) -> None:
+        """A day or 6-hour part is stale once one of its hours changed: drop it (rebuilt
+        once the hours are compacted again)."""
+        starts = [hour_start(h) for h in hours]
+        for resolution in DAY_KEYED:
+            span = RESOLUTIONS[resolution]
+            touched = {s - s % span for s in starts}
+            for table_name, keyed in manifest.parts.get(resolution, {}).items():
+                for day in {h[:8] for h in hours} & set(keyed):
+                    stale = [
+                        n
+                        for n in keyed[day]
+                        if resolution == "1d" or block_of(n) in touched or block_of(n) < 0
+                    ]
+                    keyed[day] = [n for n in keyed[day] if n not in stale]
+                    if not keyed[day]:
+                        del keyed[day]
+                    for name in stale:
+                        relative = part_path(Path(), resolution, table_name, day, name)
+                        manifest.pending_delete.append((now + GRACE_SECONDS, str(relative)))
 
     # --- 2. compaction -------------------------------------------------------------------------
 
@@ -437,6 +456,9 @@ class RollupMaintainer:
             for key in hours:
                 by_day.setdefault(key[:8], []).append(key)
             for day, keys in by_day.items():
+                built += self._build_blocks(
+                    connection, manifest, table, day=day, hour_keys=keys, now=now
+                )
                 start = key_start("1d", day)
                 if day in days_done or start + DAY_MS > closed_before or start < expired_1h:
                     continue
@@ -456,6 +478,40 @@ class RollupMaintainer:
             write_manifest(self.data, manifest)
         return built
 
+    def _build_blocks(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        manifest: Manifest,
+        table: RollupTable,
+        *,
+        day: str,
+        hour_keys: list[str],
+        now: float,
+    ) -> int:
+        """The day's closed 6-hour blocks not built yet, from their (compacted) hour parts."""
+        closed_before = int((now - self.config.close_after) * 1000)
+        hours = manifest.parts["1h"][table.name]
+        blocks = manifest.parts.setdefault("6h", {}).setdefault(table.name, {})
+        done = {block_of(name) for name in blocks.get(day, [])}
+        built = 0
+        for block in range(key_start("1d", day), key_start("1d", day) + DAY_MS, SIX_HOURS_MS):
+            if block in done or block + SIX_HOURS_MS > closed_before:
+                continue
+            if block < manifest.expired_before.get("1h", 0):
+                continue
+            keys = [k for k in hour_keys if block <= hour_start(k) < block + SIX_HOURS_MS]
+            if not keys or any(len(hours[k]) > 1 for k in keys):
+                continue  # nothing there, or hours still to compact
+            paths = [
+                str(part_path(self.data, "1h", table.name, k, n)) for k in keys for n in hours[k]
+            ]
+            merged = _reaggregate_files(connection, paths, table.columns, SIX_HOURS_MS)
+            name = f"b{block}-{self._next_seq()}.parquet"
+            self._write_parquet(merged, part_path(self.data, "6h", table.name, day, name))
+            blocks.setdefault(day, []).append(name)
+            built += 1
+        return built
+
     # --- 3. retention --------------------------------------------------------------------------
 
     def _limits(self) -> dict[str, tuple[float, int]]:
@@ -464,6 +520,7 @@ class RollupMaintainer:
             "raw": (c.raw_max_age, c.raw_max_bytes),
             "1m": (c.minute_max_age, c.minute_max_bytes),
             "1h": (c.hour_max_age, c.hour_max_bytes),
+            "6h": (c.hour_max_age, c.hour_max_bytes),
             "1d": (c.day_max_age, c.day_max_bytes),
         }
 
@@ -502,7 +559,7 @@ class RollupMaintainer:
                 size = sum(_size(directory / n) for n in os.listdir(directory))
                 found[hour] = (hour_start(hour) + HOUR_MS, size)
             return found
-        span = DAY_MS if kind == "1d" else HOUR_MS
+        span = key_span(kind)
         for table_name, keyed in manifest.parts.get(kind, {}).items():
             for key, names in keyed.items():
                 end, size = found.get(key, (key_start(kind, key) + span, 0))
@@ -560,7 +617,7 @@ class RollupMaintainer:
                     known.update(
                         str(part_path(self.data, resolution, table_name, key, n)) for n in names
                     )
-        for resolution in ("1m", "1h", "1d"):
+        for resolution in ("1m", "1h", "6h", "1d"):
             base = rollup_dir(self.data) / resolution
             if not base.is_dir():
                 continue

@@ -28,7 +28,10 @@ import pyarrow.parquet as pq
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
-RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "1d": DAY_MS}
+SIX_HOURS_MS = 6 * HOUR_MS
+RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "6h": SIX_HOURS_MS, "1d": DAY_MS}
+DAY_KEYED = ("6h", "1d")
+"""Resolutions whose parts are filed by day (the others by hour)."""
 REPLACES_KEY = b"lanalyze.replaces"
 COMPACT_TAG = "-compact-"
 
@@ -109,15 +112,23 @@ def day_start(name: str) -> int:
 
 def bucket_key(resolution: str, ms: int) -> str:
     """Directory a rollup row of bucket ``ms`` belongs in: its hour, or its day for ``1d``."""
-    return day_name(ms) if resolution == "1d" else hour_name(ms)
+    return day_name(ms) if resolution in DAY_KEYED else hour_name(ms)
 
 
 def key_start(resolution: str, key: str) -> int:
-    return day_start(key) if resolution == "1d" else hour_start(key)
+    return day_start(key) if resolution in DAY_KEYED else hour_start(key)
 
 
 def key_span(resolution: str) -> int:
-    return DAY_MS if resolution == "1d" else HOUR_MS
+    return DAY_MS if resolution in DAY_KEYED else HOUR_MS
+
+
+def block_of(name: str) -> int:
+    """Start (ms) of the 6-hour block a ``6h`` part holds: its name is ``b<start>-...``."""
+    try:
+        return int(name[1:].split("-", 1)[0]) if name.startswith("b") else -1
+    except ValueError:
+        return -1
 
 
 def is_hour_name(name: str) -> bool:

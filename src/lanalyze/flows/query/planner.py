@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanalyze.flows.query.layout import (
-    DAY_MS,
     HOUR_MS,
     RESOLUTIONS,
     ROLLUP_TABLES,
     Manifest,
     RollupTable,
+    block_of,
     bucket_key,
     hour_name,
     hour_start,
@@ -39,7 +39,7 @@ Interval = tuple[int, int]
 class Piece:
     """Files of one kind, and the time intervals to read from them."""
 
-    source: str  # "raw" or a resolution ("1m", "1h", "1d")
+    source: str  # "raw" or a resolution ("1m", "1h", "6h", "1d")
     table: RollupTable | None
     files: list[str]
     intervals: list[Interval]
@@ -151,7 +151,7 @@ def plan(
 
     remaining: list[Interval] = [(since, until)]
     rolled: list[Interval] = []
-    for resolution in ("1d", "1h", "1m"):
+    for resolution in ("1d", "6h", "1h", "1m"):
         step = RESOLUTIONS[resolution]
         if finest_bucket is not None and finest_bucket % step != 0:
             continue
@@ -163,11 +163,22 @@ def plan(
         files: list[str] = []
         for lo, hi in remaining:
             a, b = _ceil(lo, step), _floor(hi, step)
-            if resolution != "1d" and b < hi and _complete_before(manifest, b, hi):
+            if resolution in ("1h", "1m") and b < hi and _complete_before(manifest, b, hi):
                 # The bucket holding ``hi`` has no flow at or after ``hi`` (a window ending
                 # "now"): the rollup answers it whole, no raw scan of the open hour.
                 b = hi
-            container = _floor(a, span) if resolution != "1d" else _floor(a, DAY_MS)
+            if resolution == "6h":
+                # Blocks of a day are built one by one as they close: check each.
+                for block in range(a, b, step):
+                    key = bucket_key(resolution, block)
+                    names = [n for n in available.get(key, []) if block_of(n) == block]
+                    if names:
+                        used.append((block, block + step))
+                        files.extend(
+                            str(part_path(data, resolution, table.name, key, n)) for n in names
+                        )
+                continue
+            container = _floor(a, span)
             while container < b:
                 key = bucket_key(resolution, container)
                 sub = (max(a, container), min(b, container + span))
