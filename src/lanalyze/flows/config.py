@@ -53,10 +53,12 @@ class RollupConfig(Section):
         default=0, ge=0, description="Bytes of per-minute rollups kept (0: no limit)."
     )
     hour_max_age: float = Field(
-        default=90, ge=0, description="Days of per-hour rollups kept (0: no age limit)."
+        default=90, ge=0, description="Days of per-hour and 6-hour rollups kept (0: no age limit)."
     )
     hour_max_bytes: int = Field(
-        default=0, ge=0, description="Bytes of per-hour rollups kept (0: no limit)."
+        default=0,
+        ge=0,
+        description="Bytes of per-hour (and, apart, 6-hour) rollups kept (0: no limit).",
     )
     day_max_age: float = Field(
         default=0, ge=0, description="Days of per-day rollups kept (0: no age limit)."
