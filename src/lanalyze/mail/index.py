@@ -64,6 +64,8 @@ class MessageIndex:
         self.db.close()
 
     def record_accepted(self, envelopes: Iterable[Envelope]) -> None:
+        """One row per message; a row that exists already (its delivery was recorded first,
+        possible with several acceptor processes) is left as it is."""
         now = time.time()
         rows = [
             (
@@ -86,9 +88,9 @@ class MessageIndex:
             )
             for e in envelopes
         ]
-        self.db.execute("BEGIN")
+        self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
-            "INSERT OR REPLACE INTO messages (queue_id, received_at, mail_from, recipients, "
+            "INSERT OR IGNORE INTO messages (queue_id, received_at, mail_from, recipients, "
             "header_from, subject, message_id, size, status, client_ip, helo, auth_user, "
             "listener, auth, action, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
@@ -98,10 +100,15 @@ class MessageIndex:
     def set_status(
         self,
         updates: Iterable[tuple[str, str, int, str, list[str]]],
+        envelopes: Iterable[Envelope] = (),
     ) -> None:
-        """(queue_id, status, attempts, last_error, delivered_to) for each message."""
+        """(queue_id, status, attempts, last_error, delivered_to) for each message; the
+        ``envelopes`` create rows an acceptor process has not written yet."""
+        envelopes = list(envelopes)
+        if envelopes:
+            self.record_accepted(envelopes)
         now = time.time()
-        self.db.execute("BEGIN")
+        self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
             "UPDATE messages SET status=?, attempts=?, last_error=?, delivered_to=?, "
             "updated_at=? WHERE queue_id=?",

@@ -245,7 +245,10 @@ class MailServer:
             )
             for o in outcomes
         ]
-        await asyncio.get_running_loop().run_in_executor(self._disk, self.index.set_status, updates)
+        envelopes = [o.envelope for o in outcomes if o.envelope is not None]
+        await asyncio.get_running_loop().run_in_executor(
+            self._disk, self.index.set_status, updates, envelopes
+        )
 
     async def _sweep(self) -> None:
         while True:
