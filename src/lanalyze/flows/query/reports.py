@@ -573,7 +573,11 @@ def list_flows(
     filter: str | None = None,
     limit: int = 20,
 ) -> list[dict[str, Any]]:
-    """Raw flows matching the filter, newest first, at most ``limit``; counters scaled."""
+    """Raw flows matching the filter, newest first, at most ``limit``; counters scaled.
+
+    Files are read newest first in growing chunks until ``limit`` flows are found or the
+    raw-scan budget (:func:`configure`) is spent.
+    """
     if not 1 <= limit <= MAX_ROWS:
         raise ReportError(f"limit must be from 1 to {MAX_ROWS}")
     if until <= since:
@@ -588,10 +592,15 @@ def list_flows(
     found: list[dict[str, Any]] = []
     step = 8
     start = 0
-    while start < len(files) and len(found) < limit:
+    scanned = 0
+    # A rare match over a long window stops at the raw-scan budget with what it found.
+    while start < len(files) and len(found) < limit and scanned <= _settings["max_raw_bytes"]:
         chunk = files[start : start + step]
         start += step
         step *= 2
+        for name in chunk:
+            with contextlib.suppress(OSError):
+                scanned += os.stat(name).st_size
         piece = Piece("raw", None, chunk, [(since, until)])
         selects = [KeyExpr(column) for column in LIST_COLUMNS]
         selects += [KeyExpr("{b}"), KeyExpr("{p}"), KeyExpr("flows")]
