@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -105,7 +106,9 @@ def spawn_acceptors(server: MailServer, count: int) -> list[Any]:
     for number in range(count):
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
-            target=run_acceptor, args=(config, general, sender), name=f"mail-acceptor-{number}"
+            target=run_acceptor,
+            args=(config, general, sender, os.getpid()),
+            name=f"mail-acceptor-{number}",
         )
         process.start()
         sender.close()
@@ -126,16 +129,19 @@ def stop_acceptors(processes: list[Any]) -> None:
             process.join()
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int) -> None:
     """In a child process: be sent SIGTERM when the process that started us dies (even by
-    SIGKILL), so no worker or acceptor outlives ``lanalyze serve``."""
+    SIGKILL), so no worker or acceptor outlives ``lanalyze serve``. A parent that died while
+    we were starting (before prctl) is caught by the ``getppid`` check."""
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 def run_acceptor(
-    config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any
+    config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any, parent: int
 ) -> None:
-    die_with_parent()
+    die_with_parent(parent)
     threading.Thread(target=_report, args=(metrics_pipe,), daemon=True).start()
     from lanalyze.config import GeneralConfig
     from lanalyze.log import setup_logging

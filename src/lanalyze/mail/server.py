@@ -120,6 +120,14 @@ class MailServer:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # A listener that cannot bind (BindError) must not leave workers behind.
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="mail-disk")
         await loop.run_in_executor(self._disk, self.layout.create)
@@ -135,6 +143,7 @@ class MailServer:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=die_with_parent,
+                initargs=(os.getpid(),),
             )
             self.queue = QueueManager(
                 self.config.queue,
