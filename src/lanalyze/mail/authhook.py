@@ -40,6 +40,7 @@ class Verdict:
 class AuthHook:
     def __init__(self, config: MailConfig, authserv_id: str) -> None:
         self.settings = getattr(config, "auth", None)
+        self.local_domains = list(config.domains)
         self.authserv_id = authserv_id
         self.enabled = bool(self.settings is not None and getattr(self.settings, "enabled", False))
         self._impl: Any = None
@@ -49,7 +50,9 @@ class AuthHook:
             return
         try:
             module = importlib.import_module("lanalyze.mail.auth")
-            self._impl = module.Authenticator(self.settings, self.authserv_id)
+            self._impl = module.Authenticator(
+                self.settings, self.authserv_id, local_domains=self.local_domains
+            )
             await self._impl.start()
         except Exception:
             log.exception("mail.auth.unavailable")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from lanalyze.mail.auth.policy import sender_allowed
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.smtp.address import Path
 from lanalyze.mail.smtp.protocol import Reply, SMTPSession
@@ -94,9 +95,7 @@ class Directory:
         entry = self.users.get(user)
         if entry is None:
             return False
-        address = address.lower()
-        domain = "@" + address.rpartition("@")[2]
-        return any(owned in (address, domain) for owned in entry.addresses)
+        return sender_allowed(user, address, {user: list(entry.addresses)})
 
     # ---------------------------------------------------------------- Policy protocol
 
