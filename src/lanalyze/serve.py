@@ -31,6 +31,10 @@ def build_components(config: Config) -> list[Component]:
             components.append(
                 RollupMaintainer(config.flows.rollup, config.general.data_path / "flows")
             )
+        if config.flows.snmp.enabled:
+            from lanalyze.flows.snmp import SnmpPoller
+
+            components.append(SnmpPoller(config.flows.snmp, config.general.data_path / "flows"))
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 

@@ -77,10 +77,12 @@ def collect(
     setup_logging(config.general.log_format, config.general.log_level)
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
     from lanalyze.flows.rollup import run_collector_with_rollups
+    from lanalyze.flows.snmp import run_with_poller
 
     flow_dir = _data_dir(ctx, data_dir) / "flows"
     try:
-        asyncio.run(run_collector_with_rollups(collector, flows_config.rollup, flow_dir))
+        main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
+        asyncio.run(run_with_poller(flows_config.snmp, flow_dir, main))
     except StartError as exc:
         click.echo(f"lanalyze flows collect: {exc}", err=True)
         sys.exit(EXIT_START)

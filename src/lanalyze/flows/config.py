@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
 
@@ -66,6 +66,81 @@ class RollupConfig(Section):
     day_max_bytes: int = Field(
         default=0, ge=0, description="Bytes of per-day rollups kept (0: no limit)."
     )
+
+
+class SnmpExporterConfig(Section):
+    """How to reach one exporter's SNMP agent (a table in ``[flows.snmp.exporters]``)."""
+
+    community: SecretStr | None = Field(
+        default=None,
+        description="SNMP community of this exporter (unset: flows.snmp.community). A secret: "
+        "never logged.",
+    )
+    port: int = Field(default=161, ge=1, le=65535, description="UDP port of the SNMP agent.")
+    version: Literal["1", "2c"] = Field(
+        default="2c", description='SNMP version: "2c" (GETBULK walks) or "1".'
+    )
+
+
+class SnmpConfig(Section):
+    """Interface names and speeds from SNMP (section ``[flows.snmp]``), see lanalyze.flows.snmp."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Poll the exporters' IF-MIB for interface names and speeds while the "
+        "collector runs (needs the optional `snmp` dependency).",
+    )
+    interval: float = Field(
+        default=300.0, ge=5, le=86400, description="Seconds between polls of every exporter."
+    )
+    timeout: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds to wait for each SNMP response."
+    )
+    retries: int = Field(default=1, ge=0, le=10, description="Retries of an unanswered request.")
+    community: SecretStr | None = Field(
+        default=None,
+        description="Default community: used for listed exporters without one, and to poll "
+        "every exporter the collector has seen (exporters.json). A secret: never logged.",
+    )
+    max_exporters: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Exporters polled per round at most (bounds a round's time and the file).",
+    )
+    exporters: dict[str, SnmpExporterConfig] = Field(
+        default_factory=dict,
+        description='Per exporter address: { community = "...", port = 161, version = "2c" }.',
+    )
+
+    @field_validator("exporters")
+    @classmethod
+    def _check_exporters(
+        cls, value: dict[str, SnmpExporterConfig]
+    ) -> dict[str, SnmpExporterConfig]:
+        normal = {}
+        for address, settings in value.items():
+            try:
+                parsed = ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"SNMP exporter {address!r} is not an IP address") from None
+            mapped = getattr(parsed, "ipv4_mapped", None)
+            # The reports name exporters so: IPv4 (also when mapped) as dotted quads.
+            normal[str(mapped or parsed)] = settings
+        return normal
+
+    @model_validator(mode="after")
+    def _check_communities(self) -> SnmpConfig:
+        if not self.enabled or self.community is not None:
+            return self
+        if not self.exporters:
+            raise ValueError("flows.snmp is enabled but names no exporters and no community")
+        for address, settings in self.exporters.items():
+            if settings.community is None:
+                raise ValueError(
+                    f"SNMP exporter {address} has no community and flows.snmp.community is unset"
+                )
+        return self
 
 
 class FlowsConfig(Section):
@@ -134,6 +209,9 @@ class FlowsConfig(Section):
     )
     rollup: RollupConfig = Field(
         default_factory=RollupConfig, description="Rollup tables and retention."
+    )
+    snmp: SnmpConfig = Field(
+        default_factory=SnmpConfig, description="Interface names and speeds from SNMP."
     )
 
     @field_validator("sampling_rates")
