@@ -410,7 +410,9 @@ OPENAPI: dict[str, Any] = {
             "Interfaces": {
                 "type": "object",
                 "description": "`interfaces` (top list: exporter, interface, in/out bytes and "
-                "bps) or, with exporter and if, `points` (time, in_bps, out_bps).",
+                "bps; name, alias, description, speed_bps, in_util_pct, out_util_pct from SNMP, "
+                "null when unknown) or, with exporter and if, `points` (time, in_bps, out_bps, "
+                "in_util_pct, out_util_pct) and the interface's name, alias and speed_bps.",
             },
             "Status": {
                 "type": "object",

@@ -262,7 +262,11 @@ def interfaces(
             {
                 "exporter": row["exporter"],
                 "ifindex": int(row["interface"]),
-                "name": row.get("name", ""),
+                "name": row.get("name") or "",
+                "alias": row.get("alias") or "",
+                "speed_bps": row.get("speed_bps"),
+                "in_util_pct": row.get("in_util_pct"),
+                "out_util_pct": row.get("out_util_pct"),
                 "in_bps": float(row["in_bps"]),
                 "out_bps": float(row["out_bps"]),
                 "in_bytes": int(row["in_bytes"]),

@@ -246,6 +246,10 @@ def list_command(
         click.echo(render.table(flows, columns, {}), nl=False)
 
 
+def _percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
 @click.command("interfaces")
 @click.option("--exporter", default=None, help="With --if: this exporter's interface over time.")
 @click.option("--if", "interface", type=int, default=None, help="ifIndex (with --exporter).")
@@ -270,7 +274,8 @@ def interfaces(
 ) -> None:
     """Top interfaces by traffic (in/out bits/s), or one interface's bits/s over time.
 
-    Interfaces are named by ifIndex (SNMP names are not queried).
+    Interfaces are named by ifIndex, and also by name with utilisation in % of their speed
+    when the SNMP poller (flows.snmp) has polled the exporter.
     """
     from lanalyze.flows.query import render, reports
 
@@ -278,29 +283,45 @@ def interfaces(
     directory = resolve_data(ctx, data)
     if (exporter is None) != (interface is None):
         raise click.UsageError("--exporter and --if go together")
-    formats = {
+    formats: dict[str, Callable[[Any], str]] = {
         "in_bps": lambda v: render.human(v, "bps"),
         "out_bps": lambda v: render.human(v, "bps"),
         "in_bytes": lambda v: render.human(v, "B"),
         "out_bytes": lambda v: render.human(v, "B"),
+        "name": lambda v: v or "-",
+        "in_util_pct": _percent_text,
+        "out_util_pct": _percent_text,
     }
     if exporter is not None and interface is not None:
         result = reports.interface_series(
             directory, exporter=exporter, interface=interface, since=start, until=end, bucket=bucket
         )
+        point_columns = ["time", "in_bps", "out_bps"]
+        if result["speed_bps"]:
+            point_columns = ["time", "in_bps", "in_util_pct", "out_bps", "out_util_pct"]
         if output_format == "json":
             click.echo(render.to_json(result))
         elif output_format == "csv":
-            click.echo(render.to_csv(result["points"], ["time", "in_bps", "out_bps"]), nl=False)
+            click.echo(render.to_csv(result["points"], point_columns), nl=False)
         else:
-            click.echo(
-                render.table(result["points"], ["time", "in_bps", "out_bps"], formats), nl=False
-            )
+            if result["name"]:
+                click.echo(f"{result['name']} ({result['alias'] or 'no alias'})")
+            click.echo(render.table(result["points"], point_columns, formats), nl=False)
         return
     rows = reports.top_interfaces(
         directory, since=start, until=end, limit=limit, filter=filter_text
     )
-    columns = ["exporter", "interface", "in_bps", "out_bps", "in_bytes", "out_bytes"]
+    columns = [
+        "exporter",
+        "interface",
+        "name",
+        "in_bps",
+        "in_util_pct",
+        "out_bps",
+        "out_util_pct",
+        "in_bytes",
+        "out_bytes",
+    ]
     if output_format == "json":
         click.echo(render.to_json(rows))
     elif output_format == "csv":

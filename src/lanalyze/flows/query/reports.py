@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import CompiledFilter, compile_filter
 from lanalyze.flows.query.dimensions import (
     Dimension,
@@ -692,7 +693,7 @@ def top_interfaces(
         ]
 
     result: list[dict[str, Any]] = _with_replan(run)
-    return result
+    return interface_names.annotate_rows(data, result)
 
 
 def interface_series(
@@ -758,7 +759,7 @@ def interface_series(
         }
 
     result: dict[str, Any] = _with_replan(run)
-    return result
+    return interface_names.annotate_series(data, result)
 
 
 # --- status ----------------------------------------------------------------------------------
