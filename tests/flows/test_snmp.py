@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from lanalyze.flows.query.synthetic import random_flows, v4_addresses, write_flo
 from lanalyze.flows.snmp import SnmpPoller, interface_table, poll_targets
 from lanalyze.web import api_flows
 from tests.conftest import free_port, lanalyze_cmd, require_tool
+from tests.web.helpers import log_in, make_app
 
 COMMUNITY = "testcommunity"
 HOUR = 3_600_000
@@ -151,11 +153,30 @@ def test_api_shows_name_and_utilisation(polled: Path) -> None:
     ).json()
     assert series["name"] == "lo" and series["speed_bps"] > 0
     assert any(point["in_util_pct"] for point in series["points"])
+    flows = client.get("/api/flows/list", params={**WINDOW, "n": "3"}).json()["flows"]
+    assert [(f["in_if_name"], f["out_if_name"]) for f in flows] == [("lo", "lo")] * 3
     # An interface the agent does not know stays on ifIndex.
     other = client.get(
         "/api/flows/interfaces", params={**WINDOW, "exporter": "127.0.0.1", "if": "999"}
     ).json()
     assert other["name"] is None and other["speed_bps"] is None
+
+
+def test_console_shows_name_and_utilisation(polled: Path) -> None:
+    client = TestClient(make_app(polled.parent), follow_redirects=False)
+    log_in(client)
+    page = client.get(
+        "/", params={"range": "custom", "from": "2023-11-14T22:00", "to": "2023-11-14T23:00"}
+    )
+    assert page.status_code == 200
+    table = page.text.split('id="interfaces"', 1)[1].split("</table>", 1)[0]
+    cells = [
+        re.sub(r"<[^>]+>", "", cell).strip()
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", table, re.S)
+    ]
+    assert cells[0] == "127.0.0.1"
+    assert cells[1].startswith("lo")
+    assert cells[2].endswith("%") and cells[3].endswith("%")
 
 
 def test_wrong_community_and_no_agent_are_counted(

@@ -113,3 +113,14 @@ def annotate_series(flow_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
         point["in_util_pct"] = _percent(point["in_bps"], speed)
         point["out_util_pct"] = _percent(point["out_bps"], speed)
     return report
+
+
+def annotate_flows(flow_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``in_if_name`` and ``out_if_name`` (None: unknown) to raw flow records in place."""
+    known = load(flow_dir)
+    for record in records:
+        table = known.get(record["exporter"], {})
+        for side in ("in_if", "out_if"):
+            info = table.get(record[side]) if record.get(side) is not None else None
+            record[f"{side}_name"] = (info or {}).get("name") or None
+    return records

@@ -614,7 +614,7 @@ def list_flows(
             rows = []
         found.extend(_flow_record(row) for row in rows)
     found.sort(key=lambda r: r["time_received_ms"], reverse=True)
-    return found[:limit]
+    return interface_names.annotate_flows(data, found[:limit])
 
 
 def _flow_record(row: tuple[Any, ...]) -> dict[str, Any]:
