@@ -84,12 +84,12 @@ class MailConfig(Section):
     )
     tls_key: Path | None = Field(default=None, description="PEM private key of `mail.tls_cert`.")
     domains: list[str] = Field(
-        default_factory=list,
+        default_factory=lambda: ["localhost"],
         description="Local domains: mail to them is delivered here; mail to other domains "
         "is relayed only for authenticated users and trusted networks.",
     )
     mailboxes: list[MailAddress] = Field(
-        default_factory=list,
+        default_factory=lambda: ["postmaster@localhost"],
         description="Local mailboxes (`user@local-domain`), each a Maildir under "
         "`<data_dir>/mail/maildirs/`.",
     )
