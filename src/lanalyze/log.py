@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Literal
 
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# color_message: uvicorn's ANSI-coloured copy of the message, noise in a log file.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _kv_value(value: Any) -> str:
