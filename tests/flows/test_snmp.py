@@ -179,6 +179,35 @@ def test_console_shows_name_and_utilisation(polled: Path) -> None:
     assert cells[2].endswith("%") and cells[3].endswith("%")
 
 
+def test_collect_runs_the_poller(agent: int, tmp_path: Path) -> None:
+    conf = tmp_path / "lanalyze.toml"
+    conf.write_text(
+        "[flows.snmp]\nenabled = true\ninterval = 5\n"
+        f'[flows.snmp.exporters."127.0.0.1"]\ncommunity = "{COMMUNITY}"\nport = {agent}\n'
+    )
+    log_path = tmp_path / "collect.log"
+    listen = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [*lanalyze_cmd(), "flows", "collect", "--data", str(tmp_path / "data"),
+             "--workers", "1", "--listen", listen],
+            stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "LANALYZE_CONFIG": str(conf)},
+        )  # fmt: skip
+    written = tmp_path / "data" / "flows" / "interfaces.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not written.exists():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, log_path.read_text()
+    assert json.loads(written.read_text())["127.0.0.1"]["1"]["name"] == "lo"
+    assert COMMUNITY not in log_path.read_text()
+
+
 def test_wrong_community_and_no_agent_are_counted(
     agent: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -315,3 +344,19 @@ def test_reading_any_interfaces_file_never_fails(tmp_path_factory, data: object)
     rows = [{"exporter": "127.0.0.1", "interface": 1, "in_bps": 1.0, "out_bps": 2.0}]
     interface_names.annotate_rows(directory, rows)
     assert set(known) <= (set(data) if isinstance(data, dict) else set())
+
+
+def test_serve_starts_the_poller_only_when_enabled() -> None:
+    from lanalyze.config import Config
+    from lanalyze.serve import build_components
+
+    off = Config.model_validate({"mail": {"enabled": False}, "web": {"enabled": False}})
+    assert "snmp" not in [c.name for c in build_components(off)]
+    on = Config.model_validate(
+        {
+            "flows": {"snmp": {"enabled": True, "community": "c"}},
+            "mail": {"enabled": False},
+            "web": {"enabled": False},
+        }
+    )
+    assert "snmp" in [c.name for c in build_components(on)]
