@@ -177,6 +177,12 @@ def test_console_shows_name_and_utilisation(polled: Path) -> None:
     assert cells[0] == "127.0.0.1"
     assert cells[1].startswith("lo")
     assert cells[2].endswith("%") and cells[3].endswith("%")
+    drill = client.get(
+        "/flows/interface/127.0.0.1/1",
+        params={"range": "custom", "from": "2023-11-14T22:00", "to": "2023-11-14T23:00"},
+    )
+    assert drill.status_code == 200
+    assert re.search(r'id="interface-snmp">SNMP: lo, speed 10', drill.text), drill.text[-3000:]
 
 
 def test_collect_runs_the_poller(agent: int, tmp_path: Path) -> None:

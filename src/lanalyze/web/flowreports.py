@@ -296,6 +296,9 @@ def interface_series(
         "bucket_ms": int(report["bucket_seconds"]) * 1000,
         "unit": "b/s",
         "stacked": False,
+        "interface_name": report.get("name") or "",
+        "interface_alias": report.get("alias") or "",
+        "speed_bps": report.get("speed_bps"),
         "series": [
             {"name": "in", "values": [float(p["in_bps"]) for p in points]},
             {"name": "out", "values": [float(p["out_bps"]) for p in points]},
