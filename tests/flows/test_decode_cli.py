@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from lanalyze.flows.decode.command import decode
+from lanalyze.flows.decode_cli import decode
 from tests.flows.test_decode_templates import data_message, template_message
 from tests.flows.test_decode_v5 import v5_datagram, v5_record
 from tests.flows.test_pcap import classic, ethernet, ipv4, udp

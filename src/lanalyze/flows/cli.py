@@ -31,7 +31,7 @@ _add_report_commands()
 
 
 def _add_decode_command() -> None:
-    from lanalyze.flows.decode.command import decode
+    from lanalyze.flows.decode_cli import decode
 
     flows.add_command(decode)
 

@@ -19,14 +19,15 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
-import numpy as np
 
-from lanalyze.flows import catalogue
-from lanalyze.flows.decode import DecodedBatch, FlowDecoder, Packet
-from lanalyze.flows.pcap import PcapError, PcapReader
+# The decoder, numpy and the catalogue are imported when the command runs: every other
+# `lanalyze` command builds this one's definition and should not pay for them.
+if TYPE_CHECKING:
+    from lanalyze.flows.decode import DecodedBatch, Packet
+    from lanalyze.flows.pcap import PcapReader
 
 BATCH = 1000
 TABLE_COLUMNS = (
@@ -60,6 +61,10 @@ def _mac(value: int) -> str:
 
 def records(batch: DecodedBatch) -> Iterator[dict[str, Any]]:
     """The rows of a batch as JSON-ready dicts (per-record Python: for the CLI only)."""
+    import numpy as np
+
+    from lanalyze.flows import catalogue
+
     columns: dict[str, list[Any]] = {}
     for column in catalogue.COLUMNS:
         if column.kind == "str":
@@ -83,6 +88,8 @@ def records(batch: DecodedBatch) -> Iterator[dict[str, Any]]:
 
 
 def _packets(reader: PcapReader) -> Iterator[list[Packet]]:
+    from lanalyze.flows.decode import Packet
+
     batch: list[Packet] = []
     for datagram in reader:
         batch.append(Packet(datagram.payload, datagram.source, datagram.time_ms))
@@ -118,6 +125,9 @@ def _write(out: TextIO, batch: DecodedBatch, output_format: str) -> None:
 )
 def decode(files: tuple[Path, ...], output_format: str) -> None:
     """Print the NetFlow v5/v9/IPFIX flows found in pcap/pcapng FILES (read in order)."""
+    from lanalyze.flows.decode import FlowDecoder
+    from lanalyze.flows.pcap import PcapError, PcapReader
+
     decoder = FlowDecoder()
     out = sys.stdout
     flows = datagrams = problems = unknown = 0
