@@ -57,16 +57,42 @@ def ipv4_mapped(raw: Array) -> Array:
     return out.view("S16").reshape(len(raw))
 
 
-def new_columns(n: int, filled: frozenset[str] | set[str] = frozenset()) -> dict[str, Array]:
+_CONSTANTS: dict[tuple[str, int], Array] = {}
+
+
+def constant(n: int, dtype: np.dtype[Any], value: int) -> Array:
+    """``n`` copies of ``value``, read-only: a slice of one cached array per (dtype, value).
+
+    A v5 batch leaves about half of the catalogue's columns at their default; sharing them
+    saves allocating and zero-filling a few MiB a batch, and the Arrow conversion shares
+    them too (zero-copy). Read-only, so a writer that forgot to allocate fails loudly."""
+    key = (dtype.str, value)
+    cached = _CONSTANTS.get(key)
+    if cached is None or len(cached) < n:
+        size = max(n, 2 * len(cached) if cached is not None else 65536)
+        cached = np.full(size, value, dtype=dtype) if dtype.kind != "S" else np.zeros(size, dtype)
+        cached.flags.writeable = False
+        _CONSTANTS[key] = cached
+    return cached[:n]
+
+
+def new_columns(
+    n: int, filled: frozenset[str] | set[str] = frozenset(), *, shared: bool = False
+) -> dict[str, Array]:
     """Catalogue columns for ``n`` rows: uninitialised where the caller writes every row
-    (``filled``), zero elsewhere; ``flows`` and ``sampling_rate`` default to 1."""
+    (``filled``), zero elsewhere; ``flows`` and ``sampling_rate`` default to 1. With
+    ``shared`` the default columns are read-only shared arrays (:func:`constant`): the caller
+    replaces, never writes into, any of them it sets."""
     columns: dict[str, Array] = {}
     for column in catalogue.COLUMNS:
         if column.kind == "str":
             continue
+        default = 1 if column.name in ("flows", "sampling_rate") else 0
         if column.name in filled:
             columns[column.name] = np.empty(n, dtype=column.numpy_dtype)
-        elif column.name in ("flows", "sampling_rate"):
+        elif shared:
+            columns[column.name] = constant(n, column.numpy_dtype, default)
+        elif default:
             columns[column.name] = np.ones(n, dtype=column.numpy_dtype)
         else:
             columns[column.name] = np.zeros(n, dtype=column.numpy_dtype)

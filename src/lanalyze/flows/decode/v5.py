@@ -149,7 +149,7 @@ def decode_group(
     interval = (header["sampling"] & 0x3FFF).astype(np.uint32)
     rate = np.where(interval > 0, interval, configured_rate)
 
-    columns = new_columns(n, FILLED)
+    columns = new_columns(n, FILLED, shared=True)
     columns["time_received"][:] = per_row(received_ms)
     columns["exporter"][:] = per_row(exporter16)
     columns["observation_domain"][:] = per_row(domain)
@@ -182,7 +182,7 @@ def decode_group(
     # v5 has no ICMP fields: exporters put type << 8 | code in the destination port.
     is_icmp = columns["protocol"] == 1
     if is_icmp.any():
-        columns["icmp_type"][:] = np.where(is_icmp, recs["dst_port"] >> 8, 0)
-        columns["icmp_code"][:] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0)
+        columns["icmp_type"] = np.where(is_icmp, recs["dst_port"] >> 8, 0).astype(np.uint8)
+        columns["icmp_code"] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0).astype(np.uint8)
     headers = V5Datagrams(good_indexes, count, header["sequence"], domain, valid)
     return columns, headers, [indexes[i] for i in bad.tolist()]
