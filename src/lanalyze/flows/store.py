@@ -142,17 +142,7 @@ class SegmentWriter:
         self._seq += 1
         final = directory / name
         tmp = directory / f".{name}{TMP_SUFFIX}"
-        pq.write_table(
-            table,
-            str(tmp),
-            compression=self.compression,
-            compression_level=self.compression_level,
-            row_group_size=self.row_group_rows,
-            # Dictionary encoding costs the writer about half again as much CPU for half the
-            # size; raw segments are optimised for ingest (compaction may re-encode them).
-            use_dictionary=False,
-            write_statistics=["time_received", "time_start", "time_end"],
-        )
+        self._write_file(table, tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -165,6 +155,20 @@ class SegmentWriter:
         self.stats.rows += table.num_rows
         self.stats.bytes += size
         return final
+
+    def _write_file(self, table: pa.Table, tmp: Path) -> None:
+        """Encode ``table`` as Parquet into ``tmp`` (not yet durable)."""
+        pq.write_table(
+            table,
+            str(tmp),
+            compression=self.compression,
+            compression_level=self.compression_level,
+            row_group_size=self.row_group_rows,
+            # Dictionary encoding costs the writer about half again as much CPU for half the
+            # size; raw segments are optimised for ingest (compaction may re-encode them).
+            use_dictionary=False,
+            write_statistics=["time_received", "time_start", "time_end"],
+        )
 
     def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> int:
         """Delete temporaries left by a crash (any writer), once surely abandoned."""

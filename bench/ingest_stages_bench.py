@@ -1,0 +1,130 @@
+"""CPU per flow of each stage of the collector's ingest path, offline and repeatable.
+
+The datagrams of ``ingest_bench.py`` (NetFlow v5, 30 records; IPFIX, 25) are fed through the
+worker's own code without sockets: ``Packet`` construction and ``FlowDecoder.decode``, the
+Arrow conversion (``DecodedBatch.to_record_batch``), and the store (``SegmentWriter.write``:
+Parquet encoding, then fsync, rename and directory fsync, timed apart). Batches are the size a
+worker sees at ``--rate`` flows/s with its 20 ms gather; a segment holds ``--segment-rows``
+flows (the worker flushes every second or at ``flows.segment_max_rows``).
+
+Figures are ``time.thread_time`` (this thread's CPU, user + system) per flow, the median of
+``--runs`` runs: other processes on the machine barely move them, unlike the loss point of
+``ingest_bench.py``. The peer's figure is nfcapd's CPU per flow measured by
+``ingest_bench.py`` (its own process, receive included), given with ``--peer-us``.
+
+    .venv/bin/python bench/ingest_stages_bench.py --runs 5
+
+The kernel's receive path (``recvfrom_into``, ~0.1 µs a flow here) is not in these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams
+from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.store import SegmentWriter
+from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
+
+STAGES = ("decode", "arrow", "encode", "fsync")
+
+
+class TimedWriter(SegmentWriter):
+    """The segment writer with its encoding and its durability steps timed apart."""
+
+    encode_seconds = 0.0
+    fsync_seconds = 0.0
+
+    def _write_file(self, table: object, tmp: Path) -> None:  # type: ignore[override]
+        started = time.thread_time()
+        super()._write_file(table, tmp)  # type: ignore[arg-type]
+        self.encode_seconds += time.thread_time() - started
+
+
+def run_once(
+    fmt: str, flows: int, batch_flows: int, segment_rows: int, directory: Path, compression: str
+) -> dict[str, float]:
+    per_datagram = 30 if fmt == "v5" else 25
+    pool = v5_datagrams(2048, 1) if fmt == "v5" else ipfix_datagrams(2048, 1)
+    decoder = FlowDecoder()
+    if fmt == "ipfix":
+        decoder.decode([Packet(ipfix_template(), "127.0.0.1", 0)])
+    writer = TimedWriter(directory, "bench", compression=compression)  # type: ignore[arg-type]
+    per_batch = max(1, batch_flows // per_datagram)
+    sources = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    batch_sources = [sources[i % len(sources)] for i in range(per_batch)]
+    spent = dict.fromkeys(STAGES, 0.0)
+    pending: list[object] = []
+    pending_rows = 0
+    stored = 0
+    sent = 0
+    fsync_total = 0.0
+    while sent < flows // per_datagram:
+        views = [memoryview(pool[(sent + i) % len(pool)]) for i in range(per_batch)]
+        received = time.time_ns() // 1_000_000
+        sent += per_batch
+        t0 = time.thread_time()
+        packets = list(map(Packet, views, batch_sources, itertools.repeat(received, per_batch)))
+        batch = decoder.decode(packets)
+        t1 = time.thread_time()
+        pending.append(batch.to_record_batch())
+        pending_rows += batch.rows
+        t2 = time.thread_time()
+        spent["decode"] += t1 - t0
+        spent["arrow"] += t2 - t1
+        if pending_rows >= segment_rows:
+            writer.encode_seconds = 0.0
+            t3 = time.thread_time()
+            writer.write(pending)  # type: ignore[arg-type]
+            total = time.thread_time() - t3
+            spent["encode"] += writer.encode_seconds
+            fsync_total += total - writer.encode_seconds
+            stored += pending_rows
+            pending, pending_rows = [], 0
+    spent["fsync"] = fsync_total
+    return {stage: seconds / max(1, stored) * 1e6 for stage, seconds in spent.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", default="v5,ipfix")
+    parser.add_argument("--flows", type=int, default=3_000_000, help="flows per run")
+    parser.add_argument("--rate", type=float, default=1.0, help="M flows/s per worker")
+    parser.add_argument("--segment-rows", type=int, default=500_000)
+    parser.add_argument("--compression", default="lz4")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--peer-us", default="0.27,0.44", help="nfcapd µs/flow (v5,ipfix)")
+    args = parser.parse_args()
+    batch_flows = int(args.rate * 1e6 * BATCH_GATHER_SECONDS)
+    # As a worker does (FlowWorker.run).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD)
+    peers = dict(zip(("v5", "ipfix"), (float(x) for x in args.peer_us.split(",")), strict=True))
+    print(f"batch {batch_flows} flows, segment {args.segment_rows} rows, {args.compression}")
+    for fmt in args.formats.split(","):
+        rows: list[dict[str, float]] = []
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory(prefix="stages-", dir=os.environ.get("TMPDIR")) as d:
+                rows.append(
+                    run_once(
+                        fmt, args.flows, batch_flows, args.segment_rows, Path(d), args.compression
+                    )
+                )
+        medians = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}
+        total = sum(medians.values())
+        detail = ", ".join(f"{stage} {medians[stage]:.3f}" for stage in STAGES)
+        print(f"{fmt}: {detail} -> ours {total:.3f} µs CPU/flow")
+        peer = peers[fmt]
+        print(f"  nfcapd {peer:.2f} µs/flow (receive included), ours/nfcapd {total / peer:.2f}")
+
+
+if __name__ == "__main__":
+    main()
