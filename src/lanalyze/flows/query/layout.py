@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,6 +169,43 @@ def list_raw_files(data: Path, hour: str) -> list[str]:
     return sorted(n for n in names if n not in replaced)
 
 
+# Readers plan several reports a page, each of which used to parse the manifest (hundreds of
+# kB for 30 days) and list every hour directory again. Both change only when the maintainer
+# or the collector renames a file in, which changes the file's identity or the directory's
+# mtime: cache by those. A directory modified within the last second is not cached (two
+# renames within one mtime tick would look alike: the "racy" case), so a new segment is never
+# missed.
+_RACY_SECONDS = 1.0
+_LISTING_CACHE_MAX = 8192
+_listing_cache: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+_manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
+_cache_lock = threading.Lock()
+
+
+def list_raw_files_cached(data: Path, hour: str) -> list[str]:
+    """:func:`list_raw_files`, remembered while the hour directory is unchanged (readers only).
+
+    The list returned is shared: do not modify it.
+    """
+    directory = raw_dir(data) / hour
+    try:
+        stat = os.stat(directory)
+    except FileNotFoundError:
+        return []
+    key = (stat.st_ino, stat.st_mtime_ns)
+    with _cache_lock:
+        hit = _listing_cache.get(directory)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    names = list_raw_files(data, hour)
+    if time.time() - stat.st_mtime > _RACY_SECONDS:
+        with _cache_lock:
+            if len(_listing_cache) >= _LISTING_CACHE_MAX:
+                _listing_cache.clear()
+            _listing_cache[directory] = (key, names)
+    return names
+
+
 def compact_replaces(path: Path) -> list[str]:
     try:
         metadata = pq.read_schema(path).metadata or {}
@@ -230,6 +269,33 @@ def read_manifest(data: Path) -> Manifest:
     except FileNotFoundError:
         return Manifest()
     return Manifest.from_json(json.loads(text))
+
+
+def read_manifest_shared(data: Path) -> Manifest:
+    """:func:`read_manifest`, parsed once per version of the file, for readers only.
+
+    The maintainer replaces the manifest with a new file (``os.replace``), so its inode, size
+    or mtime tell a new version. The object returned is shared between threads: never modify
+    it (the maintainer uses :func:`read_manifest`).
+    """
+    path = manifest_path(data)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return Manifest()
+    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _cache_lock:
+        hit = _manifest_cache.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    manifest = read_manifest(data)
+    if time.time() - stat.st_mtime <= _RACY_SECONDS:
+        return manifest
+    with _cache_lock:
+        if len(_manifest_cache) >= 64:
+            _manifest_cache.clear()
+        _manifest_cache[path] = (key, manifest)
+    return manifest
 
 
 def write_manifest(data: Path, manifest: Manifest) -> None:

@@ -25,11 +25,11 @@ from lanalyze.flows.query.layout import (
     hour_name,
     hour_start,
     key_span,
-    list_raw_files,
+    list_raw_files_cached,
     list_raw_hours,
     part_path,
     raw_dir,
-    read_manifest,
+    read_manifest_shared,
 )
 
 Interval = tuple[int, int]
@@ -126,7 +126,7 @@ def plan(
 
     ``finest_bucket`` (series) allows only rollups whose resolution divides it.
     """
-    manifest = read_manifest(data) if use_rollups else Manifest()
+    manifest = read_manifest_shared(data) if use_rollups else Manifest()
     # Listing after reading the manifest: files the manifest covers are all listed.
     # Every flow of a segment lies in its directory's hour (the store contract).
     first_hour = hour_name(since)
@@ -134,7 +134,7 @@ def plan(
     hours = [h for h in list_raw_hours(data) if first_hour <= h <= last_hour]
     raw_files: list[tuple[str, str]] = []
     for hour in hours:
-        raw_files.extend((hour, name) for name in list_raw_files(data, hour))
+        raw_files.extend((hour, name) for name in list_raw_files_cached(data, hour))
     raw_files = [(h, n) for h, n in raw_files if int(n.split("-", 1)[0] or 0) < until]
 
     def raw_paths(files: list[tuple[str, str]], within: list[Interval] | None = None) -> list[str]:

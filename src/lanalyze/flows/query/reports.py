@@ -60,7 +60,11 @@ def _connection() -> duckdb.DuckDBPyConnection:
     threads = _settings["threads"]
     connection = getattr(_local, "connection", None)
     if connection is None or getattr(_local, "threads", None) != threads:
-        connection = duckdb.connect(":memory:", config={"threads": threads})
+        # The object cache keeps Parquet footers between queries: a page's reports read the
+        # same rollup parts, and parts are immutable under their final names.
+        connection = duckdb.connect(
+            ":memory:", config={"threads": threads, "enable_object_cache": True}
+        )
         _local.connection = connection
         _local.threads = threads
     return connection
