@@ -3,10 +3,13 @@
 Postfix's cleanup(8) stage in one module. A :class:`Spool` holds a message's first bytes in
 memory and streams the rest to ``queue/incoming/<id>`` once ``mail.spool_memory`` is
 exceeded, so a large message never sits in memory. :class:`Committer` makes messages
-durable: write what is left, append the trailer (envelope), flush the data (per file, or one
-``syncfs`` for the whole batch: ``mail.sync``), rename into ``queue/active/`` and ``fsync``
-that directory. Every message waiting when a batch starts shares the batch's flushes (group
-commit), and the batch runs in one worker thread so the event loop never waits on the disk.
+durable: write what is left (one ``writev``), append the trailer (envelope, with the CRC-32
+of the message), then either flush each file, rename into ``queue/active/`` and ``fsync``
+that directory (``mail.sync = fsync``), or rename the whole batch and flush data and names
+with one ``syncfs`` (``syncfs``: one journal commit per batch; see :mod:`queuefile` for why a
+crash inside that window cannot deliver a partial message). Every message waiting when a
+batch starts shares the batch's flushes (group commit), and the batch runs in one worker
+thread so the event loop never waits on the disk.
 Only when its batch has finished does a session send ``250 ... queued as ID``; on any error
 the session gets a 451 and the files are removed.
 
@@ -22,6 +25,7 @@ import itertools
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from lanalyze.mail.queuefile import Envelope, Layout, Syncer, footer, fsync_dir
 log = get_logger(__name__)
 
 HEAD_BYTES = 65536  # kept in memory for header parsing (From, Subject, Message-ID)
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
 
 
 _SEQUENCE = itertools.count()
@@ -53,11 +58,13 @@ class Spool:
     length: int = 0
     head: bytearray = field(default_factory=bytearray)
     fd: int | None = None
+    crc32: int = 0
 
     def append(self, data: bytes) -> None:
         self.parts.append(data)
         self.buffered += len(data)
         self.length += len(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
 
@@ -75,11 +82,15 @@ class Spool:
         """Thread side: append bytes to the spool file (opened on first use)."""
         if self.fd is None:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+        pending: list[bytes | memoryview] = [part for part in parts if part]
+        while pending:
+            # One writev per message in the common case; a short write resumes where it stopped.
+            written = os.writev(self.fd, pending[:_IOV_MAX])
+            while pending and written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            if written:
+                pending[0] = memoryview(pending[0])[written:]
 
     async def flush(self) -> None:
         """Move what is buffered to the spool file (before an auth check, or when large)."""
@@ -196,6 +207,7 @@ class Committer:
             spool = item.spool
             try:
                 item.envelope.size = spool.length
+                item.envelope.crc32 = spool.crc32
                 spool.write_parts([*item.parts, footer(spool.length, item.envelope.trailer())])
                 assert spool.fd is not None
                 self.syncer.file(spool.fd)
@@ -211,11 +223,18 @@ class Committer:
         if not written:
             return errors
         try:
-            # Data first, then names: a crash never leaves a half-written file in active/.
-            self.syncer.batch(self.layout.q("incoming"))
-            for item in written:
-                os.rename(item.spool.path, os.path.join(active, item.envelope.queue_id))
-            fsync_dir(Path(active))
+            if self.syncer.rename_first:
+                # One flush covers data and names; the CRC in the trailer catches a file whose
+                # data a power cut left incomplete (never acknowledged, so never delivered).
+                for item in written:
+                    os.rename(item.spool.path, os.path.join(active, item.envelope.queue_id))
+                self.syncer.batch(self.layout.q("incoming"))
+            else:
+                # Data first, then names: a crash never leaves a half-written file in active/.
+                self.syncer.batch(self.layout.q("incoming"))
+                for item in written:
+                    os.rename(item.spool.path, os.path.join(active, item.envelope.queue_id))
+                fsync_dir(Path(active))
         except OSError as exc:
             log.error("mail.cleanup.sync_failed", extra={"error": str(exc)})
             return [exc] * len(batch)

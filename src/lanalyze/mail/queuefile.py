@@ -6,10 +6,15 @@ the authentication verdict, the delivery state) and the message length as 10 ASC
 and a newline. The message comes first so it can be spooled to disk as it arrives, before
 the envelope is final; the length at the very end finds the trailer without parsing.
 
-A file is only ever complete: it is written under ``queue/incoming/``, made durable
-(:class:`Syncer`), renamed into ``queue/active/`` and the directory fsynced (that is the moment
-of acceptance). Files left in
-``incoming/`` by a crash were never acknowledged and are removed at start.
+A file is written under ``queue/incoming/`` and renamed into ``queue/active/``; the moment of
+acceptance is when its data and its name are both on stable storage (:class:`Syncer`). With
+``fsync`` the data is flushed before the rename, so a file in ``active/`` is only ever
+complete. With ``syncfs`` the whole batch is renamed first and one ``syncfs`` then flushes
+data and names together (one journal commit per batch instead of two); a power cut inside
+that window may leave an unacknowledged file in ``active/`` with missing data, which the
+CRC-32 of the message in the trailer (``crc32``) and the footer reveal: it is moved to
+``corrupt/``, never delivered. Files left in ``incoming/`` by a crash were never
+acknowledged and are removed at start.
 
 Trust: queue files are written by us; a damaged one (disk error, an operator's edit) is
 reported and moved to ``queue/corrupt/``, never delivered half.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,7 @@ class Envelope:
     attempts: int = 0
     last_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    crc32: int | None = None  # of the message bytes; None in files written before it existed
 
     def trailer(self) -> bytes:
         # vars(), not dataclasses.asdict(): no deep copy (this runs for every message).
@@ -92,6 +99,12 @@ def read_message(path: Path, length: int) -> bytes:
         return handle.read(length)
 
 
+def verify_message(path: Path, envelope: Envelope, message: bytes) -> None:
+    """Raise :class:`CorruptQueueFile` unless ``message`` is what was acknowledged."""
+    if envelope.crc32 is not None and zlib.crc32(message) != envelope.crc32:
+        raise CorruptQueueFile(f"{path}: message does not match its CRC-32")
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -122,6 +135,11 @@ class Syncer:
     def file(self, fd: int) -> None:
         if self.mode == "fsync":
             os.fsync(fd)
+
+    @property
+    def rename_first(self) -> bool:
+        """True when one flush after the renames covers data and names (``syncfs``)."""
+        return self.mode == "syncfs"
 
     def batch(self, anchor: Path) -> None:
         if self.mode == "syncfs":

@@ -33,6 +33,7 @@ from lanalyze.mail.queuefile import (
     read_envelope,
     read_message,
     rewrite,
+    verify_message,
 )
 
 _counter = itertools.count()
@@ -88,6 +89,7 @@ class MaildirDelivery:
             try:
                 envelope, length = read_envelope(path)
                 message = read_message(path, length)
+                verify_message(path, envelope, message)
             except FileNotFoundError:
                 continue  # deleted meanwhile (`mail queue delete`)
             except (CorruptQueueFile, OSError) as exc:
