@@ -86,6 +86,8 @@ def test_rollups_equal_raw_over_many_windows(store: Path) -> None:
     assert done["days"] > 0
     plans = [same(store, by, flt, s, u) for by, flt in CASES for s, u in WINDOWS]
     assert "1d/src_addr" in plans[0] and "raw" not in plans[0]
+    # An address top-N filtered by protocol comes from the address+protocol rollup.
+    assert "1d/dst_addr_proto" in plans[4] and "raw" not in plans[4]
     assert any("1m/" in p and "raw" in p for p in plans)
     assert any("6h/" in p for p in plans)
     for since, until in WINDOWS[1:3]:

@@ -73,6 +73,11 @@ ROLLUP_TABLES: tuple[RollupTable, ...] = (
     ),
     RollupTable("src_addr", ("src_addr",)),
     RollupTable("dst_addr", ("dst_addr",)),
+    # The same with the protocol, after the address-only tables so unfiltered reports keep
+    # reading the smaller ones: a top-N of addresses filtered by protocol (``proto tcp``)
+    # would read raw flows otherwise (5 s over 30 days, 10 M flows).
+    RollupTable("src_addr_proto", ("src_addr", "protocol")),
+    RollupTable("dst_addr_proto", ("dst_addr", "protocol")),
 )
 TABLES_BY_NAME = {table.name: table for table in ROLLUP_TABLES}
 
