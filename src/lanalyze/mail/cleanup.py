@@ -128,8 +128,10 @@ class Committer:
         executor: Executor,
         on_committed: Callable[[list[Envelope]], None] | None = None,
         syncer: Syncer | None = None,
+        record_executor: Executor | None = None,
     ) -> None:
         self.layout = layout
+        self.record_executor = record_executor or executor
         self.syncer = syncer or Syncer("fsync")
         # Strings, not Paths, on the per-message path: pathlib costs tens of microseconds.
         self._incoming = str(layout.q("incoming"))
@@ -188,9 +190,9 @@ class Committer:
                 else:
                     item.future.set_exception(error)
             if committed and self.on_committed is not None:
-                # After the replies: the index is derived data and must not delay a 250.
-                # The same single disk thread runs it, so the next batch queues behind it.
-                loop.run_in_executor(self.executor, self._record, committed)
+                # After the replies: the index is derived data and must not delay a 250
+                # (nor, in its own thread, the next batch).
+                loop.run_in_executor(self.record_executor, self._record, committed)
 
     def _record(self, envelopes: list[Envelope]) -> None:
         assert self.on_committed is not None

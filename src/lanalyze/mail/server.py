@@ -109,6 +109,9 @@ class MailServer:
         self._connections: set[SMTPConnection] = set()
         self._per_client: dict[str, int] = {}
         self._disk: ThreadPoolExecutor | None = None
+        # The index has its own thread: a SQLite write waiting for another process's lock
+        # (acceptors share the file) must not hold up the next group commit.
+        self._index_pool: ThreadPoolExecutor | None = None
         self._delivery_pool: Executor | None = None
         self.index: MessageIndex | None = None
         self.committer: Committer | None = None
@@ -131,10 +134,15 @@ class MailServer:
         loop = asyncio.get_running_loop()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="mail-disk")
         await loop.run_in_executor(self._disk, self.layout.create)
-        self.index = await loop.run_in_executor(self._disk, MessageIndex, self.layout.index)
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="mail-index")
+        self.index = await loop.run_in_executor(self._index_pool, MessageIndex, self.layout.index)
         syncer = Syncer(self.config.sync)
         self.committer = Committer(
-            self.layout, self._disk, self.index.record_accepted, syncer=syncer
+            self.layout,
+            self._disk,
+            self.index.record_accepted,
+            syncer=syncer,
+            record_executor=self._index_pool,
         )
         if self.role == "main":
             # Delivery runs in its own process: its file work and Python parts then use the
@@ -226,13 +234,13 @@ class MailServer:
             await self.queue.stop()
         await self.auth.stop()
         loop = asyncio.get_running_loop()
-        if self.index is not None and self._disk is not None:
-            await loop.run_in_executor(self._disk, self.index.close)
+        if self.index is not None and self._index_pool is not None:
+            await loop.run_in_executor(self._index_pool, self.index.close)
             self.index = None
-        for pool in (self._disk, self._delivery_pool):
+        for pool in (self._disk, self._index_pool, self._delivery_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._disk = self._delivery_pool = None
+        self._disk = self._index_pool = self._delivery_pool = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None or self.config.tls_key is None:
@@ -242,7 +250,7 @@ class MailServer:
         return context
 
     async def _record_outcomes(self, outcomes: list[Outcome]) -> None:
-        if not outcomes or self.index is None or self._disk is None:
+        if not outcomes or self.index is None or self._index_pool is None:
             return
         updates = [
             (
@@ -256,7 +264,7 @@ class MailServer:
         ]
         envelopes = [o.envelope for o in outcomes if o.envelope is not None]
         await asyncio.get_running_loop().run_in_executor(
-            self._disk, self.index.set_status, updates, envelopes
+            self._index_pool, self.index.set_status, updates, envelopes
         )
 
     async def _sweep(self) -> None:
