@@ -28,7 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams
+try:
+    from bench.ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams
+except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
+    from ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams  # type: ignore[no-redef]
 from lanalyze.flows.decode import FlowDecoder, Packet
 from lanalyze.flows.store import SegmentWriter
 from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
@@ -54,11 +57,11 @@ def run_once(
     per_datagram = 30 if fmt == "v5" else 25
     pool = v5_datagrams(2048, 1) if fmt == "v5" else ipfix_datagrams(2048, 1)
     decoder = FlowDecoder()
-    if fmt == "ipfix":
-        decoder.decode([Packet(ipfix_template(), "127.0.0.1", 0)])
     writer = TimedWriter(directory, "bench", compression=compression)  # type: ignore[arg-type]
     per_batch = max(1, batch_flows // per_datagram)
     sources = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    if fmt == "ipfix":
+        decoder.decode([Packet(ipfix_template(), source, 0) for source in sources])
     batch_sources = [sources[i % len(sources)] for i in range(per_batch)]
     spent = dict.fromkeys(STAGES, 0.0)
     pending: list[object] = []
