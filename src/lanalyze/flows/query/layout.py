@@ -182,7 +182,7 @@ def list_raw_files(data: Path, hour: str) -> list[str]:
 # missed.
 _RACY_SECONDS = 1.0
 _LISTING_CACHE_MAX = 8192
-_listing_cache: dict[Path, tuple[tuple[int, int], list[str]]] = {}
+_listing_cache: dict[str, tuple[tuple[int, int], list[str]]] = {}
 _manifest_cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
 _cache_lock = threading.Lock()
 
@@ -192,7 +192,9 @@ def list_raw_files_cached(data: Path, hour: str) -> list[str]:
 
     The list returned is shared: do not modify it.
     """
-    directory = raw_dir(data) / hour
+    # Plain strings, not Path objects: a 30-day plan looks up 720 hours, and building and
+    # hashing Paths was most of the planner's time.
+    directory = os.path.join(data, "raw", hour)
     try:
         stat = os.stat(directory)
     except FileNotFoundError:
