@@ -13,7 +13,6 @@ import csv
 import io
 import ipaddress
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -27,7 +26,7 @@ from lanalyze.flows.query import reports
 from lanalyze.flows.rollup import RollupMaintainer
 from tests.conftest import free_port, lanalyze_cmd, require_tool
 from tests.flows.test_collect import Collector, start_collector, stored, wait_until
-from tests.flows.test_softflowd import replay, udp_queue_empty, write_capture
+from tests.flows.test_softflowd import nfcapd_collect, replay, write_capture
 
 __all__ = ["start_collector"]
 
@@ -86,33 +85,9 @@ def lanalyze_rows(data_dir: Path, by: str) -> tuple[Rows, list[int]]:
 @pytest.fixture
 def nfcapd_dir(tmp_path: Path) -> Path:
     """nfcapd's files of the softflowd replay of the test capture."""
-    softflowd = require_tool("softflowd")
-    nfcapd = require_tool("nfcapd")
     capture = tmp_path / "flows.pcap"
     write_capture(capture)
-    directory = tmp_path / "nfcapd"
-    directory.mkdir()
-    port = free_port(socket.SOCK_DGRAM)
-    log_path = tmp_path / "nfcapd.log"
-    with open(log_path, "w") as log_file:
-        peer = subprocess.Popen(
-            [
-                nfcapd,
-                *("-w", str(directory), "-p", str(port), "-b", "127.0.0.1"),
-                *("-B", str(16 * 2**20), "-P", str(tmp_path / "nfcapd.pid")),
-            ],
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            wait_until(lambda: "Startup" in log_path.read_text(), 20, "nfcapd started")
-            replay(softflowd, capture, port, 10, tmp_path)
-            for _ in range(2):
-                wait_until(lambda: udp_queue_empty(port), 20, "nfcapd read all")
-                time.sleep(0.3)
-        finally:
-            peer.send_signal(signal.SIGTERM)
-            peer.wait(timeout=20)
+    directory, _ = nfcapd_collect(capture, 10, tmp_path)
     return directory
 
 

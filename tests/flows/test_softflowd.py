@@ -150,6 +150,37 @@ def lanalyze_totals(data_dir: Path) -> Totals:
     return totals
 
 
+def nfcapd_collect(capture: Path, version: int, workdir: Path) -> tuple[Path, Path]:
+    """Replay ``capture`` with softflowd to a real nfcapd; its directory and its log."""
+    softflowd = require_tool("softflowd")
+    nfcapd = require_tool("nfcapd")
+    directory = workdir / "nfcapd"
+    directory.mkdir()
+    port = free_port(socket.SOCK_DGRAM)
+    log_path = workdir / "nfcapd.log"
+    with open(log_path, "w") as log_file:
+        peer = subprocess.Popen(
+            [
+                nfcapd,
+                *("-w", str(directory), "-p", str(port), "-b", "127.0.0.1"),
+                *("-B", str(16 * 2**20), "-P", str(workdir / "nfcapd.pid")),
+            ],
+            stdout=log_file,
+            stderr=log_file,
+        )
+        try:
+            wait_until(lambda: "Startup" in log_path.read_text(), 20, "nfcapd started")
+            replay(softflowd, capture, port, version, workdir)
+            # nfcapd has no counter to wait for: wait until it has read everything.
+            for _ in range(2):
+                wait_until(lambda: udp_queue_empty(port), 20, "nfcapd read all")
+                time.sleep(0.3)
+        finally:
+            peer.send_signal(signal.SIGTERM)  # nfcapd writes its file on SIGTERM
+            peer.wait(timeout=20)
+    return directory, log_path
+
+
 @pytest.mark.parametrize("version", [5, 9, 10])
 def test_softflowd_totals_match_nfcapd(
     version: int,
@@ -158,35 +189,11 @@ def test_softflowd_totals_match_nfcapd(
     start_collector: Callable[..., Collector],
 ) -> None:
     softflowd = require_tool("softflowd")
-    nfcapd = require_tool("nfcapd")
     nfdump = require_tool("nfdump")
     capture = tmp_path / "flows.pcap"
     write_capture(capture)
 
-    nf_dir = tmp_path / "nfcapd"
-    nf_dir.mkdir()
-    nf_port = free_port(socket.SOCK_DGRAM)
-    nf_log = tmp_path / "nfcapd.log"
-    with open(nf_log, "w") as log_file:
-        peer = subprocess.Popen(
-            [
-                nfcapd,
-                *("-w", str(nf_dir), "-p", str(nf_port), "-b", "127.0.0.1"),
-                *("-B", str(16 * 2**20), "-P", str(tmp_path / "nfcapd.pid")),
-            ],
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            wait_until(lambda: "Startup" in nf_log.read_text(), 20, "nfcapd started")
-            replay(softflowd, capture, nf_port, version, tmp_path)
-            # nfcapd has no counter to wait for: wait until it has read everything.
-            for _ in range(2):
-                wait_until(lambda: udp_queue_empty(nf_port), 20, "nfcapd read all")
-                time.sleep(0.3)
-        finally:
-            peer.send_signal(signal.SIGTERM)  # nfcapd writes its file on SIGTERM
-            peer.wait(timeout=20)
+    nf_dir, nf_log = nfcapd_collect(capture, version, tmp_path)
     expected = nfdump_totals(nfdump, nf_dir)
     expected_flows = sum(flows for flows, _, _ in expected.values())
     assert expected_flows == (2000 if version == 5 else 3000), nf_log.read_text()
