@@ -224,21 +224,31 @@ class Committer:
                 errors.append(exc)
         if not written:
             return errors
+        renamed: list[str] = []
         try:
             if self.syncer.rename_first:
                 # One flush covers data and names; the CRC in the trailer catches a file whose
                 # data a power cut left incomplete (never acknowledged, so never delivered).
                 for item in written:
-                    os.rename(item.spool.path, os.path.join(active, item.envelope.queue_id))
+                    target = os.path.join(active, item.envelope.queue_id)
+                    os.rename(item.spool.path, target)
+                    renamed.append(target)
                 self.syncer.batch(self.layout.q("incoming"))
             else:
                 # Data first, then names: a crash never leaves a half-written file in active/.
                 self.syncer.batch(self.layout.q("incoming"))
                 for item in written:
-                    os.rename(item.spool.path, os.path.join(active, item.envelope.queue_id))
+                    target = os.path.join(active, item.envelope.queue_id)
+                    os.rename(item.spool.path, target)
+                    renamed.append(target)
                 fsync_dir(Path(active))
         except OSError as exc:
             log.error("mail.cleanup.sync_failed", extra={"error": str(exc)})
+            # These clients get a temporary failure and will send again: the queue scanner
+            # must not also deliver the copies already renamed into active/.
+            for target in renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
             return [exc] * len(batch)
         self.batches += 1
         self.committed += len(written)
