@@ -39,6 +39,10 @@ log = get_logger(__name__)
 Compression = Literal["zstd", "lz4", "snappy", "none"]
 
 HOUR_MS = 3_600_000
+DATA_PAGE_BYTES = 8 * 2**20
+_INTEGER_ENCODING = {
+    field.name: "BYTE_STREAM_SPLIT" for field in arrow_schema() if pa.types.is_integer(field.type)
+}
 TMP_SUFFIX = ".tmp"
 STALE_TMP_SECONDS = 600
 
@@ -167,6 +171,13 @@ class SegmentWriter:
             # Dictionary encoding costs the writer about half again as much CPU for half the
             # size; raw segments are optimised for ingest (compaction may re-encode them).
             use_dictionary=False,
+            # Integers byte-stream-split: their high bytes, nearly constant, become runs that
+            # LZ4 passes over quickly, so the writer spends ~20 % less CPU for a third fewer
+            # bytes than PLAIN (docs/performance.md, "Ingest CPU per flow"). An encoding, not a
+            # type: readers (DuckDB, pyarrow) see the same schema.
+            column_encoding=_INTEGER_ENCODING,
+            # One page per ~8 MiB of column: fewer page headers and compressor calls.
+            data_page_size=DATA_PAGE_BYTES,
             write_statistics=["time_received", "time_start", "time_end"],
         )
 
