@@ -73,9 +73,33 @@ def _verdict(auth: dict[str, Any] | None) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted"]))
+@click.option(
+    "--rejected", is_flag=True, help="List refused recipients, senders and messages instead."
+)
+@click.option("--sender", default="", help="With --rejected: envelope sender contains this.")
+@click.option("--recipient", default="", help="With --rejected: recipient contains this.")
+@click.option("--client", default="", help="With --rejected: client address or HELO contains this.")
+@click.option("--reason", default="", help="With --rejected: this reason only (unknown_user, ...).")
 @click.pass_context
-def ls_command(ctx: click.Context, fmt: str, limit: int, status: str | None) -> None:
-    """Stored and queued messages, newest first."""
+def ls_command(
+    ctx: click.Context,
+    *,
+    fmt: str,
+    limit: int,
+    status: str | None,
+    rejected: bool,
+    sender: str,
+    recipient: str,
+    client: str,
+    reason: str,
+) -> None:
+    """Stored and queued messages (or, with --rejected, refusals), newest first."""
+    if rejected:
+        from lanalyze.mail.index import RejectionQuery
+
+        query = RejectionQuery(sender, recipient, client, reason, page_size=limit)
+        _list_rejections(_index(ctx), query, fmt)
+        return
     index = _index(ctx)
     rows = index.list(limit=limit, status=status) if index is not None else []
     if fmt == "json":
@@ -96,6 +120,23 @@ def ls_command(ctx: click.Context, fmt: str, limit: int, status: str | None) -> 
             f"{'':22} From: {row['header_from'] or '-'}  Subject: {row['subject'] or '-'}"
             f"  [{_verdict(row['auth'])}]"
         )
+
+
+def _list_rejections(index: Any, query: Any, fmt: str) -> None:
+    rows = index.rejections(query).rows if index is not None else []
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no rejections")
+        return
+    click.echo(f"{'time':19} {'client':15} {'code':4} {'reason':23} from -> to / helo / reply")
+    for row in rows:
+        click.echo(
+            f"{_when(row['at'])} {row['client_ip']:15} {row['code']:<4} {row['reason']:23} "
+            f"<{row['mail_from']}> -> {row['recipient'] or '-'}"
+        )
+        click.echo(f"{'':60} HELO {row['helo'] or '-'}  {row['reply']}")
 
 
 @mail.command("show")

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
 from lanalyze.mail.auth.config import AuthConfig
+from lanalyze.mail.index import IndexConfig
 
 
 def _check_network(value: str) -> str:
@@ -148,6 +149,9 @@ class MailConfig(Section):
         "spreads sessions over cores.",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
+    index: IndexConfig = Field(
+        default_factory=IndexConfig, description="Message index: rejections kept, retention."
+    )
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="Sender checks (SPF, DKIM, DMARC, ARC), their policy and DKIM signing.",

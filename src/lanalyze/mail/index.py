@@ -1,10 +1,21 @@
-"""The message index: one SQLite row per accepted message, for ``mail ls`` / ``mail show``.
+"""The message index: one SQLite row per accepted message and one per rejection worth a
+sysadmin's attention; the one module that knows its schema.
 
-SQLite in WAL mode (readers such as ``lanalyze mail ls`` never block the server) with
-``synchronous=NORMAL``: the index is derived data, the queue files and Maildirs are the
-truth, so it does not pay an fsync per message. Every statement takes parameters; no peer
-text is ever formatted into SQL. A connection belongs to one thread: the server uses it only
-from its single disk-worker thread.
+Writers: the SMTP server records accepted messages and their delivery state
+(:meth:`MessageIndex.record_accepted`, :meth:`MessageIndex.set_status`) and, through
+:mod:`lanalyze.mail.rejections`, refused recipients, senders and messages
+(:meth:`MessageIndex.record_rejections`, pruned by :attr:`IndexConfig.rejected_retention_days`).
+Readers: ``lanalyze mail ls/show`` and the console use the read API below (search with
+filters and paging, counts over time, one message, rejections), so no other module writes SQL
+against these tables.
+
+SQLite in WAL mode (readers never block the server) with ``synchronous=NORMAL``: the index is
+derived data, the queue files and Maildirs are the truth, so it does not pay an fsync per
+message. Every statement takes parameters; no peer or user text is ever formatted into SQL
+(``WHERE`` clauses are built from fixed fragments, ``LIKE`` patterns escaped). A connection
+belongs to one thread: the server uses it only from its index thread.
+
+Trust: rows hold the peers' text (addresses, HELO names, subjects); readers render it escaped.
 """
 
 from __future__ import annotations
@@ -12,11 +23,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lanalyze.mail.queuefile import Envelope
+from pydantic import Field
+
+from lanalyze.configbase import Section
+
+if TYPE_CHECKING:
+    from lanalyze.mail.queuefile import Envelope
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -42,9 +59,106 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_status ON messages (status);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    client_ip TEXT NOT NULL DEFAULT '',
+    listener TEXT NOT NULL DEFAULT '',
+    helo TEXT NOT NULL DEFAULT '',
+    mail_from TEXT NOT NULL DEFAULT '',
+    recipient TEXT NOT NULL DEFAULT '',
+    auth_user TEXT,
+    code INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    reply TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS rejections_at ON rejections (at);
 """
 
 STATUSES = ("queued", "delivered", "deferred", "hold", "deleted", "corrupt")
+VERDICTS = ("any", "pass", "fail", "forged", "none")
+LOCAL_CLAIM_FLAG = "local_domain_claimed_from_outside"
+REJECTION_FIELDS = (
+    "at",
+    "client_ip",
+    "listener",
+    "helo",
+    "mail_from",
+    "recipient",
+    "auth_user",
+    "code",
+    "reason",
+    "reply",
+)
+COUNT_SERIES = ("accepted", "rejected", "forged")
+
+
+class IndexConfig(Section):
+    """``[mail.index]``: what the message index keeps besides accepted messages."""
+
+    record_rejections: bool = Field(
+        default=True,
+        description="Record refused recipients, senders and messages (time, client, HELO, "
+        "envelope, reply) for `mail ls --rejected` and the console.",
+    )
+    rejected_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Rejection rows older than this many days are deleted (checked hourly).",
+    )
+    rejected_queue: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Rejections waiting for the index writer at most; beyond, new ones are "
+        "counted in `lanalyze_mail_rejections_dropped_total` and not stored.",
+    )
+
+
+def is_forged(auth: dict[str, Any] | None) -> bool:
+    """DMARC failed, or a message from outside claims one of our own domains."""
+    if not auth:
+        return False
+    return auth.get("dmarc") == "fail" or LOCAL_CLAIM_FLAG in (auth.get("flags") or [])
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` for ``LIKE ... ESCAPE '\\'`` with the user's wildcards made literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@dataclass
+class MessageQuery:
+    sender: str = ""  # envelope sender or header From:, substring
+    recipient: str = ""
+    subject: str = ""
+    verdict: str = "any"  # one of VERDICTS
+    status: str | None = None
+    since: float | None = None
+    until: float | None = None
+    page: int = 1
+    page_size: int = 50
+
+
+@dataclass
+class RejectionQuery:
+    sender: str = ""
+    recipient: str = ""
+    client: str = ""  # client address or HELO name, substring
+    reason: str = ""  # exact reason word; "" = any
+    since: float | None = None
+    until: float | None = None
+    page: int = 1
+    page_size: int = 50
+
+
+@dataclass
+class Page:
+    rows: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
 
 
 class MessageIndex:
@@ -60,8 +174,26 @@ class MessageIndex:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.row_factory = sqlite3.Row
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> MessageIndex | None:
+        """The index for reading, or None while the server has not created it yet."""
+        if not path.exists():
+            return None
+        try:
+            return cls(path, readonly=True)
+        except sqlite3.Error:
+            return None
+
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> MessageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- writing
 
     def record_accepted(self, envelopes: Iterable[Envelope]) -> None:
         """One row per message; a row that exists already (its delivery was recorded first,
@@ -116,26 +248,179 @@ class MessageIndex:
         )
         self.db.execute("COMMIT")
 
-    def list(self, *, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
-        if status is None:
-            cursor = self.db.execute(
-                "SELECT * FROM messages ORDER BY received_at DESC LIMIT ?", (limit,)
-            )
-        else:
-            cursor = self.db.execute(
-                "SELECT * FROM messages WHERE status=? ORDER BY received_at DESC LIMIT ?",
-                (status, limit),
-            )
-        return [_row(r) for r in cursor.fetchall()]
+    def mark_deleted(self, queue_id: str) -> None:
+        self.db.execute(
+            "UPDATE messages SET status = 'deleted', updated_at = ? WHERE queue_id = ?",
+            (time.time(), queue_id),
+        )
+
+    def record_rejections(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows in the order of :data:`REJECTION_FIELDS`, one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "INSERT INTO rejections (at, client_ip, listener, helo, mail_from, recipient, "
+            "auth_user, code, reason, reply) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        self.db.execute("COMMIT")
+
+    def prune_rejections(self, older_than: float) -> int:
+        cursor = self.db.execute("DELETE FROM rejections WHERE at < ?", (older_than,))
+        return cursor.rowcount
+
+    # ---------------------------------------------------------------- reading
 
     def get(self, queue_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
-        return _row(row) if row is not None else None
+        return _message(row) if row is not None else None
+
+    def search(self, query: MessageQuery) -> Page:
+        """Messages matching every given filter, newest first, one page."""
+        where: list[str] = []
+        params: list[Any] = []
+        if query.sender:
+            where.append("(mail_from LIKE ? ESCAPE '\\' OR header_from LIKE ? ESCAPE '\\')")
+            params += [like_pattern(query.sender)] * 2
+        if query.recipient:
+            where.append("recipients LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(query.recipient))
+        if query.subject:
+            where.append("subject LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(query.subject))
+        if query.status is not None:
+            where.append("status = ?")
+            params.append(query.status)
+        if query.since is not None:
+            where.append("received_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("received_at < ?")
+            params.append(query.until)
+        if query.verdict == "pass":
+            where.append("json_extract(auth, '$.dmarc') = 'pass'")
+        elif query.verdict == "fail":
+            where.append(
+                "(json_extract(auth, '$.dmarc') = 'fail' OR json_extract(auth, '$.spf') = 'fail'"
+                " OR json_extract(auth, '$.dkim') = 'fail')"
+            )
+        elif query.verdict == "forged":
+            where.append("(json_extract(auth, '$.dmarc') = 'fail' OR auth LIKE ?)")
+            params.append(f'%"{LOCAL_CLAIM_FLAG}"%')
+        elif query.verdict == "none":
+            where.append("auth IS NULL")
+        return self._page(
+            "messages", "received_at", where=where, params=params, query=query, shape=_message
+        )
+
+    def rejections(self, query: RejectionQuery) -> Page:
+        """Rejections matching every given filter, newest first, one page."""
+        where: list[str] = []
+        params: list[Any] = []
+        if query.sender:
+            where.append("mail_from LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(query.sender))
+        if query.recipient:
+            where.append("recipient LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(query.recipient))
+        if query.client:
+            where.append("(client_ip LIKE ? ESCAPE '\\' OR helo LIKE ? ESCAPE '\\')")
+            params += [like_pattern(query.client)] * 2
+        if query.reason:
+            where.append("reason = ?")
+            params.append(query.reason)
+        if query.since is not None:
+            where.append("at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("at < ?")
+            params.append(query.until)
+        return self._page("rejections", "at", where=where, params=params, query=query, shape=dict)
+
+    def rejection_reasons(self) -> list[str]:
+        """The reason words present, for a search form's choices."""
+        try:
+            rows = self.db.execute("SELECT DISTINCT reason FROM rejections ORDER BY reason")
+            return [str(r[0]) for r in rows.fetchall()]
+        except sqlite3.OperationalError:  # an index written before rejections were kept
+            return []
+
+    def counts(self, since: float, until: float, bucket: int) -> dict[str, list[int]]:
+        """Accepted, rejected and forged per bucket of ``bucket`` seconds from ``since``
+        (aligned down to a whole bucket). Rejected: messages refused after DATA plus every
+        recorded rejection (a refused recipient or sender, a session ended for errors)."""
+        start = since - since % bucket
+        slots = int(-(-(until - start) // bucket))
+        series = {name: [0] * slots for name in COUNT_SERIES}
+        try:
+            rows = self.db.execute(
+                "SELECT CAST((received_at - ?) / ? AS INTEGER) AS slot, action = 'reject', "
+                "json_extract(auth, '$.dmarc') = 'fail' OR auth LIKE ?, count(*) "
+                "FROM messages WHERE received_at >= ? AND received_at < ? "
+                "GROUP BY 1, 2, 3",
+                (start, bucket, f'%"{LOCAL_CLAIM_FLAG}"%', start, until),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        for slot, rejected, forged, count in rows:
+            if 0 <= slot < slots:
+                series["rejected" if rejected else "accepted"][slot] += count
+                if forged:
+                    series["forged"][slot] += count
+        try:
+            refused = self.db.execute(
+                "SELECT CAST((at - ?) / ? AS INTEGER) AS slot, count(*) FROM rejections "
+                "WHERE at >= ? AND at < ? GROUP BY 1",
+                (start, bucket, start, until),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            refused = []
+        for slot, count in refused:
+            if 0 <= slot < slots:
+                series["rejected"][slot] += count
+        return series
+
+    def _page(
+        self,
+        table: str,
+        order: str,
+        *,
+        where: list[str],
+        params: list[Any],
+        query: MessageQuery | RejectionQuery,
+        shape: Any,
+    ) -> Page:
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        size = max(1, query.page_size)
+        try:
+            # table, order and clause are fixed fragments chosen above; values are parameters.
+            total = int(
+                self.db.execute(f"SELECT count(*) FROM {table}{clause}", params).fetchone()[0]  # noqa: S608
+            )
+            pages = max(1, -(-total // size))
+            page = min(max(1, query.page), pages)
+            rows = self.db.execute(
+                f"SELECT * FROM {table}{clause} ORDER BY {order} DESC LIMIT ? OFFSET ?",  # noqa: S608
+                [*params, size, (page - 1) * size],
+            ).fetchall()
+        except sqlite3.OperationalError:  # no such table yet (older index), locked too long
+            return Page([], 0, 1, 1)
+        return Page([shape(r) for r in rows], total, page, pages)
+
+    # Last: a method named ``list`` shadows the builtin in annotations below it.
+    def list(self, *, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+        return self.search(MessageQuery(status=status, page_size=limit)).rows
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
+def _message(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(row)
-    data["recipients"] = json.loads(data["recipients"])
-    data["delivered_to"] = json.loads(data["delivered_to"])
-    data["auth"] = json.loads(data["auth"]) if data["auth"] else None
+    for key, default in (("recipients", "[]"), ("delivered_to", "[]")):
+        try:
+            data[key] = json.loads(data.get(key) or default)
+        except ValueError:
+            data[key] = []
+    try:
+        data["auth"] = json.loads(data["auth"]) if data.get("auth") else None
+    except ValueError:
+        data["auth"] = None
+    data["forged"] = is_forged(data["auth"])
     return data

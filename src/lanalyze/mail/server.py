@@ -39,7 +39,9 @@ from lanalyze.mail.headers import header_summary, sanitize
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.queue import QueueManager
 from lanalyze.mail.queuefile import Envelope, Layout, Syncer
+from lanalyze.mail.rejections import RejectionLog
 from lanalyze.mail.smtp.protocol import (
+    R_BYE,
     AuthAttempt,
     Close,
     Event,
@@ -52,6 +54,7 @@ from lanalyze.mail.smtp.protocol import (
     SessionOptions,
     SMTPSession,
     StartTLS,
+    State,
 )
 from lanalyze.mail.users import Directory
 from lanalyze.service import bind_socket
@@ -66,6 +69,7 @@ R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded")
 R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections")
 R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error")
 R_HEADER_FROM_NOT_YOURS = Reply(553, "5.7.1 From: header address not owned by user")
+_BYE = R_BYE.encode()
 
 
 @dataclass
@@ -114,6 +118,7 @@ class MailServer:
         self._index_pool: ThreadPoolExecutor | None = None
         self._delivery_pool: Executor | None = None
         self.index: MessageIndex | None = None
+        self.rejections: RejectionLog | None = None
         self.committer: Committer | None = None
         self.queue: QueueManager | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -136,6 +141,9 @@ class MailServer:
         await loop.run_in_executor(self._disk, self.layout.create)
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="mail-index")
         self.index = await loop.run_in_executor(self._index_pool, MessageIndex, self.layout.index)
+        if self.config.index.record_rejections:
+            self.rejections = RejectionLog(self.layout.index, self.config.index)
+            await self.rejections.start()
         syncer = Syncer(self.config.sync)
         self.committer = Committer(
             self.layout,
@@ -233,6 +241,9 @@ class MailServer:
         if self.queue is not None:
             await self.queue.stop()
         await self.auth.stop()
+        if self.rejections is not None:
+            await self.rejections.stop()
+            self.rejections = None
         loop = asyncio.get_running_loop()
         if self.index is not None and self._index_pool is not None:
             await loop.run_in_executor(self._index_pool, self.index.close)
@@ -328,6 +339,7 @@ class SMTPConnection(asyncio.Protocol):
             metrics.REJECTIONS.labels(kind, "connection_limit").inc()
             self._warn("smtp.connection_refused", "connection limit")
             transport.write(R_TOO_MANY_CONNECTIONS.encode())
+            self._rejected(b"", R_TOO_MANY_CONNECTIONS.encode())
             transport.close()
             return
         self.listener.served.inc()
@@ -340,8 +352,11 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if session is None or self._closing:
             return
+        errors = session.errors
         events = session.receive(data)
         out = session.data_to_send()
+        if session.errors != errors or (session.state is State.CLOSED and not out.endswith(_BYE)):
+            self._rejected(data, out)
         if out or session.in_message:
             self._touch(
                 self.server.config.data_timeout
@@ -452,9 +467,18 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
+        errors = session.errors
         events = session.message_done(reply)
         self._touch(self.server.config.command_timeout)
-        self._dispatch(session.data_to_send(), events)
+        out = session.data_to_send()
+        if session.errors != errors:
+            self._rejected(b"", out)
+        self._dispatch(out, events)
+
+    def _rejected(self, data: bytes, out: bytes) -> None:
+        """Hook: a reply in ``out`` refused something (accepted mail never comes here)."""
+        if self.server.rejections is not None:
+            self.server.rejections.seen(self, data, out)
 
     async def _finish_message(self) -> None:
         spool, begin, queue_id = self.spool, self.begin, self.queue_id

@@ -1,0 +1,188 @@
+"""Rejections reach the message index: real SMTP clients (smtplib, swaks) get refused, and the
+index, ``lanalyze mail ls --rejected`` and the counts show it."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lanalyze.mail.index import IndexConfig, MessageIndex, RejectionQuery
+from lanalyze.mail.rejections import classify, commands, replies
+from tests.conftest import lanalyze_cmd, require_tool
+from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
+
+MESSAGE = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def _wait_rows(data_dir: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        index = MessageIndex.open_readonly(data_dir / "mail" / "index.sqlite")
+        if index is not None:
+            with index:
+                rows = index.rejections(RejectionQuery(page_size=100)).rows
+            if len(rows) >= count:
+                return rows
+        time.sleep(0.05)
+    raise AssertionError(f"{len(rows)} of {count} rejections recorded: {rows}")
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_refusals_are_recorded_with_envelope_and_reason(
+    data_dir: Path, tls_pair: tuple[Path, Path]
+) -> None:
+    cert, key = tls_pair
+    with run_server(
+        data_dir,
+        max_message_size=10_000,
+        hard_error_limit=3,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        submission_listen=["127.0.0.1:0"],
+        users=[
+            {"name": "alice", "password_hash": password_hash(), "addresses": ["alice@example.test"]}
+        ],
+    ) as running:
+        _refuse(running)
+        rows = _wait_rows(data_dir, 6)
+    by_reason = {row["reason"]: row for row in rows}
+    unknown = by_reason["unknown_user"]
+    assert (unknown["code"], unknown["recipient"]) == (550, "nobody@example.test")
+    assert unknown["mail_from"] == "eve@outside.test"
+    assert unknown["helo"] == "probe.outside.test" and unknown["client_ip"] == "127.0.0.1"
+    assert unknown["reply"].startswith("5.1.1")
+    relay = by_reason["relay_denied"]
+    assert (relay["code"], relay["recipient"]) == (554, "victim@far.test")
+    assert by_reason["too_big"]["mail_from"] == "big@outside.test"
+    assert by_reason["too_many_errors"]["code"] == 421
+    assert by_reason["sender_not_allowed"]["mail_from"] == "bob@example.test"
+    header = by_reason["header_from_not_allowed"]
+    assert header["auth_user"] == "alice" and header["recipient"] == "bob@example.test"
+    assert not any(row["reason"] in ("syntax", "other") for row in rows)
+    # The accepted message left no row; the index has it as a message.
+    with MessageIndex(data_dir / "mail" / "index.sqlite", readonly=True) as index:
+        assert len(index.list()) == 1
+        now = time.time()
+        counts = index.counts(now - 3600, now + 1, 3600)
+    assert sum(counts["accepted"]) == 1 and sum(counts["rejected"]) == len(rows)
+    _cli_lists(data_dir, len(rows))
+
+
+def _refuse(running: RunningServer) -> None:
+    with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+        client.ehlo("probe.outside.test")
+        assert client.mail("eve@outside.test")[0] == 250
+        assert client.rcpt("nobody@example.test")[0] == 550
+        assert client.rcpt("victim@far.test")[0] == 554
+        assert client.rcpt("bob@example.test")[0] == 250
+    with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+        client.ehlo("probe.outside.test")
+        assert client.mail("big@outside.test", ["SIZE=99999999"])[0] == 552
+        assert client.sendmail("x@outside.test", ["bob@example.test"], MESSAGE) == {}
+    noisy = smtplib.SMTP("127.0.0.1", running.port(), timeout=10)
+    noisy.ehlo("noisy")
+    for _ in range(3):
+        assert noisy.docmd("NOPE")[0] == 502
+    assert noisy.getreply()[0] == 421  # the third error ends the session
+    noisy.close()
+    with smtplib.SMTP("127.0.0.1", running.port("submission"), timeout=10) as client:
+        client.starttls(context=_tls())
+        client.ehlo("laptop")
+        client.login("alice", PASSWORD)
+        assert client.mail("bob@example.test")[0] == 553
+        client.rset()
+        forged = MESSAGE.replace(b"From: alice@", b"From: bob@")
+        try:
+            client.sendmail("alice@example.test", ["bob@example.test"], forged)
+        except smtplib.SMTPDataError as refused:
+            assert refused.smtp_code == 553
+        else:
+            raise AssertionError("forged From: accepted")
+
+
+def _cli_lists(data_dir: Path, count: int) -> None:
+    config = data_dir.parent / "rejections.toml"
+    config.write_text(f'[general]\ndata_dir = "{data_dir}"\n')
+    base = [*lanalyze_cmd(), "--config", str(config), "mail", "ls", "--rejected"]
+    out = subprocess.run([*base, "--format", "json"], capture_output=True, check=True, timeout=60)
+    rows = json.loads(out.stdout)
+    assert len(rows) == count and {"reason", "recipient", "client_ip", "helo"} <= set(rows[0])
+    table = subprocess.run(
+        [*base, "--recipient", "nobody"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "unknown_user" in table.stdout and "relay_denied" not in table.stdout
+
+
+def test_pipelined_refusals_pair_with_their_commands(data_dir: Path) -> None:
+    swaks = require_tool("swaks")
+    with run_server(data_dir) as running:
+        result = subprocess.run(
+            [
+                swaks,
+                "--server",
+                f"127.0.0.1:{running.port()}",
+                "--pipeline",
+                "--quit-after",
+                "RCPT",
+                "--helo",
+                "pipe.test",
+                "--from",
+                "p@outside.test",
+                "--to",
+                "ghost@example.test,alice@example.test,other@far.test",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "550 5.1.1" in result.stdout, result.stdout
+        rows = _wait_rows(data_dir, 2)
+    assert {(r["reason"], r["recipient"]) for r in rows} == {
+        ("unknown_user", "ghost@example.test"),
+        ("relay_denied", "other@far.test"),
+    }
+    assert all(r["mail_from"] == "p@outside.test" and r["helo"] == "pipe.test" for r in rows)
+
+
+def test_full_queue_counts_drops_and_retention_prunes(data_dir: Path) -> None:
+    from lanalyze.mail.rejections import DROPPED, RejectionLog
+
+    log = RejectionLog(data_dir / "index.sqlite", IndexConfig(rejected_queue=100))
+    log._thread = object()  # type: ignore[assignment]  # "started", writer not running
+    before = DROPPED.labels("mta")._value.get()
+    for _ in range(150):
+        log._put("mta", (0.0,))
+    assert DROPPED.labels("mta")._value.get() - before == 50
+    assert log._queue.qsize() == 100
+    with MessageIndex(data_dir / "index.sqlite") as index:
+        row = (time.time(), "192.0.2.1", "mta", "h", "s@x", "r@y", None, 550, "unknown_user", "")
+        old = (time.time() - 40 * 86400, *row[1:])
+        index.record_rejections([row, old])
+        assert index.prune_rejections(time.time() - 30 * 86400) == 1
+        assert index.rejections(RejectionQuery()).total == 1
+
+
+def test_reply_parsing_and_classification() -> None:
+    out = b"250 2.1.0 Ok\r\n550 5.1.1 Recipient address rejected: User unknown\r\n354 Go\r\n"
+    assert replies(out) == [
+        (250, "2.1.0 Ok"),
+        (550, "5.1.1 Recipient address rejected: User unknown"),
+        (354, "Go"),
+    ]
+    data = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: x\r\n"
+    assert commands(data, 3) == ["MAIL FROM:<a@b>", "RCPT TO:<c@d>", "DATA"]
+    assert classify(501, "5.5.4 Syntax") is None
+    assert classify(554, "5.7.1 Relay access denied") == "relay_denied"
+    assert classify(550, "5.7.1 DMARC policy of paypal.example: reject") == "policy_reject"
