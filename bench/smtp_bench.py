@@ -15,6 +15,7 @@ Needs root for Postfix (it drops privileges to the ``postfix`` user).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -196,12 +197,88 @@ enabled = false
         )
         self.proc = subprocess.Popen([str(LANALYZE), "--config", str(config), "serve"])
         wait_port(self.port)
+        # The extra acceptors bind a moment later: wait, so every run uses all of them and
+        # the CPU accounting knows which process is which.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            roles = process_roles(self.proc.pid, self.port)
+            if list(roles.values()).count("acceptor") >= self.acceptors - 1:
+                break
+            time.sleep(0.1)
         return self
+
+    def cpu_run(self, messages: int, reuse: bool) -> tuple[float, dict[str, float]]:
+        """smtp-source rate, and CPU ms per message of each lanalyze process role, counted
+        from before the run until delivery has emptied the queue."""
+        assert self.proc is not None
+        roles = process_roles(self.proc.pid, self.port)
+        before = {pid: cpu_ticks(pid) for pid in roles}
+        rate = smtp_source(self.port, messages, reuse)
+        wait_drained(self.base / "data" / "mail" / "queue" / "active")
+        per_role: dict[str, float] = {}
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        for pid, role in roles.items():
+            used = (cpu_ticks(pid) - before[pid]) * tick_ms / messages
+            per_role[role] = per_role.get(role, 0.0) + used
+        per_role["total"] = sum(per_role.values())
+        return rate, per_role
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of one process (all its threads, in clock ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}") and cols[3] == "0A":
+            inodes.add(cols[9])
+    return inodes
+
+
+def process_roles(main: int, port: int) -> dict[int, str]:
+    """main / acceptor (holds the listening socket) / delivery (the other worker)."""
+    listening = listening_inodes(port)
+    roles = {main: "main"}
+    for pid in lanalyze_pids(main)[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        if b"resource_tracker" in cmdline:
+            roles[pid] = "tracker"
+            continue
+        holds = False
+        for fd in fds:
+            with_link = ""
+            with contextlib.suppress(OSError):
+                with_link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if with_link.startswith("socket:[") and with_link[8:-1] in listening:
+                holds = True
+                break
+        roles[pid] = "acceptor" if holds else "delivery"
+    return roles
+
+
+def wait_drained(queue: Path, timeout: float = 60.0) -> None:
+    """Until delivery has emptied queue/active/ (its CPU belongs to the same messages)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(queue.iterdir()):
+            return
+        time.sleep(0.05)
 
 
 def smtp_source(port: int, messages: int, reuse: bool) -> float:
@@ -264,39 +341,65 @@ def main() -> None:
     parser.add_argument(
         "--acceptors", type=int, default=2, help="mail.acceptors (one per core here)"
     )
+    parser.add_argument(
+        "--no-postfix", action="store_true", help="lanalyze only (CPU profiling; no ratio)"
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "postfix"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
             sys.exit(f"{tool} is not installed")
     results: dict[tuple[str, bool], list[float]] = {}
+    cpu: dict[bool, list[dict[str, float]]] = {}
     memory: dict[str, tuple[int, int]] = {}
     with tempfile.TemporaryDirectory(prefix="smtp-bench-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o755)  # Postfix's daemons run as the postfix user
         with (
-            Postfix(base / "postfix") as postfix,
+            (
+                contextlib.nullcontext(None) if args.no_postfix else Postfix(base / "postfix")
+            ) as postfix,
             Lanalyze(base / "lanalyze", args.acceptors) as ours,
         ):
             # Memory first, on fresh servers, so the heaps of the throughput runs do not hide it.
-            memory["postfix"] = idle_memory(
-                postfix.port, lambda: postfix_pids(postfix.master_pid()), args.idle
-            )
+            if postfix is not None:
+                memory["postfix"] = idle_memory(
+                    postfix.port, lambda: postfix_pids(postfix.master_pid()), args.idle
+                )
             assert ours.proc is not None
             main_pid = ours.proc.pid
             memory["lanalyze"] = idle_memory(ours.port, lambda: lanalyze_pids(main_pid), args.idle)
             for _ in range(args.runs):
                 for reuse in (False, True):
-                    for name, port in (("postfix", postfix.port), ("lanalyze", ours.port)):
-                        rate = smtp_source(port, args.messages, reuse)
-                        results.setdefault((name, reuse), []).append(rate)
-                        print(f"{name:9} {'-d' if reuse else 'new conn':8} {rate:8.0f} msg/s")
+                    mode = "-d" if reuse else "new conn"
+                    if postfix is not None:
+                        rate = smtp_source(postfix.port, args.messages, reuse)
+                        results.setdefault(("postfix", reuse), []).append(rate)
+                        print(f"{'postfix':9} {mode:8} {rate:8.0f} msg/s")
+                    rate, used = ours.cpu_run(args.messages, reuse)
+                    results.setdefault(("lanalyze", reuse), []).append(rate)
+                    cpu.setdefault(reuse, []).append(used)
+                    shares = " ".join(f"{k} {v:.3f}" for k, v in sorted(used.items()))
+                    print(f"{'lanalyze':9} {mode:8} {rate:8.0f} msg/s  CPU ms/msg: {shares}")
     print()
     print(f"smtp-source -s 20 -m {args.messages} -l 4096, median of {args.runs} runs (msg/s):")
     print(f"{'mode':22} {'postfix':>9} {'lanalyze':>9} {'ratio':>6}")
     for reuse, label in ((False, "new connection (no -d)"), (True, "reused (-d)")):
-        theirs = statistics.median(results[("postfix", reuse)])
         mine = statistics.median(results[("lanalyze", reuse)])
-        print(f"{label:22} {theirs:9.0f} {mine:9.0f} {mine / theirs:6.2f}")
+        if args.no_postfix:
+            print(f"{label:22} {'-':>9} {mine:9.0f} {'-':>6}")
+        else:
+            theirs = statistics.median(results[("postfix", reuse)])
+            print(f"{label:22} {theirs:9.0f} {mine:9.0f} {mine / theirs:6.2f}")
+    print()
+    print("lanalyze CPU time per message, all its processes (ms, median of runs; from before")
+    print("each smtp-source run until delivery has emptied the queue):")
+    for reuse, label in ((False, "new connection (no -d)"), (True, "reused (-d)")):
+        roles = sorted({role for used in cpu[reuse] for role in used})
+        shares = "  ".join(
+            f"{role} {statistics.median(u.get(role, 0.0) for u in cpu[reuse]):.3f}"
+            for role in roles
+        )
+        print(f"{label:22} {shares}")
     print()
     print(f"memory with {args.idle} idle connections (PSS of all processes, MiB):")
     for name, (before, during) in memory.items():

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanalyze.log import get_logger
-from lanalyze.mail.queuefile import Envelope, Layout, Syncer, footer, fsync_dir
+from lanalyze.mail.queuefile import Envelope, Layout, Recycler, Syncer, footer, fsync_dir
 
 log = get_logger(__name__)
 
@@ -59,6 +59,10 @@ class Spool:
     head: bytearray = field(default_factory=bytearray)
     fd: int | None = None
     crc32: int = 0
+    # Opens the file: a recycled queue file when there is one (queuefile.Recycler).
+    opener: Callable[[str], tuple[int, bool]] | None = None
+    recycled: bool = False  # then truncate to ``written`` when done
+    written: int = 0
 
     def append(self, data: bytes) -> None:
         self.parts.append(data)
@@ -81,8 +85,12 @@ class Spool:
     def write_parts(self, parts: list[bytes]) -> None:
         """Thread side: append bytes to the spool file (opened on first use)."""
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if self.opener is not None:
+                self.fd, self.recycled = self.opener(self.path)
+            else:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         pending: list[bytes | memoryview] = [part for part in parts if part]
+        self.written += sum(len(part) for part in pending)
         while pending:
             # One writev per message in the common case; a short write resumes where it stopped.
             written = os.writev(self.fd, pending[:_IOV_MAX])
@@ -133,6 +141,7 @@ class Committer:
         self.layout = layout
         self.record_executor = record_executor or executor
         self.syncer = syncer or Syncer("fsync")
+        self.recycler = Recycler(layout)
         # Strings, not Paths, on the per-message path: pathlib costs tens of microseconds.
         self._incoming = str(layout.q("incoming"))
         self._active = str(layout.q("active"))
@@ -145,7 +154,9 @@ class Committer:
         self.committed = 0
 
     def spool(self, queue_id: str, memory_limit: int) -> Spool:
-        return Spool(os.path.join(self._incoming, queue_id), memory_limit)
+        return Spool(
+            os.path.join(self._incoming, queue_id), memory_limit, opener=self.recycler.open
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mail-cleanup")
@@ -212,6 +223,8 @@ class Committer:
                 item.envelope.crc32 = spool.crc32
                 spool.write_parts([*item.parts, footer(spool.length, item.envelope.trailer())])
                 assert spool.fd is not None
+                if spool.recycled:
+                    os.ftruncate(spool.fd, spool.written)
                 self.syncer.file(spool.fd)
                 os.close(spool.fd)
                 spool.fd = None

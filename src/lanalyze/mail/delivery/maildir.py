@@ -3,8 +3,9 @@
 Each copy is written to ``tmp/`` under a unique name (time, microseconds, pid, counter, host;
 the ``S=`` size Dovecot understands); the batch's files are flushed (``mail.sync``: each
 fsynced, or one syncfs), then renamed into ``new/`` and the ``new/`` directories touched are
-fsynced once; only then is the queue file removed (or rewritten with
-the recipients still to do). A crash therefore never loses a message and never shows a
+fsynced once; only then is the queue file removed (moved to ``queue/free/`` for reuse, see
+:class:`~lanalyze.mail.queuefile.Recycler`; or rewritten with the recipients still to
+do). A crash therefore never loses a message and never shows a
 partial one in ``new/``; at worst a message is delivered twice (at-least-once, as every MTA).
 Lines are stored with LF endings, ``Return-Path`` and ``Delivered-To`` are added in front
 of the ``Received`` and ``Authentication-Results`` lines recorded at acceptance. A message
@@ -28,6 +29,7 @@ from lanalyze.mail.queuefile import (
     CorruptQueueFile,
     Envelope,
     Layout,
+    Recycler,
     Syncer,
     fsync_dir,
     read_envelope,
@@ -66,6 +68,7 @@ class MaildirDelivery:
         self.layout = layout
         self.syncer = syncer or Syncer("fsync")
         self._known: set[Path] = set()
+        self.recycler = Recycler(layout)
 
     def folder(self, mailbox: str, junk: bool) -> Path:
         path = self.layout.maildirs / mailbox
@@ -154,7 +157,7 @@ class MaildirDelivery:
                 continue
             try:
                 if outcome.status == "delivered":
-                    path.unlink(missing_ok=True)
+                    self.recycler.release(str(path))
                 else:
                     if outcome.status == "deferred":
                         envelope.attempts += 1
