@@ -1,7 +1,8 @@
 """Test mail written with the mail server's own index and queue-file format.
 
 Three messages: a genuine one (delivered to a Maildir), a forged one (DMARC fail, From: says
-paypal.example while the envelope says elsewhere; delivered), and one deferred in the queue.
+paypal.example while the envelope says elsewhere; delivered), and one deferred in the queue;
+and three rejections (an unknown user, a relay attempt, a DMARC policy reject).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ DEFERRED_SUBJECT = "Quarterly report"
 FORGED_ID = "F0RGED0001"
 GENUINE_ID = "GENU1NE002"
 DEFERRED_ID = "DEFER00003"
+REJECTED_CLIENT = "198.51.100.77"
+REJECTED_RECIPIENT = "nobody@test.example"
 
 _PASS = {
     "action": "accept",
@@ -155,6 +158,46 @@ def seed(data_dir: Path, now: float | None = None) -> None:
     index = MessageIndex(layout.index)
     try:
         index.record_accepted(envelopes)
+        index.record_rejections(
+            [
+                (
+                    now - 300,
+                    REJECTED_CLIENT,
+                    "mta",
+                    "spam.example",
+                    "eve@spam.example",
+                    REJECTED_RECIPIENT,
+                    None,
+                    550,
+                    "unknown_user",
+                    "5.1.1 Recipient address rejected: User unknown",
+                ),
+                (
+                    now - 200,
+                    REJECTED_CLIENT,
+                    "mta",
+                    "spam.example",
+                    "eve@spam.example",
+                    "victim@far.example",
+                    None,
+                    554,
+                    "relay_denied",
+                    "5.7.1 Relay access denied",
+                ),
+                (
+                    now - 100,
+                    "203.0.113.66",
+                    "mta",
+                    "bulk.example",
+                    "x@bulk.example",
+                    "bob@test.example",
+                    None,
+                    550,
+                    "policy_reject",
+                    "5.7.1 DMARC policy of paypal.example: reject",
+                ),
+            ]
+        )
         index.set_status(
             [
                 (GENUINE_ID, "delivered", 1, "", ["bob@test.example"]),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,65 @@ def test_queue_retry_and_delete_need_csrf(client: TestClient) -> None:
     assert not (data_dir / "mail" / "queue" / "active" / sample_mail.DEFERRED_ID).exists()
     listed = client.get("/mail?sender=carol").text
     assert "deleted" in listed
+
+
+def test_rejections_page_search_and_counts(client: TestClient) -> None:
+    page = client.get("/mail/rejected")
+    assert page.status_code == 200
+    assert sample_mail.REJECTED_RECIPIENT in page.text and "victim@far.example" in page.text
+    assert "Unknown user" in page.text and "Policy reject (DMARC)" in page.text
+    assert 'href="/mail/rejected"' in client.get("/mail").text  # linked from the mail pages
+    by_recipient = client.get("/mail/rejected", params={"recipient": "nobody"}).text
+    assert "victim@far.example" not in by_recipient and "1 rejection " in by_recipient
+    by_client = client.get("/mail/rejected", params={"client": "spam.example"}).text
+    assert "2 rejections" in by_client and "bulk.example" not in by_client
+    by_reason = client.get("/mail/rejected", params={"reason": "relay_denied"}).text
+    assert "1 rejection " in by_reason and "victim@far.example" in by_reason
+    assert "No rejection matches." in client.get("/mail/rejected?sender=%25").text
+    # The counts chart: 3 accepted, 3 rejected, 1 forged in the last hour.
+    data = re.search(
+        r'<script type="application/json" id="mailcounts-data">(.*?)</script>',
+        client.get("/mail?range=1h").text,
+        re.S,
+    )
+    assert data
+    series = {
+        s["name"]: sum(s["values"]) for s in json.loads(html.unescape(data.group(1)))["series"]
+    }
+    assert series == {"accepted": 3, "rejected": 3, "forged": 1}
+
+
+def test_rejections_paging(data_dir: Path) -> None:
+    from lanalyze.mail.index import MessageIndex
+    from lanalyze.mail.queuefile import Layout
+
+    layout = Layout(data_dir)
+    layout.create()
+    now = time.time()
+    with MessageIndex(layout.index) as index:
+        index.record_rejections(
+            [
+                (
+                    now - n,
+                    "192.0.2.9",
+                    "mta",
+                    "h",
+                    f"s{n}@x.example",
+                    "r@y",
+                    None,
+                    550,
+                    "unknown_user",
+                    "5.1.1 Recipient address rejected: User unknown",
+                )
+                for n in range(120)
+            ]
+        )
+    client = TestClient(make_app(data_dir), follow_redirects=False)
+    log_in(client)
+    first = client.get("/mail/rejected").text
+    assert "Page 1 of 3" in first and "s0@x.example" in first and "s50@x.example" not in first
+    last = client.get("/mail/rejected?page=3").text
+    assert "s119@x.example" in last and 'rel="prev"' in last
 
 
 def test_explanations_in_plain_words() -> None:

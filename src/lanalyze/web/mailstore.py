@@ -1,12 +1,13 @@
 """The console's read side of the mail pipeline: search the message index, find a message's
 bytes, summarise the queue, and the two queue actions (retry, delete).
 
-The mail server owns the index (:mod:`lanalyze.mail.index`, SQLite in WAL mode) and the queue
-and Maildir layout (:mod:`lanalyze.mail.queuefile`). The index has no search yet, so the
-searches here are our own SELECTs on it, opened read-only; every value the user typed is a
-parameter (``LIKE`` patterns escaped), never SQL text. Queue actions use the queue's file
-protocol: *retry* moves the file back to ``queue/active/`` (the queue manager's scanner picks
-it up), *delete* removes it and marks the index row ``deleted``.
+The mail server owns the index (:mod:`lanalyze.mail.index`, SQLite in WAL mode); every query
+here goes through that module's read API (search with filters and paging, counts over time,
+one message, rejections), opened read-only per call, so the schema lives in one module and
+every value the user typed stays a parameter. The queue and Maildir layout are
+:mod:`lanalyze.mail.queuefile`'s. Queue actions use the queue's file protocol: *retry* moves
+the file back to ``queue/active/`` (the queue manager's scanner picks it up), *delete* removes
+it and marks the index row ``deleted``.
 
 Trust: index rows and messages are the peers' data (addresses, subjects, bodies): they are
 only ever rendered escaped, and a message is parsed with the standard library's ``email``
@@ -20,57 +21,37 @@ import email
 import email.header
 import email.policy
 import email.utils
-import json
 import os
 import re
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from lanalyze.mail.index import (
+    COUNT_SERIES,
+    VERDICTS,
+    MessageIndex,
+    MessageQuery,
+    Page,
+    RejectionQuery,
+    is_forged,
+)
 from lanalyze.mail.queuefile import CorruptQueueFile, Layout, read_envelope, read_message
+
+__all__ = ["VERDICTS", "MailQuery", "MailStore", "RejectionQuery", "SearchResult", "is_forged"]
 
 PAGE_SIZE = 50
 RAW_LIMIT = 2 * 1024 * 1024
 HEADER_PEEK = 16 * 1024
 QUEUE_STATUSES = ("queued", "deferred", "hold")
-VERDICTS = ("any", "pass", "fail", "forged", "none")
-LOCAL_CLAIM_FLAG = "local_domain_claimed_from_outside"
 COUNT_COLOURS = {"accepted": "#1f77b4", "rejected": "#7f7f7f", "forged": "#d62728"}
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 
-
-def is_forged(auth: dict[str, Any] | None) -> bool:
-    """DMARC failed, or a message from outside claims one of our own domains."""
-    if not auth:
-        return False
-    return auth.get("dmarc") == "fail" or LOCAL_CLAIM_FLAG in (auth.get("flags") or [])
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-@dataclass
-class MailQuery:
-    sender: str = ""
-    recipient: str = ""
-    subject: str = ""
-    verdict: str = "any"
-    since: float | None = None
-    until: float | None = None
-    page: int = 1
-
-
-@dataclass
-class SearchResult:
-    rows: list[dict[str, Any]]
-    total: int
-    page: int
-    pages: int
+# The console's names for the index's query and page types.
+MailQuery = MessageQuery
+SearchResult = Page
 
 
 @dataclass
@@ -98,71 +79,41 @@ class MailStore:
 
     # --- the index -------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if not self.layout.index.exists():
-            return None
-        db = sqlite3.connect(f"file:{self.layout.index}?mode=ro", uri=True, timeout=5)
-        db.row_factory = sqlite3.Row
-        return db
+    def _index(self) -> MessageIndex | None:
+        return MessageIndex.open_readonly(self.layout.index)
 
     def search(self, query: MailQuery) -> SearchResult:
-        db = self._connect()
-        if db is None:
-            return SearchResult([], 0, 1, 1)
-        where: list[str] = []
-        params: list[Any] = []
-        if query.sender:
-            where.append("(mail_from LIKE ? ESCAPE '\\' OR header_from LIKE ? ESCAPE '\\')")
-            params += [_like(query.sender)] * 2
-        if query.recipient:
-            where.append("recipients LIKE ? ESCAPE '\\'")
-            params.append(_like(query.recipient))
-        if query.subject:
-            where.append("subject LIKE ? ESCAPE '\\'")
-            params.append(_like(query.subject))
-        if query.since is not None:
-            where.append("received_at >= ?")
-            params.append(query.since)
-        if query.until is not None:
-            where.append("received_at < ?")
-            params.append(query.until)
-        if query.verdict == "pass":
-            where.append("json_extract(auth, '$.dmarc') = 'pass'")
-        elif query.verdict == "fail":
-            where.append(
-                "(json_extract(auth, '$.dmarc') = 'fail' OR json_extract(auth, '$.spf') = 'fail'"
-                " OR json_extract(auth, '$.dkim') = 'fail')"
-            )
-        elif query.verdict == "forged":
-            where.append("(json_extract(auth, '$.dmarc') = 'fail' OR auth LIKE ?)")
-            params.append(f'%"{LOCAL_CLAIM_FLAG}"%')
-        elif query.verdict == "none":
-            where.append("auth IS NULL")
-        clause = " WHERE " + " AND ".join(where) if where else ""
-        try:
-            with contextlib.closing(db):
-                # The clause is fixed fragments chosen above; values are parameters.
-                count_sql = f"SELECT count(*) FROM messages{clause}"  # noqa: S608
-                total = int(db.execute(count_sql, params).fetchone()[0])
-                pages = max(1, -(-total // PAGE_SIZE))
-                page = min(max(1, query.page), pages)
-                rows = db.execute(
-                    f"SELECT * FROM messages{clause} ORDER BY received_at DESC LIMIT ? OFFSET ?",  # noqa: S608
-                    [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
-                ).fetchall()
-        except sqlite3.OperationalError:
-            return SearchResult([], 0, 1, 1)
-        return SearchResult([_row(r) for r in rows], total, page, pages)
+        index = self._index()
+        if index is None:
+            return Page([], 0, 1, 1)
+        with index:
+            return index.search(query)
+
+    def rejections(self, query: RejectionQuery) -> Page:
+        index = self._index()
+        if index is None:
+            return Page([], 0, 1, 1)
+        with index:
+            return index.rejections(query)
+
+    def rejection_reasons(self) -> list[str]:
+        index = self._index()
+        if index is None:
+            return []
+        with index:
+            return index.rejection_reasons()
 
     def get(self, queue_id: str) -> dict[str, Any] | None:
         if not _QUEUE_ID.match(queue_id):
             return None
-        db = self._connect()
-        if db is None:
+        index = self._index()
+        if index is None:
             return None
-        with contextlib.closing(db):
-            row = db.execute("SELECT * FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
-        return _row(row) if row is not None else None
+        with index:
+            try:
+                return index.get(queue_id)
+            except sqlite3.Error:
+                return None
 
     def queue(self) -> list[dict[str, Any]]:
         """Messages waiting in the queue: index rows, completed from the queue files."""
@@ -195,31 +146,16 @@ class MailStore:
         return sorted(found.values(), key=lambda r: r.get("received_at", 0), reverse=True)
 
     def counts(self, since: float, until: float, bucket: int) -> dict[str, Any]:
-        """Accepted, rejected and forged messages per bucket of ``bucket`` seconds."""
-        db = self._connect()
+        """Accepted, rejected and forged per bucket of ``bucket`` seconds, as chart data."""
         start = since - since % bucket
         times = [
             int((start + i * bucket) * 1000) for i in range(int(-(-(until - start) // bucket)))
         ]
-        series = {name: [0.0] * len(times) for name in ("accepted", "rejected", "forged")}
-        if db is not None:
-            with contextlib.closing(db):
-                try:
-                    rows = db.execute(
-                        "SELECT CAST((received_at - ?) / ? AS INTEGER) AS slot, action, "
-                        "json_extract(auth, '$.dmarc') AS dmarc, auth LIKE ? AS claimed, "
-                        "count(*) FROM messages WHERE received_at >= ? AND received_at < ? "
-                        "GROUP BY slot, action, dmarc, claimed",
-                        (start, bucket, f'%"{LOCAL_CLAIM_FLAG}"%', start, until),
-                    ).fetchall()
-                except sqlite3.OperationalError:
-                    rows = []
-            for slot, action, dmarc, claimed, count in rows:
-                if not 0 <= slot < len(times):
-                    continue
-                series["rejected" if action == "reject" else "accepted"][slot] += count
-                if dmarc == "fail" or claimed:
-                    series["forged"][slot] += count
+        series: dict[str, list[int]] = {name: [0] * len(times) for name in COUNT_SERIES}
+        index = self._index()
+        if index is not None:
+            with index:
+                series = index.counts(since, until, bucket)
         return {
             "times": times,
             "since": int(start * 1000),
@@ -229,7 +165,7 @@ class MailStore:
             "integer": True,
             "stacked": False,
             "series": [
-                {"name": name, "values": values, "colour": COUNT_COLOURS[name]}
+                {"name": name, "values": [float(v) for v in values], "colour": COUNT_COLOURS[name]}
                 for name, values in series.items()
             ],
         }
@@ -300,30 +236,9 @@ class MailStore:
             path.unlink()
         except OSError:
             return False
-        with contextlib.suppress(sqlite3.Error):
-            db = sqlite3.connect(self.layout.index, timeout=5)
-            with contextlib.closing(db):
-                db.execute(
-                    "UPDATE messages SET status = 'deleted', updated_at = ? WHERE queue_id = ?",
-                    (time.time(), queue_id),
-                )
-                db.commit()
+        with contextlib.suppress(sqlite3.Error), MessageIndex(self.layout.index) as index:
+            index.mark_deleted(queue_id)
         return True
-
-
-def _row(row: sqlite3.Row) -> dict[str, Any]:
-    data = dict(row)
-    for key, default in (("recipients", "[]"), ("delivered_to", "[]")):
-        try:
-            data[key] = json.loads(data.get(key) or default)
-        except ValueError:
-            data[key] = []
-    try:
-        data["auth"] = json.loads(data["auth"]) if data.get("auth") else None
-    except ValueError:
-        data["auth"] = None
-    data["forged"] = is_forged(data["auth"])
-    return data
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -1,4 +1,5 @@
-"""Mail pages: the message list with search, one message with its verdict, the queue.
+"""Mail pages: the message list with search, one message with its verdict, the rejections
+the SMTP server recorded, the queue.
 
 Reads go through :class:`lanalyze.web.mailstore.MailStore` in threads (SQLite and file reads
 never block the event loop). Queue actions are POSTs, which the auth middleware only lets
@@ -22,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from lanalyze.web.mailexplain import explain, warnings
-from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, parse_message
+from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, RejectionQuery, parse_message
 from lanalyze.web.security import MESSAGE_CSP
 from lanalyze.web.templating import render
 
@@ -32,6 +33,24 @@ RANGES = {
     "7d": ("Last 7 days", 7 * 86400),
     "30d": ("Last 30 days", 30 * 86400),
     "all": ("All time", 0),
+}
+REASON_LABELS = {
+    "unknown_user": "Unknown user",
+    "relay_denied": "Relay denied",
+    "sender_not_allowed": "Sender not allowed",
+    "header_from_not_allowed": "From: not allowed",
+    "too_big": "Too big",
+    "too_many_recipients": "Too many recipients",
+    "too_many_errors": "Too many errors",
+    "connection_limit": "Connection limit",
+    "flood": "Pipelining flood",
+    "bare_newline": "Bare CR/LF",
+    "auth_required": "Auth required",
+    "auth_failed": "Auth failed",
+    "timeout": "Timeout",
+    "policy_reject": "Policy reject (DMARC)",
+    "local_error": "Local error",
+    "other": "Other",
 }
 HTML_FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 
@@ -73,10 +92,9 @@ async def message_list(request: Request) -> Response:
     query, form = _query(request)
     now = time.time()
     span = RANGES[form["range"]][1] or 30 * 86400
-    bucket = 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
     result, counts = await asyncio.gather(
         asyncio.to_thread(store.search, query),
-        asyncio.to_thread(store.counts, now - span, now, bucket),
+        asyncio.to_thread(store.counts, now - span, now, _bucket(span)),
     )
 
     def page_link(page: int) -> str:
@@ -91,6 +109,60 @@ async def message_list(request: Request) -> Response:
             "ranges": RANGES,
             "verdicts": VERDICTS,
             "counts": counts,
+            "page_link": page_link,
+        },
+    )
+
+
+def _bucket(span: int) -> int:
+    return 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
+
+
+async def rejected_list(request: Request) -> Response:
+    store = _store(request)
+    params = request.query_params
+    form = {
+        key: params.get(key, "")[:200].strip()
+        for key in ("sender", "recipient", "client", "reason")
+    }
+    form["range"] = params.get("range", "7d")
+    if form["range"] not in RANGES:
+        form["range"] = "7d"
+    page_text = params.get("page", "1")
+    seconds = RANGES[form["range"]][1]
+    now = time.time()
+    query = RejectionQuery(
+        sender=form["sender"],
+        recipient=form["recipient"],
+        client=form["client"],
+        reason=form["reason"],
+        since=now - seconds if seconds else None,
+        page=min(int(page_text) if page_text.isdigit() else 1, 100_000),
+    )
+    span = seconds or 30 * 86400
+    result, counts, reasons = await asyncio.gather(
+        asyncio.to_thread(store.rejections, query),
+        asyncio.to_thread(store.counts, now - span, now, _bucket(span)),
+        asyncio.to_thread(store.rejection_reasons),
+    )
+
+    def link(**changes: str) -> str:
+        return urlencode({"range": form["range"], **changes})
+
+    def page_link(page: int) -> str:
+        return "/mail/rejected?" + urlencode({**form, "page": str(page)})
+
+    return render(
+        request,
+        "mail_rejected.html",
+        {
+            "result": result,
+            "form": form,
+            "ranges": RANGES,
+            "reasons": sorted(set(reasons) | ({form["reason"]} - {""})),
+            "reason_labels": REASON_LABELS,
+            "counts": counts,
+            "link": link,
             "page_link": page_link,
         },
     )
@@ -188,6 +260,7 @@ async def queue_action(request: Request) -> Response:
 
 routes = [
     Route("/mail", message_list),
+    Route("/mail/rejected", rejected_list),
     Route("/mail/queue", queue_page),
     Route("/mail/queue/{queue_id}/{action}", queue_action, methods=["POST"]),
     Route("/mail/message/{queue_id}", message_view),
