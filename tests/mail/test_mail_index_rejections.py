@@ -3,7 +3,9 @@ index, ``lanalyze mail ls --rejected`` and the counts show it."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import smtplib
 import ssl
 import subprocess
@@ -78,6 +80,26 @@ def test_refusals_are_recorded_with_envelope_and_reason(
         counts = index.counts(now - 3600, now + 1, 3600)
     assert sum(counts["accepted"]) == 1 and sum(counts["rejected"]) == len(rows)
     _cli_lists(data_dir, len(rows))
+    _console_shows(data_dir, len(rows))
+
+
+def _console_shows(data_dir: Path, count: int) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.web.helpers import log_in, make_app
+
+    client = TestClient(make_app(data_dir), follow_redirects=False)
+    log_in(client)
+    page = client.get("/mail/rejected", params={"recipient": "nobody@example.test"}).text
+    assert "1 rejection " in page and "probe.outside.test" in page and "Unknown user" in page
+    chart = re.search(r'id="mailcounts-data">(.*?)</script>', client.get("/mail?range=1h").text)
+    assert chart
+    series = json.loads(html.unescape(chart.group(1)))["series"]
+    assert {s["name"]: sum(s["values"]) for s in series} == {
+        "accepted": 1,
+        "rejected": count,
+        "forged": 0,
+    }
 
 
 def _refuse(running: RunningServer) -> None:
