@@ -108,3 +108,24 @@ def test_free_files_are_bounded(tmp_path: Path) -> None:
     delivery.deliver_batch([str(layout.q("active") / q) for q in ids])
     assert len(list(layout.q("free").iterdir())) == 1
     assert list(layout.q("active").iterdir()) == []
+
+
+def test_mail_root_is_a_top_directory_where_supported(tmp_path: Path) -> None:
+    """ext4's Orlov allocator then spreads queue/ and maildirs/ into block groups of
+    their own (best effort: other filesystems keep their behaviour)."""
+    import array
+    import fcntl
+
+    from lanalyze.mail.queuefile import FS_IOC_GETFLAGS, FS_TOPDIR_FL, mark_top_directory
+
+    layout = Layout(tmp_path)
+    layout.create()
+    if mark_top_directory(layout.root):
+        fd = os.open(layout.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = array.array("i", [0])
+            fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        finally:
+            os.close(fd)
+        assert flags[0] & FS_TOPDIR_FL
+    layout.create()  # idempotent

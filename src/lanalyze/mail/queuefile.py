@@ -30,8 +30,10 @@ reported and moved to ``queue/corrupt/``, never delivered half.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import random
@@ -260,6 +262,36 @@ class Recycler:
             os.unlink(path)
 
 
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def mark_top_directory(path: Path) -> bool:
+    """``chattr +T``: ext4 places this directory's new subdirectories in block groups of
+    their own (the Orlov allocator's rule for top-level directories) instead of next to
+    the parent. The queue and the Maildirs then do not share a block group with other
+    programs' churn: on ext4 without a journal each file creation scans the group's inodes
+    deleted in the last 30 seconds, and a neighbour deleting thousands of files (another
+    MTA, a test suite in /tmp) made each Maildir file creation cost ~0.5 ms of CPU here.
+    Best effort: other filesystems, or no permission, leave it as it was."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        if not flags[0] & FS_TOPDIR_FL:
+            flags[0] |= FS_TOPDIR_FL
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class Layout:
     """``<data_dir>/mail/``: queue directories, Maildirs and the index."""
 
@@ -273,6 +305,8 @@ class Layout:
         return self.queue / name
 
     def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        mark_top_directory(self.root)
         for name in QUEUE_DIRS:
             self.q(name).mkdir(parents=True, exist_ok=True)
         self.maildirs.mkdir(parents=True, exist_ok=True)
