@@ -271,6 +271,14 @@ def _mail_checks(page: Any) -> None:
     expect(page.get_by_role("status")).to_contain_text("done")
     expect(page.locator("#queue tbody tr", has_text=seed.DEFERRED_ID)).to_contain_text("queued")
 
+    # Rejections: linked from the mail pages, searched by client address.
+    page.get_by_role("link", name="Rejected").click()
+    page.get_by_label(re.compile("^Client")).fill(seed.REJECTED_CLIENT)
+    page.get_by_label(re.compile("^Client")).press("Enter")
+    expect(page.locator("#rejections tbody tr")).to_have_count(2)
+    expect(page.locator("#rejections")).to_contain_text(seed.REJECTED_RECIPIENT)
+    page.screenshot(path=str(SHOTS / "mail-rejected.png"), full_page=True)
+
 
 def _every_control_is_labelled(page: Any) -> None:
     controls = page.locator("main input:not([type=hidden]), main select")
