@@ -107,14 +107,45 @@ def read_envelope(path: Path) -> tuple[Envelope, int]:
         raise CorruptQueueFile(f"{path}: bad trailer: {exc}") from None
 
 
+def read_queue_file(path: str) -> tuple[Envelope, bytes]:
+    """The envelope and the message of a queue file, in one read (the delivery path)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        remaining = size
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) < FOOTER_LEN:
+        raise CorruptQueueFile(f"{path}: too short")
+    tail = data[-FOOTER_LEN:]
+    if not tail[:10].isdigit() or tail[10:] != b"\n":
+        raise CorruptQueueFile(f"{path}: no footer")
+    length = int(tail[:10])
+    if length > len(data) - FOOTER_LEN:
+        raise CorruptQueueFile(f"{path}: bad length")
+    try:
+        envelope = Envelope(**json.loads(data[length:-FOOTER_LEN]))
+    except (ValueError, TypeError) as exc:
+        raise CorruptQueueFile(f"{path}: bad trailer: {exc}") from None
+    return envelope, data[:length]
+
+
 def read_message(path: Path, length: int) -> bytes:
     with path.open("rb") as handle:
         return handle.read(length)
 
 
-def verify_message(path: Path, envelope: Envelope, message: bytes) -> None:
+def verify_message(path: Path | str, envelope: Envelope, message: bytes) -> None:
     """Raise :class:`CorruptQueueFile` unless ``message`` is what was acknowledged."""
-    if envelope.queue_id != path.name:
+    if envelope.queue_id != os.path.basename(path):
         # A recycled file whose new contents never reached the disk (see Recycler).
         raise CorruptQueueFile(f"{path}: trailer belongs to {envelope.queue_id}")
     if envelope.crc32 is not None and zlib.crc32(message) != envelope.crc32:

@@ -32,8 +32,7 @@ from lanalyze.mail.queuefile import (
     Recycler,
     Syncer,
     fsync_dir,
-    read_envelope,
-    read_message,
+    read_queue_file,
     rewrite,
     verify_message,
 )
@@ -67,31 +66,36 @@ class MaildirDelivery:
     def __init__(self, layout: Layout, syncer: Syncer | None = None) -> None:
         self.layout = layout
         self.syncer = syncer or Syncer("fsync")
-        self._known: set[Path] = set()
+        # (mailbox, junk) -> the folder's tmp/ and new/; strings, not Paths, on the
+        # per-message path (pathlib costs tens of microseconds per operation).
+        self._folders: dict[tuple[str, bool], tuple[str, str]] = {}
         self.recycler = Recycler(layout)
+        self._corrupt = str(layout.q("corrupt"))
 
     def folder(self, mailbox: str, junk: bool) -> Path:
         path = self.layout.maildirs / mailbox
-        if junk:
-            path = path / ".Junk"
-        if path not in self._known:
+        return path / ".Junk" if junk else path
+
+    def _dirs(self, mailbox: str, junk: bool) -> tuple[str, str]:
+        key = (mailbox, junk)
+        dirs = self._folders.get(key)
+        if dirs is None:
+            path = self.folder(mailbox, junk)
             ensure_maildir(path)
             if junk:
                 (path / "maildirfolder").touch()
-            self._known.add(path)
-        return path
+            dirs = self._folders[key] = (str(path / "tmp"), str(path / "new"))
+        return dirs
 
     def deliver_batch(self, names: list[str]) -> list[Outcome]:
-        """Deliver each queue file; fsync the touched directories once; then dequeue."""
-        paths = [Path(name) for name in names]
-        staged: list[tuple[Path, Envelope, int, Outcome]] = []
-        dirs: set[Path] = set()
-        renames: list[tuple[Path, Path]] = []
-        for path in paths:
-            queue_id = path.name
+        """Deliver each queue file; flush the batch once; then dequeue."""
+        staged: list[tuple[str, Envelope, int, Outcome]] = []
+        new_dirs: set[str] = set()
+        renames: list[tuple[str, str]] = []
+        for path in names:
+            queue_id = os.path.basename(path)
             try:
-                envelope, length = read_envelope(path)
-                message = read_message(path, length)
+                envelope, message = read_queue_file(path)
                 verify_message(path, envelope, message)
             except FileNotFoundError:
                 continue  # deleted meanwhile (`mail queue delete`)
@@ -116,16 +120,12 @@ class MaildirDelivery:
                     for mailbox in envelope.local[recipient]:
                         if mailbox in done_mailboxes:
                             continue
-                        folder = self.folder(mailbox, junk)
-                        data = (
-                            (
-                                f"Return-Path: <{envelope.mail_from}>\nDelivered-To: {mailbox}\n"
-                            ).encode("utf-8", "surrogateescape")
-                            + head
-                            + body
-                        )
-                        renames.append(self._write(folder, data))
-                        dirs.add(folder / "new")
+                        tmp_dir, new_dir = self._dirs(mailbox, junk)
+                        lead = (
+                            f"Return-Path: <{envelope.mail_from}>\nDelivered-To: {mailbox}\n"
+                        ).encode("utf-8", "surrogateescape")
+                        renames.append(self._write(tmp_dir, new_dir, (lead, head, body)))
+                        new_dirs.add(new_dir)
                         done_mailboxes.add(mailbox)
                     del envelope.local[recipient]
                     outcome.delivered_to.append(recipient)
@@ -134,7 +134,7 @@ class MaildirDelivery:
                     outcome.error = f"{recipient}: {exc.strerror or exc}"
             if outcome.status == "delivered" and envelope.relay:
                 outcome.status = "hold"
-            staged.append((path, envelope, length, outcome))
+            staged.append((path, envelope, len(message), outcome))
         dir_error = ""
         try:
             # Contents durable before any name appears in new/: never a partial message.
@@ -142,8 +142,8 @@ class MaildirDelivery:
                 self.syncer.batch(self.layout.maildirs)
             for tmp, final in renames:
                 os.rename(tmp, final)
-            for directory in dirs:
-                fsync_dir(directory)
+            for directory in new_dirs:
+                fsync_dir(Path(directory))
         except OSError as exc:
             dir_error = str(exc)
         outcomes = []
@@ -157,35 +157,40 @@ class MaildirDelivery:
                 continue
             try:
                 if outcome.status == "delivered":
-                    self.recycler.release(str(path))
+                    self.recycler.release(path)
                 else:
                     if outcome.status == "deferred":
                         envelope.attempts += 1
                         envelope.last_error = outcome.error
                     target = self.layout.q("hold" if outcome.status == "hold" else "deferred")
-                    rewrite(path, target / path.name, envelope, length)
+                    rewrite(Path(path), target / outcome.queue_id, envelope, length)
             except OSError as exc:
                 outcomes.append(Outcome(outcome.queue_id, "deferred", envelope, str(exc)))
                 continue
             outcomes.append(outcome)
         return outcomes
 
-    def _write(self, folder: Path, data: bytes) -> tuple[Path, Path]:
-        name = maildir_name(len(data))
-        tmp = folder / "tmp" / name
+    def _write(self, tmp_dir: str, new_dir: str, parts: tuple[bytes, ...]) -> tuple[str, str]:
+        name = maildir_name(sum(len(part) for part in parts))
+        tmp = os.path.join(tmp_dir, name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            pending: list[bytes | memoryview] = [part for part in parts if part]
+            while pending:
+                written = os.writev(fd, pending)
+                while pending and written >= len(pending[0]):
+                    written -= len(pending[0])
+                    pending.pop(0)
+                if written:
+                    pending[0] = memoryview(pending[0])[written:]
             self.syncer.file(fd)
         finally:
             os.close(fd)
-        return tmp, folder / "new" / name
+        return tmp, os.path.join(new_dir, name)
 
-    def _quarantine(self, path: Path) -> None:
+    def _quarantine(self, path: str) -> None:
         with contextlib.suppress(OSError):
-            os.rename(path, self.layout.q("corrupt") / path.name)
+            os.rename(path, os.path.join(self._corrupt, os.path.basename(path)))
 
 
 def _strip(message: bytes, envelope: Envelope) -> bytes:
