@@ -118,31 +118,36 @@ class MailStore:
     def queue(self) -> list[dict[str, Any]]:
         """Messages waiting in the queue: index rows, completed from the queue files."""
         found: dict[str, dict[str, Any]] = {}
+        listing: list[tuple[str, str, str]] = []
         for status, directory in (("queued", "active"), ("deferred", "deferred"), ("hold", "hold")):
             try:
                 names = os.listdir(self.layout.q(directory))
             except FileNotFoundError:
                 continue
-            for name in names:
-                if not _QUEUE_ID.match(name):
-                    continue
-                row = self.get(name) or {"queue_id": name}
-                try:
-                    envelope, _ = read_envelope(self.layout.q(directory) / name)
-                except (OSError, CorruptQueueFile):
-                    envelope = None
-                if envelope is not None:
-                    row.update(
-                        mail_from=envelope.mail_from,
-                        recipients=envelope.recipients,
-                        received_at=envelope.received_at,
-                        attempts=envelope.attempts,
-                        last_error=envelope.last_error,
-                        size=envelope.size or row.get("size", 0),
-                        subject=row.get("subject") or envelope.subject,
-                    )
-                row["status"] = status
-                found[name] = row
+            listing += [(status, directory, n) for n in names if _QUEUE_ID.match(n)]
+        known: dict[str, dict[str, Any]] = {}
+        index = self._index()
+        if index is not None:
+            with index, contextlib.suppress(sqlite3.Error):
+                known = index.get_many([name for _, _, name in listing])
+        for status, directory, name in listing:
+            row = known.get(name) or {"queue_id": name}
+            try:
+                envelope, _ = read_envelope(self.layout.q(directory) / name)
+            except (OSError, CorruptQueueFile):
+                envelope = None
+            if envelope is not None:
+                row.update(
+                    mail_from=envelope.mail_from,
+                    recipients=envelope.recipients,
+                    received_at=envelope.received_at,
+                    attempts=envelope.attempts,
+                    last_error=envelope.last_error,
+                    size=envelope.size or row.get("size", 0),
+                    subject=row.get("subject") or envelope.subject,
+                )
+            row["status"] = status
+            found[name] = row
         return sorted(found.values(), key=lambda r: r.get("received_at", 0), reverse=True)
 
     def counts(self, since: float, until: float, bucket: int) -> dict[str, Any]:
