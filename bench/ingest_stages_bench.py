@@ -1,7 +1,9 @@
 """CPU per flow of each stage of the collector's ingest path, offline and repeatable.
 
 The datagrams of ``ingest_bench.py`` (NetFlow v5, 30 records; IPFIX, 25) are fed through the
-worker's own code without sockets: ``Packet`` construction and ``FlowDecoder.decode``, the
+worker's own code without sockets: ``FlowDecoder.decode_rows`` on datagrams laid out as the
+``recvmmsg`` receiver leaves them (``--path packets``: ``Packet`` construction and
+``FlowDecoder.decode``, the ``recvfrom_into`` fallback's path), the
 Arrow conversion (``DecodedBatch.to_record_batch``), and the store (``SegmentWriter.write``:
 Parquet encoding, then fsync, rename and directory fsync, timed apart). Batches are the size a
 worker sees at ``--rate`` flows/s with its 20 ms gather; a segment holds ``--segment-rows``
@@ -14,7 +16,8 @@ Figures are ``time.thread_time`` (this thread's CPU, user + system) per flow, th
 
     .venv/bin/python bench/ingest_stages_bench.py --runs 5
 
-The kernel's receive path (``recvfrom_into``, ~0.1 µs a flow here) is not in these figures.
+The receive path (the system calls, ~0.05 µs a v5 flow with ``recvmmsg``) is not in these
+figures; ``--receive`` measures it apart, over loopback.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ try:
     from bench.ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams
 except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
     from ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams  # type: ignore[no-redef]
+import numpy as np
+
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.recvmmsg import SLOT_STRIDE
 from lanalyze.flows.store import SegmentWriter
 from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
 
@@ -52,7 +58,13 @@ class TimedWriter(SegmentWriter):
 
 
 def run_once(
-    fmt: str, flows: int, batch_flows: int, segment_rows: int, directory: Path, compression: str
+    fmt: str,
+    flows: int,
+    batch_flows: int,
+    segment_rows: int,
+    directory: Path,
+    compression: str,
+    path: str = "rows",
 ) -> dict[str, float]:
     per_datagram = 30 if fmt == "v5" else 25
     pool = v5_datagrams(2048, 1) if fmt == "v5" else ipfix_datagrams(2048, 1)
@@ -69,13 +81,25 @@ def run_once(
     stored = 0
     sent = 0
     fsync_total = 0.0
+    rows = np.zeros((per_batch, SLOT_STRIDE), dtype=np.uint8)
+    codes = np.arange(per_batch, dtype=np.int64) % len(sources)
+    lengths = np.array([len(pool[0])] * per_batch, dtype=np.int64)
     while sent < flows // per_datagram:
-        views = [memoryview(pool[(sent + i) % len(pool)]) for i in range(per_batch)]
+        datagrams = [pool[(sent + i) % len(pool)] for i in range(per_batch)]
         received = time.time_ns() // 1_000_000
         sent += per_batch
-        t0 = time.thread_time()
-        packets = list(map(Packet, views, batch_sources, itertools.repeat(received, per_batch)))
-        batch = decoder.decode(packets)
+        if path == "rows":
+            # What recvmmsg does (the kernel's copy, not timed here).
+            for index, data in enumerate(datagrams):
+                rows[index, : len(data)] = np.frombuffer(data, dtype=np.uint8)
+            lengths[:] = [len(data) for data in datagrams]
+            t0 = time.thread_time()
+            batch = decoder.decode_rows(rows, lengths, codes, sources, received)
+        else:
+            views = list(map(memoryview, datagrams))
+            t0 = time.thread_time()
+            repeat = itertools.repeat(received, per_batch)
+            batch = decoder.decode(list(map(Packet, views, batch_sources, repeat)))
         t1 = time.thread_time()
         pending.append(batch.to_record_batch())
         pending_rows += batch.rows
@@ -103,6 +127,9 @@ def main() -> None:
     parser.add_argument("--segment-rows", type=int, default=500_000)
     parser.add_argument("--compression", default="lz4")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--path", choices=("rows", "packets"), default="rows", help="decoder entry point"
+    )
     parser.add_argument("--peer-us", default="0.27,0.44", help="nfcapd µs/flow (v5,ipfix)")
     args = parser.parse_args()
     batch_flows = int(args.rate * 1e6 * BATCH_GATHER_SECONDS)
@@ -118,7 +145,13 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="stages-", dir=os.environ.get("TMPDIR")) as d:
                 rows.append(
                     run_once(
-                        fmt, args.flows, batch_flows, args.segment_rows, Path(d), args.compression
+                        fmt,
+                        args.flows,
+                        batch_flows,
+                        args.segment_rows,
+                        Path(d),
+                        args.compression,
+                        args.path,
                     )
                 )
         medians = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}

@@ -30,7 +30,8 @@ from lanalyze.flows.worker import merge_template_states
 from lanalyze.service import BindError
 
 
-def test_batch_receiver_reads_many_datagrams_per_call() -> None:
+@pytest.mark.parametrize("multi", [True, False], ids=["recvmmsg", "recvfrom_into"])
+def test_batch_receiver_reads_many_datagrams_per_call(multi: bool) -> None:
     receiver_sock = open_udp("127.0.0.1:0", "flows.listen[0]", receive_buffer=1 << 20)
     other_sock = open_udp("[::1]:0", "flows.listen[1]", receive_buffer=1 << 20)
     try:
@@ -39,7 +40,8 @@ def test_batch_receiver_reads_many_datagrams_per_call() -> None:
                 sender.sendto(bytes([number]) * (number + 1), receiver_sock.getsockname())
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender6:
             sender6.sendto(b"six", other_sock.getsockname()[:2])
-        receiver = BatchReceiver([receiver_sock, other_sock], max_datagrams=32)
+        receiver = BatchReceiver([receiver_sock, other_sock], max_datagrams=32, multi=multi)
+        assert receiver.multi is multi
         first = receiver.receive()
         assert len(first.views) == 32  # a batch is bounded
         # Views are only valid until the next receive: copy them first.
@@ -51,6 +53,16 @@ def test_batch_receiver_reads_many_datagrams_per_call() -> None:
         assert set(first.sources + rest.sources) == {"127.0.0.1", "::1"}
         assert receiver.receive().views == []
         assert receiver.datagrams == 51
+        # Slots are reused: a later batch reads the new datagrams and their senders right.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind(("127.0.0.2", 0))
+            sender.sendto(b"again", receiver_sock.getsockname())
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender6:
+            sender6.sendto(b"six again", other_sock.getsockname()[:2])
+        later = receiver.receive()
+        pairs = sorted(zip((bytes(v) for v in later.views), later.sources, strict=True))
+        assert pairs == [(b"again", "127.0.0.2"), (b"six again", "::1")]
+        assert later.nbytes == len(b"again") + len(b"six again")
     finally:
         receiver_sock.close()
         other_sock.close()

@@ -22,7 +22,7 @@ from tests.flows.test_decode_templates import (
     v9_options_template,
     v9_packet,
 )
-from tests.flows.test_decode_v5 import v5_datagram, v5_record
+from tests.flows.test_decode_v5 import as_rows, same_batches, v5_datagram, v5_record
 
 # LANALYZE_FUZZ_EXAMPLES=5000 for a longer local run; the suite keeps each test < ~10 s.
 EXAMPLES = int(os.environ.get("LANALYZE_FUZZ_EXAMPLES", "200"))
@@ -130,6 +130,10 @@ def check(packets: list[bytes], exporters: list[str]) -> None:
     assert decoder.template_count <= MAX_TEMPLATES * MAX_EXPORTERS
     assert decoder.exporter_count <= MAX_EXPORTERS
     decoder.load_templates(decoder.save_templates())
+    # The collector's path (datagrams as recvmmsg rows) decodes the same flows.
+    other = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=MAX_EXPORTERS)
+    rows, lengths, codes, names = as_rows(packets, exporters)
+    same_batches(other.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), batch)
 
 
 EXPORTER_NAMES = st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "198.51.100.9"])

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from lanalyze.flows import catalogue
-from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.decode import DecodedBatch, FlowDecoder, Packet
 
 UNIX_SECS = 1_700_000_000
 UPTIME = 100_000
@@ -195,3 +195,57 @@ def test_v5_many_datagrams_mixed_with_unknown_versions() -> None:
     assert batch.rows == sum(1 + n % 30 for n in range(200))
     assert np.all(batch.columns["protocol"] == 6)
     assert any("unknown export version 7" in p.reason for p in batch.problems)
+
+
+def as_rows(
+    datas: list[bytes], exporters: list[str], width: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Datagrams laid out as the collector's ``recvmmsg`` slots leave them: one row each,
+    the rest of a row stale (here: bytes that look like a v5 header)."""
+    width = max([width, *map(len, datas)])
+    rows = np.full((len(datas) + 3, width), 5, dtype=np.uint8)
+    for index, data in enumerate(datas):
+        rows[index, : len(data)] = np.frombuffer(data, dtype=np.uint8)
+    names = list(dict.fromkeys(exporters))
+    codes = np.array([names.index(name) for name in exporters], dtype=np.int64)
+    lengths = np.array([len(data) for data in datas], dtype=np.int64)
+    return rows, lengths, codes, names
+
+
+def same_batches(first: DecodedBatch, second: DecodedBatch) -> None:
+    """Equal flows (in any order), counters and problems."""
+
+    def flows(batch: DecodedBatch) -> list[str]:
+        return sorted(map(repr, batch.to_record_batch().to_pylist()))
+
+    def stats(batch: DecodedBatch) -> list[str]:
+        return sorted(map(repr, batch.stats))
+
+    assert flows(first) == flows(second)
+    assert stats(first) == stats(second)
+    assert sorted(map(repr, first.problems)) == sorted(map(repr, second.problems))
+
+
+def test_v5_rows_decode_as_packets() -> None:
+    datagrams = [
+        v5_datagram([v5_record(i) for i in range(1 + n % 4)], sequence=n * 3) for n in range(40)
+    ]
+    datagrams += [
+        v5_datagram([v5_record(0)], count=5),
+        v5_datagram([v5_record(0)])[:50],
+        b"\x00\x05",
+        b"",
+        b"\x00\x07" + b"\0" * 30,
+        v5_datagram([v5_record(0)]) + b"\0" * 7,
+    ]
+    exporters = [("192.0.2.1", "192.0.2.2", "2001:db8::1")[n % 3] for n in range(len(datagrams))]
+    when = 1_700_000_000_000
+    expected = FlowDecoder().decode(
+        [Packet(d, e, when) for d, e in zip(datagrams, exporters, strict=True)]
+    )
+    rows, lengths, codes, names = as_rows(datagrams, exporters)
+    got = FlowDecoder().decode_rows(rows, lengths, codes, names, when)
+    assert got.rows == expected.rows > 0
+    same_batches(got, expected)
+    empty = FlowDecoder().decode_rows(rows, lengths[:0], codes[:0], names, when)
+    assert empty.rows == 0 and empty.stats == []

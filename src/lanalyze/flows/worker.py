@@ -39,7 +39,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from lanalyze.flows.exporters import ExporterCounterSet
-from lanalyze.flows.receive import BatchReceiver
+from lanalyze.flows.receive import BatchReceiver, Received
 from lanalyze.flows.store import BackgroundWriter, Compression, SegmentWriter, atomic_write_bytes
 from lanalyze.log import RateLimiter, get_logger, setup_logging
 
@@ -188,17 +188,25 @@ class FlowWorker:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def ingest(self, views: list[memoryview], sources: list[str], received_ms: int) -> int:
+    def ingest(self, got: Received) -> int:
         """Decode one batch of datagrams and queue its flows; returns the flow count."""
         from lanalyze.flows.decode import Packet
 
-        packets = list(map(Packet, views, sources, itertools.repeat(received_ms, len(views))))
+        received_ms = got.received_ms
         try:
-            batch = self.decoder.decode(packets)
+            if got.rows is not None:
+                assert got.lengths is not None and got.exporter_codes is not None
+                batch = self.decoder.decode_rows(
+                    got.rows, got.lengths, got.exporter_codes, got.exporters or [], received_ms
+                )
+            else:
+                views = got.views
+                repeat = itertools.repeat(received_ms, len(views))
+                batch = self.decoder.decode(list(map(Packet, views, got.sources, repeat)))
         except Exception:
             # The decoder promises not to raise on peer data: this is our bug. Count it on
             # every exporter of the batch, log it once per exporter, and keep going.
-            for source in sorted(set(sources)):
+            for source in sorted(set(got.sources)):
                 self.counters.note_error(source, received_ms)
                 if self.problems.limiter.allow(("bug", source)) is not None:
                     log.exception("flows.decoder_bug", extra={"exporter": source})
@@ -228,9 +236,9 @@ class FlowWorker:
         started = time.monotonic()
         while True:
             got = receiver.receive()
-            if got.views:
-                self.ingest(got.views, got.sources, got.received_ms)
-            if len(got.views) < receiver.max_datagrams and got.nbytes <= receiver.limit:
+            if got.count:
+                self.ingest(got)
+            if got.count < receiver.max_datagrams and got.nbytes <= receiver.limit:
                 return
             if time.monotonic() - started >= DRAIN_SECONDS:
                 return

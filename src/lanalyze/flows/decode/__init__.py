@@ -133,116 +133,109 @@ class FlowDecoder:
         self._v5_expected: dict[tuple[str, int], int] = {}
 
     def decode(self, packets: Sequence[Packet]) -> DecodedBatch:
-        stats: dict[tuple[str, int, int], ExporterStats] = {}
-        problems: list[DecodeProblem] = []
+        run = _BatchRun(self)
         v5_groups: dict[int, list[int]] = defaultdict(list)
-        exporters: dict[str, ExporterState] = {}
-
-        def stats_for(exporter: str, domain: int, version: int) -> ExporterStats:
-            key = (exporter, domain, version)
-            item = stats.get(key)
-            if item is None:
-                item = stats[key] = ExporterStats(exporter, domain, version)
-            return item
-
-        def problem(exporter: str, reason: str) -> None:
-            if len(problems) < MAX_PROBLEMS_PER_BATCH:
-                problems.append(DecodeProblem(exporter, reason))
-
-        walker = TemplatedWalker(self._state, stats_for)
-        walk = walker.walk
-        rate_of = self._sampling_rates.get
-        reasons: list[str] = []
-
         for index, packet in enumerate(packets):
             data = packet.data
-            size = len(data)
-            name = packet.exporter
-            if size < 4:
-                stats_for(name, 0, 0).decode_errors += 1
-                problem(name, f"datagram of {size} bytes is too short for any NetFlow header")
-                continue
-            version = (data[0] << 8) | data[1]
-            if version == 5:
-                if size < v5.HEADER_LENGTH + v5.RECORD_LENGTH:
-                    stats_for(name, 0, 5).decode_errors += 1
-                    problem(name, f"truncated v5 datagram: {size} bytes")
-                else:
-                    v5_groups[size].append(index)
-                continue
-            if version not in (9, 10):
-                stats_for(name, 0, version).decode_errors += 1
-                problem(name, f"unknown export version {version} ({size} bytes)")
-                continue
-            exporter = exporters.get(name)
-            if exporter is None:
-                exporter = exporters[name] = self._state.exporter(name)
-            try:
-                walk(
-                    data if isinstance(data, bytes) else bytes(data),
-                    exporter,
-                    packet.received_ms,
-                    rate_of(exporter.address, 1),
-                    reasons,
-                )
-            except PeerDataError as exc:
-                reasons.append(str(exc))
-            if reasons:
-                for reason in reasons:
-                    problem(name, reason)
-                reasons.clear()
-
-        parts = walker.finish()
+            if run.is_v5(data, packet.exporter):
+                v5_groups[len(data)].append(index)
+            else:
+                run.other(data, packet.exporter, packet.received_ms)
         if v5_groups:
-            parts.extend(self._decode_v5(packets, v5_groups, stats_for, problem))
-        columns, extra = _concatenate(parts)
-        return DecodedBatch(columns, extra, list(stats.values()), problems)
+            code_of: dict[str, int] = {}
+            groups: list[V5Group] = []
+            for indexes in v5_groups.values():
+                group = [packets[i] for i in indexes]
+                names = [p.exporter for p in group]
+                for name in dict.fromkeys(names):
+                    code_of.setdefault(name, len(code_of))
+                codes = np.fromiter(map(code_of.__getitem__, names), np.int64, len(names))
+                received = np.fromiter((p.received_ms for p in group), np.uint64, len(group))
+                raw = v5.stack([p.data for p in group])
+                groups.append(V5Group(raw, np.array(indexes, dtype=np.int64), codes, received))
+            run.v5(groups, list(code_of))
+        return run.finish()
+
+    def decode_rows(
+        self,
+        rows: Array,
+        lengths: Array,
+        exporter_codes: Array,
+        exporters: Sequence[str],
+        received_ms: int,
+    ) -> DecodedBatch:
+        """:meth:`decode` for datagrams laid out as ``recvmmsg`` leaves them: datagram ``i``
+        is the first ``lengths[i]`` bytes of row ``i`` of ``rows`` (a 2-D uint8 array, at
+        least ``len(lengths)`` rows), from ``exporters[exporter_codes[i]]``, all received at
+        ``received_ms``. NetFlow v5 datagrams are told apart, grouped by length and stacked
+        with numpy, without any Python work per datagram."""
+        run = _BatchRun(self)
+        count = len(lengths)
+        if not count:
+            return run.finish()
+        lengths = np.asarray(lengths, dtype=np.int64)
+        exporter_codes = np.asarray(exporter_codes, dtype=np.int64)
+        head = rows[:count, :2].astype(np.int64)
+        is_v5 = (head[:, 0] == 0) & (head[:, 1] == 5)
+        is_v5 &= lengths >= v5.HEADER_LENGTH + v5.RECORD_LENGTH
+        for index in np.flatnonzero(~is_v5).tolist():
+            name = exporters[exporter_codes[index]]
+            data = rows[index, : lengths[index]].tobytes()
+            if not run.is_v5(data, name):
+                run.other(data, name, received_ms)
+        v5_rows = np.flatnonzero(is_v5)
+        if len(v5_rows):
+            v5_lengths = lengths[v5_rows]
+            groups: list[V5Group] = []
+            distinct = np.unique(v5_lengths)
+            for length in distinct.tolist():
+                indexes = v5_rows if len(distinct) == 1 else v5_rows[v5_lengths == length]
+                groups.append(
+                    V5Group(
+                        rows[indexes, :length],
+                        indexes,
+                        exporter_codes[indexes],
+                        np.full(len(indexes), received_ms, dtype=np.uint64),
+                    )
+                )
+            run.v5(groups, list(exporters))
+        return run.finish()
 
     def _decode_v5(
-        self,
-        packets: Sequence[Packet],
-        groups: dict[int, list[int]],
-        stats_for: Any,
-        problem: Any,
+        self, run: _BatchRun, groups: list[V5Group], names: list[str]
     ) -> list[tuple[dict[str, Array], list[str | None] | None]]:
         parts: list[tuple[dict[str, Array], list[str | None] | None]] = []
-        code_of: dict[str, int] = {}
+        used = np.unique(np.concatenate([group.codes for group in groups])).tolist()
+        exporter16 = np.zeros(len(names), dtype="S16")
+        rates = np.ones(len(names), dtype=np.uint32)
+        for code in used:
+            address = self._state.exporter(names[code]).address
+            exporter16[code] = address
+            rates[code] = self._sampling_rates.get(address, 1)
         accounted: list[tuple[Array, Array, Array, Array, Array]] = []
-        for indexes in groups.values():
-            group = [packets[i] for i in indexes]
-            names = [p.exporter for p in group]
-            for name in dict.fromkeys(names):
-                code_of.setdefault(name, len(code_of))
-            codes = np.fromiter(map(code_of.__getitem__, names), np.int64, len(names))
-            unique = list(code_of)
-            exporter16 = np.array([self._state.exporter(n).address for n in unique], dtype="S16")[
-                codes
-            ]
-            rates = np.array(
-                [self._sampling_rates.get(self._state.exporter(n).address, 1) for n in unique],
-                np.uint32,
-            )[codes]
-            received = np.array([p.received_ms for p in group], dtype=np.uint64)
+        for group in groups:
+            codes = group.codes
             columns, headers, bad = v5.decode_group(
-                [p.data for p in group], indexes, exporter16, received, rates
+                group.raw, exporter16[codes], group.received_ms, rates[codes]
             )
-            for index in bad:
-                name = packets[index].exporter
-                stats_for(name, 0, 5).decode_errors += 1
-                problem(name, "v5 header count does not fit the datagram (or wrong version)")
+            for row in bad.tolist():
+                name = names[codes[row]]
+                run.stats_for(name, 0, 5).decode_errors += 1
+                run.problem(name, "v5 header count does not fit the datagram (or wrong version)")
             if len(columns["bytes"]):
                 parts.append((columns, None))
+                valid = headers.valid
                 accounted.append(
                     (
-                        np.array(headers.indexes, dtype=np.int64),
+                        group.indexes[valid] if len(bad) else group.indexes,
                         headers.counts,
                         headers.sequences,
                         headers.domains,
-                        codes[headers.valid] if bad else codes,
+                        codes[valid] if len(bad) else codes,
                     )
                 )
         if accounted:
-            self._v5_sequences(accounted, list(code_of), stats_for)
+            self._v5_sequences(accounted, names, run.stats_for)
         return parts
 
     def _v5_sequences(
@@ -308,6 +301,93 @@ class FlowDecoder:
     @property
     def exporter_count(self) -> int:
         return len(self._state.exporters)
+
+
+class V5Group(NamedTuple):
+    """NetFlow v5 datagrams of one length, stacked: row ``i`` arrived ``indexes[i]``-th."""
+
+    raw: Array
+    indexes: Array
+    codes: Array
+    """Index of each datagram's exporter in the batch's exporter list."""
+    received_ms: Array
+
+
+class _BatchRun:
+    """The state of one :meth:`FlowDecoder.decode` call: counts, problems, parts."""
+
+    def __init__(self, decoder: FlowDecoder) -> None:
+        self.decoder = decoder
+        self.stats: dict[tuple[str, int, int], ExporterStats] = {}
+        self.problems: list[DecodeProblem] = []
+        self.exporters: dict[str, ExporterState] = {}
+        self.walker = TemplatedWalker(decoder._state, self.stats_for)
+        self.reasons: list[str] = []
+        self.parts: list[tuple[dict[str, Array], list[str | None] | None]] = []
+
+    def stats_for(self, exporter: str, domain: int, version: int) -> ExporterStats:
+        key = (exporter, domain, version)
+        item = self.stats.get(key)
+        if item is None:
+            item = self.stats[key] = ExporterStats(exporter, domain, version)
+        return item
+
+    def problem(self, exporter: str, reason: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS_PER_BATCH:
+            self.problems.append(DecodeProblem(exporter, reason))
+
+    def is_v5(self, data: bytes | memoryview, name: str) -> bool:
+        """Whether ``data`` is a v5 datagram long enough for one record (a shorter one is
+        counted here as the peer's error)."""
+        size = len(data)
+        if size < 4 or data[0] != 0 or data[1] != 5:
+            return False
+        if size < v5.HEADER_LENGTH + v5.RECORD_LENGTH:
+            self.stats_for(name, 0, 5).decode_errors += 1
+            self.problem(name, f"truncated v5 datagram: {size} bytes")
+            return False
+        return True
+
+    def other(self, data: bytes | memoryview, name: str, received_ms: int) -> None:
+        """Anything but a valid-length v5 datagram (already counted when a short v5)."""
+        size = len(data)
+        if size < 4:
+            self.stats_for(name, 0, 0).decode_errors += 1
+            self.problem(name, f"datagram of {size} bytes is too short for any NetFlow header")
+            return
+        version = (data[0] << 8) | data[1]
+        if version == 5:
+            return  # a truncated v5 datagram, counted by is_v5
+        if version not in (9, 10):
+            self.stats_for(name, 0, version).decode_errors += 1
+            self.problem(name, f"unknown export version {version} ({size} bytes)")
+            return
+        exporter = self.exporters.get(name)
+        if exporter is None:
+            exporter = self.exporters[name] = self.decoder._state.exporter(name)
+        reasons = self.reasons
+        try:
+            self.walker.walk(
+                data if isinstance(data, bytes) else bytes(data),
+                exporter,
+                received_ms,
+                self.decoder._sampling_rates.get(exporter.address, 1),
+                reasons,
+            )
+        except PeerDataError as exc:
+            reasons.append(str(exc))
+        if reasons:
+            for reason in reasons:
+                self.problem(name, reason)
+            reasons.clear()
+
+    def v5(self, groups: list[V5Group], names: list[str]) -> None:
+        self.parts.extend(self.decoder._decode_v5(self, groups, names))
+
+    def finish(self) -> DecodedBatch:
+        parts = self.walker.finish() + self.parts
+        columns, extra = _concatenate(parts)
+        return DecodedBatch(columns, extra, list(self.stats.values()), self.problems)
 
 
 def _concatenate(

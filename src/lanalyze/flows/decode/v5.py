@@ -97,28 +97,30 @@ assert HEADER.itemsize == HEADER_LENGTH and RECORD.itemsize == RECORD_LENGTH
 class V5Datagrams:
     """Headers of the valid datagrams of a length group, for the caller's accounting."""
 
-    indexes: list[int]  # positions in the batch
     counts: Array
     sequences: Array
     domains: Array
-    valid: Array  # which datagrams of the group these are
+    valid: Array  # bool per datagram of the group: which ones these are
+
+
+def stack(datas: Sequence[bytes | memoryview]) -> Array:
+    """Datagrams of one length as the rows of a 2-D byte array (one copy)."""
+    return np.frombuffer(b"".join(datas), dtype=np.uint8).reshape(len(datas), len(datas[0]))
 
 
 def decode_group(
-    datas: Sequence[bytes | memoryview],
-    indexes: Sequence[int],
+    raw: Array,
     exporter16: Array,
     received_ms: Array,
     configured_rate: Array,
-) -> tuple[dict[str, Array], V5Datagrams, list[int]]:
-    """Decodes datagrams of one length; returns columns, valid headers, invalid indexes.
+) -> tuple[dict[str, Array], V5Datagrams, Array]:
+    """Decodes datagrams of one length, the rows of ``raw`` (k, length) uint8; returns
+    columns, the valid datagrams' headers, and the row numbers of the invalid ones.
 
     ``exporter16`` (S16), ``received_ms`` and ``configured_rate`` are per datagram.
     """
-    length = len(datas[0])
-    k = len(datas)
+    k, length = raw.shape
     slots = (length - HEADER_LENGTH) // RECORD_LENGTH
-    raw = np.frombuffer(b"".join(datas), dtype=np.uint8).reshape(k, length)
     header = np.ascontiguousarray(raw[:, :HEADER_LENGTH]).view(HEADER).reshape(k)
     count = header["count"].astype(np.int64)
     valid = (header["version"] == 5) & (count >= 1) & (count <= min(slots, MAX_COUNT))
@@ -128,10 +130,7 @@ def decode_group(
         header, raw, count = header[keep], raw[keep], count[keep]
         exporter16, received_ms = exporter16[keep], received_ms[keep]
         configured_rate = configured_rate[keep]
-        good_indexes = [indexes[i] for i in keep.tolist()]
         k = len(keep)
-    else:
-        good_indexes = list(indexes)
     slots = min(slots, MAX_COUNT)
     body = raw[:, HEADER_LENGTH : HEADER_LENGTH + slots * RECORD_LENGTH]
     recs = np.ascontiguousarray(body).view(RECORD).reshape(k * slots)
@@ -184,5 +183,4 @@ def decode_group(
     if is_icmp.any():
         columns["icmp_type"] = np.where(is_icmp, recs["dst_port"] >> 8, 0).astype(np.uint8)
         columns["icmp_code"] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0).astype(np.uint8)
-    headers = V5Datagrams(good_indexes, count, header["sequence"], domain, valid)
-    return columns, headers, [indexes[i] for i in bad.tolist()]
+    return columns, V5Datagrams(count, header["sequence"], domain, valid), bad
