@@ -208,3 +208,33 @@ def test_reply_parsing_and_classification() -> None:
     assert classify(501, "5.5.4 Syntax") is None
     assert classify(554, "5.7.1 Relay access denied") == "relay_denied"
     assert classify(550, "5.7.1 DMARC policy of paypal.example: reject") == "policy_reject"
+
+
+def test_dmarc_policy_reject_is_recorded(data_dir: Path) -> None:
+    from tests.mail.dnsserver import knot_server, txt
+
+    require_tool("knotd")
+    records = [
+        f"@ TXT {txt('v=spf1 ip4:192.0.2.1 -all')}",
+        f"_dmarc TXT {txt('v=DMARC1; p=reject')}",
+    ]
+    zones = {"bank.test": "\n".join(records)}
+    with knot_server(data_dir.parent / "knot", zones) as dns:
+        auth = {"enabled": True, "resolver": dns.address, "dns_timeout": 2.0}
+        with run_server(data_dir, auth=auth) as running:
+            forged = (
+                b"From: Bank <alerts@bank.test>\r\nTo: alice@example.test\r\n"
+                b"Subject: verify your account\r\n\r\nclick\r\n"
+            )
+            with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+                client.ehlo("phish.test")
+                try:
+                    client.sendmail("alerts@bank.test", ["alice@example.test"], forged)
+                except smtplib.SMTPDataError as refused:
+                    assert refused.smtp_code == 550
+                else:
+                    raise AssertionError("DMARC p=reject not enforced")
+            [row] = _wait_rows(data_dir, 1)
+    assert row["reason"] == "policy_reject" and row["code"] == 550
+    assert (row["mail_from"], row["recipient"]) == ("alerts@bank.test", "alice@example.test")
+    assert row["helo"] == "phish.test" and "5.7.1" in row["reply"]
