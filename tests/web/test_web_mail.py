@@ -120,6 +120,22 @@ def test_rejections_page_search_and_counts(client: TestClient) -> None:
     assert series == {"accepted": 3, "rejected": 3, "forged": 1}
 
 
+def test_custom_time_range(client: TestClient) -> None:
+    from datetime import UTC, datetime
+
+    def utc(seconds_ago: float) -> str:
+        return datetime.fromtimestamp(time.time() - seconds_ago, UTC).strftime("%Y-%m-%dT%H:%M")
+
+    # The seeded messages arrived 10, 20 and 30 minutes ago; rejections 5, 3 and 2 ago.
+    window = {"range": "custom", "from": utc(25 * 60), "to": utc(15 * 60)}
+    page = client.get("/mail", params=window).text
+    assert "1 message " in page and sample_mail.FORGED_ID in page and " UTC</span>" in page
+    rejected = client.get("/mail/rejected", params={**window, "to": utc(4 * 60)}).text
+    assert "1 rejection " in rejected and sample_mail.REJECTED_RECIPIENT in rejected
+    backwards = client.get("/mail", params={"range": "custom", "from": utc(0), "to": utc(3600)})
+    assert "needs a start before its end" in backwards.text
+
+
 def test_rejections_paging(data_dir: Path) -> None:
     from lanalyze.mail.index import MessageIndex
     from lanalyze.mail.queuefile import Layout

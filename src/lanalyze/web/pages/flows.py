@@ -99,14 +99,14 @@ class View:
     def span_label(self) -> str:
         if self.range in RANGES:
             return RANGES[self.range][0]
-        return f"{_fmt_local(self.since_ms)} – {_fmt_local(self.until_ms)} UTC"
+        return f"{format_utc_minute(self.since_ms)} – {format_utc_minute(self.until_ms)} UTC"
 
 
-def _fmt_local(ms: int) -> str:
+def format_utc_minute(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
 
 
-def _parse_local(text: str) -> int | None:
+def parse_utc_minute(text: str) -> int | None:
     for pattern in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
             moment = datetime.strptime(text.strip(), pattern).replace(tzinfo=UTC)
@@ -128,8 +128,8 @@ def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
     custom_from = params.get("from", "")[:32]
     custom_to = params.get("to", "")[:32]
     if choice == "custom":
-        since = _parse_local(custom_from)
-        until = _parse_local(custom_to) if custom_to else now_ms
+        since = parse_utc_minute(custom_from)
+        until = parse_utc_minute(custom_to) if custom_to else now_ms
         if since is None or until is None or since >= until:
             notes.append(
                 "The custom range needs a start before its end (UTC); showing the last hour."
@@ -161,8 +161,8 @@ def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
         choice,
         since,
         until,
-        custom_from or _fmt_local(since),
-        custom_to or _fmt_local(until),
+        custom_from or format_utc_minute(since),
+        custom_to or format_utc_minute(until),
         _filter(params),
         _order(params),
         _refresh(params),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from starlette.exceptions import HTTPException
@@ -24,6 +26,7 @@ from starlette.routing import Route
 
 from lanalyze.web.mailexplain import explain, warnings
 from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, RejectionQuery, parse_message
+from lanalyze.web.pages.flows import format_utc_minute, parse_utc_minute
 from lanalyze.web.security import MESSAGE_CSP
 from lanalyze.web.templating import render
 
@@ -55,46 +58,104 @@ REASON_LABELS = {
 HTML_FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 
 
+@dataclass
+class Window:
+    """The time range a mail page's query string asks for: a preset, or custom (UTC)."""
+
+    choice: str
+    since: float | None
+    until: float
+    custom_from: str
+    custom_to: str
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.choice in RANGES:
+            return RANGES[self.choice][0]
+        return f"{self.custom_from} – {self.custom_to} UTC"
+
+    @property
+    def params(self) -> dict[str, str]:
+        if self.choice == "custom":
+            return {"range": "custom", "from": self.custom_from, "to": self.custom_to}
+        return {"range": self.choice}
+
+
+def _window(params: Mapping[str, str], now: float) -> Window:
+    choice = params.get("range", "7d")
+    custom_from, custom_to = params.get("from", "")[:32], params.get("to", "")[:32]
+    if choice == "custom":
+        since_ms = parse_utc_minute(custom_from)
+        until_ms = parse_utc_minute(custom_to) if custom_to else int(now * 1000)
+        if since_ms is not None and until_ms is not None and since_ms < until_ms:
+            until = min(until_ms / 1000, now)
+            return Window(choice, since_ms / 1000, until, custom_from, custom_to or "now")
+        note = "The custom range needs a start before its end (UTC); showing the last 7 days."
+        return _with_note(_window({}, now), note)
+    if choice not in RANGES:
+        choice = "7d"
+    seconds = RANGES[choice][1]
+    since = now - seconds if seconds else None
+    start = since if since is not None else now - 30 * 86400
+    return Window(
+        choice,
+        since,
+        now,
+        format_utc_minute(int(start * 1000)),
+        format_utc_minute(int(now * 1000)),
+    )
+
+
+def _with_note(window: Window, note: str) -> Window:
+    window.note = note
+    return window
+
+
+def _chart_span(window: Window) -> tuple[float, int]:
+    """Start of the counts chart and its bucket: all-time shows the last 30 days."""
+    since = window.since if window.since is not None else window.until - 30 * 86400
+    span = window.until - since
+    return since, 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
+
+
 def _store(request: Request) -> MailStore:
     return MailStore(request.app.state.console.data_dir)
 
 
-def _query(request: Request) -> tuple[MailQuery, dict[str, str]]:
+def _query(request: Request) -> tuple[MailQuery, dict[str, str], Window]:
     params = request.query_params
     form = {
         "sender": params.get("sender", "")[:200],
         "recipient": params.get("recipient", "")[:200],
         "subject": params.get("subject", "")[:200],
         "verdict": params.get("verdict", "any"),
-        "range": params.get("range", "7d"),
     }
     if form["verdict"] not in VERDICTS:
         form["verdict"] = "any"
-    if form["range"] not in RANGES:
-        form["range"] = "7d"
     page_text = params.get("page", "1")
     page = int(page_text) if page_text.isdigit() else 1
-    seconds = RANGES[form["range"]][1]
-    now = time.time()
+    window = _window(params, time.time())
+    form.update(window.params)
     query = MailQuery(
         sender=form["sender"].strip(),
         recipient=form["recipient"].strip(),
         subject=form["subject"].strip(),
         verdict=form["verdict"],
-        since=now - seconds if seconds else None,
+        since=window.since,
+        until=window.until if window.choice == "custom" else None,
         page=min(page, 100_000),
     )
-    return query, form
+    return query, form, window
 
 
 async def message_list(request: Request) -> Response:
     store = _store(request)
-    query, form = _query(request)
-    now = time.time()
-    span = RANGES[form["range"]][1] or 30 * 86400
+    query, form, window = _query(request)
+    since, bucket = _chart_span(window)
     result, counts = await asyncio.gather(
         asyncio.to_thread(store.search, query),
-        asyncio.to_thread(store.counts, now - span, now, _bucket(span)),
+        asyncio.to_thread(store.counts, since, window.until, bucket),
     )
 
     def page_link(page: int) -> str:
@@ -106,16 +167,13 @@ async def message_list(request: Request) -> Response:
         {
             "result": result,
             "form": form,
+            "window": window,
             "ranges": RANGES,
             "verdicts": VERDICTS,
             "counts": counts,
             "page_link": page_link,
         },
     )
-
-
-def _bucket(span: int) -> int:
-    return 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
 
 
 async def rejected_list(request: Request) -> Response:
@@ -125,29 +183,27 @@ async def rejected_list(request: Request) -> Response:
         key: params.get(key, "")[:200].strip()
         for key in ("sender", "recipient", "client", "reason")
     }
-    form["range"] = params.get("range", "7d")
-    if form["range"] not in RANGES:
-        form["range"] = "7d"
+    window = _window(params, time.time())
+    form.update(window.params)
     page_text = params.get("page", "1")
-    seconds = RANGES[form["range"]][1]
-    now = time.time()
     query = RejectionQuery(
         sender=form["sender"],
         recipient=form["recipient"],
         client=form["client"],
         reason=form["reason"],
-        since=now - seconds if seconds else None,
+        since=window.since,
+        until=window.until if window.choice == "custom" else None,
         page=min(int(page_text) if page_text.isdigit() else 1, 100_000),
     )
-    span = seconds or 30 * 86400
+    since, bucket = _chart_span(window)
     result, counts, reasons = await asyncio.gather(
         asyncio.to_thread(store.rejections, query),
-        asyncio.to_thread(store.counts, now - span, now, _bucket(span)),
+        asyncio.to_thread(store.counts, since, window.until, bucket),
         asyncio.to_thread(store.rejection_reasons),
     )
 
     def link(**changes: str) -> str:
-        return urlencode({"range": form["range"], **changes})
+        return urlencode({**window.params, **changes})
 
     def page_link(page: int) -> str:
         return "/mail/rejected?" + urlencode({**form, "page": str(page)})
@@ -159,6 +215,7 @@ async def rejected_list(request: Request) -> Response:
             "result": result,
             "form": form,
             "ranges": RANGES,
+            "window": window,
             "reasons": sorted(set(reasons) | ({form["reason"]} - {""})),
             "reason_labels": REASON_LABELS,
             "counts": counts,
