@@ -238,3 +238,18 @@ def test_dmarc_policy_reject_is_recorded(data_dir: Path) -> None:
     assert row["reason"] == "policy_reject" and row["code"] == 550
     assert (row["mail_from"], row["recipient"]) == ("alerts@bank.test", "alice@example.test")
     assert row["helo"] == "phish.test" and "5.7.1" in row["reply"]
+
+
+def test_limit_disconnects_are_recorded(data_dir: Path) -> None:
+    with run_server(data_dir, max_connections_per_client=1, command_timeout=1.0) as running:
+        idle = smtplib.SMTP("127.0.0.1", running.port(), timeout=10)
+        refused = smtplib.SMTP()
+        code, _ = refused.connect("127.0.0.1", running.port())
+        assert code == 421
+        refused.close()
+        # The first client says nothing more: the command timeout ends its session.
+        assert idle.getreply()[0] == 421
+        idle.close()
+        rows = _wait_rows(data_dir, 2)
+    assert sorted(r["reason"] for r in rows) == ["connection_limit", "timeout"]
+    assert all(r["client_ip"] == "127.0.0.1" for r in rows)

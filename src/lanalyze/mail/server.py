@@ -387,6 +387,7 @@ class SMTPConnection(asyncio.Protocol):
         self.deadline = float("inf")
         if self.transport is not None and not self._closing:
             self.transport.write(R_TIMEOUT.encode())
+            self._rejected(b"", R_TIMEOUT.encode())
             self._close_transport()
 
     def shutdown(self) -> None:
