@@ -13,11 +13,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lanalyze.mail.index import IndexConfig, MessageIndex, RejectionQuery
 from lanalyze.mail.rejections import classify, commands, replies
 from tests.conftest import lanalyze_cmd, require_tool
 from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
 
+REASONS = {
+    "unknown_user",
+    "relay_denied",
+    "sender_not_allowed",
+    "header_from_not_allowed",
+    "too_big",
+    "too_many_recipients",
+    "too_many_errors",
+    "connection_limit",
+    "flood",
+    "bare_newline",
+    "auth_required",
+    "auth_failed",
+    "timeout",
+    "policy_reject",
+    "local_error",
+    "other",
+}
 MESSAGE = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
@@ -208,6 +229,9 @@ def test_reply_parsing_and_classification() -> None:
     assert classify(501, "5.5.4 Syntax") is None
     assert classify(554, "5.7.1 Relay access denied") == "relay_denied"
     assert classify(550, "5.7.1 DMARC policy of paypal.example: reject") == "policy_reject"
+    from lanalyze.web.pages.mail import REASON_LABELS
+
+    assert set(REASON_LABELS) == REASONS  # the console names every reason
 
 
 def test_dmarc_policy_reject_is_recorded(data_dir: Path) -> None:
@@ -253,3 +277,37 @@ def test_limit_disconnects_are_recorded(data_dir: Path) -> None:
         rows = _wait_rows(data_dir, 2)
     assert sorted(r["reason"] for r in rows) == ["connection_limit", "timeout"]
     assert all(r["client_ip"] == "127.0.0.1" for r in rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=300)
+    | st.lists(
+        st.sampled_from(
+            [b"RCPT TO:<a@b>", b"MAIL FROM:<", b"RCPT TO:", b"DATA", b"AUTH PLAIN x", b"\xff"]
+        )
+    ).map(b"\r\n".join),
+    out=st.binary(max_size=300)
+    | st.lists(st.sampled_from([b"550 5.1.1 x", b"250-a", b"421 4.7.0 too many errors", b"5"])).map(
+        b"\r\n".join
+    ),
+)
+def test_peer_bytes_never_break_the_hook(data: bytes, out: bytes) -> None:
+    """Whatever a peer sends (and we answer), ``seen`` stores clean rows and never raises."""
+    from types import SimpleNamespace
+
+    from lanalyze.mail.rejections import RejectionLog
+
+    log = RejectionLog(Path("/nonexistent/index.sqlite"), IndexConfig(rejected_queue=100))
+    log._thread = object()  # type: ignore[assignment]  # rows stay on the queue
+    connection: Any = SimpleNamespace(
+        session=SimpleNamespace(helo="h\x00\r\nx", user=None, mail_from=None),
+        begin=None,
+        client_ip="192.0.2.1",
+        listener=SimpleNamespace(kind="mta"),
+    )
+    log._seen(connection, data, out)  # the unguarded body: an exception fails the test
+    while not log._queue.empty():
+        row = log._queue.get_nowait()
+        assert not any(c in field for field in row[3:6] for c in "\r\n\x00")
+        assert row[8] in REASONS
