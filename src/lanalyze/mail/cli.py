@@ -1,6 +1,7 @@
 """``lanalyze mail ...``: the message index, the queue, a test client, TLS and password tools.
 
-``ls`` and ``show`` read the message index (SQLite, read-only, safe while the server runs);
+``ls`` and ``show`` read the message index (SQLite, read-only, safe while the server runs;
+``ls --rejected`` lists what the server refused, from the same index);
 ``queue`` reads the queue files themselves, like ``mailq``; ``queue retry`` moves deferred
 messages back to ``active/`` (the running server's queue manager picks them up within
 ``mail.queue.scan_interval``) and ``queue delete`` removes them. ``send`` is an SMTP client
