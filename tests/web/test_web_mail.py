@@ -136,6 +136,25 @@ def test_custom_time_range(client: TestClient) -> None:
     assert "needs a start before its end" in backwards.text
 
 
+def test_json_api_shares_the_index_read_api(client: TestClient) -> None:
+    messages = client.get("/api/mail/messages", params={"verdict": "forged"}).json()
+    assert messages["total"] == 1 and messages["rows"][0]["queue_id"] == sample_mail.FORGED_ID
+    rejections = client.get("/api/mail/rejections", params={"client": "198.51.100"}).json()
+    assert rejections["total"] == 2 and rejections["rows"][0]["reason"] == "relay_denied"
+    counts = client.get("/api/mail/counts", params={"since": "-1h", "bucket": "3600"}).json()
+    assert {s["name"]: sum(s["values"]) for s in counts["series"]} == {
+        "accepted": 3,
+        "rejected": 3,
+        "forged": 1,
+    }
+    assert client.get("/api/mail/messages?verdict=x").status_code == 400
+    assert client.get("/api/mail/rejections?since=yesterday").status_code == 400
+    assert client.get("/api/mail/counts?since=-30d&bucket=60").status_code == 400
+    assert "/api/mail/rejections" in client.get("/api/openapi.json").json()["paths"]
+    anonymous = TestClient(make_app(client.data_dir))  # type: ignore[attr-defined]
+    assert anonymous.get("/api/mail/messages").status_code == 401
+
+
 def test_rejections_paging(data_dir: Path) -> None:
     from lanalyze.mail.index import MessageIndex
     from lanalyze.mail.queuefile import Layout

@@ -270,7 +270,7 @@ def _get(summary: str, parameters: list[dict[str, Any]], schema: str) -> dict[st
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
-        "title": "lanalyze flow reports",
+        "title": "lanalyze flow reports and mail index",
         "version": "1",
         "description": "Top-N, time series, raw flows, interfaces and store status. Times are "
         "those the collector received flows at (UTC); bytes and packets are scaled by sampling.",
@@ -294,6 +294,43 @@ OPENAPI: dict[str, Any] = {
                 _param("raw", "Read raw flows only (skip rollups).", "boolean"),
             ],
             "Top",
+        ),
+        "/api/mail/messages": _get(
+            "Accepted messages from the mail index, newest first, one page",
+            [
+                _param("sender", "Envelope sender or From: contains this."),
+                _param("recipient", "A recipient contains this."),
+                _param("subject", "Subject contains this."),
+                _param("verdict", "Verdict.", enum=["any", "pass", "fail", "forged", "none"]),
+                _param("since", "Start: ISO 8601 or relative. Default -7d."),
+                _param("until", "End: ISO 8601 or relative. Default now."),
+                _param("page", "Page, from 1.", "integer", default=1, minimum=1),
+                _param("page_size", "Rows per page.", "integer", default=50, maximum=1000),
+            ],
+            "MailPage",
+        ),
+        "/api/mail/rejections": _get(
+            "What the SMTP server refused (recipients, senders, messages, sessions), one page",
+            [
+                _param("sender", "Envelope sender contains this."),
+                _param("recipient", "Recipient contains this."),
+                _param("client", "Client address or HELO name contains this."),
+                _param("reason", "This reason only (unknown_user, relay_denied, ...)."),
+                _param("since", "Start: ISO 8601 or relative. Default -7d."),
+                _param("until", "End: ISO 8601 or relative. Default now."),
+                _param("page", "Page, from 1.", "integer", default=1, minimum=1),
+                _param("page_size", "Rows per page.", "integer", default=50, maximum=1000),
+            ],
+            "MailPage",
+        ),
+        "/api/mail/counts": _get(
+            "Accepted, rejected and forged messages per time bucket",
+            [
+                _param("since", "Start: ISO 8601 or relative. Default -7d."),
+                _param("until", "End: ISO 8601 or relative. Default now."),
+                _param("bucket", "Bucket in seconds (default: automatic).", "integer", minimum=60),
+            ],
+            "MailCounts",
         ),
         "/api/flows/series": _get(
             "Bits/s, packets/s and flows/s per time bucket, optionally per top value + other",
@@ -432,6 +469,20 @@ OPENAPI: dict[str, Any] = {
                         },
                     }
                 },
+            },
+            "MailPage": {
+                "type": "object",
+                "properties": {
+                    "total": {"type": "integer"},
+                    "page": {"type": "integer"},
+                    "pages": {"type": "integer"},
+                    "rows": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "MailCounts": {
+                "type": "object",
+                "description": "`times` (ms), `bucket_ms` and `series` [{name: accepted | "
+                "rejected | forged, values}].",
             },
             "Exporters": {
                 "type": "object",

@@ -65,7 +65,7 @@ def build_app(
     *,
     secret: bytes | None = None,
 ) -> Starlette:
-    from lanalyze.web import api_flows
+    from lanalyze.web import api_flows, api_mail
     from lanalyze.web.pages import exporters as exporter_pages
     from lanalyze.web.pages import flows as flow_pages
     from lanalyze.web.pages import login as login_pages
@@ -96,6 +96,7 @@ def build_app(
         *exporter_pages.routes,
         *mail_pages.routes,
         *api_flows.routes,
+        *api_mail.routes,
     ]
     app = Starlette(
         routes=routes,
