@@ -214,6 +214,8 @@ def test_full_queue_counts_drops_and_retention_prunes(data_dir: Path) -> None:
         old = (time.time() - 40 * 86400, *row[1:])
         index.record_rejections([row, old])
         assert index.prune_rejections(time.time() - 30 * 86400) == 1
+        index.record_rejections([old] * 25)
+        assert index.prune_rejections(time.time() - 30 * 86400, chunk=10) == 25
         assert index.rejections(RejectionQuery()).total == 1
 
 

@@ -264,9 +264,20 @@ class MessageIndex:
         )
         self.db.execute("COMMIT")
 
-    def prune_rejections(self, older_than: float) -> int:
-        cursor = self.db.execute("DELETE FROM rejections WHERE at < ?", (older_than,))
-        return cursor.rowcount
+    def prune_rejections(self, older_than: float, chunk: int = 5000) -> int:
+        """Delete rejections older than ``older_than``, ``chunk`` rows per transaction: a
+        flood's worth of old rows must not hold the write lock the server's message rows
+        wait for."""
+        deleted = 0
+        while True:
+            cursor = self.db.execute(
+                "DELETE FROM rejections WHERE id IN "
+                "(SELECT id FROM rejections WHERE at < ? ORDER BY at LIMIT ?)",
+                (older_than, chunk),
+            )
+            deleted += cursor.rowcount
+            if cursor.rowcount < chunk:
+                return deleted
 
     # ---------------------------------------------------------------- reading
 

@@ -66,7 +66,6 @@ PRUNE_EVERY = 3600.0
 NOISE = frozenset({500, 501, 502, 503, 504, 555})
 # Refusals of a whole message (after DATA): its envelope is the connection's MessageBegin.
 MESSAGE_REASONS = frozenset({"policy_reject", "too_big", "header_from_not_allowed", "local_error"})
-_STOP = object()
 
 
 def classify(code: int, text: str) -> str | None:
@@ -148,6 +147,7 @@ class RejectionLog:
         self.config = config
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.rejected_queue)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._dropped: dict[str, Any] = {}
 
     async def start(self) -> None:
@@ -158,7 +158,9 @@ class RejectionLog:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        await asyncio.to_thread(self._queue.put, _STOP)
+        self._stopping.set()  # the writer stores what is queued, then ends
+        with contextlib.suppress(queue.Full):  # wakes it now (when full, it is awake)
+            self._queue.put_nowait(None)
         await asyncio.to_thread(thread.join, 30.0)
 
     # ---------------------------------------------------------------- event loop side
@@ -234,26 +236,23 @@ class RejectionLog:
     def _run(self) -> None:
         index: MessageIndex | None = None
         next_prune = 0.0
-        stopping = False
-        while not stopping:
-            try:
-                first = self._queue.get(timeout=min(PRUNE_EVERY, 60.0))
-            except queue.Empty:
-                first = None
+        while True:
             batch: list[tuple[Any, ...]] = []
-            if first is _STOP:
-                stopping = True
-            elif first is not None:
-                batch.append(first)
-            while len(batch) < BATCH and not stopping:
-                try:
+            try:
+                item = self._queue.get(timeout=0 if self._stopping.is_set() else 1.0)
+                while True:
+                    if item is not None:  # None: stop() waking us
+                        batch.append(item)
+                    if len(batch) >= BATCH:
+                        break
                     item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)
+            except queue.Empty:
+                pass
+            if not batch and self._stopping.is_set():
+                break
+            now = time.time()
+            if not batch and now < next_prune:
+                continue
             try:
                 if index is None:
                     index = MessageIndex(self.index_path)
@@ -261,7 +260,6 @@ class RejectionLog:
                     index.record_rejections(batch)
                     for row in batch:
                         RECORDED.labels(row[2]).inc()
-                now = time.time()
                 if now >= next_prune:
                     next_prune = now + PRUNE_EVERY
                     PRUNED.inc(
