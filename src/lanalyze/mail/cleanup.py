@@ -30,11 +30,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from lanalyze.log import get_logger
 from lanalyze.mail.queuefile import Envelope, Layout, Recycler, Syncer, footer, fsync_dir
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 HEAD_BYTES = 65536  # kept in memory for header parsing (From, Subject, Message-ID)
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
@@ -119,6 +121,64 @@ class Spool:
             await asyncio.to_thread(self.discard_sync)
 
 
+class BatchedRecorder(Generic[T]):
+    """Hands items to ``write`` in ``executor`` at most every ``delay`` seconds, all those
+    gathered meanwhile in one call.
+
+    For the message index (derived data, never on the way to a 250): one SQLite transaction
+    per commit batch cost ~0.3 ms of CPU per message over the SMTP processes (lock traffic
+    between the acceptors, WAL pages written again for every few rows, and the GIL hand-offs
+    of each statement); one transaction every quarter second costs a fraction of that. The
+    rows appear at most ``delay`` seconds later.
+    """
+
+    def __init__(
+        self, write: Callable[[list[T]], None], executor: Executor, delay: float = 0.25
+    ) -> None:
+        self.write = write
+        self.executor = executor
+        self.delay = delay
+        self._items: list[T] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: asyncio.Future[None] | None = None
+
+    def add(self, items: list[T]) -> None:
+        self._items.extend(items)
+        if self._timer is None and self._running is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        items, self._items = self._items, []
+        if not items:
+            return
+        running = asyncio.get_running_loop().run_in_executor(self.executor, self._call, items)
+        self._running = running
+        running.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Future[None]) -> None:
+        self._running = None
+        if self._items and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._flush)
+
+    def _call(self, items: list[T]) -> None:
+        try:
+            self.write(items)
+        except Exception:  # the index is derived data; the queue file is what counts
+            log.exception("mail.index.record_failed")
+
+    async def close(self) -> None:
+        """Write what is left now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._running is not None:
+            await asyncio.shield(self._running)
+        items, self._items = self._items, []
+        if items:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._call, items)
+
+
 @dataclass
 class _Pending:
     spool: Spool
@@ -147,6 +207,9 @@ class Committer:
         self._active = str(layout.q("active"))
         self.executor = executor
         self.on_committed = on_committed
+        self._recorder: BatchedRecorder[Envelope] | None = (
+            BatchedRecorder(on_committed, self.record_executor) if on_committed else None
+        )
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -169,6 +232,8 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._recorder is not None:
+            await self._recorder.close()
 
     async def commit(self, spool: Spool, envelope: Envelope) -> None:
         """Returns once the message is durable in ``queue/active/``; raises OSError if not."""
@@ -200,17 +265,10 @@ class Committer:
                     item.future.set_result(None)
                 else:
                     item.future.set_exception(error)
-            if committed and self.on_committed is not None:
+            if committed and self._recorder is not None:
                 # After the replies: the index is derived data and must not delay a 250
-                # (nor, in its own thread, the next batch).
-                loop.run_in_executor(self.record_executor, self._record, committed)
-
-    def _record(self, envelopes: list[Envelope]) -> None:
-        assert self.on_committed is not None
-        try:
-            self.on_committed(envelopes)
-        except Exception:  # the index is derived data; the queue file is what counts
-            log.exception("mail.index.record_failed")
+                # (nor, in its own thread and gathered over batches, the next batch).
+                self._recorder.add(committed)
 
     def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
         active = self._active

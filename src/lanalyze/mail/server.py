@@ -32,7 +32,7 @@ from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
 from lanalyze.mail.acceptors import die_with_parent
 from lanalyze.mail.authhook import AuthHook
-from lanalyze.mail.cleanup import Committer, Spool, new_queue_id
+from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
 from lanalyze.mail.headers import header_summary, sanitize
@@ -118,6 +118,7 @@ class MailServer:
         self._index_pool: ThreadPoolExecutor | None = None
         self._delivery_pool: Executor | None = None
         self.index: MessageIndex | None = None
+        self._outcomes: BatchedRecorder[Outcome] | None = None
         self.rejections: RejectionLog | None = None
         self.committer: Committer | None = None
         self.queue: QueueManager | None = None
@@ -141,6 +142,7 @@ class MailServer:
         await loop.run_in_executor(self._disk, self.layout.create)
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="mail-index")
         self.index = await loop.run_in_executor(self._index_pool, MessageIndex, self.layout.index)
+        self._outcomes = BatchedRecorder(self._write_outcomes, self._index_pool)
         if self.config.index.record_rejections:
             self.rejections = RejectionLog(self.layout.index, self.config.index)
             await self.rejections.start()
@@ -240,6 +242,9 @@ class MailServer:
             await self.committer.stop()
         if self.queue is not None:
             await self.queue.stop()
+        if self._outcomes is not None:
+            await self._outcomes.close()
+            self._outcomes = None
         await self.auth.stop()
         if self.rejections is not None:
             await self.rejections.stop()
@@ -261,7 +266,12 @@ class MailServer:
         return context
 
     async def _record_outcomes(self, outcomes: list[Outcome]) -> None:
-        if not outcomes or self.index is None or self._index_pool is None:
+        if outcomes and self._outcomes is not None:
+            self._outcomes.add(outcomes)
+
+    def _write_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Index thread: delivery results, gathered over a quarter second."""
+        if self.index is None:
             return
         updates = [
             (
@@ -274,9 +284,7 @@ class MailServer:
             for o in outcomes
         ]
         envelopes = [o.envelope for o in outcomes if o.envelope is not None]
-        await asyncio.get_running_loop().run_in_executor(
-            self._index_pool, self.index.set_status, updates, envelopes
-        )
+        self.index.set_status(updates, envelopes)
 
     async def _sweep(self) -> None:
         while True:
