@@ -118,13 +118,15 @@ def commands(data: bytes, count: int) -> list[str]:
     """The first ``count`` complete command lines of ``data``, up to the first DATA/BDAT
     (what follows them is message content, not commands)."""
     lines: list[str] = []
-    for raw in data.split(b"\r\n")[:-1]:
-        if len(lines) >= count:
-            break
+    # maxsplit: a read of message data holds thousands of lines, only the first few matter.
+    for raw in data.split(b"\r\n", count)[:-1]:
         line = raw.decode("utf-8", "replace")
-        lines.append(line)
         verb = line[:4].upper()
-        if verb in ("DATA", "BDAT", "AUTH"):
+        if verb == "AUTH":  # its argument (and the lines after) carry credentials
+            lines.append(verb)
+            break
+        lines.append(line)
+        if verb in ("DATA", "BDAT"):
             break
     return lines
 
