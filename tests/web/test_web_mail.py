@@ -99,6 +99,11 @@ def test_rejections_page_search_and_counts(client: TestClient) -> None:
     assert page.status_code == 200
     assert sample_mail.REJECTED_RECIPIENT in page.text and "victim@far.example" in page.text
     assert "Unknown user" in page.text and "Policy reject (DMARC)" in page.text
+    clients = re.search(r'<table class="data" id="clients".*?</table>', page.text, re.S)
+    assert clients and clients.group(0).index(sample_mail.REJECTED_CLIENT) < clients.group(0).index(
+        "203.0.113.66"
+    )  # two rejections before one
+    assert 'id="reasons"' in page.text and "reason=relay_denied" in page.text
     assert 'href="/mail/rejected"' in client.get("/mail").text  # linked from the mail pages
     by_recipient = client.get("/mail/rejected", params={"recipient": "nobody"}).text
     assert "victim@far.example" not in by_recipient and "1 rejection " in by_recipient

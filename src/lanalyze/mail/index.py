@@ -361,6 +361,28 @@ class MessageIndex:
             params.append(query.until)
         return self._page("rejections", "at", where=where, params=params, query=query, shape=dict)
 
+    def rejection_summary(
+        self, since: float | None, until: float | None, limit: int = 10
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Rejections per reason, and the clients refused most, in a time range."""
+        lower = since if since is not None else 0.0
+        upper = until if until is not None else float("inf")
+        try:
+            reasons = self.db.execute(
+                "SELECT reason, count(*) AS count FROM rejections WHERE at >= ? AND at < ? "
+                "GROUP BY reason ORDER BY count DESC, reason",
+                (lower, upper),
+            ).fetchall()
+            clients = self.db.execute(
+                "SELECT client_ip, count(*) AS count, max(at) AS last_at, "
+                "count(DISTINCT reason) AS reasons FROM rejections WHERE at >= ? AND at < ? "
+                "GROUP BY client_ip ORDER BY count DESC, client_ip LIMIT ?",
+                (lower, upper, limit),
+            ).fetchall()
+        except sqlite3.OperationalError:  # an index written before rejections were kept
+            return {"reasons": [], "clients": []}
+        return {"reasons": [dict(r) for r in reasons], "clients": [dict(r) for r in clients]}
+
     def rejection_reasons(self) -> list[str]:
         """The reason words present, for a search form's choices."""
         try:

@@ -96,6 +96,15 @@ class MailStore:
         with index:
             return index.rejections(query)
 
+    def rejection_summary(
+        self, since: float | None, until: float | None
+    ) -> dict[str, list[dict[str, Any]]]:
+        index = self._index()
+        if index is None:
+            return {"reasons": [], "clients": []}
+        with index:
+            return index.rejection_summary(since, until)
+
     def rejection_reasons(self) -> list[str]:
         index = self._index()
         if index is None:

@@ -196,10 +196,11 @@ async def rejected_list(request: Request) -> Response:
         page=min(int(page_text) if page_text.isdigit() else 1, 100_000),
     )
     since, bucket = _chart_span(window)
-    result, counts, reasons = await asyncio.gather(
+    result, counts, reasons, summary = await asyncio.gather(
         asyncio.to_thread(store.rejections, query),
         asyncio.to_thread(store.counts, since, window.until, bucket),
         asyncio.to_thread(store.rejection_reasons),
+        asyncio.to_thread(store.rejection_summary, window.since, window.until),
     )
 
     def link(**changes: str) -> str:
@@ -216,6 +217,7 @@ async def rejected_list(request: Request) -> Response:
             "form": form,
             "ranges": RANGES,
             "window": window,
+            "summary": summary,
             "reasons": sorted(set(reasons) | ({form["reason"]} - {""})),
             "reason_labels": REASON_LABELS,
             "counts": counts,
