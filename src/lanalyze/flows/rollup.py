@@ -32,6 +32,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -48,9 +49,7 @@ from lanalyze.flows.query.layout import (
     COMPACT_TAG,
     DAY_KEYED,
     DAY_MS,
-    DERIVED_SQL,
     HOUR_MS,
-    MINUTE_MS,
     REPLACES_KEY,
     RESOLUTIONS,
     ROLLUP_TABLES,
@@ -70,6 +69,7 @@ from lanalyze.flows.query.layout import (
     rollup_dir,
     write_manifest,
 )
+from lanalyze.flows.query.rollup_aggregate import merge, summarise_files
 from lanalyze.log import get_logger
 
 if TYPE_CHECKING:
@@ -101,11 +101,13 @@ EXPIRED_FILES = Counter(
 )
 
 GRACE_SECONDS = 120.0
-BATCH_BYTES = 256 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024 * 1024  # raw bytes on disk rolled up (and named) per manifest write
+CHUNK_BYTES = 64 * 1024 * 1024  # raw bytes decoded at once (~2 M flows, ~150 MB in memory)
+ROLLUP_THREADS = 2
 COMPACT_ROWS = 4_000_000
+SMALL_SEGMENT_BYTES = 16 * 1024 * 1024  # raw segments at least this big are not merged
 OPEN_HOUR_PARTS = 16  # an open hour's parts are merged once this many accumulate
 SUM_COLUMNS = ("bytes", "packets", "flows")
-ALL_COLUMNS = tuple(dict.fromkeys(c for t in ROLLUP_TABLES for c in t.columns))
 
 
 class RollupMaintainer:
@@ -121,6 +123,7 @@ class RollupMaintainer:
         self._stopping = asyncio.Event()
         self._halt = threading.Event()  # seen by the worker thread between batches
         self._compact_seq = 0
+        self._compacted: dict[str, int] = {}  # raw hour -> directory mtime when found done
 
     async def start(self) -> None:
         reports.configure(self.config.query_threads, self.config.query_max_raw_bytes)
@@ -242,44 +245,41 @@ class RollupMaintainer:
         manifest: Manifest,
         batch: list[tuple[str, str]],
     ) -> int:
+        del connection  # the sums are Arrow's now (rollup_aggregate); kept for the signature
         paths = [str(raw_dir(self.data) / hour / name) for hour, name in batch]
-        derived = ", ".join(f"{sql} AS {name}" for name, sql in DERIVED_SQL.items())
-        sets = ", ".join("(time, " + ", ".join(t.columns) + ")" for t in ROLLUP_TABLES)
-        grouping = "GROUPING(" + ", ".join(ALL_COLUMNS) + ")"
-        # Fixed fragments only; the file list is a parameter.
-        sql = (
-            f"SELECT {grouping} AS grouping_id, "  # noqa: S608
-            f"(time_received - time_received % {MINUTE_MS}) AS time, "
-            + ", ".join(ALL_COLUMNS)
-            + ", sum(bytes * sampling_rate)::UBIGINT AS bytes, "  # noqa: S608
-            "sum(packets * sampling_rate)::UBIGINT AS packets, sum(flows)::UBIGINT AS flows "
-            f"FROM (SELECT *, {derived} FROM read_parquet(?)) "
-            f"GROUP BY GROUPING SETS ({sets})"
-        )
-        result = connection.sql(sql, params=[paths]).to_arrow_table()
-        rows = int(
-            connection.execute("SELECT count(*) FROM read_parquet(?)", [paths]).fetchall()[0][0]
-        )
-        grouping_ids = result.column("grouping_id").to_numpy()
+        chunks: list[list[str]] = [[]]
+        size = 0
+        # Chunks bound the memory of decoded flows (their per-minute sums are small) and
+        # are summed on ROLLUP_THREADS threads: Arrow's reader and aggregation drop the GIL.
+        for path in paths:
+            if size >= CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(path)
+            size += _size(Path(path))
+        if len(chunks) == 1:
+            partials = [summarise_files(chunks[0])]
+        else:
+            with ThreadPoolExecutor(ROLLUP_THREADS, thread_name_prefix="rollup") as pool:
+                partials = list(pool.map(summarise_files, chunks))
+        rows = sum(p.rows for p in partials)
+        latest_of: dict[str, int] = {}
+        for partial in partials:
+            latest_of.update(partial.latest)
         written: list[tuple[str, str, str, str]] = []
         batch_id = f"{int(time.time() * 1000)}-{os.getpid()}-{self._next_seq()}"
         for table in ROLLUP_TABLES:
-            # GROUPING() sets a bit for each column *not* in the set (first column = high bit).
-            expected = sum(
-                1 << (len(ALL_COLUMNS) - 1 - i)
-                for i, column in enumerate(ALL_COLUMNS)
-                if column not in table.columns
-            )
-            rows_of_table = result.filter(pa.array(grouping_ids == expected))
-            minute = rows_of_table.select(["time", *table.columns, *SUM_COLUMNS])
-            minute = minute.sort_by([("time", "ascending")])
+            minute = merge((p.tables[table.name] for p in partials if p.tables), table.columns)
+            if minute.num_rows == 0:
+                continue
             written += self._write_parts("1m", table.name, minute, batch_id)
-            hour = _reaggregate(connection, minute, table.columns, HOUR_MS)
+            hour = merge([minute], table.columns, HOUR_MS)
             written += self._write_parts("1h", table.name, hour, batch_id)
         manifest = read_manifest(self.data)
-        for hour_key, name in batch:
+        for (hour_key, name), path in zip(batch, paths, strict=True):
             manifest.covered.setdefault(hour_key, []).append(name)
-            latest = _latest_time(raw_dir(self.data) / hour_key / name, hour_key)
+            # An empty segment has no flows: the hour's start is a safe "latest".
+            latest = latest_of.get(path, hour_start(hour_key))
             manifest.latest[hour_key] = max(manifest.latest.get(hour_key, 0), latest)
         touched_hours: set[str] = set()
         for resolution, table_name, key, name in written:
@@ -390,11 +390,26 @@ class RollupMaintainer:
         for hour in list_raw_hours(self.data):
             if hour_start(hour) + HOUR_MS > closed_before:
                 continue
-            names = list_raw_files(self.data, hour)
-            small = [n for n in names if COMPACT_TAG not in n]
-            if len(small) < 2 or not all(manifest.covers(hour, n, self.data) for n in names):
-                continue
             directory = raw_dir(self.data) / hour
+            try:
+                stamp = directory.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if self._compacted.get(hour) == stamp:
+                continue  # nothing renamed in since this hour was last found done
+            names = list_raw_files(self.data, hour)
+            # Segments of a busy collector are big already: rewriting them would cost as
+            # much as writing them did, for no fewer row groups. Only small ones are merged.
+            small = [
+                n
+                for n in names
+                if COMPACT_TAG not in n and _size(directory / n) < SMALL_SEGMENT_BYTES
+            ]
+            if len(small) < 2:
+                self._compacted[hour] = stamp
+                continue
+            if not all(manifest.covers(hour, n, self.data) for n in names):
+                continue
             groups: list[list[str]] = [[]]
             rows = 0
             for name in small:
@@ -629,47 +644,11 @@ class RollupMaintainer:
                 path.unlink(missing_ok=True)
 
 
-def _latest_time(path: Path, hour: str) -> int:
-    """Latest ``time_received`` of a segment, from its footer statistics (else the hour's end)."""
-    fallback = hour_start(hour) + HOUR_MS
-    try:
-        metadata = pq.read_metadata(path)
-        index = metadata.schema.names.index("time_received")
-        latest = 0
-        for group in range(metadata.num_row_groups):
-            stats = metadata.row_group(group).column(index).statistics
-            if stats is None or not stats.has_min_max:
-                return fallback
-            latest = max(latest, int(stats.max))
-    except (OSError, ValueError, pa.ArrowException):
-        return fallback
-    return latest
-
-
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _reaggregate(
-    connection: duckdb.DuckDBPyConnection,
-    table: pa.Table,
-    columns: tuple[str, ...],
-    step: int,
-) -> pa.Table:
-    connection.register("rollup_input", table)
-    try:
-        keys = ", ".join(columns)
-        result = connection.sql(
-            f"SELECT (time - time % {step})::UBIGINT AS time, {keys}, "  # noqa: S608 (fixed)
-            "sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, "
-            f"sum(flows)::UBIGINT AS flows FROM rollup_input GROUP BY ALL ORDER BY time"
-        ).to_arrow_table()
-    finally:
-        connection.unregister("rollup_input")
-    return result
 
 
 def _reaggregate_files(
