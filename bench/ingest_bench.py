@@ -355,6 +355,7 @@ def highest_lossless(
     and subtracted): CPU time is far less sensitive to other load than the loss point."""
     idle: Outcome = run(30.0)  # type: ignore[operator]
     best, best_bpf, best_cpu = 0.0, float("nan"), float("nan")
+    first: tuple[float, float] | None = None
     short = 0
     for rate in rates:
         outcome: Outcome = run(rate)  # type: ignore[operator]
@@ -369,6 +370,8 @@ def highest_lossless(
             f"CPU {cpu * 1e6:5.2f} us/flow {'ok' if ok else 'LOSS'}",
             flush=True,
         )
+        if first is None:
+            first = (outcome.stored_bytes / max(1, outcome.stored), cpu)
         if not ok:
             break
         if achieved > best:
@@ -381,6 +384,10 @@ def highest_lossless(
         if short >= 2:
             print("  (the sender cannot offer more on this machine now: stopping here)")
             break
+    if not best and first is not None:
+        # Nothing lossless: still report bytes and CPU per flow, at the lowest rate.
+        print(f"  {name:8} {fmt:5} no lossless rate (bytes and CPU per flow: lowest rate's)")
+        best_bpf, best_cpu = first
     return best, best_bpf, best_cpu
 
 
@@ -410,7 +417,8 @@ def main() -> None:
             ),
         }
         for run in range(args.runs):
-            print(f"{fmt} run {run + 1}/{args.runs}", flush=True)
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{fmt} run {run + 1}/{args.runs} (load average {load})", flush=True)
             for name, runner in runners.items():
                 if name in args.peers:
                     results[name].append(highest_lossless(name, fmt, rates, runner))
@@ -428,9 +436,11 @@ def main() -> None:
             )
         if len(medians) == 2:
             peer, mine = medians["nfcapd"], medians["lanalyze"]
+            ratio = f"{mine[0] / peer[0]:.2f}" if peer[0] else "n/a (nfcapd lost at every rate)"
             print(
-                f"RATIO {fmt} lanalyze/nfcapd: rate {mine[0] / peer[0] if peer[0] else 0:.2f}, "
-                f"CPU per flow {mine[2] / peer[2] if peer[2] else 0:.2f}"
+                f"RATIO {fmt} lanalyze/nfcapd: rate {ratio}, "
+                f"CPU per flow {mine[2] / peer[2] if peer[2] else 0:.2f}, "
+                f"bytes per flow {mine[1] / peer[1] if peer[1] else 0:.2f}"
             )
 
 
