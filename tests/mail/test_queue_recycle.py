@@ -129,3 +129,15 @@ def test_mail_root_is_a_top_directory_where_supported(tmp_path: Path) -> None:
             os.close(fd)
         assert flags[0] & FS_TOPDIR_FL
     layout.create()  # idempotent
+
+
+def test_large_queue_files_are_not_kept(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.create()
+    ids = commit(
+        layout, [b"Subject: big\r\n\r\n" + b"y" * 5000 + b"\r\n", b"Subject: s\r\n\r\ns\r\n"]
+    )
+    delivery = MaildirDelivery(layout)
+    delivery.recycler.max_size = 1000
+    delivery.deliver_batch([str(layout.q("active") / q) for q in ids])
+    assert [p.name for p in layout.q("free").iterdir()] == [ids[1]]

@@ -229,15 +229,18 @@ class Recycler:
     its new file by renaming a free one to its name (several acceptor processes may race
     for the same file: the loser's rename fails and it takes the next) and the writer
     truncates it to what it wrote. With nothing free it creates a file as before. At most
-    ``limit`` files wait in ``free/``; beyond that a released file is unlinked.
+    ``limit`` files of at most ``max_size`` bytes wait in ``free/`` (a few MiB in the
+    common case, 128 MiB at worst); others are unlinked. Old contents stay there until
+    reused: same owner and mode as the queue, which holds the same mail anyway.
     """
 
     STOCK = 256  # names taken from one listing of free/
     EMPTY_RETRY = 0.5  # seconds before listing an empty free/ again
 
-    def __init__(self, layout: Layout, limit: int = 10_000) -> None:
+    def __init__(self, layout: Layout, limit: int = 2000, max_size: int = 65536) -> None:
         self.free = str(layout.q("free"))
         self.limit = limit
+        self.max_size = max_size
         self._stock: list[str] = []
         self._empty_until = 0.0
         self._released = 0
@@ -269,8 +272,12 @@ class Recycler:
             return os.open(path, os.O_WRONLY), True
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), False
 
-    def release(self, path: str) -> None:
-        """Dequeue a delivered file: keep it for reuse, or unlink it when enough are kept."""
+    def release(self, path: str, size: int) -> None:
+        """Dequeue a delivered file: keep it for reuse, or unlink it (large, or enough kept)."""
+        if size > self.max_size:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
         if self._free_count < 0 or self._released >= 1000:
             # Acceptors take files without telling us: count again now and then.
             try:

@@ -157,7 +157,7 @@ class MaildirDelivery:
                 continue
             try:
                 if outcome.status == "delivered":
-                    self.recycler.release(path)
+                    self.recycler.release(path, length)
                 else:
                     if outcome.status == "deferred":
                         envelope.attempts += 1
