@@ -273,8 +273,9 @@ def _mail_checks(page: Any) -> None:
 
     # Rejections: linked from the mail pages, searched by client address.
     page.get_by_role("link", name="Rejected").click()
-    page.get_by_label(re.compile("^Client")).fill(seed.REJECTED_CLIENT)
-    page.get_by_label(re.compile("^Client")).press("Enter")
+    client = page.get_by_role("searchbox", name=re.compile("^Client"))
+    client.fill(seed.REJECTED_CLIENT)
+    client.press("Enter")
     expect(page.locator("#rejections tbody tr")).to_have_count(2)
     expect(page.locator("#rejections")).to_contain_text(seed.REJECTED_RECIPIENT)
     page.screenshot(path=str(SHOTS / "mail-rejected.png"), full_page=True)
