@@ -137,7 +137,7 @@ def _list_rejections(index: Any, query: Any, fmt: str) -> None:
             f"{_when(row['at'])} {row['client_ip']:15} {row['code']:<4} {row['reason']:23} "
             f"<{row['mail_from']}> -> {row['recipient'] or '-'}"
         )
-        click.echo(f"{'':60} HELO {row['helo'] or '-'}  {row['reply']}")
+        click.echo(f"{'':65} HELO {row['helo'] or '-'}  {row['reply']}")
 
 
 @mail.command("show")
