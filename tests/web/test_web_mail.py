@@ -104,6 +104,12 @@ def test_rejections_page_search_and_counts(client: TestClient) -> None:
         "203.0.113.66"
     )  # two rejections before one
     assert 'id="reasons"' in page.text and "reason=relay_denied" in page.text
+    # Auto-refresh, as on the flow pages: the content region says how often; paging keeps it.
+    assert 'id="content" data-refresh=""' in page.text
+    refreshing = client.get("/mail/rejected", params={"refresh": "30"}).text
+    assert 'data-refresh="30"' in refreshing
+    assert 'data-refresh="30"' in client.get("/mail?refresh=30").text
+    assert 'data-refresh=""' in client.get("/mail?refresh=1").text  # not a choice: off
     assert 'href="/mail/rejected"' in client.get("/mail").text  # linked from the mail pages
     by_recipient = client.get("/mail/rejected", params={"recipient": "nobody"}).text
     assert "victim@far.example" not in by_recipient and "1 rejection " in by_recipient

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from lanalyze.web.mailexplain import explain, warnings
 from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, RejectionQuery, parse_message
-from lanalyze.web.pages.flows import format_utc_minute, parse_utc_minute
+from lanalyze.web.pages.flows import REFRESH, format_utc_minute, parse_utc_minute
 from lanalyze.web.security import MESSAGE_CSP
 from lanalyze.web.templating import render
 
@@ -119,6 +119,11 @@ def _chart_span(window: Window) -> tuple[float, int]:
     return since, 300 if span <= 3600 else 3600 if span <= 7 * 86400 else 86400
 
 
+def _refresh(params: Mapping[str, str]) -> str:
+    value = params.get("refresh", "0")
+    return value if value in REFRESH else "0"
+
+
 def _store(request: Request) -> MailStore:
     return MailStore(request.app.state.console.data_dir)
 
@@ -136,7 +141,7 @@ def _query(request: Request) -> tuple[MailQuery, dict[str, str], Window]:
     page_text = params.get("page", "1")
     page = int(page_text) if page_text.isdigit() else 1
     window = _window(params, time.time())
-    form.update(window.params)
+    form.update(window.params, refresh=_refresh(params))
     query = MailQuery(
         sender=form["sender"].strip(),
         recipient=form["recipient"].strip(),
@@ -168,6 +173,7 @@ async def message_list(request: Request) -> Response:
             "result": result,
             "form": form,
             "window": window,
+            "refresh_choices": REFRESH,
             "ranges": RANGES,
             "verdicts": VERDICTS,
             "counts": counts,
@@ -184,7 +190,7 @@ async def rejected_list(request: Request) -> Response:
         for key in ("sender", "recipient", "client", "reason")
     }
     window = _window(params, time.time())
-    form.update(window.params)
+    form.update(window.params, refresh=_refresh(params))
     page_text = params.get("page", "1")
     query = RejectionQuery(
         sender=form["sender"],
@@ -217,6 +223,7 @@ async def rejected_list(request: Request) -> Response:
             "form": form,
             "ranges": RANGES,
             "window": window,
+            "refresh_choices": REFRESH,
             "summary": summary,
             "reasons": sorted(set(reasons) | ({form["reason"]} - {""})),
             "reason_labels": REASON_LABELS,
