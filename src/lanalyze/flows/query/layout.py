@@ -31,9 +31,17 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 SIX_HOURS_MS = 6 * HOUR_MS
-RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "6h": SIX_HOURS_MS, "1d": DAY_MS}
-DAY_KEYED = ("6h", "1d")
-"""Resolutions whose parts are filed by day (the others by hour)."""
+WEEK_MS = 7 * DAY_MS
+"""Weeks start at multiples of 7 days since the epoch (Thursdays, 00:00 UTC)."""
+RESOLUTIONS: dict[str, int] = {
+    "1m": MINUTE_MS,
+    "1h": HOUR_MS,
+    "6h": SIX_HOURS_MS,
+    "1d": DAY_MS,
+    "1w": WEEK_MS,
+}
+DAY_KEYED = ("6h", "1d", "1w")
+"""Resolutions whose parts are filed by day (the others by hour); a week's under its first."""
 REPLACES_KEY = b"lanalyze.replaces"
 COMPACT_TAG = "-compact-"
 
@@ -126,14 +134,20 @@ def key_start(resolution: str, key: str) -> int:
     return day_start(key) if resolution in DAY_KEYED else hour_start(key)
 
 
+def key_end(resolution: str, key: str) -> int:
+    """End (ms) of what the parts filed under ``key`` may hold."""
+    return key_start(resolution, key) + (WEEK_MS if resolution == "1w" else key_span(resolution))
+
+
 def key_span(resolution: str) -> int:
     return DAY_MS if resolution in DAY_KEYED else HOUR_MS
 
 
 def block_of(name: str) -> int:
-    """Start (ms) of the 6-hour block a ``6h`` part holds: its name is ``b<start>-...``."""
+    """Start (ms) of the 6-hour block (or week) a ``6h`` (``1w``) part holds: its name is
+    ``b<start>-...`` (``w<start>-...``)."""
     try:
-        return int(name[1:].split("-", 1)[0]) if name.startswith("b") else -1
+        return int(name[1:].split("-", 1)[0]) if name[:1] in ("b", "w") else -1
     except ValueError:
         return -1
 

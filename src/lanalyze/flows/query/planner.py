@@ -39,7 +39,7 @@ Interval = tuple[int, int]
 class Piece:
     """Files of one kind, and the time intervals to read from them."""
 
-    source: str  # "raw" or a resolution ("1m", "1h", "6h", "1d")
+    source: str  # "raw" or a resolution ("1m", "1h", "6h", "1d", "1w")
     table: RollupTable | None
     files: list[str]
     intervals: list[Interval]
@@ -151,7 +151,7 @@ def plan(
 
     remaining: list[Interval] = [(since, until)]
     rolled: list[Interval] = []
-    for resolution in ("1d", "6h", "1h", "1m"):
+    for resolution in ("1w", "1d", "6h", "1h", "1m"):
         step = RESOLUTIONS[resolution]
         if finest_bucket is not None and finest_bucket % step != 0:
             continue
@@ -167,8 +167,8 @@ def plan(
                 # The bucket holding ``hi`` has no flow at or after ``hi`` (a window ending
                 # "now"): the rollup answers it whole, no raw scan of the open hour.
                 b = hi
-            if resolution == "6h":
-                # Blocks of a day are built one by one as they close: check each.
+            if resolution in ("6h", "1w"):
+                # Blocks of a day (weeks) are built one by one as they close: check each.
                 for block in range(a, b, step):
                     key = bucket_key(resolution, block)
                     names = [n for n in available.get(key, []) if block_of(n) == block]

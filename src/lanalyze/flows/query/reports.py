@@ -787,7 +787,7 @@ def status(data: Path) -> list[dict[str, Any]]:
     ]
     tables.append(_table_status("raw", raw_files, "time_received"))
     manifest = read_manifest(data)
-    for resolution in ("1m", "1h", "6h", "1d"):
+    for resolution in RESOLUTIONS:
         for table in ROLLUP_TABLES:
             keyed = manifest.parts.get(resolution, {}).get(table.name, {})
             files = [
