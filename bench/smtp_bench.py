@@ -8,6 +8,16 @@ on a loopback port, delivering to ``discard``); nothing system-wide is touched. 
 runs ``lanalyze serve`` with only the mail component (``mail.acceptors = 2``: one SMTP process
 per core), delivering into a real Maildir.
 
+Also prints lanalyze's CPU time per message (utime + stime from ``/proc/<pid>/stat`` of each
+of its processes, from before an smtp-source run until delivery has emptied
+``queue/active/``), by process: ``main`` (SMTP sessions, queue manager), ``acceptor`` (the
+extra SMTP process), ``delivery`` (the Maildir worker). CPU time is steadier than messages
+per second on a shared machine. ``--no-postfix`` measures lanalyze alone (no root needed).
+
+On ext4 without a journal (this machine) every file creation scans the block group's inodes
+deleted in the last 30 seconds: wait half a minute after anything deleted many files (a
+previous run's clean-up) before measuring.
+
 Usage: .venv/bin/python bench/smtp_bench.py [--messages 10000] [--runs 3]
 Needs root for Postfix (it drops privileges to the ``postfix`` user).
 """
