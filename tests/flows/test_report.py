@@ -253,3 +253,39 @@ def test_a_huge_raw_scan_is_refused(store) -> None:
             reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
     finally:
         reports.configure(2, max_raw_bytes=8 * 2**30)
+
+
+def test_drill_down_reports_share_one_filtered_scan(store, monkeypatch) -> None:
+    """A page's reports over the same filtered raw flows read the files once; same answers."""
+    from lanalyze.flows.query import filtered
+
+    data, _ = store
+    host = "host 10.0.0.7 or port 53"
+
+    def page() -> list[object]:
+        window = {"since": T0 + 123_456, "until": T0 + SPAN - 7}
+        return [
+            reports.top(data, "dstip", limit=0, filter=host, use_rollups=False, **window).rows,
+            reports.top(data, "app", limit=0, filter=host, use_rollups=False, **window).rows,
+            reports.series(data, bucket="5m", by="proto", filter=host, **window).points,
+            reports.list_flows(data, filter=host, limit=30, **window),
+        ]
+
+    filtered.clear()
+    monkeypatch.setattr(filtered, "MAX_ROWS", 0)  # every scan too big to keep: files read
+    from_files = page()
+    assert not filtered._entries
+    monkeypatch.setattr(filtered, "MAX_ROWS", 2_000_000)
+    first = page()
+    assert filtered._entries
+    reads: list[list[str]] = []
+    original = filtered.flows
+
+    def counting(connection, files, flt):  # type: ignore[no-untyped-def]
+        reads.append([f for f in files if (f, flt.sql, flt.params) not in filtered._entries])
+        return original(connection, files, flt)
+
+    monkeypatch.setattr(filtered, "flows", counting)
+    again = page()
+    assert from_files == first == again
+    assert reads and not any(reads)  # the second visit read no file

@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from lanalyze.flows.query import filtered
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import CompiledFilter, compile_filter
 from lanalyze.flows.query.dimensions import (
@@ -76,10 +77,38 @@ def _execute(sql: str, params: list[object]) -> list[tuple[Any, ...]]:
     except duckdb.IOException as exc:
         # A file left between planning and reading (compaction, retention): re-plan.
         raise _Replan(str(exc)) from None
+    finally:
+        _unregister_filtered()
 
 
 class _Replan(Exception):
     pass
+
+
+def _filtered_view(files: list[str], flt: CompiledFilter) -> str | None:
+    """Register the filtered flows of ``files`` on this thread's connection (None: too many
+    to keep, read the files instead); unregistered after the next :func:`_execute`."""
+    connection = _connection()
+    try:
+        table = filtered.flows(connection, files, flt)
+    except duckdb.IOException as exc:
+        raise _Replan(str(exc)) from None
+    if table is None:
+        return None
+    names: list[str] = _local.__dict__.setdefault("registered", [])
+    name = f"filtered_flows_{len(names)}"
+    connection.register(name, table)
+    names.append(name)
+    return name
+
+
+def _unregister_filtered() -> None:
+    names: list[str] = _local.__dict__.get("registered", [])
+    connection = getattr(_local, "connection", None)
+    while names:
+        name = names.pop()
+        if connection is not None:
+            connection.unregister(name)
 
 
 # --- SQL assembly ----------------------------------------------------------------------------
@@ -105,12 +134,19 @@ def _piece_sql(
     for index, expr in enumerate(selects):
         columns.append(f"{expr.sql.format(**names)} AS c{index}")
         params.extend(expr.params)
-    if piece.source == "raw":
+    shared = None if piece.source != "raw" or flt.is_true else _filtered_view(piece.files, flt)
+    if shared is not None:
+        # The flows of these files that pass the filter, read once for all of a page's
+        # reports (a drill-down's filter keeps few): see filtered.py.
+        derived = ", ".join(f"{sql} AS {name}" for name, sql in DERIVED_SQL.items())
+        source = f"(SELECT *, {derived} FROM {shared})"  # noqa: S608 (a generated name)
+    elif piece.source == "raw":
         derived = ", ".join(f"{sql} AS {name}" for name, sql in DERIVED_SQL.items())
         source = f"(SELECT *, {derived} FROM read_parquet(?))"  # noqa: S608
+        params.append(piece.files)
     else:
         source = "read_parquet(?)"
-    params.append(piece.files)
+        params.append(piece.files)
     time_sql = " OR ".join(f"({names['t']} >= ? AND {names['t']} < ?)" for _ in piece.intervals)
     for lo, hi in piece.intervals:
         params.extend((lo, hi))

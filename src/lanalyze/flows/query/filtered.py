@@ -1,0 +1,84 @@
+"""Filtered raw flows kept in memory, so a drill-down page scans its raw files once.
+
+A host or port page filters raw flows (``host 10.0.0.1``: no rollup keeps both address
+columns), and each of its reports (chart, applications, peers, flow list) used to scan the
+same files again with the same filter. Here the first report reads, per file, every flow that
+passes the filter (all columns but ``extra``) into an Arrow table; the page's other reports
+query those tables (DuckDB over registered Arrow data) instead of the files. Answers are the
+same: the reports still apply their time intervals and the filter to these rows.
+
+Keyed by (file path, filter SQL, parameters): raw files never change under their final name
+(the store's contract), so an entry never goes stale; a deleted file is no longer planned.
+Bounded: a scan that keeps more than :data:`MAX_ROWS` flows is not kept (the report reads
+the files as before), and the entries together hold at most :data:`MAX_BYTES`, least recently
+used first out. Input trust: our own files; the filter is compiled with parameters only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lanalyze.flows.query.compile import CompiledFilter
+
+MAX_ROWS = 2_000_000
+MAX_BYTES = 256 * 2**20
+
+Key = tuple[str, str, tuple[object, ...]]
+_entries: OrderedDict[Key, pa.Table] = OrderedDict()
+_size = [0]
+_lock = threading.Lock()
+
+
+def flows(
+    connection: duckdb.DuckDBPyConnection, files: list[str], flt: CompiledFilter
+) -> pa.Table | None:
+    """The flows of ``files`` passing ``flt`` (None: more than :data:`MAX_ROWS`)."""
+    keys = [(path, flt.sql, flt.params) for path in files]
+    found: dict[str, pa.Table] = {}
+    with _lock:
+        for key in keys:
+            hit = _entries.get(key)
+            if hit is not None:
+                _entries.move_to_end(key)
+                found[key[0]] = hit
+    missing = [path for path in files if path not in found]
+    if missing:
+        # Fixed text; the file list and the filter's values are parameters.
+        result = connection.sql(
+            "SELECT * EXCLUDE (extra), filename AS lanalyze_file "  # noqa: S608
+            f"FROM read_parquet(?, filename = true) WHERE {flt.sql}",
+            params=[missing, *flt.params],
+        ).to_arrow_table()
+        read: pa.Table = result if result is not None else pa.table({"lanalyze_file": []})
+        if read.num_rows > MAX_ROWS:
+            return None
+        names = read.column("lanalyze_file")
+        rows = read.drop_columns(["lanalyze_file"])
+        for path in missing:
+            part = rows.filter(pc.equal(names, path)) if len(missing) > 1 else rows
+            found[path] = part.combine_chunks()
+            _remember((path, flt.sql, flt.params), found[path])
+    tables = [found[path] for path in files]
+    return pa.concat_tables(tables) if tables else None
+
+
+def _remember(key: Key, table: pa.Table) -> None:
+    with _lock:
+        if key in _entries:
+            return
+        _entries[key] = table
+        _size[0] += table.nbytes
+        while _size[0] > MAX_BYTES and _entries:
+            _, dropped = _entries.popitem(last=False)
+            _size[0] -= dropped.nbytes
+
+
+def clear() -> None:
+    with _lock:
+        _entries.clear()
+        _size[0] = 0
