@@ -163,4 +163,6 @@ class QueueManager:
 
 
 def _list(directory: Path) -> list[str]:
-    return sorted(entry.name for entry in directory.iterdir() if entry.is_file())
+    # scandir's d_type, not Path.is_file(): no stat per queue file on every scan.
+    with os.scandir(directory) as entries:
+        return sorted(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
