@@ -249,3 +249,16 @@ def test_v5_rows_decode_as_packets() -> None:
     same_batches(got, expected)
     empty = FlowDecoder().decode_rows(rows, lengths[:0], codes[:0], names, when)
     assert empty.rows == 0 and empty.stats == []
+
+
+def test_v5_sequence_after_a_restart_counts_no_gap() -> None:
+    """Sequence state is not saved with the templates: the first datagram after a start sets
+    each stream's baseline, so neither a restart nor the flows missed meanwhile count."""
+    first = FlowDecoder()
+    first.decode([packet(v5_datagram([v5_record(0)], sequence=100))])
+    restarted = FlowDecoder()
+    restarted.load_templates(first.save_templates())
+    batch = restarted.decode([packet(v5_datagram([v5_record(0)], sequence=5000))])
+    assert [s.sequence_gaps for s in batch.stats] == [0]
+    batch = restarted.decode([packet(v5_datagram([v5_record(0)], sequence=5003))])
+    assert [s.sequence_gaps for s in batch.stats] == [2]
