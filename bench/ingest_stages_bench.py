@@ -26,6 +26,7 @@ import argparse
 import gc
 import itertools
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -38,6 +39,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
 import numpy as np
 
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.receive import BatchReceiver, open_udp
 from lanalyze.flows.recvmmsg import SLOT_STRIDE
 from lanalyze.flows.store import SegmentWriter
 from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
@@ -119,6 +121,35 @@ def run_once(
     return {stage: seconds / max(1, stored) * 1e6 for stage, seconds in spent.items()}
 
 
+def receive_cost(multi: bool, datagrams: int = 8000, rounds: int = 5) -> float:
+    """µs of this thread's CPU per v5 datagram to drain a loopback socket with the worker's
+    receiver (``recvmmsg`` or ``recvfrom_into``), the queue filled beforehand by 4 sources."""
+    sock = open_udp("127.0.0.1:0", "bench", receive_buffer=64 * 2**20)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    payload = v5_datagrams(1, 1)[0]
+    receiver = BatchReceiver([sock], multi=multi)
+    spent: list[float] = []
+    try:
+        for _ in range(rounds):
+            for index in range(datagrams):
+                senders[index % 4].sendto(payload, sock.getsockname())
+            got = 0
+            started = time.thread_time()
+            while True:
+                batch = receiver.receive()
+                if not batch.count:
+                    break
+                got += batch.count
+                if not multi:
+                    batch.sources  # noqa: B018 (what the fallback hands on)
+            spent.append((time.thread_time() - started) / max(1, got) * 1e6)
+    finally:
+        sock.close()
+        for sender in senders:
+            sender.close()
+    return statistics.median(spent)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="v5,ipfix")
@@ -131,7 +162,15 @@ def main() -> None:
         "--path", choices=("rows", "packets"), default="rows", help="decoder entry point"
     )
     parser.add_argument("--peer-us", default="0.27,0.44", help="nfcapd µs/flow (v5,ipfix)")
+    parser.add_argument(
+        "--receive", action="store_true", help="also the receive path's CPU, over loopback"
+    )
     args = parser.parse_args()
+    if args.receive:
+        for multi in (True, False):
+            cost = receive_cost(multi)
+            name = "recvmmsg" if multi else "recvfrom_into"
+            print(f"receive ({name}): {cost:.2f} µs CPU/datagram, {cost / 30:.3f} µs/v5 flow")
     batch_flows = int(args.rate * 1e6 * BATCH_GATHER_SECONDS)
     # As a worker does (FlowWorker.run).
     gc.collect()
