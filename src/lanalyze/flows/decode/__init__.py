@@ -179,11 +179,19 @@ class FlowDecoder:
         head = rows[:count, :2].astype(np.int64)
         is_v5 = (head[:, 0] == 0) & (head[:, 1] == 5)
         is_v5 &= lengths >= v5.HEADER_LENGTH + v5.RECORD_LENGTH
-        for index in np.flatnonzero(~is_v5).tolist():
-            name = exporters[exporter_codes[index]]
-            data = rows[index, : lengths[index]].tobytes()
-            if not run.is_v5(data, name):
-                run.other(data, name, received_ms)
+        others = np.flatnonzero(~is_v5).tolist()
+        if others:
+            # Per datagram (v9, IPFIX): plain ints and one flat buffer, not numpy scalars.
+            sizes = lengths.tolist()
+            codes = exporter_codes.tolist()
+            width = rows.shape[1]
+            flat = memoryview(np.ascontiguousarray(rows[: others[-1] + 1]).reshape(-1))
+            for index in others:
+                name = exporters[codes[index]]
+                start = index * width
+                data = bytes(flat[start : start + sizes[index]])
+                if not run.is_v5(data, name):
+                    run.other(data, name, received_ms)
         v5_rows = np.flatnonzero(is_v5)
         if len(v5_rows):
             v5_lengths = lengths[v5_rows]
