@@ -185,7 +185,7 @@ class FlowDecoder:
             sizes = lengths.tolist()
             codes = exporter_codes.tolist()
             width = rows.shape[1]
-            flat = memoryview(np.ascontiguousarray(rows[: others[-1] + 1]).reshape(-1))
+            flat = np.ascontiguousarray(rows[: others[-1] + 1]).reshape(-1).data
             for index in others:
                 name = exporters[codes[index]]
                 start = index * width
