@@ -3,7 +3,7 @@
 A host or port page filters raw flows (``host 10.0.0.1``: no rollup keeps both address
 columns), and each of its reports (chart, applications, peers, flow list) used to scan the
 same files again with the same filter. Here the first report reads, per file, every flow that
-passes the filter (all columns but ``extra``) into an Arrow table; the page's other reports
+passes the filter (the columns of :data:`COLUMNS`) into an Arrow table; the page's other reports
 query those tables (DuckDB over registered Arrow data) instead of the files. Answers are the
 same: the reports still apply their time intervals and the filter to these rows.
 
@@ -16,6 +16,7 @@ used first out. Input trust: our own files; the filter is compiled with paramete
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 
@@ -23,10 +24,53 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lanalyze.flows.query.compile import CompiledFilter
+from lanalyze.flows import catalogue
+from lanalyze.flows.query.compile import COLUMN_SQL, CompiledFilter
 
 MAX_ROWS = 2_000_000
 MAX_BYTES = 256 * 2**20
+
+# What the console's drill-downs and the flow list read, and every column a filter may name.
+# Reading all ~35 columns made the first report of a page slower than the page's reports had
+# been together; a report naming another column (``--by src_vlan``) reads the files instead.
+COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            "time_received",
+            "time_start",
+            "time_end",
+            "sampling_rate",
+            "bytes",
+            "packets",
+            "flows",
+            "exporter",
+            "src_addr",
+            "dst_addr",
+            "src_port",
+            "dst_port",
+            "protocol",
+            "ip_version",
+            "tos",
+            "tcp_flags",
+            "src_as",
+            "dst_as",
+            "in_if",
+            "out_if",
+        )
+    )
+)
+_OTHERS = re.compile(
+    r"\b(" + "|".join(c.name for c in catalogue.COLUMNS if c.name not in COLUMNS) + r")\b"
+)
+assert all(needs <= {*COLUMNS, "@raw"} for _, needs in COLUMN_SQL.values()), (
+    "every column a filter may name must be kept"
+)
+
+
+def covers(sql: str) -> bool:
+    """True when ``sql`` (a report's select list) names only columns kept here."""
+    return _OTHERS.search(sql) is None
+
 
 Key = tuple[str, str, tuple[object, ...]]
 _entries: OrderedDict[Key, pa.Table] = OrderedDict()
@@ -50,7 +94,7 @@ def flows(
     if missing:
         # Fixed text; the file list and the filter's values are parameters.
         result = connection.sql(
-            "SELECT * EXCLUDE (extra), filename AS lanalyze_file "  # noqa: S608
+            f"SELECT {', '.join(COLUMNS)}, filename AS lanalyze_file "  # noqa: S608
             f"FROM read_parquet(?, filename = true) WHERE {flt.sql}",
             params=[missing, *flt.params],
         ).to_arrow_table()

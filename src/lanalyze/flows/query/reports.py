@@ -134,7 +134,9 @@ def _piece_sql(
     for index, expr in enumerate(selects):
         columns.append(f"{expr.sql.format(**names)} AS c{index}")
         params.extend(expr.params)
-    shared = None if piece.source != "raw" or flt.is_true else _filtered_view(piece.files, flt)
+    shared = None
+    if piece.source == "raw" and not flt.is_true and filtered.covers(" ".join(columns)):
+        shared = _filtered_view(piece.files, flt)
     if shared is not None:
         # The flows of these files that pass the filter, read once for all of a page's
         # reports (a drill-down's filter keeps few): see filtered.py.
