@@ -152,6 +152,9 @@ def _piece_sql(
     time_sql = " OR ".join(f"({names['t']} >= ? AND {names['t']} < ?)" for _ in piece.intervals)
     for lo, hi in piece.intervals:
         params.extend((lo, hi))
+    if shared is not None:
+        # Those rows passed the filter already (and may lack its columns).
+        return f"SELECT {', '.join(columns)} FROM {source} WHERE ({time_sql})", params  # noqa: S608
     sql = f"SELECT {', '.join(columns)} FROM {source} WHERE ({time_sql}) AND {flt.sql}"  # noqa: S608
     params.extend(flt.params)
     return sql, params
