@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import multiprocessing
 import os
 import ssl
@@ -70,6 +71,12 @@ R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections")
 R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error")
 R_HEADER_FROM_NOT_YOURS = Reply(553, "5.7.1 From: header address not owned by user")
 _BYE = R_BYE.encode()
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """The Received: date, formatted once per second (not once per message)."""
+    return email.utils.formatdate(second, localtime=False)
 
 
 @dataclass
@@ -576,7 +583,7 @@ class SMTPConnection(asyncio.Protocol):
         if session.user is not None:
             protocol += "A"  # RFC 3848
         tail = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
-        date = email.utils.formatdate(now, localtime=False)
+        date = _rfc5322_date(int(now))
         return (
             f"Received: from {envelope.helo} ([{envelope.client_ip}])\r\n"
             f"\tby {self.server.hostname} (lanalyze) with {protocol} id {envelope.queue_id}"

@@ -53,6 +53,11 @@ def split_path(text: str) -> tuple[str, str]:
     """``<a@b> SIZE=1`` or ``a@b SIZE=1`` -> (``a@b``, ``SIZE=1``); quotes may hold ``>``."""
     text = text.lstrip(" ")
     if text.startswith("<"):
+        close = text.find(">")
+        if close > 0 and '"' not in text[:close] and "\\" not in text[:close]:
+            # The common case: no quote or escape before the first ">", which the scan below
+            # would stop at too.
+            return text[1:close], text[close + 1 :].strip(" ")
         in_quote = False
         escaped = False
         for index in range(1, len(text)):

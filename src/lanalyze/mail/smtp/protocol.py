@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
@@ -55,25 +56,23 @@ class State(Enum):
 class Reply:
     code: int
     text: str  # "5.7.1 Relay access denied"; several lines separated by "\n"
+    # The bytes on the wire, built once with the reply: a reply is sent once or, for the
+    # module's constants, thousands of times a second.
+    wire: bytes = field(init=False, repr=False, compare=False, hash=False)
 
-    def encode(self) -> bytes:
-        cached = _ENCODED.get(self)
-        if cached is not None:
-            return cached
+    def __post_init__(self) -> None:
         lines = self.text.split("\n")
         out = [f"{self.code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{self.code} {lines[-1]}\r\n")
-        return "".join(out).encode("utf-8", "surrogateescape")
+        object.__setattr__(self, "wire", "".join(out).encode("utf-8", "surrogateescape"))
 
-
-_ENCODED: dict[Reply, bytes] = {}
+    def encode(self) -> bytes:
+        return self.wire
 
 
 def _const(code: int, text: str) -> Reply:
-    """A fixed reply, encoded once (the per-message replies are on the hot path)."""
-    reply = Reply(code, text)
-    _ENCODED[reply] = reply.encode()
-    return reply
+    """A fixed reply (kept as a name so the hot paths compare by identity)."""
+    return Reply(code, text)
 
 
 R_MAIL_OK = _const(250, "2.1.0 Ok")
@@ -235,7 +234,7 @@ class SMTPSession:
     # ---------------------------------------------------------------- the shell's interface
 
     def greeting(self) -> bytes:
-        return Reply(220, f"{self.options.hostname} ESMTP lanalyze").encode()
+        return _greeting(self.options.hostname)
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -419,7 +418,7 @@ class SMTPSession:
                 self._reply(Reply(502, "5.5.2 Error: command not recognized"), "unknown_command")
             return
         self.commands[verb] += 1
-        getattr(self, f"_cmd_{verb.lower()}")(arg.strip(" "))
+        _HANDLERS[verb](self, arg.strip(" "))
 
     def _cmd_helo(self, arg: str) -> None:
         if not arg:
@@ -437,20 +436,14 @@ class SMTPSession:
         self._reset_transaction()
         self.helo = arg
         self.esmtp = True
-        lines = [
-            self.options.hostname,
-            "PIPELINING",
-            f"SIZE {self.limits.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-        ]
-        if self.options.tls_available and not self.tls:
-            lines.append("STARTTLS")
-        if self._auth_offered():
-            lines.append("AUTH PLAIN LOGIN")
-        self._reply(Reply(250, "\n".join(lines)))
+        self._reply(
+            _ehlo_reply(
+                self.options.hostname,
+                self.limits.max_message_size,
+                self.options.tls_available and not self.tls,
+                self._auth_offered(),
+            )
+        )
 
     def _auth_offered(self) -> bool:
         return self.options.auth_available and self.tls and self.user is None
@@ -794,6 +787,33 @@ class SMTPSession:
     def _auth_ask(self, mechanism: str, user: str, password: str) -> None:
         self.state = State.PAUSED
         self._events.append(AuthAttempt(mechanism, user, password))
+
+
+# Verb -> handler, resolved once instead of a getattr on a formatted name per command.
+_HANDLERS = {verb: getattr(SMTPSession, f"_cmd_{verb.lower()}") for verb in COMMANDS}
+
+
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str) -> bytes:
+    return Reply(220, f"{hostname} ESMTP lanalyze").encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _ehlo_reply(hostname: str, max_size: int, starttls: bool, auth: bool) -> Reply:
+    lines = [
+        hostname,
+        "PIPELINING",
+        f"SIZE {max_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ]
+    if starttls:
+        lines.append("STARTTLS")
+    if auth:
+        lines.append("AUTH PLAIN LOGIN")
+    return Reply(250, "\n".join(lines))
 
 
 def _b64(text: str) -> str | None:
