@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import tempfile
 import time
@@ -40,6 +41,9 @@ async def run(args: argparse.Namespace, base: Path) -> None:
     general = GeneralConfig(data_dir=base, hostname="mx.bench.test", log_level="warning")
     server = MailServer(config, general)
     await server.start()
+    if args.gc_freeze:
+        gc.freeze()
+    gc_before = [stats["collections"] for stats in gc.get_stats()]
     port = server.addresses["mta"][0][1]
     command = ["smtp-source", "-s", "20", "-m", str(args.messages), "-l", "4096"]
     if args.reuse:
@@ -55,10 +59,11 @@ async def run(args: argparse.Namespace, base: Path) -> None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     loop_cpu = time.thread_time() - loop_cpu
+    gc_runs = [stats["collections"] - n for stats, n in zip(gc.get_stats(), gc_before, strict=True)]
     print(
         f"{args.messages / wall:.0f} msg/s, CPU ms per message: event loop thread "
         f"{loop_cpu * 1000 / args.messages:.3f}, whole process {cpu * 1000 / args.messages:.3f}"
-        " (delivery is another process)"
+        f" (delivery is another process); garbage collections by generation {gc_runs}"
     )
     await server.stop()
     if profiler is not None:
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="smtp-source -d")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="smtp-profile-") as tmp:
         uvloop.run(run(args, Path(tmp)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -159,6 +160,8 @@ def run_acceptor(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
+        gc.collect()
+        gc.freeze()  # as serve.run: full collections then skip the startup heap
         try:
             await stop.wait()
         finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -119,8 +119,10 @@ class QueueManager:
                     self._retry_later(path, 0)
             for path in batch:
                 self._known.discard(os.path.basename(path))
+            statuses = Counter(outcome.status for outcome in outcomes)
+            for status, count in statuses.items():  # one labels() per status, not per message
+                DELIVERIES.labels("local", status).inc(count)
             for outcome in outcomes:
-                DELIVERIES.labels("local", outcome.status).inc()
                 if outcome.status == "delivered":
                     self.delivered += 1
                 elif outcome.status == "deferred":
