@@ -20,6 +20,7 @@ from lanalyze.mail.smtp.protocol import (
     SessionOptions,
     SMTPSession,
     StartTLS,
+    has_long_line,
 )
 
 QUEUED = Reply(250, "2.0.0 Ok: queued as TEST1")
@@ -318,3 +319,10 @@ def test_fuzz_split_points_do_not_change_the_outcome(words: list[bytes], step: i
         split.feed(stream[i : i + step])
     assert whole.messages == split.messages
     assert codes(whole.out) == codes(split.out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 1100), min_size=1, max_size=12), st.integers(1, 1000))
+def test_fuzz_long_line_scan_matches_splitting(lengths: list[int], limit: int) -> None:
+    body = b"".join(b"x" * n + b"\r\n" for n in lengths)
+    assert has_long_line(body, limit) == (max(lengths) > limit)
