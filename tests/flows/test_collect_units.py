@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 
@@ -66,6 +67,21 @@ def test_batch_receiver_reads_many_datagrams_per_call(multi: bool) -> None:
     finally:
         receiver_sock.close()
         other_sock.close()
+
+
+def test_batch_receiver_falls_back_when_the_kernel_has_no_recvmmsg() -> None:
+    sock = open_udp("127.0.0.1:0", "flows.listen[0]", receive_buffer=1 << 20)
+    try:
+        receiver = BatchReceiver([sock], multi=True)
+        assert receiver._multi is not None
+        receiver._multi.receive = lambda fd, start, count: -errno.ENOSYS  # type: ignore[method-assign]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"one", sock.getsockname())
+        got = receiver.receive()
+        assert not receiver.multi and receiver.receive_errors == 0
+        assert [bytes(v) for v in got.views] == [b"one"] and got.sources == ["127.0.0.1"]
+    finally:
+        sock.close()
 
 
 def test_receive_buffer_is_raised_and_bind_errors_name_the_key() -> None:

@@ -133,14 +133,19 @@ class BatchReceiver:
         function = recvmmsg.load() if multi is not False else None
         if multi and function is None:
             raise OSError(errno.ENOSYS, "recvmmsg is not available")
+        self._buffer_bytes = buffer_bytes
         self._multi = recvmmsg.MultiReceiver(max_datagrams, function) if function else None
         if self._multi is not None:
             self.limit = max_datagrams * MAX_DATAGRAM
             """A batch stops once this much of the buffer is used (the next may be max)."""
-            return
-        self._buffer = bytearray(buffer_bytes)
+        else:
+            self._use_recvfrom()
+
+    def _use_recvfrom(self) -> None:
+        self._multi = None
+        self._buffer = bytearray(self._buffer_bytes)
         self._view = memoryview(self._buffer)
-        self.limit = buffer_bytes - MAX_DATAGRAM
+        self.limit = self._buffer_bytes - MAX_DATAGRAM
 
     @property
     def multi(self) -> bool:
@@ -190,6 +195,10 @@ class BatchReceiver:
                 asked = min(recvmmsg.CALL_MESSAGES, wanted - count)
                 got = multi.receive(fd, count, asked)
                 if got < 0:
+                    if -got == errno.ENOSYS and not count:
+                        # The C library has it, the kernel (or a seccomp filter) not.
+                        self._use_recvfrom()
+                        return self.receive()
                     if -got not in (errno.EAGAIN, errno.ECONNREFUSED, errno.EINTR):
                         self.receive_errors += 1
                     break
