@@ -392,7 +392,10 @@ class RollupMaintainer:
     def _compact_raw(self, now: float, closed_before: int) -> int:
         manifest = read_manifest(self.data)
         changed = 0
-        for hour in list_raw_hours(self.data):
+        hours = list_raw_hours(self.data)
+        present = set(hours)  # forget hours retention removed
+        self._compacted = {h: v for h, v in self._compacted.items() if h in present}
+        for hour in hours:
             if hour_start(hour) + HOUR_MS > closed_before:
                 continue
             directory = raw_dir(self.data) / hour
