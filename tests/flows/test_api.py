@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.synthetic import random_flows, write_flows
-from lanalyze.web import api_flows
+from lanalyze.web import api_flows, api_mail
 from tests.web.helpers import log_in, make_app
 
 HOUR = 3_600_000
@@ -124,7 +124,8 @@ def test_filter_error_carries_the_caret(client: TestClient) -> None:
 def test_openapi_document_lists_every_route(client: TestClient) -> None:
     document = client.get("/api/openapi.json").json()
     assert document["openapi"].startswith("3.")
-    api_paths = {r.path for r in api_flows.routes if r.path.startswith("/api/flows/")}  # type: ignore[attr-defined]
+    api_routes = [*api_flows.routes, *api_mail.routes]
+    api_paths = {r.path for r in api_routes if r.path.startswith(("/api/flows/", "/api/mail/"))}  # type: ignore[attr-defined]
     assert set(document["paths"]) == api_paths
     top = document["paths"]["/api/flows/top"]["get"]
     assert {p["name"] for p in top["parameters"]} >= {
