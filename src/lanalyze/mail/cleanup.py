@@ -179,11 +179,11 @@ class BatchedRecorder(Generic[T]):
             await asyncio.get_running_loop().run_in_executor(self.executor, self._call, items)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     spool: Spool
     envelope: Envelope
-    future: asyncio.Future[None]
+    done: Callable[[BaseException | None], None]
     parts: list[bytes]
 
 
@@ -235,11 +235,28 @@ class Committer:
         if self._recorder is not None:
             await self._recorder.close()
 
+    def submit(
+        self, spool: Spool, envelope: Envelope, done: Callable[[BaseException | None], None]
+    ) -> None:
+        """Queue a finished message for the next batch. ``done(None)`` runs on the event loop
+        once it is durable in ``queue/active/``, ``done(error)`` if it is not (then nothing
+        of it is there). No future or task per message: the SMTP shell's common path."""
+        self._pending.append(_Pending(spool, envelope, done, spool.take()))
+        self._wake.set()
+
     async def commit(self, spool: Spool, envelope: Envelope) -> None:
         """Returns once the message is durable in ``queue/active/``; raises OSError if not."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(spool, envelope, future, spool.take()))
-        self._wake.set()
+
+        def done(error: BaseException | None) -> None:
+            if future.done():  # the waiter was cancelled
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self.submit(spool, envelope, done)
         await future
 
     async def _run(self) -> None:
@@ -259,12 +276,10 @@ class Committer:
             for item, error in zip(batch, errors, strict=True):
                 if error is None:
                     committed.append(item.envelope)
-                if item.future.done():
-                    continue
-                if error is None:
-                    item.future.set_result(None)
-                else:
-                    item.future.set_exception(error)
+                try:
+                    item.done(error)
+                except Exception:  # our bug in a session's callback: the others still answer
+                    log.exception("mail.cleanup.callback_failed")
             if committed and self._recorder is not None:
                 # After the replies: the index is derived data and must not delay a 250
                 # (nor, in its own thread and gathered over batches, the next batch).

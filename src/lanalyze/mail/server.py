@@ -433,7 +433,7 @@ class SMTPConnection(asyncio.Protocol):
                     self.queue_id, self.server.config.spool_memory
                 )
             elif isinstance(event, MessageEnd):
-                self._spawn(self._finish_message())
+                self._finish_message()
             elif isinstance(event, MessageAbort):
                 self._drop_spool()
             elif isinstance(event, AuthAttempt):
@@ -496,36 +496,69 @@ class SMTPConnection(asyncio.Protocol):
         if self.server.rejections is not None:
             self.server.rejections.seen(self, data, out)
 
-    async def _finish_message(self) -> None:
+    def _finish_message(self) -> None:
         spool, begin, queue_id = self.spool, self.begin, self.queue_id
         self.spool = None
         session = self.session
         if spool is None or begin is None or session is None:
             return
+        if self._flushing is not None or self.server.auth.enabled:
+            self._spawn(self._finish_checked(spool, begin, queue_id, session))
+            return
+        # The common case has nothing to await before the group commit: no task and no
+        # future per message, the commit batch calls back on the loop.
+        try:
+            prepared = self._prepare(spool, begin, queue_id, session)
+        except Exception:
+            log.exception("mail.accept_failed", extra={"queue_id": queue_id})
+            prepared = R_WRITE_ERROR
+        if isinstance(prepared, Reply):
+            self._spawn(self._refused(spool, prepared))
+            return
+        prepared.prepend = self._received(prepared, session, prepared.received_at)
+        assert self.server.committer is not None
+
+        def committed(error: BaseException | None) -> None:
+            if error is None:
+                self._accepted(spool, queue_id)
+            else:
+                self._spawn(self._refused(spool, R_WRITE_ERROR))
+
+        self.server.committer.submit(spool, prepared, committed)
+
+    async def _finish_checked(
+        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
+    ) -> None:
+        """With authentication checks, or after a large message's spool flush."""
         try:
             reply = await self._accept(spool, begin, queue_id, session)
         except Exception:
             log.exception("mail.accept_failed", extra={"queue_id": queue_id})
             reply = R_WRITE_ERROR
         if reply.code == 250:
-            self.listener.messages.inc()
-            self.listener.bytes.inc(spool.length)
-            if self.server.queue is not None:  # acceptors: the main process's scan finds it
-                self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+            self._accepted(spool, queue_id)
         else:
-            await self._discard(spool)
+            await self._refused(spool, reply)
+
+    def _accepted(self, spool: Spool, queue_id: str) -> None:
+        self.listener.messages.inc()
+        self.listener.bytes.inc(spool.length)
+        if self.server.queue is not None:  # acceptors: the main process's scan finds it
+            self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+        self._resume(Reply(250, f"2.0.0 Ok: queued as {queue_id}"))
+
+    async def _refused(self, spool: Spool, reply: Reply) -> None:
+        await self._discard(spool)
         self._resume(reply)
 
-    async def _accept(
+    def _prepare(
         self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> Reply:
-        if self._flushing is not None:
-            await self._flushing
+    ) -> Envelope | Reply:
+        """The envelope of a finished message, or the reply refusing it (no I/O)."""
         server = self.server
         summary = header_summary(bytes(spool.head))
-        from_addresses = summary.from_addresses if session.user is not None else []
         if session.user is not None:
-            for address in from_addresses:
+            for address in summary.from_addresses:
                 if not server.directory.may_send_as(session.user, address):
                     return R_HEADER_FROM_NOT_YOURS
         local: dict[str, list[str]] = {}
@@ -536,14 +569,13 @@ class SMTPConnection(asyncio.Protocol):
                 relay.append(path.address)
             else:
                 local.setdefault(path.address, []).extend(destination.mailboxes)
-        now = time.time()
-        envelope = Envelope(
+        return Envelope(
             queue_id=queue_id,
             mail_from=begin.mail_from.address,
             recipients=[p.address for p in begin.recipients],
             local=local,
             relay=relay,
-            received_at=now,
+            received_at=time.time(),
             client_ip=self.client_ip,
             helo=sanitize(session.helo or ""),
             listener=self.listener.kind,
@@ -553,8 +585,17 @@ class SMTPConnection(asyncio.Protocol):
             subject=summary.subject,
             message_id=summary.message_id,
         )
-        received = self._received(envelope, session, now)
-        prepend = received
+
+    async def _accept(
+        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
+    ) -> Reply:
+        if self._flushing is not None:
+            await self._flushing
+        server = self.server
+        envelope = self._prepare(spool, begin, queue_id, session)
+        if isinstance(envelope, Reply):
+            return envelope
+        prepend = self._received(envelope, session, envelope.received_at)
         if server.auth.enabled:
             await spool.flush()
             verdict = await server.auth.check(spool, envelope, session)
@@ -565,9 +606,11 @@ class SMTPConnection(asyncio.Protocol):
                 envelope.auth = verdict.data
                 envelope.extra["strip_ranges"] = verdict.strip_ranges
                 prepend = verdict.header + prepend
-            if session.user is not None and from_addresses:
-                signature = await server.auth.sign(spool, session.user, from_addresses[0])
-                prepend = signature + prepend
+            if session.user is not None:
+                from_addresses = header_summary(bytes(spool.head)).from_addresses
+                if from_addresses:
+                    signature = await server.auth.sign(spool, session.user, from_addresses[0])
+                    prepend = signature + prepend
         envelope.prepend = prepend
         assert server.committer is not None
         try:
