@@ -56,6 +56,24 @@ def test_top_equals_the_python_report(client: TestClient, flow_dir: Path) -> Non
     }
 
 
+def test_interfaces_carry_packets_and_flows_ranked_by_order(
+    client: TestClient, flow_dir: Path
+) -> None:
+    for order in ("bytes", "packets", "flows"):
+        response = client.get("/api/flows/interfaces", params={"n": "0", "order": order, **WINDOW})
+        assert response.status_code == 200, response.text
+        rows = response.json()["interfaces"]
+        assert rows == reports.top_interfaces(
+            flow_dir, since=T0, until=T0 + 2 * HOUR, order=order, limit=0, use_rollups=False
+        )
+        totals = [row[f"in_{order}"] + row[f"out_{order}"] for row in rows]
+        assert totals == sorted(totals, reverse=True)
+        # Every flow counts once in and once out.
+        assert sum(row["in_flows"] for row in rows) == sum(row["out_flows"] for row in rows) == 5000
+    bad = client.get("/api/flows/interfaces", params={"order": "bits", **WINDOW})
+    assert bad.status_code == 400 and "order must be" in bad.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("path", "params"),
     [

@@ -159,6 +159,30 @@ def test_interfaces(store) -> None:
     scaled = columns["bytes"] * columns["sampling_rate"]
     assert sum(r["in_bytes"] for r in rows) == int(scaled.sum())
     assert sum(r["out_bytes"] for r in rows) == int(scaled.sum())
+    # Every in/out sum per (exporter, ifIndex) equals one computed from the raw columns.
+    by_in = expected_by(columns, ["exporter", "in_if"])
+    by_out = expected_by(columns, ["exporter", "out_if"])
+    got = {
+        (r["exporter"], r["interface"]): [
+            r["in_bytes"], r["in_packets"], r["in_flows"],
+            r["out_bytes"], r["out_packets"], r["out_flows"],
+        ]
+        for r in rows
+    }  # fmt: skip
+    expected = {
+        key: by_in.get(key, [0, 0, 0]) + by_out.get(key, [0, 0, 0]) for key in {*by_in, *by_out}
+    }
+    assert got == expected
+    # Each order ranks by in + out of its counter; the rows stay the same.
+    for order, field in (("bytes", "bytes"), ("packets", "packets"), ("flows", "flows")):
+        ranked = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=0, order=order)
+        totals = [r[f"in_{field}"] + r[f"out_{field}"] for r in ranked]
+        assert totals == sorted(totals, reverse=True), order
+        assert sorted(map(str, ranked)) == sorted(map(str, rows))
+        top3 = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=3, order=order)
+        assert top3 == ranked[:3]
+    with pytest.raises(reports.ReportError):
+        reports.top_interfaces(data, since=T0, until=T0 + SPAN, order="bits")
     one = reports.interface_series(
         data, exporter="192.0.2.1", interface=1, since=T0, until=T0 + SPAN, bucket="1h"
     )
@@ -226,10 +250,20 @@ def test_cli_top_json_and_table(store) -> None:
         ["series", "--by", "proto"],
         ["list", "-n", "3"],
         ["interfaces", "--exporter", "192.0.2.1", "--if", "1"],
+        ["interfaces", "--order", "flows", "-n", "3"],
     ):
         out = run_cli(*command, "--format", "json", "--data", str(data), *window)
         assert out.returncode == 0, (command, out.stderr)
         json.loads(out.stdout)
+    csv = run_cli(
+        "interfaces", "--order", "packets", "--format", "csv", "--data", str(data), *window
+    )
+    header, *lines = csv.stdout.splitlines()
+    assert header.split(",")[-4:] == ["in_packets", "out_packets", "in_flows", "out_flows"]
+    ranked = reports.top_interfaces(data, since=T0, until=T0 + SPAN, order="packets")
+    assert [line.split(",")[-4:] for line in lines] == [
+        [str(r[k]) for k in ("in_packets", "out_packets", "in_flows", "out_flows")] for r in ranked
+    ]
     status = run_cli("status", "--data", str(data))
     assert status.returncode == 0 and "raw" in status.stdout
 

@@ -187,3 +187,57 @@ def test_warming_fills_the_cache_for_the_dashboard(tmp_path: Path) -> None:
     # Only the deferred conversations panel is missing; the rest was answered from memory
     # (a 7-day window ends on a whole hour, so the visit asks the same questions).
     assert len(flowreports.CACHE._entries) == entries
+
+
+def _interface_rows(html: str) -> list[tuple[str, list[float]]]:
+    """(exporter, data-values of the other cells) per row of the interfaces table."""
+    table = html.split('id="interfaces"', 1)[1].split("</table>", 1)[0]
+    rows = []
+    for row in table.split("<tbody>", 1)[1].split("</tr>")[:-1]:
+        exporter = re.sub(r"<[^>]+>", "", re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[0])
+        values = [float(v) for v in re.findall(r'data-value="([^"]+)"', row)]
+        rows.append((exporter.strip(), values))
+    return rows
+
+
+def test_interfaces_table_has_packets_and_flows_equal_to_raw_flows(client: TestClient) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tests.web.sample_flows import mapped
+
+    now = time.time()
+    since = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now - 4 * 3600))
+    until = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now + 3600))
+    files = sorted((client.data_dir / "flows" / "raw").glob("*/*.parquet"))  # type: ignore[attr-defined]
+    raw = pq.ParquetFile(files[0]).read().to_pydict()
+    for path in files[1:]:
+        more = pq.ParquetFile(path).read().to_pydict()
+        raw = {name: raw[name] + more[name] for name in raw}
+    scale = np.array(raw["sampling_rate"], dtype=np.int64)
+    expected: dict[tuple[str, int], list[int]] = {}
+    for exporter in ("192.168.1.1", "192.168.1.2"):
+        mine = np.array([e == mapped(exporter) for e in raw["exporter"]])
+        for ifindex in (1, 2):
+            counts = []
+            for side in ("in_if", "out_if"):
+                on = mine & (np.array(raw[side]) == ifindex)
+                counts.append(int((np.array(raw["packets"])[on] * scale[on]).sum()))
+                counts.append(int(on.sum()))
+            # as the table: packets in, packets out, flows in, flows out
+            expected[(exporter, ifindex)] = [counts[0], counts[2], counts[1], counts[3]]
+    for order, first, second in (("packets", 0, 1), ("flows", 2, 3), ("bytes", None, None)):
+        page = client.get(f"/?range=custom&from={since}&to={until}&order={order}")
+        assert page.status_code == 200
+        head = page.text.split('id="interfaces"', 1)[1].split("</thead>", 1)[0]
+        for name in ("in_packets", "out_packets", "in_flows", "out_flows"):
+            assert f'data-csv-name="{name}"' in head, name
+        rows = _interface_rows(page.text)
+        got = {(exporter, int(v[0])): [int(x) for x in v[-4:]] for exporter, v in rows}
+        assert got == expected
+        if first is not None:
+            totals = [v[-4:][first] + v[-4:][second] for _, v in rows]
+            assert totals == sorted(totals, reverse=True), order
+        else:
+            totals = [v[3] + v[4] for _, v in rows]
+            assert totals == sorted(totals, reverse=True)

@@ -190,9 +190,12 @@ def _interfaces(request: Request) -> Callable[[], Any]:
 
         return one
     limit, flt = _int(request, "n", 10), _text(request, "filter")
+    order = _text(request, "order") or "bytes"
 
     def job() -> Any:
-        rows = reports.top_interfaces(data, since=since, until=until, limit=limit, filter=flt)
+        rows = reports.top_interfaces(
+            data, since=since, until=until, order=order, limit=limit, filter=flt
+        )
         return {"interfaces": rows}
 
     return job
@@ -358,6 +361,12 @@ OPENAPI: dict[str, Any] = {
             "Top interfaces by traffic, or one interface's in/out bits/s over time",
             [
                 _param("n", "Rows (0: all).", "integer", default=10, minimum=0),
+                _param(
+                    "order",
+                    "Rank the top list by in + out bytes, packets or flows.",
+                    enum=["bytes", "packets", "flows"],
+                    default="bytes",
+                ),
                 _param("exporter", "With `if`: this exporter's interface over time."),
                 _param("if", "ifIndex, with `exporter`.", "integer"),
                 _param("bucket", "Bucket size with `exporter` and `if`."),
@@ -446,10 +455,11 @@ OPENAPI: dict[str, Any] = {
             },
             "Interfaces": {
                 "type": "object",
-                "description": "`interfaces` (top list: exporter, interface, in/out bytes and "
-                "bps; name, alias, description, speed_bps, in_util_pct, out_util_pct from SNMP, "
-                "null when unknown) or, with exporter and if, `points` (time, in_bps, out_bps, "
-                "in_util_pct, out_util_pct) and the interface's name, alias and speed_bps.",
+                "description": "`interfaces` (top list: exporter, interface, in/out bytes, "
+                "packets, flows and bps; name, alias, description, speed_bps, in_util_pct, "
+                "out_util_pct from SNMP, null when unknown; ranked by in + out of `order`) or, "
+                "with exporter and if, `points` (time, in_bps, out_bps, in_util_pct, "
+                "out_util_pct) and the interface's name, alias and speed_bps.",
             },
             "Status": {
                 "type": "object",

@@ -238,21 +238,28 @@ def series(
 
 
 def interfaces(
-    data_dir: Path, window: Window, limit: int, *, exporter: str | None = None
+    data_dir: Path,
+    window: Window,
+    limit: int,
+    *,
+    exporter: str | None = None,
+    order: str = "bytes",
 ) -> list[dict[str, Any]]:
-    """Interfaces by in + out bytes (all of one exporter's when ``exporter`` is given)."""
+    """Interfaces by in + out ``order`` (all of one exporter's when ``exporter`` is given)."""
     rows = _cached(
         "interfaces",
         lambda: reports.top_interfaces(
             flow_dir(data_dir),
             since=window.since,
             until=window.until,
+            order=order,
             limit=0 if exporter else limit,
             filter=window.filter,
         ),
         data_dir,
         window,
         0 if exporter else limit,
+        order,
     )
     result = []
     for row in rows:
@@ -271,6 +278,10 @@ def interfaces(
                 "out_bps": float(row["out_bps"]),
                 "in_bytes": int(row["in_bytes"]),
                 "out_bytes": int(row["out_bytes"]),
+                "in_packets": int(row["in_packets"]),
+                "out_packets": int(row["out_packets"]),
+                "in_flows": int(row["in_flows"]),
+                "out_flows": int(row["out_flows"]),
             }
         )
     return result

@@ -254,6 +254,13 @@ def _percent_text(value: float | None) -> str:
 @click.option("--exporter", default=None, help="With --if: this exporter's interface over time.")
 @click.option("--if", "interface", type=int, default=None, help="ifIndex (with --exporter).")
 @click.option("--bucket", default=None, help="Bucket size for --exporter/--if.")
+@click.option(
+    "--order",
+    type=click.Choice(["bytes", "packets", "flows"]),
+    default="bytes",
+    show_default=True,
+    help="Rank interfaces by in + out bytes, packets or flows.",
+)
 @click.option("-n", "limit", type=int, default=10, show_default=True)
 @_common
 @_format_option
@@ -265,6 +272,7 @@ def interfaces(
     exporter: str | None,
     interface: int | None,
     bucket: str | None,
+    order: str,
     limit: int,
     since: str | None,
     until: str | None,
@@ -309,7 +317,7 @@ def interfaces(
             click.echo(render.table(result["points"], point_columns, formats), nl=False)
         return
     rows = reports.top_interfaces(
-        directory, since=start, until=end, limit=limit, filter=filter_text
+        directory, since=start, until=end, order=order, limit=limit, filter=filter_text
     )
     columns = [
         "exporter",
@@ -321,6 +329,10 @@ def interfaces(
         "out_util_pct",
         "in_bytes",
         "out_bytes",
+        "in_packets",
+        "out_packets",
+        "in_flows",
+        "out_flows",
     ]
     if output_format == "json":
         click.echo(render.to_json(rows))

@@ -698,11 +698,15 @@ def top_interfaces(
     *,
     since: int,
     until: int,
+    order: str = "bytes",
     limit: int = 10,
     filter: str | None = None,
     use_rollups: bool = True,
 ) -> list[dict[str, Any]]:
-    """Interfaces by traffic: exporter, ifIndex, in and out bytes and average bits/s."""
+    """Interfaces by traffic: exporter, ifIndex, and in and out bytes, packets, flows and
+    average bits/s, ranked by in + out of ``order`` (bytes, packets or flows)."""
+    if order not in ORDERS:
+        raise ReportError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     if not 0 <= limit <= MAX_ROWS:
         raise ReportError(f"limit must be from 0 (all) to {MAX_ROWS}")
     flt = compile_filter(filter)
@@ -712,14 +716,19 @@ def top_interfaces(
         the_plan = plan(data, since, until, needs, use_rollups=use_rollups)
         if not the_plan.pieces:
             return []
+        # c2..c7: in bytes, out bytes, in packets, out packets, in flows, out flows; a flow
+        # counts in on its input interface and out on its output one.
+        zero, counters = KeyExpr("0"), (KeyExpr("{b}"), KeyExpr("{p}"), KeyExpr("{f}"))
         variants = [
-            [KeyExpr("exporter"), KeyExpr("in_if"), KeyExpr("{b}"), KeyExpr("0")],
-            [KeyExpr("exporter"), KeyExpr("out_if"), KeyExpr("0"), KeyExpr("{b}")],
+            [KeyExpr("exporter"), KeyExpr("in_if"), *(e for c in counters for e in (c, zero))],
+            [KeyExpr("exporter"), KeyExpr("out_if"), *(e for c in counters for e in (zero, c))],
         ]
         union, params = _union([(the_plan, v) for v in variants], flt)
+        rank = {"bytes": "ib + ob", "packets": "ip + op", "flows": "if_ + of_"}[order]
         sql = (
-            f"SELECT c0, c1, sum(c2) AS i, sum(c3) AS o FROM ({union}) "  # noqa: S608
-            "GROUP BY c0, c1 ORDER BY i + o DESC, c0, c1"
+            "SELECT c0, c1, sum(c2) AS ib, sum(c3) AS ob, sum(c4) AS ip, sum(c5) AS op, "  # noqa: S608
+            f"sum(c6) AS if_, sum(c7) AS of_ FROM ({union}) "
+            f"GROUP BY c0, c1 ORDER BY {rank} DESC, c0, c1"
         )
         if limit:
             sql += " LIMIT ?"
@@ -733,6 +742,10 @@ def top_interfaces(
                 "out_bytes": int(row[3]),
                 "in_bps": int(row[2]) * 8 / seconds,
                 "out_bps": int(row[3]) * 8 / seconds,
+                "in_packets": int(row[4]),
+                "out_packets": int(row[5]),
+                "in_flows": int(row[6]),
+                "out_flows": int(row[7]),
             }
             for row in _execute(sql, params)
         ]

@@ -325,7 +325,7 @@ def dashboard_queries(data_dir: Path, view: View, flt: str) -> dict[str, Callabl
             data_dir, window, "conversation", view.order, TOP_N
         ),
         "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
-        "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N),
+        "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N, order=view.order),
     }
 
 
@@ -498,7 +498,9 @@ async def exporter_page(request: Request) -> Response:
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
         return {
-            "interfaces": lambda: flowreports.interfaces(data_dir, window, 0, exporter=exporter),
+            "interfaces": lambda: flowreports.interfaces(
+                data_dir, window, 0, exporter=exporter, order=view.order
+            ),
         }
 
     return await _run_page(
