@@ -18,6 +18,7 @@ import numpy as np
 from lanalyze.flows.decode import DecodedBatch, FlowDecoder, Packet
 from lanalyze.flows.pcap import read_udp
 from tests.conftest import lanalyze_cmd
+from tests.flows.test_decode_v5 import as_rows, same_batches
 
 # Akvorado captures, in the order its README asks: templates before data, one decoder per group.
 AKVORADO_GROUPS = {
@@ -274,3 +275,26 @@ def test_decode_command_reads_files_in_order(corpus: Path) -> None:
     assert records[0]["time_start"].endswith("Z") and records[0]["extra"] == {}
     assert "data.pcap" in result.stderr and "before its template" in result.stderr
     assert "1 data sets before their template" in result.stderr
+
+
+def test_rows_path_decodes_every_capture_as_packets(corpus: Path) -> None:
+    """The collector's ``decode_rows`` (bulk path for one-data-set datagrams) against the
+    exact walk of ``decode``, on every capture, in batches of 64 datagrams."""
+    groups = [
+        [corpus / "akvorado" / f"{name}.pcap" for name in names]
+        for names in AKVORADO_GROUPS.values()
+    ]
+    groups += [[path] for path in sorted((corpus / "pmacct").rglob("*.pcap"))]
+    for paths in groups:
+        walked, bulk = FlowDecoder(), FlowDecoder()
+        for path in paths:
+            datagrams = [(d.payload, d.source) for d in read_udp(path)]
+            for start in range(0, len(datagrams), 64):
+                chunk = datagrams[start : start + 64]
+                datas, exporters = [d for d, _ in chunk], [e for _, e in chunk]
+                expected = walked.decode([Packet(d, e, 1_700_000_000_000) for d, e in chunk])
+                table, lengths, codes, names = as_rows(datas, exporters)
+                same_batches(
+                    bulk.decode_rows(table, lengths, codes, names, 1_700_000_000_000), expected
+                )
+        assert walked.save_templates() == bulk.save_templates(), paths

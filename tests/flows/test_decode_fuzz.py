@@ -211,3 +211,114 @@ def test_random_templates_then_data_for_them(
 
 def element_pairs_end_with_enterprise(fields: list[tuple[int, int]]) -> bool:
     return bool(fields) and bool(fields[-1][0] & 0x8000)
+
+
+# Bulk path of decode_rows (one data set of a known fixed-length template per datagram)
+# against the exact walk of decode(): mixed batches of templates, redefinitions,
+# withdrawals, option records, sequence gaps, padding, several streams and exporters.
+BULK_TEMPLATES = {
+    "flow": FLOW_FIELDS,
+    "short": [(8, 4), (12, 4), (1, 4), (2, 4)],
+    "extra": [(8, 4), (1, 8), (1000, 2), (22, 4), (21, 4)],
+    "variable": [(8, 4), (82, 0xFFFF), (1, 4)],
+    "sampled": [(8, 4), (1, 4), (302, 2)],
+}
+V9_FIELDS = [(8, 4), (1, 4), (22, 4), (21, 4)]
+BULK_OPTIONS = ipfix_options_template(500, [(302, 2)], [(305, 4), (306, 4), (160, 8)])
+
+
+def record_bytes(fields: list[tuple[int, int]], seed: int) -> bytes:
+    out = b""
+    for index, (_, length) in enumerate(fields):
+        if length == 0xFFFF:
+            out += b"\x03abc"
+        else:
+            out += bytes((seed * 31 + index * 7 + j) % 256 for j in range(length))
+    return out
+
+
+@st.composite
+def bulk_event(draw: st.DrawFn) -> tuple[bytes, str]:
+    exporter = draw(st.sampled_from(["192.0.2.1"] * 3 + ["192.0.2.2"] * 2 + ["2001:db8::1"]))
+    domain = draw(st.sampled_from([1, 2, 0]))
+    sequence = draw(st.sampled_from([0, 5, 1000, 2**32 - 3, 2**31 + 7]))
+    template_id = draw(st.sampled_from([256, 257]))
+    shape = draw(st.sampled_from(sorted(BULK_TEMPLATES)))
+    fields = BULK_TEMPLATES[shape]
+    kind = draw(
+        st.sampled_from(
+            ["data"] * 10 + ["template", "withdraw", "options", "two_sets", "v9", "v9t", "bad"]
+        )
+    )
+    count = draw(st.integers(0, 4))
+    pad = draw(st.sampled_from([0, 0, 1, 3]))
+    body = b"".join(record_bytes(fields, draw(st.integers(0, 255))) for _ in range(count))
+    if kind == "template":
+        sets = [flow_set(2, template_record(template_id, fields))]
+    elif kind == "withdraw":
+        sets = [flow_set(2, struct.pack(">HH", template_id, 0))]
+    elif kind == "options":
+        sets = [flow_set(3, BULK_OPTIONS)]
+        sets.append(flow_set(500, struct.pack(">HIIQ", 7, 1, draw(st.integers(1, 9)), 10**12)))
+    elif kind == "two_sets":
+        sets = [flow_set(template_id, body, pad=pad), flow_set(template_id, body)]
+    elif kind in ("v9", "v9t"):
+        if kind == "v9t":
+            set_ = flow_set(0, template_record(template_id, V9_FIELDS, ipfix=False))
+        else:
+            records = b"".join(record_bytes(V9_FIELDS, i) for i in range(count))
+            set_ = flow_set(template_id, records, pad=pad)
+        return v9_packet([set_], sequence=sequence, source_id=domain), exporter
+    else:
+        sets = [flow_set(template_id, body, pad=pad)]
+    message = ipfix_message(sets, sequence=sequence, domain=domain)
+    if kind == "bad":
+        message = message[: draw(st.integers(0, len(message)))]
+    return message, exporter
+
+
+@FUZZ
+@given(st.lists(st.lists(bulk_event(), min_size=1, max_size=30), min_size=1, max_size=3))
+def test_bulk_rows_decode_as_the_walk(batches: list[list[tuple[bytes, str]]]) -> None:
+    walked = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=2)
+    bulk = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=2)
+    # Known templates up front, so that most data datagrams can take the bulk path.
+    seeds = [
+        (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))]), "192.0.2.1"),
+        (ipfix_message([flow_set(2, template_record(257, BULK_TEMPLATES["extra"]))]), "192.0.2.1"),
+        (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))], domain=2), "192.0.2.2"),
+        (v9_packet([flow_set(0, template_record(256, V9_FIELDS, ipfix=False))]), "192.0.2.2"),
+    ]
+    batches[0] = seeds + batches[0]
+    for events in batches:
+        datas = [data for data, _ in events]
+        exporters = [exporter for _, exporter in events]
+        expected = walked.decode(
+            [Packet(d, e, 1_700_000_000_000) for d, e in zip(datas, exporters, strict=True)]
+        )
+        rows, lengths, codes, names = as_rows(datas, exporters)
+        same_batches(bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), expected)
+    assert walked.save_templates() == bulk.save_templates()
+
+
+def test_bulk_rows_sequences_and_streams() -> None:
+    """Many data-only datagrams of two streams after their templates: bulk, gaps counted."""
+    datas = [
+        template_message(),
+        ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))], domain=2),
+    ]
+    datas += [data_message(3, sequence=3 * n + (n > 20)) for n in range(40)]
+    datas += [
+        ipfix_message([flow_set(256, record_bytes(FLOW_FIELDS, n) * 2)], sequence=2 * n, domain=2)
+        for n in range(30)
+    ]
+    exporters = ["192.0.2.1"] * len(datas)
+    walked, bulk = FlowDecoder(), FlowDecoder()
+    expected = walked.decode(
+        [Packet(d, e, 1_700_000_000_000) for d, e in zip(datas, exporters, strict=True)]
+    )
+    rows, lengths, codes, names = as_rows(datas, exporters)
+    got = bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000)
+    same_batches(got, expected)
+    assert got.rows == 180
+    assert sum(s.sequence_gaps for s in got.stats) == 1

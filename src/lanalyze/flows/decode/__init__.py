@@ -11,7 +11,9 @@ the only maintained Python library (``netflow``) parses record by record into di
 structured dtype and every data set of a batch that uses it is read with one ``np.frombuffer``
 and converted column by column; v5 datagrams of one length are stacked and read the same way.
 Python runs per datagram (header, set walk), never per record, except for option records and
-the documented variable-length path (:mod:`.templates`).
+the documented variable-length path (:mod:`.templates`); on the collector's path
+(:meth:`FlowDecoder.decode_rows`) not even per datagram for v5 and for the common v9/IPFIX
+datagram, one data set of a known fixed-length template (:mod:`.bulk`).
 
 Trust: all bytes are the exporter's. Bad bytes never raise out of :meth:`FlowDecoder.decode`:
 they are counted as ``decode_errors`` of the exporter, described in a :class:`DecodeProblem`,
@@ -32,6 +34,7 @@ import pyarrow as pa
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.decode import v5
+from lanalyze.flows.decode.bulk import BulkRows
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.memory import keep_freed_memory
 from lanalyze.flows.decode.state import DecoderState, ExporterState, address16
@@ -169,7 +172,9 @@ class FlowDecoder:
         is the first ``lengths[i]`` bytes of row ``i`` of ``rows`` (a 2-D uint8 array, at
         least ``len(lengths)`` rows), from ``exporters[exporter_codes[i]]``, all received at
         ``received_ms``. NetFlow v5 datagrams are told apart, grouped by length and stacked
-        with numpy, without any Python work per datagram."""
+        with numpy, without any Python work per datagram; so are v9/IPFIX datagrams of one
+        data set of a known fixed-length template (:class:`.bulk.BulkRows`), the others are
+        walked one by one in arrival order."""
         run = _BatchRun(self)
         count = len(lengths)
         if not count:
@@ -179,19 +184,30 @@ class FlowDecoder:
         head = rows[:count, :2].astype(np.int64)
         is_v5 = (head[:, 0] == 0) & (head[:, 1] == 5)
         is_v5 &= lengths >= v5.HEADER_LENGTH + v5.RECORD_LENGTH
-        others = np.flatnonzero(~is_v5).tolist()
-        if others:
-            # Per datagram (v9, IPFIX): plain ints and one flat buffer, not numpy scalars.
+        others = np.flatnonzero(~is_v5)
+        if len(others):
+            # Per datagram only where the bulk path cannot: plain ints and bytes, not numpy.
             sizes = lengths.tolist()
             codes = exporter_codes.tolist()
-            width = rows.shape[1]
-            flat = np.ascontiguousarray(rows[: others[-1] + 1]).reshape(-1).data
-            for index in others:
+
+            def walk(index: int) -> None:
                 name = exporters[codes[index]]
-                start = index * width
-                data = bytes(flat[start : start + sizes[index]])
+                data = rows[index, : sizes[index]].tobytes()
                 if not run.is_v5(data, name):
                     run.other(data, name, received_ms)
+
+            BulkRows(
+                rows,
+                lengths,
+                exporter_codes,
+                exporters,
+                received_ms,
+                run.exporter,
+                walk,
+                run.stats_for,
+                self._sampling_rates,
+                run.parts.append,
+            ).decode(others)
         v5_rows = np.flatnonzero(is_v5)
         if len(v5_rows):
             v5_lengths = lengths[v5_rows]
@@ -353,6 +369,13 @@ class _BatchRun:
         if len(self.problems) < MAX_PROBLEMS_PER_BATCH:
             self.problems.append(DecodeProblem(exporter, reason))
 
+    def exporter(self, name: str) -> ExporterState:
+        """The exporter's state, looked up once per batch (so in order of first appearance)."""
+        exporter = self.exporters.get(name)
+        if exporter is None:
+            exporter = self.exporters[name] = self.decoder._state.exporter(name)
+        return exporter
+
     def is_v5(self, data: bytes | memoryview, name: str) -> bool:
         """Whether ``data`` is a v5 datagram long enough for one record (a shorter one is
         counted here as the peer's error)."""
@@ -379,9 +402,7 @@ class _BatchRun:
             self.stats_for(name, 0, version).decode_errors += 1
             self.problem(name, f"unknown export version {version} ({size} bytes)")
             return
-        exporter = self.exporters.get(name)
-        if exporter is None:
-            exporter = self.exporters[name] = self.decoder._state.exporter(name)
+        exporter = self.exporter(name)
         reasons = self.reasons
         try:
             self.walker.walk(
