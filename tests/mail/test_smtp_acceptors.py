@@ -8,6 +8,7 @@ import smtplib
 import time
 from pathlib import Path
 
+from lanalyze.mail import acceptors
 from lanalyze.metrics import REGISTRY
 from tests.mail.conftest import run_server
 
@@ -15,14 +16,19 @@ from tests.mail.conftest import run_server
 def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> None:
     accepted = {"listener": "mta"}
     before = REGISTRY.get_sample_value("lanalyze_smtp_messages_accepted_total", accepted) or 0
+    recorded = "lanalyze_mail_rejections_recorded_total"
+    rejected_before = REGISTRY.get_sample_value(recorded, accepted) or 0
     with run_server(data_dir, acceptors=2) as running:
         [child] = running.server._acceptors
         assert child.is_alive()
         for number in range(30):  # new connections: the kernel spreads them over both
             with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
-                client.sendmail(
-                    "x@remote.test", ["alice@example.test"], b"Subject: %d\r\n\r\nx\r\n" % number
+                refused = client.sendmail(
+                    "x@remote.test",
+                    ["alice@example.test", "nobody@example.test"],
+                    b"Subject: %d\r\n\r\nx\r\n" % number,
                 )
+                assert refused["nobody@example.test"][0] == 550
         messages = running.wait_delivered(30, timeout=20)
         assert len(messages) == 30
     deadline = time.monotonic() + 10
@@ -33,8 +39,14 @@ def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         after = REGISTRY.get_sample_value("lanalyze_smtp_messages_accepted_total", accepted)
-        if after == before + 30:
+        rejected_after = REGISTRY.get_sample_value(recorded, accepted)
+        if after == before + 30 and rejected_after == rejected_before + 30:
             break
         time.sleep(0.1)
     assert after == before + 30
+    # Rejections recorded by either process are counted too: the acceptor's snapshot (the
+    # same function in every process) carries the rejection counters to the main process.
+    assert rejected_after == rejected_before + 30
+    shipped = {(key, labels) for key, labels, _value in acceptors.snapshot()}
+    assert ("rejections_recorded", ("mta",)) in shipped
     assert not any(os.scandir(data_dir / "mail" / "queue" / "active"))

@@ -41,7 +41,7 @@ SNAPSHOT_INTERVAL = 1.0
 
 
 def _families() -> dict[str, Any]:
-    from lanalyze.mail import metrics
+    from lanalyze.mail import metrics, rejections
 
     return {
         "connections": metrics.CONNECTIONS,
@@ -51,6 +51,9 @@ def _families() -> dict[str, Any]:
         "messages": metrics.MESSAGES,
         "bytes": metrics.BYTES,
         "batches": metrics.COMMIT_BATCHES,
+        "rejections_recorded": rejections.RECORDED,
+        "rejections_dropped": rejections.DROPPED,
+        "rejections_pruned": rejections.PRUNED,
     }
 
 
