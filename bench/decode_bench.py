@@ -8,7 +8,7 @@ library; it parses record by record into dicts), ours, and the ratio; each figur
 of ``--runs`` runs, in flows per second of this process's CPU time (``time.process_time``),
 so that other processes competing for the two cores do not count against either side.
 
-    .venv/bin/python bench/decode_bench.py --runs 5
+    .venv/bin/python bench/decode_bench.py --runs 5 [--path rows]
 
 The machine is shared and noisy: compare figures from the same run.
 """
@@ -104,10 +104,22 @@ def ipfix_datagrams(count: int, rng: np.random.Generator) -> list[bytes]:
     return out
 
 
-def ours(datagrams: list[bytes], warmup: list[bytes]) -> Callable[[], int]:
+def ours(datagrams: list[bytes], warmup: list[bytes], path: str = "packets") -> Callable[[], int]:
     decoder = FlowDecoder()
     decoder.decode([Packet(d, "192.0.2.1", 0) for d in warmup])
     packets = [Packet(d, "192.0.2.1", 1_700_000_000_000) for d in datagrams]
+    if path == "rows":
+        # The collector's layout: recvmmsg slots (FlowDecoder.decode_rows).
+        rows = np.zeros((len(datagrams), max(map(len, datagrams))), dtype=np.uint8)
+        for index, data in enumerate(datagrams):
+            rows[index, : len(data)] = np.frombuffer(data, dtype=np.uint8)
+        lengths = np.array([len(d) for d in datagrams], dtype=np.int64)
+        codes = np.zeros(len(datagrams), dtype=np.int64)
+
+        def run_rows() -> int:
+            return decoder.decode_rows(rows, lengths, codes, ["192.0.2.1"], 1_700_000_000_000).rows
+
+        return run_rows
 
     def run() -> int:
         return decoder.decode(packets).rows
@@ -144,6 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--datagrams", type=int, default=DATAGRAMS)
+    parser.add_argument(
+        "--path",
+        choices=("packets", "rows"),
+        default="packets",
+        help="our entry point: decode(packets), or decode_rows (the collector's)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(1)
     cases = {
@@ -157,7 +175,7 @@ def main() -> None:
     for name, (datagrams, warmup) in cases.items():
         # The peer is ~100x slower: a tenth of the batch keeps its runs short.
         theirs = flows_per_second(peer(datagrams[: max(1, len(datagrams) // 10)], warmup), 3)
-        mine = flows_per_second(ours(datagrams, warmup), args.runs)
+        mine = flows_per_second(ours(datagrams, warmup, args.path), args.runs)
         print(f"{name:44} {theirs:>12,.0f}/s {mine:>12,.0f}/s {mine / theirs:>7.0f}x")
 
 
