@@ -125,15 +125,21 @@ class BulkRows:
         domain = head.domain[start:stop]
         set_id = head.set_id[start:stop]
         # Exporters in order of first appearance, as the walk would look them up.
-        first = np.unique(codes, return_index=True)[1]
+        distinct, first, local = np.unique(codes, return_index=True, return_inverse=True)
         states = {
             code: self.exporter(self.exporters[code]) for code in codes[np.sort(first)].tolist()
         }
-        key = ((codes * 2 + (version == ipfix.VERSION)) << 48) | (domain << 16) | set_id
+        if len(distinct) >= 2**14:
+            # The packed key below has 14 bits for the exporter: walk such a crowd instead.
+            for index in indexes[start:stop].tolist():
+                self.walk(index)
+            return
+        exporter_of = distinct.tolist()
+        key = ((local * 2 + (version == ipfix.VERSION)) << 48) | (domain << 16) | set_id
         keys, inverse = np.unique(key, return_inverse=True)
         templates: list[tuple[Template, DomainState] | None] = []
         for value in keys.tolist():
-            code, is_ipfix = value >> 49, (value >> 48) & 1
+            code, is_ipfix = exporter_of[value >> 49], (value >> 48) & 1
             state = states[code].domains.get(
                 (ipfix.VERSION if is_ipfix else v9.VERSION, (value >> 16) & 0xFFFFFFFF)
             )
