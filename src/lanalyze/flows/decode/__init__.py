@@ -189,10 +189,13 @@ class FlowDecoder:
             # Per datagram only where the bulk path cannot: plain ints and bytes, not numpy.
             sizes = lengths.tolist()
             codes = exporter_codes.tolist()
+            width = rows.shape[1]
+            flat = np.ascontiguousarray(rows[: int(others[-1]) + 1]).reshape(-1).data
 
             def walk(index: int) -> None:
                 name = exporters[codes[index]]
-                data = rows[index, : sizes[index]].tobytes()
+                start = index * width
+                data = bytes(flat[start : start + sizes[index]])
                 if not run.is_v5(data, name):
                     run.other(data, name, received_ms)
 
