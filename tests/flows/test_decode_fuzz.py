@@ -247,7 +247,9 @@ def bulk_event(draw: st.DrawFn) -> tuple[bytes, str]:
     fields = BULK_TEMPLATES[shape]
     kind = draw(
         st.sampled_from(
-            ["data"] * 10 + ["template", "withdraw", "options", "two_sets", "v9", "v9t", "bad"]
+            ["data"] * 10
+            + ["mixed_sets"] * 3
+            + ["template", "withdraw", "options", "two_sets", "v9", "v9t", "bad"]
         )
     )
     count = draw(st.integers(0, 4))
@@ -262,6 +264,14 @@ def bulk_event(draw: st.DrawFn) -> tuple[bytes, str]:
         sets.append(flow_set(500, struct.pack(">HIIQ", 7, 1, draw(st.integers(1, 9)), 10**12)))
     elif kind == "two_sets":
         sets = [flow_set(template_id, body, pad=pad), flow_set(template_id, body)]
+    elif kind == "mixed_sets":
+        # softflowd's shape: one record per set, IPv4 and IPv6 templates interleaved.
+        sets = [
+            flow_set(
+                256 + i % 2, record_bytes(FLOW_FIELDS if i % 2 == 0 else BULK_TEMPLATES["extra"], i)
+            )
+            for i in range(count + 1)
+        ]
     elif kind in ("v9", "v9t"):
         if kind == "v9t":
             set_ = flow_set(0, template_record(template_id, V9_FIELDS, ipfix=False))

@@ -40,8 +40,13 @@ HEAD = 24
 """Bytes read per datagram: the v9 header (20) and a set header; IPFIX's (16) fits in it."""
 
 
+MAX_SETS = 64
+"""Sets walked per datagram with numpy; a datagram with more is walked in Python."""
+
+
 class RowHeaders:
-    """The fixed-offset header fields of datagrams ``indexes`` of ``rows``."""
+    """The fixed-offset header fields of datagrams ``indexes`` of ``rows``, and their sets
+    (walked with numpy, one pass per set position, over all datagrams at once)."""
 
     def __init__(self, rows: Array, lengths: Array, indexes: Array) -> None:
         sizes = lengths[indexes]
@@ -55,17 +60,45 @@ class RowHeaders:
 
         version = u16(0)
         is_ipfix = (version == ipfix.VERSION) & (u16(2) == sizes)
-        is_ipfix &= (u16(16) >= 256) & (u16(18) == sizes - ipfix.HEADER.size)
-        is_v9 = (version == v9.VERSION) & (u16(20) >= 256) & (u16(22) == sizes - v9.HEADER.size)
-        self.candidate = (sizes >= HEAD) & (is_ipfix | is_v9)
+        is_v9 = version == v9.VERSION
         self.version = version
-        self.sizes = sizes
-        self.set_id = np.where(is_ipfix, u16(16), u16(20))
-        self.set_length = np.where(is_ipfix, u16(18), u16(22))
         self.secs = np.where(is_ipfix, u32(4), u32(8))
         self.sequence = np.where(is_ipfix, u32(8), u32(12))
         self.domain = np.where(is_ipfix, u32(12), u32(16))
         self.uptime = u32(4)  # v9 only
+        candidate = (sizes >= HEAD) & (is_ipfix | is_v9)
+        # The sets, as the walk reads them: a set header needs 4 bytes, its length must be
+        # >= 4 and stay inside the message; any set that is not a data set (or any error)
+        # sends the whole datagram to the walk.
+        pos = np.where(is_ipfix, ipfix.HEADER.size, v9.HEADER.size)
+        found: list[tuple[Array, Array, Array, Array]] = []
+        active = np.flatnonzero(candidate)
+        for _ in range(MAX_SETS):
+            if not len(active):
+                break
+            where, at = indexes[active], pos[active]
+            set_id = (rows[where, at].astype(np.int64) << 8) | rows[where, at + 1]
+            set_length = (rows[where, at + 2].astype(np.int64) << 8) | rows[where, at + 3]
+            bad = (set_id < 256) | (set_length < 4) | (at + set_length > sizes[active])
+            candidate[active[bad]] = False
+            good = ~bad
+            active = active[good]
+            found.append((active, set_id[good], at[good], set_length[good]))
+            pos[active] += set_length[good]
+            active = active[sizes[active] - pos[active] >= 4]
+        candidate[active] = False
+        if found:
+            owner, set_id, at, set_length = (np.concatenate(f) for f in zip(*found, strict=True))
+        else:
+            owner = set_id = at = set_length = np.zeros(0, dtype=np.int64)
+        keep = candidate[owner]
+        order = np.argsort(owner[keep], kind="stable")  # per datagram, in set order
+        self.set_owner = owner[keep][order]
+        self.set_id = set_id[keep][order]
+        self.set_start = at[keep][order]
+        self.set_length = set_length[keep][order]
+        self.first_set = np.searchsorted(self.set_owner, np.arange(len(sizes) + 1))
+        self.candidate = candidate
 
 
 class BulkRows:
@@ -98,9 +131,10 @@ class BulkRows:
         self.stats_for = stats_for
         self.rates = rates
         self.emit = emit
+        self._windows: dict[int, Array] = {}
 
     def decode(self, indexes: Array) -> None:
-        if self.rows.shape[1] < HEAD:
+        if self.rows.shape[1] < HEAD or not self.rows.flags.c_contiguous:
             for index in indexes.tolist():
                 self.walk(index)
             return
@@ -118,12 +152,10 @@ class BulkRows:
             start = stop + 1
 
     def _run(self, head: RowHeaders, indexes: Array, start: int, stop: int) -> None:
-        """Candidates ``start:stop``: bulk where the template is known and fixed, walking the
-        others in place (they change no template, but may change sampling or sequences)."""
+        """Candidates ``start:stop``: bulk where every set's template is known and fixed,
+        walking the others in place (they change no template, but may change sampling or
+        sequences)."""
         codes = self.codes[indexes[start:stop]]
-        version = head.version[start:stop]
-        domain = head.domain[start:stop]
-        set_id = head.set_id[start:stop]
         # Exporters in order of first appearance, as the walk would look them up.
         distinct, first, local = np.unique(codes, return_index=True, return_inverse=True)
         states = {
@@ -135,13 +167,17 @@ class BulkRows:
                 self.walk(index)
             return
         exporter_of = distinct.tolist()
-        key = ((local * 2 + (version == ipfix.VERSION)) << 48) | (domain << 16) | set_id
-        keys, inverse = np.unique(key, return_inverse=True)
+        sets = slice(int(head.first_set[start]), int(head.first_set[stop]))
+        owner = head.set_owner[sets]
+        dgram = owner - start
+        is_ipfix = head.version[owner] == ipfix.VERSION
+        key = ((local[dgram] * 2 + is_ipfix) << 48) | (head.domain[owner] << 16)
+        keys, inverse = np.unique(key | head.set_id[sets], return_inverse=True)
         templates: list[tuple[Template, DomainState] | None] = []
         for value in keys.tolist():
-            code, is_ipfix = exporter_of[value >> 49], (value >> 48) & 1
+            code, version_bit = exporter_of[value >> 49], (value >> 48) & 1
             state = states[code].domains.get(
-                (ipfix.VERSION if is_ipfix else v9.VERSION, (value >> 16) & 0xFFFFFFFF)
+                (ipfix.VERSION if version_bit else v9.VERSION, (value >> 16) & 0xFFFFFFFF)
             )
             if state is None:
                 if len(states[code].domains) >= MAX_DOMAINS:
@@ -164,10 +200,10 @@ class BulkRows:
                 templates.append(None)
         fixed = np.array([0 if t is None else t[0].fixed_length for t in templates], np.int64)
         record_length = fixed[inverse]
-        counts = np.zeros(stop - start, dtype=np.int64)
+        counts = np.zeros(len(owner), dtype=np.int64)
         known = record_length > 0
-        counts[known] = (head.set_length[start:stop][known] - 4) // record_length[known]
-        walked = np.flatnonzero(counts == 0).tolist()
+        counts[known] = (head.set_length[sets][known] - 4) // record_length[known]
+        walked = np.flatnonzero(np.bincount(dgram[counts == 0], minlength=stop - start)).tolist()
         begin = 0
         for position in [*walked, stop - start]:
             if position > begin:
@@ -183,46 +219,47 @@ class BulkRows:
         offset: int,
         begin: int,
         end: int,
-        inverse: Array,
+        set_keys: Array,
         templates: list[tuple[Template, DomainState] | None],
-        counts: Array,
+        set_counts: Array,
     ) -> None:
-        """Datagrams ``offset + begin : offset + end``, all of usable templates."""
+        """Datagrams ``offset + begin : offset + end``, every set of a usable template."""
         span = slice(offset + begin, offset + end)
+        base = int(head.first_set[offset])
+        sets = slice(
+            int(head.first_set[offset + begin]) - base, int(head.first_set[offset + end]) - base
+        )
+        keys = set_keys[sets]
+        count = set_counts[sets]
+        owner = head.set_owner[base + sets.start : base + sets.stop] - (offset + begin)
         rows = indexes[span]
-        keys = inverse[begin:end]
-        count = counts[begin:end]
+        n = end - begin
+        records = np.bincount(owner, weights=count, minlength=n).astype(np.int64)
         sequence = head.sequence[span]
         is_ipfix = head.version[span] == ipfix.VERSION
         export_ms = head.secs[span] * 1000
-        # Per stream (one key = one stream and template): counters, sequence, header values.
-        used = np.unique(keys)
-        n_keys = len(templates)
-        stream_rate = np.ones(n_keys, dtype=np.int64)
-        stream_init = np.zeros(n_keys, dtype=np.int64)
-        stream_address = np.zeros(n_keys, dtype="S16")
-        stream_domain = np.zeros(n_keys, dtype=np.int64)
-        # Streams by domain state: several template ids of one domain are one sequence.
-        by_domain: dict[int, list[int]] = {}
-        for key in used.tolist():
+        # The domain of each datagram: that of its first set's template.
+        first_key = keys[np.searchsorted(owner, np.arange(n))]
+        rate = np.ones(n, dtype=np.int64)
+        init = np.zeros(n, dtype=np.int64)
+        address = np.zeros(n, dtype="S16")
+        domain_id = np.zeros(n, dtype=np.int64)
+        by_domain: dict[int, tuple[DomainState, list[int]]] = {}
+        for key in np.unique(first_key).tolist():
             entry = templates[key]
             assert entry is not None
-            by_domain.setdefault(id(entry[1]), []).append(key)
-        following = sequence + np.where(is_ipfix, count, 1)
-        for members in by_domain.values():
-            entry = templates[members[0]]
-            assert entry is not None
-            domain = entry[1]
-            code = int(self.codes[rows[np.flatnonzero(keys == members[0])[0]]])
-            name = self.exporters[code]
-            address = self.exporter(name).address
-            rate = domain.sampling.rate_without_sampler_id() or self.rates.get(address, 1)
-            for key in members:
-                stream_rate[key] = rate
-                stream_init[key] = domain.sampling.system_init_ms
-                stream_address[key] = address
-                stream_domain[key] = domain.domain
-            mine = np.flatnonzero(np.isin(keys, members))
+            by_domain.setdefault(id(entry[1]), (entry[1], []))[1].append(key)
+        following = sequence + np.where(is_ipfix, records, 1)
+        for domain, members in by_domain.values():
+            mine = np.flatnonzero(np.isin(first_key, members))
+            name = self.exporters[int(self.codes[rows[mine[0]]])]
+            exporter_address = self.exporter(name).address
+            rate[mine] = domain.sampling.rate_without_sampler_id() or self.rates.get(
+                exporter_address, 1
+            )
+            init[mine] = domain.sampling.system_init_ms
+            address[mine] = exporter_address
+            domain_id[mine] = domain.domain
             seq = sequence[mine]
             expected = np.r_[0, following[mine][:-1] % 2**32]
             gap = (seq - expected) % 2**32
@@ -235,47 +272,66 @@ class BulkRows:
             version = ipfix.VERSION if is_ipfix[mine[0]] else v9.VERSION
             stats = self.stats_for(name, domain.domain, version)
             stats.packets += len(mine)
-            stats.flows += int(count[mine].sum())
+            stats.flows += int(records[mine].sum())
             stats.sequence_gaps += int(gap.sum())
             last = int(seq[-1])
             stats.last_sequence = domain.last_sequence = last
             domain.expected_sequence = int(following[mine[-1]]) % 2**32
         uptime = np.where(
             is_ipfix,
-            np.where(stream_init[keys] != 0, export_ms - stream_init[keys], UNKNOWN_UPTIME),
+            np.where(init != 0, export_ms - init, UNKNOWN_UPTIME),
             head.uptime[span],
         )
-        set_length = head.set_length[span]
-        data_start = np.where(is_ipfix, ipfix.HEADER.size, v9.HEADER.size) + 4
-        # One read per (template, set length): exporters that send the same template share
-        # one compiled object (``compile_wire`` is cached), so their datagrams stack together.
+        # One read per template: exporters that send the same template share one compiled
+        # object (``compile_wire`` is cached), so their sets are read together.
         shared: dict[int, int] = {}
-        template_of = np.zeros(n_keys, dtype=np.int64)
-        for key in used.tolist():
+        template_of = np.zeros(len(templates), dtype=np.int64)
+        for key in np.unique(keys).tolist():
             entry = templates[key]
             assert entry is not None
             template_of[key] = shared.setdefault(id(entry[0]), key)
-        group_key = template_of[keys] << 17 | set_length << 1 | is_ipfix
-        groups, group_of = np.unique(group_key, return_inverse=True)
-        for g, value in enumerate(groups.tolist()):
-            members_of = (
-                np.flatnonzero(group_of == g) if len(groups) > 1 else np.arange(end - begin)
+        set_template = template_of[keys]
+        width = self.rows.shape[1]
+        set_byte = rows[owner] * width + head.set_start[base + sets.start : base + sets.stop] + 4
+        for value in shared.values():
+            mine = (
+                np.flatnonzero(set_template == value) if len(shared) > 1 else np.arange(len(keys))
             )
-            entry = templates[value >> 17]
+            entry = templates[value]
             assert entry is not None
             template = entry[0]
-            n = int(count[members_of[0]])
-            first = int(data_start[members_of[0]])
-            raw = self.rows[rows[members_of], first : first + n * template.fixed_length]
-            recs = np.frombuffer(np.ascontiguousarray(raw), dtype=template.dtype)
-            k = keys[members_of]
+            length = template.fixed_length
+            # Sets of one record count are copied as whole rows of count * length bytes
+            # (one memcpy each), then the groups' bytes are joined: one read per template.
+            c = count[mine]
+            chunks: list[Array] = []
+            spread: list[tuple[Array, int]] = []
+            for records_in_set in np.unique(c).tolist():
+                same = mine[c == records_in_set]
+                chunks.append(self._window(records_in_set * length)[set_byte[same]].reshape(-1))
+                spread.append((owner[same], records_in_set))
+            raw = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            recs = np.frombuffer(raw, dtype=template.dtype)
+
+            def per_record(values: Array, spread: list[tuple[Array, int]] = spread) -> Array:
+                parts = [np.repeat(values[o], k) for o, k in spread]
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
             ctx = RowContext(
-                exporter=np.repeat(stream_address[k], n),
-                domain=np.repeat(stream_domain[k].astype(np.uint32), n),
+                exporter=per_record(address),
+                domain=per_record(domain_id.astype(np.uint32)),
                 received_ms=np.full(len(recs), self.received_ms, dtype=np.uint64),
-                export_ms=np.repeat(export_ms[members_of], n),
-                uptime_ms=np.repeat(uptime[members_of], n),
-                rate=np.repeat(stream_rate[k].astype(np.uint32), n),
+                export_ms=per_record(export_ms),
+                uptime_ms=per_record(uptime),
+                rate=per_record(rate.astype(np.uint32)),
                 sampler_chunks=[],
             )
             self.emit(convert(template, recs, ctx, None))
+
+    def _window(self, length: int) -> Array:
+        """Every ``length``-byte window of the slots, as rows (a view: no copy)."""
+        window = self._windows.get(length)
+        if window is None:
+            flat = self.rows.reshape(-1)
+            window = self._windows[length] = np.lib.stride_tricks.sliding_window_view(flat, length)
+        return window
