@@ -332,3 +332,21 @@ def test_bulk_rows_sequences_and_streams() -> None:
     same_batches(got, expected)
     assert got.rows == 180
     assert sum(s.sequence_gaps for s in got.stats) == 1
+
+
+def test_bulk_rows_walk_datagrams_of_many_sets() -> None:
+    """More sets than the numpy set walk takes (and one short set): the walk, same counts."""
+    many = ipfix_message(
+        [flow_set(256, record_bytes(FLOW_FIELDS, i)) for i in range(70)], sequence=0
+    )
+    short = ipfix_message([flow_set(256, record_bytes(FLOW_FIELDS, 1)), flow_set(256, b"\0")])
+    datas = [template_message(), many, data_message(2, sequence=70), short, many]
+    exporters = ["192.0.2.1"] * len(datas)
+    walked, bulk = FlowDecoder(), FlowDecoder()
+    expected = walked.decode(
+        [Packet(d, e, 1_700_000_000_000) for d, e in zip(datas, exporters, strict=True)]
+    )
+    rows, lengths, codes, names = as_rows(datas, exporters)
+    got = bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000)
+    same_batches(got, expected)
+    assert got.rows == 70 + 2 + 1 + 70

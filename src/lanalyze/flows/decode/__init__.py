@@ -13,7 +13,7 @@ and converted column by column; v5 datagrams of one length are stacked and read 
 Python runs per datagram (header, set walk), never per record, except for option records and
 the documented variable-length path (:mod:`.templates`); on the collector's path
 (:meth:`FlowDecoder.decode_rows`) not even per datagram for v5 and for the common v9/IPFIX
-datagram, one data set of a known fixed-length template (:mod:`.bulk`).
+datagram, data sets of known fixed-length templates only (:mod:`.bulk`).
 
 Trust: all bytes are the exporter's. Bad bytes never raise out of :meth:`FlowDecoder.decode`:
 they are counted as ``decode_errors`` of the exporter, described in a :class:`DecodeProblem`,
@@ -172,8 +172,8 @@ class FlowDecoder:
         is the first ``lengths[i]`` bytes of row ``i`` of ``rows`` (a 2-D uint8 array, at
         least ``len(lengths)`` rows), from ``exporters[exporter_codes[i]]``, all received at
         ``received_ms``. NetFlow v5 datagrams are told apart, grouped by length and stacked
-        with numpy, without any Python work per datagram; so are v9/IPFIX datagrams of one
-        data set of a known fixed-length template (:class:`.bulk.BulkRows`), the others are
+        with numpy, without any Python work per datagram; so are v9/IPFIX datagrams of data
+        sets of known fixed-length templates only (:class:`.bulk.BulkRows`), the others are
         walked one by one in arrival order."""
         run = _BatchRun(self)
         count = len(lengths)

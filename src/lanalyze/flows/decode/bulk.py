@@ -1,24 +1,26 @@
-"""Bulk decoding of the common IPFIX (RFC 7011) and NetFlow v9 (RFC 3954) datagram: one data
-set of a known fixed-length template, read for many datagrams at once from ``recvmmsg`` rows.
+"""Bulk decoding of the common IPFIX (RFC 7011) and NetFlow v9 (RFC 3954) datagram: data sets
+of known fixed-length templates only, read for many datagrams at once from ``recvmmsg`` rows.
 
 The message headers (RFC 7011 §3.1: version, length, export time, sequence, observation
-domain; RFC 3954 §5.1: version, count, sysUpTime, unix_secs, sequence, source id) and the
-first set header (§3.3.2: set id, set length) are numpy columns at fixed offsets. A datagram
-is a *candidate* when it holds exactly one set, a data set (id >= 256) that fills the message
-(IPFIX: message length == datagram length, set length == message length - 16; v9: flowset
-length == datagram length - 20; anything else, padding included, takes the exact walk).
+domain; RFC 3954 §5.1: version, count, sysUpTime, unix_secs, sequence, source id) are numpy
+columns at fixed offsets, and the sets (§3.3.2: set id, set length) are walked with numpy, one
+pass per set position over all datagrams. A datagram is a *candidate* when its sets tile the
+message as the walk reads them (IPFIX: message length == datagram length; a set length >= 4
+that stays inside; < 4 trailing bytes ignored) and all are data sets (id >= 256), at most
+:data:`MAX_SETS` of them.
 
-Candidates whose (exporter, version, domain, template id) has, when their run starts, a
-fixed-length flow template without sampler ids are grouped by (template, set length), stacked
-into one 2-D uint8 array and read with the template's dtype at once; their counters and
-sequence numbers are accounted with numpy per stream, exactly as the walk would. Every other
-datagram goes through :class:`~.templated.TemplatedWalker` in arrival order, and ends the run
-(a template set must apply before the data that follows it, an option record before the data
-whose sampling it changes). ``tests/flows/test_decode_fuzz.py`` checks that both paths give
-the same flows and counters.
+Candidates all of whose sets have, when their run starts, a fixed-length flow template without
+sampler ids (and at least one record per set) are read in bulk: records are gathered per
+(template, records per set) with one fancy-indexing copy and read with the template's dtype;
+counters and sequence numbers are accounted with numpy per (exporter, domain), exactly as the
+walk would. Every other datagram goes through :class:`~.templated.TemplatedWalker` in arrival
+order, and ends the run (a template set must apply before the data that follows it, an option
+record before the data whose sampling it changes). ``tests/flows/test_decode_fuzz.py`` and the
+corpus test check that both paths give the same flows and counters.
 
 Trust: the bytes are the exporter's; a datagram that is not exactly the common shape is never
-read here, and the walk counts its errors.
+read here, and the walk counts its errors. Hand-written because no library decodes IPFIX in
+bulk; it reuses the walk's compiled templates and record conversion.
 """
 
 from __future__ import annotations
