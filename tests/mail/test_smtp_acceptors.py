@@ -50,3 +50,17 @@ def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> 
     shipped = {(key, labels) for key, labels, _value in acceptors.snapshot()}
     assert ("rejections_recorded", ("mta",)) in shipped
     assert not any(os.scandir(data_dir / "mail" / "queue" / "active"))
+
+
+def _niceness_after_start(niceness: int) -> int:
+    acceptors.start_delivery_worker(os.getppid(), niceness)
+    return os.nice(0)
+
+
+def test_delivery_worker_yields_the_cpu_to_the_acceptors() -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    base = os.nice(0)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_niceness_after_start, 10).result(timeout=60) == min(19, base + 10)

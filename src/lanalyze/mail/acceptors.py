@@ -142,6 +142,15 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def start_delivery_worker(parent_pid: int, niceness: int) -> None:
+    """In the delivery process: die with the main process, and yield the CPU to the SMTP
+    acceptors (``mail.queue.delivery_nice``): a client waits on every reply, a queued message
+    waits for nobody, so in a burst acceptance goes first and delivery drains the queue after."""
+    die_with_parent(parent_pid)
+    if niceness:
+        os.nice(niceness)
+
+
 def run_acceptor(
     config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any, parent: int
 ) -> None:

@@ -61,6 +61,13 @@ class QueueConfig(Section):
         description="How often the queue directories are rescanned for work "
         "(e.g. after `lanalyze mail queue retry`), seconds.",
     )
+    delivery_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the delivery process: while clients wait on SMTP replies the "
+        "acceptors get the CPU first, and delivery catches up in the idle time (0: equal).",
+    )
 
 
 class MailConfig(Section):

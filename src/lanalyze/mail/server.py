@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
-from lanalyze.mail.acceptors import die_with_parent
+from lanalyze.mail.acceptors import start_delivery_worker
 from lanalyze.mail.authhook import AuthHook
 from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
 from lanalyze.mail.config import MailConfig
@@ -167,8 +167,8 @@ class MailServer:
             self._delivery_pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
+                initializer=start_delivery_worker,
+                initargs=(os.getpid(), self.config.queue.delivery_nice),
             )
             self.queue = QueueManager(
                 self.config.queue,
