@@ -238,7 +238,8 @@ def record_bytes(fields: list[tuple[int, int]], seed: int) -> bytes:
 
 
 @st.composite
-def bulk_event(draw: st.DrawFn) -> tuple[bytes, str]:
+def bulk_event(draw: st.DrawFn) -> tuple[bytes, str, int]:
+    """A datagram, its exporter and the data records it means to carry."""
     exporter = draw(st.sampled_from(["192.0.2.1"] * 3 + ["192.0.2.2"] * 2 + ["2001:db8::1"]))
     domain = draw(st.sampled_from([1, 2, 0]))
     sequence = draw(st.sampled_from([0, 5, 1000, 2**32 - 3, 2**31 + 7]))
@@ -278,28 +279,83 @@ def bulk_event(draw: st.DrawFn) -> tuple[bytes, str]:
         else:
             records = b"".join(record_bytes(V9_FIELDS, i) for i in range(count))
             set_ = flow_set(template_id, records, pad=pad)
-        return v9_packet([set_], sequence=sequence, source_id=domain), exporter
+        return v9_packet([set_], sequence=sequence, source_id=domain), exporter, 1
     else:
         sets = [flow_set(template_id, body, pad=pad)]
     message = ipfix_message(sets, sequence=sequence, domain=domain)
     if kind == "bad":
         message = message[: draw(st.integers(0, len(message)))]
-    return message, exporter
+    records = {"template": 0, "withdraw": 0, "options": 1, "two_sets": 2 * count}
+    return message, exporter, records.get(kind, count + 1 if kind == "mixed_sets" else count)
+
+
+@st.composite
+def numbered_batches(draw: st.DrawFn) -> list[list[tuple[bytes, str]]]:
+    """Batches of :func:`bulk_event` datagrams whose sequence numbers mostly follow their
+    stream's convention, drawn per stream (IPFIX: records before the message, RFC 7011, or
+    including it, softflowd; v9: packets), with random drops (lost records or packets).
+    Record counts are the walk's own (a scratch decoder's); in a *focused* example most IPFIX
+    datagrams are moved to one stream, with fewer drops and no exporter evicted, so that its
+    convention gets decided."""
+    batches = draw(
+        st.lists(st.lists(bulk_event(), min_size=1, max_size=30), min_size=1, max_size=3)
+    )
+    focused = draw(st.booleans())
+    scratch = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=2)
+    scratch.decode([Packet(d, e, 1_700_000_000_000) for d, e in BULK_SEEDS])
+    sent: dict[tuple[str, bytes], int] = {}
+    post_increment: dict[tuple[str, bytes], bool] = {}
+    out: list[list[tuple[bytes, str]]] = []
+    for events in batches:
+        numbered = []
+        for drawn, drawn_exporter, _ in events:
+            message, exporter = drawn, drawn_exporter
+            if focused and exporter != "192.0.2.1":
+                exporter = "192.0.2.2"  # two exporters: none evicted
+            v9 = message[:2] == b"\x00\x09"
+            at = 12 if v9 else 8
+            if len(message) < at + 8 or (not focused and draw(st.integers(0, 9)) == 0):
+                scratch.decode([Packet(message, exporter, 1_700_000_000_000)])
+                numbered.append((message, exporter))  # its random sequence number
+                continue
+            if focused and not v9 and draw(st.integers(0, 4)):
+                message, exporter = message[:12] + struct.pack(">I", 1) + message[16:], "192.0.2.1"
+            scratch.decode([Packet(message, exporter, 1_700_000_000_000)])
+            domain_id = int.from_bytes(message[at + 4 : at + 8], "big")
+            state = scratch._state.exporters[exporter].domains.get((9 if v9 else 10, domain_id))
+            stream = (exporter, message[:2] + message[at + 4 : at + 8])
+            if stream not in sent:
+                sent[stream] = draw(st.sampled_from([0, 1000, 2**32 - 5]))
+                post_increment[stream] = draw(st.booleans())
+            if draw(st.integers(0, 15 if focused else 7)) == 0:
+                sent[stream] += draw(st.integers(1, 5))  # lost in transit
+            unit = 1 if v9 or state is None else state.last_records or 0
+            if post_increment[stream] and not v9:
+                sent[stream] += unit
+                sequence = sent[stream]
+            else:
+                sequence, sent[stream] = sent[stream], sent[stream] + unit
+            number = struct.pack(">I", sequence % 2**32)
+            numbered.append((message[:at] + number + message[at + 4 :], exporter))
+        out.append(numbered)
+    return out
+
+
+# Known templates up front, so that most data datagrams can take the bulk path.
+BULK_SEEDS = [
+    (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))]), "192.0.2.1"),
+    (ipfix_message([flow_set(2, template_record(257, BULK_TEMPLATES["extra"]))]), "192.0.2.1"),
+    (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))], domain=2), "192.0.2.2"),
+    (v9_packet([flow_set(0, template_record(256, V9_FIELDS, ipfix=False))]), "192.0.2.2"),
+]
 
 
 @FUZZ
-@given(st.lists(st.lists(bulk_event(), min_size=1, max_size=30), min_size=1, max_size=3))
+@given(numbered_batches())
 def test_bulk_rows_decode_as_the_walk(batches: list[list[tuple[bytes, str]]]) -> None:
     walked = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=2)
     bulk = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=2)
-    # Known templates up front, so that most data datagrams can take the bulk path.
-    seeds = [
-        (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))]), "192.0.2.1"),
-        (ipfix_message([flow_set(2, template_record(257, BULK_TEMPLATES["extra"]))]), "192.0.2.1"),
-        (ipfix_message([flow_set(2, template_record(256, FLOW_FIELDS))], domain=2), "192.0.2.2"),
-        (v9_packet([flow_set(0, template_record(256, V9_FIELDS, ipfix=False))]), "192.0.2.2"),
-    ]
-    batches[0] = seeds + batches[0]
+    batches[0] = BULK_SEEDS + batches[0]
     for events in batches:
         datas = [data for data, _ in events]
         exporters = [exporter for _, exporter in events]
@@ -309,6 +365,19 @@ def test_bulk_rows_decode_as_the_walk(batches: list[list[tuple[bytes, str]]]) ->
         rows, lengths, codes, names = as_rows(datas, exporters)
         same_batches(bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), expected)
     assert walked.save_templates() == bulk.save_templates()
+    assert sequence_states(walked) == sequence_states(bulk)
+
+
+def sequence_states(decoder: FlowDecoder) -> list[tuple[object, ...]]:
+    """Every stream's sequence tracking: conventions decided, evidence and deferred gaps."""
+    return [
+        (
+            *(name, key, d.last_sequence, d.last_records),
+            *(d.post_increment, d.evidence, d.deferred_pre, d.deferred_post),
+        )
+        for name, exporter in sorted(decoder._state.exporters.items())
+        for key, d in sorted(exporter.domains.items())
+    ]
 
 
 def test_bulk_rows_sequences_and_streams() -> None:

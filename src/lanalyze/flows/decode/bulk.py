@@ -13,10 +13,12 @@ Candidates all of whose sets have, when their run starts, a fixed-length flow te
 sampler ids (and at least one record per set) are read in bulk: records are gathered per
 (template, records per set) with one fancy-indexing copy and read with the template's dtype;
 counters and sequence numbers are accounted with numpy per (exporter, domain), exactly as the
-walk would. Every other datagram goes through :class:`~.templated.TemplatedWalker` in arrival
-order, and ends the run (a template set must apply before the data that follows it, an option
-record before the data whose sampling it changes). ``tests/flows/test_decode_fuzz.py`` and the
-corpus test check that both paths give the same flows and counters.
+walk would (in the stream's sequence convention, :mod:`.sequence`; a message that may decide
+an undecided stream's convention is walked in place). Every other datagram goes through
+:class:`~.templated.TemplatedWalker` in arrival order, and ends the run (a template set must
+apply before the data that follows it, an option record before the data whose sampling it
+changes). ``tests/flows/test_decode_fuzz.py`` and the corpus test check that both paths give
+the same flows and counters.
 
 Trust: the bytes are the exporter's; a datagram that is not exactly the common shape is never
 read here, and the walk counts its errors. Hand-written because no library decodes IPFIX in
@@ -225,7 +227,32 @@ class BulkRows:
         templates: list[tuple[Template, DomainState] | None],
         set_counts: Array,
     ) -> None:
-        """Datagrams ``offset + begin : offset + end``, every set of a usable template."""
+        """Datagrams ``offset + begin : offset + end``, every set of a usable template: in
+        bulk, but for the messages whose sequence number may decide a stream's convention
+        (:mod:`.sequence`), which are walked in place."""
+        while begin < end:
+            cut = self._bulk_span(
+                head, indexes, offset, begin, end, set_keys, templates, set_counts
+            )
+            if cut is None:
+                return
+            self.walk(int(indexes[offset + cut]))
+            begin = cut + 1
+
+    def _bulk_span(  # noqa: PLR0917
+        self,
+        head: RowHeaders,
+        indexes: Array,
+        offset: int,
+        begin: int,
+        end: int,
+        set_keys: Array,
+        templates: list[tuple[Template, DomainState] | None],
+        set_counts: Array,
+    ) -> int | None:
+        """Datagrams ``offset + begin : offset + end``, up to (excluding) the first message of
+        a stream whose convention is undecided and whose record count changes: returns that
+        message's position (to be walked), None if all were decoded."""
         span = slice(offset + begin, offset + end)
         base = int(head.first_set[offset])
         sets = slice(
@@ -251,9 +278,28 @@ class BulkRows:
             entry = templates[key]
             assert entry is not None
             by_domain.setdefault(id(entry[1]), (entry[1], []))[1].append(key)
-        following = sequence + np.where(is_ipfix, records, 1)
+        # One record per packet for v9 (RFC 3954 numbers packets).
+        counted = np.where(is_ipfix, records, 1)
+        members_of: list[tuple[DomainState, Array]] = []
+        cut = n
         for domain, members in by_domain.values():
             mine = np.flatnonzero(np.isin(first_key, members))
+            members_of.append((domain, mine))
+            if domain.post_increment is None:
+                mine_counted = counted[mine]
+                changes = mine_counted[1:] != mine_counted[:-1]
+                if domain.last_records is not None and mine_counted[0] != domain.last_records:
+                    cut = min(cut, int(mine[0]))
+                elif changes.any():
+                    cut = min(cut, int(mine[1 + int(np.argmax(changes))]))
+        if cut < n:
+            # The sequence of datagram ``cut`` may decide its stream's convention: the walk's.
+            if cut > 0:
+                self._bulk_span(
+                    head, indexes, offset, begin, begin + cut, set_keys, templates, set_counts
+                )
+            return begin + cut
+        for domain, mine in members_of:
             name = self.exporters[int(self.codes[rows[mine[0]]])]
             exporter_address = self.exporter(name).address
             rate[mine] = domain.sampling.rate_without_sampler_id() or self.rates.get(
@@ -263,22 +309,25 @@ class BulkRows:
             address[mine] = exporter_address
             domain_id[mine] = domain.domain
             seq = sequence[mine]
-            expected = np.r_[0, following[mine][:-1] % 2**32]
-            gap = (seq - expected) % 2**32
-            gap[(gap >= 2**31)] = 0
-            if domain.expected_sequence is None:
-                gap[0] = 0
+            mine_counted = counted[mine]
+            previous = np.r_[domain.last_sequence, seq[:-1]]
+            # Undecided here means every count equals its predecessor's: both conventions
+            # give the same gap.
+            if domain.post_increment:
+                shift = mine_counted
             else:
-                first_gap = (int(seq[0]) - domain.expected_sequence) % 2**32
-                gap[0] = first_gap if first_gap < 2**31 else 0
+                shift = np.r_[domain.last_records or 0, mine_counted[:-1]]
+            gap = (seq - previous - shift) % 2**32
+            gap[(gap >= 2**31)] = 0
+            if domain.last_records is None:
+                gap[0] = 0
             version = ipfix.VERSION if is_ipfix[mine[0]] else v9.VERSION
             stats = self.stats_for(name, domain.domain, version)
             stats.packets += len(mine)
             stats.flows += int(records[mine].sum())
             stats.sequence_gaps += int(gap.sum())
-            last = int(seq[-1])
-            stats.last_sequence = domain.last_sequence = last
-            domain.expected_sequence = int(following[mine[-1]]) % 2**32
+            stats.last_sequence = domain.last_sequence = int(seq[-1])
+            domain.last_records = int(mine_counted[-1])
         uptime = np.where(
             is_ipfix,
             np.where(init != 0, export_ms - init, UNKNOWN_UPTIME),
@@ -329,6 +378,7 @@ class BulkRows:
                 sampler_chunks=[],
             )
             self.emit(convert(template, recs, ctx, None))
+        return None
 
     def _window(self, length: int) -> Array:
         """Every ``length``-byte window of the slots, as rows (a view: no copy)."""

@@ -39,8 +39,20 @@ class DomainState:
     domain: int
     templates: dict[int, Template] = field(default_factory=dict)
     sampling: SamplingState = field(default_factory=SamplingState)
-    expected_sequence: int | None = None
+    # Sequence tracking (see .sequence): the last message's sequence and data record count
+    # (None: no message yet, or its count unknown), the stream's convention (None: not yet
+    # decided; v9 numbers packets, always the RFC's), the evidence streak (> 0 post-, < 0
+    # pre-increment) and the gaps deferred under each convention while undecided.
     last_sequence: int = 0
+    last_records: int | None = None
+    post_increment: bool | None = None
+    evidence: int = 0
+    deferred_pre: int = 0
+    deferred_post: int = 0
+
+    def __post_init__(self) -> None:
+        if self.version == 9:
+            self.post_increment = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from lanalyze.flows.decode import ipfix, v9
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.records import UNKNOWN_UPTIME, RowContext, convert
+from lanalyze.flows.decode.sequence import account
 from lanalyze.flows.decode.state import DecoderState, DomainState, ExporterState
 from lanalyze.flows.decode.templates import VARIABLE_LENGTH, Template
 
@@ -347,20 +348,11 @@ def _option_records(
 def _account_sequence(
     stats: ExporterStats, domain: DomainState, version: int, sequence: int, records: int | None
 ) -> None:
-    """Lost export packets (v9: packets, RFC 3954 §5.1) or records (IPFIX, RFC 7011 §3.1)."""
-    expected = domain.expected_sequence
-    if expected is not None:
-        gap = (sequence - expected) % 2**32
-        if 0 < gap < 2**31:
-            stats.sequence_gaps += gap
-    domain.last_sequence = sequence
+    """Lost export packets (v9: packets, RFC 3954 §5.1) or records (IPFIX, RFC 7011 §3.1, in
+    the stream's detected convention: :mod:`.sequence`)."""
+    counted = 1 if version == v9.VERSION else records
+    stats.sequence_gaps += account(domain, sequence, counted)
     stats.last_sequence = sequence
-    if version == v9.VERSION:
-        domain.expected_sequence = (sequence + 1) % 2**32
-    elif records is None:
-        domain.expected_sequence = None
-    else:
-        domain.expected_sequence = (sequence + records) % 2**32
 
 
 def _name(version: int) -> str:
