@@ -239,6 +239,14 @@ _WINDOW = [
     _param("since", "Start: ISO 8601 (2024-05-01T12:00Z) or relative (-1h, -30d). Default -1h."),
     _param("until", "End: ISO 8601 or relative. Default now."),
 ]
+_MAIL_WINDOW = [
+    _param("since", "Start: ISO 8601 or relative. Default -7d."),
+    _param("until", "End: ISO 8601 or relative. Default now."),
+]
+_MAIL_PAGING = [
+    _param("page", "Page, from 1.", "integer", default=1, minimum=1),
+    _param("page_size", "Rows per page.", "integer", default=50, maximum=1000),
+]
 _FILTER = _param(
     "filter", "nfdump-style filter, e.g. `proto tcp and dst port 443 and not net 10.0.0.0/8`."
 )
@@ -305,10 +313,8 @@ OPENAPI: dict[str, Any] = {
                 _param("recipient", "A recipient contains this."),
                 _param("subject", "Subject contains this."),
                 _param("verdict", "Verdict.", enum=["any", "pass", "fail", "forged", "none"]),
-                _param("since", "Start: ISO 8601 or relative. Default -7d."),
-                _param("until", "End: ISO 8601 or relative. Default now."),
-                _param("page", "Page, from 1.", "integer", default=1, minimum=1),
-                _param("page_size", "Rows per page.", "integer", default=50, maximum=1000),
+                *_MAIL_WINDOW,
+                *_MAIL_PAGING,
             ],
             "MailPage",
         ),
@@ -319,18 +325,15 @@ OPENAPI: dict[str, Any] = {
                 _param("recipient", "Recipient contains this."),
                 _param("client", "Client address or HELO name contains this."),
                 _param("reason", "This reason only (unknown_user, relay_denied, ...)."),
-                _param("since", "Start: ISO 8601 or relative. Default -7d."),
-                _param("until", "End: ISO 8601 or relative. Default now."),
-                _param("page", "Page, from 1.", "integer", default=1, minimum=1),
-                _param("page_size", "Rows per page.", "integer", default=50, maximum=1000),
+                *_MAIL_WINDOW,
+                *_MAIL_PAGING,
             ],
             "MailPage",
         ),
         "/api/mail/counts": _get(
             "Accepted, rejected and forged messages per time bucket",
             [
-                _param("since", "Start: ISO 8601 or relative. Default -7d."),
-                _param("until", "End: ISO 8601 or relative. Default now."),
+                *_MAIL_WINDOW,
                 _param("bucket", "Bucket in seconds (default: automatic).", "integer", minimum=60),
             ],
             "MailCounts",
