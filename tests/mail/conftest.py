@@ -133,3 +133,19 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def mail_server(data_dir: Path) -> Iterator[RunningServer]:
     with run_server(data_dir) as running:
         yield running
+
+
+@pytest.fixture
+def tls_server(data_dir: Path, tls_pair: tuple[Path, Path]) -> Iterator[RunningServer]:
+    cert, key = tls_pair
+    with run_server(
+        data_dir,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        submission_listen=["127.0.0.1:0"],
+        smtps_listen=["127.0.0.1:0"],
+        users=[
+            {"name": "alice", "password_hash": password_hash(), "addresses": ["alice@example.test"]}
+        ],
+    ) as running:
+        yield running

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
+from tests.mail.conftest import PASSWORD, RunningServer, run_server
 
 MESSAGE = b"From: alice@example.test\r\nSubject: signed off\r\n\r\nhello\r\n"
 
@@ -19,22 +18,6 @@ def context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-@pytest.fixture
-def tls_server(data_dir: Path, tls_pair: tuple[Path, Path]) -> Iterator[RunningServer]:
-    cert, key = tls_pair
-    with run_server(
-        data_dir,
-        tls_cert=str(cert),
-        tls_key=str(key),
-        submission_listen=["127.0.0.1:0"],
-        smtps_listen=["127.0.0.1:0"],
-        users=[
-            {"name": "alice", "password_hash": password_hash(), "addresses": ["alice@example.test"]}
-        ],
-    ) as running:
-        yield running
 
 
 def test_auth_is_offered_only_after_starttls(tls_server: RunningServer) -> None:
