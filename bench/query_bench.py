@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lanalyze.flows import catalogue  # noqa: E402
 from lanalyze.flows.config import RollupConfig  # noqa: E402
+from lanalyze.flows.decode.v5 import HEADER as V5_HEADER  # noqa: E402
 from lanalyze.flows.query import reports  # noqa: E402
 from lanalyze.flows.query.layout import (  # noqa: E402
     DAY_MS,
@@ -82,19 +83,6 @@ V5_RECORD = np.dtype(
         ("src_mask", "u1"),
         ("dst_mask", "u1"),
         ("pad2", ">u2"),
-    ]
-)
-V5_HEADER = np.dtype(
-    [
-        ("version", ">u2"),
-        ("count", ">u2"),
-        ("uptime", ">u4"),
-        ("secs", ">u4"),
-        ("nsecs", ">u4"),
-        ("sequence", ">u4"),
-        ("engine_type", "u1"),
-        ("engine_id", "u1"),
-        ("sampling", ">u2"),
     ]
 )
 V5_DATAGRAM = np.dtype([("header", V5_HEADER), ("records", V5_RECORD, (30,))])
