@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lanalyze.mail.cleanup import Committer, new_queue_id
 from lanalyze.mail.delivery.maildir import MaildirDelivery
-from lanalyze.mail.queuefile import Envelope, Layout, Syncer, footer, read_envelope
+from lanalyze.mail.queuefile import Envelope, Layout, Recycler, Syncer, footer, read_envelope
 
 
 def envelope(queue_id: str) -> Envelope:
@@ -141,3 +141,26 @@ def test_large_queue_files_are_not_kept(tmp_path: Path) -> None:
     delivery.recycler.max_size = 1000
     delivery.deliver_batch([str(layout.q("active") / q) for q in ids])
     assert [p.name for p in layout.q("free").iterdir()] == [ids[1]]
+
+
+class _TakenMeanwhile(list[str]):
+    """A stock that looked non-empty, but whose last name another thread popped first."""
+
+    def pop(self, index: int = -1) -> str:
+        self.clear()
+        raise IndexError("pop from empty list")
+
+
+def test_a_name_taken_by_another_thread_is_not_an_error(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.create()
+    (layout.q("free") / "spare").write_bytes(b"old")
+    recycler = Recycler(layout)
+    recycler._stock = _TakenMeanwhile(["gone"])
+    target = str(layout.q("incoming") / "new-file")
+    fd, recycled = recycler.open(target)
+    os.close(fd)
+    # It listed free/ again and reused the file still there.
+    assert recycled
+    assert os.path.exists(target)
+    assert not (layout.q("free") / "spare").exists()

@@ -264,7 +264,10 @@ class Recycler:
                 # they seldom race for the same names.
                 start = random.randrange(len(names))
                 self._stock = (names[start:] + names[:start])[: self.STOCK]
-            name = self._stock.pop()
+            try:
+                name = self._stock.pop()
+            except IndexError:  # another thread of this process took the last name
+                continue
             try:
                 os.rename(os.path.join(self.free, name), path)
             except FileNotFoundError:
