@@ -47,6 +47,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def corpus() -> Iterator[Path]:
+    """The shared capture corpus beside the clone; CI lays it there, so it is a failure there."""
     if not CORPUS.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CORPUS} is absent: CI lays ../shared beside the clone")
         pytest.skip(f"{CORPUS} is absent")
     yield CORPUS

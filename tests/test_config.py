@@ -41,10 +41,17 @@ def test_invalid_toml_is_an_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["127.0.0.1:2055", "[::1]:25", "0.0.0.0:0", "localhost:8080", "[::]:4739"]
+    ("value", "expected"),
+    [
+        ("127.0.0.1:2055", ("127.0.0.1", 2055)),
+        ("[::1]:25", ("::1", 25)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("localhost:8080", ("localhost", 8080)),
+        ("[::]:4739", ("::", 4739)),
+    ],
 )
-def test_listen_addresses_accepted(value: str) -> None:
-    parse_listen(value)
+def test_listen_addresses_accepted(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
 
 
 @pytest.mark.parametrize("value", ["2055", "::1:25", "host.example:25", "1.2.3.4:", "1.2.3.4:x"])
