@@ -97,3 +97,34 @@ def config_dump(app: AppContext) -> None:
 main.add_command(flows)
 main.add_command(mail)
 main.add_command(web)
+
+
+def _set_config_path(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        app = ctx.find_object(AppContext)
+        if app is not None:
+            app.config_path = value
+
+
+def _accept_global_options(command: click.Command) -> None:
+    """Give every sub-command ``--config`` too, so it may follow the sub-command's name.
+
+    ``lanalyze --config F mail ls`` and ``lanalyze mail ls --config F`` mean the same; the
+    value is stored on the one :class:`AppContext` before anything loads the configuration.
+    """
+    if command is not main and not any(p.name == "config_path" for p in command.params):
+        command.params.append(
+            click.Option(
+                ["--config", "config_path"],
+                type=click.Path(path_type=Path, dir_okay=False),
+                expose_value=False,
+                callback=_set_config_path,
+                help="TOML configuration file (same as `lanalyze --config FILE ...`).",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options(sub)
+
+
+_accept_global_options(main)

@@ -160,8 +160,55 @@ def _plain(value: Any) -> Any:
 
 
 def dump_config(config: Config) -> str:
-    """The effective settings, defaults included, as TOML that ``load_config`` accepts."""
-    return tomli_w.dumps(_plain(config.model_dump(mode="json")))
+    """The effective settings, defaults included, as TOML that ``load_config`` accepts.
+
+    An empty list of tables (``[[web.users]]``, ``[[mail.users]]``, ...) is written as a
+    commented example instead of ``users = []``: TOML forbids appending ``[[web.users]]``
+    tables to an array already defined inline, and appending one is what the README says to do.
+    """
+    data = _plain(config.model_dump(mode="json"))
+    examples: list[str] = []
+    for key, model in _empty_table_lists(config):
+        section: dict[str, Any] = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            section = section[part]
+        del section[leaf]
+        examples.append(_commented_example(key, model))
+    text = tomli_w.dumps(data)
+    if examples:
+        text += (
+            "\n# Lists of tables with no entry yet: uncomment an example to add one"
+            " (docs/configuration.md).\n" + "".join(examples)
+        )
+    return text
+
+
+def _empty_table_lists(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
+    """Dotted keys of the empty ``list[Model]`` fields under ``model``, with the item model."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        nested = _model_in(field.annotation)
+        if isinstance(value, BaseModel):
+            yield from _empty_table_lists(value, f"{prefix}{name}.")
+        elif nested is not None and nested[1] == "[]" and not value:
+            yield f"{prefix}{name}", nested[0]
+
+
+def _commented_example(key: str, model: type[BaseModel]) -> str:
+    lines = [f"\n# [[{key}]]"]
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            value = '"..."'
+        else:
+            default = _plain(field.get_default(call_default_factory=True))
+            if default is None:
+                value = '"..."'
+            else:
+                value = tomli_w.dumps({"v": default}).strip()[len("v = ") :]
+        note = f"  # {field.description}" if field.description else ""
+        lines.append(f"# {name} = {value}{note}")
+    return "\n".join(lines) + "\n"
 
 
 def _model_in(annotation: Any) -> tuple[type[BaseModel], str] | None:

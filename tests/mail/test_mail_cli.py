@@ -146,5 +146,5 @@ def test_tls_selfsigned_and_hash_password(tmp_path: Path) -> None:
     assert code == 0, out
     assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert key.stat().st_mode & 0o077 == 0
-    code, out = cli(config, "hash-password", "--stdin", input="s3cret\n")
+    code, out = cli(config, "hash-password", "--stdin", input="s3cret-pass\n")
     assert code == 0 and out.startswith("$argon2id$")

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from lanalyze.mail.queuefile import CorruptQueueFile, Layout, read_envelope
+from lanalyze.passwords import hash_password_command
 
 
 @click.group()
@@ -402,20 +403,12 @@ def tls_selfsigned(
     click.echo(f'[mail]\ntls_cert = "{cert.resolve()}"\ntls_key = "{key.resolve()}"')
 
 
-@mail.command("hash-password")
-@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
-def hash_password_command(from_stdin: bool) -> None:
-    """Print an argon2 hash for `[[mail.users]] password_hash`."""
-    from lanalyze.mail.users import hash_password
-
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if not password:
-        click.echo("empty password", err=True)
-        sys.exit(1)
-    click.echo(hash_password(password))
+mail.add_command(
+    hash_password_command(
+        "mail.users",
+        "addresses = []  # the From/envelope addresses this user may send as; `@domain` for all\n",
+    )
+)
 
 
 def _add_dkim_commands() -> None:
