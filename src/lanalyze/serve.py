@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from lanalyze.config import Config
+from lanalyze.instance import DataDirLock
 from lanalyze.log import get_logger
 from lanalyze.service import Component
 
@@ -48,6 +49,15 @@ def build_components(config: Config) -> list[Component]:
 
 
 async def run(config: Config) -> None:
+    lock = DataDirLock(config.general.data_path)
+    lock.acquire()
+    try:
+        await _run(config)
+    finally:
+        lock.release()
+
+
+async def _run(config: Config) -> None:
     components = build_components(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -78,9 +78,11 @@ def collect(
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
     from lanalyze.flows.rollup import run_collector_with_rollups
     from lanalyze.flows.snmp import run_with_poller
+    from lanalyze.instance import DataDirLock
 
     flow_dir = _data_dir(ctx, data_dir) / "flows"
     try:
+        DataDirLock(_data_dir(ctx, data_dir)).acquire()
         main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
         asyncio.run(run_with_poller(flows_config.snmp, flow_dir, main))
     except StartError as exc:

@@ -117,7 +117,9 @@ class FlowCollector:
                 self._socks.append(group)
                 actual = bound_address(first)
                 for _ in range(workers - 1):
-                    group.append(open_udp(actual, key, receive_buffer=buffer, reuse_port=True))
+                    group.append(
+                        open_udp(actual, key, receive_buffer=buffer, reuse_port=True, join=True)
+                    )
                 self.addresses.append(actual)
         except BaseException:
             self._close_sockets()

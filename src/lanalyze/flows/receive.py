@@ -44,10 +44,10 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
 
 
 def open_udp(
-    address: str, key: str, *, receive_buffer: int, reuse_port: bool = False
+    address: str, key: str, *, receive_buffer: int, reuse_port: bool = False, join: bool = False
 ) -> socket.socket:
     """A bound, non-blocking UDP socket; :class:`BindError` names ``key`` on failure."""
-    sock = bind_socket(address, key, socket.SOCK_DGRAM, reuse_port=reuse_port)
+    sock = bind_socket(address, key, socket.SOCK_DGRAM, reuse_port=reuse_port, join=join)
     try:
         set_receive_buffer(sock, receive_buffer)
     except OSError as exc:

@@ -212,7 +212,10 @@ class MailServer:
         for key, listener, addresses in groups:
             for number, address in enumerate(addresses):
                 sock = bind_socket(
-                    address, f"mail.{key}[{number}]", reuse_port=self.config.acceptors > 1
+                    address,
+                    f"mail.{key}[{number}]",
+                    reuse_port=self.config.acceptors > 1,
+                    join=self.role != "main",
                 )
                 server = await loop.create_server(
                     lambda listener=listener: SMTPConnection(self, listener, tls),
