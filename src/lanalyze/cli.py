@@ -16,6 +16,7 @@ from lanalyze.flows.cli import flows
 from lanalyze.log import setup_logging
 from lanalyze.mail.cli import mail
 from lanalyze.service import StartError
+from lanalyze.systemd import install_service
 from lanalyze.web.cli import web
 
 EXIT_CONFIG = 2
@@ -97,6 +98,7 @@ def config_dump(app: AppContext) -> None:
 main.add_command(flows)
 main.add_command(mail)
 main.add_command(web)
+main.add_command(install_service)
 
 
 def _set_config_path(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:

@@ -215,10 +215,18 @@ class FlowCollector:
             handle.ready.set()
         handle.ready.set()
         if not self._stopping and handle.failed is None:
-            log.error(
-                "flows.worker_exited",
-                extra={"worker": handle.spec.index, "exitcode": handle.process.exitcode},
-            )
+            # A worker exits 0 only after a SIGTERM: systemd's stop signals every process of
+            # the service at once, so the workers may finish before we hear of the stop.
+            # That is a clean stop, not a crash to report (or an error in the journal).
+            handle.process.join(2.0)
+            exitcode = handle.process.exitcode
+            if exitcode == 0:
+                log.info("flows.worker_stopped", extra={"worker": handle.spec.index})
+            else:
+                log.error(
+                    "flows.worker_exited",
+                    extra={"worker": handle.spec.index, "exitcode": exitcode},
+                )
 
     def _wait_ready(self) -> list[str]:
         """Problems of workers that did not start (empty when all run)."""
