@@ -76,7 +76,9 @@ def _verdict(auth: dict[str, Any] | None) -> str:
 @mail.command("ls")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted"]))
+@click.option(
+    "--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted", "corrupt"])
+)
 @click.option(
     "--rejected", is_flag=True, help="List refused recipients, senders and messages instead."
 )
