@@ -124,6 +124,7 @@ def seed(data_dir: Path, now: float | None = None) -> None:
         ),
     ]
     envelopes = []
+    files = []  # (queue id, Maildir path relative to maildirs/) as delivery records them
     for offset, (qid, mail_from, header_from, subject, auth, status, body, html) in enumerate(
         specs
     ):
@@ -149,7 +150,9 @@ def seed(data_dir: Path, now: float | None = None) -> None:
             folder = layout.maildirs / "bob" / "new"
             folder.mkdir(parents=True, exist_ok=True)
             data = (f"Return-Path: <{mail_from}>\r\n" + envelope.prepend).encode() + message
-            (folder / f"{int(now)}.{qid}.test").write_bytes(data.replace(b"\r\n", b"\n"))
+            name = f"{int(now)}.{qid}.test"
+            (folder / name).write_bytes(data.replace(b"\r\n", b"\n"))
+            files.append((qid, f"bob/new/{name}"))
         else:
             envelope.attempts = 2
             envelope.last_error = "bob@test.example: No space left on device"
@@ -203,7 +206,8 @@ def seed(data_dir: Path, now: float | None = None) -> None:
                 (GENUINE_ID, "delivered", 1, "", ["bob@test.example"]),
                 (FORGED_ID, "delivered", 1, "", ["bob@test.example"]),
                 (DEFERRED_ID, "deferred", 2, "No space left on device", []),
-            ]
+            ],
+            files=files,
         )
     finally:
         index.close()

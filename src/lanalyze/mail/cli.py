@@ -2,9 +2,10 @@
 
 ``ls`` and ``show`` read the message index (SQLite, read-only, safe while the server runs;
 ``ls --rejected`` lists what the server refused, from the same index);
-``queue`` reads the queue files themselves, like ``mailq``; ``queue retry`` moves deferred
-messages back to ``active/`` (the running server's queue manager picks them up within
-``mail.queue.scan_interval``) and ``queue delete`` removes them. ``send`` is an SMTP client
+``queue`` reads the queue files themselves, like ``mailq``; ``queue hold|release|retry|delete``
+are :mod:`lanalyze.mail.queueadmin`'s actions (the console calls the same), whose rules are
+documented there (the running server's queue manager picks a message moved to ``active/`` up
+within ``mail.queue.scan_interval``). ``send`` is an SMTP client
 built on :mod:`smtplib` that prints the whole dialogue with ``->`` / ``<-`` markers, like
 swaks, for testing any SMTP server.
 """
@@ -12,7 +13,6 @@ swaks, for testing any SMTP server.
 from __future__ import annotations
 
 import json
-import os
 import smtplib
 import socket
 import ssl
@@ -20,12 +20,15 @@ import sys
 import time
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from lanalyze.mail.queuefile import CorruptQueueFile, Layout, read_envelope
+from lanalyze.mail.queuefile import Layout
 from lanalyze.passwords import hash_password_command
+
+if TYPE_CHECKING:
+    from lanalyze.mail.queueadmin import QueueAdmin, Report
 
 
 @click.group()
@@ -74,7 +77,9 @@ def _verdict(auth: dict[str, Any] | None) -> str:
 @mail.command("ls")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted"]))
+@click.option(
+    "--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted", "corrupt"])
+)
 @click.option(
     "--rejected", is_flag=True, help="List refused recipients, senders and messages instead."
 )
@@ -168,27 +173,29 @@ def show_command(ctx: click.Context, queue_id: str, fmt: str) -> None:
         click.echo(json.dumps(auth, indent=2))
 
 
-def _queue_entries(layout: Layout) -> list[dict[str, Any]]:
+def _admin(ctx: click.Context) -> QueueAdmin:
+    from lanalyze.mail.queueadmin import QueueAdmin
+
+    return QueueAdmin(_layout(ctx))
+
+
+def _queue_entries(admin: QueueAdmin) -> list[dict[str, Any]]:
     entries = []
-    for name in ("active", "deferred", "hold", "corrupt"):
-        directory = layout.q(name)
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            entry: dict[str, Any] = {"queue_id": path.name, "queue": name}
-            try:
-                envelope, length = read_envelope(path)
-                entry.update(
-                    size=length,
-                    arrival=envelope.received_at,
-                    mail_from=envelope.mail_from,
-                    pending=sorted(envelope.local) + envelope.relay,
-                    attempts=envelope.attempts,
-                    last_error=envelope.last_error,
-                )
-            except (CorruptQueueFile, OSError) as exc:
-                entry["error"] = str(exc)
-            entries.append(entry)
+    for found in admin.entries():
+        entry: dict[str, Any] = {"queue_id": found.queue_id, "queue": found.queue}
+        envelope = found.envelope
+        if envelope is None:
+            entry["error"] = found.error
+        else:
+            entry.update(
+                size=found.length,
+                arrival=envelope.received_at,
+                mail_from=envelope.mail_from,
+                pending=sorted(envelope.local) + envelope.relay,
+                attempts=envelope.attempts,
+                last_error=envelope.last_error,
+            )
+        entries.append(entry)
     return entries
 
 
@@ -196,10 +203,20 @@ def _queue_entries(layout: Layout) -> list[dict[str, Any]]:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def queue_group(ctx: click.Context, fmt: str) -> None:
-    """The mail queue (like mailq): active, deferred, hold (relay waiting) and corrupt."""
+    """The mail queue (like mailq): active, deferred, hold and corrupt.
+
+    \b
+    Actions (one rule set, the console's too; see lanalyze.mail.queueadmin):
+      hold ID...          active or deferred -> hold (not delivered until released)
+      release ID...|--all hold -> active
+      retry ID...|--all   deferred or hold -> active (--all: every deferred message)
+      delete ID...        removed from active, deferred or hold (--corrupt: also corrupt/)
+    A queue file that does not parse is never acted on: it is moved to queue/corrupt/ and
+    reported. Exit status 1 when any named message was not acted on.
+    """
     if ctx.invoked_subcommand is not None:
         return
-    entries = _queue_entries(_layout(ctx))
+    entries = _queue_entries(_admin(ctx))
     if fmt == "json":
         click.echo(json.dumps(entries, indent=2))
         return
@@ -221,49 +238,66 @@ def queue_group(ctx: click.Context, fmt: str) -> None:
     click.echo(f"-- {len(entries)} messages")
 
 
+def _report(report: Report, summary: str, asked: int) -> None:
+    """Every id not acted on, on stderr, then the summary; exit 1 if any named id failed."""
+    for result in report.failed:
+        click.echo(
+            f"{result.queue_id}: {result.outcome.replace('_', ' ')}: {result.detail}", err=True
+        )
+    if report.index_error:
+        click.echo(f"message index not updated: {report.index_error}", err=True)
+    click.echo(summary.format(len(report.done)))
+    if asked and report.failed:
+        sys.exit(1)
+
+
+def _ids(queue_ids: tuple[str, ...], every: bool, ids_of_all: Any) -> list[str]:
+    if every == bool(queue_ids):
+        raise click.UsageError("give queue ids or --all (not both)")
+    return list(ids_of_all()) if every else list(queue_ids)
+
+
 @queue_group.command("retry")
 @click.argument("queue_ids", nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Every deferred message.")
 @click.pass_context
 def queue_retry(ctx: click.Context, queue_ids: tuple[str, ...], retry_all: bool) -> None:
-    """Move deferred messages back to the active queue for an immediate attempt."""
-    layout = _layout(ctx)
-    deferred = layout.q("deferred")
-    names = [p.name for p in deferred.iterdir()] if retry_all else list(queue_ids)
-    moved = 0
-    for name in names:
-        source = deferred / name
-        if not name.isalnum() or not source.exists():
-            click.echo(f"{name}: not in the deferred queue", err=True)
-            continue
-        os.rename(source, layout.q("active") / name)
-        moved += 1
-    click.echo(f"{moved} message(s) queued for retry")
+    """Move deferred or held messages to the active queue for an immediate attempt."""
+    admin = _admin(ctx)
+    ids = _ids(queue_ids, retry_all, lambda: admin.select(["deferred"]))
+    _report(admin.requeue(ids), "{} message(s) queued for retry", len(queue_ids))
+
+
+@queue_group.command("hold")
+@click.argument("queue_ids", nargs=-1, required=True)
+@click.pass_context
+def queue_hold(ctx: click.Context, queue_ids: tuple[str, ...]) -> None:
+    """Put active or deferred messages on hold: kept, not delivered until released."""
+    _report(_admin(ctx).hold(queue_ids), "{} message(s) put on hold", len(queue_ids))
+
+
+@queue_group.command("release")
+@click.argument("queue_ids", nargs=-1)
+@click.option("--all", "release_all", is_flag=True, help="Every held message.")
+@click.pass_context
+def queue_release(ctx: click.Context, queue_ids: tuple[str, ...], release_all: bool) -> None:
+    """Release held messages to the active queue (mail to other domains goes back on hold
+    until outbound delivery exists)."""
+    admin = _admin(ctx)
+    ids = _ids(queue_ids, release_all, lambda: admin.select(["hold"]))
+    _report(admin.release(ids), "{} message(s) released", len(queue_ids))
 
 
 @queue_group.command("delete")
 @click.argument("queue_ids", nargs=-1, required=True)
+@click.option(
+    "--corrupt", is_flag=True, help="Also delete these ids from queue/corrupt/ (else kept there)."
+)
 @click.pass_context
-def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...]) -> None:
+def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], corrupt: bool) -> None:
     """Remove messages from the queue (they are not delivered)."""
-    from lanalyze.mail.index import MessageIndex
-
-    layout = _layout(ctx)
-    deleted = []
-    for name in queue_ids:
-        path = layout.find(name)
-        if path is None:
-            click.echo(f"{name}: not queued", err=True)
-            continue
-        path.unlink(missing_ok=True)
-        deleted.append(name)
-    if deleted and layout.index.exists():
-        index = MessageIndex(layout.index)
-        index.set_status((q, "deleted", 0, "deleted by operator", []) for q in deleted)
-        index.close()
-    click.echo(f"{len(deleted)} message(s) deleted")
-    if len(deleted) != len(queue_ids):
-        sys.exit(1)
+    report = _admin(ctx).delete(queue_ids, corrupt=corrupt)
+    _report(report, "{} message(s) deleted", len(queue_ids))
 
 
 class _TracingSMTP(smtplib.SMTP):

@@ -5,9 +5,16 @@ Writers: the SMTP server records accepted messages and their delivery state
 (:meth:`MessageIndex.record_accepted`, :meth:`MessageIndex.set_status`) and, through
 :mod:`lanalyze.mail.rejections`, refused recipients, senders and messages
 (:meth:`MessageIndex.record_rejections`, pruned by :attr:`IndexConfig.rejected_retention_days`).
-Readers: ``lanalyze mail ls/show`` and the console use the read API below (search with
-filters and paging, counts over time, one message, rejections), so no other module writes SQL
-against these tables.
+Queue administration (:mod:`lanalyze.mail.queueadmin`) records what an operator did
+(:meth:`MessageIndex.record_admin`). Readers: ``lanalyze mail ls/show`` and the console use the
+read API below (search with filters and paging, counts over time, one message, rejections,
+the Maildir files a message was delivered to), so no other module writes SQL against these
+tables.
+
+Schema changes are additive (``CREATE TABLE IF NOT EXISTS``), so an index written by an
+older version opens and is brought up to date by the server; read-only readers of an index
+that lacks a newer table get empty answers for it (messages delivered before delivery paths
+were recorded have none).
 
 SQLite in WAL mode (readers never block the server) with ``synchronous=NORMAL``: the index is
 derived data, the queue files and Maildirs are the truth, so it does not pay an fsync per
@@ -20,7 +27,9 @@ Trust: rows hold the peers' text (addresses, HELO names, subjects); readers rend
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -73,6 +82,11 @@ CREATE TABLE IF NOT EXISTS rejections (
     reply TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS rejections_at ON rejections (at);
+CREATE TABLE IF NOT EXISTS delivered_files (
+    queue_id TEXT NOT NULL,
+    path TEXT NOT NULL,  -- relative to mail/maildirs/, as delivered: <folder>/new/<name>
+    PRIMARY KEY (queue_id, path)
+) WITHOUT ROWID;
 """
 
 STATUSES = ("queued", "delivered", "deferred", "hold", "deleted", "corrupt")
@@ -161,17 +175,38 @@ class Page:
     pages: int
 
 
+FILE_MODE = 0o600
+
+
+def _private_database(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would use 0644 under umask
+    022): SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode.
+    A database or its companions left wider by an older version are tightened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", FILE_MODE)
+
+
 class MessageIndex:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout=5000")
         else:
+            _private_database(path)
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # Before the first statement: a CLI or console writer opening the index while
+            # the server holds the write lock waits for it instead of failing.
+            self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-        self.db.execute("PRAGMA busy_timeout=5000")
         self.db.row_factory = sqlite3.Row
 
     @classmethod
@@ -233,9 +268,12 @@ class MessageIndex:
         self,
         updates: Iterable[tuple[str, str, int, str, list[str]]],
         envelopes: Iterable[Envelope] = (),
+        files: Iterable[tuple[str, str]] = (),
     ) -> None:
         """(queue_id, status, attempts, last_error, delivered_to) for each message; the
-        ``envelopes`` create rows an acceptor process has not written yet."""
+        ``envelopes`` create rows an acceptor process has not written yet; ``files`` are
+        (queue_id, path relative to ``mail/maildirs/``) of the copies delivered, kept over
+        every delivery round of a message (one round may deliver some recipients only)."""
         envelopes = list(envelopes)
         if envelopes:
             self.record_accepted(envelopes)
@@ -246,13 +284,25 @@ class MessageIndex:
             "updated_at=? WHERE queue_id=?",
             [(s, a, err, json.dumps(to), now, q) for q, s, a, err, to in updates],
         )
+        self.db.executemany(
+            "INSERT OR IGNORE INTO delivered_files (queue_id, path) VALUES (?, ?)", files
+        )
         self.db.execute("COMMIT")
 
-    def mark_deleted(self, queue_id: str) -> None:
-        self.db.execute(
-            "UPDATE messages SET status = 'deleted', updated_at = ? WHERE queue_id = ?",
-            (time.time(), queue_id),
+    def record_admin(self, changes: Iterable[tuple[str, str, str]]) -> None:
+        """(queue_id, status, note) of messages an operator held, released, requeued or
+        deleted, or found corrupt, in one transaction; a non-empty note replaces
+        ``last_error`` (what ``mail ls`` and the console show), attempts stay."""
+        rows = [(status, note, note, time.time(), q) for q, status, note in changes]
+        if not rows:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "UPDATE messages SET status=?, last_error=CASE WHEN ?='' THEN last_error ELSE ? END, "
+            "updated_at=? WHERE queue_id=?",
+            rows,
         )
+        self.db.execute("COMMIT")
 
     def record_rejections(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows in the order of :data:`REJECTION_FIELDS`, one transaction."""
@@ -282,8 +332,24 @@ class MessageIndex:
     # ---------------------------------------------------------------- reading
 
     def get(self, queue_id: str) -> dict[str, Any] | None:
+        """One message, with ``files``: the Maildir copies it was delivered to."""
         row = self.db.execute("SELECT * FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
-        return _message(row) if row is not None else None
+        if row is None:
+            return None
+        message = _message(row)
+        message["files"] = self.delivered_files(queue_id)
+        return message
+
+    def delivered_files(self, queue_id: str) -> list[str]:
+        """Where a message's copies were delivered, relative to ``mail/maildirs/`` (exactly
+        this message's: looked up by its queue id, never by searching message text)."""
+        try:
+            rows = self.db.execute(
+                "SELECT path FROM delivered_files WHERE queue_id=? ORDER BY path", (queue_id,)
+            ).fetchall()
+        except sqlite3.OperationalError:  # an index written before paths were recorded
+            return []
+        return [str(r[0]) for r in rows]
 
     def get_many(self, queue_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Rows of these messages by queue id (missing ones left out)."""

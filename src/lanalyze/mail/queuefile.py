@@ -25,7 +25,12 @@ used; a rename costs none of that. A recycled file that a power cut left with it
 contents is recognised by its trailer's queue ID, which is not its name (:func:`verify_message`).
 
 Trust: queue files are written by us; a damaged one (disk error, an operator's edit) is
-reported and moved to ``queue/corrupt/``, never delivered half.
+reported and moved to ``queue/corrupt/``, never delivered half. A queue id that comes from an
+operator (CLI, console) is checked with :func:`valid_queue_id` before it is joined to a path.
+
+Files hold senders, recipients and message text: directories are created 0700 and files 0600
+whatever the umask (:func:`private_dir`, ``os.open(..., 0o600)``), and :meth:`Layout.create`
+tightens what an older version left more open.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import fcntl
 import json
 import os
 import random
+import re
+import stat
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -45,6 +52,47 @@ from typing import Any
 
 FOOTER_LEN = 11  # b"%010d\n"
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "free")
+# Queues a message can be found in (incoming/ is never acknowledged, free/ holds no message).
+MESSAGE_QUEUES = ("active", "deferred", "hold", "corrupt")
+_QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}\Z")
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def valid_queue_id(text: str) -> bool:
+    """The one rule for a queue id given by an operator: 1-64 ASCII letters and digits (ours
+    are hex digits and letters), so it can never name another directory (``..``, ``/``) or a
+    spool's temporary (``.rw``). ``str.isalnum`` would also let Unicode letters through."""
+    return _QUEUE_ID.match(text) is not None
+
+
+def private_dir(path: Path) -> None:
+    """``mkdir -p`` with every directory it creates 0700 whatever the umask (``os.makedirs``
+    gives intermediate directories the umask's mode); existing ones are left as they are."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:  # another process or thread made it meanwhile
+            continue
+        # mkdir's mode is masked by the umask; a umask never adds bits, but one that removed
+        # the owner's would leave a directory we cannot use: set it outright.
+        os.chmod(directory, DIR_MODE)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Drop group and other bits an older version (or an umask) left on ``path``."""
+    try:
+        current = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
+        if current & 0o077:
+            os.chmod(path, mode, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
 
 
 class CorruptQueueFile(Exception):
@@ -204,7 +252,10 @@ def fsync_dir(path: Path) -> None:
 def rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> None:
     """Durably replace a queue file's trailer (delivery progress, retry count), moving it."""
     tmp = path.parent.parent / "incoming" / (path.name + ".rw")
-    with path.open("rb") as src, tmp.open("wb") as dst:
+    # 0600 even over a temporary an older version or a crash left with a wider mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    with path.open("rb") as src, os.fdopen(fd, "wb") as dst:
         remaining = length
         while remaining:
             block = src.read(min(remaining, 1 << 20))
@@ -346,16 +397,30 @@ class Layout:
         return self.queue / name
 
     def create(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """The directories, 0700; directories and queue files an older version made
+        group- or world-readable are tightened (Maildir files were always 0600)."""
+        private_dir(self.root)
         mark_top_directory(self.root)
+        for directory in (self.root, self.queue, self.maildirs):
+            private_dir(directory)
+            tighten(directory, DIR_MODE)
         for name in QUEUE_DIRS:
-            self.q(name).mkdir(parents=True, exist_ok=True)
-        self.maildirs.mkdir(parents=True, exist_ok=True)
+            private_dir(self.q(name))
+            tighten(self.q(name), DIR_MODE)
+            if name != "incoming":  # emptied at start anyway
+                with os.scandir(self.q(name)) as entries:
+                    for entry in entries:
+                        if entry.is_file(follow_symlinks=False):
+                            tighten(Path(entry.path), FILE_MODE)
+        if self.maildirs.is_dir():
+            for mailbox in self.maildirs.iterdir():  # the mailboxes, not every file in them
+                if mailbox.is_dir() and not mailbox.is_symlink():
+                    tighten(mailbox, DIR_MODE)
 
     def find(self, queue_id: str) -> Path | None:
-        if not queue_id.isalnum():
+        if not valid_queue_id(queue_id):
             return None
-        for name in ("active", "deferred", "hold", "corrupt"):
+        for name in MESSAGE_QUEUES:
             path = self.q(name) / queue_id
             if path.exists():
                 return path

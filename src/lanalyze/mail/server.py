@@ -294,7 +294,8 @@ class MailServer:
             for o in outcomes
         ]
         envelopes = [o.envelope for o in outcomes if o.envelope is not None]
-        self.index.set_status(updates, envelopes)
+        files = [(o.queue_id, path) for o in outcomes for path in o.files]
+        self.index.set_status(updates, envelopes, files)
 
     async def _sweep(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """A self-signed certificate and key for trying STARTTLS and implicit TLS out.
 
 Made with the ``cryptography`` package (ECDSA P-256, SHA-256, subjectAltName = the host
-name, as RFC 6125 wants). For production use a certificate from a real CA.
+name, as RFC 6125 wants). For production use a certificate from a real CA. The key file is
+0600 whether it is new or written over an existing file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def write_selfsigned(cert_path: Path, key_path: Path, hostname: str, days: int =
         serialization.NoEncryption(),
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # open()'s mode applies only to a file it creates: a key written over an existing
+    # (perhaps world-readable) file would keep that file's mode.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,13 +1,16 @@
 """The console's read side of the mail pipeline: search the message index, find a message's
-bytes, summarise the queue, and the two queue actions (retry, delete).
+bytes, summarise the queue, and the queue actions (retry, hold, release, delete).
 
 The mail server owns the index (:mod:`lanalyze.mail.index`, SQLite in WAL mode); every query
 here goes through that module's read API (search with filters and paging, counts over time,
 one message, rejections), opened read-only per call, so the schema lives in one module and
 every value the user typed stays a parameter. The queue and Maildir layout are
-:mod:`lanalyze.mail.queuefile`'s. Queue actions use the queue's file protocol: *retry* moves
-the file back to ``queue/active/`` (the queue manager's scanner picks it up), *delete* removes
-it and marks the index row ``deleted``.
+:mod:`lanalyze.mail.queuefile`'s. Queue listing and actions are
+:class:`~lanalyze.mail.queueadmin.QueueAdmin`'s, the same as ``lanalyze mail queue``'s (one
+queue-id rule, one index update; its docstring has the rules). A delivered message's bytes
+are read from the Maildir files the index recorded for it
+(:func:`~lanalyze.mail.delivery.maildir.find_delivered`): exactly that message's, never one
+found by searching message text.
 
 Trust: index rows and messages are the peers' data (addresses, subjects, bodies): they are
 only ever rendered escaped, and a message is parsed with the standard library's ``email``
@@ -21,37 +24,26 @@ import email
 import email.header
 import email.policy
 import email.utils
-import os
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from lanalyze.mail.index import (
-    COUNT_SERIES,
-    VERDICTS,
-    MessageIndex,
-    MessageQuery,
-    Page,
-    RejectionQuery,
-    is_forged,
+from lanalyze.mail.delivery.maildir import find_delivered
+from lanalyze.mail.index import COUNT_SERIES, MessageIndex, MessageQuery, Page, RejectionQuery
+from lanalyze.mail.queueadmin import QueueAdmin, Report
+from lanalyze.mail.queuefile import (
+    CorruptQueueFile,
+    Layout,
+    read_envelope,
+    read_message,
+    valid_queue_id,
 )
-from lanalyze.mail.queuefile import CorruptQueueFile, Layout, read_envelope, read_message
-
-__all__ = ["VERDICTS", "MailQuery", "MailStore", "RejectionQuery", "SearchResult", "is_forged"]
 
 PAGE_SIZE = 50
 RAW_LIMIT = 2 * 1024 * 1024
-HEADER_PEEK = 16 * 1024
-QUEUE_STATUSES = ("queued", "deferred", "hold")
 COUNT_COLOURS = {"accepted": "#1f77b4", "rejected": "#7f7f7f", "forged": "#d62728"}
-_QUEUE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
-
-# The console's names for the index's query and page types.
-MailQuery = MessageQuery
-SearchResult = Page
 
 
 @dataclass
@@ -76,13 +68,14 @@ class ParsedMessage:
 class MailStore:
     def __init__(self, data_dir: Path) -> None:
         self.layout = Layout(data_dir)
+        self.admin = QueueAdmin(self.layout)
 
     # --- the index -------------------------------------------------------------------------
 
     def _index(self) -> MessageIndex | None:
         return MessageIndex.open_readonly(self.layout.index)
 
-    def search(self, query: MailQuery) -> SearchResult:
+    def search(self, query: MessageQuery) -> Page:
         index = self._index()
         if index is None:
             return Page([], 0, 1, 1)
@@ -113,7 +106,7 @@ class MailStore:
             return index.rejection_reasons()
 
     def get(self, queue_id: str) -> dict[str, Any] | None:
-        if not _QUEUE_ID.match(queue_id):
+        if not valid_queue_id(queue_id):
             return None
         index = self._index()
         if index is None:
@@ -125,26 +118,18 @@ class MailStore:
                 return None
 
     def queue(self) -> list[dict[str, Any]]:
-        """Messages waiting in the queue: index rows, completed from the queue files."""
-        found: dict[str, dict[str, Any]] = {}
-        listing: list[tuple[str, str, str]] = []
-        for status, directory in (("queued", "active"), ("deferred", "deferred"), ("hold", "hold")):
-            try:
-                names = os.listdir(self.layout.q(directory))
-            except FileNotFoundError:
-                continue
-            listing += [(status, directory, n) for n in names if _QUEUE_ID.match(n)]
+        """Messages in the queue (corrupt ones too, with no actions): index rows, completed
+        from the queue files."""
+        listing = self.admin.entries()
         known: dict[str, dict[str, Any]] = {}
         index = self._index()
         if index is not None:
             with index, contextlib.suppress(sqlite3.Error):
-                known = index.get_many([name for _, _, name in listing])
-        for status, directory, name in listing:
-            row = known.get(name) or {"queue_id": name}
-            try:
-                envelope, _ = read_envelope(self.layout.q(directory) / name)
-            except (OSError, CorruptQueueFile):
-                envelope = None
+                known = index.get_many([entry.queue_id for entry in listing])
+        rows = []
+        for entry in listing:
+            row = known.get(entry.queue_id) or {"queue_id": entry.queue_id}
+            envelope = entry.envelope
             if envelope is not None:
                 row.update(
                     mail_from=envelope.mail_from,
@@ -155,9 +140,11 @@ class MailStore:
                     size=envelope.size or row.get("size", 0),
                     subject=row.get("subject") or envelope.subject,
                 )
-            row["status"] = status
-            found[name] = row
-        return sorted(found.values(), key=lambda r: r.get("received_at", 0), reverse=True)
+            else:
+                row["last_error"] = entry.error
+            row["status"] = entry.status
+            rows.append(row)
+        return sorted(rows, key=lambda r: r.get("received_at", 0), reverse=True)
 
     def counts(self, since: float, until: float, bucket: int) -> dict[str, Any]:
         """Accepted, rejected and forged per bucket of ``bucket`` seconds, as chart data."""
@@ -187,8 +174,8 @@ class MailStore:
     # --- message bytes ------------------------------------------------------------------------
 
     def raw(self, queue_id: str) -> bytes | None:
-        """The message as stored: the queue file while queued, else its Maildir copy."""
-        if not _QUEUE_ID.match(queue_id):
+        """The message as stored: the queue file while queued, else its delivered copy."""
+        if not valid_queue_id(queue_id):
             return None
         path = self.layout.find(queue_id)
         if path is not None:
@@ -201,58 +188,42 @@ class MailStore:
         found = self._maildir_file(queue_id)
         if found is None:
             return None
-        with found.open("rb") as handle:
-            return handle.read(RAW_LIMIT).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        try:
+            with found.open("rb") as handle:
+                data = handle.read(RAW_LIMIT)
+        except OSError:  # the mail reader moved or expunged it meanwhile
+            return None
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
     def _maildir_file(self, queue_id: str) -> Path | None:
-        """Delivered copies carry our Received line with ``id <queue id>`` in their header."""
-        marker = f" id {queue_id}".encode()
-        root = self.layout.maildirs
-        if not root.is_dir():
+        """The first delivered copy the index recorded for this message that still exists
+        (new/ or, once a mail reader has seen it, cur/)."""
+        index = self._index()
+        if index is None:
             return None
-        for directory, _subdirs, files in os.walk(root):
-            if os.path.basename(directory) not in ("new", "cur"):
-                continue
-            for name in files:
-                path = Path(directory) / name
-                try:
-                    with path.open("rb") as handle:
-                        head = handle.read(HEADER_PEEK)
-                except OSError:
-                    continue
-                end = head.find(b"\n\n")
-                if marker in (head if end < 0 else head[:end]):
-                    return path
+        with index:
+            try:
+                files = index.delivered_files(queue_id)
+            except sqlite3.Error:
+                return None
+        for relative in files:
+            found = find_delivered(self.layout.maildirs, relative)
+            if found is not None:
+                return found
         return None
 
     # --- queue actions ------------------------------------------------------------------------
 
-    def retry(self, queue_id: str) -> bool:
-        if not _QUEUE_ID.match(queue_id):
-            return False
-        for directory in ("deferred", "hold"):
-            source = self.layout.q(directory) / queue_id
-            if source.exists():
-                try:
-                    os.replace(source, self.layout.q("active") / queue_id)
-                except OSError:
-                    return False
-                return True
-        return False
-
-    def delete(self, queue_id: str) -> bool:
-        if not _QUEUE_ID.match(queue_id):
-            return False
-        path = self.layout.find(queue_id)
-        if path is None or path.parent.name == "corrupt":
-            return False
-        try:
-            path.unlink()
-        except OSError:
-            return False
-        with contextlib.suppress(sqlite3.Error), MessageIndex(self.layout.index) as index:
-            index.mark_deleted(queue_id)
-        return True
+    def queue_action(self, action: str, queue_id: str) -> Report:
+        """``retry`` (requeue), ``hold``, ``release`` or ``delete`` one message; the
+        console never deletes corrupt files (they are kept for the administrator)."""
+        run = {
+            "retry": self.admin.requeue,
+            "hold": self.admin.hold,
+            "release": self.admin.release,
+            "delete": self.admin.delete,
+        }[action]
+        return run([queue_id])
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -10,6 +10,11 @@ partial one in ``new/``; at worst a message is delivered twice (at-least-once, a
 Lines are stored with LF endings, ``Return-Path`` and ``Delivered-To`` are added in front
 of the ``Received`` and ``Authentication-Results`` lines recorded at acceptance. A message
 quarantined by the authentication policy goes to the Maildir++ folder ``.Junk``.
+Directories are created 0700 and files 0600 whatever the umask (they hold other people's mail).
+
+Each delivered copy's path (``<folder>/new/<name>``, relative to ``mail/maildirs/``) goes back
+in the :class:`Outcome` to the message index, so the console finds a delivered message by its
+own path (:func:`find_delivered`), exactly, and never by searching message text a peer wrote.
 
 Runs in worker threads (blocking file I/O). Trust: queue files are ours; mailbox names come
 from the configuration, never from a peer.
@@ -26,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanalyze.mail.queuefile import (
+    FILE_MODE,
     CorruptQueueFile,
     Envelope,
     Layout,
     Recycler,
     Syncer,
     fsync_dir,
+    private_dir,
     read_queue_file,
     rewrite,
     verify_message,
@@ -48,6 +55,7 @@ class Outcome:
     envelope: Envelope | None = None
     error: str = ""
     delivered_to: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # copies written, relative to maildirs/
 
 
 def maildir_name(size: int) -> str:
@@ -59,16 +67,43 @@ def maildir_name(size: int) -> str:
 
 def ensure_maildir(path: Path) -> None:
     for sub in ("tmp", "new", "cur"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(path / sub)
+
+
+def find_delivered(maildirs: Path, relative: str) -> Path | None:
+    """The file a copy recorded as ``<folder>/new/<name>`` is now, or None.
+
+    A mail reader moves a message it has seen from ``new/`` to ``cur/`` and appends its
+    flags after a colon (``<name>:2,S``, maildir(5)); the unique name before the colon stays,
+    so ``cur/`` is searched for exactly that name. Nothing else is matched: a message the
+    user moved to another folder or deleted is not found.
+    """
+    parts = Path(relative).parts
+    if len(parts) < 3 or parts[-2] != "new" or ".." in parts or Path(relative).is_absolute():
+        return None  # not a path we record
+    folder = maildirs.joinpath(*parts[:-2])
+    name = parts[-1]
+    fresh = folder / "new" / name
+    if fresh.is_file():
+        return fresh
+    try:
+        with os.scandir(folder / "cur") as entries:
+            for entry in entries:
+                if entry.name.split(":", 1)[0] == name and entry.is_file(follow_symlinks=False):
+                    return Path(entry.path)
+    except OSError:
+        return None
+    return None
 
 
 class MaildirDelivery:
     def __init__(self, layout: Layout, syncer: Syncer | None = None) -> None:
         self.layout = layout
         self.syncer = syncer or Syncer("fsync")
-        # (mailbox, junk) -> the folder's tmp/ and new/; strings, not Paths, on the
-        # per-message path (pathlib costs tens of microseconds per operation).
-        self._folders: dict[tuple[str, bool], tuple[str, str]] = {}
+        # (mailbox, junk) -> the folder's tmp/ and new/, and new/ relative to maildirs/;
+        # strings, not Paths, on the per-message path (pathlib costs tens of microseconds
+        # per operation).
+        self._folders: dict[tuple[str, bool], tuple[str, str, str]] = {}
         self.recycler = Recycler(layout)
         self._corrupt = str(layout.q("corrupt"))
 
@@ -76,15 +111,16 @@ class MaildirDelivery:
         path = self.layout.maildirs / mailbox
         return path / ".Junk" if junk else path
 
-    def _dirs(self, mailbox: str, junk: bool) -> tuple[str, str]:
+    def _dirs(self, mailbox: str, junk: bool) -> tuple[str, str, str]:
         key = (mailbox, junk)
         dirs = self._folders.get(key)
         if dirs is None:
             path = self.folder(mailbox, junk)
             ensure_maildir(path)
             if junk:
-                (path / "maildirfolder").touch()
-            dirs = self._folders[key] = (str(path / "tmp"), str(path / "new"))
+                os.close(os.open(path / "maildirfolder", os.O_WRONLY | os.O_CREAT, FILE_MODE))
+            relative = os.path.join(os.path.relpath(path, self.layout.maildirs), "new")
+            dirs = self._folders[key] = (str(path / "tmp"), str(path / "new"), relative)
         return dirs
 
     def deliver_batch(self, names: list[str]) -> list[Outcome]:
@@ -120,11 +156,13 @@ class MaildirDelivery:
                     for mailbox in envelope.local[recipient]:
                         if mailbox in done_mailboxes:
                             continue
-                        tmp_dir, new_dir = self._dirs(mailbox, junk)
+                        tmp_dir, new_dir, relative = self._dirs(mailbox, junk)
                         lead = (
                             f"Return-Path: <{envelope.mail_from}>\nDelivered-To: {mailbox}\n"
                         ).encode("utf-8", "surrogateescape")
-                        renames.append(self._write(tmp_dir, new_dir, (lead, head, body)))
+                        tmp, final = self._write(tmp_dir, new_dir, (lead, head, body))
+                        renames.append((tmp, final))
+                        outcome.files.append(os.path.join(relative, os.path.basename(final)))
                         new_dirs.add(new_dir)
                         done_mailboxes.add(mailbox)
                     del envelope.local[recipient]

@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from lanalyze.mail.index import VERDICTS, MessageQuery, RejectionQuery
 from lanalyze.web.mailexplain import explain, warnings
-from lanalyze.web.mailstore import VERDICTS, MailQuery, MailStore, RejectionQuery, parse_message
+from lanalyze.web.mailstore import MailStore, parse_message
 from lanalyze.web.pages.flows import REFRESH, format_utc_minute, parse_utc_minute
 from lanalyze.web.security import MESSAGE_CSP
 from lanalyze.web.templating import render
@@ -128,7 +129,7 @@ def _store(request: Request) -> MailStore:
     return MailStore(request.app.state.console.data_dir)
 
 
-def _query(request: Request) -> tuple[MailQuery, dict[str, str], Window]:
+def _query(request: Request) -> tuple[MessageQuery, dict[str, str], Window]:
     params = request.query_params
     form = {
         "sender": params.get("sender", "")[:200],
@@ -142,7 +143,7 @@ def _query(request: Request) -> tuple[MailQuery, dict[str, str], Window]:
     page = int(page_text) if page_text.isdigit() else 1
     window = _window(params, time.time())
     form.update(window.params, refresh=_refresh(params))
-    query = MailQuery(
+    query = MessageQuery(
         sender=form["sender"].strip(),
         recipient=form["recipient"].strip(),
         subject=form["subject"].strip(),
@@ -295,7 +296,7 @@ async def queue_page(request: Request) -> Response:
     rows, series = await asyncio.gather(
         asyncio.to_thread(store.queue), asyncio.to_thread(store.counts, now - 86400, now, 3600)
     )
-    counts: dict[str, int] = {"queued": 0, "deferred": 0, "hold": 0}
+    counts: dict[str, int] = {"queued": 0, "deferred": 0, "hold": 0, "corrupt": 0}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return render(
@@ -306,21 +307,31 @@ async def queue_page(request: Request) -> Response:
             "counts": counts,
             "series": series,
             "done": request.query_params.get("done", ""),
+            "done_texts": DONE_TEXTS,
         },
     )
+
+
+QUEUE_ACTIONS = ("retry", "hold", "release", "delete")
+# What the queue page says after an action, by QueueAdmin's outcome word.
+DONE_TEXTS = {
+    "ok": "done",
+    "not_found": "the message is not in a queue this action applies to",
+    "corrupt": "its queue file is corrupt; it was moved to queue/corrupt/ and not changed",
+    "invalid": "not a queue id",
+    "failed": "the queue file could not be moved or removed",
+}
 
 
 async def queue_action(request: Request) -> Response:
     store = _store(request)
     queue_id = str(request.path_params["queue_id"])
     action = str(request.path_params["action"])
-    if action == "retry":
-        ok = await asyncio.to_thread(store.retry, queue_id)
-    elif action == "delete":
-        ok = await asyncio.to_thread(store.delete, queue_id)
-    else:
+    if action not in QUEUE_ACTIONS:
         raise HTTPException(404, "no such action")
-    outcome = f"{action}:{queue_id}:{'ok' if ok else 'gone'}"
+    report = await asyncio.to_thread(store.queue_action, action, queue_id)
+    result = report.results[0]
+    outcome = f"{action}:{queue_id}:{'ok' if result.ok else result.outcome}"
     return RedirectResponse("/mail/queue?" + urlencode({"done": outcome}), status_code=303)
 
 
