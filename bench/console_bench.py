@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lanalyze.flows import catalogue  # noqa: E402
+from lanalyze.flows.store.paths import flow_dir  # noqa: E402
+from lanalyze.flows.store.writer import SegmentWriter  # noqa: E402
 from lanalyze.web.auth import hash_password  # noqa: E402
 
 HOUR_MS = 3_600_000
@@ -75,6 +76,7 @@ def generate(data_dir: Path, flows: int, days: int, now_ms: int) -> None:
     rng = np.random.default_rng(1)
     hours = days * 24
     per_hour = flows // hours
+    writer = SegmentWriter(flow_dir(data_dir), "bench", compression="zstd")
     base_client = int(ipaddress.IPv4Address("10.0.0.0"))
     base_server = int(ipaddress.IPv4Address("198.18.0.0"))
     exporters = _mapped_v4(
@@ -110,21 +112,17 @@ def generate(data_dir: Path, flows: int, days: int, now_ms: int) -> None:
         batch["packets"][:] = rng.integers(1, 500, rows)
         batch["bytes"][:] = batch["packets"] * rng.integers(60, 1500, rows)
         batch["tcp_flags"][:] = np.where(protos[service] == 6, 0x1B, 0)
-        name = time.strftime("%Y%m%d%H", time.gmtime(start / 1000))
-        directory = data_dir / "flows" / "raw" / name
-        directory.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_batches([catalogue.to_record_batch(batch)])
-        pq.write_table(table, directory / f"{int(received[0])}-bench-0.parquet", compression="zstd")
+        writer.write(pa.Table.from_batches([catalogue.to_record_batch(batch)]))
 
 
 def build_rollups(data_dir: Path) -> str:
     try:
         from lanalyze.flows.config import RollupConfig
-        from lanalyze.flows.rollup import RollupMaintainer
+        from lanalyze.flows.store.rollup import RollupMaintainer
     except ImportError as exc:
         return f"no rollups ({exc})"
     config = RollupConfig(raw_max_age=0)
-    maintainer = RollupMaintainer(config, data_dir / "flows")
+    maintainer = RollupMaintainer(config, flow_dir(data_dir))
     started = time.perf_counter()
     done = maintainer.run_once()
     maintainer.release()

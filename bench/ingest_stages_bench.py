@@ -41,7 +41,7 @@ import numpy as np
 from lanalyze.flows.decode import FlowDecoder, Packet
 from lanalyze.flows.receive import BatchReceiver, open_udp
 from lanalyze.flows.recvmmsg import SLOT_STRIDE
-from lanalyze.flows.store import SegmentWriter
+from lanalyze.flows.store.writer import SegmentWriter
 from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
 
 STAGES = ("decode", "arrow", "encode", "fsync")

@@ -41,21 +41,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from lanalyze.flows import catalogue  # noqa: E402
-from lanalyze.flows.config import RollupConfig  # noqa: E402
+from lanalyze.flows.config import QueryConfig, RollupConfig  # noqa: E402
 from lanalyze.flows.decode.v5 import HEADER as V5_HEADER  # noqa: E402
 from lanalyze.flows.query import reports  # noqa: E402
-from lanalyze.flows.query.layout import (  # noqa: E402
+from lanalyze.flows.store.layout import (  # noqa: E402
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
     ROLLUP_TABLES,
     Manifest,
     bucket_key,
-    part_path,
     write_manifest,
 )
-from lanalyze.flows.query.synthetic import v4_addresses, write_segment  # noqa: E402
-from lanalyze.flows.rollup import RollupMaintainer  # noqa: E402
+from lanalyze.flows.store.paths import part_path  # noqa: E402
+from lanalyze.flows.store.rollup import RollupMaintainer  # noqa: E402
+from lanalyze.flows.store.synthetic import to_table, v4_addresses  # noqa: E402
+from lanalyze.flows.store.writer import SegmentWriter  # noqa: E402
 
 RATE = 10_000  # flows per second of receive time
 CHUNK = 1_000_000
@@ -182,7 +183,8 @@ def build(work: Path, flows: int) -> None:
     time.sleep(1.0)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     began = time.perf_counter()
-    seq = 0
+    # The collector's own writer: the stored flows are what a collector would have stored.
+    store = SegmentWriter(lan / "flows", "bench", compression="lz4")
     for index in range(0, flows, CHUNK):
         rows = min(CHUNK, flows - index)
         columns = chunk_columns(index, rows, start_ms)
@@ -195,12 +197,7 @@ def build(work: Path, flows: int) -> None:
             while udp_queue_bytes(port) > 500_000:
                 time.sleep(0.0005)
         del columns["_src_u32"], columns["_dst_u32"]
-        hours = columns["time_received"] // np.uint64(HOUR_MS)
-        for hour in np.unique(hours):
-            mask = hours == hour
-            part = {name: values[mask] for name, values in columns.items()}
-            write_segment(lan / "flows", part, writer="bench", seq=seq, compression="lz4")
-            seq += 1
+        store.write(to_table(columns))  # one segment per hour, as the collector writes
         print(f"  {index + rows:,} flows generated", end="\r", flush=True)
     while udp_queue_bytes(port) > 0:
         time.sleep(0.05)
@@ -273,7 +270,7 @@ def compare(work: Path, runs: int) -> None:
     since = meta["start_ms"]
     until = since + meta["flows"] * 1000 // RATE + HOUR_MS
     until += HOUR_MS - until % HOUR_MS
-    reports.configure(2)
+    reports.apply_config(QueryConfig(threads=2))
     lanalyze_top(flow_dir, since, until, raw=False)  # warm: imports, first connection
     times: dict[str, list[float]] = {"nfdump": [], "warm": [], "raw": [], "cli": []}
     plan = ""
@@ -433,7 +430,7 @@ def console_30d(work: Path, runs: int) -> None:
     now = build_30d(work)
     flow_dir = work / "console30d" / "flows"
     since, until = now - 30 * DAY_MS, now
-    reports.configure(2)
+    reports.apply_config(QueryConfig(threads=2))
     cases = [
         ("top srcip", lambda: reports.top(flow_dir, "srcip", since=since, until=until)),
         ("top dstip", lambda: reports.top(flow_dir, "dstip", since=since, until=until)),

@@ -28,16 +28,16 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from lanalyze.flows import catalogue  # noqa: E402
 from lanalyze.flows.config import RollupConfig  # noqa: E402
-from lanalyze.flows.query.layout import HOUR_MS, hour_name, raw_dir  # noqa: E402
-from lanalyze.flows.query.synthetic import random_flows  # noqa: E402
-from lanalyze.flows.rollup import RollupMaintainer  # noqa: E402
+from lanalyze.flows.store.layout import HOUR_MS  # noqa: E402
+from lanalyze.flows.store.rollup import RollupMaintainer  # noqa: E402
+from lanalyze.flows.store.synthetic import random_flows  # noqa: E402
+from lanalyze.flows.store.writer import SegmentWriter  # noqa: E402
 
 PEER_RATE = 3.0e6  # nfcapd, v5, lossless, flows/s (docs/performance.md, Flow ingest)
 PEER_CPU_RATE = 1 / 0.27e-6  # nfcapd, flows per CPU second at that rate
@@ -60,6 +60,10 @@ def generate(raw_copy: Path, flows: int, rate: int) -> dict[str, object]:
     written = 0
     seq = 0
     schema = catalogue.arrow_schema()
+    # The collector's own writer (its encodings included), one per worker as in the collector.
+    writers = [
+        SegmentWriter(raw_copy, f"w{worker}xbench", compression="lz4") for worker in range(WORKERS)
+    ]
     for second in range(seconds):
         for worker in range(WORKERS):
             rows = min(per_segment, flows - written)
@@ -76,17 +80,7 @@ def generate(raw_copy: Path, flows: int, rate: int) -> dict[str, object]:
                 exporters=4,
             )
             table = pa.Table.from_batches([catalogue.to_record_batch(columns)], schema=schema)
-            first = int(columns["time_received"].min())
-            directory = raw_dir(raw_copy) / hour_name(first)
-            directory.mkdir(parents=True, exist_ok=True)
-            pq.write_table(
-                table,
-                directory / f"{first}-w{worker}xbench-{seq:06d}.parquet",
-                compression="lz4",
-                row_group_size=1_000_000,
-                use_dictionary=False,
-                write_statistics=["time_received", "time_start", "time_end"],
-            )
+            writers[worker].write(table)
             written += rows
             seq += 1
     info = {"flows": written, "segments": seq, "seconds": seconds}

@@ -95,3 +95,31 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "no such configuration file" in result.stderr
+
+
+def test_report_settings_moved_to_flows_query() -> None:
+    """The old ``flows.rollup.query_*`` keys still load, into ``[flows.query]``; the new keys
+    win where both are set, and a dump names only the new ones."""
+    old = parse_config("[flows.rollup]\nquery_threads = 3\nquery_max_raw_bytes = 1000\n")
+    assert (old.flows.query.threads, old.flows.query.max_raw_bytes) == (3, 1000)
+    assert old.flows.deprecated_keys() == [
+        ("flows.rollup.query_threads", "flows.query.threads"),
+        ("flows.rollup.query_max_raw_bytes", "flows.query.max_raw_bytes"),
+    ]
+    assert "query_threads" not in dump_config(old)
+    assert parse_config(dump_config(old)).flows.query == old.flows.query
+    both = parse_config("[flows.rollup]\nquery_threads = 3\n[flows.query]\nthreads = 5\n")
+    assert both.flows.query.threads == 5
+    assert parse_config("").flows.deprecated_keys() == []
+
+
+def test_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "old.toml"
+    config.write_text("[flows.rollup]\nquery_threads = 3\n")
+    result = subprocess.run(
+        [*lanalyze_cmd(), "--config", str(config), "config", "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "flows.rollup.query_threads is deprecated, use flows.query.threads" in result.stderr

@@ -38,6 +38,10 @@ class AppContext:
             except ConfigError as exc:
                 click.echo(f"configuration error:\n{exc}", err=True)
                 sys.exit(EXIT_CONFIG)
+            # On stderr, not the log: every command loads the configuration before it sets
+            # logging up, and `config check` must show it too.
+            for old, new in self._config.flows.deprecated_keys():
+                click.echo(f"configuration warning: {old} is deprecated, use {new}", err=True)
         return self._config
 
 

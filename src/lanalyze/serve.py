@@ -25,24 +25,29 @@ def build_components(config: Config) -> list[Component]:
     components: list[Component] = []
     if config.flows.enabled:
         from lanalyze.flows.collector import FlowCollector
+        from lanalyze.flows.store.paths import flow_dir
 
         components.append(FlowCollector(config.flows, config.general.data_path))
         if config.flows.rollup.enabled:
-            from lanalyze.flows.rollup import RollupMaintainer
+            from lanalyze.flows.store.rollup import RollupMaintainer
 
             components.append(
-                RollupMaintainer(config.flows.rollup, config.general.data_path / "flows")
+                RollupMaintainer(config.flows.rollup, flow_dir(config.general.data_path))
             )
         if config.flows.snmp.enabled:
             from lanalyze.flows.snmp import SnmpPoller
 
-            components.append(SnmpPoller(config.flows.snmp, config.general.data_path / "flows"))
+            components.append(SnmpPoller(config.flows.snmp, flow_dir(config.general.data_path)))
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
         components.append(MailServer(config.mail, config.general))
     if config.web.enabled:
+        from lanalyze.flows.query import reports
         from lanalyze.web.app import WebServer
+
+        # The console and API answer flow reports in this process: with [flows.query].
+        reports.apply_config(config.flows.query)
 
         components.append(WebServer(config.web, config.general.data_path))
     return components

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from lanalyze.flows.query import reports
-from lanalyze.flows.query.synthetic import random_flows, write_flows
+from lanalyze.flows.store.synthetic import random_flows, write_flows
 from lanalyze.web import api_flows, api_mail
 from tests.web.helpers import log_in, make_app
 

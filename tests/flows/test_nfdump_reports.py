@@ -23,7 +23,7 @@ import pytest
 
 from lanalyze.flows.config import RollupConfig
 from lanalyze.flows.query import reports
-from lanalyze.flows.rollup import RollupMaintainer
+from lanalyze.flows.store.rollup import RollupMaintainer
 from tests.conftest import free_port, lanalyze_cmd, require_tool
 from tests.flows.test_collect import Collector, start_collector, stored, wait_until
 from tests.flows.test_softflowd import nfcapd_collect, replay, write_capture

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lanalyze.flows.config import QueryConfig
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.dimensions import DimensionError
 from lanalyze.flows.query.filterlang import FilterError
-from lanalyze.flows.query.synthetic import random_flows, write_flows
 from lanalyze.flows.query.timespec import TimeError, auto_bucket, parse_time
+from lanalyze.flows.store.synthetic import random_flows, write_flows
 from tests.conftest import lanalyze_cmd
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000  # an hour boundary
@@ -281,12 +282,12 @@ def test_cli_filter_error_shows_caret(store) -> None:
 
 def test_a_huge_raw_scan_is_refused(store) -> None:
     data, _ = store
-    reports.configure(2, max_raw_bytes=1000)
+    reports.apply_config(QueryConfig(max_raw_bytes=1000))
     try:
         with pytest.raises(reports.ReportError, match="GiB of raw flows"):
             reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
     finally:
-        reports.configure(2, max_raw_bytes=8 * 2**30)
+        reports.apply_config(QueryConfig())
 
 
 def test_drill_down_reports_share_one_filtered_scan(store, monkeypatch) -> None:
@@ -325,3 +326,23 @@ def test_drill_down_reports_share_one_filtered_scan(store, monkeypatch) -> None:
     again = page()
     assert from_files == first == again
     assert reads and not any(reads)  # the second visit read no file
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["[flows.query]\nmax_raw_bytes = 1000\n", "[flows.rollup]\nquery_max_raw_bytes = 1000\n"],
+)
+def test_query_section_reaches_the_console_without_a_maintainer(store, section: str) -> None:
+    """``lanalyze serve`` applies [flows.query] for its console and API: it used to reach
+    them only through a rollup maintainer's start() in the same process."""
+    from lanalyze.config import parse_config
+    from lanalyze.serve import build_components
+
+    data, _ = store
+    config = parse_config(f"[flows]\nenabled = false\n[mail]\nenabled = false\n{section}")
+    try:
+        assert [c.name for c in build_components(config)] == ["web"]
+        with pytest.raises(reports.ReportError, match="GiB of raw flows"):
+            reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
+    finally:
+        reports.apply_config(QueryConfig())

@@ -11,15 +11,15 @@ import pytest
 
 from lanalyze.flows.config import RollupConfig
 from lanalyze.flows.query import reports
-from lanalyze.flows.query.layout import (
+from lanalyze.flows.store.layout import (
     COMPACT_TAG,
     list_raw_files,
     list_raw_hours,
-    raw_dir,
     read_manifest,
 )
-from lanalyze.flows.query.synthetic import random_flows, write_flows
-from lanalyze.flows.rollup import RollupMaintainer
+from lanalyze.flows.store.paths import raw_dir
+from lanalyze.flows.store.rollup import RollupMaintainer
+from lanalyze.flows.store.synthetic import random_flows, write_flows
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % (24 * HOUR)  # midnight UTC

@@ -25,8 +25,8 @@ from starlette.testclient import TestClient
 from lanalyze import metrics
 from lanalyze.flows.config import FlowsConfig, SnmpConfig
 from lanalyze.flows.query import interfaces as interface_names
-from lanalyze.flows.query.synthetic import random_flows, v4_addresses, write_flows
 from lanalyze.flows.snmp import SnmpPoller, interface_table, poll_targets
+from lanalyze.flows.store.synthetic import random_flows, v4_addresses, write_flows
 from lanalyze.web import api_flows
 from tests.conftest import free_port, lanalyze_cmd, require_tool
 from tests.web.helpers import log_in, make_app

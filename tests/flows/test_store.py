@@ -12,15 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lanalyze.datadir import atomic_write_bytes
 from lanalyze.flows import catalogue
-from lanalyze.flows.store import (
-    HOUR_MS,
-    BackgroundWriter,
-    SegmentWriter,
-    atomic_write_bytes,
-    hour_name,
-    raw_dir,
-)
+from lanalyze.flows.store.layout import HOUR_MS, hour_name
+from lanalyze.flows.store.paths import flow_dir, raw_dir
+from lanalyze.flows.store.writer import BackgroundWriter, SegmentWriter
 
 NAME = re.compile(r"^(\d+)-([A-Za-z0-9]+)-(\d+)\.parquet$")
 
@@ -40,12 +36,12 @@ def flows_batch(received_ms: list[int]) -> pa.RecordBatch:
 
 
 def segments(data_dir: Path) -> list[Path]:
-    return sorted(raw_dir(data_dir).glob("*/*.parquet"))
+    return sorted(raw_dir(flow_dir(data_dir)).glob("*/*.parquet"))
 
 
 def test_segment_is_named_placed_and_readable(data_dir: Path) -> None:
     now = 1_700_000_000_123
-    writer = SegmentWriter(data_dir, "w0xabc")
+    writer = SegmentWriter(flow_dir(data_dir), "w0xabc")
     paths = writer.write([flows_batch([now, now + 5, now + 9])])
     assert paths == segments(data_dir)
     (path,) = paths
@@ -66,7 +62,7 @@ def test_segment_is_named_placed_and_readable(data_dir: Path) -> None:
 
 def test_batch_straddling_an_hour_is_split(data_dir: Path) -> None:
     start = (1_700_000_000_000 // HOUR_MS + 1) * HOUR_MS - 2
-    writer = SegmentWriter(data_dir, "w1")
+    writer = SegmentWriter(flow_dir(data_dir), "w1")
     paths = writer.write([flows_batch([start, start + 1, start + 2, start + 3])])
     assert len(paths) == 2
     for path in paths:
@@ -78,7 +74,7 @@ def test_batch_straddling_an_hour_is_split(data_dir: Path) -> None:
 
 
 def test_background_writer_stores_everything_submitted_before_close(data_dir: Path) -> None:
-    writer = BackgroundWriter(SegmentWriter(data_dir, "bg"), max_pending=2)
+    writer = BackgroundWriter(SegmentWriter(flow_dir(data_dir), "bg"), max_pending=2)
     writer.start()
     now = int(time.time() * 1000)
     for i in range(6):
@@ -87,7 +83,7 @@ def test_background_writer_stores_everything_submitted_before_close(data_dir: Pa
     assert writer.stats.rows == 60
     rows = (
         duckdb.connect()
-        .execute(f"select count(*) from read_parquet('{raw_dir(data_dir)}/*/*.parquet')")
+        .execute(f"select count(*) from read_parquet('{raw_dir(flow_dir(data_dir))}/*/*.parquet')")
         .fetchall()[0]
     )
     assert rows == (60,)
@@ -96,7 +92,7 @@ def test_background_writer_stores_everything_submitted_before_close(data_dir: Pa
 def test_failed_write_is_counted_and_dropped(data_dir: Path) -> None:
     # A file where the store's directory should be: every write fails with an OSError.
     (data_dir / "flows").write_text("not a directory")
-    writer = BackgroundWriter(SegmentWriter(data_dir, "bad"))
+    writer = BackgroundWriter(SegmentWriter(flow_dir(data_dir), "bad"))
     writer.start()
     writer.submit([flows_batch([int(time.time() * 1000)] * 7)])
     writer.close()
@@ -104,8 +100,8 @@ def test_failed_write_is_counted_and_dropped(data_dir: Path) -> None:
 
 
 def test_stale_temporaries_are_removed_fresh_ones_kept(data_dir: Path) -> None:
-    writer = SegmentWriter(data_dir, "w0")
-    hour = raw_dir(data_dir) / "2024010100"
+    writer = SegmentWriter(flow_dir(data_dir), "w0")
+    hour = raw_dir(flow_dir(data_dir)) / "2024010100"
     hour.mkdir(parents=True)
     stale = hour / ".1-w9-000000.parquet.tmp"
     fresh = hour / ".2-w8-000000.parquet.tmp"

@@ -37,6 +37,7 @@ from lanalyze import metrics
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapshots
 from lanalyze.flows.receive import bound_address, kernel_drops, open_udp, socket_inode
+from lanalyze.flows.store.paths import flow_dir, make_flow_dir
 from lanalyze.flows.worker import WorkerSpec, worker_main
 from lanalyze.log import JsonFormatter, get_logger
 from lanalyze.service import StartError
@@ -260,9 +261,10 @@ class FlowCollector:
         self._retired = []
         self._bind()
         try:
-            flows_dir = self.data_dir / "flows"
+            flows_dir = flow_dir(self.data_dir)
             try:
-                await asyncio.to_thread(flows_dir.mkdir, parents=True, exist_ok=True)
+                # Private (0700) where new: flows say who talks to whom (docs/security.md).
+                await asyncio.to_thread(make_flow_dir, self.data_dir)
             except OSError as exc:
                 raise StartError(
                     f"cannot create the flow store {flows_dir} (general.data_dir): "

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddress, Section
 
 
 class RollupConfig(Section):
-    """Rollup tables and retention (section ``[flows.rollup]``), see lanalyze.flows.rollup."""
+    """Rollup tables and retention (section ``[flows.rollup]``), see lanalyze.flows.store.rollup."""
 
     enabled: bool = Field(
         default=True,
@@ -31,14 +31,13 @@ class RollupConfig(Section):
     compression: Literal["lz4", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Parquet compression of rollup parts and compacted raw files."
     )
-    query_threads: int = Field(
-        default=2, ge=1, le=256, description="DuckDB threads per report query."
+    # Before [flows.query] existed the report settings lived here, applied only where a
+    # maintainer ran: still accepted (moved by FlowsConfig, with a warning), never used here.
+    query_threads: int | None = Field(
+        default=None, ge=1, le=256, description="Deprecated: use flows.query.threads."
     )
-    query_max_raw_bytes: int = Field(
-        default=8 * 2**30,
-        ge=0,
-        description="Bytes of raw segments one report may scan; a report needing more "
-        "(a per-flow filter over weeks) is refused with a message.",
+    query_max_raw_bytes: int | None = Field(
+        default=None, ge=0, description="Deprecated: use flows.query.max_raw_bytes."
     )
     raw_max_age: float = Field(
         default=7, ge=0, description="Days of raw flows kept (0: no age limit)."
@@ -66,6 +65,22 @@ class RollupConfig(Section):
     day_max_bytes: int = Field(
         default=0, ge=0, description="Bytes of per-day rollups kept (0: no limit)."
     )
+
+
+class QueryConfig(Section):
+    """Report queries (section ``[flows.query]``): applied by every process that answers
+    reports (``lanalyze flows top|series|...``, the console and API of ``lanalyze serve``)."""
+
+    threads: int = Field(default=2, ge=1, le=256, description="DuckDB threads per report query.")
+    max_raw_bytes: int = Field(
+        default=8 * 2**30,
+        ge=0,
+        description="Bytes of raw segments one report may scan; a report needing more "
+        "(a per-flow filter over weeks) is refused with a message.",
+    )
+
+
+_MOVED_TO_QUERY = {"query_threads": "threads", "query_max_raw_bytes": "max_raw_bytes"}
 
 
 class SnmpExporterConfig(Section):
@@ -210,9 +225,31 @@ class FlowsConfig(Section):
     rollup: RollupConfig = Field(
         default_factory=RollupConfig, description="Rollup tables and retention."
     )
+    query: QueryConfig = Field(default_factory=QueryConfig, description="Report queries.")
     snmp: SnmpConfig = Field(
         default_factory=SnmpConfig, description="Interface names and speeds from SNMP."
     )
+
+    _deprecated: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _move_query_settings(self) -> FlowsConfig:
+        """``flows.rollup.query_*`` (older configurations) into ``[flows.query]``, unless that
+        sets the same key; remembered for :meth:`deprecated_keys`."""
+        for old, new in _MOVED_TO_QUERY.items():
+            value = getattr(self.rollup, old)
+            if value is None:
+                continue
+            if new not in self.query.model_fields_set:
+                setattr(self.query, new, value)
+            setattr(self.rollup, old, None)
+            self.rollup.model_fields_set.discard(old)
+            self._deprecated.append((f"flows.rollup.{old}", f"flows.query.{new}"))
+        return self
+
+    def deprecated_keys(self) -> list[tuple[str, str]]:
+        """(old key, new key) of the deprecated keys the configuration used."""
+        return list(self._deprecated)
 
     @field_validator("sampling_rates")
     @classmethod

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lanalyze.flows.store import atomic_write_bytes
+from lanalyze.datadir import atomic_write_bytes
+from lanalyze.flows.store import paths
 
 OVERFLOW = "overflow"
 COUNTERS = (
@@ -38,7 +39,8 @@ COUNTERS = (
 
 
 def exporters_path(data_dir: Path) -> Path:
-    return data_dir / "flows" / "exporters.json"
+    """``exporters.json`` of a general data directory (written 0600, like every store file)."""
+    return paths.exporters_path(paths.flow_dir(data_dir))
 
 
 class StatsLike(Protocol):

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.decode import FlowDecoder, Packet
-from lanalyze.flows.store import BackgroundWriter, SegmentWriter
+from lanalyze.flows.store.paths import flow_dir
+from lanalyze.flows.store.writer import BackgroundWriter, SegmentWriter
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
@@ -70,7 +71,7 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
         sampling_rates=config.sampling_rates,
     )
     writer = SegmentWriter(
-        data_dir,
+        flow_dir(data_dir),
         f"imp{secrets.token_hex(3)}",
         compression=config.compression,
         compression_level=config.compression_level,

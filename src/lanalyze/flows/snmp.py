@@ -31,9 +31,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from lanalyze import metrics
+from lanalyze.datadir import atomic_write_bytes
 from lanalyze.flows.config import SnmpConfig
-from lanalyze.flows.query.interfaces import interfaces_path
-from lanalyze.flows.store import atomic_write_bytes
+from lanalyze.flows.store.paths import exporters_path, interfaces_path
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
@@ -133,7 +133,7 @@ def interface_table(
 def _seen_exporters(flow_dir: Path) -> list[str]:
     """Exporters in the collector's exporters.json (empty when it has not written one)."""
     try:
-        data = json.loads((flow_dir / "exporters.json").read_bytes())
+        data = json.loads(exporters_path(flow_dir).read_bytes())
         rows = data["exporters"]
         return sorted({str(row["exporter"]) for row in rows if row["exporter"] != "overflow"})
     except (OSError, ValueError, KeyError, TypeError):

@@ -7,7 +7,7 @@ that worker's decoder. A worker owns its decoder, its writer id and its template
 The loop reads datagrams in batches (:class:`~lanalyze.flows.receive.BatchReceiver`), decodes
 each batch at once (the decoders are vectorised over records) and collects Arrow batches;
 every ``flush_interval`` (or ``segment_max_rows``) they go to the
-:class:`~lanalyze.flows.store.BackgroundWriter`, which writes Parquet in its own thread
+:class:`~lanalyze.flows.store.writer.BackgroundWriter`, which writes Parquet in its own thread
 (pyarrow releases the GIL), so a slow disk never stops receiving.
 
 Counters go to the parent every second over a pipe; the parent owns ``/metrics`` and
@@ -38,9 +38,11 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from lanalyze.datadir import atomic_write_bytes
 from lanalyze.flows.exporters import ExporterCounterSet
 from lanalyze.flows.receive import BatchReceiver, Received
-from lanalyze.flows.store import BackgroundWriter, Compression, SegmentWriter, atomic_write_bytes
+from lanalyze.flows.store.paths import flow_dir, template_file, templates_dir
+from lanalyze.flows.store.writer import BackgroundWriter, Compression, SegmentWriter
 from lanalyze.log import RateLimiter, get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -51,10 +53,6 @@ DRAIN_SECONDS = 0.1
 BATCH_GATHER_SECONDS = 0.02
 GC_THRESHOLD = 50_000
 """Allocations between young-generation collections in a worker (Python's default: 700)."""
-
-
-def templates_dir(data_dir: Path) -> Path:
-    return data_dir / "flows" / "templates"
 
 
 @dataclass
@@ -135,7 +133,7 @@ class FlowWorker:
             sampling_rates=spec.sampling_rates,
         )
         self.writer = SegmentWriter(
-            spec.data_dir,
+            flow_dir(spec.data_dir),
             spec.writer_id,
             compression=spec.compression,
             compression_level=spec.compression_level,
@@ -154,12 +152,12 @@ class FlowWorker:
 
     @property
     def template_file(self) -> Path:
-        return templates_dir(self.spec.data_dir) / f"worker-{self.spec.index}.bin"
+        return template_file(flow_dir(self.spec.data_dir), self.spec.index)
 
     def load_templates(self) -> None:
         """Load every worker's saved templates: after a restart an exporter may hash to a
         different worker than before. This worker's own file wins where they overlap."""
-        directory = templates_dir(self.spec.data_dir)
+        directory = templates_dir(flow_dir(self.spec.data_dir))
         files = sorted(directory.glob("worker-*.bin")) if directory.is_dir() else []
         files.sort(key=lambda path: path == self.template_file)
         blobs: list[bytes] = []

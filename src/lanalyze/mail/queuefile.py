@@ -29,8 +29,8 @@ reported and moved to ``queue/corrupt/``, never delivered half. A queue id that 
 operator (CLI, console) is checked with :func:`valid_queue_id` before it is joined to a path.
 
 Files hold senders, recipients and message text: directories are created 0700 and files 0600
-whatever the umask (:func:`private_dir`, ``os.open(..., 0o600)``), and :meth:`Layout.create`
-tightens what an older version left more open.
+whatever the umask (:mod:`lanalyze.datadir`, ``os.open(..., 0o600)``), and
+:meth:`Layout.create` tightens what an older version left more open.
 """
 
 from __future__ import annotations
@@ -43,20 +43,19 @@ import json
 import os
 import random
 import re
-import stat
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lanalyze.datadir import DIR_MODE, FILE_MODE, make_private_dirs, tighten
+
 FOOTER_LEN = 11  # b"%010d\n"
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "free")
 # Queues a message can be found in (incoming/ is never acknowledged, free/ holds no message).
 MESSAGE_QUEUES = ("active", "deferred", "hold", "corrupt")
 _QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}\Z")
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 def valid_queue_id(text: str) -> bool:
@@ -64,35 +63,6 @@ def valid_queue_id(text: str) -> bool:
     are hex digits and letters), so it can never name another directory (``..``, ``/``) or a
     spool's temporary (``.rw``). ``str.isalnum`` would also let Unicode letters through."""
     return _QUEUE_ID.match(text) is not None
-
-
-def private_dir(path: Path) -> None:
-    """``mkdir -p`` with every directory it creates 0700 whatever the umask (``os.makedirs``
-    gives intermediate directories the umask's mode); existing ones are left as they are."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        if path.parent == path:
-            break
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=DIR_MODE)
-        except FileExistsError:  # another process or thread made it meanwhile
-            continue
-        # mkdir's mode is masked by the umask; a umask never adds bits, but one that removed
-        # the owner's would leave a directory we cannot use: set it outright.
-        os.chmod(directory, DIR_MODE)
-
-
-def tighten(path: Path, mode: int) -> None:
-    """Drop group and other bits an older version (or an umask) left on ``path``."""
-    try:
-        current = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
-        if current & 0o077:
-            os.chmod(path, mode, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
 
 
 class CorruptQueueFile(Exception):
@@ -399,13 +369,13 @@ class Layout:
     def create(self) -> None:
         """The directories, 0700; directories and queue files an older version made
         group- or world-readable are tightened (Maildir files were always 0600)."""
-        private_dir(self.root)
+        make_private_dirs(self.root)
         mark_top_directory(self.root)
         for directory in (self.root, self.queue, self.maildirs):
-            private_dir(directory)
+            make_private_dirs(directory)
             tighten(directory, DIR_MODE)
         for name in QUEUE_DIRS:
-            private_dir(self.q(name))
+            make_private_dirs(self.q(name))
             tighten(self.q(name), DIR_MODE)
             if name != "incoming":  # emptied at start anyway
                 with os.scandir(self.q(name)) as entries:

@@ -28,6 +28,7 @@ from lanalyze import metrics
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.filterlang import FilterError
 from lanalyze.flows.query.timespec import window
+from lanalyze.flows.store import paths
 
 REQUESTS = Counter(
     "lanalyze_api_flow_reports_total",
@@ -54,7 +55,7 @@ def flow_dir(request: Request) -> Path:
     override = getattr(state, "flow_dir", None)
     if override is not None:
         return Path(override)
-    return Path(state.console.data_dir) / "flows"
+    return paths.flow_dir(Path(state.console.data_dir))
 
 
 def _int(request: Request, name: str, default: int) -> int:

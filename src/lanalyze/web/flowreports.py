@@ -23,6 +23,7 @@ from lanalyze.flows.query import reports
 from lanalyze.flows.query.apps import PROTOCOL_NAMES, application, protocol_name
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.filterlang import FilterError
+from lanalyze.flows.store import paths
 
 T = TypeVar("T")
 ReportError = reports.ReportError
@@ -115,7 +116,7 @@ def _cached(name: str, compute: Callable[[], T], data_dir: Path, window: Window,
 
 
 def flow_dir(data_dir: Path) -> Path:
-    return data_dir / "flows"
+    return paths.flow_dir(data_dir)
 
 
 def check_filter(text: str) -> FilterProblem | None:

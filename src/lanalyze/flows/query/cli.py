@@ -20,16 +20,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     """The flow directory: ``--data`` (a flow directory, or a data directory holding
-    ``flows/``), else ``general.data_dir``/flows of the configuration."""
+    ``flows/``), else ``general.data_dir``/flows of the configuration. Every report command
+    comes here first, so it also applies the ``[flows.query]`` section."""
     from lanalyze.flows.query import reports
+    from lanalyze.flows.store.paths import flow_dir, raw_dir
 
     config = ctx.find_root().obj.config
-    reports.configure(config.flows.rollup.query_threads, config.flows.rollup.query_max_raw_bytes)
+    reports.apply_config(config.flows.query)
     if data is None:
-        return Path(config.general.data_path) / "flows"
+        return flow_dir(Path(config.general.data_path))
     data = data.expanduser()
-    if not (data / "raw").is_dir() and (data / "flows").is_dir():
-        return data / "flows"
+    if not raw_dir(data).is_dir() and flow_dir(data).is_dir():
+        return flow_dir(data)
     return data
 
 

@@ -18,17 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-FILE_NAME = "interfaces.json"
+from lanalyze.flows.store.paths import interfaces_path
+
 TEXT_FIELDS = ("name", "alias", "description")
 
 Known = Mapping[str, Mapping[int, Mapping[str, Any]]]
 
 _lock = threading.Lock()
 _cache: dict[Path, tuple[tuple[int, int], Known]] = {}
-
-
-def interfaces_path(flow_dir: Path) -> Path:
-    return flow_dir / FILE_NAME
 
 
 def _clean(data: object) -> Known:

@@ -1,7 +1,7 @@
 """Which files answer a report: the coarsest rollup that can, raw flows for the rest.
 
 A report needs some columns (its dimensions and its filter's) over ``[since, until)``. The
-planner takes the first rollup table (:data:`~lanalyze.flows.query.layout.ROLLUP_TABLES`)
+planner takes the first rollup table (:data:`~lanalyze.flows.store.layout.ROLLUP_TABLES`)
 holding them all, then covers the window greedily: whole days from the ``1d`` parts, whole
 hours from ``1h``, whole minutes from ``1m``, and what is left (the sub-minute edges, and
 hours no rollup has yet) from raw flows. Raw files the rollups do not cover yet (the last
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanalyze.flows.query.layout import (
+from lanalyze.flows.store.layout import (
     HOUR_MS,
     RESOLUTIONS,
     ROLLUP_TABLES,
@@ -27,10 +27,9 @@ from lanalyze.flows.query.layout import (
     key_span,
     list_raw_files_cached,
     list_raw_hours,
-    part_path,
-    raw_dir,
     read_manifest_shared,
 )
+from lanalyze.flows.store.paths import part_path, raw_dir
 
 Interval = tuple[int, int]
 

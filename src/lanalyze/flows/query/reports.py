@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from lanalyze.flows.config import QueryConfig
 from lanalyze.flows.query import filtered
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import CompiledFilter, compile_filter
@@ -32,9 +33,9 @@ from lanalyze.flows.query.dimensions import (
     format_ip,
     parse_dimensions,
 )
-from lanalyze.flows.query.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES
 from lanalyze.flows.query.planner import Piece, Plan, plan
 from lanalyze.flows.query.timespec import TimeError, auto_bucket, iso, parse_duration
+from lanalyze.flows.store.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES
 
 ORDERS = ("bytes", "packets", "flows")
 MAX_ROWS = 100_000
@@ -45,20 +46,20 @@ class ReportError(ValueError):
 
 
 _local = threading.local()
-_settings = {"threads": 2, "max_raw_bytes": 8 * 2**30}
+_settings = {"query": QueryConfig()}
 
 
-def configure(threads: int, max_raw_bytes: int | None = None) -> None:
-    """DuckDB worker threads per query (the machine is shared with the collector), and how
-    many bytes of raw segments one report may scan before it is refused."""
-    _settings["threads"] = threads
-    if max_raw_bytes is not None:
-        _settings["max_raw_bytes"] = max_raw_bytes
+def apply_config(config: QueryConfig) -> None:
+    """The ``[flows.query]`` section this process answers reports with: DuckDB threads per
+    query (the machine is shared with the collector) and the raw bytes one report may scan.
+    Applied by whoever answers reports (``flows/query/cli.py``, ``serve.py`` for the console);
+    the section's defaults until then."""
+    _settings["query"] = config
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
     # One in-memory connection per thread: DuckDB connections are not shared across threads.
-    threads = _settings["threads"]
+    threads = _settings["query"].threads
     connection = getattr(_local, "connection", None)
     if connection is None or getattr(_local, "threads", None) != threads:
         # The object cache keeps Parquet footers between queries: a page's reports read the
@@ -166,7 +167,7 @@ Planned = list[tuple[Plan, list[KeyExpr]]]
 def _check_raw_size(planned: Planned) -> None:
     """Refuse a report that would scan more raw flows than allowed (a per-flow filter such
     as ``bytes > 1M`` over weeks), instead of holding a worker thread for minutes."""
-    limit = _settings["max_raw_bytes"]
+    limit = _settings["query"].max_raw_bytes
     files = {
         f for p, _ in planned for piece in p.pieces if piece.source == "raw" for f in piece.files
     }
@@ -640,7 +641,7 @@ def list_flows(
     start = 0
     scanned = 0
     # A rare match over a long window stops at the raw-scan budget with what it found.
-    while start < len(files) and len(found) < limit and scanned <= _settings["max_raw_bytes"]:
+    while start < len(files) and len(found) < limit and scanned <= _settings["query"].max_raw_bytes:
         chunk = files[start : start + step]
         start += step
         step *= 2
@@ -825,13 +826,8 @@ def interface_series(
 
 def status(data: Path) -> list[dict[str, Any]]:
     """Per stored table: files, rows, bytes on disk and the time range held."""
-    from lanalyze.flows.query.layout import (
-        list_raw_files,
-        list_raw_hours,
-        part_path,
-        raw_dir,
-        read_manifest,
-    )
+    from lanalyze.flows.store.layout import list_raw_files, list_raw_hours, read_manifest
+    from lanalyze.flows.store.paths import part_path, raw_dir
 
     tables: list[dict[str, Any]] = []
     raw_files = [

@@ -30,15 +30,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lanalyze.datadir import FILE_MODE, make_private_dirs
 from lanalyze.mail.queuefile import (
-    FILE_MODE,
     CorruptQueueFile,
     Envelope,
     Layout,
     Recycler,
     Syncer,
     fsync_dir,
-    private_dir,
     read_queue_file,
     rewrite,
     verify_message,
@@ -67,7 +66,7 @@ def maildir_name(size: int) -> str:
 
 def ensure_maildir(path: Path) -> None:
     for sub in ("tmp", "new", "cur"):
-        private_dir(path / sub)
+        make_private_dirs(path / sub)
 
 
 def find_delivered(maildirs: Path, relative: str) -> Path | None:

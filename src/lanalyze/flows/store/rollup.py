@@ -2,21 +2,24 @@
 
 Every ``flows.rollup.interval`` seconds, in a worker thread (never on the event loop):
 
-1. **Roll up** raw segments the manifest does not cover yet: one DuckDB scan of the batch with
-   ``GROUPING SETS`` sums bytes, packets and flows (scaled by sampling) per minute for every
-   rollup table (:data:`~lanalyze.flows.query.layout.ROLLUP_TABLES`), then per hour from those;
-   each (resolution, table, hour) gets a new part file, and the manifest records the parts and
-   the raw files they cover, in one atomic replace.
+1. **Roll up** raw segments the manifest does not cover yet: Arrow's hash aggregation
+   (:mod:`~lanalyze.flows.store.rollup_aggregate`) sums bytes, packets and flows (scaled by
+   sampling) per minute for every rollup table
+   (:data:`~lanalyze.flows.store.layout.ROLLUP_TABLES`), decoding up to 1 GiB of segments a
+   round in 64 MiB chunks on two threads, then per hour from those; each (resolution, table,
+   hour) gets a new part file, and the manifest records the parts and the raw files they
+   cover, in one atomic replace.
 2. **Compact** closed hours (``close_after`` seconds past their end): merge each hour's parts
    into one, merge its small raw segments into ``<first>-compact-<n>`` files (which name the
-   segments they replace, so readers never count twice), and build the per-day parts of
-   closed days from the hour parts.
-3. **Expire** by age and by size per kind (raw, 1m, 1h, 1d), oldest first.
+   segments they replace, so readers never count twice), and build the 6-hour, day and week
+   parts of closed blocks, days and weeks (DuckDB re-sums those small parts).
+3. **Expire** by age and by size per kind (raw, 1m, 1h and 6h, 1d and 1w), oldest first.
 4. Delete unreferenced files once a grace period has passed, so running queries finish.
 
 Only one maintainer works on a data directory at a time (an ``flock`` on
 ``rollup/.maintainer.lock``); readers never lock. Parts are written before the manifest names
-them; a crash leaves at worst unreferenced files, removed at the next start.
+them; a crash leaves at worst unreferenced files, removed at the next start. Every file is
+created 0600 and every directory 0700 (:mod:`lanalyze.datadir`).
 
 Trust: the raw segments are our own collector's files; a file that cannot be read is logged,
 counted and skipped (left to raw queries), never a crash of the maintainer.
@@ -43,9 +46,9 @@ import pyarrow.parquet as pq
 from prometheus_client import Counter
 
 from lanalyze import metrics
+from lanalyze.datadir import FILE_MODE, create_private, make_private_dirs
 from lanalyze.flows.config import RollupConfig
-from lanalyze.flows.query import reports
-from lanalyze.flows.query.layout import (
+from lanalyze.flows.store.layout import (
     COMPACT_TAG,
     DAY_KEYED,
     DAY_MS,
@@ -66,13 +69,16 @@ from lanalyze.flows.query.layout import (
     key_start,
     list_raw_files,
     list_raw_hours,
-    part_path,
-    raw_dir,
     read_manifest,
-    rollup_dir,
     write_manifest,
 )
-from lanalyze.flows.query.rollup_aggregate import merge, summarise_files
+from lanalyze.flows.store.paths import (
+    hour_dir,
+    maintainer_lock_path,
+    part_path,
+    rollup_dir,
+)
+from lanalyze.flows.store.rollup_aggregate import merge, summarise_files
 from lanalyze.log import get_logger
 
 if TYPE_CHECKING:
@@ -129,7 +135,6 @@ class RollupMaintainer:
         self._compacted: dict[str, int] = {}  # raw hour -> directory mtime when found done
 
     async def start(self) -> None:
-        reports.configure(self.config.query_threads, self.config.query_max_raw_bytes)
         self._halt.clear()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop())
@@ -157,8 +162,11 @@ class RollupMaintainer:
     def _acquire(self) -> bool:
         if self._lock_file is not None:
             return True
-        rollup_dir(self.data).mkdir(parents=True, exist_ok=True)
-        handle = (rollup_dir(self.data) / ".maintainer.lock").open("ab")
+        lock_path = maintainer_lock_path(self.data)
+        make_private_dirs(lock_path.parent)
+        # Created 0600 like every file of the store; "ab": never truncates another's lock.
+        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        handle = open(fd, "ab")  # noqa: SIM115 (kept open: the lock lives as long as it)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -221,7 +229,7 @@ class RollupMaintainer:
             batch: list[tuple[str, str]] = []
             size = 0
             for hour, name in pending:
-                path = raw_dir(self.data) / hour / name
+                path = hour_dir(self.data, hour) / name
                 try:
                     size += path.stat().st_size
                 except FileNotFoundError:
@@ -249,7 +257,7 @@ class RollupMaintainer:
         batch: list[tuple[str, str]],
     ) -> int:
         del connection  # the sums are Arrow's now (rollup_aggregate); kept for the signature
-        paths = [str(raw_dir(self.data) / hour / name) for hour, name in batch]
+        paths = [str(hour_dir(self.data, hour) / name) for hour, name in batch]
         chunks: list[list[str]] = [[]]
         size = 0
         # Chunks bound the memory of decoded flows (their per-minute sums are small) and
@@ -319,8 +327,9 @@ class RollupMaintainer:
     def _write_parquet(
         self, table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         temp = path.with_name(f".{path.name}.tmp")
+        create_private(temp)  # pyarrow truncates it and keeps the mode; the rename too
         if metadata:
             table = table.replace_schema_metadata(metadata)
         pq.write_table(
@@ -398,7 +407,7 @@ class RollupMaintainer:
         for hour in hours:
             if hour_start(hour) + HOUR_MS > closed_before:
                 continue
-            directory = raw_dir(self.data) / hour
+            directory = hour_dir(self.data, hour)
             try:
                 stamp = directory.stat().st_mtime_ns
             except FileNotFoundError:
@@ -447,6 +456,7 @@ class RollupMaintainer:
         first = pq.read_schema(directory / names[0])
         schema = first.with_metadata({REPLACES_KEY: json.dumps(names).encode()})
         temp = directory / f".{compact_name}.tmp"
+        create_private(temp)
         with pq.ParquetWriter(temp, schema, compression=self.config.compression) as writer:
             pending: list[pa.Table] = []
             rows = 0
@@ -616,7 +626,7 @@ class RollupMaintainer:
         found: dict[str, tuple[int, int]] = {}
         if kind == "raw":
             for hour in list_raw_hours(self.data):
-                directory = raw_dir(self.data) / hour
+                directory = hour_dir(self.data, hour)
                 size = sum(_size(directory / n) for n in os.listdir(directory))
                 found[hour] = (hour_start(hour) + HOUR_MS, size)
             return found
@@ -632,7 +642,7 @@ class RollupMaintainer:
         if kind == "raw":
             # Raw hours go at once: a reader that listed them re-plans on the missing file.
             for hour in keys:
-                directory = raw_dir(self.data) / hour
+                directory = hour_dir(self.data, hour)
                 removed += len(os.listdir(directory)) if directory.is_dir() else 0
                 shutil.rmtree(directory, ignore_errors=True)
                 manifest.covered.pop(hour, None)
@@ -685,7 +695,7 @@ class RollupMaintainer:
                 if path.is_file() and str(path) not in known:
                     path.unlink(missing_ok=True)
         for hour in list_raw_hours(self.data):
-            for path in (raw_dir(self.data) / hour).glob(f".*{COMPACT_TAG}*.tmp"):
+            for path in hour_dir(self.data, hour).glob(f".*{COMPACT_TAG}*.tmp"):
                 path.unlink(missing_ok=True)
 
 
@@ -710,11 +720,6 @@ def _reaggregate_files(
         "sum(flows)::UBIGINT AS flows FROM read_parquet(?) GROUP BY ALL ORDER BY time",
         params=[paths],
     ).to_arrow_table()
-
-
-def flow_dir_of(data_dir: Path) -> Path:
-    """The flow directory under a general data directory."""
-    return data_dir / "flows"
 
 
 async def run_collector_with_rollups(

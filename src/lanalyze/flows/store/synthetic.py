@@ -1,19 +1,19 @@
-"""Synthetic raw flow segments in the store's layout, for tests and benchmarks.
+"""Synthetic raw flows for tests and benchmarks, stored through the real segment writer.
 
-Writes what the collector writes (catalogue schema, ``raw/<hour>/<first>-<writer>-<seq>``,
-temp name then rename), from a seeded random generator, vectorised with numpy.
+Flows come from a seeded random generator, vectorised with numpy, in catalogue columns; they
+are stored by :class:`~lanalyze.flows.store.writer.SegmentWriter`, the collector's own
+writer, so a test of the reports or the rollups fails when the writer does.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from lanalyze.flows import catalogue
-from lanalyze.flows.query.layout import hour_name, raw_dir
+from lanalyze.flows.store.writer import Compression, SegmentWriter
 
 V4_PREFIX = np.frombuffer(b"\x00" * 10 + b"\xff\xff", dtype=np.uint8)
 
@@ -73,49 +73,31 @@ def random_flows(
     return batch
 
 
-def write_segment(
-    data: Path,
-    columns: dict[str, np.ndarray],
-    *,
-    writer: str = "synth",
-    seq: int = 0,
-    compression: str = "zstd",
-) -> Path:
-    """Store one raw segment the way the collector does; returns its final path."""
-    first = int(columns["time_received"].min())
-    directory = raw_dir(data) / hour_name(first)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{first}-{writer}-{seq}.parquet"
-    temp = directory / f".{final.name}.tmp"
-    pq.write_table(_table(columns), temp, compression=compression, row_group_size=1_000_000)
-    os.replace(temp, final)
-    return final
-
-
-def _table(columns: dict[str, np.ndarray]) -> object:
-    import pyarrow as pa
-
+def to_table(columns: dict[str, np.ndarray]) -> pa.Table:
+    """Catalogue columns (as :func:`random_flows` makes them) as an Arrow table."""
     return pa.Table.from_batches([catalogue.to_record_batch(columns)])
 
 
 def write_flows(
-    data: Path,
+    flows: Path,
     columns: dict[str, np.ndarray],
     *,
     segment_ms: int = 60_000,
     writer: str = "synth",
+    compression: Compression = "zstd",
 ) -> list[Path]:
-    """Split time-sorted flows into segments of ``segment_ms`` and store each."""
+    """Store flows as the collector does: one segment per ``segment_ms`` of receive time, each
+    written by :class:`~lanalyze.flows.store.writer.SegmentWriter` into the flow directory
+    ``flows``. Returns the segments' paths."""
+    store = SegmentWriter(flows, writer, compression=compression)
     times = columns["time_received"]
     order = np.argsort(times, kind="stable")
     sorted_columns = {name: values[order] for name, values in columns.items()}
     times = sorted_columns["time_received"]
     edges = np.flatnonzero(np.diff(times // np.uint64(segment_ms))) + 1
-    paths = []
-    for seq, (lo, hi) in enumerate(
-        zip([0, *edges.tolist()], [*edges.tolist(), len(times)], strict=True)
-    ):
+    paths: list[Path] = []
+    for lo, hi in zip([0, *edges.tolist()], [*edges.tolist(), len(times)], strict=True):
         if hi > lo:
             part = {name: values[lo:hi] for name, values in sorted_columns.items()}
-            paths.append(write_segment(data, part, writer=writer, seq=seq))
+            paths += store.write(to_table(part))
     return paths

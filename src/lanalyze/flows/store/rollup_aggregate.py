@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lanalyze.flows.query.layout import MINUTE_MS, ROLLUP_TABLES, RollupTable
+from lanalyze.flows.store.layout import MINUTE_MS, ROLLUP_TABLES, RollupTable
 
 SUMS = ("bytes", "packets", "flows")
 _AGGREGATES = [(name, "sum") for name in SUMS]

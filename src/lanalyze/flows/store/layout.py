@@ -1,6 +1,8 @@
-"""Where flows live on disk, shared by the rollup maintainer (writer) and the reports (readers).
+"""The rollup tables, their time buckets, the manifest and the raw-file listings: what the
+rollup maintainer (writer) and the reports (readers) agree on.
 
-Layout under the flow data directory (``<general.data_dir>/flows``)::
+Layout under the flow data directory (``<general.data_dir>/flows``; the paths themselves are
+built by :mod:`lanalyze.flows.store.paths` only)::
 
     raw/<YYYYMMDDHH>/<first_ms>-<writer>-<seq>.parquet    raw flows (the collector's segments)
     rollup/<res>/<table>/<bucket hour or day>/<name>.parquet   sums per time bucket
@@ -27,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from lanalyze.datadir import make_private_dirs, open_private
+from lanalyze.flows.store.paths import RAW, hour_dir, manifest_path, raw_dir
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -94,18 +99,6 @@ TABLES_BY_NAME = {table.name: table for table in ROLLUP_TABLES}
 DERIVED_SQL = {
     "service_port": "CASE WHEN dst_port <= src_port THEN dst_port ELSE src_port END",
 }
-
-
-def raw_dir(data: Path) -> Path:
-    return data / "raw"
-
-
-def rollup_dir(data: Path) -> Path:
-    return data / "rollup"
-
-
-def manifest_path(data: Path) -> Path:
-    return rollup_dir(data) / "manifest.json"
 
 
 def hour_name(ms: int) -> str:
@@ -181,7 +174,7 @@ def list_raw_files(data: Path, hour: str) -> list[str]:
     try:
         names = [
             n
-            for n in os.listdir(raw_dir(data) / hour)
+            for n in os.listdir(hour_dir(data, hour))
             if n.endswith(".parquet") and not n.startswith(".")
         ]
     except FileNotFoundError:
@@ -189,7 +182,7 @@ def list_raw_files(data: Path, hour: str) -> list[str]:
     replaced: set[str] = set()
     for name in names:
         if COMPACT_TAG in name:
-            replaced.update(compact_replaces(raw_dir(data) / hour / name))
+            replaced.update(compact_replaces(hour_dir(data, hour) / name))
     return sorted(n for n in names if n not in replaced)
 
 
@@ -213,7 +206,7 @@ def list_raw_files_cached(data: Path, hour: str) -> list[str]:
     """
     # Plain strings, not Path objects: a 30-day plan looks up 720 hours, and building and
     # hashing Paths was most of the planner's time.
-    directory = os.path.join(data, "raw", hour)
+    directory = os.path.join(data, RAW, hour)
     try:
         stat = os.stat(directory)
     except FileNotFoundError:
@@ -264,7 +257,7 @@ class Manifest:
             return True
         if COMPACT_TAG in name:
             # A compaction newer than this manifest: covered if everything it replaces is.
-            replaces = compact_replaces(raw_dir(data) / hour / name)
+            replaces = compact_replaces(hour_dir(data, hour) / name)
             return bool(replaces) and set(replaces) <= set(covered)
         return False
 
@@ -326,11 +319,8 @@ def read_manifest_shared(data: Path) -> Manifest:
 
 def write_manifest(data: Path, manifest: Manifest) -> None:
     path = manifest_path(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     temp = path.with_name(f".manifest.{os.getpid()}.json")
-    temp.write_text(json.dumps(manifest.to_json(), separators=(",", ":")), encoding="utf-8")
+    with open(open_private(temp), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(manifest.to_json(), separators=(",", ":")))
     os.replace(temp, path)
-
-
-def part_path(data: Path, resolution: str, table: str, key: str, name: str) -> Path:
-    return rollup_dir(data) / resolution / table / key / name

@@ -1,6 +1,7 @@
 """Write side of the embedded flow store: immutable Parquet segments, renamed into place.
 
-Layout (the contract the query side, rollups, compaction and retention rely on)::
+Layout (the contract the query side, rollups, compaction and retention rely on; the paths
+are :mod:`lanalyze.flows.store.paths`)::
 
     <data_dir>/flows/raw/<YYYYMMDDHH>/<first_ms>-<writer id>-<seq>.parquet
 
@@ -10,7 +11,8 @@ The schema is :func:`lanalyze.flows.catalogue.arrow_schema`. A segment is writte
 temporary name in the same directory (``.<name>.tmp``, which no ``*.parquet`` glob matches),
 fsynced, renamed and the directory fsynced: a file with its final name is complete and
 immutable, so readers in other processes only list files, with no lock and no shared database
-file (a DuckDB database file can be opened by one process only while it writes).
+file (a DuckDB database file can be opened by one process only while it writes). Segments
+are created 0600 in directories created 0700 (:mod:`lanalyze.datadir`).
 
 Parquet is written by pyarrow, which releases the GIL, so :class:`BackgroundWriter` runs it in a
 thread beside the receive loop. Nothing here parses untrusted bytes.
@@ -31,7 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lanalyze.datadir import create_private, fsync_dir, make_private_dirs
 from lanalyze.flows.catalogue import arrow_schema
+from lanalyze.flows.store.layout import hour_name
+from lanalyze.flows.store.paths import raw_dir
 from lanalyze.log import get_logger
 
 log = get_logger(__name__)
@@ -45,34 +50,6 @@ _INTEGER_ENCODING = {
 }
 TMP_SUFFIX = ".tmp"
 STALE_TMP_SECONDS = 600
-
-
-def raw_dir(data_dir: Path) -> Path:
-    return data_dir / "flows" / "raw"
-
-
-def hour_name(ms: int) -> str:
-    return time.strftime("%Y%m%d%H", time.gmtime(ms // 1000))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader (or a crash) sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def split_by_hour(table: pa.Table) -> Iterator[pa.Table]:
@@ -103,7 +80,8 @@ class StoreStats:
 
 
 class SegmentWriter:
-    """Writes tables as atomically renamed Parquet segments named by ``writer_id``.
+    """Writes tables as atomically renamed Parquet segments named by ``writer_id``, under the
+    flow directory ``flows`` (``<data_dir>/flows``: :func:`~lanalyze.flows.store.paths.flow_dir`).
 
     ``writer_id`` must be unique among processes writing the same data directory at once
     (the collector uses the worker index plus a per-start random token).
@@ -111,7 +89,7 @@ class SegmentWriter:
 
     def __init__(
         self,
-        data_dir: Path,
+        flows: Path,
         writer_id: str,
         *,
         compression: Compression = "zstd",
@@ -120,7 +98,7 @@ class SegmentWriter:
     ) -> None:
         if not writer_id or "-" in writer_id or "/" in writer_id:
             raise ValueError(f"writer id must be non-empty without '-' or '/': {writer_id!r}")
-        self.root = raw_dir(data_dir)
+        self.root = raw_dir(flows)
         self.writer_id = writer_id
         self.compression = compression
         self.compression_level = compression_level if compression in ("zstd",) else None
@@ -141,11 +119,12 @@ class SegmentWriter:
     def _write_segment(self, table: pa.Table) -> Path:
         first_ms = int(table.column("time_received")[0].as_py())
         directory = self.root / hour_name(first_ms)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
         name = f"{first_ms}-{self.writer_id}-{self._seq:06d}.parquet"
         self._seq += 1
         final = directory / name
         tmp = directory / f".{name}{TMP_SUFFIX}"
+        create_private(tmp)  # pyarrow truncates it and keeps the mode; the rename too
         self._write_file(table, tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
