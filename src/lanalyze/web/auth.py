@@ -287,19 +287,21 @@ class AuthMiddleware:
             REJECTED.labels("origin").inc()
             await _respond(send, 403, b"cross-origin request refused\n", "text/plain")
             return False, receive
+        # Every body is read (bounded) before anything parses it, whether or not the token
+        # came in a header: the handler behind us (the login form) parses what we replay.
+        body = await _read_body(receive, MAX_FORM_BODY)
+        if body is None:
+            REJECTED.labels("too_large").inc()
+            await _respond(send, 413, b"request body too large\n", "text/plain")
+            return False, receive
+        receive = _replay(body, receive)
         token = _header(scope, b"x-csrf-token")
         if token is None:
             content_type = (_header(scope, b"content-type") or "").split(";")[0].strip()
             if content_type == "application/x-www-form-urlencoded":
-                body = await _read_body(receive, MAX_FORM_BODY)
-                if body is None:
-                    REJECTED.labels("too_large").inc()
-                    await _respond(send, 413, b"form too large\n", "text/plain")
-                    return False, receive
                 fields = parse_qs(body.decode("utf-8", "replace"))
                 token = fields["csrf"][0] if fields.get("csrf") else None
-                receive = _replay(body)
-        if not expected or token is None or not hmac.compare_digest(token, expected):
+        if not expected or token is None or not same_token(token, expected):
             REJECTED.labels("csrf").inc()
             await _respond(
                 send, 403, b"missing or wrong CSRF token: reload the page and retry\n", "text/plain"
@@ -308,7 +310,19 @@ class AuthMiddleware:
         return True, receive
 
 
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of a client's token with ours.
+
+    ``hmac.compare_digest`` raises ``TypeError`` on a ``str`` with non-ASCII characters, which
+    a header (decoded as latin-1) or a form field may carry: compare UTF-8 bytes instead.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -325,7 +339,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, original: Receive) -> Receive:
+    """Hands the buffered body to the app once, then the connection's own events: a handler
+    that waits for the client's disconnect must not be told of one that has not happened."""
     sent = False
 
     async def receive() -> Message:
@@ -333,7 +349,7 @@ def _replay(body: bytes) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await original()
 
     return receive
 
