@@ -50,8 +50,12 @@ class Live:
         headers: list[tuple[str, bytes | str]] | None = None,
         cookies: dict[str, str] | None = None,
         keep_cookies: bool = True,
+        source: str = "127.0.0.1",
     ) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        # All of 127/8 is local on Linux: another source address is another client.
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=60, source_address=(source, 0)
+        )
         try:
             conn.putrequest(method, path)
             jar = {**self.cookies, **(cookies or {})}
@@ -93,7 +97,13 @@ class Live:
         )
 
     def login(
-        self, user: str = "alice", password: str = "", *, headers: Any = None, keep: bool = True
+        self,
+        user: str = "alice",
+        password: str = "",
+        *,
+        headers: Any = None,
+        keep: bool = True,
+        source: str = "127.0.0.1",
     ) -> Reply:
         """One login attempt with its own double-submit token (no GET needed: any value works)."""
         token = "t" * 32
@@ -103,6 +113,7 @@ class Live:
             cookies={"lanalyze_login": token},
             headers=headers or [],
             keep_cookies=keep,
+            source=source,
         )
 
     def csrf(self, path: str = "/exporters") -> str:

@@ -6,8 +6,15 @@ say, concurrent password guessing, stolen session cookies after logout, forwarde
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from lanalyze.metrics import REGISTRY
+from lanalyze.web.auth import Users
 from tests.web.helpers import PASSWORD
 from tests.web.live import live_console
 
@@ -65,3 +72,57 @@ def test_body_limit_holds_when_the_token_is_in_a_header(data_dir: Path) -> None:
             cookies={"lanalyze_login": token},
         )
         assert small.status == 401
+
+
+def test_concurrent_guesses_cannot_pass_the_limit(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instrumentation, not a mock: the real argon2 check runs, we only watch how many at once.
+    active = peak = 0
+    lock = threading.Lock()
+    real_verify = Users.verify
+
+    def watched(self: Users, name: str, password: str) -> Any:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            return real_verify(self, name, password)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(Users, "verify", watched)
+    with live_console(data_dir, login_attempts=5, login_concurrency=2) as live:
+        start = threading.Barrier(40)
+
+        def guess(index: int) -> int:
+            start.wait()
+            return live.login(password=f"guess {index}", keep=False).status
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(guess, range(40)))
+        assert statuses.count(401) == 5, statuses
+        assert statuses.count(429) == 35, statuses
+        assert peak <= 2
+        # The right password from the same address waits too; from another address it works.
+        assert live.login(password=PASSWORD, keep=False).status == 429
+        assert live.login(password=PASSWORD, source="127.0.0.2").status == 303
+
+
+def test_global_cap_spares_addresses_that_logged_in(data_dir: Path) -> None:
+    before = REGISTRY.get_sample_value("lanalyze_web_logins_limited_total", {"limit": "global"})
+    with live_console(data_dir, login_attempts=5, login_global_attempts=4) as live:
+        assert live.login(password=PASSWORD, source="127.0.0.9", keep=False).status == 303
+        for n in range(2, 6):  # a guesser spread over four addresses
+            assert live.login(f"user{n}", "x", source=f"127.0.0.{n}", keep=False).status == 401
+        limited = live.login("user6", "x", source="127.0.0.6", keep=False)
+        assert limited.status == 429
+        assert int(limited.headers["retry-after"]) > 0
+        assert live.login(password=PASSWORD, source="127.0.0.7", keep=False).status == 429
+        # The administrator's known address is not locked out by the flood.
+        assert live.login(password=PASSWORD, source="127.0.0.9", keep=False).status == 303
+        after = REGISTRY.get_sample_value("lanalyze_web_logins_limited_total", {"limit": "global"})
+        assert (after or 0) - (before or 0) == 2
+        assert "lanalyze_web_logins_limited_total" in live.get("/metrics").text

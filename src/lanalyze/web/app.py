@@ -27,7 +27,13 @@ from starlette.staticfiles import StaticFiles
 from lanalyze import metrics
 from lanalyze.log import get_logger
 from lanalyze.service import StartError, bind_socket
-from lanalyze.web.auth import AuthMiddleware, LoginLimiter, SessionCodec, Users
+from lanalyze.web.auth import (
+    AuthMiddleware,
+    LoginLimiter,
+    PasswordChecks,
+    SessionCodec,
+    Users,
+)
 from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
 from lanalyze.web.security import SecurityHeadersMiddleware
@@ -57,6 +63,7 @@ class Console:
     users: Users
     sessions: SessionCodec
     limiter: LoginLimiter
+    passwords: PasswordChecks
 
 
 def build_app(
@@ -85,7 +92,13 @@ def build_app(
         data_dir=data_dir,
         users=users,
         sessions=SessionCodec(secret, config.session_lifetime, users),
-        limiter=LoginLimiter(config.login_attempts, config.login_window),
+        limiter=LoginLimiter(
+            config.login_attempts,
+            config.login_window,
+            global_attempts=config.login_global_attempts,
+            trust_for=config.session_lifetime,
+        ),
+        passwords=PasswordChecks(users, config.login_concurrency),
     )
     routes: list[BaseRoute] = [
         Route("/metrics", metrics_endpoint),
@@ -127,6 +140,7 @@ class WebServer:
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self._warm_task: asyncio.Task[None] | None = None
+        self._app: Starlette | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -135,7 +149,7 @@ class WebServer:
         return host, port
 
     async def start(self) -> None:
-        app = await asyncio.to_thread(build_app, self.config, self.data_dir)
+        app = self._app = await asyncio.to_thread(build_app, self.config, self.data_dir)
         self._data_dir = app.state.console.data_dir
         self._sock = bind_socket(self.config.listen, "web.listen")
         config = uvicorn.Config(
@@ -196,3 +210,6 @@ class WebServer:
             await self._task
         self._server = None
         self._task = None
+        if self._app is not None:
+            self._app.state.console.passwords.close()
+            self._app = None

@@ -15,6 +15,7 @@ read the CSRF field and replay it to the handler.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -34,7 +36,7 @@ from urllib.parse import parse_qs, quote
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lanalyze.metrics import REGISTRY
@@ -44,6 +46,18 @@ LOGINS = Counter(
     "lanalyze_web_logins_total",
     "Console login attempts by result (ok, failed, limited).",
     ["result"],
+    registry=REGISTRY,
+)
+LOGINS_LIMITED = Counter(
+    "lanalyze_web_logins_limited_total",
+    "Login attempts refused with 429 before any password check, by the full limit (pair: one "
+    "address guessing one user; address: one address, any user; global: all unknown clients).",
+    ["limit"],
+    registry=REGISTRY,
+)
+VERIFYING = Gauge(
+    "lanalyze_web_password_checks",
+    "argon2 password checks running or waiting for one of `web.login_concurrency` slots.",
     registry=REGISTRY,
 )
 REJECTED = Counter(
@@ -114,6 +128,31 @@ class Users:
         return user
 
 
+class PasswordChecks:
+    """Runs argon2 verifications on ``slots`` threads of their own.
+
+    Each verification holds 64 MiB (argon2-cffi's default ``memory_cost``) for tens of
+    milliseconds; a burst of logins waits here as asyncio futures instead of allocating all at
+    once, and never occupies the default executor the pages' queries run on. How many can wait
+    is bounded by the login limiter, which counts an attempt before it gets here.
+    """
+
+    def __init__(self, users: Users, slots: int) -> None:
+        self._users = users
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="web-argon2")
+
+    async def verify(self, name: str, password: str) -> WebUser | None:
+        loop = asyncio.get_running_loop()
+        VERIFYING.inc()
+        try:
+            return await loop.run_in_executor(self._executor, self._users.verify, name, password)
+        finally:
+            VERIFYING.dec()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class SessionCodec:
     """Session <-> signed cookie value."""
 
@@ -140,15 +179,43 @@ class SessionCodec:
         return Session(user.name, str(data.get("c", "")))
 
 
-class LoginLimiter:
-    """Failed logins per key (client address, user name) in a sliding window; bounded keys."""
+GLOBAL_KEY = "*"
 
-    def __init__(self, attempts: int, window: float, max_keys: int = 10_000) -> None:
+
+class LoginLimiter:
+    """Login attempts per key in a sliding window; bounded keys.
+
+    An attempt is counted *before* its password is verified (:meth:`acquire` checks and
+    records under one lock), so concurrent guesses cannot all pass a check made before any of
+    them failed. A success takes its attempt back (:meth:`succeeded`). Keys are chosen by the
+    login page: the (address, user) pair and the address get ``attempts`` each, and
+    :data:`GLOBAL_KEY` (every client not known to this console) gets ``global_attempts``, which
+    caps the argon2 work a distributed guesser can cause. No key is a user name alone, so
+    guessing from elsewhere never locks a user out of their own address; and addresses that
+    logged in within ``trust_for`` seconds are exempt from the global cap, so a flood from
+    many addresses does not lock the administrator out either.
+    """
+
+    def __init__(
+        self,
+        attempts: int,
+        window: float,
+        max_keys: int = 10_000,
+        *,
+        global_attempts: int | None = None,
+        trust_for: float = 0.0,
+    ) -> None:
         self.attempts = attempts
         self.window = window
         self.max_keys = max_keys
+        self.global_attempts = global_attempts if global_attempts is not None else attempts
+        self.trust_for = trust_for
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._known: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _limit(self, key: str) -> int:
+        return self.global_attempts if key == GLOBAL_KEY else self.attempts
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         failures = self._failures.get(key)
@@ -161,32 +228,87 @@ class LoginLimiter:
             return None
         return failures
 
+    def _wait(self, keys: Iterable[str], now: float) -> tuple[float, str | None]:
+        wait, blocking = 0.0, None
+        for key in keys:
+            failures = self._recent(key, now)
+            if failures is not None and len(failures) >= self._limit(key):
+                key_wait = failures[0] + self.window - now
+                if key_wait > wait:
+                    wait, blocking = key_wait, key
+        return wait, blocking
+
+    def _record(self, keys: Iterable[str], now: float) -> None:
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures is None:
+                if len(self._failures) >= self.max_keys:
+                    self._failures.popitem(last=False)
+                failures = self._failures[key] = deque(maxlen=self._limit(key))
+            failures.append(now)
+            self._failures.move_to_end(key)
+
     def retry_after(self, keys: Iterable[str], now: float | None = None) -> int:
         """Seconds until any of ``keys`` may try again (0: allowed now)."""
         now = time.monotonic() if now is None else now
-        wait = 0.0
+        with self._lock:
+            wait, _ = self._wait(keys, now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def acquire(self, keys: list[str], now: float | None = None) -> tuple[int, str | None]:
+        """Count an attempt on every key if none is over its limit.
+
+        Returns ``(0, None)`` when counted, else the seconds to wait and the key that is full.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            wait, blocking = self._wait(keys, now)
+            if wait > 0:
+                return int(wait) + 1, blocking
+            self._record(keys, now)
+        return 0, None
+
+    def succeeded(self, keys: list[str], now: float) -> None:
+        """Take back the attempt :meth:`acquire` counted at ``now``: it was not a failure."""
         with self._lock:
             for key in keys:
-                failures = self._recent(key, now)
-                if failures is not None and len(failures) >= self.attempts:
-                    wait = max(wait, failures[0] + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
+                failures = self._failures.get(key)
+                if failures is not None and now in failures:
+                    failures.remove(now)
 
     def failed(self, keys: Iterable[str], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            for key in keys:
-                failures = self._failures.get(key)
-                if failures is None:
-                    if len(self._failures) >= self.max_keys:
-                        self._failures.popitem(last=False)
-                    failures = self._failures[key] = deque(maxlen=self.attempts)
-                failures.append(now)
-                self._failures.move_to_end(key)
+            self._record(keys, now)
 
     def forget(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)
+
+    def trust(self, address: str, now: float | None = None) -> None:
+        """``address`` just logged in: exempt it from the global cap for ``trust_for`` s."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._known[address] = now + self.trust_for
+            self._known.move_to_end(address)
+            while len(self._known) > self.max_keys:
+                self._known.popitem(last=False)
+
+    def trusted(self, address: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            until = self._known.get(address)
+            if until is not None and until <= now:
+                del self._known[address]
+                until = None
+        return until is not None
+
+    def keys(self, address: str, user: str) -> list[str]:
+        """The keys a login attempt by ``user`` from ``address`` counts against."""
+        keys = [f"pair:{address}|{user}", f"addr:{address}"]
+        if not self.trusted(address):
+            keys.append(GLOBAL_KEY)
+        return keys
 
 
 def cookie_names(tls: bool) -> tuple[str, str]:

@@ -59,8 +59,24 @@ class WebConfig(Section):
         default=5,
         ge=1,
         le=1000,
-        description="Failed logins allowed per client address and per user name within "
-        "`login_window` before further attempts get 429.",
+        description="Login attempts allowed per client address, and per user name from one "
+        "address, within `login_window` before further attempts get 429 (counted before the "
+        "password is checked; a success takes its attempt back).",
+    )
+    login_global_attempts: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Failed login attempts allowed from all clients together within "
+        "`login_window` (addresses that logged in successfully within `session_lifetime` are "
+        "exempt); caps the password-checking work of a guesser using many addresses.",
+    )
+    login_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Password checks (argon2, 64 MiB each) run at the same time; further logins "
+        "wait for a slot.",
     )
     login_window: int = Field(
         default=300, ge=1, le=86400, description="Seconds over which failed logins are counted."
