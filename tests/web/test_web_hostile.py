@@ -6,6 +6,7 @@ say, concurrent password guessing, stolen session cookies after logout, forwarde
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +15,9 @@ from typing import Any
 import pytest
 
 from lanalyze.metrics import REGISTRY
-from lanalyze.web.auth import Users
+from lanalyze.web.auth import Revocations, Session, Users
 from tests.web.helpers import PASSWORD
-from tests.web.live import live_console
+from tests.web.live import Live, Reply, live_console
 
 
 def test_zone_scoped_host_path_is_a_404_not_a_500(data_dir: Path) -> None:
@@ -126,3 +127,52 @@ def test_global_cap_spares_addresses_that_logged_in(data_dir: Path) -> None:
         after = REGISTRY.get_sample_value("lanalyze_web_logins_limited_total", {"limit": "global"})
         assert (after or 0) - (before or 0) == 2
         assert "lanalyze_web_logins_limited_total" in live.get("/metrics").text
+
+
+def _logout(live: Live) -> Reply:
+    return live.post_form("/logout", {"csrf": live.csrf()})
+
+
+def test_logout_ends_a_copied_cookie_in_every_process_and_after_restart(data_dir: Path) -> None:
+    with live_console(data_dir) as first, live_console(data_dir) as second:
+        assert first.login(password=PASSWORD).status == 303
+        stolen = dict(first.cookies)
+        assert second.get("/exporters", cookies=stolen).status == 200
+        assert _logout(first).status == 303
+        # The copy is refused by the process that logged out and by the other one.
+        assert first.get("/exporters", cookies=stolen).status == 303
+        assert second.get("/exporters", cookies=stolen).status == 303
+        # Another login of the same user is untouched.
+        assert second.login(password=PASSWORD).status == 303
+        kept = dict(second.cookies)
+        assert first.get("/exporters", cookies=kept).status == 200
+    revoked = data_dir / "web" / "sessions-revoked.json"
+    assert revoked.stat().st_mode & 0o777 == 0o600
+    with live_console(data_dir) as restarted:
+        assert restarted.get("/exporters", cookies=stolen).status == 303
+        assert restarted.get("/exporters", cookies=kept).status == 200
+
+
+def test_revocation_list_is_bounded_and_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "web" / "sessions-revoked.json"
+    revocations = Revocations(path, lifetime=3600)
+    revocations.MAX_ENTRIES = 3
+    now = 1_000_000.0
+    sessions = [Session("alice", "c", f"s{n}", now - 10) for n in range(5)]
+    for session in sessions[:3]:
+        revocations.revoke(session, now=now)
+    assert [revocations.revoked(s) for s in sessions] == [True, True, True, False, False]
+    revocations.revoke(sessions[3], now=now)  # one over: everything issued so far ends
+    assert path.stat().st_size < 100
+    assert all(Revocations(path, 3600).revoked(s) for s in sessions)
+    later = Session("alice", "c", "s9", now + 10)
+    assert not revocations.revoked(later)
+    # Entries whose cookie has expired anyway are dropped.
+    expired = Revocations(tmp_path / "other.json", lifetime=60)
+    expired.revoke(Session("alice", "c", "old", now), now=now)
+    expired.revoke(Session("alice", "c", "new", now + 100), now=now + 100)
+    assert set(json.loads((tmp_path / "other.json").read_text())["sessions"]) == {"new"}
+    # A file that does not parse is not trusted to be complete: the next write ends all.
+    path.write_text("{not json")
+    revocations.revoke(later, now=now + 20)
+    assert Revocations(path, 3600).revoked(Session("alice", "c", "x", now + 15))

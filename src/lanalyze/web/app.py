@@ -31,6 +31,7 @@ from lanalyze.web.auth import (
     AuthMiddleware,
     LoginLimiter,
     PasswordChecks,
+    Revocations,
     SessionCodec,
     Users,
 )
@@ -91,7 +92,12 @@ def build_app(
         config=config,
         data_dir=data_dir,
         users=users,
-        sessions=SessionCodec(secret, config.session_lifetime, users),
+        sessions=SessionCodec(
+            secret,
+            config.session_lifetime,
+            users,
+            Revocations(data_dir / "web" / "sessions-revoked.json", config.session_lifetime),
+        ),
         limiter=LoginLimiter(
             config.login_attempts,
             config.login_window,

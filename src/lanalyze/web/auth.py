@@ -3,9 +3,11 @@
 Trust: every request is hostile until its session cookie verifies. Passwords are checked
 against argon2 hashes from the config (argon2-cffi); unknown users cost the same work as known
 ones so timing does not reveal which names exist. Sessions are stateless cookies signed with
-itsdangerous (HMAC over a key kept in a 0600 file), carrying the user, a CSRF token and a
-fingerprint of the password hash, so changing a password in the config ends that user's
-sessions. State-changing requests must carry the session's CSRF token (synchronizer token:
+itsdangerous (HMAC over a key kept in a 0600 file), carrying the user, a CSRF token, a session
+id and a fingerprint of the password hash, so changing a password in the config ends that
+user's sessions; logout records the session id in a revocation file in the data directory
+(:class:`Revocations`), so a copied cookie ends too, in every console process and after a
+restart. State-changing requests must carry the session's CSRF token (synchronizer token:
 form field ``csrf`` or header ``X-CSRF-Token``) and, when the browser sends one, a same-origin
 ``Origin``. The login form, having no session yet, uses a double-submit cookie.
 
@@ -16,10 +18,12 @@ read the CSRF field and replay it to the handler.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import secrets
 import threading
@@ -39,8 +43,12 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lanalyze.log import RateLimiter, get_logger
 from lanalyze.metrics import REGISTRY
 from lanalyze.web.config import WebConfig, WebUser
+
+log = get_logger(__name__)
+_revocation_log = RateLimiter(interval=60, burst=1)
 
 LOGINS = Counter(
     "lanalyze_web_logins_total",
@@ -106,6 +114,10 @@ def _fingerprint(user: WebUser) -> str:
 class Session:
     user: str
     csrf: str
+    sid: str = ""
+    """Random id that logout revokes; empty in cookies issued before sessions had one."""
+    issued: float = 0.0
+    """When the cookie was signed (Unix seconds, whole: itsdangerous' resolution)."""
 
 
 class Users:
@@ -153,30 +165,147 @@ class PasswordChecks:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class SessionCodec:
-    """Session <-> signed cookie value."""
+class Revocations:
+    """Sessions ended before their cookie expires (logout), shared through a file.
 
-    def __init__(self, secret: bytes, lifetime: int, users: Users) -> None:
+    Cookies are signed, not stored, so ending one needs a list of the ended ones:
+    ``<data_dir>/web/sessions-revoked.json`` (mode 0600), ``{"sessions": {id: expiry},
+    "all": time}``. It survives restarts and every console process on the data directory
+    sees it: a reader stats the file on each check and reloads it when it was replaced;
+    writers take ``flock`` on a lock file next to it, read, modify and atomically replace it.
+    Entries are dropped once their cookie would have expired anyway; should more than
+    :attr:`MAX_ENTRIES` remain, every session issued so far is ended (``all``) and the list
+    emptied, so the file stays bounded without un-revoking anything. A file we cannot parse is
+    logged and, at the next write, treated the same way (fail closed).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, path: Path, lifetime: int) -> None:
+        self.path = path
+        self.lifetime = lifetime
+        self._seen: tuple[int, int, int] | None = None
+        self._sessions: dict[str, float] = {}
+        self._all = 0.0
+        self._lock = threading.Lock()
+
+    def _load(self) -> tuple[dict[str, float], float] | None:
+        """The file's contents; empty when absent, None when unreadable."""
+        try:
+            data = json.loads(self.path.read_bytes())
+            sessions = {str(k): float(v) for k, v in dict(data.get("sessions", {})).items()}
+            return sessions, float(data.get("all", 0.0))
+        except FileNotFoundError:
+            return {}, 0.0
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            if _revocation_log.allow(str(self.path)) is not None:
+                log.error(
+                    "web.revocations_unreadable", extra={"path": str(self.path), "error": str(exc)}
+                )
+            return None
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._seen:
+            return
+        loaded = self._load()
+        if loaded is not None:  # an unreadable file keeps what we knew
+            self._sessions, self._all = loaded
+            self._seen = seen
+
+    def revoked(self, session: Session) -> bool:
+        with self._lock:
+            self._refresh()
+            return session.issued <= self._all or session.sid in self._sessions
+
+    def revoke(self, session: Session, now: float | None = None) -> None:
+        """End ``session`` everywhere; blocking (file lock, fsync): call from a thread.
+
+        A cookie without an id (issued by an older version) can only be ended with every
+        session issued up to now.
+        """
+        now = time.time() if now is None else now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            loaded = self._load()
+            sessions, everything = loaded if loaded is not None else ({}, now)
+            sessions = {sid: expiry for sid, expiry in sessions.items() if expiry > now}
+            if session.sid:
+                # itsdangerous accepts a cookie up to and including its max_age: one second more.
+                sessions[session.sid] = session.issued + self.lifetime + 1
+            else:
+                everything = max(everything, now)
+            if len(sessions) > self.MAX_ENTRIES:
+                sessions, everything = {}, max(everything, now)
+            self._write({"sessions": sessions, "all": everything})
+        finally:
+            os.close(lock_fd)
+        with self._lock:
+            self._seen = None  # reload at the next check, from the file just written
+            self._sessions, self._all = sessions, everything
+
+    def _write(self, data: dict[str, Any]) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json.dumps(data).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class SessionCodec:
+    """Session <-> signed cookie value; ended sessions are looked up in :class:`Revocations`."""
+
+    def __init__(
+        self, secret: bytes, lifetime: int, users: Users, revocations: Revocations | None = None
+    ) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="lanalyze.session")
         self.lifetime = lifetime
         self._users = users
+        self.revocations = revocations
 
     def issue(self, user: WebUser) -> tuple[str, Session]:
-        session = Session(user.name, secrets.token_urlsafe(24))
-        value = self._serializer.dumps({"u": user.name, "c": session.csrf, "h": _fingerprint(user)})
-        return value, session
+        csrf, sid = secrets.token_urlsafe(24), secrets.token_urlsafe(16)
+        value = self._serializer.dumps(
+            {"u": user.name, "c": csrf, "h": _fingerprint(user), "s": sid}
+        )
+        return value, Session(user.name, csrf, sid, time.time())
 
     def read(self, value: str) -> Session | None:
         try:
-            data = self._serializer.loads(value, max_age=self.lifetime)
+            data, signed_at = self._serializer.loads(
+                value, max_age=self.lifetime, return_timestamp=True
+            )
         except (BadSignature, ValueError):
             return None
         if not isinstance(data, dict):
             return None
         user = self._users.get(str(data.get("u", "")))
-        if user is None or not hmac.compare_digest(str(data.get("h", "")), _fingerprint(user)):
+        if user is None or not same_token(str(data.get("h", "")), _fingerprint(user)):
             return None
-        return Session(user.name, str(data.get("c", "")))
+        session = Session(
+            user.name, str(data.get("c", "")), str(data.get("s", "")), signed_at.timestamp()
+        )
+        if self.revocations is not None and self.revocations.revoked(session):
+            return None
+        return session
+
+    def revoke(self, session: Session) -> None:
+        """Logout: blocking, call from a thread."""
+        if self.revocations is not None:
+            self.revocations.revoke(session)
 
 
 GLOBAL_KEY = "*"

@@ -10,6 +10,7 @@ cannot allocate 64 MiB per request at once.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -117,6 +118,12 @@ async def login_submit(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     console = request.app.state.console
+    session = request.scope.get("state", {}).get("session")
+    if session is not None:
+        # The cookie is deleted below, but a copy (stolen, or in another browser tab's
+        # jar) would stay valid until it expires: record it as ended for every process.
+        await asyncio.to_thread(console.sessions.revoke, session)
+        log.info("web.logout", extra={"user": session.user})
     session_cookie, _ = cookie_names(console.config.tls)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(session_cookie, path="/", secure=console.config.tls, httponly=True)
