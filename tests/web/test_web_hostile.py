@@ -176,3 +176,26 @@ def test_revocation_list_is_bounded_and_fails_closed(tmp_path: Path) -> None:
     path.write_text("{not json")
     revocations.revoke(later, now=now + 20)
     assert Revocations(path, 3600).revoked(Session("alice", "c", "x", now + 15))
+
+
+def test_forwarded_for_is_honoured_only_from_trusted_proxies(data_dir: Path) -> None:
+    remote = [("X-Forwarded-For", "198.51.100.1, 192.0.2.5")]
+    with live_console(data_dir, trusted_proxies=["127.0.0.2/32"]) as live:
+        # Through the proxy, a remote client sees no counters without a login...
+        assert live.get("/metrics", headers=remote, source="127.0.0.2").status == 401
+        # ...while the header from any other peer is the client's own word: ignored.
+        assert live.get("/metrics", headers=remote, source="127.0.0.1").status == 200
+        assert live.get("/metrics", source="127.0.0.2").status == 200  # the proxy itself
+        # Login limits key on the forwarded client: one guesser behind the proxy does not
+        # lock out the other clients of the same proxy.
+        for _ in range(5):
+            assert live.login("bob", "x", headers=remote, source="127.0.0.2").status == 401
+        assert live.login("bob", "x", headers=remote, source="127.0.0.2").status == 429
+        other = [("X-Forwarded-For", "192.0.2.6")]
+        assert live.login(password=PASSWORD, headers=other, source="127.0.0.2").status == 303
+    # A chain of trusted proxies is walked past; a malformed entry stops at the last proxy.
+    with live_console(data_dir, trusted_proxies=["127.0.0.2/32"]) as fresh:
+        chained = [("X-Forwarded-For", "192.0.2.5, 127.0.0.2")]
+        assert fresh.get("/metrics", headers=chained, source="127.0.0.2").status == 401
+        garbage = [("X-Forwarded-For", "192.0.2.5, not-an-address")]
+        assert fresh.get("/metrics", headers=garbage, source="127.0.0.2").status == 200

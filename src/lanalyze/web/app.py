@@ -2,7 +2,8 @@
 
 We bind the socket ourselves so a busy port is a :class:`~lanalyze.service.BindError` naming
 the config key instead of uvicorn's exit. With ``web.tls_cert``/``web.tls_key`` uvicorn serves
-HTTPS on that socket. Every request passes the security-headers middleware, then the
+HTTPS on that socket. Every request passes the client-address middleware (the client behind
+a trusted reverse proxy), the security-headers middleware, then the
 authentication middleware (login, session, CSRF; see :mod:`lanalyze.web.auth`).
 """
 
@@ -37,7 +38,7 @@ from lanalyze.web.auth import (
 )
 from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
-from lanalyze.web.security import SecurityHeadersMiddleware
+from lanalyze.web.security import ClientAddressMiddleware, SecurityHeadersMiddleware
 
 log = get_logger(__name__)
 
@@ -120,6 +121,7 @@ def build_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(ClientAddressMiddleware, trusted_proxies=config.trusted_proxies),
             Middleware(SecurityHeadersMiddleware, tls=config.tls),
             Middleware(AuthMiddleware, config=config, codec=console.sessions),
         ],
@@ -163,6 +165,8 @@ class WebServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # Forwarded-for headers are read by ClientAddressMiddleware, from web.trusted_proxies.
+            proxy_headers=False,
             timeout_notify=5,
             ssl_certfile=str(self.config.tls_cert) if self.config.tls_cert else None,
             ssl_keyfile=str(self.config.tls_key) if self.config.tls_key else None,

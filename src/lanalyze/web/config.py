@@ -86,6 +86,12 @@ class WebConfig(Section):
         description="Client networks that may read /metrics without logging in (others must "
         "log in); an empty list requires a login from everywhere.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Reverse proxies whose X-Forwarded-For names the client (for the login "
+        "limits and `metrics_networks`); from any other peer the header is ignored. [] trusts "
+        "none.",
+    )
 
     warm_ranges: list[RangeName] = Field(
         default_factory=lambda: list(DEFAULT_WARM_RANGES),
@@ -93,7 +99,7 @@ class WebConfig(Section):
         "visit finds them ready; [] turns this off.",
     )
 
-    @field_validator("metrics_networks")
+    @field_validator("metrics_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for text in value:
