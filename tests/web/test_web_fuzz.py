@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from lanalyze.web.mailexplain import explain, warnings
+from lanalyze.web.mailexplain import explain, message_warnings
 from lanalyze.web.mailstore import parse_message
 from tests.web.helpers import make_app
 
@@ -62,7 +62,7 @@ def test_explanations_take_any_stored_verdict(auth: dict, sender: str, others: l
     if isinstance(auth.get("flags"), str):
         auth["flags"] = [auth["flags"]]
     explain(auth)
-    warnings(auth, sender, others, others, others)
+    message_warnings(auth, sender, others, others, others)
 
 
 @settings(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from lanalyze.web.mailexplain import explain, warnings
+from lanalyze.web.mailexplain import explain, message_warnings
 from lanalyze.web.security import MESSAGE_CSP
 from tests.web import sample_mail
 from tests.web.helpers import csrf_of, log_in, make_app
@@ -204,19 +204,19 @@ def test_explanations_in_plain_words() -> None:
     words = {f.check: f for f in explain({"spf": "fail", "dkim": "none", "dmarc": "none"})}
     assert words["SPF"].tone == "bad" and "NOT allowed" in words["SPF"].text
     assert words["DMARC"].tone == "note"
-    items, sender, recipient, forged = warnings(
+    warned = message_warnings(
         {"dmarc": "pass", "flags": []},
         "bounce@lists.example",
         ["alice@example.org"],
         ["bob@test.example"],
         ["team@test.example"],
     )
-    assert sender and recipient and not forged
-    assert any("different domains" in item for item in items)
-    _, _, _, forged = warnings(
+    assert warned.sender_mismatch and warned.recipient_mismatch and not warned.forged
+    assert any("different domains" in item for item in warned.items)
+    forged = message_warnings(
         {"dmarc": "none", "flags": ["local_domain_claimed_from_outside"]}, "a@x.example", [], [], []
     )
-    assert forged
+    assert forged.forged
 
 
 def test_paging(data_dir: Path) -> None:

@@ -2,7 +2,8 @@
 
 We bind the socket ourselves so a busy port is a :class:`~lanalyze.service.BindError` naming
 the config key instead of uvicorn's exit. With ``web.tls_cert``/``web.tls_key`` uvicorn serves
-HTTPS on that socket. Every request passes the security-headers middleware, then the
+HTTPS on that socket. Every request passes the client-address middleware (the client behind
+a trusted reverse proxy), the security-headers middleware, then the
 authentication middleware (login, session, CSRF; see :mod:`lanalyze.web.auth`).
 """
 
@@ -27,10 +28,17 @@ from starlette.staticfiles import StaticFiles
 from lanalyze import metrics
 from lanalyze.log import get_logger
 from lanalyze.service import StartError, bind_socket
-from lanalyze.web.auth import AuthMiddleware, LoginLimiter, SessionCodec, Users
+from lanalyze.web.auth import (
+    AuthMiddleware,
+    LoginLimiter,
+    PasswordChecks,
+    Revocations,
+    SessionCodec,
+    Users,
+)
 from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
-from lanalyze.web.security import SecurityHeadersMiddleware
+from lanalyze.web.security import ClientAddressMiddleware, SecurityHeadersMiddleware
 
 log = get_logger(__name__)
 
@@ -57,6 +65,7 @@ class Console:
     users: Users
     sessions: SessionCodec
     limiter: LoginLimiter
+    passwords: PasswordChecks
 
 
 def build_app(
@@ -84,8 +93,19 @@ def build_app(
         config=config,
         data_dir=data_dir,
         users=users,
-        sessions=SessionCodec(secret, config.session_lifetime, users),
-        limiter=LoginLimiter(config.login_attempts, config.login_window),
+        sessions=SessionCodec(
+            secret,
+            config.session_lifetime,
+            users,
+            Revocations(data_dir / "web" / "sessions-revoked.json", config.session_lifetime),
+        ),
+        limiter=LoginLimiter(
+            config.login_attempts,
+            config.login_window,
+            global_attempts=config.login_global_attempts,
+            trust_for=config.session_lifetime,
+        ),
+        passwords=PasswordChecks(users, config.login_concurrency),
     )
     routes: list[BaseRoute] = [
         Route("/metrics", metrics_endpoint),
@@ -101,6 +121,7 @@ def build_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(ClientAddressMiddleware, trusted_proxies=config.trusted_proxies),
             Middleware(SecurityHeadersMiddleware, tls=config.tls),
             Middleware(AuthMiddleware, config=config, codec=console.sessions),
         ],
@@ -127,6 +148,7 @@ class WebServer:
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self._warm_task: asyncio.Task[None] | None = None
+        self._app: Starlette | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -135,7 +157,7 @@ class WebServer:
         return host, port
 
     async def start(self) -> None:
-        app = await asyncio.to_thread(build_app, self.config, self.data_dir)
+        app = self._app = await asyncio.to_thread(build_app, self.config, self.data_dir)
         self._data_dir = app.state.console.data_dir
         self._sock = bind_socket(self.config.listen, "web.listen")
         config = uvicorn.Config(
@@ -143,6 +165,8 @@ class WebServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # Forwarded-for headers are read by ClientAddressMiddleware, from web.trusted_proxies.
+            proxy_headers=False,
             timeout_notify=5,
             ssl_certfile=str(self.config.tls_cert) if self.config.tls_cert else None,
             ssl_keyfile=str(self.config.tls_key) if self.config.tls_key else None,
@@ -196,3 +220,6 @@ class WebServer:
             await self._task
         self._server = None
         self._task = None
+        if self._app is not None:
+            self._app.state.console.passwords.close()
+            self._app = None

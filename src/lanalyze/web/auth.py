@@ -3,9 +3,11 @@
 Trust: every request is hostile until its session cookie verifies. Passwords are checked
 against argon2 hashes from the config (argon2-cffi); unknown users cost the same work as known
 ones so timing does not reveal which names exist. Sessions are stateless cookies signed with
-itsdangerous (HMAC over a key kept in a 0600 file), carrying the user, a CSRF token and a
-fingerprint of the password hash, so changing a password in the config ends that user's
-sessions. State-changing requests must carry the session's CSRF token (synchronizer token:
+itsdangerous (HMAC over a key kept in a 0600 file), carrying the user, a CSRF token, a session
+id and a fingerprint of the password hash, so changing a password in the config ends that
+user's sessions; logout records the session id in a revocation file in the data directory
+(:class:`Revocations`), so a copied cookie ends too, in every console process and after a
+restart. State-changing requests must carry the session's CSRF token (synchronizer token:
 form field ``csrf`` or header ``X-CSRF-Token``) and, when the browser sends one, a same-origin
 ``Origin``. The login form, having no session yet, uses a double-submit cookie.
 
@@ -15,16 +17,20 @@ read the CSRF field and replay it to the handler.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -34,16 +40,32 @@ from urllib.parse import parse_qs, quote
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lanalyze.log import RateLimiter, get_logger
 from lanalyze.metrics import REGISTRY
 from lanalyze.web.config import WebConfig, WebUser
+
+log = get_logger(__name__)
+_revocation_log = RateLimiter(interval=60, burst=1)
 
 LOGINS = Counter(
     "lanalyze_web_logins_total",
     "Console login attempts by result (ok, failed, limited).",
     ["result"],
+    registry=REGISTRY,
+)
+LOGINS_LIMITED = Counter(
+    "lanalyze_web_logins_limited_total",
+    "Login attempts refused with 429 before any password check, by the full limit (pair: one "
+    "address guessing one user; address: one address, any user; global: all unknown clients).",
+    ["limit"],
+    registry=REGISTRY,
+)
+VERIFYING = Gauge(
+    "lanalyze_web_password_checks",
+    "argon2 password checks running or waiting for one of `web.login_concurrency` slots.",
     registry=REGISTRY,
 )
 REJECTED = Counter(
@@ -92,6 +114,10 @@ def _fingerprint(user: WebUser) -> str:
 class Session:
     user: str
     csrf: str
+    sid: str = ""
+    """Random id that logout revokes; empty in cookies issued before sessions had one."""
+    issued: float = 0.0
+    """When the cookie was signed (Unix seconds, whole: itsdangerous' resolution)."""
 
 
 class Users:
@@ -114,41 +140,211 @@ class Users:
         return user
 
 
-class SessionCodec:
-    """Session <-> signed cookie value."""
+class PasswordChecks:
+    """Runs argon2 verifications on ``slots`` threads of their own.
 
-    def __init__(self, secret: bytes, lifetime: int, users: Users) -> None:
+    Each verification holds 64 MiB (argon2-cffi's default ``memory_cost``) for tens of
+    milliseconds; a burst of logins waits here as asyncio futures instead of allocating all at
+    once, and never occupies the default executor the pages' queries run on. How many can wait
+    is bounded by the login limiter, which counts an attempt before it gets here.
+    """
+
+    def __init__(self, users: Users, slots: int) -> None:
+        self._users = users
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="web-argon2")
+
+    async def verify(self, name: str, password: str) -> WebUser | None:
+        loop = asyncio.get_running_loop()
+        VERIFYING.inc()
+        try:
+            return await loop.run_in_executor(self._executor, self._users.verify, name, password)
+        finally:
+            VERIFYING.dec()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Revocations:
+    """Sessions ended before their cookie expires (logout), shared through a file.
+
+    Cookies are signed, not stored, so ending one needs a list of the ended ones:
+    ``<data_dir>/web/sessions-revoked.json`` (mode 0600), ``{"sessions": {id: expiry},
+    "all": time}``. It survives restarts and every console process on the data directory
+    sees it: a reader stats the file on each check and reloads it when it was replaced;
+    writers take ``flock`` on a lock file next to it, read, modify and atomically replace it.
+    Entries are dropped once their cookie would have expired anyway; should more than
+    :attr:`MAX_ENTRIES` remain, every session issued so far is ended (``all``) and the list
+    emptied, so the file stays bounded without un-revoking anything. A file we cannot parse is
+    logged and, at the next write, treated the same way (fail closed).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, path: Path, lifetime: int) -> None:
+        self.path = path
+        self.lifetime = lifetime
+        self._seen: tuple[int, int, int] | None = None
+        self._sessions: dict[str, float] = {}
+        self._all = 0.0
+        self._lock = threading.Lock()
+
+    def _load(self) -> tuple[dict[str, float], float] | None:
+        """The file's contents; empty when absent, None when unreadable."""
+        try:
+            data = json.loads(self.path.read_bytes())
+            sessions = {str(k): float(v) for k, v in dict(data.get("sessions", {})).items()}
+            return sessions, float(data.get("all", 0.0))
+        except FileNotFoundError:
+            return {}, 0.0
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            if _revocation_log.allow(str(self.path)) is not None:
+                log.error(
+                    "web.revocations_unreadable", extra={"path": str(self.path), "error": str(exc)}
+                )
+            return None
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._seen:
+            return
+        loaded = self._load()
+        if loaded is not None:  # an unreadable file keeps what we knew
+            self._sessions, self._all = loaded
+            self._seen = seen
+
+    def revoked(self, session: Session) -> bool:
+        with self._lock:
+            self._refresh()
+            return session.issued <= self._all or session.sid in self._sessions
+
+    def revoke(self, session: Session, now: float | None = None) -> None:
+        """End ``session`` everywhere; blocking (file lock, fsync): call from a thread.
+
+        A cookie without an id (issued by an older version) can only be ended with every
+        session issued up to now.
+        """
+        now = time.time() if now is None else now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            loaded = self._load()
+            sessions, everything = loaded if loaded is not None else ({}, now)
+            sessions = {sid: expiry for sid, expiry in sessions.items() if expiry > now}
+            if session.sid:
+                # itsdangerous accepts a cookie up to and including its max_age: one second more.
+                sessions[session.sid] = session.issued + self.lifetime + 1
+            else:
+                everything = max(everything, now)
+            if len(sessions) > self.MAX_ENTRIES:
+                sessions, everything = {}, max(everything, now)
+            self._write({"sessions": sessions, "all": everything})
+        finally:
+            os.close(lock_fd)
+        with self._lock:
+            self._seen = None  # reload at the next check, from the file just written
+            self._sessions, self._all = sessions, everything
+
+    def _write(self, data: dict[str, Any]) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json.dumps(data).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class SessionCodec:
+    """Session <-> signed cookie value; ended sessions are looked up in :class:`Revocations`."""
+
+    def __init__(
+        self, secret: bytes, lifetime: int, users: Users, revocations: Revocations | None = None
+    ) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="lanalyze.session")
         self.lifetime = lifetime
         self._users = users
+        self.revocations = revocations
 
     def issue(self, user: WebUser) -> tuple[str, Session]:
-        session = Session(user.name, secrets.token_urlsafe(24))
-        value = self._serializer.dumps({"u": user.name, "c": session.csrf, "h": _fingerprint(user)})
-        return value, session
+        csrf, sid = secrets.token_urlsafe(24), secrets.token_urlsafe(16)
+        value = self._serializer.dumps(
+            {"u": user.name, "c": csrf, "h": _fingerprint(user), "s": sid}
+        )
+        return value, Session(user.name, csrf, sid, time.time())
 
     def read(self, value: str) -> Session | None:
         try:
-            data = self._serializer.loads(value, max_age=self.lifetime)
+            data, signed_at = self._serializer.loads(
+                value, max_age=self.lifetime, return_timestamp=True
+            )
         except (BadSignature, ValueError):
             return None
         if not isinstance(data, dict):
             return None
         user = self._users.get(str(data.get("u", "")))
-        if user is None or not hmac.compare_digest(str(data.get("h", "")), _fingerprint(user)):
+        if user is None or not same_token(str(data.get("h", "")), _fingerprint(user)):
             return None
-        return Session(user.name, str(data.get("c", "")))
+        session = Session(
+            user.name, str(data.get("c", "")), str(data.get("s", "")), signed_at.timestamp()
+        )
+        if self.revocations is not None and self.revocations.revoked(session):
+            return None
+        return session
+
+    def revoke(self, session: Session) -> None:
+        """Logout: blocking, call from a thread."""
+        if self.revocations is not None:
+            self.revocations.revoke(session)
+
+
+GLOBAL_KEY = "*"
 
 
 class LoginLimiter:
-    """Failed logins per key (client address, user name) in a sliding window; bounded keys."""
+    """Login attempts per key in a sliding window; bounded keys.
 
-    def __init__(self, attempts: int, window: float, max_keys: int = 10_000) -> None:
+    An attempt is counted *before* its password is verified (:meth:`acquire` checks and
+    records under one lock), so concurrent guesses cannot all pass a check made before any of
+    them failed. A success takes its attempt back (:meth:`succeeded`). Keys are chosen by the
+    login page: the (address, user) pair and the address get ``attempts`` each, and
+    :data:`GLOBAL_KEY` (every client not known to this console) gets ``global_attempts``, which
+    caps the argon2 work a distributed guesser can cause. No key is a user name alone, so
+    guessing from elsewhere never locks a user out of their own address; and addresses that
+    logged in within ``trust_for`` seconds are exempt from the global cap, so a flood from
+    many addresses does not lock the administrator out either.
+    """
+
+    def __init__(
+        self,
+        attempts: int,
+        window: float,
+        max_keys: int = 10_000,
+        *,
+        global_attempts: int | None = None,
+        trust_for: float = 0.0,
+    ) -> None:
         self.attempts = attempts
         self.window = window
         self.max_keys = max_keys
+        self.global_attempts = global_attempts if global_attempts is not None else attempts
+        self.trust_for = trust_for
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._known: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _limit(self, key: str) -> int:
+        return self.global_attempts if key == GLOBAL_KEY else self.attempts
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         failures = self._failures.get(key)
@@ -161,32 +357,87 @@ class LoginLimiter:
             return None
         return failures
 
+    def _wait(self, keys: Iterable[str], now: float) -> tuple[float, str | None]:
+        wait, blocking = 0.0, None
+        for key in keys:
+            failures = self._recent(key, now)
+            if failures is not None and len(failures) >= self._limit(key):
+                key_wait = failures[0] + self.window - now
+                if key_wait > wait:
+                    wait, blocking = key_wait, key
+        return wait, blocking
+
+    def _record(self, keys: Iterable[str], now: float) -> None:
+        for key in keys:
+            failures = self._failures.get(key)
+            if failures is None:
+                if len(self._failures) >= self.max_keys:
+                    self._failures.popitem(last=False)
+                failures = self._failures[key] = deque(maxlen=self._limit(key))
+            failures.append(now)
+            self._failures.move_to_end(key)
+
     def retry_after(self, keys: Iterable[str], now: float | None = None) -> int:
         """Seconds until any of ``keys`` may try again (0: allowed now)."""
         now = time.monotonic() if now is None else now
-        wait = 0.0
+        with self._lock:
+            wait, _ = self._wait(keys, now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def acquire(self, keys: list[str], now: float | None = None) -> tuple[int, str | None]:
+        """Count an attempt on every key if none is over its limit.
+
+        Returns ``(0, None)`` when counted, else the seconds to wait and the key that is full.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            wait, blocking = self._wait(keys, now)
+            if wait > 0:
+                return int(wait) + 1, blocking
+            self._record(keys, now)
+        return 0, None
+
+    def succeeded(self, keys: list[str], now: float) -> None:
+        """Take back the attempt :meth:`acquire` counted at ``now``: it was not a failure."""
         with self._lock:
             for key in keys:
-                failures = self._recent(key, now)
-                if failures is not None and len(failures) >= self.attempts:
-                    wait = max(wait, failures[0] + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
+                failures = self._failures.get(key)
+                if failures is not None and now in failures:
+                    failures.remove(now)
 
     def failed(self, keys: Iterable[str], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            for key in keys:
-                failures = self._failures.get(key)
-                if failures is None:
-                    if len(self._failures) >= self.max_keys:
-                        self._failures.popitem(last=False)
-                    failures = self._failures[key] = deque(maxlen=self.attempts)
-                failures.append(now)
-                self._failures.move_to_end(key)
+            self._record(keys, now)
 
     def forget(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)
+
+    def trust(self, address: str, now: float | None = None) -> None:
+        """``address`` just logged in: exempt it from the global cap for ``trust_for`` s."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._known[address] = now + self.trust_for
+            self._known.move_to_end(address)
+            while len(self._known) > self.max_keys:
+                self._known.popitem(last=False)
+
+    def trusted(self, address: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            until = self._known.get(address)
+            if until is not None and until <= now:
+                del self._known[address]
+                until = None
+        return until is not None
+
+    def keys(self, address: str, user: str) -> list[str]:
+        """The keys a login attempt by ``user`` from ``address`` counts against."""
+        keys = [f"pair:{address}|{user}", f"addr:{address}"]
+        if not self.trusted(address):
+            keys.append(GLOBAL_KEY)
+        return keys
 
 
 def cookie_names(tls: bool) -> tuple[str, str]:
@@ -287,19 +538,21 @@ class AuthMiddleware:
             REJECTED.labels("origin").inc()
             await _respond(send, 403, b"cross-origin request refused\n", "text/plain")
             return False, receive
+        # Every body is read (bounded) before anything parses it, whether or not the token
+        # came in a header: the handler behind us (the login form) parses what we replay.
+        body = await _read_body(receive, MAX_FORM_BODY)
+        if body is None:
+            REJECTED.labels("too_large").inc()
+            await _respond(send, 413, b"request body too large\n", "text/plain")
+            return False, receive
+        receive = _replay(body, receive)
         token = _header(scope, b"x-csrf-token")
         if token is None:
             content_type = (_header(scope, b"content-type") or "").split(";")[0].strip()
             if content_type == "application/x-www-form-urlencoded":
-                body = await _read_body(receive, MAX_FORM_BODY)
-                if body is None:
-                    REJECTED.labels("too_large").inc()
-                    await _respond(send, 413, b"form too large\n", "text/plain")
-                    return False, receive
                 fields = parse_qs(body.decode("utf-8", "replace"))
                 token = fields["csrf"][0] if fields.get("csrf") else None
-                receive = _replay(body)
-        if not expected or token is None or not hmac.compare_digest(token, expected):
+        if not expected or token is None or not same_token(token, expected):
             REJECTED.labels("csrf").inc()
             await _respond(
                 send, 403, b"missing or wrong CSRF token: reload the page and retry\n", "text/plain"
@@ -308,7 +561,19 @@ class AuthMiddleware:
         return True, receive
 
 
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of a client's token with ours.
+
+    ``hmac.compare_digest`` raises ``TypeError`` on a ``str`` with non-ASCII characters, which
+    a header (decoded as latin-1) or a form field may carry: compare UTF-8 bytes instead.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -325,7 +590,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, original: Receive) -> Receive:
+    """Hands the buffered body to the app once, then the connection's own events: a handler
+    that waits for the client's disconnect must not be told of one that has not happened."""
     sent = False
 
     async def receive() -> Message:
@@ -333,7 +600,7 @@ def _replay(body: bytes) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await original()
 
     return receive
 

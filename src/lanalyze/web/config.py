@@ -59,8 +59,24 @@ class WebConfig(Section):
         default=5,
         ge=1,
         le=1000,
-        description="Failed logins allowed per client address and per user name within "
-        "`login_window` before further attempts get 429.",
+        description="Login attempts allowed per client address, and per user name from one "
+        "address, within `login_window` before further attempts get 429 (counted before the "
+        "password is checked; a success takes its attempt back).",
+    )
+    login_global_attempts: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Failed login attempts allowed from all clients together within "
+        "`login_window` (addresses that logged in successfully within `session_lifetime` are "
+        "exempt); caps the password-checking work of a guesser using many addresses.",
+    )
+    login_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Password checks (argon2, 64 MiB each) run at the same time; further logins "
+        "wait for a slot.",
     )
     login_window: int = Field(
         default=300, ge=1, le=86400, description="Seconds over which failed logins are counted."
@@ -70,6 +86,12 @@ class WebConfig(Section):
         description="Client networks that may read /metrics without logging in (others must "
         "log in); an empty list requires a login from everywhere.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Reverse proxies whose X-Forwarded-For names the client (for the login "
+        "limits and `metrics_networks`); from any other peer the header is ignored. [] trusts "
+        "none.",
+    )
 
     warm_ranges: list[RangeName] = Field(
         default_factory=lambda: list(DEFAULT_WARM_RANGES),
@@ -77,7 +99,7 @@ class WebConfig(Section):
         "visit finds them ready; [] turns this off.",
     )
 
-    @field_validator("metrics_networks")
+    @field_validator("metrics_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for text in value:

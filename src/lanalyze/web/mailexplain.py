@@ -184,15 +184,26 @@ def _arc(word: str, details: dict[str, Any]) -> Finding | None:
     return Finding("ARC", word, "bad", f"The forwarding record (ARC) is broken ({word}).")
 
 
-def warnings(
+@dataclass(frozen=True)
+class MessageWarnings:
+    """What the top of the message page warns about (named so as not to shadow the
+    standard ``warnings`` module, and a record rather than a 4-tuple of look-alike bools)."""
+
+    items: list[str]
+    sender_mismatch: bool
+    recipient_mismatch: bool
+    forged: bool
+
+
+def message_warnings(
     auth: dict[str, Any] | None,
     envelope_from: str,
     header_from: list[str],
     recipients: list[str],
     header_to: list[str],
-) -> tuple[list[str], bool, bool, bool]:
-    """Warnings for the top of the page, and whether (sender, recipients) disagree and the
-    message looks forged."""
+) -> MessageWarnings:
+    """Warnings for the top of the page, whether the envelope and the header disagree on
+    sender or recipients, and whether the message looks forged."""
     items: list[str] = []
     forged = False
     flags = auth.get("flags") if auth else None
@@ -224,4 +235,4 @@ def warnings(
             "None of the envelope recipients appears in To: or Cc: (a Bcc, a mailing list, or a "
             "message addressed to someone else)."
         )
-    return items, sender_mismatch, recipient_mismatch, forged
+    return MessageWarnings(items, sender_mismatch, recipient_mismatch, forged)

@@ -208,10 +208,18 @@ async def _gather(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
 
 
 def _page_filter(view: View, own: str) -> str | None:
-    """The filter the queries run with, or None when the user's filter is malformed."""
+    """The filter the queries run with, or None when the user's filter is malformed.
+
+    The page's own condition is built from path values we parsed, but it is checked too: a
+    value the filter language cannot say (anything ``_address`` let through by mistake) is a
+    404 for that path, never an unhandled error in the query threads.
+    """
     view.problem = flowreports.check_filter(view.filter)
     if view.problem is not None:
         return None
+    own_problem = flowreports.check_filter(own) if own else None
+    if own_problem is not None:
+        raise HTTPException(404, f"no flow report for this path: {own_problem.message}")
     return _combine(view.filter, own)
 
 
@@ -360,9 +368,14 @@ def warm_dashboards(data_dir: Path, ranges: list[str]) -> int:
 
 def _address(text: str) -> str:
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise HTTPException(404, f"{text!r} is not an IP address") from None
+    # Flow records carry no IPv6 zone (``fe80::1%eth0``), and the filter language has no
+    # syntax for one: such a path names no host we could have seen.
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise HTTPException(404, f"{text!r}: flows carry no IPv6 zone") from None
+    return str(address)
 
 
 async def host_page(request: Request) -> Response:

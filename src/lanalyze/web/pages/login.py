@@ -1,25 +1,30 @@
 """``/login`` and ``/logout``: the only pages reachable without a session (besides static).
 
-A failed login is counted per client address and per user name (:class:`LoginLimiter`);
-over the limit the answer is 429 with ``Retry-After`` and the password is not even checked.
-The argon2 check runs in a thread so it never blocks the event loop.
+A login attempt is counted before its password is checked, per client address, per (address,
+user name) pair and, for addresses that have not logged in recently, against a global cap
+(:class:`LoginLimiter`); over a limit the answer is 429 with ``Retry-After`` and the password is
+not even checked. The argon2 check runs on a few threads of its own
+(:class:`~lanalyze.web.auth.PasswordChecks`) so it never blocks the event loop and a burst
+cannot allocate 64 MiB per request at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from lanalyze.log import RateLimiter, get_logger
-from lanalyze.web.auth import LOGINS, cookie_names
+from lanalyze.web.auth import LOGINS, LOGINS_LIMITED, cookie_names
 from lanalyze.web.templating import render
 
 log = get_logger(__name__)
 _log_limit = RateLimiter(interval=60, burst=5)
+_LIMIT_NAMES = {"pair": "pair", "addr": "address", "*": "global"}
 
 
 def _safe_next(target: str | None) -> str:
@@ -69,25 +74,30 @@ async def login_submit(request: Request) -> Response:
     password = str(form.get("password", ""))[:1024]
     target = _safe_next(str(form.get("next", "/")))
     client = request.client.host if request.client else "unknown"
-    keys = [f"addr:{client}", f"user:{name}"]
-    wait = console.limiter.retry_after(keys)
+    limiter = console.limiter
+    keys = limiter.keys(client, name)
+    attempt_at = time.monotonic()
+    wait, full = limiter.acquire(keys, attempt_at)
     if wait:
         LOGINS.labels("limited").inc()
+        limit = _LIMIT_NAMES.get((full or "").split(":", 1)[0], "global")
+        LOGINS_LIMITED.labels(limit).inc()
         if _log_limit.allow(client) is not None:
-            log.warning("web.login_limited", extra={"peer": client, "user": name})
+            log.warning("web.login_limited", extra={"peer": client, "user": name, "limit": limit})
         response = _login_form(
             request, f"Too many failed logins. Try again in {wait} seconds.", 429
         )
         response.headers["retry-after"] = str(wait)
         return response
-    user = await asyncio.to_thread(console.users.verify, name, password)
+    user = await console.passwords.verify(name, password)
     if user is None:
-        console.limiter.failed(keys)
         LOGINS.labels("failed").inc()
         if _log_limit.allow(client) is not None:
             log.warning("web.login_failed", extra={"peer": client, "user": name})
         return _login_form(request, "Wrong user name or password.", 401)
-    console.limiter.forget(f"user:{name}")
+    limiter.forget(keys[0])
+    limiter.succeeded(keys[1:], attempt_at)
+    limiter.trust(client)
     LOGINS.labels("ok").inc()
     log.info("web.login", extra={"peer": client, "user": name})
     value, _session = console.sessions.issue(user)
@@ -108,6 +118,12 @@ async def login_submit(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     console = request.app.state.console
+    session = request.scope.get("state", {}).get("session")
+    if session is not None:
+        # The cookie is deleted below, but a copy (stolen, or in another browser tab's
+        # jar) would stay valid until it expires: record it as ended for every process.
+        await asyncio.to_thread(console.sessions.revoke, session)
+        log.info("web.logout", extra={"user": session.user})
     session_cookie, _ = cookie_names(console.config.tls)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(session_cookie, path="/", secure=console.config.tls, httponly=True)

@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from lanalyze.mail.index import VERDICTS, MessageQuery, RejectionQuery
-from lanalyze.web.mailexplain import explain, warnings
+from lanalyze.web.mailexplain import explain, message_warnings
 from lanalyze.web.mailstore import MailStore, parse_message
 from lanalyze.web.pages.flows import REFRESH, format_utc_minute, parse_utc_minute
 from lanalyze.web.security import MESSAGE_CSP
@@ -247,7 +247,7 @@ async def message_view(request: Request) -> Response:
     header_to = parsed.header_to if parsed else []
     if not header_from and row.get("header_from"):
         header_from = [str(row["header_from"])]
-    items, sender_mismatch, recipient_mismatch, forged = warnings(
+    warned = message_warnings(
         row.get("auth"), str(row.get("mail_from", "")), header_from, row["recipients"], header_to
     )
     frames = [
@@ -262,10 +262,10 @@ async def message_view(request: Request) -> Response:
             "parsed": parsed,
             "raw": raw.decode("utf-8", "replace") if raw is not None else None,
             "findings": explain(row.get("auth")),
-            "warnings": items,
-            "forged": forged,
-            "sender_mismatch": sender_mismatch,
-            "recipient_mismatch": recipient_mismatch,
+            "warnings": warned.items,
+            "forged": warned.forged,
+            "sender_mismatch": warned.sender_mismatch,
+            "recipient_mismatch": warned.recipient_mismatch,
             "header_from": header_from,
             "header_to": header_to,
             "frames": frames,
