@@ -325,3 +325,16 @@ def test_drill_down_reports_share_one_filtered_scan(store, monkeypatch) -> None:
     again = page()
     assert from_files == first == again
     assert reads and not any(reads)  # the second visit read no file
+
+
+def test_times_before_1970_or_after_9999_are_refused(store) -> None:
+    now = 1_700_000_000_000
+    for text in ("0001-01-01", "0001-01-01T00:00+05:00", "1969-12-31T23:59Z", "-999999999d"):
+        with pytest.raises(TimeError, match="1970"):
+            parse_time(text, now)
+    with pytest.raises(TimeError, match="9999"):
+        parse_time("99999999999999999", now)
+    assert parse_time("1970-01-01T00:00Z", now) == 0
+    data, _ = store
+    result = run_cli("top", "--by", "srcip", "--since", "0001-01-01", "--data", str(data))
+    assert result.returncode == 2 and "1970" in result.stderr
