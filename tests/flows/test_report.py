@@ -57,13 +57,13 @@ def test_top_srcip_equals_independent_sums(store) -> None:
     data, columns = store
     report = reports.top(data, "srcip", since=T0, until=T0 + SPAN, limit=0, use_rollups=False)
     expected = expected_by(columns, ["src_addr"])
-    got = {(r["srcip"],): [r["bytes"], r["packets"], r["flows"]] for r in report.rows}
+    got = {(r.values["srcip"],): [r.bytes, r.packets, r.flows] for r in report.rows}
     assert got == expected
-    assert report.total["flows"] == 20_000
-    assert report.rows == sorted(report.rows, key=lambda r: -r["bytes"])
-    assert abs(sum(r["share"] for r in report.rows) - 100) < 1e-6
+    assert report.total.flows == 20_000
+    assert report.rows == sorted(report.rows, key=lambda r: -r.bytes)
+    assert abs(sum(r.share for r in report.rows) - 100) < 1e-6
     seconds = SPAN / 1000
-    assert report.rows[0]["bps"] == pytest.approx(report.rows[0]["bytes"] * 8 / seconds)
+    assert report.rows[0].bps == pytest.approx(report.rows[0].bytes * 8 / seconds)
 
 
 def test_top_limit_order_and_filter(store) -> None:
@@ -81,8 +81,10 @@ def test_top_limit_order_and_filter(store) -> None:
     mask = (columns["protocol"] == 6) & (columns["dst_port"] != 22)
     expected = expected_by(columns, ["protocol", "dst_port"], mask)
     best = sorted(expected.items(), key=lambda kv: -kv[1][1])[:3]
-    assert [(r["dstport"], r["packets"]) for r in report.rows] == [(k[1], v[1]) for k, v in best]
-    assert all(r["proto"] == "tcp" for r in report.rows)
+    assert [(r.values["dstport"], r.packets) for r in report.rows] == [
+        (k[1], v[1]) for k, v in best
+    ]
+    assert all(r.values["proto"] == "tcp" for r in report.rows)
 
 
 def test_time_window_is_half_open_on_time_received(store) -> None:
@@ -90,7 +92,7 @@ def test_time_window_is_half_open_on_time_received(store) -> None:
     lo, hi = T0 + 1_234_567, T0 + 4_000_000
     report = reports.top(data, "proto", since=lo, until=hi, limit=0, use_rollups=False)
     times = columns["time_received"]
-    assert report.total["flows"] == int(((times >= lo) & (times < hi)).sum())
+    assert report.total.flows == int(((times >= lo) & (times < hi)).sum())
 
 
 def test_either_side_dimension_counts_both_ends(store) -> None:
@@ -99,33 +101,41 @@ def test_either_side_dimension_counts_both_ends(store) -> None:
     counts: Counter[str] = Counter()
     for side in ("src_addr", "dst_addr"):
         counts.update(ip_text(bytes(v)) for v in columns[side])
-    assert {r["ip"]: r["flows"] for r in report.rows} == dict(counts)
-    assert report.total["flows"] == 20_000
+    assert {r.values["ip"]: r.flows for r in report.rows} == dict(counts)
+    assert report.total.flows == 20_000
 
 
 def test_derived_dimensions(store) -> None:
     data, columns = store
     since, until = T0, T0 + SPAN
     nets = reports.top(data, "srcnet/30", since=since, until=until, limit=0, use_rollups=False)
-    assert all(r["srcnet/30"].endswith("/30") for r in nets.rows)
-    assert sum(r["flows"] for r in nets.rows) == 20_000
+    assert all(str(r.values["srcnet/30"]).endswith("/30") for r in nets.rows)
+    assert sum(r.flows for r in nets.rows) == 20_000
     octets = columns["src_addr"].view(np.uint8).reshape(-1, 16)
     assert len(nets.rows) == len({(int(o[14]), int(o[15]) // 4) for o in octets})
     app = reports.top(data, "app", since=since, until=until, limit=0, use_rollups=False)
-    names = {r["app"] for r in app.rows}
+    names = {r.values["app"] for r in app.rows}
     assert "tcp/443 https" in names
     conv = reports.top(data, "conversation", since=since, until=until, limit=1, use_rollups=False)
-    assert " <-> " in conv.rows[0]["conversation"]
+    assert " <-> " in str(conv.rows[0].values["conversation"])
     flags = reports.top(data, "flags", since=since, until=until, limit=0, use_rollups=False)
-    assert "...A..S." in {r["flags"] for r in flags.rows}
+    assert "...A..S." in {r.values["flags"] for r in flags.rows}
     multi = reports.top(
         data, "exporter,inif,outif,srcas,dstas,dscp,tos", since=since, until=until, limit=2
     )
-    assert set(multi.rows[0]) >= {"exporter", "inif", "outif", "srcas", "dstas", "dscp", "tos"}
+    assert set(multi.rows[0].values) == {
+        "exporter",
+        "inif",
+        "outif",
+        "srcas",
+        "dstas",
+        "dscp",
+        "tos",
+    }
     ports = reports.top(
         data, "conversation-ports", since=since, until=until, limit=2, use_rollups=False
     )
-    assert ":" in ports.rows[0]["conversation-ports"]
+    assert ":" in str(ports.rows[0].values["conversation-ports"])
 
 
 def test_series_adds_up_to_the_total(store) -> None:
@@ -135,11 +145,11 @@ def test_series_adds_up_to_the_total(store) -> None:
     )
     assert result.bucket_ms == 600_000
     assert result.groups[-1] == "other" and len(result.groups) == 4
-    assert sum(p["flows"] for p in result.points) == 20_000
-    first = [p for p in result.points if p["time"] == result.points[0]["time"]]
-    assert {p["group"] for p in first} == set(result.groups)
+    assert sum(p.flows for p in result.points) == 20_000
+    first = [p for p in result.points if p.time == result.points[0].time]
+    assert {p.group for p in first} == set(result.groups)
     plain = reports.series(data, since=T0, until=T0 + SPAN, use_rollups=False)
-    assert sum(p["flows"] for p in plain.points) == 20_000
+    assert sum(p.flows for p in plain.points) == 20_000
     assert plain.bucket_ms == auto_bucket(T0, T0 + SPAN)
 
 
@@ -147,7 +157,7 @@ def test_list_newest_first_with_filter(store) -> None:
     data, columns = store
     flows = reports.list_flows(data, since=T0, until=T0 + SPAN, filter="proto udp", limit=25)
     assert len(flows) == 25
-    times = [f["time_received_ms"] for f in flows]
+    times = [f.time_received for f in flows]
     assert times == sorted(times, reverse=True)
     udp_times = np.sort(columns["time_received"][columns["protocol"] == 17])[::-1][:25]
     assert times == [int(t) for t in udp_times]
@@ -157,15 +167,15 @@ def test_interfaces(store) -> None:
     data, columns = store
     rows = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=0)
     scaled = columns["bytes"] * columns["sampling_rate"]
-    assert sum(r["in_bytes"] for r in rows) == int(scaled.sum())
-    assert sum(r["out_bytes"] for r in rows) == int(scaled.sum())
+    assert sum(r.in_bytes for r in rows) == int(scaled.sum())
+    assert sum(r.out_bytes for r in rows) == int(scaled.sum())
     # Every in/out sum per (exporter, ifIndex) equals one computed from the raw columns.
     by_in = expected_by(columns, ["exporter", "in_if"])
     by_out = expected_by(columns, ["exporter", "out_if"])
     got = {
-        (r["exporter"], r["interface"]): [
-            r["in_bytes"], r["in_packets"], r["in_flows"],
-            r["out_bytes"], r["out_packets"], r["out_flows"],
+        (r.exporter, r.interface): [
+            r.in_bytes, r.in_packets, r.in_flows,
+            r.out_bytes, r.out_packets, r.out_flows,
         ]
         for r in rows
     }  # fmt: skip
@@ -176,7 +186,7 @@ def test_interfaces(store) -> None:
     # Each order ranks by in + out of its counter; the rows stay the same.
     for order, field in (("bytes", "bytes"), ("packets", "packets"), ("flows", "flows")):
         ranked = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=0, order=order)
-        totals = [r[f"in_{field}"] + r[f"out_{field}"] for r in ranked]
+        totals = [getattr(r, f"in_{field}") + getattr(r, f"out_{field}") for r in ranked]
         assert totals == sorted(totals, reverse=True), order
         assert sorted(map(str, ranked)) == sorted(map(str, rows))
         top3 = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=3, order=order)
@@ -186,14 +196,14 @@ def test_interfaces(store) -> None:
     one = reports.interface_series(
         data, exporter="192.0.2.1", interface=1, since=T0, until=T0 + SPAN, bucket="1h"
     )
-    assert len(one["points"]) == 2
+    assert len(one.points) == 2
 
 
 def test_status(store) -> None:
     data, _ = store
     raw = reports.status(data)[0]
-    assert raw["table"] == "raw" and raw["rows"] == 20_000 and raw["bytes"] > 0
-    assert raw["first"].startswith("2023-11-14")
+    assert raw.table == "raw" and raw.rows == 20_000 and raw.bytes > 0
+    assert raw.first is not None and raw.to_json()["first"].startswith("2023-11-14")
 
 
 def test_bad_requests_are_value_errors(store) -> None:
@@ -262,7 +272,8 @@ def test_cli_top_json_and_table(store) -> None:
     assert header.split(",")[-4:] == ["in_packets", "out_packets", "in_flows", "out_flows"]
     ranked = reports.top_interfaces(data, since=T0, until=T0 + SPAN, order="packets")
     assert [line.split(",")[-4:] for line in lines] == [
-        [str(r[k]) for k in ("in_packets", "out_packets", "in_flows", "out_flows")] for r in ranked
+        [str(r.to_json()[k]) for k in ("in_packets", "out_packets", "in_flows", "out_flows")]
+        for r in ranked
     ]
     status = run_cli("status", "--data", str(data))
     assert status.returncode == 0 and "raw" in status.stdout
