@@ -349,3 +349,37 @@ def test_times_before_1970_or_after_9999_are_refused(store) -> None:
     data, _ = store
     result = run_cli("top", "--by", "srcip", "--since", "0001-01-01", "--data", str(data))
     assert result.returncode == 2 and "1970" in result.stderr
+
+
+def test_every_report_runs_through_the_backend_with_named_columns(store) -> None:
+    """One interface for a second backend: every report's SQL goes through ``engine.use``'s
+    backend, and its columns are named (``d0_srcip``, ``bucket``), not numbered."""
+    import re
+
+    from lanalyze.flows.query import engine
+
+    data, _ = store
+    seen: list[str] = []
+
+    class Recording(engine.DuckDBBackend):
+        def execute(self, statement):  # type: ignore[no-untyped-def]
+            seen.append(statement.sql)
+            return super().execute(statement)
+
+    original = engine.backend()
+    engine.use(Recording())
+    try:
+        window = {"since": T0, "until": T0 + SPAN}
+        top = reports.top(data, "srcip", limit=3, use_rollups=False, **window)
+        reports.series(data, by="app", bucket="10m", use_rollups=False, **window)
+        reports.list_flows(data, limit=3, **window)
+        reports.top_interfaces(data, **window)
+        reports.interface_series(data, exporter="192.0.2.1", interface=1, **window)
+        reports.status(data)
+    finally:
+        engine.use(original)
+    assert len(seen) >= 6 and top.rows
+    assert not [sql for sql in seen if re.search(r"\b[ck]\d+\b", sql)]
+    assert any("AS d0_srcip" in sql for sql in seen)
+    assert any("AS bucket" in sql for sql in seen)
+    assert any("AS in_bytes" in sql for sql in seen)
