@@ -22,7 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from lanalyze.flows.query import filtered, reports  # noqa: E402
+from lanalyze.flows.query import engine, filtered, planner  # noqa: E402
+from lanalyze.flows.query.reports import common, flowlist, iface  # noqa: E402
 from lanalyze.web import flowreports  # noqa: E402
 from lanalyze.web.pages import flows as pages  # noqa: E402
 
@@ -32,14 +33,16 @@ _plans: list[str] = []
 
 
 def _instrument() -> None:
-    # The module's namespace, patched in place: every report looks these names up at call time.
-    namespace = vars(reports)
-    execute, plan = namespace["_execute"], namespace["plan"]
+    # Every report plans through the planner module and runs through the engine's backend:
+    # both are looked up at call time, so wrapping them here times every report.
+    backend = engine.backend()
+    execute = backend.execute
+    plan = planner.plan
 
-    def timed_execute(sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+    def timed_execute(statement: Any) -> list[tuple[Any, ...]]:
         started = time.perf_counter()
         try:
-            rows: list[tuple[Any, ...]] = execute(sql, params)
+            rows: list[tuple[Any, ...]] = execute(statement)
             return rows
         finally:
             _spent["sql"] += time.perf_counter() - started
@@ -53,8 +56,9 @@ def _instrument() -> None:
         _plans.append(result.describe())
         return result
 
-    namespace["_execute"] = timed_execute
-    namespace["plan"] = timed_plan
+    backend.execute = timed_execute  # type: ignore[method-assign]
+    for module in (common, flowlist, iface):
+        module.plan = timed_plan  # type: ignore[attr-defined]
     # A drill-down's shared filtered scan runs its DuckDB query outside _execute.
     scan = filtered.flows
 

@@ -245,7 +245,7 @@ def lanalyze_top(flow_dir: Path, since: int, until: int, raw: bool) -> tuple[flo
     began = time.perf_counter()
     report = reports.top(flow_dir, "srcip", since=since, until=until, limit=10, use_rollups=not raw)
     spent = time.perf_counter() - began
-    return spent, [(row["srcip"], row["bytes"]) for row in report.rows], report.plan
+    return spent, [(row.values["srcip"], row.bytes) for row in report.rows], report.plan
 
 
 def cli_top(flow_dir: Path, since: int, until: int) -> float:

@@ -126,4 +126,4 @@ def test_top_reports_equal_nfdump(
         rolled = reports.top(flow_dir, by, since=since, until=now, limit=0)
         raw = reports.top(flow_dir, by, since=since, until=now, limit=0, use_rollups=False)
         assert "1h/" in rolled.plan or "1m/" in rolled.plan
-        assert rolled.rows == raw.rows and rolled.total["flows"] == 3000
+        assert rolled.rows == raw.rows and rolled.total.flows == 3000

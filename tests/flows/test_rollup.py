@@ -108,7 +108,7 @@ def test_rollups_equal_raw_over_many_windows(store: Path) -> None:
             store, since=T0, until=T0 + SPAN, order=order, use_rollups=False
         )
         assert iface == raw, order
-        assert all(row["in_packets"] > 0 or row["out_packets"] > 0 for row in iface)
+        assert all(row.in_packets > 0 or row.out_packets > 0 for row in iface)
     # With a filter the summary rollup answers (it has the interfaces and the protocol).
     tcp = reports.top_interfaces(
         store, since=T0, until=T0 + SPAN, order="flows", filter="proto tcp"
@@ -168,13 +168,13 @@ def test_retention_by_age_and_size(store: Path) -> None:
     assert manifest.expired_before["raw"] >= (now - 86400) * 1000 - HOUR
     # Old hours are still answered from the hour rollups.
     report = reports.top(store, "proto", since=T0, until=T0 + 10 * HOUR)
-    assert report.total["flows"] > 0 and "raw" not in report.plan
-    status = {t["table"]: t for t in reports.status(store)}
+    assert report.total.flows > 0 and "raw" not in report.plan
+    status = {t.table: t for t in reports.status(store)}
     m.release()
-    small = maintainer(store, hour_max_bytes=status["1h/src_addr"]["bytes"] // 2)
+    small = maintainer(store, hour_max_bytes=status["1h/src_addr"].bytes // 2)
     small.run_once(now=now + 1)
-    smaller = {t["table"]: t for t in reports.status(store)}
-    assert smaller["1h/src_addr"]["files"] < status["1h/src_addr"]["files"]
+    smaller = {t.table: t for t in reports.status(store)}
+    assert smaller["1h/src_addr"].files < status["1h/src_addr"].files
 
 
 def test_one_maintainer_per_directory(store: Path) -> None:
@@ -221,7 +221,7 @@ def test_component_tails_new_segments(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert sum(len(v) for v in read_manifest(tmp_path).covered.values()) >= 3
     report = reports.top(tmp_path, "srcip", since=now - 3_600_000, until=now, limit=0)
-    assert report.total["flows"] == 1010
+    assert report.total.flows == 1010
     # The open hour is answered whole from its hour parts: nothing newer than "now" exists.
     assert "1h/src_addr" in report.plan or "1m/src_addr" in report.plan
     assert (
@@ -259,3 +259,43 @@ def test_week_parts_answer_long_windows_and_equal_raw(tmp_path: Path) -> None:
             tmp_path, since=start, until=end, bucket="7d", by="proto", use_rollups=False
         ).points
     )
+
+
+def test_a_window_reaching_far_back_plans_as_cheaply_as_30_days(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``since=-10000d`` plans in the same number of steps as ``-30d`` (counted, not timed:
+    the planner used to walk the window hour by hour) and gives the same answer."""
+    from lanalyze.flows.query import planner
+    from lanalyze.flows.store import layout
+
+    maintainer(store, minute_max_age=0, raw_max_age=0).run_once(now=(T0 + 60 * HOUR) / 1000)
+    steps = [0]
+    for name in dir(planner):
+        helper = getattr(planner, name)
+        if callable(helper) and getattr(helper, "__module__", None) == layout.__name__:
+
+            def counting(*args: object, _helper=helper, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
+                steps[0] += 1
+                return _helper(*args, **kwargs)
+
+            monkeypatch.setattr(planner, name, counting)
+    until = T0 + SPAN + 5 * 60_000
+    answers = []
+    counts = []
+    for days in (30, 10_000):
+        since = until - days * 24 * HOUR
+        steps[0] = 0
+        planner.plan(store, since, until, frozenset({"src_addr"}))
+        counts.append(steps[0])
+        top = reports.top(store, "srcip", since=since, until=until, limit=0)
+        series = reports.series(store, since=since, until=until, bucket="1d", by="proto")
+        answers.append((top.rows, top.total, [(p.time, p.group, p.bytes) for p in series.points]))
+    assert counts[0] == counts[1]
+    rows, total, points = answers[1]
+    # The same flows and sums; bits/s are over the window asked for, so they differ.
+    assert [(r.values, r.bytes, r.flows) for r in rows] == [
+        (r.values, r.bytes, r.flows) for r in answers[0][0]
+    ]
+    assert total == answers[0][1] and total.flows == 20_000
+    assert points == answers[0][2]

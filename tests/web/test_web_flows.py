@@ -47,7 +47,7 @@ def test_dashboard_shows_the_same_numbers_as_the_reports_api(client: TestClient)
         until=now,
         limit=1,  # type: ignore[attr-defined]
     )
-    expected = report.rows[0]["bytes"]
+    expected = report.rows[0].bytes
     value = re.search(r'id="talkers".*?<td class="num" data-value="(\d+)"', page.text, re.S)
     assert value and int(value.group(1)) == expected
     for table in ("destinations", "applications", "conversations", "exporters", "interfaces"):

@@ -161,9 +161,7 @@ def _list(request: Request) -> Callable[[], Any]:
 
     def job() -> Any:
         flows = reports.list_flows(data, since=since, until=until, filter=flt, limit=limit)
-        for flow in flows:
-            flow.pop("time_received_ms", None)
-        return {"flows": flows}
+        return {"flows": [flow.to_json() for flow in flows]}
 
     return job
 
@@ -187,7 +185,7 @@ def _interfaces(request: Request) -> Callable[[], Any]:
                 since=since,
                 until=until,
                 bucket=bucket,
-            )
+            ).to_json()
 
         return one
     limit, flt = _int(request, "n", 10), _text(request, "filter")
@@ -197,14 +195,14 @@ def _interfaces(request: Request) -> Callable[[], Any]:
         rows = reports.top_interfaces(
             data, since=since, until=until, order=order, limit=limit, filter=flt
         )
-        return {"interfaces": rows}
+        return {"interfaces": [row.to_json() for row in rows]}
 
     return job
 
 
 def _status(request: Request) -> Callable[[], Any]:
     data = flow_dir(request)
-    return lambda: {"tables": reports.status(data)}
+    return lambda: {"tables": [table.to_json() for table in reports.status(data)]}
 
 
 def _exporters(request: Request) -> Callable[[], Any]:

@@ -2,7 +2,8 @@
 the answers for templates and charts.
 
 This is deliberately not a query layer: every number comes from the same functions the CLI and
-the JSON API (``/api/flows/...``) call. What is added here is presentation only: chart series
+the JSON API (``/api/flows/...``) call, as typed values (times in UTC milliseconds, nothing
+parsed back from text). What is added here is presentation only: chart series
 as arrays of epoch milliseconds and bits/s, labels for table rows, drill-down keys, and the
 filter error split into message, text and caret column for the page.
 """
@@ -15,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,10 +144,6 @@ def app_label(proto: int, port: int) -> str:
     return application(proto, port)
 
 
-def _ms(iso_time: str) -> int:
-    return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list[TopRow]:
     report = _cached(
         "top",
@@ -169,16 +165,16 @@ def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list
     name = report.dimensions[0]
     rows = []
     for row in report.rows:
-        label = str(row[name])
+        label = str(row.values[name])
         parts = label.split(" <-> ") if name in ("conversation", "conv") else [label]
         rows.append(
             TopRow(
                 label=label,
-                bytes=int(row["bytes"]),
-                packets=int(row["packets"]),
-                flows=int(row["flows"]),
-                bps=float(row["bps"]),
-                share=float(row["share"]),
+                bytes=row.bytes,
+                packets=row.packets,
+                flows=row.flows,
+                bps=row.bps,
+                share=row.share,
                 parts=parts,
             )
         )
@@ -216,13 +212,11 @@ def series(
         top_n,
         bucket,
     )
-    times = sorted({_ms(point["time"]) for point in report.points})
+    times = sorted({point.time for point in report.points})
     index = {t: i for i, t in enumerate(times)}
     values = {group: [0.0] * len(times) for group in report.groups}
     for point in report.points:
-        values.setdefault(point["group"], [0.0] * len(times))[index[_ms(point["time"])]] = float(
-            point["bps"]
-        )
+        values.setdefault(point.group, [0.0] * len(times))[index[point.time]] = point.bps
     series_list = [
         {"name": group, "values": values[group], "other": group == "other"}
         for group in report.groups
@@ -264,25 +258,25 @@ def interfaces(
     )
     result = []
     for row in rows:
-        if exporter is not None and row["exporter"] != exporter:
+        if exporter is not None and row.exporter != exporter:
             continue
         result.append(
             {
-                "exporter": row["exporter"],
-                "ifindex": int(row["interface"]),
-                "name": row.get("name") or "",
-                "alias": row.get("alias") or "",
-                "speed_bps": row.get("speed_bps"),
-                "in_util_pct": row.get("in_util_pct"),
-                "out_util_pct": row.get("out_util_pct"),
-                "in_bps": float(row["in_bps"]),
-                "out_bps": float(row["out_bps"]),
-                "in_bytes": int(row["in_bytes"]),
-                "out_bytes": int(row["out_bytes"]),
-                "in_packets": int(row["in_packets"]),
-                "out_packets": int(row["out_packets"]),
-                "in_flows": int(row["in_flows"]),
-                "out_flows": int(row["out_flows"]),
+                "exporter": row.exporter,
+                "ifindex": row.interface,
+                "name": row.name or "",
+                "alias": row.alias or "",
+                "speed_bps": row.speed_bps,
+                "in_util_pct": row.in_util_pct,
+                "out_util_pct": row.out_util_pct,
+                "in_bps": row.in_bps,
+                "out_bps": row.out_bps,
+                "in_bytes": row.in_bytes,
+                "out_bytes": row.out_bytes,
+                "in_packets": row.in_packets,
+                "out_packets": row.out_packets,
+                "in_flows": row.in_flows,
+                "out_flows": row.out_flows,
             }
         )
     return result
@@ -300,20 +294,20 @@ def interface_series(
         until=window.until,
         bucket=bucket,
     )
-    points = report["points"]
+    points = report.points
     return {
-        "times": [_ms(p["time"]) for p in points],
-        "since": _ms(report["since"]),
-        "until": _ms(report["until"]),
-        "bucket_ms": int(report["bucket_seconds"]) * 1000,
+        "times": [p.time for p in points],
+        "since": report.since,
+        "until": report.until,
+        "bucket_ms": report.bucket_ms,
         "unit": "b/s",
         "stacked": False,
-        "interface_name": report.get("name") or "",
-        "interface_alias": report.get("alias") or "",
-        "speed_bps": report.get("speed_bps"),
+        "interface_name": report.name or "",
+        "interface_alias": report.alias or "",
+        "speed_bps": report.speed_bps,
         "series": [
-            {"name": "in", "values": [float(p["in_bps"]) for p in points]},
-            {"name": "out", "values": [float(p["out_bps"]) for p in points]},
+            {"name": "in", "values": [p.in_bps for p in points]},
+            {"name": "out", "values": [p.out_bps for p in points]},
         ],
     }
 
@@ -328,23 +322,22 @@ def flows(data_dir: Path, window: Window, limit: int) -> list[dict[str, Any]]:
     )
     result = []
     for row in rows:
-        start = _ms(row["time_start"]) if row.get("time_start") else 0
-        end = _ms(row["time_end"]) if row.get("time_end") else start
         result.append(
             {
-                "start": start or int(row["time_received_ms"]),
-                "duration_ms": max(0, end - start),
-                "proto": protocol_name(int(row["protocol"])),
-                "src": row["src_addr"],
-                "src_port": row["src_port"],
-                "dst": row["dst_addr"],
-                "dst_port": row["dst_port"],
-                "bytes": row["bytes"],
-                "packets": row["packets"],
-                "exporter": row["exporter"],
-                "in_if": row["in_if"],
-                "out_if": row["out_if"],
-                "flags": row.get("flags", ""),
+                # A flow without a start time (0) is shown at its arrival.
+                "start": row.time_start or row.time_received,
+                "duration_ms": max(0, row.time_end - row.time_start),
+                "proto": protocol_name(row.protocol),
+                "src": row.src_addr,
+                "src_port": row.src_port,
+                "dst": row.dst_addr,
+                "dst_port": row.dst_port,
+                "bytes": row.bytes,
+                "packets": row.packets,
+                "exporter": row.exporter,
+                "in_if": row.in_if,
+                "out_if": row.out_if,
+                "flags": row.flags,
             }
         )
     return result

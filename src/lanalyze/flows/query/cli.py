@@ -119,18 +119,19 @@ def top(
         filter=filter_text,
         use_rollups=not raw,
     )
+    rows = [row.to_json() for row in report.rows]
     if output_format == "json":
         keys = [*report.dimensions, "bytes", "packets", "flows"]
-        click.echo(render.to_json([{k: row[k] for k in keys} for row in report.rows]))
+        click.echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
         return
     columns = [*report.dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
     if output_format == "csv":
-        click.echo(render.to_csv(report.rows, columns), nl=False)
+        click.echo(render.to_csv(rows, columns), nl=False)
         return
     total = report.total
     click.echo(
-        f"# {iso(start)} .. {iso(end)}  total {render.human(total['bytes'], 'B')} "
-        f"{render.human(total['packets'])} packets {total['flows']} flows  ({report.plan})"
+        f"# {iso(start)} .. {iso(end)}  total {render.human(total.bytes, 'B')} "
+        f"{render.human(total.packets)} packets {total.flows} flows  ({report.plan})"
     )
     formats = {
         "bytes": lambda v: render.human(v, "B"),
@@ -139,7 +140,7 @@ def top(
         "pps": render.human,
         "share": lambda v: f"{v:.1f}%",
     }
-    click.echo(render.table(report.rows, columns, formats), nl=False)
+    click.echo(render.table(rows, columns, formats), nl=False)
 
 
 @click.command("series")
@@ -186,10 +187,11 @@ def series(
         use_rollups=not raw,
     )
     columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
+    points = [point.to_json() for point in report.points]
     if output_format == "json":
         click.echo(render.to_json(report.to_json()))
     elif output_format == "csv":
-        click.echo(render.to_csv(report.points, columns), nl=False)
+        click.echo(render.to_csv(points, columns), nl=False)
     else:
         formats = {
             "bps": lambda v: render.human(v, "bps"),
@@ -197,7 +199,7 @@ def series(
             "fps": lambda v: f"{v:.1f}",
             "bytes": lambda v: render.human(v, "B"),
         }
-        click.echo(render.table(report.points, columns, formats), nl=False)
+        click.echo(render.table(points, columns, formats), nl=False)
 
 
 @click.command("list")
@@ -220,11 +222,12 @@ def list_command(
     from lanalyze.flows.query import render, reports
 
     start, end = _window(since, until)
-    flows = reports.list_flows(
-        resolve_data(ctx, data), since=start, until=end, filter=filter_text, limit=limit
-    )
-    for flow in flows:
-        flow.pop("time_received_ms", None)
+    flows = [
+        flow.to_json()
+        for flow in reports.list_flows(
+            resolve_data(ctx, data), since=start, until=end, filter=filter_text, limit=limit
+        )
+    ]
     columns = [
         "time_received",
         "exporter",
@@ -305,7 +308,7 @@ def interfaces(
     if exporter is not None and interface is not None:
         result = reports.interface_series(
             directory, exporter=exporter, interface=interface, since=start, until=end, bucket=bucket
-        )
+        ).to_json()
         point_columns = ["time", "in_bps", "out_bps"]
         if result["speed_bps"]:
             point_columns = ["time", "in_bps", "in_util_pct", "out_bps", "out_util_pct"]
@@ -318,9 +321,12 @@ def interfaces(
                 click.echo(f"{result['name']} ({result['alias'] or 'no alias'})")
             click.echo(render.table(result["points"], point_columns, formats), nl=False)
         return
-    rows = reports.top_interfaces(
-        directory, since=start, until=end, order=order, limit=limit, filter=filter_text
-    )
+    rows = [
+        row.to_json()
+        for row in reports.top_interfaces(
+            directory, since=start, until=end, order=order, limit=limit, filter=filter_text
+        )
+    ]
     columns = [
         "exporter",
         "interface",
@@ -358,7 +364,7 @@ def status(ctx: click.Context, data: Path | None, output_format: str) -> None:
     """What is stored: per table the files, rows, bytes on disk and time range."""
     from lanalyze.flows.query import render, reports
 
-    tables = reports.status(resolve_data(ctx, data))
+    tables = [table.to_json() for table in reports.status(resolve_data(ctx, data))]
     columns = ["table", "files", "rows", "bytes", "first", "last"]
     if output_format == "json":
         click.echo(render.to_json(tables))

@@ -11,10 +11,10 @@ Shape: ``{exporter: {ifIndex: {name, alias, description, speed_bps, polled_at}}}
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,50 +74,27 @@ def load(flow_dir: Path) -> Known:
     return known
 
 
-def _percent(bps: float, speed: int | None) -> float | None:
+@dataclass(frozen=True)
+class InterfaceInfo:
+    """What an exporter's agent said of one interface (None: unknown)."""
+
+    name: str | None = None
+    alias: str | None = None
+    description: str | None = None
+    speed_bps: int | None = None
+
+
+def percent(bps: float, speed: int | None) -> float | None:
+    """Average bits/s as % of the interface's speed (None: speed unknown)."""
     return round(bps * 100 / speed, 3) if speed else None
 
 
-def describe(known: Known, exporter: str, index: int) -> dict[str, Any]:
-    """``name``, ``alias``, ``description`` and ``speed_bps`` of one interface (None: unknown)."""
+def describe(known: Known, exporter: str, index: int) -> InterfaceInfo:
+    """Name, alias, description and speed of one interface."""
     info = known.get(exporter, {}).get(index, {})
-    return {
-        "name": info.get("name") or None,
-        "alias": info.get("alias") or None,
-        "description": info.get("description") or None,
-        "speed_bps": info.get("speed_bps"),
-    }
-
-
-def annotate_rows(flow_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add names, speed and in/out utilisation (% of speed) to top-interface rows in place."""
-    known = load(flow_dir)
-    for row in rows:
-        row.update(describe(known, row["exporter"], row["interface"]))
-        row["in_util_pct"] = _percent(row["in_bps"], row["speed_bps"])
-        row["out_util_pct"] = _percent(row["out_bps"], row["speed_bps"])
-    return rows
-
-
-def annotate_series(flow_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Add names and speed to one interface's series, and utilisation to each point."""
-    known = load(flow_dir)
-    address = ipaddress.ip_address(report["exporter"])
-    exporter = str(getattr(address, "ipv4_mapped", None) or address)  # as rows name them
-    report.update(describe(known, exporter, report["interface"]))
-    speed = report["speed_bps"]
-    for point in report["points"]:
-        point["in_util_pct"] = _percent(point["in_bps"], speed)
-        point["out_util_pct"] = _percent(point["out_bps"], speed)
-    return report
-
-
-def annotate_flows(flow_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``in_if_name`` and ``out_if_name`` (None: unknown) to raw flow records in place."""
-    known = load(flow_dir)
-    for record in records:
-        table = known.get(record["exporter"], {})
-        for side in ("in_if", "out_if"):
-            info = table.get(record[side]) if record.get(side) is not None else None
-            record[f"{side}_name"] = (info or {}).get("name") or None
-    return records
+    return InterfaceInfo(
+        name=info.get("name") or None,
+        alias=info.get("alias") or None,
+        description=info.get("description") or None,
+        speed_bps=info.get("speed_bps"),
+    )

@@ -7,10 +7,17 @@ hours from ``1h``, whole minutes from ``1m``, and what is left (the sub-minute e
 hours no rollup has yet) from raw flows. Raw files the rollups do not cover yet (the last
 seconds) are read over the rolled-up part of the window too, so every flow counts exactly once.
 A filter on per-flow counters (``bytes > 1M``) or a dimension no table keeps means raw flows.
+
+The work is bounded by what is stored, not by the window: the window is cut to the weeks the
+store holds data in, and the rollup parts are found by walking the manifest's keys (sorted,
+bisected), never the window hour by hour. Input: the window is the user's (already parsed
+into 1970 .. 9999 by :mod:`~lanalyze.flows.query.timespec`); the manifest and listings are ours.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +25,15 @@ from lanalyze.flows.store.layout import (
     HOUR_MS,
     RESOLUTIONS,
     ROLLUP_TABLES,
+    WEEK_MS,
     Manifest,
     RollupTable,
     block_of,
-    bucket_key,
     hour_name,
     hour_start,
+    key_end,
     key_span,
+    key_start,
     list_raw_files_cached,
     list_raw_hours,
     read_manifest_shared,
@@ -112,6 +121,33 @@ def _complete_before(manifest: Manifest, bucket: int, until: int) -> bool:
     return latest is not None and latest < until
 
 
+def _held(manifest: Manifest, table: RollupTable | None, hours: list[str]) -> Interval | None:
+    """The time span the store holds anything in for ``table`` (and raw flows); None: empty."""
+    starts: list[int] = []
+    ends: list[int] = []
+    if hours:
+        starts.append(hour_start(hours[0]))
+        ends.append(hour_start(hours[-1]) + HOUR_MS)
+    if table is not None:
+        for resolution in RESOLUTIONS:
+            keys = manifest.parts.get(resolution, {}).get(table.name, {})
+            if keys:
+                starts.append(min(key_start(resolution, key) for key in keys))
+                ends.append(max(key_end(resolution, key) for key in keys))
+    if not starts:
+        return None
+    return min(starts), max(ends)
+
+
+def _clamp(since: int, until: int, held: Interval | None) -> Interval:
+    """``[since, until)`` cut to whole weeks around what is stored (weeks are multiples of
+    every resolution, so the cut moves no rollup boundary): nothing outside holds a flow,
+    and the plan then costs the same for ``-30d`` and ``-10000d``."""
+    if held is None:
+        return since, since
+    return max(since, _floor(held[0], WEEK_MS)), min(until, _ceil(held[1], WEEK_MS))
+
+
 def plan(
     data: Path,
     since: int,
@@ -128,9 +164,10 @@ def plan(
     manifest = read_manifest_shared(data) if use_rollups else Manifest()
     # Listing after reading the manifest: files the manifest covers are all listed.
     # Every flow of a segment lies in its directory's hour (the store contract).
-    first_hour = hour_name(since)
-    last_hour = hour_name(until)
-    hours = [h for h in list_raw_hours(data) if first_hour <= h <= last_hour]
+    first_hour = hour_name(max(since, 0))
+    last_hour = hour_name(max(until, 0))
+    hours_held = list_raw_hours(data)
+    hours = [h for h in hours_held if first_hour <= h <= last_hour]
     raw_files: list[tuple[str, str]] = []
     for hour in hours:
         raw_files.extend((hour, name) for name in list_raw_files_cached(data, hour))
@@ -143,6 +180,9 @@ def plan(
 
     table = choose_table(needs) if use_rollups else None
     result = Plan(table=table)
+    since, until = _clamp(since, until, _held(manifest, table, hours_held))
+    if since >= until:
+        return result
     if table is None:
         if raw_files:
             result.pieces.append(Piece("raw", None, raw_paths(raw_files), [(since, until)]))
@@ -160,34 +200,37 @@ def plan(
         span = key_span(resolution)
         used: list[Interval] = []
         files: list[str] = []
+        # Walk the parts that exist, not the window's hours or days: the work depends on
+        # what is stored, not on how far back the window reaches (``-10000d``).
+        keys = sorted((key_start(resolution, key), key) for key in available)
         for lo, hi in remaining:
             a, b = _ceil(lo, step), _floor(hi, step)
             if resolution in ("1h", "1m") and b < hi and _complete_before(manifest, b, hi):
                 # The bucket holding ``hi`` has no flow at or after ``hi`` (a window ending
                 # "now"): the rollup answers it whole, no raw scan of the open hour.
                 b = hi
-            if resolution in ("6h", "1w"):
-                # Blocks of a day (weeks) are built one by one as they close: check each.
-                for block in range(a, b, step):
-                    key = bucket_key(resolution, block)
-                    names = [n for n in available.get(key, []) if block_of(n) == block]
-                    if names:
-                        used.append((block, block + step))
-                        files.extend(
-                            str(part_path(data, resolution, table.name, key, n)) for n in names
-                        )
+            if a >= b:
                 continue
-            container = _floor(a, span)
-            while container < b:
-                key = bucket_key(resolution, container)
-                sub = (max(a, container), min(b, container + span))
-                if key in available and sub[0] < sub[1]:
+            first = bisect.bisect_left(keys, (_floor(a, span), ""))
+            for start, key in itertools.islice(keys, first, None):
+                if start >= b:
+                    break
+                if resolution in ("6h", "1w"):
+                    # Blocks of a day (weeks) are built one by one as they close: check each.
+                    for name in available[key]:
+                        block = block_of(name)
+                        inside = start <= block < start + span and a <= block <= b - step
+                        if inside and block % step == 0:
+                            used.append((block, block + step))
+                            files.append(str(part_path(data, resolution, table.name, key, name)))
+                    continue
+                sub = (max(a, start), min(b, start + span))
+                if sub[0] < sub[1]:
                     used.append(sub)
                     files.extend(
                         str(part_path(data, resolution, table.name, key, name))
                         for name in available[key]
                     )
-                container += span
         if used:
             used = _merge(used)
             result.pieces.append(Piece(resolution, table, files, used))

@@ -1,6 +1,9 @@
 """Report time windows: ISO 8601 instants and relative forms (``-1h``, ``-30d``, ``now``).
 
 Times without a zone are UTC. Relative forms count back from "now" in s, m, h, d or w.
+Input is the user's: a time before 1970 (flows carry UNIX times; ``0001-01-01`` and
+``-999999999d`` parse) or after year 9999 is refused here with a :class:`TimeError`, so the
+planner and the ISO rendering only ever see times a flow could have.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ _BUCKETS_MS = (
 )
 
 
+MIN_MS = 0
+"""1970-01-01T00:00Z: no flow is older (time_received is unsigned UNIX milliseconds)."""
+MAX_MS = 253_402_300_800_000 - 1
+"""The last millisecond of year 9999, the last an ISO 8601 date can name."""
+
+
 class TimeError(ValueError):
     """A time or duration that cannot be understood."""
 
@@ -31,7 +40,15 @@ def now_ms() -> int:
 
 def parse_time(text: str, now: int | None = None) -> int:
     """UTC milliseconds of ``text``: ISO 8601, epoch seconds, ``now`` or ``-1h``."""
-    now = now_ms() if now is None else now
+    moment = _parse(text, now_ms() if now is None else now)
+    if not MIN_MS <= moment <= MAX_MS:
+        raise TimeError(
+            f"time {text!r} is outside 1970-01-01 .. 9999-12-31 (flows carry UNIX times)"
+        )
+    return moment
+
+
+def _parse(text: str, now: int) -> int:
     value = text.strip()
     if value.lower() == "now":
         return now
@@ -48,7 +65,10 @@ def parse_time(text: str, now: int | None = None) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    try:
+        return int(moment.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError):  # year 1 with a zone east of UTC
+        return MIN_MS - 1
 
 
 def parse_duration(text: str) -> int:

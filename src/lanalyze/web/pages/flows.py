@@ -4,7 +4,8 @@ Every page reads the same query parameters, so a drill-down link keeps the time 
 filter: ``range`` (``5m`` ... ``30d`` or ``custom`` with ``from``/``to``), ``filter`` (the CLI's
 filter language), ``order`` (``bytes``, ``packets``, ``flows``) and ``refresh`` (seconds).
 The numbers come from the reports layer (:mod:`lanalyze.web.flowreports` adapts it); the
-queries of one page run concurrently in threads so DuckDB never blocks the event loop.
+queries of one page run one after the other in a worker thread (DuckDB parallelises each one;
+see ``_gather``), so DuckDB never blocks the event loop.
 
 Trust: path and query parameters are the user's. Addresses and numbers in paths are parsed
 and re-printed before they enter a filter; the user's filter text is checked on its own first
