@@ -98,7 +98,10 @@ def bounds(minimum: int, maximum: int | None = None) -> dict[str, Any]:
     return {"minimum": minimum} | ({} if maximum is None else {"maximum": maximum})
 
 
-Integer = Annotated[int, BeforeValidator(_integer)]
+INTEGER_SYNTAX = BeforeValidator(_integer)
+"""Put after any bounds in an ``Annotated`` (before them pydantic documents ``ge``, not
+``minimum``)."""
+Integer = Annotated[int, INTEGER_SYNTAX]
 """An integer query parameter: decimal digits only."""
 Flag = Annotated[bool, BeforeValidator(_flag), WithJsonSchema({"type": "boolean"})]
 """A yes/no query parameter: ``1``, ``true`` or ``yes`` (any case) is yes."""

@@ -24,6 +24,7 @@ from lanalyze.flows.query.timespec import auto_bucket, window
 from lanalyze.mail.index import VERDICTS, MessageQuery, Page, RejectionQuery
 from lanalyze.web import api
 from lanalyze.web.api import (
+    INTEGER_SYNTAX,
     ApiMetrics,
     BadRequest,
     Endpoint,
@@ -91,8 +92,9 @@ class RejectionParams(Paging):
 
 
 class CountParams(MailWindow):
-    bucket: Integer | None = Field(
-        None, ge=60, le=31 * 86400, description="Bucket in seconds (default: automatic)."
+    # The bounds go on the integer inside the optional, before the syntax check (see api).
+    bucket: Annotated[int, Field(ge=60, le=31 * 86400), INTEGER_SYNTAX] | None = Field(
+        None, description="Bucket in seconds (default: automatic)."
     )
 
 
