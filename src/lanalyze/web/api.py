@@ -123,6 +123,22 @@ class Params(BaseModel):
         except ValidationError as exc:
             raise BadRequest(_message(cls, exc)) from None
 
+    @classmethod
+    def lenient(cls, query: Mapping[str, str]) -> Self:
+        """As :meth:`parse`, but a bad parameter takes its default (the console's pages, which
+        show what they understood instead of an error). A rule across parameters still fails.
+        """
+        values = {key: value for key, value in query.items() if value != ""}
+        while True:
+            try:
+                return cls.model_validate(values)
+            except ValidationError as exc:
+                bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
+                if not bad & set(values):
+                    raise BadRequest(_message(cls, exc)) from None
+                for name in bad:
+                    values.pop(name, None)
+
 
 def _shown(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
