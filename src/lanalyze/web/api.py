@@ -19,6 +19,7 @@ DuckDB and SQLite never block the event loop.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,7 +113,8 @@ SearchText = Annotated[str, AfterValidator(_search_text)]
 class Params(BaseModel):
     """Base of a route's query parameters. Every field needs a ``description``."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    # By alias only: `if` is the parameter, not the Python field name behind it.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Self:
@@ -177,8 +179,10 @@ def _message(model: type[Params], exc: ValidationError) -> str:
 # --- the parameters of the OpenAPI document -------------------------------------------------
 
 
+@functools.cache
 def _parameter_schemas(model: type[Params]) -> dict[str, dict[str, Any]]:
-    """Each query parameter's JSON schema, by its name in the query string."""
+    """Each query parameter's JSON schema, by its name in the query string (read-only: shared;
+    cached so a flood of bad requests does not generate schemas)."""
     schema = model.model_json_schema(by_alias=True)
     out: dict[str, dict[str, Any]] = {}
     for name, generated in schema.get("properties", {}).items():
@@ -199,7 +203,8 @@ def query_parameters(model: type[Params]) -> list[dict[str, Any]]:
     """OpenAPI parameter objects for a model's fields."""
     required = set(model.model_json_schema(by_alias=True).get("required", ()))
     parameters = []
-    for name, schema in _parameter_schemas(model).items():
+    for name, generated in _parameter_schemas(model).items():
+        schema = dict(generated)
         description = schema.pop("description", "")
         if not description:
             raise TypeError(f"{model.__name__}: parameter {name!r} has no description")
