@@ -246,3 +246,12 @@ def _shared_connection() -> duckdb.DuckDBPyConnection:
         )
         _CON.append(con)
     return _CON[0]
+
+
+def test_every_protocol_name_shown_is_one_the_filter_takes() -> None:
+    """Labels (apps.PROTOCOL_NAMES) and filters read one table: a shown name filters."""
+    from lanalyze.flows.query.apps import PROTOCOL_NAMES
+
+    for number, name in PROTOCOL_NAMES.items():
+        assert compile_filter(f"proto {name}").params == compile_filter(f"proto {number}").params
+    assert compile_filter("proto ipv6-icmp").params == compile_filter("proto 58").params

@@ -256,3 +256,24 @@ def test_paging(data_dir: Path) -> None:
     assert 'rel="prev"' in second.text and 'rel="next"' in second.text
     beyond = client.get("/mail?page=99")
     assert "Page 3 of 3" in beyond.text and "PAGE0119" in beyond.text
+
+
+def test_pages_read_the_api_parameters_leniently(client: TestClient) -> None:
+    """The pages take the API's models: what they cannot use falls back to its default."""
+    for query in ("verdict=bogus", "page=abc", "page=0", "verdict=bogus&page=-3"):
+        page = client.get(f"/mail?{query}")
+        assert page.status_code == 200, query
+        assert sample_mail.FORGED_ID in page.text and sample_mail.GENUINE_ID in page.text
+    # Search text is cut at 200 characters and stripped, as in the API.
+    long = client.get("/mail", params={"sender": "  carol" + "x" * 300}).text
+    assert "carol" + "x" * 193 + '"' in long and "x" * 194 not in long
+    assert "No message matches." in long
+    rejected = client.get("/mail/rejected", params={"page": "x", "client": " spam.example "})
+    assert rejected.status_code == 200 and "No rejection matches." not in rejected.text
+
+
+def test_lenient_parameters_keep_what_is_good() -> None:
+    from lanalyze.web.api_mail import MessageParams
+
+    asked = MessageParams.lenient({"verdict": "bogus", "page": "2", "sender": " a ", "x": "y"})
+    assert (asked.verdict, asked.page, asked.sender) == ("any", 2, "a")

@@ -2,112 +2,191 @@
 
 The same read API as the console's mail pages and ``lanalyze mail ls [--rejected]``
 (:mod:`lanalyze.mail.index`), so the three never disagree. Times are ISO 8601 or relative
-(``-7d``), as in ``/api/flows``; ``since`` defaults to ``-7d``. A bad parameter is HTTP 400
-with ``{"error": message}``.
+(``-7d``), as in ``/api/flows``; ``since`` defaults to ``-7d``. Each route's query parameters
+are a typed model below (the routes and their part of ``/api/openapi.json`` are generated from
+them, :mod:`lanalyze.web.api`); a bad parameter is HTTP 400 with ``{"error": message}``.
 
 Trust: query parameters are the (authenticated) user's; they reach SQL only as parameters
-(``LIKE`` patterns escaped by the index). Index reads run in a worker thread.
+(``LIKE`` patterns escaped by the index), search text cut at 200 characters. Index reads run in
+a worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from starlette.concurrency import run_in_threadpool
+from prometheus_client import Counter, Histogram
+from pydantic import Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from lanalyze.flows.query.timespec import TimeError, auto_bucket, window
+from lanalyze import metrics
+from lanalyze.flows.query.timespec import auto_bucket, window
 from lanalyze.mail.index import VERDICTS, MessageQuery, Page, RejectionQuery
+from lanalyze.web import api
+from lanalyze.web.api import (
+    INTEGER_SYNTAX,
+    ApiMetrics,
+    BadRequest,
+    Endpoint,
+    Integer,
+    Job,
+    Params,
+    SearchText,
+    enum_of,
+    member_of,
+)
 from lanalyze.web.mailstore import MailStore
 
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000
+MAX_BUCKETS = 5000
+
+METRICS = ApiMetrics(
+    Counter(
+        "lanalyze_api_mail_requests_total",
+        "Mail index API requests, by route and outcome (ok, bad_request).",
+        ["route", "outcome"],
+        registry=metrics.REGISTRY,
+    ),
+    Histogram(
+        "lanalyze_api_mail_request_seconds",
+        "Time to answer a mail index API request, by route.",
+        ["route"],
+        registry=metrics.REGISTRY,
+        buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    ),
+)
+
+Verdict = Annotated[str, member_of(VERDICTS), enum_of(VERDICTS)]
 
 
-class BadRequest(ValueError):
-    pass
+class MailWindow(Params):
+    since: str | None = Field(None, description="Start: ISO 8601 or relative. Default -7d.")
+    until: str | None = Field(None, description="End: ISO 8601 or relative. Default now.")
+
+    def window(self) -> tuple[float, float]:
+        """``[since, until)`` in Unix seconds; a time that cannot be read is a ``TimeError``."""
+        since, until = window(self.since, self.until, "-7d")
+        return since / 1000, until / 1000
 
 
-def _text(request: Request, name: str) -> str:
-    return request.query_params.get(name, "")[:200].strip()
+class Paging(MailWindow):
+    page: Integer = Field(1, ge=1, le=MAX_PAGE, description="Page, from 1.")
+    page_size: Integer = Field(50, ge=1, le=MAX_PAGE_SIZE, description="Rows per page.")
 
 
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name) or str(default)
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}, not {text[:20]!r}")
-    return int(text)
+class MessageParams(Paging):
+    sender: SearchText = Field("", description="Envelope sender or From: contains this.")
+    recipient: SearchText = Field("", description="A recipient contains this.")
+    subject: SearchText = Field("", description="Subject contains this.")
+    verdict: Verdict = Field("any", description="Verdict.")
 
 
-def _window(request: Request) -> tuple[float, float]:
-    since, until = window(
-        request.query_params.get("since"), request.query_params.get("until"), "-7d"
+class RejectionParams(Paging):
+    sender: SearchText = Field("", description="Envelope sender contains this.")
+    recipient: SearchText = Field("", description="Recipient contains this.")
+    client: SearchText = Field("", description="Client address or HELO name contains this.")
+    reason: SearchText = Field(
+        "", description="This reason only (unknown_user, relay_denied, ...)."
     )
-    return since / 1000, until / 1000
+
+
+class CountParams(MailWindow):
+    # The bounds go on the integer inside the optional, before the syntax check (see api).
+    bucket: Annotated[int, Field(ge=60, le=31 * 86400), INTEGER_SYNTAX] | None = Field(
+        None, description="Bucket in seconds (default: automatic)."
+    )
 
 
 def _page(page: Page) -> dict[str, Any]:
     return {"total": page.total, "page": page.page, "pages": page.pages, "rows": page.rows}
 
 
-def _messages(request: Request, store: MailStore) -> Callable[[], Any]:
-    verdict = request.query_params.get("verdict", "any")
-    if verdict not in VERDICTS:
-        raise BadRequest(f"verdict must be one of {', '.join(VERDICTS)}")
-    since, until = _window(request)
+def _store(request: Request) -> MailStore:
+    return MailStore(request.app.state.console.data_dir)
+
+
+def _messages(request: Request, p: MessageParams) -> Job:
+    since, until = p.window()
     query = MessageQuery(
-        sender=_text(request, "sender"),
-        recipient=_text(request, "recipient"),
-        subject=_text(request, "subject"),
-        verdict=verdict,
+        sender=p.sender,
+        recipient=p.recipient,
+        subject=p.subject,
+        verdict=p.verdict,
         since=since,
         until=until,
-        page=_int(request, "page", 1, 1, 1_000_000),
-        page_size=_int(request, "page_size", 50, 1, MAX_PAGE_SIZE),
+        page=p.page,
+        page_size=p.page_size,
     )
+    store = _store(request)
     return lambda: _page(store.search(query))
 
 
-def _rejections(request: Request, store: MailStore) -> Callable[[], Any]:
-    since, until = _window(request)
+def _rejections(request: Request, p: RejectionParams) -> Job:
+    since, until = p.window()
     query = RejectionQuery(
-        sender=_text(request, "sender"),
-        recipient=_text(request, "recipient"),
-        client=_text(request, "client"),
-        reason=_text(request, "reason"),
+        sender=p.sender,
+        recipient=p.recipient,
+        client=p.client,
+        reason=p.reason,
         since=since,
         until=until,
-        page=_int(request, "page", 1, 1, 1_000_000),
-        page_size=_int(request, "page_size", 50, 1, MAX_PAGE_SIZE),
+        page=p.page,
+        page_size=p.page_size,
     )
+    store = _store(request)
     return lambda: _page(store.rejections(query))
 
 
-def _counts(request: Request, store: MailStore) -> Callable[[], Any]:
-    since, until = _window(request)
-    default = max(60, auto_bucket(int(since * 1000), int(until * 1000)) // 1000)
-    bucket = _int(request, "bucket", default, 60, 31 * 86400)
-    if (until - since) / bucket > 5000:
+def _counts(request: Request, p: CountParams) -> Job:
+    since, until = p.window()
+    bucket = p.bucket or max(60, auto_bucket(int(since * 1000), int(until * 1000)) // 1000)
+    if (until - since) / bucket > MAX_BUCKETS:
         raise BadRequest("too many buckets: choose a bigger bucket or a shorter window")
+    store = _store(request)
     return lambda: store.counts(since, until, bucket)
 
 
-def _endpoint(work: Callable[[Request, MailStore], Callable[[], Any]]) -> Any:
-    async def handle(request: Request) -> Response:
-        store = MailStore(request.app.state.console.data_dir)
-        try:
-            job = work(request, store)
-        except (BadRequest, TimeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(await run_in_threadpool(job))
-
-    return handle
-
-
-routes = [
-    Route("/api/mail/messages", _endpoint(_messages)),
-    Route("/api/mail/rejections", _endpoint(_rejections)),
-    Route("/api/mail/counts", _endpoint(_counts)),
+ENDPOINTS: list[Endpoint[Any]] = [
+    Endpoint(
+        "/api/mail/messages",
+        "Accepted messages from the mail index, newest first, one page",
+        MessageParams,
+        "MailPage",
+        _messages,
+    ),
+    Endpoint(
+        "/api/mail/rejections",
+        "What the SMTP server refused (recipients, senders, messages, sessions), one page",
+        RejectionParams,
+        "MailPage",
+        _rejections,
+    ),
+    Endpoint(
+        "/api/mail/counts",
+        "Accepted, rejected and forged messages per time bucket",
+        CountParams,
+        "MailCounts",
+        _counts,
+    ),
 ]
+
+SCHEMAS: dict[str, Any] = {
+    "MailPage": {
+        "type": "object",
+        "properties": {
+            "total": {"type": "integer"},
+            "page": {"type": "integer"},
+            "pages": {"type": "integer"},
+            "rows": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "MailCounts": {
+        "type": "object",
+        "description": "`times` (ms), `bucket_ms` and `series` [{name: accepted | "
+        "rejected | forged, values}].",
+    },
+}
+
+# Errors while reading the index are ours, not the request's: no work_errors (a 500).
+routes = [api.route(endpoint, METRICS) for endpoint in ENDPOINTS]

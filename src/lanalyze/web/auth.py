@@ -465,7 +465,8 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
 
 
 class AuthMiddleware:
-    """Requires a session for everything but the login page, static files and health.
+    """Requires a session for everything but the login page, static files, health and the
+    OpenAPI document.
 
     Sets ``scope["state"]["session"]`` (a :class:`Session` or ``None``). Pages without a
     session redirect to ``/login``; ``/api/`` answers 401 JSON. ``/metrics`` is open to the
@@ -473,6 +474,8 @@ class AuthMiddleware:
     """
 
     PUBLIC_PREFIXES = ("/static/", "/login", "/healthz")
+    # The API's description holds no data; clients read it before they log in.
+    PUBLIC_PATHS = frozenset({"/api/openapi.json"})
 
     def __init__(self, app: ASGIApp, config: WebConfig, codec: SessionCodec) -> None:
         self.app = app
@@ -504,8 +507,10 @@ class AuthMiddleware:
         if self.session_cookie in cookies:
             session = self.codec.read(cookies[self.session_cookie])
         scope.setdefault("state", {})["session"] = session
-        public = path.startswith(self.PUBLIC_PREFIXES) or (
-            path == "/metrics" and self._metrics_open(scope)
+        public = (
+            path.startswith(self.PUBLIC_PREFIXES)
+            or path in self.PUBLIC_PATHS
+            or (path == "/metrics" and self._metrics_open(scope))
         )
         if session is None and not public:
             await self._unauthenticated(scope, send)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lanalyze.flows.query import reports
-from lanalyze.flows.query.apps import PROTOCOL_NAMES, application, protocol_name
+from lanalyze.flows.query.apps import PROTOCOL_NUMBERS, application, protocol_name
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.filterlang import FilterError
 from lanalyze.flows.store import paths
@@ -28,7 +28,6 @@ from lanalyze.flows.store import paths
 T = TypeVar("T")
 ReportError = reports.ReportError
 _APP_LABEL = re.compile(r"^([a-z0-9]+)/(\d+)(?: .*)?$")
-_PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 
 @dataclass
@@ -132,7 +131,7 @@ def parse_app(label: str) -> tuple[int, int] | None:
     match = _APP_LABEL.match(label)
     if not match:
         return None
-    proto = _PROTOCOLS_BY_NAME.get(match.group(1))
+    proto = PROTOCOL_NUMBERS.get(match.group(1))
     if proto is None:
         proto = int(match.group(1)) if match.group(1).isdigit() else None
     if proto is None:

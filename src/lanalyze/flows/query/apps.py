@@ -22,6 +22,8 @@ PROTOCOL_NAMES = {
     89: "ospf",
     132: "sctp",
 }
+"""IP protocol numbers and their names: the one table (filters, labels, console URLs)."""
+PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 _BUILTIN = {
     20: "ftp-data",

@@ -20,6 +20,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from lanalyze.flows.query.apps import PROTOCOL_NUMBERS
+
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 64
 
@@ -111,19 +113,8 @@ OPERATORS: dict[str, Op] = {
     "ne": "<>",
 }
 
-PROTOCOLS = {
-    "icmp": 1,
-    "igmp": 2,
-    "tcp": 6,
-    "udp": 17,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmp6": 58,
-    "ipv6-icmp": 58,
-    "ospf": 89,
-    "sctp": 132,
-}
+# The names of apps.PROTOCOL_NAMES, and the IANA keyword nfdump also takes for ICMPv6.
+PROTOCOLS = {**PROTOCOL_NUMBERS, "ipv6-icmp": 58}
 
 TCP_FLAGS = {"F": 1, "S": 2, "R": 4, "P": 8, "A": 16, "U": 32, "E": 64, "C": 128}
 

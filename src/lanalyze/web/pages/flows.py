@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lanalyze.flows.query.apps import PROTOCOL_NAMES
+from lanalyze.flows.query.apps import PROTOCOL_NUMBERS
+from lanalyze.flows.query.reports import ORDERS
 from lanalyze.web import flowreports
 from lanalyze.web.flowreports import FilterProblem
 from lanalyze.web.templating import render
@@ -53,11 +54,9 @@ SERIES_BUCKET = {"7d": "1h", "30d": "1d"}
 # Reports only raw flows can answer (no rollup keeps address pairs): beyond this span they load
 # after the page, so the rest of it is usable at once.
 LAZY_AFTER_MS = 6 * 3_600_000
-ORDERS = ("bytes", "packets", "flows")
 REFRESH = {"0": "Off", "30": "30 s", "60": "1 min", "300": "5 min"}
 TOP_N = 10
 FLOW_LIMIT = 50
-_PROTOCOLS_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 
 @dataclass
@@ -406,7 +405,7 @@ async def host_page(request: Request) -> Response:
 async def app_page(request: Request) -> Response:
     data_dir = request.app.state.console.data_dir
     proto_text = str(request.path_params["proto"])
-    proto = _PROTOCOLS_BY_NAME.get(proto_text)
+    proto = PROTOCOL_NUMBERS.get(proto_text)
     if proto is None:
         if not proto_text.isdigit() or int(proto_text) > 255:
             raise HTTPException(404, "unknown protocol")

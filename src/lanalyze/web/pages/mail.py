@@ -25,6 +25,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from lanalyze.mail.index import VERDICTS, MessageQuery, RejectionQuery
+from lanalyze.web.api_mail import MessageParams, RejectionParams
 from lanalyze.web.mailexplain import explain, message_warnings
 from lanalyze.web.mailstore import MailStore, parse_message
 from lanalyze.web.pages.flows import REFRESH, format_utc_minute, parse_utc_minute
@@ -56,6 +57,8 @@ REASON_LABELS = {
     "local_error": "Local error",
     "other": "Other",
 }
+MAX_PAGE = 100_000
+"""Page numbers of the mail lists stop here (a bigger one is read as this one)."""
 HTML_FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 
 
@@ -131,26 +134,24 @@ def _store(request: Request) -> MailStore:
 
 def _query(request: Request) -> tuple[MessageQuery, dict[str, str], Window]:
     params = request.query_params
+    # The API's parameters, read leniently: what the page cannot use falls back to its default.
+    asked = MessageParams.lenient(params)
     form = {
-        "sender": params.get("sender", "")[:200],
-        "recipient": params.get("recipient", "")[:200],
-        "subject": params.get("subject", "")[:200],
-        "verdict": params.get("verdict", "any"),
+        "sender": asked.sender,
+        "recipient": asked.recipient,
+        "subject": asked.subject,
+        "verdict": asked.verdict,
     }
-    if form["verdict"] not in VERDICTS:
-        form["verdict"] = "any"
-    page_text = params.get("page", "1")
-    page = int(page_text) if page_text.isdigit() else 1
     window = _window(params, time.time())
     form.update(window.params, refresh=_refresh(params))
     query = MessageQuery(
-        sender=form["sender"].strip(),
-        recipient=form["recipient"].strip(),
-        subject=form["subject"].strip(),
-        verdict=form["verdict"],
+        sender=asked.sender,
+        recipient=asked.recipient,
+        subject=asked.subject,
+        verdict=asked.verdict,
         since=window.since,
         until=window.until if window.choice == "custom" else None,
-        page=min(page, 100_000),
+        page=min(asked.page, MAX_PAGE),
     )
     return query, form, window
 
@@ -186,21 +187,23 @@ async def message_list(request: Request) -> Response:
 async def rejected_list(request: Request) -> Response:
     store = _store(request)
     params = request.query_params
+    asked = RejectionParams.lenient(params)
     form = {
-        key: params.get(key, "")[:200].strip()
-        for key in ("sender", "recipient", "client", "reason")
+        "sender": asked.sender,
+        "recipient": asked.recipient,
+        "client": asked.client,
+        "reason": asked.reason,
     }
     window = _window(params, time.time())
     form.update(window.params, refresh=_refresh(params))
-    page_text = params.get("page", "1")
     query = RejectionQuery(
-        sender=form["sender"],
-        recipient=form["recipient"],
-        client=form["client"],
-        reason=form["reason"],
+        sender=asked.sender,
+        recipient=asked.recipient,
+        client=asked.client,
+        reason=asked.reason,
         since=window.since,
         until=window.until if window.choice == "custom" else None,
-        page=min(int(page_text) if page_text.isdigit() else 1, 100_000),
+        page=min(asked.page, MAX_PAGE),
     )
     since, bucket = _chart_span(window)
     result, counts, reasons, summary = await asyncio.gather(
