@@ -113,9 +113,10 @@ def test_an_exporter_over_its_share_evicts_its_own_templates() -> None:
 def test_a_template_larger_than_a_share_is_refused() -> None:
     decoder = FlowDecoder(exporter_share=TEMPLATE_BYTES + 100 * 512)
     specs = [(1000 + j, 4) for j in range(200)]
-    decoder.decode([Packet(template_message(256, specs), FLOODER, NOW)])
+    batch = decoder.decode([Packet(template_message(256, specs), FLOODER, NOW)])
     assert decoder.template_count == 0
     assert decoder.counters.templates_refused == 1
+    assert [p.exporter for p in batch.problems if "refused" in p.reason] == [FLOODER]
 
 
 def test_refreshes_keep_a_template_recent() -> None:

@@ -236,6 +236,11 @@ class TemplatedWalker:
                     continue  # a refresh: nothing to parse or compile
                 template = self.state.compiled.compile(version, wire, options)
                 evicted = self.state.add_template(exporter, domain, template)
+                if domain.templates.get(number) is not template:
+                    problems.append(
+                        f"template {number} refused: no room in flows.template_memory "
+                        "(or its per-exporter share)"
+                    )
                 if evicted:
                     stats.decode_errors += evicted
                     problems.append(
