@@ -64,5 +64,7 @@ def test_allow_list_cap_and_template_state_on_metrics(data_dir: Path) -> None:
     state = [line for line in text.splitlines() if line.startswith("lanalyze_flow_template_state")]
     assert state and float(state[0].split()[-1]) > 0
     # The refused source has no exporter row (forged sources must not fill the table).
-    assert 'exporter="127.0.0.2"' in text and 'exporter="127.0.0.1"' not in text
+    flow_lines = [line for line in text.splitlines() if line.startswith("lanalyze_flow_")]
+    assert any('exporter="127.0.0.2"' in line for line in flow_lines)
+    assert not any('exporter="127.0.0.1"' in line for line in flow_lines)
     assert stored(data_dir) == 30 + 4096
