@@ -142,7 +142,7 @@ def test_saved_state_loads_within_the_budget() -> None:
 
 def one_byte_records(variable: bool) -> tuple[bytes, bytes]:
     """A template of one one-byte field (variable-length interfaceName, or protocol), and one
-    maximum-size message of such records: 65,511 of them."""
+    maximum-size message of such records: 65,515 of them."""
     field = (82, 0xFFFF) if variable else (4, 1)
     template = template_message(256, [field])
     body = b"\0" * (65535 - 16 - 4)
