@@ -33,6 +33,14 @@ FUZZ = settings(
 )
 MAX_TEMPLATES = 8
 MAX_EXPORTERS = 3
+# Tight byte bounds (a few templates an exporter), a small record cap and an allow-list that
+# refuses one of EXPORTER_NAMES: the walk and the bulk read must agree under them too.
+TIGHT = {
+    "memory_budget": 96 * 1024,
+    "exporter_share": 40 * 1024,
+    "max_records_per_datagram": 3,
+    "exporters_allowed": ["192.0.2.0/24", "2001:db8::/32"],
+}
 
 VARIABLE_TEMPLATE = ipfix_message(
     [flow_set(2, template_record(400, [(8, 4), (82, 0xFFFF), (2, 4), (1000, 2, 9), (315, 0xFFFF)]))]
@@ -134,6 +142,16 @@ def check(packets: list[bytes], exporters: list[str]) -> None:
     other = FlowDecoder(max_templates_per_exporter=MAX_TEMPLATES, max_exporters=MAX_EXPORTERS)
     rows, lengths, codes, names = as_rows(packets, exporters)
     same_batches(other.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), batch)
+    # Under tight bounds: the same on both paths, and within the bytes.
+    tight = [FlowDecoder(max_exporters=MAX_EXPORTERS, **TIGHT) for _ in range(2)]  # type: ignore[arg-type]
+    walked = tight[0].decode(
+        [Packet(d, e, 1_700_000_000_000) for d, e in zip(packets, exporters, strict=True)]
+    )
+    same_batches(tight[1].decode_rows(rows, lengths, codes, names, 1_700_000_000_000), walked)
+    for decoder in tight:
+        assert decoder._state.used <= decoder._state.budget
+        assert decoder._state.compiled.used <= decoder._state.compiled.budget
+        assert decoder.state_bytes <= TIGHT["memory_budget"]  # type: ignore[operator]
 
 
 EXPORTER_NAMES = st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "198.51.100.9"])
@@ -366,6 +384,27 @@ def test_bulk_rows_decode_as_the_walk(batches: list[list[tuple[bytes, str]]]) ->
         same_batches(bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), expected)
     assert walked.save_templates() == bulk.save_templates()
     assert sequence_states(walked) == sequence_states(bulk)
+
+
+@FUZZ
+@given(numbered_batches())
+def test_bulk_rows_decode_as_the_walk_under_tight_bounds(
+    batches: list[list[tuple[bytes, str]]],
+) -> None:
+    walked = FlowDecoder(max_exporters=2, **TIGHT)  # type: ignore[arg-type]
+    bulk = FlowDecoder(max_exporters=2, **TIGHT)  # type: ignore[arg-type]
+    batches[0] = BULK_SEEDS + batches[0]
+    for events in batches:
+        datas = [data for data, _ in events]
+        exporters = [exporter for _, exporter in events]
+        expected = walked.decode(
+            [Packet(d, e, 1_700_000_000_000) for d, e in zip(datas, exporters, strict=True)]
+        )
+        rows, lengths, codes, names = as_rows(datas, exporters)
+        same_batches(bulk.decode_rows(rows, lengths, codes, names, 1_700_000_000_000), expected)
+        assert bulk.state_bytes <= 96 * 1024
+    assert walked.save_templates() == bulk.save_templates()
+    assert walked.counters == bulk.counters
 
 
 def sequence_states(decoder: FlowDecoder) -> list[tuple[object, ...]]:

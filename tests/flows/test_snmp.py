@@ -289,13 +289,19 @@ def test_config_validation() -> None:
         {"snmp": {"enabled": True, "community": "s3cret", "exporters": {"::FFFF:192.0.2.1": {}}}}
     ).snmp
     assert "s3cret" not in repr(snmp) and "s3cret" not in str(snmp.model_dump())
-    seen = ["192.0.2.9", "192.0.2.1"]
+    seen = ["192.0.2.9", "192.0.2.1", "198.51.100.7", "not-an-address"]
+    # Seen alone is not enough (a datagram's source can be forged): listed exporters only.
     targets = poll_targets(snmp, seen)
+    assert [(t.exporter, t.community) for t in targets] == [("192.0.2.1", "s3cret")]
+    inside = snmp.model_copy(update={"networks": ["192.0.2.0/24"]})
+    targets = poll_targets(inside, seen)
     assert [(t.exporter, t.community) for t in targets] == [
         ("192.0.2.1", "s3cret"),
         ("192.0.2.9", "s3cret"),
     ]
     assert "s3cret" not in repr(targets)
+    with pytest.raises(ValidationError, match="not an IP network"):
+        SnmpConfig.model_validate({"networks": ["192.0.2.0/33"]})
 
 
 def test_interface_table_speeds_and_bad_values() -> None:
@@ -366,3 +372,55 @@ def test_serve_starts_the_poller_only_when_enabled() -> None:
         }
     )
     assert "snmp" in [c.name for c in build_components(on)]
+
+
+def test_a_seen_but_unconfigured_exporter_is_never_sent_the_community(
+    agent: int, tmp_path: Path
+) -> None:
+    """A forged datagram from 127.0.0.9 put it in exporters.json. A UDP listener on its SNMP
+    port (161: the tests run as root; skipped otherwise) receives nothing from a poll round
+    whose networks do not include it, and the community once they do (the control: the
+    listener would have heard it)."""
+    forged = "127.0.0.9"
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.bind((forged, 161))
+    except PermissionError:
+        listener.close()
+        pytest.skip("binding port 161 needs root")
+    listener.setblocking(False)
+    flow_dir = tmp_path / "flows"
+    flow_dir.mkdir()
+    exporters = [{"exporter": forged}, {"exporter": "127.0.0.1"}]
+    (flow_dir / "exporters.json").write_text(json.dumps({"exporters": exporters}))
+    secret = "community-for-the-routers-x9"
+
+    def snmp(networks: list[str]) -> SnmpConfig:
+        return SnmpConfig.model_validate(
+            {
+                "enabled": True,
+                "timeout": 1.0,
+                "retries": 0,
+                "community": secret,
+                "networks": networks,
+                "exporters": {"127.0.0.1": {"community": COMMUNITY, "port": agent}},
+            }
+        )
+
+    def received() -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(listener.recv(65535))
+            except BlockingIOError:
+                return got
+
+    try:
+        found = asyncio.run(poll(snmp(["10.0.0.0/8"]), flow_dir))
+        assert found.get("127.0.0.1", 0) >= 1  # the configured exporter was polled
+        assert received() == []  # poll_once returned: anything sent was queued before
+        asyncio.run(poll(snmp(["127.0.0.8/31"]), flow_dir))
+        heard = received()
+        assert heard and all(secret.encode() in datagram for datagram in heard)
+    finally:
+        listener.close()

@@ -151,6 +151,14 @@ class FlowCollector:
             max_templates_per_exporter=self.config.max_templates_per_exporter,
             max_exporters=self.config.max_exporters,
             sampling_rates=dict(self.config.sampling_rates),
+            template_memory=self.config.template_memory,
+            template_memory_per_exporter=self.config.template_memory_per_exporter,
+            max_records_per_datagram=self.config.max_records_per_datagram,
+            exporters_allowed=(
+                None
+                if self.config.exporters_allowed is None
+                else list(self.config.exporters_allowed)
+            ),
             log_format=log_format,
             log_level=log_level,
         )
@@ -290,9 +298,12 @@ class FlowCollector:
         with self._lock:
             reports = [dict(handle.last) for handle in self._workers] + self._retired
         store: dict[str, int] = {}
+        decoder: dict[str, int] = {}
         for report in reports:
             for name, value in report.get("store", {}).items():
                 store[name] = store.get(name, 0) + int(value)
+            for name, value in report.get("decoder", {}).items():
+                decoder[name] = decoder.get(name, 0) + int(value)
         drops_by_inode = kernel_drops(
             socket_inode(sock) for group in self._socks for sock in group if sock.fileno() >= 0
         )
@@ -307,6 +318,7 @@ class FlowCollector:
             ),
             kernel_drops=drops,
             store=store,
+            decoder=decoder,
             datagrams=sum(int(report.get("datagrams", 0)) for report in reports),
             started_ms=self._started_ms,
         )

@@ -115,7 +115,13 @@ class SnmpConfig(Section):
     community: SecretStr | None = Field(
         default=None,
         description="Default community: used for listed exporters without one, and to poll "
-        "every exporter the collector has seen (exporters.json). A secret: never logged.",
+        "the exporters the collector has seen (exporters.json) inside flows.snmp.networks. "
+        "A secret: never logged.",
+    )
+    networks: list[str] = Field(
+        default_factory=list,
+        description="Networks whose seen exporters are polled with the default community "
+        '(e.g. ["192.0.2.0/24"]); others never are: a source address can be forged.',
     )
     max_exporters: int = Field(
         default=1000,
@@ -127,6 +133,17 @@ class SnmpConfig(Section):
         default_factory=dict,
         description='Per exporter address: { community = "...", port = 161, version = "2c" }.',
     )
+
+    @field_validator("networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        normal = []
+        for text in value:
+            try:
+                normal.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(f"SNMP network {text!r} is not an IP network") from None
+        return normal
 
     @field_validator("exporters")
     @classmethod
@@ -222,6 +239,33 @@ class FlowsConfig(Section):
         description="Sampling rate per exporter address (1 in N), used when the exporter "
         'does not announce one, e.g. { "192.0.2.1" = 1000 }.',
     )
+    template_memory: int = Field(
+        default=64 * 2**20,
+        ge=2**20,
+        le=2**40,
+        description="Bytes of template and exporter state each worker may hold (estimated "
+        "footprint); beyond it templates are evicted or refused, and counted.",
+    )
+    template_memory_per_exporter: int = Field(
+        default=4 * 2**20,
+        ge=65536,
+        le=2**40,
+        description="Bytes of that state one exporter address may hold; over it, it evicts "
+        "its own oldest templates (a flood from one address cannot evict the others').",
+    )
+    max_records_per_datagram: int = Field(
+        default=4096,
+        ge=1,
+        le=65535,
+        description="Flow records read from one datagram at most; the rest are dropped and "
+        "the datagram counted.",
+    )
+    exporters_allowed: list[str] | None = Field(
+        default=None,
+        description="Networks whose datagrams are decoded, e.g. "
+        '["192.0.2.0/24", "2001:db8::/32"] (unset: any source). Others are counted and '
+        "dropped unread.",
+    )
     rollup: RollupConfig = Field(
         default_factory=RollupConfig, description="Rollup tables and retention."
     )
@@ -250,6 +294,19 @@ class FlowsConfig(Section):
     def deprecated_keys(self) -> list[tuple[str, str]]:
         """(old key, new key) of the deprecated keys the configuration used."""
         return list(self._deprecated)
+
+    @field_validator("exporters_allowed")
+    @classmethod
+    def _check_networks(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        normal = []
+        for text in value:
+            try:
+                normal.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IP network (address/prefix)") from None
+        return normal
 
     @field_validator("sampling_rates")
     @classmethod

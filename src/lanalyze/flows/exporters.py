@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,6 +129,9 @@ class CollectorTotals:
     store: dict[str, int]
     datagrams: int
     started_ms: int
+    decoder: dict[str, int] = field(default_factory=dict)
+    """The workers' decoder bounds summed (:class:`~lanalyze.flows.decode.DecoderCounters`,
+    ``state_bytes``, ``templates``)."""
 
     def to_json(self) -> bytes:
         data = {
@@ -138,6 +141,7 @@ class CollectorTotals:
             "kernel_drops": self.kernel_drops,
             "store": self.store,
             "datagrams": self.datagrams,
+            "decoder": self.decoder,
         }
         return json.dumps(data, indent=1).encode() + b"\n"
 
@@ -251,3 +255,33 @@ class FlowMetrics(Collector):
             family = CounterMetricFamily(f"lanalyze_flow_store_{name}", text)
             family.add_metric([], totals.store.get(name, 0))
             yield family
+        yield from _decoder_metrics(totals.decoder)
+
+
+DECODER_COUNTERS = {
+    "templates_refused": "Templates not stored: no room in flows.template_memory(_per_exporter).",
+    "templates_evicted": "Templates dropped to make room for others (bytes or count bounds).",
+    "exporters_evicted": "Exporters whose decoder state was dropped (flows.max_exporters, "
+    "or to make room in flows.template_memory).",
+    "datagrams_not_allowed": "Datagrams dropped unread: source outside flows.exporters_allowed.",
+    "datagrams_capped": "Datagrams with more records than flows.max_records_per_datagram "
+    "(the rest dropped).",
+}
+
+
+def _decoder_metrics(
+    decoder: Mapping[str, int],
+) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    for name, text in DECODER_COUNTERS.items():
+        family = CounterMetricFamily(f"lanalyze_flow_{name}", text)
+        family.add_metric([], decoder.get(name, 0))
+        yield family
+    state = GaugeMetricFamily(
+        "lanalyze_flow_template_state_bytes",
+        "Bytes of template and exporter state the workers hold (estimated footprint).",
+    )
+    state.add_metric([], decoder.get("state_bytes", 0))
+    yield state
+    templates = GaugeMetricFamily("lanalyze_flow_templates", "Templates the workers hold.")
+    templates.add_metric([], decoder.get("templates", 0))
+    yield templates

@@ -8,7 +8,10 @@ result goes to ``<data_dir>/flows/interfaces.json`` (atomically), which the repo
 
 The protocol work is done by pysnmp (an optional dependency: ``lanalyze[snmp]``): SNMP's BER
 encoding and request/retry handling is a library's job, not ours. What is ours is small and
-sans-IO: choosing whom to poll (:func:`poll_targets`) and turning walked columns into the
+sans-IO: choosing whom to poll (:func:`poll_targets`: the listed exporters, and with a default
+community the exporters seen in ``exporters.json`` inside ``flows.snmp.networks``, never any
+other address: a flow datagram's source can be forged, and polling it would send the community
+to an address of the forger's choice) and turning walked columns into the
 file's entries (:func:`interface_table`). Agents' answers are untrusted: texts are decoded
 leniently and cut to a bounded length, indexes outside 1..2^31-1 and rows beyond
 :data:`MAX_INTERFACES` are dropped. A failing agent is counted and logged (rate-limited,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -82,18 +86,30 @@ class PollFailed(Exception):
 
 
 def poll_targets(config: SnmpConfig, seen: Iterable[str]) -> list[PollTarget]:
-    """Listed exporters, then (with a default community) the exporters the collector saw."""
+    """Listed exporters, then (with a default community) the exporters the collector saw
+    inside ``config.networks``: a seen address alone is never polled (it may be forged)."""
     targets: dict[str, PollTarget] = {}
     default = config.community.get_secret_value() if config.community is not None else None
     for address, settings in config.exporters.items():
         community = settings.community.get_secret_value() if settings.community else default
         if community is not None:
             targets[address] = PollTarget(address, settings.port, community, settings.version)
-    if default is not None:
+    networks = [ipaddress.ip_network(n) for n in config.networks]
+    if default is not None and networks:
         for address in seen:
-            if address not in targets:
+            if address not in targets and _inside(address, networks):
                 targets[address] = PollTarget(address, 161, default, "2c")
     return list(targets.values())[: config.max_exporters]
+
+
+def _inside(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    # exporters.json names IPv4 exporters as dotted quads, but be sure of mapped ones too.
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return any((mapped or parsed) in network for network in networks)
 
 
 def _text(value: object) -> str | None:

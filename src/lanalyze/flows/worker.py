@@ -67,6 +67,10 @@ class WorkerSpec:
     max_templates_per_exporter: int = 1024
     max_exporters: int = 10_000
     sampling_rates: dict[str, int] = field(default_factory=dict)
+    template_memory: int = 64 * 2**20
+    template_memory_per_exporter: int = 4 * 2**20
+    max_records_per_datagram: int = 4096
+    exporters_allowed: list[str] | None = None
     log_format: Literal["kv", "json"] = "kv"
     log_level: str = "info"
 
@@ -131,6 +135,10 @@ class FlowWorker:
             max_templates_per_exporter=spec.max_templates_per_exporter,
             max_exporters=spec.max_exporters,
             sampling_rates=spec.sampling_rates,
+            memory_budget=spec.template_memory,
+            exporter_share=spec.template_memory_per_exporter,
+            max_records_per_datagram=spec.max_records_per_datagram,
+            exporters_allowed=spec.exporters_allowed,
         )
         self.writer = SegmentWriter(
             flow_dir(spec.data_dir),
@@ -250,6 +258,11 @@ class FlowWorker:
             "store": asdict(self.store.stats),
             "datagrams": self.receiver.datagrams,
             "problems": self.problems.count,
+            "decoder": {
+                **asdict(self.decoder.counters),
+                "state_bytes": self.decoder.state_bytes,
+                "templates": self.decoder.template_count,
+            },
         }
         try:
             self.reports.send((kind, message))

@@ -23,6 +23,7 @@ and the datagram (or the bad set) is dropped. An exception escaping ``decode`` i
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ from lanalyze.flows.decode import v5
 from lanalyze.flows.decode.bulk import BulkRows
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.memory import keep_freed_memory
-from lanalyze.flows.decode.state import DecoderState, ExporterState, address16
+from lanalyze.flows.decode.state import DecoderCounters, DecoderState, ExporterState, address16
 from lanalyze.flows.decode.templated import TemplatedWalker
 
 __all__ = [
     "DecodeProblem",
     "DecodedBatch",
+    "DecoderCounters",
     "ExporterStats",
     "FlowDecoder",
     "Packet",
@@ -52,6 +54,8 @@ __all__ = [
 Array = npt.NDArray[Any]
 MAX_PROBLEMS_PER_BATCH = 256
 """Problems beyond this in one batch are only counted (in ``decode_errors``)."""
+MAX_ALLOWED_CACHE = 65536
+"""Exporter names whose allow-list answer is remembered (then forgotten all at once)."""
 
 
 class Packet(NamedTuple):
@@ -117,6 +121,11 @@ class FlowDecoder:
 
     ``sampling_rates`` (exporter address -> N) applies to flows whose export announces no
     rate (v5 header interval 0, no option record, no inline IE 34): an announced rate wins.
+
+    Bounds (:mod:`.state`): ``memory_budget`` bytes of template and exporter state in all,
+    ``exporter_share`` of it per exporter; ``max_records_per_datagram`` rows from one datagram.
+    ``exporters_allowed`` (networks; None: any source) drops other sources' datagrams before
+    anything of them is read. What they cost is in :attr:`counters`.
     Not thread-safe: one decoder per worker."""
 
     def __init__(
@@ -125,9 +134,22 @@ class FlowDecoder:
         max_templates_per_exporter: int = 1024,
         max_exporters: int = 10000,
         sampling_rates: Mapping[str, int] | None = None,
+        memory_budget: int = 64 * 2**20,
+        exporter_share: int = 4 * 2**20,
+        max_records_per_datagram: int = 4096,
+        exporters_allowed: Sequence[str] | None = None,
     ) -> None:
         keep_freed_memory()
-        self._state = DecoderState(max_templates_per_exporter, max_exporters)
+        self._state = DecoderState(
+            max_templates_per_exporter, max_exporters, memory_budget, exporter_share
+        )
+        self._max_records = max(1, max_records_per_datagram)
+        # Networks as IPv6 (IPv4 ones IPv4-mapped), matched against address16(source), so
+        # "192.0.2.0/24" also allows a source seen as "::ffff:192.0.2.1".
+        self._allowed_networks: list[ipaddress.IPv6Network] | None = None
+        if exporters_allowed is not None:
+            self._allowed_networks = [_mapped_network(n) for n in exporters_allowed]
+        self._allowed_cache: dict[str, bool] = {}
         # Keyed by the 16-byte address, so "192.0.2.1" also matches an exporter seen as
         # "::ffff:192.0.2.1" on a dual-stack socket.
         self._sampling_rates = {
@@ -138,6 +160,14 @@ class FlowDecoder:
 
     def decode(self, packets: Sequence[Packet]) -> DecodedBatch:
         run = _BatchRun(self)
+        if self._allowed_networks is not None:
+            allowed = self._allowed
+            kept = [p for p in packets if allowed(p.exporter)]
+            if len(kept) < len(packets):
+                self._state.counters.datagrams_not_allowed += len(packets) - len(kept)
+                for name in dict.fromkeys(p.exporter for p in packets if not allowed(p.exporter)):
+                    run.problem(name, NOT_ALLOWED)
+                packets = kept
         v5_groups: dict[int, list[int]] = defaultdict(list)
         for index, packet in enumerate(packets):
             data = packet.data
@@ -184,7 +214,22 @@ class FlowDecoder:
         head = rows[:count, :2].astype(np.int64)
         is_v5 = (head[:, 0] == 0) & (head[:, 1] == 5)
         is_v5 &= lengths >= v5.HEADER_LENGTH + v5.RECORD_LENGTH
-        others = np.flatnonzero(~is_v5)
+        if self._allowed_networks is not None:
+            # Once per distinct source, then per datagram with numpy: refused datagrams are
+            # neither v5 nor walked, so nothing of them is read past the version.
+            allowed = np.fromiter(map(self._allowed, exporters), bool, len(exporters))
+            keep = allowed[exporter_codes]
+            if not keep.all():
+                refused = ~keep
+                self._state.counters.datagrams_not_allowed += int(refused.sum())
+                for code in np.unique(exporter_codes[refused]).tolist():
+                    run.problem(exporters[code], NOT_ALLOWED)
+                is_v5 &= keep
+                others = np.flatnonzero(~is_v5 & keep)
+            else:
+                others = np.flatnonzero(~is_v5)
+        else:
+            others = np.flatnonzero(~is_v5)
         if len(others):
             # Per datagram only where the bulk path cannot: plain ints and bytes, not numpy.
             sizes = lengths.tolist()
@@ -210,6 +255,7 @@ class FlowDecoder:
                 run.stats_for,
                 self._sampling_rates,
                 run.parts.append,
+                max_records=self._max_records,
             ).decode(others)
         v5_rows = np.flatnonzero(is_v5)
         if len(v5_rows):
@@ -321,6 +367,30 @@ class FlowDecoder:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"unusable template state: {exc}") from exc
 
+    def _allowed(self, name: str) -> bool:
+        """Whether ``exporters_allowed`` lets this source in (cached per name)."""
+        answer = self._allowed_cache.get(name)
+        if answer is None:
+            networks = self._allowed_networks or []
+            raw = address16(name)
+            address = ipaddress.IPv6Address(raw)
+            answer = raw != bytes(16) and any(address in network for network in networks)
+            if len(self._allowed_cache) >= MAX_ALLOWED_CACHE:
+                self._allowed_cache.clear()
+            self._allowed_cache[name] = answer
+        return answer
+
+    @property
+    def counters(self) -> DecoderCounters:
+        """What the bounds and the allow-list cost so far (cumulative)."""
+        return self._state.counters
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of exporter, domain and template state charged, the compile cache's included
+        (at most ``memory_budget``, give or take one exporter's bookkeeping)."""
+        return self._state.used + self._state.compiled.used
+
     @property
     def template_count(self) -> int:
         """Templates held over all exporters (for metrics and tests of the bounds)."""
@@ -329,6 +399,17 @@ class FlowDecoder:
     @property
     def exporter_count(self) -> int:
         return len(self._state.exporters)
+
+
+NOT_ALLOWED = "source not in flows.exporters_allowed: datagram dropped"
+
+
+def _mapped_network(text: str) -> ipaddress.IPv6Network:
+    network = ipaddress.ip_network(text, strict=False)
+    if network.version == 4:
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + network.network_address.packed)
+        return ipaddress.IPv6Network((mapped, 96 + network.prefixlen))
+    return ipaddress.IPv6Network(network)
 
 
 class V5Group(NamedTuple):
@@ -364,7 +445,7 @@ class _BatchRun:
         # the cyclic GC, which the worker runs rarely (measured: decoding took twice the
         # CPU, in page faults and cache misses).
         self.stats_for = functools.partial(_stats_for, self.stats)
-        self.walker = TemplatedWalker(decoder._state, self.stats_for)
+        self.walker = TemplatedWalker(decoder._state, self.stats_for, decoder._max_records)
         self.reasons: list[str] = []
         self.parts: list[tuple[dict[str, Array], list[str | None] | None]] = []
 

@@ -10,8 +10,9 @@ that stays inside; < 4 trailing bytes ignored) and all are data sets (id >= 256)
 :data:`MAX_SETS` of them.
 
 Candidates all of whose sets have, when their run starts, a fixed-length flow template without
-sampler ids (and at least one record per set) are read in bulk: records are gathered per
-(template, records per set) with one fancy-indexing copy and read with the template's dtype;
+sampler ids (and at least one record per set, at most ``max_records`` in all: the walk cuts a
+datagram at that cap) are read in bulk: records are gathered per (template, records per set)
+with one fancy-indexing copy and read with the template's dtype;
 counters and sequence numbers are accounted with numpy per (exporter, domain), exactly as the
 walk would (in the stream's sequence convention, :mod:`.sequence`; a message that may decide
 an undecided stream's convention is walked in place). Every other datagram goes through
@@ -124,6 +125,7 @@ class BulkRows:
         stats_for: Callable[[str, int, int], Any],
         rates: dict[bytes, int],
         emit: Callable[[Part], None],
+        max_records: int = 2**31,
     ) -> None:
         self.rows = rows
         self.lengths = lengths
@@ -135,6 +137,7 @@ class BulkRows:
         self.stats_for = stats_for
         self.rates = rates
         self.emit = emit
+        self.max_records = max_records
         self._windows: dict[int, Array] = {}
 
     def decode(self, indexes: Array) -> None:
@@ -207,7 +210,11 @@ class BulkRows:
         counts = np.zeros(len(owner), dtype=np.int64)
         known = record_length > 0
         counts[known] = (head.set_length[sets][known] - 4) // record_length[known]
-        walked = np.flatnonzero(np.bincount(dgram[counts == 0], minlength=stop - start)).tolist()
+        # Walked instead: a datagram with a set the bulk read cannot take, or with more
+        # records than the cap (the walk cuts it and counts that).
+        walk = np.bincount(dgram[counts == 0], minlength=stop - start) > 0
+        walk |= np.bincount(dgram, weights=counts, minlength=stop - start) > self.max_records
+        walked = np.flatnonzero(walk).tolist()
         begin = 0
         for position in [*walked, stop - start]:
             if position > begin:
@@ -334,7 +341,7 @@ class BulkRows:
             head.uptime[span],
         )
         # One read per template: exporters that send the same template share one compiled
-        # object (``compile_wire`` is cached), so their sets are read together.
+        # object (:class:`.state.CompileCache`), so their sets are read together.
         shared: dict[int, int] = {}
         template_of = np.zeros(len(templates), dtype=np.int64)
         for key in np.unique(keys).tolist():

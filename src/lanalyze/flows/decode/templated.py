@@ -10,7 +10,6 @@ concatenated sets (:mod:`.records`). A set whose template is unknown is counted 
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,9 +50,16 @@ class TemplatedWalker:
     """Walks the v9/IPFIX datagrams of one batch; ``stats_for(exporter, domain, version)``
     gives the batch's statistics object of a stream."""
 
-    def __init__(self, state: DecoderState, stats_for: Callable[[str, int, int], Any]) -> None:
+    def __init__(
+        self,
+        state: DecoderState,
+        stats_for: Callable[[str, int, int], Any],
+        max_records: int = 2**31,
+    ) -> None:
         self.state = state
         self.stats_for = stats_for
+        self.max_records = max_records
+        """Records (data and option) read from one datagram at most; the rest are dropped."""
         self.groups: dict[Template, PendingGroup] = {}
 
     def walk(
@@ -89,7 +95,7 @@ class TemplatedWalker:
             pos, end = ipfix.HEADER.size, length
             export_ms = secs * 1000
             uptime = UNKNOWN_UPTIME
-        domain = exporter.domain(version, domain_id)
+        domain = self.state.domain(exporter, version, domain_id)
         stats: ExporterStats = stats_for(name, domain_id, version)
         stats.packets += 1
         if version == ipfix.VERSION:
@@ -100,6 +106,10 @@ class TemplatedWalker:
         groups = self.groups
         records = 0
         countable = True
+        # Records this datagram may still give: a set of one-byte records must not turn one
+        # 64 KiB datagram into 65,000 rows (nor 65,000 turns of a per-record Python loop).
+        room = self.max_records
+        cut = False
         while end - pos >= 4:
             set_id, set_length = SET_HEADER.unpack_from(data, pos)
             if set_length < 4 or pos + set_length > end:
@@ -117,6 +127,10 @@ class TemplatedWalker:
                 template = templates.get(set_id)
                 if template is not None and template.fixed and not template.options:
                     count = (stop - start) // template.fixed_length
+                    if count > room:
+                        count = room
+                        cut = True
+                    room -= count
                     if count:
                         group = groups.get(template)
                         if group is None:
@@ -138,10 +152,15 @@ class TemplatedWalker:
                         info=info,
                         stats=stats,
                         problems=problems,
+                        room=room,
                     )
                     if added < 0:
                         countable = False
                     else:
+                        if added > room:  # records beyond ``room`` were left unread
+                            added = room
+                            cut = True
+                        room -= added
                         records += added
                         # Option records may have changed the sampling or the init time.
                         if version == ipfix.VERSION:
@@ -171,6 +190,14 @@ class TemplatedWalker:
                 stats.decode_errors += 1
                 problems.append(f"{_name(version)} set {set_id}: {exc}")
                 countable = False
+        if cut:
+            # The datagram's own record count is unknown now: no sequence accounting.
+            countable = False
+            self.state.counters.datagrams_capped += 1
+            problems.append(
+                f"more than {self.max_records} records in one datagram "
+                "(flows.max_records_per_datagram): the rest dropped"
+            )
         _account_sequence(stats, domain, version, sequence, records if countable else None)
 
     def _template_set(
@@ -205,9 +232,15 @@ class TemplatedWalker:
                 assert wire is not None
                 current = domain.templates.get(number)
                 if current is not None and current.wire == wire:
+                    self.state.touch(exporter, domain, number)
                     continue  # a refresh: nothing to parse or compile
-                template = compile_wire(version, wire, options)
+                template = self.state.compiled.compile(version, wire, options)
                 evicted = self.state.add_template(exporter, domain, template)
+                if domain.templates.get(number) is not template:
+                    problems.append(
+                        f"template {number} refused: no room in flows.template_memory "
+                        "(or its per-exporter share)"
+                    )
                 if evicted:
                     stats.decode_errors += evicted
                     problems.append(
@@ -229,19 +262,21 @@ class TemplatedWalker:
         info: SetInfo,
         stats: ExporterStats,
         problems: list[str],
+        room: int,
     ) -> int:
         """Options data, variable-length data, or unknown template; returns the record
-        count, -1 if the template is unknown."""
+        count read (at most ``room``; ``room + 1`` when more were left unread), -1 if the
+        template is unknown."""
         template = domain.templates.get(set_id)
         if template is None:
             stats.unknown_template_records += 1
             problems.append(f"data set {set_id} before its template: dropped")
             return -1
         if template.options:
-            return _option_records(template, data, start, stop, domain)
-        part, var_extras, count = template.split_variable(data, start, stop)
+            return _option_records(template, data, start, stop, domain, room)
+        part, var_extras, count, more = template.split_variable(data, start, stop, room)
         if count == 0:
-            return 0
+            return room + 1 if more else 0
         group = self.groups.get(template)
         if group is None:
             group = self.groups[template] = PendingGroup(template)
@@ -252,7 +287,7 @@ class TemplatedWalker:
         group.counts.append(count)
         group.infos.append(info)
         stats.flows += count
-        return count
+        return room + 1 if more else count
 
     def finish(self) -> list[tuple[dict[str, Array], list[str | None] | None]]:
         out = []
@@ -273,18 +308,6 @@ def _set_info(  # noqa: PLR0917 - a hot path: positional on purpose
     sampling = domain.sampling
     rate = sampling.rate_without_sampler_id() or configured_rate
     return (address, domain.domain, received_ms, export_ms, uptime, rate, sampling.samplers)
-
-
-@functools.lru_cache(maxsize=4096)
-def compile_wire(version: int, wire: bytes, options: bool) -> Template:
-    """A template record, as sent, compiled. Cached (bounded): every exporter that sends the
-    same template shares one compiled object, which is never mutated. Raises PeerDataError
-    for absurd templates."""
-    parse = v9.template_fields if version == v9.VERSION else ipfix.template_fields
-    template_id = struct.unpack_from(">H", wire)[0]
-    template = Template(template_id, parse(wire, options), options)
-    template.wire = wire
-    return template
 
 
 def _decode_group(group: PendingGroup) -> tuple[dict[str, Array], list[str | None] | None]:
@@ -315,13 +338,16 @@ def _decode_group(group: PendingGroup) -> tuple[dict[str, Array], list[str | Non
     return convert(template, recs, ctx, group.var_extras)
 
 
-def _option_records(
-    template: Template, data: bytes, start: int, stop: int, domain: DomainState
+def _option_records(  # noqa: PLR0917
+    template: Template, data: bytes, start: int, stop: int, domain: DomainState, room: int
 ) -> int:
-    """Decodes option data records one by one (they are few) into the sampling state."""
+    """Decodes option data records one by one (they are few) into the sampling state: at
+    most ``room``, returns ``room + 1`` when more were left unread."""
     count = 0
     pos = start
     while stop - pos >= template.min_length:
+        if count == room:
+            return room + 1
         values: dict[int, int] = {}
         for f in template.fields:
             length = f.length
