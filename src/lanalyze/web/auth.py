@@ -21,9 +21,6 @@ import hmac
 import ipaddress
 import os
 import secrets
-import threading
-import time
-from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -37,6 +34,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lanalyze import throttle
 from lanalyze.metrics import REGISTRY
 from lanalyze.web.config import WebConfig, WebUser
 
@@ -53,6 +51,7 @@ REJECTED = Counter(
     registry=REGISTRY,
 )
 
+LoginLimiter = throttle.LoginLimiter  # the one failed-attempt limiter (SMTP AUTH uses it too)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_FORM_BODY = 64 * 1024
 _HASHER = PasswordHasher()
@@ -138,55 +137,6 @@ class SessionCodec:
         if user is None or not hmac.compare_digest(str(data.get("h", "")), _fingerprint(user)):
             return None
         return Session(user.name, str(data.get("c", "")))
-
-
-class LoginLimiter:
-    """Failed logins per key (client address, user name) in a sliding window; bounded keys."""
-
-    def __init__(self, attempts: int, window: float, max_keys: int = 10_000) -> None:
-        self.attempts = attempts
-        self.window = window
-        self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float] | None:
-        failures = self._failures.get(key)
-        if failures is None:
-            return None
-        while failures and now - failures[0] >= self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-            return None
-        return failures
-
-    def retry_after(self, keys: Iterable[str], now: float | None = None) -> int:
-        """Seconds until any of ``keys`` may try again (0: allowed now)."""
-        now = time.monotonic() if now is None else now
-        wait = 0.0
-        with self._lock:
-            for key in keys:
-                failures = self._recent(key, now)
-                if failures is not None and len(failures) >= self.attempts:
-                    wait = max(wait, failures[0] + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
-
-    def failed(self, keys: Iterable[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            for key in keys:
-                failures = self._failures.get(key)
-                if failures is None:
-                    if len(self._failures) >= self.max_keys:
-                        self._failures.popitem(last=False)
-                    failures = self._failures[key] = deque(maxlen=self.attempts)
-                failures.append(now)
-                self._failures.move_to_end(key)
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
 
 
 def cookie_names(tls: bool) -> tuple[str, str]:
