@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import Coroutine
-from typing import Any
 
 from lanalyze.config import Config
 from lanalyze.instance import DataDirLock
 from lanalyze.log import get_logger
-from lanalyze.service import Component
+from lanalyze.service import Component, run_loop
+
+__all__ = ["build_components", "run", "run_loop"]
 
 log = get_logger(__name__)
 
@@ -88,14 +88,3 @@ async def _run(config: Config) -> None:
             except Exception:
                 log.exception("serve.stop_failed", extra={"component": component.name})
     log.info("serve.stopped")
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed: several times the socket throughput of the default
-    loop, which the SMTP acceptance target needs (docs/performance.md)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,72 @@ def test_rejections_are_counted_on_metrics(mail_server: RunningServer) -> None:
     assert REGISTRY.get_sample_value(
         "lanalyze_smtp_commands_total", {"listener": "mta", "command": "EHLO"}
     )
+
+
+def _stalled(running: RunningServer) -> list[tuple[int, bool]]:
+    """(bytes buffered for the client, reading paused) of each open connection."""
+
+    def look() -> list[tuple[int, bool]]:
+        return [
+            (c.transport.get_write_buffer_size(), c._write_paused)
+            for c in running.server._connections
+            if c.transport is not None
+        ]
+
+    return running.call(look)
+
+
+def test_a_client_that_never_reads_is_bounded_then_dropped(data_dir: Path) -> None:
+    """Issue 12.2: pipelined commands from a client that never reads its replies. The server
+    stops reading it once its unread replies reach mail.write_buffer (so the client's send
+    blocks: what it could push is what the kernel buffers hold), keeps at most that plus one
+    batch of replies, and drops it after mail.write_timeout even though replies keep being
+    produced. Before: the server read everything and buffered every reply (80 MiB in 4 s)."""
+    write_buffer = 16 * 1024
+    timeouts = ("lanalyze_smtp_rejections_total", {"listener": "mta", "reason": "timeout"})
+    with run_server(data_dir, write_buffer=write_buffer, write_timeout=5.0) as running:
+        before = REGISTRY.get_sample_value(*timeouts) or 0.0
+        sock = socket.socket()
+        _OPEN.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", running.port()))
+        sock.settimeout(0.2)
+        chunk = b"HELP\r\n" * 10_000
+        sent = 0
+        state: list[tuple[int, bool]] = []
+        # Send until the server says it stopped reading us (a busy machine may only be slow
+        # to read, which also blocks the send for a while).
+        while sent < 8 * 1024 * 1024:  # the old server took all of it (and 130 MB of replies)
+            try:
+                sent += sock.send(chunk)
+            except TimeoutError:
+                state = _stalled(running)
+                if state and state[0][1]:
+                    break
+        assert sent < 8 * 1024 * 1024, "the server kept reading a client that does not read"
+        [(buffered, paused)] = state
+        assert paused
+        # The high-water mark plus at most one batch of replies (64 HELP replies < 8 KiB).
+        assert buffered <= write_buffer + 8 * 1024
+        # Dropped after write_timeout although the client is still connected and sending.
+        deadline = time.monotonic() + 60
+        while _stalled(running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _stalled(running) == []
+    assert (REGISTRY.get_sample_value(*timeouts) or 0.0) == before + 1
+    assert REGISTRY.get_sample_value("lanalyze_smtp_write_stalls_total", {"listener": "mta"})
+
+
+def test_a_client_that_reads_late_gets_every_reply(data_dir: Path) -> None:
+    """Flow control loses nothing: a client that pipelines far beyond the write buffer and
+    only then reads gets every reply, in order."""
+    with run_server(data_dir, write_buffer=4096) as running:
+        raw = Raw(running.port())
+        raw.replies(1)
+        count = 20_000
+        sender = threading.Thread(target=raw.send, args=(b"NOOP\r\n" * count + b"QUIT\r\n",))
+        sender.start()
+        replies = raw.replies(count + 1)
+        sender.join()
+    assert len(replies) == count + 1
+    assert all(r.startswith(b"250 ") for r in replies[:count]) and replies[-1].startswith(b"221")

@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lanalyze.mail.index import IndexConfig, MessageIndex, RejectionQuery
-from lanalyze.mail.rejections import classify, commands, replies
+from lanalyze.mail.rejections import STORED
+from lanalyze.mail.smtp import protocol
+from lanalyze.mail.smtp.address import Path as SMTPPath
 from tests.conftest import lanalyze_cmd, require_tool
 from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
 
@@ -219,18 +221,47 @@ def test_full_queue_counts_drops_and_retention_prunes(data_dir: Path) -> None:
         assert index.rejections(RejectionQuery()).total == 1
 
 
-def test_reply_parsing_and_classification() -> None:
-    out = b"250 2.1.0 Ok\r\n550 5.1.1 Recipient address rejected: User unknown\r\n354 Go\r\n"
-    assert replies(out) == [
-        (250, "2.1.0 Ok"),
-        (550, "5.1.1 Recipient address rejected: User unknown"),
-        (354, "Go"),
+class _Policy:
+    """Refuses with a reply whose text looks like relay denial but whose reason says otherwise:
+    only the reason word may decide what is recorded."""
+
+    def check_sender(self, session: protocol.SMTPSession, path: SMTPPath) -> protocol.Reply | None:
+        return None
+
+    def check_recipient(
+        self, session: protocol.SMTPSession, path: SMTPPath
+    ) -> protocol.Reply | None:
+        if path.local == "ghost":
+            return protocol.Reply(550, "5.7.1 Relay access denied (not really)", "unknown_user")
+        return None
+
+
+def test_the_core_emits_structured_rejections() -> None:
+    session = protocol.SMTPSession(protocol.SessionOptions(), _Policy(), "192.0.2.1")
+    events = session.receive(
+        b"EHLO c\r\nMAIL FROM:<s@x> SIZE=99999999999\r\nMAIL FROM:<s@x>\r\n"
+        b"RCPT TO:<ghost@y>\r\nRCPT TO:<b@y>\r\nNOPE\r\nDATA\r\nhi\r\n.\r\n"
+    )
+    found = [
+        (e.command, e.reply.code, e.reason, e.mail_from, e.recipient)
+        for e in events
+        if isinstance(e, protocol.Rejection)
     ]
-    data = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: x\r\n"
-    assert commands(data, 3) == ["MAIL FROM:<a@b>", "RCPT TO:<c@d>", "DATA"]
-    assert classify(501, "5.5.4 Syntax") is None
-    assert classify(554, "5.7.1 Relay access denied") == "relay_denied"
-    assert classify(550, "5.7.1 DMARC policy of paypal.example: reject") == "policy_reject"
+    assert found == [
+        ("MAIL", 552, "too_big", "s@x", ""),
+        ("RCPT", 550, "unknown_user", "s@x", "ghost@y"),
+        ("", 502, "unknown_command", "s@x", ""),
+    ]
+    # A refused message names its envelope (the shell's reason word travels on the reply).
+    events = session.message_done(protocol.Reply(550, "5.7.1 DMARC reject", "policy_reject"))
+    [rejection] = [e for e in events if isinstance(e, protocol.Rejection)]
+    assert (rejection.command, rejection.reason, rejection.mail_from, rejection.recipient) == (
+        "DATA",
+        "policy_reject",
+        "s@x",
+        "b@y",
+    )
+    assert set(STORED) <= protocol.REASONS and set(STORED.values()) == REASONS
     from lanalyze.web.pages.mail import REASON_LABELS
 
     assert set(REASON_LABELS) == REASONS  # the console names every reason
@@ -283,32 +314,48 @@ def test_limit_disconnects_are_recorded(data_dir: Path) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    data=st.binary(max_size=300)
-    | st.lists(
-        st.sampled_from(
-            [b"RCPT TO:<a@b>", b"MAIL FROM:<", b"RCPT TO:", b"DATA", b"AUTH PLAIN x", b"\xff"]
-        )
-    ).map(b"\r\n".join),
-    out=st.binary(max_size=300)
-    | st.lists(st.sampled_from([b"550 5.1.1 x", b"250-a", b"421 4.7.0 too many errors", b"5"])).map(
-        b"\r\n".join
+    chunks=st.lists(
+        st.binary(max_size=300)
+        | st.sampled_from(
+            [
+                b"EHLO x\r\n",
+                b"MAIL FROM:<a\x01@b>\r\n",
+                b"RCPT TO:<c@d>\r\n",
+                b"RCPT TO:<\x7f@d>\r\n",
+                b"DATA\r\n",
+                b"BDAT 3 LAST\r\n",
+                b"NOPE\r\n",
+                b"\xff\r\n",
+            ]
+        ),
+        max_size=20,
     ),
+    helo=st.text(max_size=40),
 )
-def test_peer_bytes_never_break_the_hook(data: bytes, out: bytes) -> None:
-    """Whatever a peer sends (and we answer), ``seen`` stores clean rows and never raises."""
-    from types import SimpleNamespace
-
+def test_peer_bytes_never_break_the_hook(chunks: list[bytes], helo: str) -> None:
+    """Whatever a peer sends, the core's rejections become clean rows and never raise."""
     from lanalyze.mail.rejections import RejectionLog
 
-    log = RejectionLog(Path("/nonexistent/index.sqlite"), IndexConfig(rejected_queue=100))
+    class Refuse:
+        def check_sender(self, session: Any, path: Any) -> protocol.Reply | None:
+            return None
+
+        def check_recipient(self, session: Any, path: Any) -> protocol.Reply | None:
+            return protocol.Reply(554, "5.7.1 Relay access denied", "relay_denied")
+
+    log = RejectionLog(Path("/nonexistent/index.sqlite"), IndexConfig(rejected_queue=1000))
     log._thread = object()  # type: ignore[assignment]  # rows stay on the queue
-    connection: Any = SimpleNamespace(
-        session=SimpleNamespace(helo="h\x00\r\nx", user=None, mail_from=None),
-        begin=None,
-        client_ip="192.0.2.1",
-        listener=SimpleNamespace(kind="mta"),
+    session = protocol.SMTPSession(
+        protocol.SessionOptions(limits=protocol.Limits(hard_error_limit=50)), Refuse(), "192.0.2.1"
     )
-    log._seen(connection, data, out)  # the unguarded body: an exception fails the test
+    for chunk in chunks:
+        for event in session.receive(chunk):
+            if isinstance(event, protocol.Rejection):
+                assert event.reason in protocol.REASONS
+                log.record("mta", "192.0.2.1", helo + "\r\n\x00", None, event)
+        session.data_to_send()
+        if session.paused:
+            session.message_done(protocol.Reply(451, "4.3.0 x", "local_error"))
     while not log._queue.empty():
         row = log._queue.get_nowait()
         assert not any(c in field for field in row[3:6] for c in "\r\n\x00")

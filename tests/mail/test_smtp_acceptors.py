@@ -64,3 +64,23 @@ def test_delivery_worker_yields_the_cpu_to_the_acceptors() -> None:
     base = os.nice(0)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_niceness_after_start, 10).result(timeout=60) == min(19, base + 10)
+
+
+def test_no_import_cycle_through_the_smtp_server() -> None:
+    """Issue 11: acceptors.py -> server.py -> rejections.py -> serve.py was a cycle. Modules the
+    server imports must not import it (or serve.py) back, not even lazily or for typing."""
+    import ast
+    from pathlib import Path
+
+    import lanalyze
+
+    root = Path(lanalyze.__file__).parent
+    for module in ("mail/acceptors.py", "mail/rejections.py", "mail/smtp/protocol.py"):
+        tree = ast.parse((root / module).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        assert not imported & {"lanalyze.mail.server", "lanalyze.serve"}, module

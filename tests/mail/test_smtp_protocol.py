@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lanalyze.mail.smtp.protocol import (
+    MAX_PENDING_REPLIES,
     AuthAttempt,
     Close,
     Limits,
@@ -326,3 +328,30 @@ def test_fuzz_split_points_do_not_change_the_outcome(words: list[bytes], step: i
 def test_fuzz_long_line_scan_matches_splitting(lengths: list[int], limit: int) -> None:
     body = b"".join(b"x" * n + b"\r\n" for n in lengths)
     assert has_long_line(body, limit) == (max(lengths) > limit)
+
+
+def test_a_big_read_is_parsed_in_place_and_its_replies_bounded() -> None:
+    """Issue 12.2: a 256 KiB read of NOOPs. Lines are parsed at an offset into the read (the
+    old core re-sliced the rest of the buffer per line: 193 ms, ~6 GB copied), and parsing
+    stops after MAX_PENDING_REPLIES replies until the shell has sent them. Counted with
+    tracemalloc instead of timed: the peak of new allocations stays far below the read."""
+    count = 256 * 1024 // 6
+    data = b"NOOP\r\n" * count
+    session = SMTPSession(SessionOptions())
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        session.receive(data)
+        out = session.data_to_send()
+        first = len(codes(out))
+        replies = first
+        while getattr(session, "held", False):
+            session.receive(b"")
+            replies += len(codes(session.data_to_send()))
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert replies == count
+    assert first <= MAX_PENDING_REPLIES
+    assert peak < 32 * 1024, peak

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.mail.conftest import PASSWORD, RunningServer, run_server
+from lanalyze.metrics import REGISTRY
+from lanalyze.throttle import ClientThrottle
+from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
 
 MESSAGE = b"From: alice@example.test\r\nSubject: signed off\r\n\r\nhello\r\n"
 
@@ -82,3 +86,69 @@ def test_submission_listener_needs_a_certificate(data_dir: Path) -> None:
         run_server(data_dir, submission_listen=["127.0.0.1:0"]),
     ):
         pass
+
+
+def _auth(port: int, password: str, source: str = "127.0.0.1") -> int:
+    """One AUTH PLAIN over implicit TLS from ``source``: its reply code."""
+    token = base64.b64encode(f"\0alice\0{password}".encode()).decode()
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", port, timeout=10, context=context(), source_address=(source, 0)
+    ) as client:
+        client.ehlo("c")
+        return client.docmd("AUTH", f"PLAIN {token}")[0]
+
+
+def _throttled(limit: str) -> float:
+    labels = {"listener": "smtps", "limit": limit}
+    return REGISTRY.get_sample_value("lanalyze_smtp_auth_throttled_total", labels) or 0.0
+
+
+def _server(data_dir: Path, tls_pair: tuple[Path, Path], **limits: int) -> Any:
+    cert, key = tls_pair
+    return run_server(
+        data_dir,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        smtps_listen=["127.0.0.1:0"],
+        users=[
+            {"name": "alice", "password_hash": password_hash(), "addresses": ["alice@example.test"]}
+        ],
+        **limits,
+    )
+
+
+def test_auth_failures_are_throttled_per_client(
+    data_dir: Path, tls_pair: tuple[Path, Path]
+) -> None:
+    """Issue 12.11: failures count across connections; past the limit the answer is 454 without
+    a password check (even for the right password), counted; other clients are not affected."""
+    with _server(data_dir, tls_pair, auth_failures_per_client=2) as running:
+        port = running.port("smtps")
+        before = _throttled("client")
+        assert [_auth(port, "wrong"), _auth(port, "wrong")] == [535, 535]
+        assert _auth(port, "wrong") == 454
+        assert _auth(port, PASSWORD) == 454
+        assert _throttled("client") == before + 2
+        assert _auth(port, PASSWORD, source="127.0.0.2") == 235  # another address
+
+
+def test_auth_failures_are_throttled_globally(data_dir: Path, tls_pair: tuple[Path, Path]) -> None:
+    with _server(data_dir, tls_pair, auth_failures_total=3) as running:
+        port = running.port("smtps")
+        before = _throttled("global")
+        codes = [_auth(port, "wrong", source=f"127.0.0.{n}") for n in (2, 3, 4)]
+        assert codes == [535, 535, 535]
+        assert _auth(port, PASSWORD, source="127.0.0.5") == 454
+        assert _throttled("global") == before + 1
+
+
+def test_client_throttle_window_and_memory() -> None:
+    throttle = ClientThrottle(per_client=2, total=5, window=10, max_clients=3)
+    throttle.failed("a", now=0)
+    throttle.failed("a", now=1)
+    assert throttle.blocked("a", now=2) == "client" and throttle.blocked("b", now=2) is None
+    assert throttle.blocked("a", now=10.5) is None  # the first failure slid out
+    for client in "bcdef":  # five in the window (the first two slid out)
+        throttle.failed(client, now=11)
+    assert throttle.blocked("z", now=11) == "global"
+    assert len(throttle.clients._failures) <= 3

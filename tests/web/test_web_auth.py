@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from lanalyze.web.auth import LoginLimiter, load_or_create_secret
+from lanalyze.throttle import LoginLimiter
+from lanalyze.web.auth import load_or_create_secret
 from lanalyze.web.config import WebUser
 from lanalyze.web.security import CSP
 from tests.web.helpers import PASSWORD, csrf_of, log_in, login_token, make_app

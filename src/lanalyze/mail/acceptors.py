@@ -11,7 +11,11 @@ no listener or worker behind.
 
 Each acceptor sends a snapshot of its mail counters over a pipe every second; the main
 process adds the differences to its own counters, so ``/metrics`` shows the sum of all
-processes. Connection limits apply per process.
+processes. Connection limits and the AUTH failure limits apply per process.
+
+This module is the process machinery only: it imports neither :mod:`lanalyze.mail.server`
+nor :mod:`lanalyze.serve` (the acceptor's entry point, which builds a ``MailServer``, lives in
+the server module and is passed in), so the server imports it without a cycle.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from lanalyze.mail.server import MailServer
+from lanalyze.service import run_loop
 
 PR_SET_PDEATHSIG = 1
 
@@ -48,6 +52,8 @@ def _families() -> dict[str, Any]:
         "open": metrics.OPEN_CONNECTIONS,
         "commands": metrics.COMMANDS,
         "rejections": metrics.REJECTIONS,
+        "write_stalls": metrics.WRITE_STALLS,
+        "auth_throttled": metrics.AUTH_THROTTLED,
         "messages": metrics.MESSAGES,
         "bytes": metrics.BYTES,
         "batches": metrics.COMMIT_BATCHES,
@@ -98,19 +104,27 @@ def _merge(connection: Any) -> None:
                 (family.labels(*labels) if labels else family).inc(delta)
 
 
-def spawn_acceptors(server: MailServer, count: int) -> list[Any]:
-    config = server.config.model_dump(mode="json")
+def spawn_acceptors(
+    target: Callable[[dict[str, Any], dict[str, Any], Any, int], None],
+    config: dict[str, Any],
+    general: dict[str, Any],
+    addresses: dict[str, list[tuple[str, int]]],
+    count: int,
+) -> list[Any]:
+    """Start ``count`` processes running ``target(config, general, metrics pipe, parent pid)``
+    (a module-level function: spawned processes import it by name) on the listeners the main
+    process bound (``addresses`` by kind), and merge their counters into ours."""
+    config = dict(config)
     # Port 0 means "whatever the main process got": bind exactly those ports.
-    config["listen"] = _listen_exact(server.addresses.get("mta", []))
-    config["submission_listen"] = _listen_exact(server.addresses.get("submission", []))
-    config["smtps_listen"] = _listen_exact(server.addresses.get("smtps", []))
-    general = server.general.model_dump(mode="json")
+    config["listen"] = _listen_exact(addresses.get("mta", []))
+    config["submission_listen"] = _listen_exact(addresses.get("submission", []))
+    config["smtps_listen"] = _listen_exact(addresses.get("smtps", []))
     context = multiprocessing.get_context("spawn")
     processes = []
     for number in range(count):
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
-            target=run_acceptor,
+            target=target,
             args=(config, general, sender, os.getpid()),
             name=f"mail-acceptor-{number}",
         )
@@ -151,20 +165,20 @@ def start_delivery_worker(parent_pid: int, niceness: int) -> None:
         os.nice(niceness)
 
 
-def run_acceptor(
-    config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any, parent: int
-) -> None:
+def acceptor_started(parent: int, metrics_pipe: Any) -> None:
+    """First thing in an acceptor process: die with the parent, report counters every second."""
     die_with_parent(parent)
     threading.Thread(target=_report, args=(metrics_pipe,), daemon=True).start()
-    from lanalyze.config import GeneralConfig
-    from lanalyze.log import setup_logging
-    from lanalyze.mail.config import MailConfig
-    from lanalyze.mail.server import MailServer
-    from lanalyze.serve import run_loop
 
-    general = GeneralConfig.model_validate(general_data)
-    setup_logging(general.log_format, general.log_level)
-    server = MailServer(MailConfig.model_validate(config_data), general, role="acceptor")
+
+def acceptor_finished(metrics_pipe: Any) -> None:
+    """Last thing in an acceptor process: ship the last second's counts."""
+    with contextlib.suppress(OSError, EOFError):
+        metrics_pipe.send(snapshot())
+
+
+def serve_until_signal(server: Any) -> None:
+    """Run ``server`` (a component) on a new event loop until SIGTERM or SIGINT."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -180,5 +194,3 @@ def run_acceptor(
             await server.stop()
 
     run_loop(main())
-    with contextlib.suppress(OSError, EOFError):
-        metrics_pipe.send(snapshot())  # the last second's counts

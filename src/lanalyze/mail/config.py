@@ -138,6 +138,36 @@ class MailConfig(Section):
         gt=0,
         description="Seconds to wait for each block of message data (RFC 5321 §4.5.3.2.6).",
     )
+    write_buffer: int = Field(
+        default=65_536,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="Bytes of replies a client may leave unread; beyond, its input is not "
+        "read until it reads (flow control), and `mail.write_timeout` runs.",
+    )
+    write_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a client whose unread replies reached `mail.write_buffer` has "
+        "to read them before the connection is dropped; our own replies do not extend it.",
+    )
+    auth_failures_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="Failed AUTH attempts per client IP address within "
+        "`mail.auth_failure_window`; more are answered 454 4.7.0 without checking the password.",
+    )
+    auth_failures_total: int = Field(
+        default=200,
+        ge=1,
+        description="Failed AUTH attempts from all clients within `mail.auth_failure_window`; "
+        "more are answered 454 4.7.0 for everyone until the window slides.",
+    )
+    auth_failure_window: float = Field(
+        default=600.0,
+        gt=0,
+        description="Sliding window of the AUTH failure limits, seconds.",
+    )
     spool_memory: int = Field(
         default=262_144,
         ge=4096,

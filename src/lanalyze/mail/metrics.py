@@ -30,6 +30,19 @@ REJECTIONS = Counter(
     ["listener", "reason"],
     registry=REGISTRY,
 )
+WRITE_STALLS = Counter(
+    "lanalyze_smtp_write_stalls",
+    "Times a client's unread replies reached mail.write_buffer and its input stopped being "
+    "read (flow control).",
+    ["listener"],
+    registry=REGISTRY,
+)
+AUTH_THROTTLED = Counter(
+    "lanalyze_smtp_auth_throttled",
+    "AUTH attempts refused unchecked by the failure limits, by limit (client, global).",
+    ["listener", "limit"],
+    registry=REGISTRY,
+)
 MESSAGES = Counter(
     "lanalyze_smtp_messages_accepted",
     "Messages accepted durably (queued, 250 sent).",

@@ -1,22 +1,26 @@
 """Rejections for the message index: what the SMTP server refused, to whom, and why.
 
-The SMTP shell (:mod:`lanalyze.mail.server`) calls :meth:`RejectionLog.seen` only after a
-read or a message ended with a reply of 400 or more (it compares the session's error count,
-an int, before and after), so accepted mail costs nothing here. ``seen`` runs on the event
-loop and does no I/O: it pairs the refusing replies with the commands of the same read
-(RFC 2920 keeps replies in command order), classifies them with a fixed vocabulary, and puts
-one tuple per rejection on a bounded queue. A writer thread takes what has gathered, inserts it
-in one SQLite transaction (:meth:`lanalyze.mail.index.MessageIndex.record_rejections`) and
-deletes rows older than ``mail.index.rejected_retention_days`` every hour. When the queue is
-full the rejection is counted in ``lanalyze_mail_rejections_dropped_total`` and forgotten:
-a flood of refused connections never grows our memory.
+The SMTP core (:mod:`lanalyze.mail.smtp.protocol`) emits a
+:class:`~lanalyze.mail.smtp.protocol.Rejection` event for every reply of 400 or more: the
+command's verb, the reply, a reason word from a fixed vocabulary, and the envelope at that
+moment (the refused MAIL's or RCPT's address, a refused message's recipients). The shell
+(:mod:`lanalyze.mail.server`) makes the same events for what it refuses itself (connection
+limit, timeout) and hands each to :meth:`RejectionLog.record`; accepted mail never comes here.
+``record`` runs on the event loop and does no I/O: it keeps the reasons a sysadmin cares about
+and puts one tuple on a bounded queue. Nothing is read back out of reply text. A writer thread
+takes what has gathered, inserts it in one SQLite transaction
+(:meth:`lanalyze.mail.index.MessageIndex.record_rejections`) and deletes rows older than
+``mail.index.rejected_retention_days`` every hour. When the queue is full the rejection is
+counted in ``lanalyze_mail_rejections_dropped_total`` and forgotten: a flood of refused
+connections never grows our memory.
 
 Not recorded: protocol noise (syntax errors, unknown commands, commands out of order, long
-lines); those are counted on ``/metrics`` and, when a client makes too many, the ``421`` that
-ends its session is recorded. AUTH lines are never looked at (they carry passwords).
+lines, a cancelled AUTH) and AUTH attempts refused by the throttle; those are counted on
+``/metrics``, and when a client makes too many errors the ``421`` that ends its session is
+recorded. No command line is stored (AUTH lines carry passwords).
 
-Trust: addresses, HELO names and command lines are the peer's; they are stripped of control
-characters and truncated before they are stored, and rendered escaped by the readers.
+Trust: addresses and HELO names are the peer's; they are stripped of control characters and
+truncated before they are stored, and rendered escaped by the readers.
 """
 
 from __future__ import annotations
@@ -27,17 +31,15 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter
 
 from lanalyze.log import get_logger
 from lanalyze.mail.headers import sanitize
 from lanalyze.mail.index import IndexConfig, MessageIndex
+from lanalyze.mail.smtp.protocol import Rejection
 from lanalyze.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from lanalyze.mail.server import SMTPConnection
 
 log = get_logger(__name__)
 
@@ -62,83 +64,30 @@ PRUNED = Counter(
 FIELD_LIMIT = 256
 BATCH = 1000
 PRUNE_EVERY = 3600.0
-# Reply codes of protocol noise (syntax, order, unknown command, line too long).
-NOISE = frozenset({500, 501, 502, 503, 504, 555})
-# Refusals of a whole message (after DATA): its envelope is the connection's MessageBegin.
-MESSAGE_REASONS = frozenset({"policy_reject", "too_big", "header_from_not_allowed", "local_error"})
-
-
-def classify(code: int, text: str) -> str | None:
-    """The reason word for a refusing reply, or None for protocol noise."""
-    if code in NOISE:
-        return None
-    if text.startswith("5.1.1"):
-        return "unknown_user"
-    if "Relay access denied" in text:
-        return "relay_denied"
-    if "Sender address rejected" in text:
-        return "sender_not_allowed"
-    if "From: header" in text:
-        return "header_from_not_allowed"
-    if code == 552 or text.startswith("5.3.4"):
-        return "too_big"
-    if text.startswith("4.5.3"):
-        return "too_many_recipients"
-    if "too many errors" in text:
-        return "too_many_errors"
-    if "too many connections" in text:
-        return "connection_limit"
-    if "pipelined input" in text:
-        return "flood"
-    if "bare CR or LF" in text:
-        return "bare_newline"
-    if code == 530:
-        return "auth_required"
-    if code in (535, 454) or text.startswith("5.7.8"):
-        return "auth_failed"
-    if text.startswith("4.4.2"):
-        return "timeout"
-    if code == 550:
-        return "policy_reject"  # the sender checks (DMARC, ...) after DATA
-    if code == 451:
-        return "local_error"
-    return "other"
-
-
-def replies(out: bytes) -> list[tuple[int, str]]:
-    """Final lines of the replies in ``out`` (continuation lines ``NNN-`` skipped)."""
-    found = []
-    for line in out.split(b"\r\n"):
-        if len(line) >= 3 and line[:3].isdigit() and line[3:4] != b"-":
-            found.append((int(line[:3]), line[4:].decode("utf-8", "replace")))
-    return found
-
-
-def commands(data: bytes, count: int) -> list[str]:
-    """The first ``count`` complete command lines of ``data``, up to the first DATA/BDAT
-    (what follows them is message content, not commands)."""
-    lines: list[str] = []
-    # maxsplit: a read of message data holds thousands of lines, only the first few matter.
-    for raw in data.split(b"\r\n", count)[:-1]:
-        line = raw.decode("utf-8", "replace")
-        verb = line[:4].upper()
-        if verb == "AUTH":  # its argument (and the lines after) carry credentials
-            lines.append(verb)
-            break
-        lines.append(line)
-        if verb in ("DATA", "BDAT"):
-            break
-    return lines
-
-
-def _path(argument: str) -> str:
-    """The address of ``TO:<a@b> PARAMS`` / ``FROM:<a@b>``, roughly: for display only."""
-    _, _, rest = argument.partition(":")
-    rest = rest.strip()
-    if rest.startswith("<"):
-        end = rest.find(">")
-        return rest[1:end] if end > 0 else rest[1:]
-    return rest.split(" ", 1)[0]
+# The index's vocabulary (the console names each): a Rejection's reason -> the stored one.
+# Reasons not here are protocol noise. A refusal whose maker gave no reason word (a policy
+# or message check without one) is stored as "other".
+STORED: dict[str, str] = {
+    reason: reason
+    for reason in (
+        "unknown_user",
+        "relay_denied",
+        "sender_not_allowed",
+        "header_from_not_allowed",
+        "too_big",
+        "too_many_recipients",
+        "too_many_errors",
+        "connection_limit",
+        "flood",
+        "bare_newline",
+        "auth_required",
+        "auth_failed",
+        "timeout",
+        "policy_reject",
+        "local_error",
+        "other",
+    )
+} | {"recipient_rejected": "other", "message_rejected": "other"}
 
 
 class RejectionLog:
@@ -167,60 +116,38 @@ class RejectionLog:
 
     # ---------------------------------------------------------------- event loop side
 
-    def seen(self, connection: SMTPConnection, data: bytes, out: bytes) -> None:
-        """``out`` holds at least one refusing reply to the commands in ``data`` (empty
-        when the reply ends a message); never raises."""
+    def record(
+        self,
+        listener: str,
+        client_ip: str,
+        helo: str | None,
+        user: str | None,
+        rejection: Rejection,
+    ) -> None:
+        """Queue ``rejection`` (made by the SMTP core or the shell) when it is one the index
+        keeps; never raises."""
+        reason = STORED.get(rejection.reason)
+        if reason is None:
+            return
         try:
-            self._seen(connection, data, out)
-        except Exception:  # our bug: never let it end the client's session
-            log.exception("mail.rejections.internal_error")
-
-    def _seen(self, connection: SMTPConnection, data: bytes, out: bytes) -> None:
-        found = replies(out)
-        lines = commands(data, len(found)) if data else []
-        session = connection.session
-        begin = connection.begin
-        helo = session.helo if session is not None else None
-        user = session.user if session is not None else None
-        current_sender = (
-            session.mail_from.address
-            if session is not None and session.mail_from is not None
-            else None
-        )
-        now = time.time()
-        for number, (code, text) in enumerate(found):
-            if code < 400:
-                if number < len(lines) and lines[number][:4].upper() == "MAIL":
-                    current_sender = _path(lines[number][4:])
-                continue
-            reason = classify(code, text)
-            if reason is None:
-                continue
-            sender, recipient = current_sender, ""
-            line = lines[number] if number < len(lines) else ""
-            verb = line[:4].upper()
-            if verb == "RCPT":
-                recipient = _path(line[4:])
-            elif verb == "MAIL":
-                sender = _path(line[4:])
-            elif begin is not None and reason in MESSAGE_REASONS:
-                sender = begin.mail_from.address
-                recipient = ", ".join(p.address for p in begin.recipients)
+            reply = rejection.reply
             self._put(
-                connection.listener.kind,
+                listener,
                 (
-                    now,
-                    connection.client_ip,
-                    connection.listener.kind,
+                    time.time(),
+                    client_ip,
+                    listener,
                     sanitize(helo or "", FIELD_LIMIT),
-                    sanitize(sender or "", FIELD_LIMIT),
-                    sanitize(recipient, 4 * FIELD_LIMIT),
+                    sanitize(rejection.mail_from or "", FIELD_LIMIT),
+                    sanitize(rejection.recipient, 4 * FIELD_LIMIT),
                     user,
-                    code,
+                    reply.code,
                     reason,
-                    sanitize(text, FIELD_LIMIT),
+                    sanitize(reply.text, FIELD_LIMIT),
                 ),
             )
+        except Exception:  # our bug: never let it end the client's session
+            log.exception("mail.rejections.internal_error")
 
     def _put(self, listener: str, row: tuple[Any, ...]) -> None:
         if self._thread is None:

@@ -10,9 +10,28 @@ that does the client get ``250 2.0.0 Ok: queued as ID``. The queue manager then 
 The shell is a ``Protocol`` rather than streams because a stream reader costs a coroutine
 switch per line, and the benchmark target (twice Postfix) leaves no room for that.
 
+Flow control (RFC 2920 §3.1 lets a server stop reading while its replies are not read): the
+transport's write buffer has a high-water mark (``mail.write_buffer``); when a client's
+unread replies reach it, asyncio calls :meth:`SMTPConnection.pause_writing` and the shell
+stops reading that client, and the core stops parsing after ``MAX_PENDING_REPLIES`` replies
+of one read, so a client that pipelines commands and never reads costs at most one read, one
+batch of replies and the high-water mark. A stalled client has ``mail.write_timeout`` seconds
+to read; our own replies do not extend that deadline, and then the connection is aborted
+(``close()`` would wait for the unread bytes forever).
+
+AUTH failures are limited per client address and over all clients
+(``mail.auth_failures_per_client``, ``mail.auth_failures_total`` within
+``mail.auth_failure_window``, :class:`lanalyze.throttle.ClientThrottle`): beyond, AUTH is
+answered ``454 4.7.0`` without an argon2 verification. The counts are per process (each
+acceptor keeps its own), so with ``mail.acceptors = N`` a client may get up to N times the
+limit.
+
+Rejections: the core's :class:`~lanalyze.mail.smtp.protocol.Rejection` events (and the
+shell's own, for limits and timeouts) go to :class:`~lanalyze.mail.rejections.RejectionLog`.
+
 Trust: peers are untrusted. Their faults are answered, counted (:mod:`.metrics`) and logged
-rate-limited naming the peer; a peer can hold at most one read, the line limit and
-``mail.spool_memory`` bytes of our memory.
+rate-limited naming the peer; a peer can hold at most one read, the line limit, one batch of
+replies plus ``mail.write_buffer``, and ``mail.spool_memory`` bytes of our memory.
 """
 
 from __future__ import annotations
@@ -31,7 +50,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
-from lanalyze.mail.acceptors import start_delivery_worker
+from lanalyze.mail.acceptors import (
+    acceptor_finished,
+    acceptor_started,
+    serve_until_signal,
+    spawn_acceptors,
+    start_delivery_worker,
+    stop_acceptors,
+)
 from lanalyze.mail.authhook import AuthHook
 from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
 from lanalyze.mail.config import MailConfig
@@ -42,7 +68,6 @@ from lanalyze.mail.queue import QueueManager
 from lanalyze.mail.queuefile import Envelope, Layout, Syncer
 from lanalyze.mail.rejections import RejectionLog
 from lanalyze.mail.smtp.protocol import (
-    R_BYE,
     AuthAttempt,
     Close,
     Event,
@@ -51,14 +76,15 @@ from lanalyze.mail.smtp.protocol import (
     MessageBegin,
     MessageChunk,
     MessageEnd,
+    Rejection,
     Reply,
     SessionOptions,
     SMTPSession,
     StartTLS,
-    State,
 )
 from lanalyze.mail.users import Directory
 from lanalyze.service import bind_socket
+from lanalyze.throttle import ClientThrottle
 
 if TYPE_CHECKING:
     from lanalyze.config import GeneralConfig
@@ -66,11 +92,17 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 _peer_log = RateLimiter(interval=10.0, burst=5)
 
-R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded")
-R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections")
-R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error")
-R_HEADER_FROM_NOT_YOURS = Reply(553, "5.7.1 From: header address not owned by user")
-_BYE = R_BYE.encode()
+R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded", "timeout")
+# Never sent (the client is not reading): what the rejection log stores for a write stall.
+R_WRITE_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded (replies not read)", "timeout")
+R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections", "connection_limit")
+R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error", "local_error")
+R_HEADER_FROM_NOT_YOURS = Reply(
+    553, "5.7.1 From: header address not owned by user", "header_from_not_allowed"
+)
+R_AUTH_THROTTLED = Reply(
+    454, "4.7.0 Error: too many failed authentications, try again later", "auth_throttled"
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,6 +123,7 @@ class Listener:
         self.open = metrics.OPEN_CONNECTIONS.labels(self.kind)
         self.messages = metrics.MESSAGES.labels(self.kind)
         self.bytes = metrics.BYTES.labels(self.kind)
+        self.stalls = metrics.WRITE_STALLS.labels(self.kind)
         self._children: dict[tuple[int, str], Any] = {}
 
     def counter(self, family: Any, label: str) -> Any:
@@ -116,6 +149,11 @@ class MailServer:
         self.active_dir = str(self.layout.q("active"))
         self.directory = Directory(config)
         self.auth = AuthHook(config, general.hostname)
+        self.auth_failures = ClientThrottle(
+            config.auth_failures_per_client,
+            config.auth_failures_total,
+            config.auth_failure_window,
+        )
         self._servers: list[asyncio.Server] = []
         self._connections: set[SMTPConnection] = set()
         self._per_client: dict[str, int] = {}
@@ -226,15 +264,17 @@ class MailServer:
                 self._servers.append(server)
                 self.addresses.setdefault(listener.kind, []).append(sock.getsockname()[:2])
         if self.role == "main" and self.config.acceptors > 1:
-            from lanalyze.mail.acceptors import spawn_acceptors
-
-            self._acceptors = spawn_acceptors(self, self.config.acceptors - 1)
+            self._acceptors = spawn_acceptors(
+                run_acceptor,
+                self.config.model_dump(mode="json"),
+                self.general.model_dump(mode="json"),
+                self.addresses,
+                self.config.acceptors - 1,
+            )
         log.info("mail.started", extra={"listeners": self.addresses})
 
     async def stop(self) -> None:
         if self._acceptors:
-            from lanalyze.mail.acceptors import stop_acceptors
-
             await asyncio.to_thread(stop_acceptors, self._acceptors)
             self._acceptors = []
         for server in self._servers:
@@ -344,6 +384,9 @@ class SMTPConnection(asyncio.Protocol):
         self._flushing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._write_paused = False  # unread replies reached mail.write_buffer: not reading
+        self._stall_deadline = float("inf")  # when a stalled client is dropped; replies keep it
+        self._starting_tls = False  # reading is paused for the handshake
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -357,10 +400,12 @@ class SMTPConnection(asyncio.Protocol):
             metrics.CONNECTIONS.labels(kind, "refused").inc()
             metrics.REJECTIONS.labels(kind, "connection_limit").inc()
             self._warn("smtp.connection_refused", "connection limit")
-            transport.write(R_TOO_MANY_CONNECTIONS.encode())
-            self._rejected(b"", R_TOO_MANY_CONNECTIONS.encode())
+            transport.write(R_TOO_MANY_CONNECTIONS.wire)
+            self._rejected(Rejection("", R_TOO_MANY_CONNECTIONS, "connection_limit"))
             transport.close()
             return
+        # The high-water mark of unread replies (low: a quarter, asyncio's ratio).
+        transport.set_write_buffer_limits(high=self.server.config.write_buffer)
         self.listener.served.inc()
         self.listener.open.inc()
         self.session = SMTPSession(self.listener.options, self.server.directory, self.client_ip)
@@ -371,11 +416,8 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if session is None or self._closing:
             return
-        errors = session.errors
         events = session.receive(data)
         out = session.data_to_send()
-        if session.errors != errors or (session.state is State.CLOSED and not out.endswith(_BYE)):
-            self._rejected(data, out)
         if out or session.in_message:
             self._touch(
                 self.server.config.data_timeout
@@ -383,6 +425,54 @@ class SMTPConnection(asyncio.Protocol):
                 else self.server.config.command_timeout
             )
         self._dispatch(out, events)
+        if session.held:
+            self._go_on()
+
+    def pause_writing(self) -> None:
+        """asyncio: unread replies reached ``mail.write_buffer``. Stop reading this client
+        (and parsing what it sent) until it reads; start the write-stall deadline, which our
+        own replies do not move."""
+        self._write_paused = True
+        self._stall_deadline = time.monotonic() + self.server.config.write_timeout
+        self.deadline = min(self.deadline, self._stall_deadline)
+        self.listener.stalls.inc()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """asyncio: the client read its replies down to the low-water mark."""
+        self._write_paused = False
+        self._stall_deadline = float("inf")
+        session = self.session
+        if session is None or self._closing:
+            return
+        self._touch(
+            self.server.config.data_timeout
+            if session.in_message
+            else self.server.config.command_timeout
+        )
+        self._resume_reading()
+        self._go_on()
+
+    def _resume_reading(self) -> None:
+        """Read again unless another reason to wait remains (a spool flush, a handshake)."""
+        if (
+            self.transport is not None
+            and not self._closing
+            and not self._write_paused
+            and self._flushing is None
+            and not self._starting_tls
+        ):
+            self.transport.resume_reading()
+
+    def _go_on(self) -> None:
+        """Parse the rest of a read the core held at MAX_PENDING_REPLIES, batch by batch,
+        while the client keeps reading (a batch that fills the write buffer pauses us)."""
+        session = self.session
+        while session is not None and session.held and not self._write_paused and not self._closing:
+            events = session.receive(b"")
+            self._dispatch(session.data_to_send(), events)
+            session = self.session
 
     def connection_lost(self, exc: Exception | None) -> None:
         session = self.session
@@ -398,20 +488,40 @@ class SMTPConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- pipeline
 
     def _touch(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + seconds
+        # A stalled client's deadline stays: replies produced meanwhile must not extend it.
+        self.deadline = deadline if deadline < self._stall_deadline else self._stall_deadline
 
     def timeout(self) -> None:
+        self.deadline = float("inf")
+        transport = self.transport
+        if transport is None:
+            return
+        if self._write_paused or self._closing:
+            # The client does not read: a 421 would queue behind the replies it ignores, and
+            # close() would keep the connection until it reads them. Drop it.
+            if self._write_paused:
+                self._warn("smtp.write_timeout", "replies not read")
+                metrics.REJECTIONS.labels(self.listener.kind, "timeout").inc()
+                self._rejected(Rejection("", R_WRITE_TIMEOUT, "timeout"))
+            self._closing = True
+            transport.abort()
+            return
         self._warn("smtp.timeout", "timeout")
         metrics.REJECTIONS.labels(self.listener.kind, "timeout").inc()
-        self.deadline = float("inf")
-        if self.transport is not None and not self._closing:
-            self.transport.write(R_TIMEOUT.encode())
-            self._rejected(b"", R_TIMEOUT.encode())
-            self._close_transport()
+        transport.write(R_TIMEOUT.wire)
+        self._rejected(Rejection("", R_TIMEOUT, "timeout"))
+        self._close_transport()
 
     def shutdown(self) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.write(Reply(421, "4.3.2 Error: service shutting down").encode())
+        transport = self.transport
+        if transport is None:
+            return
+        if self._write_paused:
+            transport.abort()  # a client that does not read would hold the server's stop
+            self._closing = True
+        elif not self._closing:
+            transport.write(Reply(421, "4.3.2 Error: service shutting down").wire)
             self._close_transport()
 
     def _close_transport(self) -> None:
@@ -445,10 +555,13 @@ class SMTPConnection(asyncio.Protocol):
             elif isinstance(event, StartTLS):
                 if transport is not None:
                     # Now, not in the task: the ClientHello must reach TLS, not the session.
+                    self._starting_tls = True
                     transport.pause_reading()
                 self._spawn(self._start_tls())
             elif isinstance(event, Close):
                 self._close_transport()
+            elif isinstance(event, Rejection):
+                self._rejected(event)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -468,8 +581,7 @@ class SMTPConnection(asyncio.Protocol):
                 log.error("mail.spool.write_failed", extra={"error": str(exc)})
             finally:
                 self._flushing = None
-                if self.transport is not None and not self._closing:
-                    self.transport.resume_reading()
+                self._resume_reading()
 
         self._flushing = asyncio.get_running_loop().create_task(flush())
 
@@ -487,18 +599,24 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
-        errors = session.errors
         events = session.message_done(reply)
         self._touch(self.server.config.command_timeout)
-        out = session.data_to_send()
-        if session.errors != errors:
-            self._rejected(b"", out)
-        self._dispatch(out, events)
+        self._dispatch(session.data_to_send(), events)
+        if session.held:
+            self._go_on()
 
-    def _rejected(self, data: bytes, out: bytes) -> None:
-        """Hook: a reply in ``out`` refused something (accepted mail never comes here)."""
-        if self.server.rejections is not None:
-            self.server.rejections.seen(self, data, out)
+    def _rejected(self, rejection: Rejection) -> None:
+        """Hook: the core or the shell refused something (accepted mail never comes here)."""
+        rejections = self.server.rejections
+        if rejections is not None:
+            session = self.session
+            rejections.record(
+                self.listener.kind,
+                self.client_ip,
+                session.helo if session is not None else None,
+                session.user if session is not None else None,
+                rejection,
+            )
 
     def _finish_message(self) -> None:
         spool, begin, queue_id = self.spool, self.begin, self.queue_id
@@ -605,7 +723,8 @@ class SMTPConnection(asyncio.Protocol):
             verdict = await server.auth.check(spool, envelope, session)
             if verdict is not None:
                 if verdict.action == "reject":
-                    return Reply(550, f"5.7.1 {sanitize(verdict.reason) or 'Message rejected'}")
+                    reason = sanitize(verdict.reason) or "Message rejected"
+                    return Reply(550, f"5.7.1 {reason}", "policy_reject")
                 envelope.action = verdict.action
                 envelope.auth = verdict.data
                 envelope.extra["strip_ranges"] = verdict.strip_ranges
@@ -638,6 +757,16 @@ class SMTPConnection(asyncio.Protocol):
         )
 
     async def _authenticate(self, attempt: AuthAttempt) -> None:
+        throttle = self.server.auth_failures
+        limit = throttle.blocked(self.client_ip)
+        if limit is not None:
+            # Refused before the argon2 work: that work is what a guesser makes us spend.
+            session = self.session
+            if session is not None:
+                self.listener.counter(metrics.AUTH_THROTTLED, limit).inc()
+                self._warn("smtp.auth_throttled", limit)
+                self._auth_answer(session, None, R_AUTH_THROTTLED)
+            return
         ok = await asyncio.to_thread(
             self.server.directory.verify_password, attempt.username, attempt.password
         )
@@ -645,13 +774,20 @@ class SMTPConnection(asyncio.Protocol):
         if session is None:
             return
         if not ok:
+            throttle.failed(self.client_ip)
             self._warn("smtp.auth_failed", "auth_failed")
-        events = session.auth_done(attempt.username if ok else None)
+        self._auth_answer(session, attempt.username if ok else None, None)
+
+    def _auth_answer(self, session: SMTPSession, user: str | None, refusal: Reply | None) -> None:
+        events = session.auth_done(user, refusal)
         self._dispatch(session.data_to_send(), events)
+        if session.held:
+            self._go_on()
 
     async def _start_tls(self) -> None:
         session, transport = self.session, self.transport
         if session is None or transport is None or self.tls_context is None:
+            self._starting_tls = False
             return
         loop = asyncio.get_running_loop()
         try:
@@ -664,12 +800,17 @@ class SMTPConnection(asyncio.Protocol):
             metrics.REJECTIONS.labels(self.listener.kind, "tls_failed").inc()
             transport.abort()
             return
+        finally:
+            self._starting_tls = False
         if new_transport is None:
             return
         self.transport = new_transport
+        new_transport.set_write_buffer_limits(high=self.server.config.write_buffer)
         self._touch(self.server.config.command_timeout)
         events = session.tls_started()
         self._dispatch(session.data_to_send(), events)
+        if session.held:
+            self._go_on()
 
     # ---------------------------------------------------------------- reporting
 
@@ -699,3 +840,17 @@ class SMTPConnection(asyncio.Protocol):
             self._warn("smtp.session_errors", ",".join(sorted(session.rejections)))
         session.commands.clear()
         session.rejections.clear()
+
+
+def run_acceptor(
+    config_data: dict[str, Any], general_data: dict[str, Any], metrics_pipe: Any, parent: int
+) -> None:
+    """An extra acceptor process's entry point (:mod:`lanalyze.mail.acceptors` spawns it)."""
+    acceptor_started(parent, metrics_pipe)
+    from lanalyze.config import GeneralConfig
+    from lanalyze.log import setup_logging
+
+    general = GeneralConfig.model_validate(general_data)
+    setup_logging(general.log_format, general.log_level)
+    serve_until_signal(MailServer(MailConfig.model_validate(config_data), general, role="acceptor"))
+    acceptor_finished(metrics_pipe)

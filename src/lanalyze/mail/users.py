@@ -26,9 +26,9 @@ from lanalyze.mail.config import MailConfig
 from lanalyze.mail.smtp.address import Path
 from lanalyze.mail.smtp.protocol import Reply, SMTPSession
 
-R_RELAY_DENIED = Reply(554, "5.7.1 Relay access denied")
-R_UNKNOWN_USER = Reply(550, "5.1.1 Recipient address rejected: User unknown")
-R_NOT_YOURS = Reply(553, "5.7.1 Sender address rejected: not owned by user")
+R_RELAY_DENIED = Reply(554, "5.7.1 Relay access denied", "relay_denied")
+R_UNKNOWN_USER = Reply(550, "5.1.1 Recipient address rejected: User unknown", "unknown_user")
+R_NOT_YOURS = Reply(553, "5.7.1 Sender address rejected: not owned by user", "sender_not_allowed")
 
 _hasher = PasswordHasher()
 

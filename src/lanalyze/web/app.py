@@ -28,9 +28,9 @@ from starlette.staticfiles import StaticFiles
 from lanalyze import metrics
 from lanalyze.log import get_logger
 from lanalyze.service import StartError, bind_socket
+from lanalyze.throttle import LoginLimiter
 from lanalyze.web.auth import (
     AuthMiddleware,
-    LoginLimiter,
     PasswordChecks,
     Revocations,
     SessionCodec,

@@ -17,8 +17,18 @@ or bare LF anywhere, in commands or in DATA, ends the session with ``521 5.5.2``
 ``smtpd_forbid_bare_newline = yes``), so no SMTP-smuggling variant (``\\n.\\n``,
 ``\\r.\\r``, ``\\r\\n.\\r\\r\\n`` ...) can end DATA early or start a second message. Input
 buffering is bounded by the line limit (1000 octets) plus one read; message bytes leave as
-:class:`MessageChunk` events as they arrive. Peer faults become replies (and counted
-rejection reasons), never exceptions; an exception out of this module is our bug.
+:class:`MessageChunk` events as they arrive. Replies are bounded too: after
+``MAX_PENDING_REPLIES`` unsent replies the session stops parsing (:attr:`SMTPSession.held`)
+until the shell has taken them and calls :meth:`SMTPSession.receive` again, so a client that
+pipelines commands and never reads its replies cannot make one read cost megabytes (RFC 2920
+§3.1 lets a server stop reading while its replies are not read). Lines are parsed at an offset
+into the read, not by re-slicing the rest of the buffer per line. Peer faults become replies
+(and a :class:`Rejection` event with a reason word), never exceptions; an exception out of this
+module is our bug.
+
+States: the dialogue's phases are :class:`State` values and ``_TRANSITIONS`` is the table of
+the allowed moves between them (h11's approach); the handlers parse, decide and call
+:meth:`SMTPSession._enter`, which refuses a move the table does not hold.
 
 Why hand-written instead of aiosmtpd: aiosmtpd is an asyncio ``StreamReader`` loop (not
 sans-IO, so it cannot be fuzzed or driven without sockets), holds each whole message in
@@ -41,21 +51,43 @@ from lanalyze.mail.smtp.address import AddressError, Path, parse_params, parse_p
 
 MAX_LINE = 1000  # octets including CRLF, RFC 5321 §4.5.3.1.6
 MAX_PAUSED_INPUT = 64 * 1024  # pipelined bytes kept while the shell works; more = pause reading
+# Replies produced by one read before parsing stops until the shell has sent them: the largest
+# reply (EHLO, or a 5xx quoting a 1000-octet line) stays under 1 KiB, so this bounds a read's
+# replies to tens of KiB however many commands it pipelines.
+MAX_PENDING_REPLIES = 64
 
 
 class State(Enum):
-    COMMAND = "command"
-    DATA = "data"
-    BDAT = "bdat"
-    AUTH = "auth"
-    PAUSED = "paused"
-    CLOSED = "closed"
+    COMMAND = "command"  # reading command lines
+    DATA = "data"  # reading message lines up to <CRLF>.<CRLF>
+    BDAT = "bdat"  # reading a BDAT chunk's octets
+    AUTH = "auth"  # reading an AUTH response line (RFC 4954 §4)
+    PAUSED = "paused"  # the shell works (message end, AUTH check, STARTTLS); input is kept
+    CLOSED = "closed"  # nothing more is read or answered
+
+
+# The allowed moves, in one place. COMMAND -> PAUSED: AUTH with an initial response, STARTTLS;
+# DATA/BDAT -> PAUSED: the message is complete; AUTH -> PAUSED: the last response line;
+# PAUSED -> COMMAND: the shell's answer (message_done, auth_done, tls_started). Every state
+# may close.
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.COMMAND: frozenset({State.DATA, State.BDAT, State.AUTH, State.PAUSED, State.CLOSED}),
+    State.DATA: frozenset({State.COMMAND, State.PAUSED, State.CLOSED}),
+    State.BDAT: frozenset({State.COMMAND, State.PAUSED, State.CLOSED}),
+    State.AUTH: frozenset({State.COMMAND, State.PAUSED, State.CLOSED}),
+    State.PAUSED: frozenset({State.COMMAND, State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     code: int
     text: str  # "5.7.1 Relay access denied"; several lines separated by "\n"
+    # Why a refusing reply refuses (a word of REASONS), for replies made outside this module
+    # (the recipient policy, the shell's message checks): the core reports it in its
+    # Rejection event instead of anyone reading it back out of the text.
+    reason: str = field(default="", compare=False)
     # The bytes on the wire, built once with the reply: a reply is sent once or, for the
     # module's constants, thousands of times a second.
     wire: bytes = field(init=False, repr=False, compare=False, hash=False)
@@ -139,8 +171,63 @@ class Close(Event):
     reason: str
 
 
+@dataclass(slots=True)
+class Rejection(Event):
+    """A reply of 400 or more refused something: what, why, and the envelope at that moment.
+
+    The shell counts it and hands it to the rejection log (:mod:`lanalyze.mail.rejections`);
+    nobody reads reasons out of reply text. Only refusals make one: accepted mail allocates
+    nothing here.
+    """
+
+    command: str  # the refused command's verb ("RCPT", "DATA" ...; "" for the connection)
+    reply: Reply
+    reason: str  # a word of REASONS
+    mail_from: str | None = None  # the envelope sender (MAIL's own address when MAIL is refused)
+    recipient: str = ""  # RCPT's address; a refused message's recipients, comma-separated
+
+
+# Every reason word a Rejection (and the rejections counter on /metrics) may carry.
+REASONS = frozenset(
+    {
+        # protocol noise: counted, not recorded in the message index
+        "syntax",
+        "unknown_command",
+        "out_of_order",
+        "line_too_long",
+        "auth_refused",
+        "auth_cancelled",
+        # refusals a sysadmin cares about
+        "unknown_user",
+        "relay_denied",
+        "recipient_rejected",
+        "sender_not_allowed",
+        "header_from_not_allowed",
+        "too_big",
+        "too_many_recipients",
+        "too_many_errors",
+        "connection_limit",
+        "flood",
+        "bare_newline",
+        "auth_required",
+        "auth_failed",
+        "auth_throttled",
+        "timeout",
+        "policy_reject",
+        "local_error",
+        "message_rejected",
+        "other",
+    }
+)
+
+
 class Policy(Protocol):
-    """Who may send what where: pure decisions, no I/O (see :mod:`lanalyze.mail.policy`)."""
+    """Who may send what where: pure decisions, no I/O (:class:`lanalyze.mail.users.Directory`).
+
+    A refusal is a :class:`Reply` carrying its ``reason`` word (``unknown_user``,
+    ``relay_denied``, ``sender_not_allowed``); without one the core says ``recipient_rejected``
+    or ``sender_not_allowed``.
+    """
 
     def check_sender(self, session: SMTPSession, path: Path) -> Reply | None: ...
 
@@ -177,6 +264,8 @@ R_LINE_TOO_LONG = _const(500, "5.5.2 Error: line too long")
 R_TOO_MANY_ERRORS = _const(421, "4.7.0 Error: too many errors")
 R_NEED_HELO = _const(503, "5.5.1 Error: send HELO/EHLO first")
 R_TOO_BIG = _const(552, "5.3.4 Error: message too big")
+R_AUTH_FAILED = _const(535, "5.7.8 Error: authentication failed")
+R_TOO_MANY_RECIPIENTS = _const(452, "4.5.3 Error: too many recipients")
 _HANDLED = b"\0handled"  # _line(): the bytes were consumed and already answered
 COMMANDS = frozenset(
     [
@@ -218,9 +307,13 @@ class SMTPSession:
         self.errors = 0
         self.commands: Counter[str] = Counter()  # flushed to /metrics by the shell
         self.rejections: Counter[str] = Counter()
+        # Unparsed input is self._buf[self._pos:]: parsing moves the offset, and the consumed
+        # prefix is dropped once per read (re-slicing the rest per line was quadratic).
         self._buf = b""
+        self._pos = 0
         self._out: list[bytes] = []
         self._events: list[Event] = []
+        self._verb = ""  # the command being answered, for Rejection events
         self._skip_line = False  # inside an over-long line, dropping until its CRLF
         self._message_size = 0
         self._message_failed: Reply | None = None
@@ -229,7 +322,7 @@ class SMTPSession:
         self._bdat_active = False  # a BDAT transfer has begun for this transaction
         self._auth_pending: tuple[str, str] | None = None  # (mechanism, step)
         self._auth_user = ""
-        self._resume_state = State.COMMAND
+        self._held = False  # parsing stopped at MAX_PENDING_REPLIES, input left
 
     # ---------------------------------------------------------------- the shell's interface
 
@@ -247,7 +340,13 @@ class SMTPSession:
 
     @property
     def input_backlog(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
+
+    @property
+    def held(self) -> bool:
+        """Parsing stopped at ``MAX_PENDING_REPLIES`` with input left: once the replies are
+        sent (and the peer reads them), call ``receive(b"")`` to go on."""
+        return self._held
 
     @property
     def in_message(self) -> bool:
@@ -256,9 +355,13 @@ class SMTPSession:
     def receive(self, data: bytes) -> list[Event]:
         if self.state is State.CLOSED:
             return []
-        self._buf += data
+        if data:
+            # One copy per read: the unparsed rest (at most a line or a held read) and the
+            # new bytes; when everything was parsed, the read itself is the buffer.
+            self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+            self._pos = 0
         if self.state is State.PAUSED:
-            if len(self._buf) > MAX_PAUSED_INPUT:
+            if self.input_backlog > MAX_PAUSED_INPUT:
                 # A client that pipelines this much while we wait is not a real client.
                 self._close(Reply(421, "4.7.0 Error: too much pipelined input"), "flood")
         else:
@@ -269,18 +372,22 @@ class SMTPSession:
         """The shell's answer to :class:`MessageEnd`: ``250 ... queued as ID`` or a rejection."""
         if self.state is not State.PAUSED:
             return self._take_events()  # closed meanwhile: nobody to answer
-        self.state = State.COMMAND
+        self._enter(State.COMMAND)
+        self._bdat_active = False  # the message is complete: nothing left to abort
+        # Before the reset: a refusal's Rejection names this transaction's envelope.
+        self._reply(reply, "message_rejected")
         self._reset_transaction()
-        self._reply(reply, "message_rejected" if reply.code >= 400 else None)
         self._run()
         return self._take_events()
 
-    def auth_done(self, user: str | None) -> list[Event]:
+    def auth_done(self, user: str | None, refusal: Reply | None = None) -> list[Event]:
+        """The shell's answer to :class:`AuthAttempt`: the user, or None with the refusing
+        reply (default ``535 5.7.8``; the shell's throttle answers ``454 4.7.0`` unchecked)."""
         if self.state is not State.PAUSED:
             return self._take_events()
-        self.state = State.COMMAND
+        self._enter(State.COMMAND)
         if user is None:
-            self._reply(Reply(535, "5.7.8 Error: authentication failed"), reason="auth_failed")
+            self._reply(refusal or R_AUTH_FAILED, "auth_failed")
         else:
             self.user = user
             self._reply(Reply(235, "2.7.0 Authentication successful"))
@@ -297,8 +404,11 @@ class SMTPSession:
         self.tls = True
         self.helo = None
         self.esmtp = False
+        if self.state is State.CLOSED:
+            return self._take_events()
         self._reset_transaction()
-        self.state = State.COMMAND
+        if self.state is State.PAUSED:
+            self._enter(State.COMMAND)
         self._run()
         return self._take_events()
 
@@ -307,7 +417,7 @@ class SMTPSession:
             return []
         if self.in_message:
             self._events.append(MessageAbort("connection lost"))
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         return self._take_events()
 
     # ---------------------------------------------------------------- internals
@@ -317,12 +427,17 @@ class SMTPSession:
         self._events = []
         return events
 
-    def _reply(self, reply: Reply, reason: str | None = None) -> None:
-        self._out.append(reply.encode())
+    def _enter(self, state: State) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise AssertionError(f"SMTP state {self.state.name} -> {state.name}")  # our bug
+        self.state = state
+
+    def _reply(self, reply: Reply, reason: str | None = None, path: Path | None = None) -> None:
+        """Queue ``reply``; a refusal (400 or more) also counts as an error with ``reason``
+        (the reply's own reason first) and becomes a :class:`Rejection` naming ``path``."""
+        self._out.append(reply.wire)
         if reply.code >= 400:
-            self.errors += 1
-            if reason:
-                self.rejections[reason] += 1
+            self._refused(reply, reply.reason or reason or "other", path)
             if (
                 self.errors >= self.limits.hard_error_limit
                 and self.state is not State.CLOSED
@@ -330,14 +445,36 @@ class SMTPSession:
             ):
                 self._close(R_TOO_MANY_ERRORS, "too_many_errors")
 
-    def _close(self, reply: Reply, reason: str) -> None:
-        self._out.append(reply.encode())
+    def _refused(self, reply: Reply, reason: str, path: Path | None = None) -> None:
+        self.errors += 1
         self.rejections[reason] += 1
+        verb = self._verb
+        mail_from = self.mail_from.address if self.mail_from is not None else None
+        recipient = ""
+        if path is not None:
+            if verb == "MAIL":
+                mail_from = path.address
+            else:
+                recipient = path.address
+        elif verb in ("DATA", "BDAT") and self.recipients:
+            recipient = ", ".join(p.address for p in self.recipients)
+        self._events.append(Rejection(verb, reply, reason, mail_from, recipient))
+
+    def _close(self, reply: Reply, reason: str) -> None:
+        """Answer ``reply`` (421, 521) and end the session; not counted as an error."""
+        self._out.append(reply.wire)
+        self.rejections[reason] += 1
+        mail_from = self.mail_from.address if self.mail_from is not None else None
+        self._events.append(Rejection(self._verb, reply, reason, mail_from))
         if self.in_message or self._bdat_active:
             self._events.append(MessageAbort(reason))
-        self.state = State.CLOSED
-        self._buf = b""
+        self._enter(State.CLOSED)
+        self._drop_input()
         self._events.append(Close(reason))
+
+    def _drop_input(self) -> None:
+        self._buf = b""
+        self._pos = 0
 
     def _reset_transaction(self) -> None:
         self.mail_from = None
@@ -350,8 +487,21 @@ class SMTPSession:
         self._bdat_last = False
 
     def _run(self) -> None:
-        while self._buf and self.state not in (State.PAUSED, State.CLOSED):
-            if self.state is State.DATA:
+        out = self._out
+        while (
+            self._pos < len(self._buf)
+            and self.state is not State.PAUSED
+            and self.state is not State.CLOSED
+        ):
+            if len(out) >= MAX_PENDING_REPLIES:
+                self._held = True
+                return
+            if self._skip_line:
+                if not self._skip():
+                    break
+                if self.state is not State.DATA:  # in DATA the message has failed already
+                    self._reply(R_LINE_TOO_LONG, "line_too_long")
+            elif self.state is State.DATA:
                 if not self._data():
                     break
             elif self.state is State.BDAT:
@@ -366,43 +516,48 @@ class SMTPSession:
                     self._auth_line(line)
                 else:
                     self._command(line)
+        self._held = False
+
+    def _skip(self) -> bool:
+        """Inside an over-long line (command or DATA): drop input up to its CRLF. True when
+        the line has ended; False when more input is needed or the session closed."""
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\n", pos)
+        if end < 0:
+            last = len(buf) - 1
+            if buf.find(b"\r", pos, last) >= 0:
+                self._close(R_BARE_NEWLINE, "bare_newline")
+            else:
+                # A CR at the very end may be the first half of the CRLF: keep it.
+                self._pos = last if buf[last] == 13 else len(buf)
+            return False
+        if end == pos or buf[end - 1] != 13 or buf.find(b"\r", pos, end - 1) >= 0:
+            self._close(R_BARE_NEWLINE, "bare_newline")
+            return False
+        self._pos = end + 1
+        self._skip_line = False
+        return True
 
     def _line(self) -> bytes | None:
         """The next complete command line without CRLF, or None when more bytes are needed."""
-        buf = self._buf
-        end = buf.find(b"\n")
-        if self._skip_line:
-            if end < 0:
-                if b"\r" in buf[:-1]:
-                    self._close(R_BARE_NEWLINE, "bare_newline")
-                self._buf = buf[-1:] if buf.endswith(b"\r") else b""
-                return None
-            if end == 0 or buf[end - 1] != 13 or b"\r" in buf[: end - 1]:
-                self._close(R_BARE_NEWLINE, "bare_newline")
-                return None
-            self._buf = buf[end + 1 :]
-            self._skip_line = False
-            self._reply(R_LINE_TOO_LONG, "line_too_long")
-            return _HANDLED
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\n", pos)
         if end < 0:
-            if b"\r" in buf[:-1]:
+            last = len(buf) - 1
+            if buf.find(b"\r", pos, last) >= 0:
                 self._close(R_BARE_NEWLINE, "bare_newline")
-            elif len(buf) >= MAX_LINE:
+            elif len(buf) - pos >= MAX_LINE:
                 self._skip_line = True
-                self._buf = buf[-1:] if buf.endswith(b"\r") else b""
+                self._pos = last if buf[last] == 13 else len(buf)
             return None
-        if end == 0 or buf[end - 1] != 13:
+        if end == pos or buf[end - 1] != 13 or buf.find(b"\r", pos, end - 1) >= 0:
             self._close(R_BARE_NEWLINE, "bare_newline")
             return None
-        line = buf[: end - 1]
-        if b"\r" in line:
-            self._close(R_BARE_NEWLINE, "bare_newline")
-            return None
-        self._buf = buf[end + 1 :]
-        if end + 1 > MAX_LINE:
+        self._pos = end + 1
+        if end + 1 - pos > MAX_LINE:
             self._reply(R_LINE_TOO_LONG, "line_too_long")
             return _HANDLED
-        return line
+        return buf[pos : end - 1]
 
     # ---------------------------------------------------------------- commands
 
@@ -411,6 +566,7 @@ class SMTPSession:
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         if verb not in COMMANDS:
+            self._verb = ""
             self.commands["unknown"] += 1
             if not verb:
                 self._reply(Reply(500, "5.5.2 Error: bad syntax"), "syntax")
@@ -418,6 +574,7 @@ class SMTPSession:
                 self._reply(Reply(502, "5.5.2 Error: command not recognized"), "unknown_command")
             return
         self.commands[verb] += 1
+        self._verb = verb
         _HANDLERS[verb](self, arg.strip(" "))
 
     def _cmd_helo(self, arg: str) -> None:
@@ -470,11 +627,11 @@ class SMTPSession:
             return
         problem = self._check_mail_params(params)
         if problem is not None:
-            self._reply(*problem)
+            self._reply(*problem, path)
             return
         rejected = self.policy.check_sender(self, path)
         if rejected is not None:
-            self._reply(rejected, "sender_rejected")
+            self._reply(rejected, "sender_not_allowed", path)
             return
         self.mail_from = path
         self.mail_params = params
@@ -517,12 +674,11 @@ class SMTPSession:
             self._reply(Reply(555, "5.5.4 Unsupported RCPT option"), "syntax")
             return
         if len(self.recipients) >= self.limits.max_recipients:
-            self._reply(Reply(452, "4.5.3 Error: too many recipients"), "too_many_recipients")
+            self._reply(R_TOO_MANY_RECIPIENTS, "too_many_recipients", path)
             return
         rejected = self.policy.check_recipient(self, path)
         if rejected is not None:
-            reason = "relay_denied" if rejected.text.startswith("5.7.1") else "recipient_rejected"
-            self._reply(rejected, reason)
+            self._reply(rejected, "recipient_rejected", path)
             return
         self.recipients.append(path)
         self._reply(R_RCPT_OK)
@@ -548,7 +704,7 @@ class SMTPSession:
         assert self.mail_from is not None
         self._events.append(MessageBegin(self.mail_from, list(self.recipients), self.mail_params))
         self._reply(R_GO_AHEAD)
-        self.state = State.DATA
+        self._enter(State.DATA)
 
     def _cmd_bdat(self, arg: str) -> None:
         parts = arg.split()
@@ -571,27 +727,27 @@ class SMTPSession:
             self._events.append(
                 MessageBegin(self.mail_from, list(self.recipients), self.mail_params)
             )
-        self.state = State.BDAT
+        self._enter(State.BDAT)
         if self._bdat_remaining == 0:
             self._bdat_finish()
 
     def _bdat_chunk(self) -> None:
-        take = min(self._bdat_remaining, len(self._buf))
-        chunk = self._buf[:take]
-        self._buf = self._buf[take:]
+        pos = self._pos
+        take = min(self._bdat_remaining, len(self._buf) - pos)
+        self._pos = pos + take
         self._bdat_remaining -= take
         if self._bdat_active and self._message_failed is None:
             self._message_size += take
             if self._message_size > self.limits.max_message_size:
                 self._message_failed = R_TOO_BIG
                 self._events.append(MessageAbort("too_big"))
-            elif chunk:
-                self._events.append(MessageChunk(chunk))
+            elif take:
+                self._events.append(MessageChunk(self._buf[pos : pos + take]))
         if self._bdat_remaining == 0:
             self._bdat_finish()
 
     def _bdat_finish(self) -> None:
-        self.state = State.COMMAND
+        self._enter(State.COMMAND)
         failed = self._message_failed
         if failed is not None:
             if self._bdat_active or failed is R_TOO_BIG:
@@ -603,48 +759,35 @@ class SMTPSession:
                 self._reply(failed, "out_of_order")
             return
         if self._bdat_last:
-            self.state = State.PAUSED
+            self._enter(State.PAUSED)
             self._events.append(MessageEnd(self._message_size))
         else:
             self._reply(Reply(250, f"2.0.0 Ok: {self._message_size} octets received"))
 
     def _data(self) -> bool:
         """Consume DATA bytes; False when more input is needed."""
-        buf = self._buf
-        if self._skip_line:
-            end = buf.find(b"\n")
-            if end < 0:
-                if b"\r" in buf[:-1]:
-                    self._close(R_BARE_NEWLINE, "bare_newline")
-                    return False
-                self._buf = buf[-1:] if buf.endswith(b"\r") else b""
-                return False
-            if end == 0 or buf[end - 1] != 13 or b"\r" in buf[: end - 1]:
-                self._close(R_BARE_NEWLINE, "bare_newline")
-                return False
-            self._buf = buf[end + 1 :]
-            self._skip_line = False
-            return True
-        # The buffer always starts at the beginning of a line.
-        if buf.startswith(b".\r\n"):
-            term = 0
+        buf, pos = self._buf, self._pos
+        # The unparsed input always starts at the beginning of a line.
+        if buf.startswith(b".\r\n", pos):
+            term = pos
         else:
-            found = buf.find(b"\r\n.\r\n")
+            found = buf.find(b"\r\n.\r\n", pos)
             term = found + 2 if found >= 0 else -1
         if term >= 0:
-            body, rest = buf[:term], buf[term + 3 :]
+            body_end, rest = term, term + 3
         else:
-            last = buf.rfind(b"\r\n")
-            body = buf[: last + 2] if last >= 0 else b""
-            rest = buf[len(body) :]
-            if b"\n" in rest or b"\r" in rest[:-1]:
+            last = buf.rfind(b"\r\n", pos)
+            body_end = rest = last + 2 if last >= 0 else pos
+            # The incomplete last line: no LF at all, and a CR only as its last octet.
+            if buf.find(b"\n", rest) >= 0 or buf.find(b"\r", rest, len(buf) - 1) >= 0:
                 self._close(R_BARE_NEWLINE, "bare_newline")
                 return False
-            if len(rest) >= MAX_LINE:
+            if len(buf) - rest >= MAX_LINE:
                 self._skip_line = True
                 self._fail_message(R_LINE_TOO_LONG)
-                rest = rest[-1:] if rest.endswith(b"\r") else b""
-        if body:
+                rest = len(buf) - 1 if buf[-1] == 13 else len(buf)
+        if body_end > pos:
+            body = buf[pos:body_end]
             crlf = body.count(b"\r\n")
             if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
                 self._close(R_BARE_NEWLINE, "bare_newline")
@@ -660,16 +803,16 @@ class SMTPSession:
                     self._fail_message(R_TOO_BIG)
                 else:
                     self._events.append(MessageChunk(chunk))
-        self._buf = rest
+        self._pos = rest
         if term < 0:
             return False
         if self._message_failed is not None:
             failed = self._message_failed
-            self.state = State.COMMAND
+            self._enter(State.COMMAND)
             self._reply(failed, "too_big" if failed is R_TOO_BIG else "line_too_long")
             self._reset_transaction()
             return True
-        self.state = State.PAUSED
+        self._enter(State.PAUSED)
         self._events.append(MessageEnd(self._message_size))
         return True
 
@@ -688,11 +831,11 @@ class SMTPSession:
         self._reply(R_OK)
 
     def _cmd_quit(self, arg: str) -> None:
-        self._out.append(R_BYE.encode())
+        self._out.append(R_BYE.wire)
         if self._bdat_active:
             self._events.append(MessageAbort("quit"))
-        self.state = State.CLOSED
-        self._buf = b""
+        self._enter(State.CLOSED)
+        self._drop_input()
         self._events.append(Close("quit"))
 
     def _cmd_help(self, arg: str) -> None:
@@ -713,8 +856,8 @@ class SMTPSession:
             self._reply(Reply(501, "5.5.4 Syntax: STARTTLS"), "syntax")
             return
         self._reply(Reply(220, "2.0.0 Ready to start TLS"))
-        self._buf = b""  # RFC 3207 §4.2 / CVE-2011-0411: no plaintext survives the upgrade
-        self.state = State.PAUSED
+        self._drop_input()  # RFC 3207 §4.2 / CVE-2011-0411: no plaintext survives the upgrade
+        self._enter(State.PAUSED)
         self._events.append(StartTLS())
 
     def _cmd_auth(self, arg: str) -> None:
@@ -735,14 +878,14 @@ class SMTPSession:
                 self._auth_plain(initial)
             else:
                 self._auth_pending = ("PLAIN", "response")
-                self.state = State.AUTH
+                self._enter(State.AUTH)
                 self._reply(Reply(334, ""))
         elif mechanism == "LOGIN":
             if initial:
                 self._auth_login_user(initial)
             else:
                 self._auth_pending = ("LOGIN", "user")
-                self.state = State.AUTH
+                self._enter(State.AUTH)
                 self._reply(Reply(334, "VXNlcm5hbWU6"))
         else:
             self._reply(Reply(504, "5.5.4 Unrecognized authentication type"), "syntax")
@@ -750,10 +893,10 @@ class SMTPSession:
     def _auth_line(self, line: bytes) -> None:
         mechanism, step = self._auth_pending or ("", "")
         self._auth_pending = None
-        self.state = State.COMMAND
+        self._enter(State.COMMAND)
         text = line.decode("ascii", "replace").strip()
         if text == "*":
-            self._reply(Reply(501, "5.0.0 Authentication cancelled"), "auth_failed")
+            self._reply(Reply(501, "5.0.0 Authentication cancelled"), "auth_cancelled")
         elif mechanism == "PLAIN":
             self._auth_plain(text)
         elif step == "user":
@@ -772,7 +915,7 @@ class SMTPSession:
             return
         self._auth_user = user
         self._auth_pending = ("LOGIN", "password")
-        self.state = State.AUTH
+        self._enter(State.AUTH)
         self._reply(Reply(334, "UGFzc3dvcmQ6"))
 
     def _auth_plain(self, text: str) -> None:
@@ -785,7 +928,7 @@ class SMTPSession:
         self._auth_ask("PLAIN", user, password)
 
     def _auth_ask(self, mechanism: str, user: str, password: str) -> None:
-        self.state = State.PAUSED
+        self._enter(State.PAUSED)
         self._events.append(AuthAttempt(mechanism, user, password))
 
 
