@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from lanalyze.log import get_logger
-from lanalyze.mail.queuefile import Envelope, Layout, Recycler, Syncer, footer, fsync_dir
+from lanalyze.mail.queuefile import (
+    Envelope,
+    Layout,
+    Recycler,
+    Syncer,
+    footer,
+    fsync_dir,
+    read_message,
+)
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -107,6 +115,25 @@ class Spool:
         parts = self.take()
         if parts or self.fd is None:
             await asyncio.to_thread(self.write_parts, parts)
+
+    def message_sync(self) -> bytes:
+        """The whole message: what reached the spool file (exactly ``written`` bytes of it:
+        a recycled file is longer until the commit truncates it) and what is still buffered.
+
+        Call only once the message is complete and no flush is running (the file prefix and
+        ``parts`` must not move meanwhile)."""
+        on_disk = read_message(self.path, self.written) if self.written else b""
+        message = on_disk + b"".join(self.parts) if self.parts else on_disk
+        if len(message) != self.length:
+            # Only a file changed under us gets here: never check or sign other bytes.
+            raise OSError(f"{self.path}: spool holds {len(message)} of {self.length} bytes")
+        return message
+
+    async def message(self) -> bytes:
+        """:meth:`message_sync`, off the event loop when part of it is on disk."""
+        if self.written == 0:
+            return b"".join(self.parts)
+        return await asyncio.to_thread(self.message_sync)
 
     def discard_sync(self) -> None:
         if self.fd is not None:

@@ -597,8 +597,10 @@ class SMTPConnection(asyncio.Protocol):
             return envelope
         prepend = self._received(envelope, session, envelope.received_at)
         if server.auth.enabled:
-            await spool.flush()
-            verdict = await server.auth.check(spool, envelope, session)
+            # The message's bytes, exactly as they will be queued: not the spool file, which
+            # may be a recycled one still holding an older message's tail (issue 18).
+            message = await spool.message()
+            verdict = await server.auth.check(message, envelope, session)
             if verdict is not None:
                 if verdict.action == "reject":
                     return Reply(550, f"5.7.1 {sanitize(verdict.reason) or 'Message rejected'}")
@@ -609,7 +611,7 @@ class SMTPConnection(asyncio.Protocol):
             if session.user is not None:
                 from_addresses = header_summary(bytes(spool.head)).from_addresses
                 if from_addresses:
-                    signature = await server.auth.sign(spool, session.user, from_addresses[0])
+                    signature = await server.auth.sign(message, session.user, from_addresses[0])
                     prepend = signature + prepend
         envelope.prepend = prepend
         assert server.committer is not None

@@ -215,7 +215,11 @@ class SMTPSession:
         self.mail_from: Path | None = None
         self.mail_params: dict[str, str] = {}
         self.recipients: list[Path] = []
-        self.errors = 0
+        self.errors = 0  # every refusing reply (the shell's rejection hook compares it)
+        # Those that count toward hard_error_limit: the client's protocol errors, not our
+        # refusals of whole messages (a DMARC reject of forwarded mail is not the relay's
+        # fault), as Postfix's smtpd_hard_error_limit counts.
+        self.protocol_errors = 0
         self.commands: Counter[str] = Counter()  # flushed to /metrics by the shell
         self.rejections: Counter[str] = Counter()
         self._buf = b""
@@ -271,7 +275,7 @@ class SMTPSession:
             return self._take_events()  # closed meanwhile: nobody to answer
         self.state = State.COMMAND
         self._reset_transaction()
-        self._reply(reply, "message_rejected" if reply.code >= 400 else None)
+        self._reply(reply, "message_rejected" if reply.code >= 400 else None, protocol_error=False)
         self._run()
         return self._take_events()
 
@@ -317,14 +321,18 @@ class SMTPSession:
         self._events = []
         return events
 
-    def _reply(self, reply: Reply, reason: str | None = None) -> None:
+    def _reply(
+        self, reply: Reply, reason: str | None = None, *, protocol_error: bool = True
+    ) -> None:
         self._out.append(reply.encode())
         if reply.code >= 400:
             self.errors += 1
             if reason:
                 self.rejections[reason] += 1
+            if protocol_error:
+                self.protocol_errors += 1
             if (
-                self.errors >= self.limits.hard_error_limit
+                self.protocol_errors >= self.limits.hard_error_limit
                 and self.state is not State.CLOSED
                 and reply.code != 421
             ):
