@@ -252,12 +252,17 @@ class Authenticator:
                     message,
                     max_signatures=self.config.max_signatures,
                     length_tag=self.config.length_tag,
+                    max_key_bits=self.config.max_rsa_key_bits,
                 ),
                 [DkimResult("temperror", reason="internal error")],
             )
         )
         arc_task = asyncio.ensure_future(
-            self._guarded("arc", verify_arc(self.resolver, message), ArcResult("fail"))
+            self._guarded(
+                "arc",
+                verify_arc(self.resolver, message, max_key_bits=self.config.max_rsa_key_bits),
+                ArcResult("fail"),
+            )
         )
         policy_task = asyncio.ensure_future(
             self._guarded("dmarc", discover_policies(self.resolver, sender.domains), {})
