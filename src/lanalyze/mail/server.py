@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
 from lanalyze.mail.acceptors import start_delivery_worker
+from lanalyze.mail.auth.message import SenderFields, sender_fields, split_message
 from lanalyze.mail.authhook import AuthHook
 from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
 from lanalyze.mail.config import MailConfig
@@ -70,6 +71,10 @@ R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded")
 R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections")
 R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error")
 R_HEADER_FROM_NOT_YOURS = Reply(553, "5.7.1 From: header address not owned by user")
+# The rejection log classifies by "From: header" in the text (rejections.classify).
+R_HEADER_SENDER_NOT_YOURS = Reply(553, "5.7.1 From: header check: Sender: not owned by user")
+R_HEADER_FROM_REPEATED = Reply(553, "5.7.1 From: header repeated: one From: field per message")
+R_HEADER_FROM_TOO_LONG = Reply(553, "5.7.1 From: header or Sender: field too long")
 _BYE = R_BYE.encode()
 
 
@@ -502,7 +507,8 @@ class SMTPConnection(asyncio.Protocol):
         session = self.session
         if spool is None or begin is None or session is None:
             return
-        if self._flushing is not None or self.server.auth.enabled:
+        if self._flushing is not None or self.server.auth.enabled or session.user is not None:
+            # Submission mail has its whole header checked (_accept): it reads the message.
             self._spawn(self._finish_checked(spool, begin, queue_id, session))
             return
         # The common case has nothing to await before the group commit: no task and no
@@ -557,10 +563,6 @@ class SMTPConnection(asyncio.Protocol):
         """The envelope of a finished message, or the reply refusing it (no I/O)."""
         server = self.server
         summary = header_summary(bytes(spool.head))
-        if session.user is not None:
-            for address in summary.from_addresses:
-                if not server.directory.may_send_as(session.user, address):
-                    return R_HEADER_FROM_NOT_YOURS
         local: dict[str, list[str]] = {}
         relay: list[str] = []
         for path in begin.recipients:
@@ -596,10 +598,18 @@ class SMTPConnection(asyncio.Protocol):
         if isinstance(envelope, Reply):
             return envelope
         prepend = self._received(envelope, session, envelope.received_at)
-        if server.auth.enabled:
+        message = b""
+        senders = None
+        if server.auth.enabled or session.user is not None:
             # The message's bytes, exactly as they will be queued: not the spool file, which
             # may be a recycled one still holding an older message's tail (issue 18).
             message = await spool.message()
+        if session.user is not None:
+            senders = sender_fields(split_message(message)[0])
+            refusal = self._header_senders_refusal(session.user, senders)
+            if refusal is not None:
+                return refusal
+        if server.auth.enabled:
             verdict = await server.auth.check(message, envelope, session)
             if verdict is not None:
                 if verdict.action == "reject":
@@ -608,11 +618,12 @@ class SMTPConnection(asyncio.Protocol):
                 envelope.auth = verdict.data
                 envelope.extra["strip_ranges"] = verdict.strip_ranges
                 prepend = verdict.header + prepend
-            if session.user is not None:
-                from_addresses = header_summary(bytes(spool.head)).from_addresses
-                if from_addresses:
-                    signature = await server.auth.sign(message, session.user, from_addresses[0])
-                    prepend = signature + prepend
+            if senders is not None and senders.from_addresses:
+                # Every From: address is the user's (checked above); there is one field.
+                signature = await server.auth.sign(
+                    message, session.user or "", senders.from_addresses[0]
+                )
+                prepend = signature + prepend
         envelope.prepend = prepend
         assert server.committer is not None
         try:
@@ -620,6 +631,21 @@ class SMTPConnection(asyncio.Protocol):
         except OSError:
             return R_WRITE_ERROR
         return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
+
+    def _header_senders_refusal(self, user: str, senders: SenderFields) -> Reply | None:
+        """Issue 12.3: a submission user may send only as themselves, in every From: and
+        Sender: field of the whole header, and in one From: field only (a second one is
+        what some clients display)."""
+        if senders.oversized:
+            return R_HEADER_FROM_TOO_LONG
+        if senders.from_fields > 1:
+            return R_HEADER_FROM_REPEATED
+        directory = self.server.directory
+        if not all(directory.may_send_as(user, a) for a in senders.from_addresses):
+            return R_HEADER_FROM_NOT_YOURS
+        if not all(directory.may_send_as(user, a) for a in senders.sender_addresses):
+            return R_HEADER_SENDER_NOT_YOURS
+        return None
 
     def _received(self, envelope: Envelope, session: SMTPSession, now: float) -> str:
         protocol = "ESMTP" if session.esmtp else "SMTP"
