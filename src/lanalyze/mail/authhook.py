@@ -22,7 +22,6 @@ from lanalyze.log import get_logger
 if TYPE_CHECKING:
     from lanalyze.mail.config import MailConfig
     from lanalyze.mail.queuefile import Envelope
-    from lanalyze.mail.smtp.protocol import SMTPSession
 
 log = get_logger(__name__)
 CHECK_TIMEOUT = 60.0
@@ -65,7 +64,7 @@ class AuthHook:
             self._impl = None
 
     async def check(
-        self, message: bytes, envelope: Envelope, session: SMTPSession
+        self, message: bytes, envelope: Envelope, helo: str, user: str | None
     ) -> Verdict | None:
         if self._impl is None:
             return None
@@ -74,10 +73,10 @@ class AuthHook:
                 self._impl.check(
                     message,
                     mail_from=envelope.mail_from,
-                    helo=session.helo or "",
+                    helo=helo,
                     client_ip=envelope.client_ip,
                     rcpt_to=list(envelope.recipients),
-                    authenticated_user=session.user,
+                    authenticated_user=user,
                 ),
                 CHECK_TIMEOUT,
             )

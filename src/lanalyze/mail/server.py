@@ -3,9 +3,10 @@
 Each connection owns an :class:`~lanalyze.mail.smtp.protocol.SMTPSession`; this shell only
 moves bytes, enforces connection limits and timeouts (RFC 5321 §4.5.3.2, configurable),
 upgrades to TLS (RFC 3207), verifies passwords in a thread, and at the end of each message
-runs the pipeline: header summary, sender binding on submission, the authentication checks
-(:mod:`lanalyze.mail.auth`, when enabled), then cleanup's durable group commit; only after
-that does the client get ``250 2.0.0 Ok: queued as ID``. The queue manager then delivers.
+hands the finished transaction to :class:`~lanalyze.mail.cleanup.Cleanup` (envelope, sender
+binding on submission, the authentication checks, signing, the durable group commit), whose
+answer it sends: ``250 2.0.0 Ok: queued as ID`` or the refusal. The queue manager then
+delivers.
 
 The shell is a ``Protocol`` rather than streams because a stream reader costs a coroutine
 switch per line, and the benchmark target (twice Postfix) leaves no room for that.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import functools
 import multiprocessing
 import os
 import ssl
@@ -32,15 +31,20 @@ from typing import TYPE_CHECKING, Any, cast
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
 from lanalyze.mail.acceptors import start_delivery_worker
-from lanalyze.mail.auth.message import SenderFields, sender_fields, split_message
 from lanalyze.mail.authhook import AuthHook
-from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
+from lanalyze.mail.cleanup import (
+    BatchedRecorder,
+    Cleanup,
+    Committer,
+    Spool,
+    Transaction,
+    new_queue_id,
+)
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
-from lanalyze.mail.headers import header_summary, sanitize
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.queue import QueueManager
-from lanalyze.mail.queuefile import Envelope, Layout, Syncer
+from lanalyze.mail.queuefile import Layout, Syncer
 from lanalyze.mail.rejections import RejectionLog
 from lanalyze.mail.smtp.protocol import (
     R_BYE,
@@ -69,19 +73,7 @@ _peer_log = RateLimiter(interval=10.0, burst=5)
 
 R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded")
 R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections")
-R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error")
-R_HEADER_FROM_NOT_YOURS = Reply(553, "5.7.1 From: header address not owned by user")
-# The rejection log classifies by "From: header" in the text (rejections.classify).
-R_HEADER_SENDER_NOT_YOURS = Reply(553, "5.7.1 From: header check: Sender: not owned by user")
-R_HEADER_FROM_REPEATED = Reply(553, "5.7.1 From: header repeated: one From: field per message")
-R_HEADER_FROM_TOO_LONG = Reply(553, "5.7.1 From: header or Sender: field too long")
 _BYE = R_BYE.encode()
-
-
-@functools.lru_cache(maxsize=4)
-def _rfc5322_date(second: int) -> str:
-    """The Received: date, formatted once per second (not once per message)."""
-    return email.utils.formatdate(second, localtime=False)
 
 
 @dataclass
@@ -133,6 +125,7 @@ class MailServer:
         self._outcomes: BatchedRecorder[Outcome] | None = None
         self.rejections: RejectionLog | None = None
         self.committer: Committer | None = None
+        self.cleanup: Cleanup | None = None
         self.queue: QueueManager | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
@@ -166,6 +159,7 @@ class MailServer:
             syncer=syncer,
             record_executor=self._index_pool,
         )
+        self.cleanup = Cleanup(self.committer, self.directory, self.auth, self.hostname)
         if self.role == "main":
             # Delivery runs in its own process: its file work and Python parts then use the
             # other core instead of contending for the GIL with the SMTP sessions.
@@ -502,164 +496,36 @@ class SMTPConnection(asyncio.Protocol):
             self.server.rejections.seen(self, data, out)
 
     def _finish_message(self) -> None:
+        """Hand the finished transaction to cleanup; its answer resumes the session."""
         spool, begin, queue_id = self.spool, self.begin, self.queue_id
         self.spool = None
         session = self.session
         if spool is None or begin is None or session is None:
             return
-        if self._flushing is not None or self.server.auth.enabled or session.user is not None:
-            # Submission mail has its whole header checked (_accept): it reads the message.
-            self._spawn(self._finish_checked(spool, begin, queue_id, session))
-            return
-        # The common case has nothing to await before the group commit: no task and no
-        # future per message, the commit batch calls back on the loop.
-        try:
-            prepared = self._prepare(spool, begin, queue_id, session)
-        except Exception:
-            log.exception("mail.accept_failed", extra={"queue_id": queue_id})
-            prepared = R_WRITE_ERROR
-        if isinstance(prepared, Reply):
-            self._spawn(self._refused(spool, prepared))
-            return
-        prepared.prepend = self._received(prepared, session, prepared.received_at)
-        assert self.server.committer is not None
-
-        def committed(error: BaseException | None) -> None:
-            if error is None:
-                self._accepted(spool, queue_id)
-            else:
-                self._spawn(self._refused(spool, R_WRITE_ERROR))
-
-        self.server.committer.submit(spool, prepared, committed)
-
-    async def _finish_checked(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> None:
-        """With authentication checks, or after a large message's spool flush."""
-        try:
-            reply = await self._accept(spool, begin, queue_id, session)
-        except Exception:
-            log.exception("mail.accept_failed", extra={"queue_id": queue_id})
-            reply = R_WRITE_ERROR
-        if reply.code == 250:
-            self._accepted(spool, queue_id)
-        else:
-            await self._refused(spool, reply)
-
-    def _accepted(self, spool: Spool, queue_id: str) -> None:
-        self.listener.messages.inc()
-        self.listener.bytes.inc(spool.length)
-        if self.server.queue is not None:  # acceptors: the main process's scan finds it
-            self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
-        self._resume(Reply(250, f"2.0.0 Ok: queued as {queue_id}"))
-
-    async def _refused(self, spool: Spool, reply: Reply) -> None:
-        await self._discard(spool)
-        self._resume(reply)
-
-    def _prepare(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> Envelope | Reply:
-        """The envelope of a finished message, or the reply refusing it (no I/O)."""
-        server = self.server
-        summary = header_summary(bytes(spool.head))
-        local: dict[str, list[str]] = {}
-        relay: list[str] = []
-        for path in begin.recipients:
-            destination = server.directory.destination(path)
-            if destination.relay:
-                relay.append(path.address)
-            else:
-                local.setdefault(path.address, []).extend(destination.mailboxes)
-        return Envelope(
+        assert self.server.cleanup is not None
+        transaction = Transaction(
             queue_id=queue_id,
+            spool=spool,
             mail_from=begin.mail_from.address,
-            recipients=[p.address for p in begin.recipients],
-            local=local,
-            relay=relay,
-            received_at=time.time(),
+            recipients=begin.recipients,
             client_ip=self.client_ip,
-            helo=sanitize(session.helo or ""),
+            helo=session.helo or "",
             listener=self.listener.kind,
             user=session.user,
             tls=session.tls,
-            header_from=summary.header_from,
-            subject=summary.subject,
-            message_id=summary.message_id,
+            esmtp=session.esmtp,
+            flushing=self._flushing,
         )
 
-    async def _accept(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> Reply:
-        if self._flushing is not None:
-            await self._flushing
-        server = self.server
-        envelope = self._prepare(spool, begin, queue_id, session)
-        if isinstance(envelope, Reply):
-            return envelope
-        prepend = self._received(envelope, session, envelope.received_at)
-        message = b""
-        senders = None
-        if server.auth.enabled or session.user is not None:
-            # The message's bytes, exactly as they will be queued: not the spool file, which
-            # may be a recycled one still holding an older message's tail (issue 18).
-            message = await spool.message()
-        if session.user is not None:
-            senders = sender_fields(split_message(message)[0])
-            refusal = self._header_senders_refusal(session.user, senders)
-            if refusal is not None:
-                return refusal
-        if server.auth.enabled:
-            verdict = await server.auth.check(message, envelope, session)
-            if verdict is not None:
-                if verdict.action == "reject":
-                    return Reply(550, f"5.7.1 {sanitize(verdict.reason) or 'Message rejected'}")
-                envelope.action = verdict.action
-                envelope.auth = verdict.data
-                envelope.extra["strip_ranges"] = verdict.strip_ranges
-                prepend = verdict.header + prepend
-            if senders is not None and senders.from_addresses:
-                # Every From: address is the user's (checked above); there is one field.
-                signature = await server.auth.sign(
-                    message, session.user or "", senders.from_addresses[0]
-                )
-                prepend = signature + prepend
-        envelope.prepend = prepend
-        assert server.committer is not None
-        try:
-            await server.committer.commit(spool, envelope)
-        except OSError:
-            return R_WRITE_ERROR
-        return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
+        def done(reply: Reply) -> None:
+            if reply.code == 250:
+                self.listener.messages.inc()
+                self.listener.bytes.inc(spool.length)
+                if self.server.queue is not None:  # acceptors: the main process's scan finds it
+                    self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+            self._resume(reply)
 
-    def _header_senders_refusal(self, user: str, senders: SenderFields) -> Reply | None:
-        """Issue 12.3: a submission user may send only as themselves, in every From: and
-        Sender: field of the whole header, and in one From: field only (a second one is
-        what some clients display)."""
-        if senders.oversized:
-            return R_HEADER_FROM_TOO_LONG
-        if senders.from_fields > 1:
-            return R_HEADER_FROM_REPEATED
-        directory = self.server.directory
-        if not all(directory.may_send_as(user, a) for a in senders.from_addresses):
-            return R_HEADER_FROM_NOT_YOURS
-        if not all(directory.may_send_as(user, a) for a in senders.sender_addresses):
-            return R_HEADER_SENDER_NOT_YOURS
-        return None
-
-    def _received(self, envelope: Envelope, session: SMTPSession, now: float) -> str:
-        protocol = "ESMTP" if session.esmtp else "SMTP"
-        if session.tls:
-            protocol += "S"
-        if session.user is not None:
-            protocol += "A"  # RFC 3848
-        tail = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
-        date = _rfc5322_date(int(now))
-        return (
-            f"Received: from {envelope.helo} ([{envelope.client_ip}])\r\n"
-            f"\tby {self.server.hostname} (lanalyze) with {protocol} id {envelope.queue_id}"
-            f"{tail}; {date}\r\n"
-        )
+        self.server.cleanup.finish(transaction, done)
 
     async def _authenticate(self, attempt: AuthAttempt) -> None:
         ok = await asyncio.to_thread(
