@@ -83,14 +83,19 @@ def test_lock_is_released_when_the_server_dies(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ports = _ports()
     first = _serve(write_config(tmp_path, data, **ports))
-    wait_for(lambda: socket.create_connection(("127.0.0.1", ports["http"]), 1).close() or 1)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", ports["http"]), 1).close() or 1, 90)
     first.kill()
     first.communicate(timeout=30)
     ports = _ports()
     again = _serve(write_config(tmp_path, data, **ports))
     try:
-        wait_for(lambda: socket.create_connection(("127.0.0.1", ports["http"]), 1).close() or 1)
-        assert again.poll() is None
+
+        def up() -> bool:
+            assert again.poll() is None, again.communicate()[1]
+            socket.create_connection(("127.0.0.1", ports["http"]), 1).close()
+            return True
+
+        wait_for(up, timeout=90)
         assert f"pid {again.pid}" in (data / "lanalyze.lock").read_text()
     finally:
         again.send_signal(signal.SIGTERM)

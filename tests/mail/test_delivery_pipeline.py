@@ -47,8 +47,8 @@ class FakeAuthenticator:
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []
 
-    async def check(self, message_path, **envelope):  # type: ignore[no-untyped-def]
-        message = Path(message_path).read_bytes()
+    async def check(self, message, **envelope):  # type: ignore[no-untyped-def]
+        # The hook hands over the message's bytes (exactly what is queued), not a path.
         self.calls.append(envelope)
         action = "reject" if b"Subject: reject" in message else "quarantine"
         return FakeVerdict(action, message)

@@ -22,6 +22,7 @@ from lanalyze.mail.smtp.protocol import (
     SessionOptions,
     SMTPSession,
     StartTLS,
+    State,
     has_long_line,
 )
 
@@ -355,3 +356,24 @@ def test_a_big_read_is_parsed_in_place_and_its_replies_bounded() -> None:
     assert replies == count
     assert first <= MAX_PENDING_REPLIES
     assert peak < 32 * 1024, peak
+
+
+def test_refused_messages_do_not_count_toward_the_error_limit() -> None:
+    # Issue 18: a relay forwarding forged mail among good mail gets each forgery refused
+    # (a policy decision after DATA), not its session ended as if it spoke bad SMTP.
+    session = SMTPSession(SessionOptions(hostname="mx.test", limits=Limits(hard_error_limit=3)))
+    session.receive(b"EHLO relay\r\n")
+    one = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nm\r\n.\r\n"
+    refused = Reply(550, "5.7.1 DMARC policy reject")
+    for _ in range(5):
+        assert any(isinstance(e, MessageEnd) for e in session.receive(one))
+        session.message_done(refused)
+    assert session.errors == 5  # still seen by the shell's rejection hook
+    session.data_to_send()
+    session.receive(one)
+    session.message_done(QUEUED)
+    assert codes(session.data_to_send())[-1] == 250
+    # Protocol errors still end it.
+    session.receive(b"X\r\nX\r\nX\r\n")
+    assert codes(session.data_to_send()) == [502, 502, 502, 421]
+    assert session.state is State.CLOSED

@@ -152,3 +152,40 @@ def test_client_throttle_window_and_memory() -> None:
         throttle.failed(client, now=11)
     assert throttle.blocked("z", now=11) == "global"
     assert len(throttle.clients._failures) <= 3
+
+
+PAD = "".join(f"X-Pad-{i:05d}: {'p' * 60}\r\n" for i in range(1000))  # ~75 KB of header
+
+
+@pytest.mark.parametrize(
+    ("header", "refusal"),
+    [
+        # Issue 12.3: the From: after 64 KiB of header was never read.
+        (PAD + "From: ceo@victim.example\r\n", "From: header address not owned"),
+        # Only the first From: field was checked; several From: fields are refused outright.
+        ("From: alice@example.test\r\nFrom: ceo@victim.example\r\n", "From: header repeated"),
+        ("From: alice@example.test\r\nFrom: alice@example.test\r\n", "From: header repeated"),
+        ("From: alice@example.test\r\nSender: ceo@victim.example\r\n", "Sender: not owned"),
+        ("From: alice@example.test, ceo@victim.example\r\n", "From: header address not owned"),
+        ("From: ceo\r\n", "From: header address not owned"),
+        (
+            "From: alice@example.test\r\nSender: " + "\r\n ".join(["x" * 70] * 250) + "\r\n",
+            "too long",
+        ),
+    ],
+)
+def test_submission_checks_every_from_and_sender_field(
+    tls_server: RunningServer, header: str, refusal: str
+) -> None:
+    message = f"{header}To: bob@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+    with smtplib.SMTP("127.0.0.1", tls_server.port("submission"), timeout=10) as client:
+        client.starttls(context=context())
+        client.login("alice", PASSWORD)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("alice@example.test", ["bob@example.test"], message)
+        assert refused.value.smtp_code == 553
+        assert refusal in refused.value.smtp_error.decode()
+        # The session goes on: an honest message with the same padding is accepted.
+        honest = f"{PAD}From: Alice <alice@example.test>\r\nSender: alice@example.test\r\n"
+        honest += "To: bob@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+        assert client.sendmail("alice@example.test", ["bob@example.test"], honest) == {}

@@ -2,10 +2,12 @@
 
 The auth component is optional: when ``[mail.auth]`` is absent or disabled, or the package
 cannot be imported, every message takes the no-op path (no checks, no Authentication-Results
-line). When enabled, ``check`` runs after the final dot / last BDAT on the spooled message,
-before cleanup commits it, so a reject becomes ``550 5.7.1`` instead of a 250; quarantine
-delivers to the mailbox's ``.Junk`` folder. A checker that fails (our bug, a broken DNS
-library) is logged and the message is accepted unchecked rather than lost.
+line). When enabled, ``check`` runs after the final dot / last BDAT on the message's bytes
+(exactly the bytes that will be queued: :meth:`~lanalyze.mail.cleanup.Spool.message`, never
+the spool file as a whole), before cleanup commits it, so a reject becomes ``550 5.7.1``
+instead of a 250; quarantine delivers to the mailbox's ``.Junk`` folder. A checker that fails
+(our bug, a broken DNS library) is logged and the message is accepted unchecked rather than
+lost.
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lanalyze.log import get_logger
 
 if TYPE_CHECKING:
-    from lanalyze.mail.cleanup import Spool
     from lanalyze.mail.config import MailConfig
     from lanalyze.mail.queuefile import Envelope
-    from lanalyze.mail.smtp.protocol import SMTPSession
 
 log = get_logger(__name__)
 CHECK_TIMEOUT = 60.0
@@ -64,18 +63,20 @@ class AuthHook:
             await self._impl.stop()
             self._impl = None
 
-    async def check(self, spool: Spool, envelope: Envelope, session: SMTPSession) -> Verdict | None:
+    async def check(
+        self, message: bytes, envelope: Envelope, helo: str, user: str | None
+    ) -> Verdict | None:
         if self._impl is None:
             return None
         try:
             verdict = await asyncio.wait_for(
                 self._impl.check(
-                    Path(spool.path),
+                    message,
                     mail_from=envelope.mail_from,
-                    helo=session.helo or "",
+                    helo=helo,
                     client_ip=envelope.client_ip,
                     rcpt_to=list(envelope.recipients),
-                    authenticated_user=session.user,
+                    authenticated_user=user,
                 ),
                 CHECK_TIMEOUT,
             )
@@ -95,14 +96,12 @@ class AuthHook:
             strip_ranges=ranges,
         )
 
-    async def sign(self, spool: Spool, user: str, from_address: str) -> str:
+    async def sign(self, message: bytes, user: str, from_address: str) -> str:
         sign = getattr(self._impl, "sign", None)
         if sign is None:
             return ""
         try:
-            header = await sign(
-                Path(spool.path), user=user, from_domain=from_address.rpartition("@")[2]
-            )
+            header = await sign(message, user=user, from_domain=from_address.rpartition("@")[2])
         except Exception:
             log.exception("mail.auth.sign_failed")
             return ""

@@ -1,8 +1,15 @@
-"""Cleanup: spool a message as it arrives, then make it durable before the 250 (group commit).
+"""Cleanup: spool a message as it arrives, process it, make it durable before the 250.
 
-Postfix's cleanup(8) stage in one module. A :class:`Spool` holds a message's first bytes in
-memory and streams the rest to ``queue/incoming/<id>`` once ``mail.spool_memory`` is
-exceeded, so a large message never sits in memory. :class:`Committer` makes messages
+Postfix's cleanup(8) stage in one module. The SMTP connection hands :class:`Cleanup` a
+finished :class:`Transaction` and gets back the queue ID or the refusal; cleanup owns the
+envelope, the header checks of submission mail (every From: and Sender:), the sender
+checks' verdict (:mod:`lanalyze.mail.authhook`), the fields to prepend (Received:,
+Authentication-Results:, DKIM-Signature:) and the commit. It reads the message through
+:meth:`Spool.message` only: exactly the message's bytes, whatever the file holds beyond.
+
+A :class:`Spool` holds a message's first bytes in memory and streams the rest to
+``queue/incoming/<id>`` once ``mail.spool_memory`` is exceeded, so a large message never
+sits in memory. :class:`Committer` makes messages
 durable: write what is left (one ``writev``), append the trailer (envelope, with the CRC-32
 of the message), then either flush each file, rename into ``queue/active/`` and ``fsync``
 that directory (``mail.sync = fsync``), or rename the whole batch and flush data and names
@@ -13,27 +20,47 @@ thread so the event loop never waits on the disk.
 Only when its batch has finished does a session send ``250 ... queued as ID``; on any error
 the session gets a 451 and the files are removed.
 
-Trust: message bytes are the peer's but are only copied; the paths are ours (queue IDs are
-generated here, never taken from a peer).
+Trust: message bytes and header fields are the peer's: copied, parsed by lossless parsers
+that never raise (:mod:`lanalyze.mail.auth.message`, :mod:`lanalyze.mail.headers`) and
+sanitised before they reach a header line; the paths are ours (queue IDs are generated here,
+never taken from a peer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import functools
 import itertools
 import os
 import secrets
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lanalyze.log import get_logger
-from lanalyze.mail.queuefile import Envelope, Layout, Recycler, Syncer, footer, fsync_dir
+from lanalyze.mail.auth.message import SenderFields, sender_fields, split_message
+from lanalyze.mail.headers import header_summary, sanitize
+from lanalyze.mail.queuefile import (
+    Envelope,
+    Layout,
+    Recycler,
+    Syncer,
+    footer,
+    fsync_dir,
+    read_message,
+)
+from lanalyze.mail.smtp.protocol import Reply
+
+if TYPE_CHECKING:
+    from lanalyze.mail.authhook import AuthHook
+    from lanalyze.mail.smtp.address import Path as SMTPPath
+    from lanalyze.mail.users import Directory
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -107,6 +134,25 @@ class Spool:
         parts = self.take()
         if parts or self.fd is None:
             await asyncio.to_thread(self.write_parts, parts)
+
+    def message_sync(self) -> bytes:
+        """The whole message: what reached the spool file (exactly ``written`` bytes of it:
+        a recycled file is longer until the commit truncates it) and what is still buffered.
+
+        Call only once the message is complete and no flush is running (the file prefix and
+        ``parts`` must not move meanwhile)."""
+        on_disk = read_message(self.path, self.written) if self.written else b""
+        message = on_disk + b"".join(self.parts) if self.parts else on_disk
+        if len(message) != self.length:
+            # Only a file changed under us gets here: never check or sign other bytes.
+            raise OSError(f"{self.path}: spool holds {len(message)} of {self.length} bytes")
+        return message
+
+    async def message(self) -> bytes:
+        """:meth:`message_sync`, off the event loop when part of it is on disk."""
+        if self.written == 0:
+            return b"".join(self.parts)
+        return await asyncio.to_thread(self.message_sync)
 
     def discard_sync(self) -> None:
         if self.fd is not None:
@@ -339,3 +385,216 @@ class Committer:
         self.batches += 1
         self.committed += len(written)
         return errors
+
+
+# ---------------------------------------------------------------- acceptance (cleanup(8))
+
+R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error", "local_error")
+R_HEADER_FROM_NOT_YOURS = Reply(
+    553, "5.7.1 From: header address not owned by user", "header_from_not_allowed"
+)
+# The rejection log classifies by "From: header" in the text (rejections.classify).
+R_HEADER_SENDER_NOT_YOURS = Reply(
+    553, "5.7.1 From: header check: Sender: not owned by user", "header_from_not_allowed"
+)
+R_HEADER_FROM_REPEATED = Reply(
+    553, "5.7.1 From: header repeated: one From: field per message", "header_from_not_allowed"
+)
+R_HEADER_FROM_TOO_LONG = Reply(
+    553, "5.7.1 From: header or Sender: field too long", "header_from_not_allowed"
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """The Received: date, formatted once per second (not once per message)."""
+    return email.utils.formatdate(second, localtime=False)
+
+
+@dataclass(slots=True)
+class Transaction:
+    """A finished SMTP transaction as the connection hands it over: the spooled message (all
+    of it received) and what the session knows about it. Everything but ``listener`` and
+    ``queue_id`` is the peer's."""
+
+    queue_id: str
+    spool: Spool
+    mail_from: str
+    recipients: list[SMTPPath]
+    client_ip: str
+    helo: str
+    listener: str  # mta | submission | smtps
+    user: str | None  # the authenticated submission user
+    tls: bool
+    esmtp: bool
+    flushing: asyncio.Task[None] | None = None  # the spool's flush still running, if any
+
+
+class Cleanup:
+    """Content and header processing of a finished transaction, as Postfix's cleanup(8):
+    the envelope (recipients resolved to mailboxes or relay), the header summary, the
+    submission user's From:/Sender: binding, the sender checks' verdict, the Received: and
+    Authentication-Results fields and the DKIM signature to prepend, then the durable commit.
+
+    :meth:`finish` answers through ``done(reply)`` on the event loop, exactly once: ``250 ...
+    queued as ID`` once the message is durable, or the refusal (the spool is discarded first).
+    A transaction with nothing to await (no checks, no submission user, no flush running) is
+    prepared and handed to the group commit without a task or future: the fast path.
+    """
+
+    def __init__(
+        self, committer: Committer, directory: Directory, auth: AuthHook, hostname: str
+    ) -> None:
+        self.committer = committer
+        self.directory = directory
+        self.auth = auth
+        self.hostname = hostname
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def finish(self, tx: Transaction, done: Callable[[Reply], None]) -> None:
+        if tx.flushing is not None or self.auth.enabled or tx.user is not None:
+            # Submission mail has its whole header checked (_checked): it reads the message.
+            self._spawn(self._finish_checked(tx, done))
+            return
+        try:
+            prepared = self._prepare(tx)
+        except Exception:
+            log.exception("mail.accept_failed", extra={"queue_id": tx.queue_id})
+            prepared = R_WRITE_ERROR
+        if isinstance(prepared, Reply):
+            self._spawn(self._refuse(tx, prepared, done))
+            return
+        prepared.prepend = self._received(tx, prepared)
+
+        def committed(error: BaseException | None) -> None:
+            if error is None:
+                done(_queued(tx.queue_id))
+            else:
+                self._spawn(self._refuse(tx, R_WRITE_ERROR, done))
+
+        self.committer.submit(tx.spool, prepared, committed)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish_checked(self, tx: Transaction, done: Callable[[Reply], None]) -> None:
+        """With sender checks, a submission user, or after a large message's spool flush."""
+        try:
+            reply = await self._checked(tx)
+        except Exception:
+            log.exception("mail.accept_failed", extra={"queue_id": tx.queue_id})
+            reply = R_WRITE_ERROR
+        if reply.code == 250:
+            done(reply)
+        else:
+            await self._refuse(tx, reply, done)
+
+    async def _refuse(self, tx: Transaction, reply: Reply, done: Callable[[Reply], None]) -> None:
+        if tx.flushing is not None:
+            await tx.flushing
+        await tx.spool.discard()
+        done(reply)
+
+    def _prepare(self, tx: Transaction) -> Envelope | Reply:
+        """The envelope of a finished message, or the reply refusing it (no I/O)."""
+        summary = header_summary(bytes(tx.spool.head))
+        local: dict[str, list[str]] = {}
+        relay: list[str] = []
+        for path in tx.recipients:
+            destination = self.directory.destination(path)
+            if destination.relay:
+                relay.append(path.address)
+            else:
+                local.setdefault(path.address, []).extend(destination.mailboxes)
+        return Envelope(
+            queue_id=tx.queue_id,
+            mail_from=tx.mail_from,
+            recipients=[p.address for p in tx.recipients],
+            local=local,
+            relay=relay,
+            received_at=time.time(),
+            client_ip=tx.client_ip,
+            helo=sanitize(tx.helo),
+            listener=tx.listener,
+            user=tx.user,
+            tls=tx.tls,
+            header_from=summary.header_from,
+            subject=summary.subject,
+            message_id=summary.message_id,
+        )
+
+    async def _checked(self, tx: Transaction) -> Reply:
+        if tx.flushing is not None:
+            await tx.flushing
+        envelope = self._prepare(tx)
+        if isinstance(envelope, Reply):
+            return envelope
+        prepend = self._received(tx, envelope)
+        message = b""
+        senders = None
+        if self.auth.enabled or tx.user is not None:
+            # The message's bytes, exactly as they will be queued: not the spool file, which
+            # may be a recycled one still holding an older message's tail (issue 18).
+            message = await tx.spool.message()
+        if tx.user is not None:
+            senders = sender_fields(split_message(message)[0])
+            refusal = self._header_senders_refusal(tx.user, senders)
+            if refusal is not None:
+                return refusal
+        if self.auth.enabled:
+            verdict = await self.auth.check(message, envelope, tx.helo, tx.user)
+            if verdict is not None:
+                if verdict.action == "reject":
+                    return Reply(
+                        550,
+                        f"5.7.1 {sanitize(verdict.reason) or 'Message rejected'}",
+                        "policy_reject",
+                    )
+                envelope.action = verdict.action
+                envelope.auth = verdict.data
+                envelope.extra["strip_ranges"] = verdict.strip_ranges
+                prepend = verdict.header + prepend
+            if tx.user is not None and senders is not None and senders.from_addresses:
+                # Every From: address is the user's (checked above); there is one field.
+                signature = await self.auth.sign(message, tx.user, senders.from_addresses[0])
+                prepend = signature + prepend
+        envelope.prepend = prepend
+        try:
+            await self.committer.commit(tx.spool, envelope)
+        except OSError:
+            return R_WRITE_ERROR
+        return _queued(tx.queue_id)
+
+    def _header_senders_refusal(self, user: str, senders: SenderFields) -> Reply | None:
+        """Issue 12.3: a submission user may send only as themselves, in every From: and
+        Sender: field of the whole header, and in one From: field only (a second one is
+        what some clients display)."""
+        if senders.oversized:
+            return R_HEADER_FROM_TOO_LONG
+        if senders.from_fields > 1:
+            return R_HEADER_FROM_REPEATED
+        if not all(self.directory.may_send_as(user, a) for a in senders.from_addresses):
+            return R_HEADER_FROM_NOT_YOURS
+        if not all(self.directory.may_send_as(user, a) for a in senders.sender_addresses):
+            return R_HEADER_SENDER_NOT_YOURS
+        return None
+
+    def _received(self, tx: Transaction, envelope: Envelope) -> str:
+        protocol = "ESMTP" if tx.esmtp else "SMTP"
+        if tx.tls:
+            protocol += "S"
+        if tx.user is not None:
+            protocol += "A"  # RFC 3848
+        tail = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
+        date = _rfc5322_date(int(envelope.received_at))
+        return (
+            f"Received: from {envelope.helo} ([{envelope.client_ip}])\r\n"
+            f"\tby {self.hostname} (lanalyze) with {protocol} id {envelope.queue_id}"
+            f"{tail}; {date}\r\n"
+        )
+
+
+def _queued(queue_id: str) -> Reply:
+    return Reply(250, f"2.0.0 Ok: queued as {queue_id}")

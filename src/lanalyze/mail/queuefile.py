@@ -23,6 +23,9 @@ all inodes deleted in the last 30 seconds (``recently_deleted()`` in the kernel'
 allocator), which at a thousand messages per second was a third of all the CPU the server
 used; a rename costs none of that. A recycled file that a power cut left with its previous
 contents is recognised by its trailer's queue ID, which is not its name (:func:`verify_message`).
+Until the commit truncates it, a recycled file is longer than what has been written to it:
+readers take exactly the message's recorded length (:func:`read_message`,
+:meth:`~lanalyze.mail.cleanup.Spool.message`), never "the whole file".
 
 Trust: queue files are written by us; a damaged one (disk error, an operator's edit) is
 reported and moved to ``queue/corrupt/``, never delivered half. A queue id that comes from an
@@ -153,12 +156,32 @@ def read_queue_file(path: str) -> tuple[Envelope, bytes]:
         envelope = Envelope(**json.loads(data[length:-FOOTER_LEN]))
     except (ValueError, TypeError) as exc:
         raise CorruptQueueFile(f"{path}: bad trailer: {exc}") from None
+    # The recorded length, never the file's: see read_message.
     return envelope, data[:length]
 
 
-def read_message(path: Path, length: int) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(length)
+def read_message(path: Path | str, length: int) -> bytes:
+    """The first ``length`` bytes of a queue or spool file: the message's bytes.
+
+    The one way to read a message from its file (the sender checks, signing, the console's
+    raw view; delivery slices the same prefix out of its single read in
+    :func:`read_queue_file`). Never more than ``length``: a recycled file holds the previous
+    message's tail beyond it until the commit truncates it (:class:`Recycler`), and a
+    committed file holds the trailer there.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        offset = 0
+        while offset < length:
+            chunk = os.pread(fd, length - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def verify_message(path: Path | str, envelope: Envelope, message: bytes) -> None:

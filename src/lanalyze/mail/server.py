@@ -3,9 +3,10 @@
 Each connection owns an :class:`~lanalyze.mail.smtp.protocol.SMTPSession`; this shell only
 moves bytes, enforces connection limits and timeouts (RFC 5321 §4.5.3.2, configurable),
 upgrades to TLS (RFC 3207), verifies passwords in a thread, and at the end of each message
-runs the pipeline: header summary, sender binding on submission, the authentication checks
-(:mod:`lanalyze.mail.auth`, when enabled), then cleanup's durable group commit; only after
-that does the client get ``250 2.0.0 Ok: queued as ID``. The queue manager then delivers.
+hands the finished transaction to :class:`~lanalyze.mail.cleanup.Cleanup` (envelope, sender
+binding on submission, the authentication checks, signing, the durable group commit), whose
+answer it sends: ``250 2.0.0 Ok: queued as ID`` or the refusal. The queue manager then
+delivers.
 
 The shell is a ``Protocol`` rather than streams because a stream reader costs a coroutine
 switch per line, and the benchmark target (twice Postfix) leaves no room for that.
@@ -38,8 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import functools
 import multiprocessing
 import os
 import ssl
@@ -59,13 +58,19 @@ from lanalyze.mail.acceptors import (
     stop_acceptors,
 )
 from lanalyze.mail.authhook import AuthHook
-from lanalyze.mail.cleanup import BatchedRecorder, Committer, Spool, new_queue_id
+from lanalyze.mail.cleanup import (
+    BatchedRecorder,
+    Cleanup,
+    Committer,
+    Spool,
+    Transaction,
+    new_queue_id,
+)
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
-from lanalyze.mail.headers import header_summary, sanitize
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.queue import QueueManager
-from lanalyze.mail.queuefile import Envelope, Layout, Syncer
+from lanalyze.mail.queuefile import Layout, Syncer
 from lanalyze.mail.rejections import RejectionLog
 from lanalyze.mail.smtp.protocol import (
     AuthAttempt,
@@ -96,19 +101,9 @@ R_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded", "timeout")
 # Never sent (the client is not reading): what the rejection log stores for a write stall.
 R_WRITE_TIMEOUT = Reply(421, "4.4.2 Error: timeout exceeded (replies not read)", "timeout")
 R_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Error: too many connections", "connection_limit")
-R_WRITE_ERROR = Reply(451, "4.3.0 Error: queue file write error", "local_error")
-R_HEADER_FROM_NOT_YOURS = Reply(
-    553, "5.7.1 From: header address not owned by user", "header_from_not_allowed"
-)
 R_AUTH_THROTTLED = Reply(
     454, "4.7.0 Error: too many failed authentications, try again later", "auth_throttled"
 )
-
-
-@functools.lru_cache(maxsize=4)
-def _rfc5322_date(second: int) -> str:
-    """The Received: date, formatted once per second (not once per message)."""
-    return email.utils.formatdate(second, localtime=False)
 
 
 @dataclass
@@ -166,6 +161,7 @@ class MailServer:
         self._outcomes: BatchedRecorder[Outcome] | None = None
         self.rejections: RejectionLog | None = None
         self.committer: Committer | None = None
+        self.cleanup: Cleanup | None = None
         self.queue: QueueManager | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
@@ -199,6 +195,7 @@ class MailServer:
             syncer=syncer,
             record_executor=self._index_pool,
         )
+        self.cleanup = Cleanup(self.committer, self.directory, self.auth, self.hostname)
         if self.role == "main":
             # Delivery runs in its own process: its file work and Python parts then use the
             # other core instead of contending for the GIL with the SMTP sessions.
@@ -619,142 +616,36 @@ class SMTPConnection(asyncio.Protocol):
             )
 
     def _finish_message(self) -> None:
+        """Hand the finished transaction to cleanup; its answer resumes the session."""
         spool, begin, queue_id = self.spool, self.begin, self.queue_id
         self.spool = None
         session = self.session
         if spool is None or begin is None or session is None:
             return
-        if self._flushing is not None or self.server.auth.enabled:
-            self._spawn(self._finish_checked(spool, begin, queue_id, session))
-            return
-        # The common case has nothing to await before the group commit: no task and no
-        # future per message, the commit batch calls back on the loop.
-        try:
-            prepared = self._prepare(spool, begin, queue_id, session)
-        except Exception:
-            log.exception("mail.accept_failed", extra={"queue_id": queue_id})
-            prepared = R_WRITE_ERROR
-        if isinstance(prepared, Reply):
-            self._spawn(self._refused(spool, prepared))
-            return
-        prepared.prepend = self._received(prepared, session, prepared.received_at)
-        assert self.server.committer is not None
-
-        def committed(error: BaseException | None) -> None:
-            if error is None:
-                self._accepted(spool, queue_id)
-            else:
-                self._spawn(self._refused(spool, R_WRITE_ERROR))
-
-        self.server.committer.submit(spool, prepared, committed)
-
-    async def _finish_checked(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> None:
-        """With authentication checks, or after a large message's spool flush."""
-        try:
-            reply = await self._accept(spool, begin, queue_id, session)
-        except Exception:
-            log.exception("mail.accept_failed", extra={"queue_id": queue_id})
-            reply = R_WRITE_ERROR
-        if reply.code == 250:
-            self._accepted(spool, queue_id)
-        else:
-            await self._refused(spool, reply)
-
-    def _accepted(self, spool: Spool, queue_id: str) -> None:
-        self.listener.messages.inc()
-        self.listener.bytes.inc(spool.length)
-        if self.server.queue is not None:  # acceptors: the main process's scan finds it
-            self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
-        self._resume(Reply(250, f"2.0.0 Ok: queued as {queue_id}"))
-
-    async def _refused(self, spool: Spool, reply: Reply) -> None:
-        await self._discard(spool)
-        self._resume(reply)
-
-    def _prepare(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> Envelope | Reply:
-        """The envelope of a finished message, or the reply refusing it (no I/O)."""
-        server = self.server
-        summary = header_summary(bytes(spool.head))
-        if session.user is not None:
-            for address in summary.from_addresses:
-                if not server.directory.may_send_as(session.user, address):
-                    return R_HEADER_FROM_NOT_YOURS
-        local: dict[str, list[str]] = {}
-        relay: list[str] = []
-        for path in begin.recipients:
-            destination = server.directory.destination(path)
-            if destination.relay:
-                relay.append(path.address)
-            else:
-                local.setdefault(path.address, []).extend(destination.mailboxes)
-        return Envelope(
+        assert self.server.cleanup is not None
+        transaction = Transaction(
             queue_id=queue_id,
+            spool=spool,
             mail_from=begin.mail_from.address,
-            recipients=[p.address for p in begin.recipients],
-            local=local,
-            relay=relay,
-            received_at=time.time(),
+            recipients=begin.recipients,
             client_ip=self.client_ip,
-            helo=sanitize(session.helo or ""),
+            helo=session.helo or "",
             listener=self.listener.kind,
             user=session.user,
             tls=session.tls,
-            header_from=summary.header_from,
-            subject=summary.subject,
-            message_id=summary.message_id,
+            esmtp=session.esmtp,
+            flushing=self._flushing,
         )
 
-    async def _accept(
-        self, spool: Spool, begin: MessageBegin, queue_id: str, session: SMTPSession
-    ) -> Reply:
-        if self._flushing is not None:
-            await self._flushing
-        server = self.server
-        envelope = self._prepare(spool, begin, queue_id, session)
-        if isinstance(envelope, Reply):
-            return envelope
-        prepend = self._received(envelope, session, envelope.received_at)
-        if server.auth.enabled:
-            await spool.flush()
-            verdict = await server.auth.check(spool, envelope, session)
-            if verdict is not None:
-                if verdict.action == "reject":
-                    reason = sanitize(verdict.reason) or "Message rejected"
-                    return Reply(550, f"5.7.1 {reason}", "policy_reject")
-                envelope.action = verdict.action
-                envelope.auth = verdict.data
-                envelope.extra["strip_ranges"] = verdict.strip_ranges
-                prepend = verdict.header + prepend
-            if session.user is not None:
-                from_addresses = header_summary(bytes(spool.head)).from_addresses
-                if from_addresses:
-                    signature = await server.auth.sign(spool, session.user, from_addresses[0])
-                    prepend = signature + prepend
-        envelope.prepend = prepend
-        assert server.committer is not None
-        try:
-            await server.committer.commit(spool, envelope)
-        except OSError:
-            return R_WRITE_ERROR
-        return Reply(250, f"2.0.0 Ok: queued as {queue_id}")
+        def done(reply: Reply) -> None:
+            if reply.code == 250:
+                self.listener.messages.inc()
+                self.listener.bytes.inc(spool.length)
+                if self.server.queue is not None:  # acceptors: the main process's scan finds it
+                    self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+            self._resume(reply)
 
-    def _received(self, envelope: Envelope, session: SMTPSession, now: float) -> str:
-        protocol = "ESMTP" if session.esmtp else "SMTP"
-        if session.tls:
-            protocol += "S"
-        if session.user is not None:
-            protocol += "A"  # RFC 3848
-        tail = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
-        date = _rfc5322_date(int(now))
-        return (
-            f"Received: from {envelope.helo} ([{envelope.client_ip}])\r\n"
-            f"\tby {self.server.hostname} (lanalyze) with {protocol} id {envelope.queue_id}"
-            f"{tail}; {date}\r\n"
-        )
+        self.server.cleanup.finish(transaction, done)
 
     async def _authenticate(self, attempt: AuthAttempt) -> None:
         throttle = self.server.auth_failures

@@ -3,7 +3,10 @@
 dkimpy's ``ARC.verify`` does the validation (instance ordering, AMS of the newest set, every
 ARC-Seal, the ``cv=`` chain rules); ours is the DNS (prefetched asynchronously, see
 :mod:`lanalyze.mail.auth.dns`), running it in a worker thread, the 50-instance limit of §4.2.1
-before any work, and turning its exceptions into a ``fail`` with a reason.
+before any work, the key limits of :func:`~lanalyze.mail.auth.dkim_verify.key_refusal` (a
+refused key fails the chain before any public-key operation; RSA is verified by OpenSSL, see
+:mod:`~lanalyze.mail.auth.dkim_verify`), and turning its exceptions into a ``fail`` with a
+reason.
 
 The result is recorded, not enforced: a forwarder's seal tells who vouched for the original
 authentication results, and what to trust is a local decision.
@@ -19,7 +22,7 @@ from typing import Any
 
 import dkim
 
-from lanalyze.mail.auth.dkim_verify import signing_key_name
+from lanalyze.mail.auth.dkim_verify import MAX_RSA_KEY_BITS, key_refusal, signing_key_name
 from lanalyze.mail.auth.dns import (
     INLINE_LIMIT,
     LookupBudgetExceeded,
@@ -56,9 +59,10 @@ class ArcResult:
         }
 
 
-def _verify(message: bytes) -> Any:
+def _verify(message: bytes, max_key_bits: int) -> Any:
     def run(view: Prefetched) -> ArcResult:
         trouble: list[str] = []
+        refused: list[str] = []
 
         def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
             answer = view.get(name, "TXT")
@@ -66,7 +70,12 @@ def _verify(message: bytes) -> Any:
                 trouble.append(answer.error)
                 raise dkim.DnsTimeoutError(answer.error)
             text = answer.records[0] if answer.records else None
-            return text if isinstance(text, bytes) else None
+            record = text if isinstance(text, bytes) else None
+            refusal = key_refusal(record, max_key_bits)
+            if refusal is not None:
+                refused.append(refusal)
+                raise dkim.KeyFormatError(refusal)
+            return record
 
         try:
             verifier = dkim.ARC(message, logger=_quiet, minkey=1024)
@@ -86,6 +95,8 @@ def _verify(message: bytes) -> Any:
         reason = "" if comment == "success" else str(comment)[:200]
         if trouble:
             reason = f"key lookup: {trouble[0]}"
+        if refused:
+            return ArcResult("fail", len(sets), refused[0], sealers)
         return ArcResult(
             word if word in ("pass", "fail", "none") else "fail", len(sets), reason, sealers
         )
@@ -93,7 +104,9 @@ def _verify(message: bytes) -> Any:
     return run
 
 
-async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
+async def verify_arc(
+    resolver: Resolver, message: bytes, *, max_key_bits: int = MAX_RSA_KEY_BITS
+) -> ArcResult:
     header, _ = split_message(message)
     fields = header_fields(header)
     seals = sum(1 for name, _raw in fields if name == b"arc-seal")
@@ -114,7 +127,7 @@ async def verify_arc(resolver: Resolver, message: bytes) -> ArcResult:
         # Every key is fetched before dkimpy runs: each re-run would hash the body again
         # for every ARC set already verified.
         return await run_with_lookups(
-            _verify(message),
+            _verify(message, max_key_bits),
             resolver,
             max_rounds=2 * seals + 2,
             # Each ARC set hashes the body again: only a short chain on a small message

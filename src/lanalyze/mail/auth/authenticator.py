@@ -1,6 +1,7 @@
 """The sender-check component: runs SPF, DKIM, ARC and DMARC on a spooled message.
 
-The I/O shell around the checks: reads the spooled file in a worker thread, runs SPF, DKIM
+The I/O shell around the checks: takes the message's bytes (or reads a file in a worker
+thread, for the CLI and tests), runs SPF, DKIM
 and ARC concurrently under one deadline (``mail.auth.check_timeout``; what does not finish
 is ``temperror``), then DMARC on their results, derives the flags, renders the
 Authentication-Results field (RFC 8601), lets :mod:`lanalyze.mail.auth.policy` decide, and
@@ -105,6 +106,14 @@ class AuthVerdict:
         }
 
 
+async def _bytes_of(message: bytes | Path) -> bytes:
+    """The message itself; a path is read whole (a file given by the CLI or a test: the mail
+    server hands over the queued bytes, see ``Spool.message``)."""
+    if isinstance(message, bytes):
+        return message
+    return await asyncio.to_thread(message.read_bytes)
+
+
 def _mentions(text: str, domain: str) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(domain)}(?![\w-])", text, re.IGNORECASE) is not None
 
@@ -163,9 +172,11 @@ class Authenticator:
         if warmup is not None and warmup.get_loop() is asyncio.get_running_loop():
             await warmup
 
-    async def sign(self, message_path: Path, *, from_domain: str, user: str | None = None) -> bytes:
+    async def sign(
+        self, message: bytes | Path, *, from_domain: str, user: str | None = None
+    ) -> bytes:
         """DKIM-Signature field(s) for submission mail (see :func:`signing.sign`)."""
-        return await sign(message_path, config=self.config, from_domain=from_domain)
+        return await sign(message, config=self.config, from_domain=from_domain)
 
     async def _guarded(self, method: str, work: Awaitable[T], fallback: T) -> T:
         try:
@@ -178,7 +189,7 @@ class Authenticator:
 
     async def check(
         self,
-        message_path: Path,
+        message_or_path: bytes | Path,
         *,
         mail_from: str,
         helo: str,
@@ -187,7 +198,7 @@ class Authenticator:
         authenticated_user: str | None,
     ) -> AuthVerdict:
         if authenticated_user is not None:
-            message = await asyncio.to_thread(message_path.read_bytes)
+            message = await _bytes_of(message_or_path)
             verdict = self._finish(
                 [ResInfo("auth", "pass", properties=[("smtp.auth", authenticated_user)])],
                 action="accept",
@@ -207,7 +218,7 @@ class Authenticator:
                 flags=[],
                 details={},
             )
-        message = await asyncio.to_thread(message_path.read_bytes)
+        message = await _bytes_of(message_or_path)
         return await self.check_bytes(
             message, mail_from=mail_from, helo=helo, client_ip=client_ip, rcpt_to=rcpt_to
         )
@@ -241,12 +252,17 @@ class Authenticator:
                     message,
                     max_signatures=self.config.max_signatures,
                     length_tag=self.config.length_tag,
+                    max_key_bits=self.config.max_rsa_key_bits,
                 ),
                 [DkimResult("temperror", reason="internal error")],
             )
         )
         arc_task = asyncio.ensure_future(
-            self._guarded("arc", verify_arc(self.resolver, message), ArcResult("fail"))
+            self._guarded(
+                "arc",
+                verify_arc(self.resolver, message, max_key_bits=self.config.max_rsa_key_bits),
+                ArcResult("fail"),
+            )
         )
         policy_task = asyncio.ensure_future(
             self._guarded("dmarc", discover_policies(self.resolver, sender.domains), {})

@@ -78,6 +78,14 @@ class AuthConfig(Section):
         le=50,
         description="DKIM signatures verified per message; further ones are ignored.",
     )
+    max_rsa_key_bits: int = Field(
+        default=4096,
+        ge=1024,
+        le=8192,
+        description="Largest RSA key (bits) a DKIM or ARC signature is verified with; larger "
+        "keys, and exponents other than 65537 or 3, are refused (permerror) before any RSA "
+        "work (RFC 8301 §3.2).",
+    )
     length_tag: Literal["policy", "pass"] = Field(
         default="policy",
         description="Result of a valid DKIM signature whose `l=` leaves body content unsigned: "

@@ -125,3 +125,38 @@ def from_info(header: bytes) -> FromInfo:
             if address or display:
                 info.addresses.append((display, address))
     return info
+
+
+@dataclass
+class SenderFields:
+    """Who a message's header says sent it: every From: and Sender: field of the whole header
+    block (RFC 5322 §3.6.2), for binding a submission user to their addresses."""
+
+    from_fields: int = 0
+    from_addresses: list[str] = field(default_factory=list)
+    sender_addresses: list[str] = field(default_factory=list)
+    oversized: bool = False  # a From:/Sender: field over MAX_FROM_FIELD (not parsed)
+
+
+def sender_fields(header: bytes) -> SenderFields:
+    """Every address of every From: and Sender: field; none skipped, none truncated.
+
+    An entry without an address part is kept as written (``ceo`` in ``From: ceo``), so a
+    caller comparing addresses refuses what it cannot attribute. A field too long to parse
+    cheaply is reported as ``oversized`` instead of being cut short, where an address could
+    hide past the cut.
+    """
+    info = SenderFields()
+    for name, raw in header_fields(header):
+        if name not in (b"from", b"sender"):
+            continue
+        if name == b"from":
+            info.from_fields += 1
+        if len(raw) > MAX_FROM_FIELD:
+            info.oversized = True
+            continue
+        found = info.from_addresses if name == b"from" else info.sender_addresses
+        for display, address in getaddresses([field_value(raw)]):
+            if address or display:
+                found.append(address or display)
+    return info

@@ -53,8 +53,10 @@ def keys_for(config: AuthConfig, from_domain: str) -> list[SigningKey]:
     return []
 
 
-def _sign_sync(message_path: Path, keys: list[SigningKey]) -> bytes:
-    message = message_path.read_bytes()
+def _sign_sync(message_or_path: bytes | Path, keys: list[SigningKey]) -> bytes:
+    message = (
+        message_or_path if isinstance(message_or_path, bytes) else message_or_path.read_bytes()
+    )
     header, _ = split_message(message)
     if folding_cost(header_fields(header)) > MAX_FOLDING_COST:
         log.error("mail.dkim.sign_skipped", extra={"reason": "header folded too often"})
@@ -83,9 +85,11 @@ def _sign_sync(message_path: Path, keys: list[SigningKey]) -> bytes:
     return b"".join(headers)
 
 
-async def sign(message_path: Path, *, config: AuthConfig, from_domain: str) -> bytes:
-    """DKIM-Signature field(s) to prepend, CRLF-terminated; b"" when no key fits."""
+async def sign(message: bytes | Path, *, config: AuthConfig, from_domain: str) -> bytes:
+    """DKIM-Signature field(s) to prepend, CRLF-terminated; b"" when no key fits.
+
+    ``message`` is the message's bytes (the SMTP server's case) or a file read whole."""
     keys = keys_for(config, from_domain)
     if not keys:
         return b""
-    return await asyncio.to_thread(_sign_sync, message_path, keys)
+    return await asyncio.to_thread(_sign_sync, message, keys)

@@ -304,7 +304,11 @@ class SMTPSession:
         self.mail_from: Path | None = None
         self.mail_params: dict[str, str] = {}
         self.recipients: list[Path] = []
-        self.errors = 0
+        self.errors = 0  # every refusing reply (the shell's rejection hook compares it)
+        # Those that count toward hard_error_limit: the client's protocol errors, not our
+        # refusals of whole messages (a DMARC reject of forwarded mail is not the relay's
+        # fault), as Postfix's smtpd_hard_error_limit counts.
+        self.protocol_errors = 0
         self.commands: Counter[str] = Counter()  # flushed to /metrics by the shell
         self.rejections: Counter[str] = Counter()
         # Unparsed input is self._buf[self._pos:]: parsing moves the offset, and the consumed
@@ -375,7 +379,7 @@ class SMTPSession:
         self._enter(State.COMMAND)
         self._bdat_active = False  # the message is complete: nothing left to abort
         # Before the reset: a refusal's Rejection names this transaction's envelope.
-        self._reply(reply, "message_rejected")
+        self._reply(reply, "message_rejected", protocol_error=False)
         self._reset_transaction()
         self._run()
         return self._take_events()
@@ -432,14 +436,25 @@ class SMTPSession:
             raise AssertionError(f"SMTP state {self.state.name} -> {state.name}")  # our bug
         self.state = state
 
-    def _reply(self, reply: Reply, reason: str | None = None, path: Path | None = None) -> None:
+    def _reply(
+        self,
+        reply: Reply,
+        reason: str | None = None,
+        path: Path | None = None,
+        *,
+        protocol_error: bool = True,
+    ) -> None:
         """Queue ``reply``; a refusal (400 or more) also counts as an error with ``reason``
-        (the reply's own reason first) and becomes a :class:`Rejection` naming ``path``."""
+        (the reply's own reason first) and becomes a :class:`Rejection` naming ``path``.
+        ``protocol_error=False`` for our refusals of whole messages, which do not count
+        toward ``hard_error_limit``."""
         self._out.append(reply.wire)
         if reply.code >= 400:
             self._refused(reply, reply.reason or reason or "other", path)
+            if protocol_error:
+                self.protocol_errors += 1
             if (
-                self.errors >= self.limits.hard_error_limit
+                self.protocol_errors >= self.limits.hard_error_limit
                 and self.state is not State.CLOSED
                 and reply.code != 421
             ):
