@@ -85,3 +85,21 @@ def test_import_of_a_broken_capture_names_it(tmp_path: Path, data_dir: Path) -> 
     assert result.returncode == 1
     assert "broken.pcap" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_import_of_an_ordinary_capture_says_so(tmp_path: Path, data_dir: Path) -> None:
+    """20 000 UDP datagrams that are not NetFlow: one summary line, a hint, exit 1."""
+    from tests.flows.test_softflowd import write_capture
+
+    capture = tmp_path / "traffic.pcap"
+    write_capture(capture, flows_v4=4000, flows_v6=0)
+    result = run_import(data_dir, capture)
+    assert result.returncode == 1, result
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert " 0 flows stored" in lines[0]
+    assert "decode problems (unknown export version N (N bytes)" in lines[0]
+    assert "no NetFlow v5/v7/v9 or IPFIX export in" in result.stderr
+    assert "softflowd -r FILE.pcap" in result.stderr
+    # The log names a few bad datagrams' exporters, not every one.
+    assert result.stderr.count("flows.bad_datagram") <= 10, result.stderr

@@ -22,7 +22,7 @@ def capture(tmp_path: Path, name: str, payloads: list[bytes]) -> Path:
 def test_ndjson_across_files_with_templates_first(tmp_path: Path) -> None:
     templates = capture(tmp_path, "templates.pcap", [template_message()])
     data = capture(
-        tmp_path, "data.pcap", [data_message(2), v5_datagram([v5_record(0)]), b"\x00\x07junk"]
+        tmp_path, "data.pcap", [data_message(2), v5_datagram([v5_record(0)]), b"\x00\x08junk"]
     )
     result = CliRunner().invoke(decode, [str(templates), str(data)])
     assert result.exit_code == 0, result.output
@@ -34,7 +34,7 @@ def test_ndjson_across_files_with_templates_first(tmp_path: Path) -> None:
     assert ipfix[0]["src_addr"] == "10.1.0.0" and ipfix[0]["exporter"] == "192.0.2.7"
     assert ipfix[0]["time_start"] == "2023-11-14T22:13:11.000Z"
     assert ipfix[0]["src_mac"] == "00:00:00:00:00:00" and ipfix[0]["extra"] == {}
-    assert "data.pcap: exporter 192.0.2.7: unknown export version 7" in result.stderr
+    assert "data.pcap: exporter 192.0.2.7: unknown export version 8" in result.stderr
     assert "3 flows from 4 datagrams in 2 files; 1 decode errors" in result.stderr
 
 

@@ -255,3 +255,22 @@ def test_every_protocol_name_shown_is_one_the_filter_takes() -> None:
     for number, name in PROTOCOL_NAMES.items():
         assert compile_filter(f"proto {name}").params == compile_filter(f"proto {number}").params
     assert compile_filter("proto ipv6-icmp").params == compile_filter("proto 58").params
+
+
+def test_icmp_type_and_code_imply_icmp() -> None:
+    """nfdump's ``icmp-type N`` / ``icmp-code N``: ICMP or ICMPv6 flows of that type/code."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE f (protocol UTINYINT, icmp_type UTINYINT, icmp_code UTINYINT)")
+    con.execute("INSERT INTO f VALUES (1, 8, 0), (58, 8, 0), (1, 3, 3), (6, 8, 0), (17, 3, 3)")
+
+    def rows(text: str) -> list[tuple[int, int, int]]:
+        compiled = compile_filter(text)
+        sql = f"SELECT * FROM f WHERE {compiled.sql} ORDER BY ALL"
+        return con.execute(sql, list(compiled.params)).fetchall()
+
+    assert rows("icmp-type 8") == [(1, 8, 0), (58, 8, 0)]
+    assert rows("icmp-type 3 and icmp-code 3") == [(1, 3, 3)]
+    assert rows("icmp-code 0 and not proto icmp6") == [(1, 8, 0)]
+    assert compile_filter("icmp-type 8").columns == {"protocol", "icmp_type"}
+    with pytest.raises(FilterError, match="out of range"):
+        parse("icmp-type 256")

@@ -106,10 +106,22 @@ def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | N
     except PcapImportError as exc:
         click.echo(f"lanalyze flows import: {exc}", err=True)
         sys.exit(1)
+    bad = f" ({result.summary()})" if result.reasons else ""
     click.echo(
         f"{result.datagrams} export packets, {result.flows} flows stored in "
-        f"{result.segments} segments; {result.problems} decode problems"
+        f"{result.segments} segments; {result.problems} decode problems{bad}"
     )
+    if result.flows == 0:
+        names = " ".join(str(f) for f in files)
+        click.echo(
+            f"lanalyze flows import: no NetFlow v5/v7/v9 or IPFIX export in {names}: this "
+            "command reads captures of export traffic (collector-bound UDP). For flows made "
+            "from the packets of an ordinary capture, replay it through softflowd to a "
+            "collector: `lanalyze flows collect --listen 127.0.0.1:2055` and "
+            f"`softflowd -r FILE.pcap -n 127.0.0.1:2055 -v 10` (one file at a time)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.command("exporters")

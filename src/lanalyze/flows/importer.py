@@ -5,13 +5,19 @@ through one template cache, in batches, with the capture time as receive time, a
 exactly as the collector stores them (a writer id of its own, so an import can run beside a
 collector on the same data directory). Untrusted bytes go only to the decoder, which counts
 and describes bad datagrams instead of raising.
+
+Bad datagrams are summed by reason into :attr:`ImportResult.reasons` for the command's one
+summary line; only the first few are logged (rate-limited over the whole import, naming the
+exporter), since an ordinary packet capture (no NetFlow in it) makes every UDP datagram bad.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +32,8 @@ log = get_logger(__name__)
 
 BATCH_DATAGRAMS = 4096
 SEGMENT_ROWS = 2_000_000
+MAX_REASONS = 64
+"""Distinct bad-datagram reasons summed (the rest go to "other"): bounded memory."""
 
 
 class PcapImportError(Exception):
@@ -38,6 +46,15 @@ class ImportResult:
     flows: int = 0
     segments: int = 0
     problems: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Described bad datagrams by reason, numbers replaced by N ("unknown export version N (N
+    bytes)"). The decoder describes at most 256 a batch; ``problems`` counts them all."""
+
+    def summary(self) -> str:
+        """The bad datagrams' reasons in one phrase, the most frequent first (at most 3)."""
+        top = "; ".join(reason for reason, _ in self.reasons.most_common(3))
+        more = len(self.reasons) - 3
+        return top + (f"; {more} other reasons" if more > 0 else "")
 
 
 def _batches(packets: Iterable[Packet], size: int) -> Iterator[list[Packet]]:
@@ -78,6 +95,7 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
     )
     store = BackgroundWriter(writer)
     store.start()
+    # One key for the whole import: a capture of ordinary traffic has thousands of "exporters".
     limiter = RateLimiter(interval=10.0, burst=5)
     result = ImportResult()
     pending: list[pa.RecordBatch] = []
@@ -88,7 +106,12 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
             result.datagrams += len(batch_packets)
             result.problems += sum(s.decode_errors for s in batch.stats)
             for problem in batch.problems:
-                suppressed = limiter.allow(problem.exporter)
+                reason = _reason_kind(problem.reason)
+                if reason in result.reasons or len(result.reasons) < MAX_REASONS:
+                    result.reasons[reason] += 1
+                else:
+                    result.reasons["other"] += 1
+                suppressed = limiter.allow("import")
                 if suppressed is not None:
                     log.warning(
                         "flows.bad_datagram",
@@ -114,6 +137,10 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
             f"{store.stats.dropped_rows} flows could not be written (see the log)"
         )
     return result
+
+
+def _reason_kind(reason: str) -> str:
+    return re.sub(r"\d+", "N", reason)[:200]
 
 
 def import_files(files: list[Path], data_dir: Path, config: FlowsConfig) -> ImportResult:

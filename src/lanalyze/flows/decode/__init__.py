@@ -1,4 +1,4 @@
-"""Sans-IO, vectorised decoders for NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011).
+"""Sans-IO, vectorised decoders for NetFlow v5/v7, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011).
 
 Datagram bytes + exporter address + receive time in (:class:`Packet`), a columnar batch in the
 catalogue's layout out (:class:`DecodedBatch`); no sockets, no clock, no asyncio. One
@@ -9,7 +9,8 @@ Why hand-written: the collector must decode several million flows a second on tw
 the only maintained Python library (``netflow``) parses record by record into dicts (about
 46 000 IPFIX flows/s measured on this machine). Here a template is compiled once into a numpy
 structured dtype and every data set of a batch that uses it is read with one ``np.frombuffer``
-and converted column by column; v5 datagrams of one length are stacked and read the same way.
+and converted column by column; v5 (and v7) datagrams of one length are stacked and read the
+same way.
 Python runs per datagram (header, set walk), never per record, except for option records and
 the documented variable-length path (:mod:`.templates`); on the collector's path
 (:meth:`FlowDecoder.decode_rows`) not even per datagram for v5 and for the common v9/IPFIX
@@ -168,17 +169,17 @@ class FlowDecoder:
                 for name in dict.fromkeys(p.exporter for p in packets if not allowed(p.exporter)):
                     run.problem(name, NOT_ALLOWED)
                 packets = kept
-        v5_groups: dict[int, list[int]] = defaultdict(list)
+        v5_groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, packet in enumerate(packets):
             data = packet.data
             if run.is_v5(data, packet.exporter):
-                v5_groups[len(data)].append(index)
+                v5_groups[data[1], len(data)].append(index)
             else:
                 run.other(data, packet.exporter, packet.received_ms)
         if v5_groups:
             code_of: dict[str, int] = {}
             groups: list[V5Group] = []
-            for indexes in v5_groups.values():
+            for (version, _), indexes in v5_groups.items():
                 group = [packets[i] for i in indexes]
                 names = [p.exporter for p in group]
                 for name in dict.fromkeys(names):
@@ -186,7 +187,9 @@ class FlowDecoder:
                 codes = np.fromiter(map(code_of.__getitem__, names), np.int64, len(names))
                 received = np.fromiter((p.received_ms for p in group), np.uint64, len(group))
                 raw = v5.stack([p.data for p in group])
-                groups.append(V5Group(raw, np.array(indexes, dtype=np.int64), codes, received))
+                groups.append(
+                    V5Group(raw, np.array(indexes, dtype=np.int64), codes, received, version)
+                )
             run.v5(groups, list(code_of))
         return run.finish()
 
@@ -201,7 +204,8 @@ class FlowDecoder:
         """:meth:`decode` for datagrams laid out as ``recvmmsg`` leaves them: datagram ``i``
         is the first ``lengths[i]`` bytes of row ``i`` of ``rows`` (a 2-D uint8 array, at
         least ``len(lengths)`` rows), from ``exporters[exporter_codes[i]]``, all received at
-        ``received_ms``. NetFlow v5 datagrams are told apart, grouped by length and stacked
+        ``received_ms``. NetFlow v5 (and v7) datagrams are told apart, grouped by version and
+        length and stacked
         with numpy, without any Python work per datagram; so are v9/IPFIX datagrams of data
         sets of known fixed-length templates only (:class:`.bulk.BulkRows`), the others are
         walked one by one in arrival order."""
@@ -212,8 +216,11 @@ class FlowDecoder:
         lengths = np.asarray(lengths, dtype=np.int64)
         exporter_codes = np.asarray(exporter_codes, dtype=np.int64)
         head = rows[:count, :2].astype(np.int64)
+        is_v7 = (head[:, 0] == 0) & (head[:, 1] == 7)
+        is_v7 &= lengths >= v5.HEADER_LENGTH + v5.V7_RECORD_LENGTH
         is_v5 = (head[:, 0] == 0) & (head[:, 1] == 5)
         is_v5 &= lengths >= v5.HEADER_LENGTH + v5.RECORD_LENGTH
+        is_v5 |= is_v7
         if self._allowed_networks is not None:
             # Once per distinct source, then per datagram with numpy: refused datagrams are
             # neither v5 nor walked, so nothing of them is read past the version.
@@ -259,17 +266,19 @@ class FlowDecoder:
             ).decode(others)
         v5_rows = np.flatnonzero(is_v5)
         if len(v5_rows):
-            v5_lengths = lengths[v5_rows]
+            # Group key: length, plus 2**16 for v7 (a datagram is at most 65535 bytes).
+            v5_keys = lengths[v5_rows] + is_v7[v5_rows] * 2**16
             groups: list[V5Group] = []
-            distinct = np.unique(v5_lengths)
-            for length in distinct.tolist():
-                indexes = v5_rows if len(distinct) == 1 else v5_rows[v5_lengths == length]
+            distinct = np.unique(v5_keys)
+            for key in distinct.tolist():
+                indexes = v5_rows if len(distinct) == 1 else v5_rows[v5_keys == key]
                 groups.append(
                     V5Group(
-                        rows[indexes, :length],
+                        rows[indexes, : key & 0xFFFF],
                         indexes,
                         exporter_codes[indexes],
                         np.full(len(indexes), received_ms, dtype=np.uint64),
+                        7 if key >> 16 else 5,
                     )
                 )
             run.v5(groups, list(exporters))
@@ -289,13 +298,16 @@ class FlowDecoder:
         accounted: list[tuple[Array, Array, Array, Array, Array]] = []
         for group in groups:
             codes = group.codes
+            version = group.version
             columns, headers, bad = v5.decode_group(
-                group.raw, exporter16[codes], group.received_ms, rates[codes]
+                group.raw, exporter16[codes], group.received_ms, rates[codes], version
             )
             for row in bad.tolist():
                 name = names[codes[row]]
-                run.stats_for(name, 0, 5).decode_errors += 1
-                run.problem(name, "v5 header count does not fit the datagram (or wrong version)")
+                run.stats_for(name, 0, version).decode_errors += 1
+                run.problem(
+                    name, f"v{version} header count does not fit the datagram (or wrong version)"
+                )
             if len(columns["bytes"]):
                 parts.append((columns, None))
                 valid = headers.valid
@@ -304,7 +316,8 @@ class FlowDecoder:
                         group.indexes[valid] if len(bad) else group.indexes,
                         headers.counts,
                         headers.sequences,
-                        headers.domains,
+                        # The stream key: v7 streams apart from v5 ones (domains are 16 bits).
+                        headers.domains + (2**16 if version == 7 else 0),
                         codes[valid] if len(bad) else codes,
                     )
                 )
@@ -318,7 +331,8 @@ class FlowDecoder:
         names: list[str],
         stats_for: Any,
     ) -> None:
-        """Counts, lost flows and last sequence per (exporter, engine), in arrival order.
+        """Counts, lost flows and last sequence per (exporter, engine), in arrival order; v7
+        streams are told apart by bit 16 of their domain (v7 has no engine: domain 0).
 
         Vectorised: datagrams are sorted by (stream, arrival); each one's expected
         flow_sequence is its predecessor's sequence + count (RFC-less v5 convention), the
@@ -347,7 +361,7 @@ class FlowDecoder:
         last = sequence[ends - 1].tolist()
         following_last = following[ends - 1].tolist()
         for i, key in enumerate(keys):
-            item = stats_for(key[0], key[1], 5)
+            item = stats_for(key[0], key[1] & 0xFFFF, 7 if key[1] >> 16 else 5)
             item.packets += int(ends[i] - starts[i])
             item.flows += flows[i]
             item.sequence_gaps += gaps[i]
@@ -420,6 +434,8 @@ class V5Group(NamedTuple):
     codes: Array
     """Index of each datagram's exporter in the batch's exporter list."""
     received_ms: Array
+    version: int = 5
+    """5 or 7: the record layout."""
 
 
 def _stats_for(
@@ -461,14 +477,15 @@ class _BatchRun:
         return exporter
 
     def is_v5(self, data: bytes | memoryview, name: str) -> bool:
-        """Whether ``data`` is a v5 datagram long enough for one record (a shorter one is
-        counted here as the peer's error)."""
+        """Whether ``data`` is a v5 or v7 datagram long enough for one record (a shorter one
+        is counted here as the peer's error)."""
         size = len(data)
-        if size < 4 or data[0] != 0 or data[1] != 5:
+        if size < 4 or data[0] != 0 or data[1] not in v5.RECORD_LENGTHS:
             return False
-        if size < v5.HEADER_LENGTH + v5.RECORD_LENGTH:
-            self.stats_for(name, 0, 5).decode_errors += 1
-            self.problem(name, f"truncated v5 datagram: {size} bytes")
+        version = data[1]
+        if size < v5.HEADER_LENGTH + v5.RECORD_LENGTHS[version]:
+            self.stats_for(name, 0, version).decode_errors += 1
+            self.problem(name, f"truncated v{version} datagram: {size} bytes")
             return False
         return True
 
@@ -480,8 +497,8 @@ class _BatchRun:
             self.problem(name, f"datagram of {size} bytes is too short for any NetFlow header")
             return
         version = (data[0] << 8) | data[1]
-        if version == 5:
-            return  # a truncated v5 datagram, counted by is_v5
+        if version in v5.RECORD_LENGTHS:
+            return  # a truncated v5/v7 datagram, counted by is_v5
         if version not in (9, 10):
             self.stats_for(name, 0, version).decode_errors += 1
             self.problem(name, f"unknown export version {version} ({size} bytes)")

@@ -1,9 +1,25 @@
-"""NetFlow v5, vectorised over a whole batch of export datagrams.
+"""NetFlow v5 and v7, vectorised over a whole batch of export datagrams.
 
 Format (Cisco's "NetFlow Export Datagram Format", v5): a 24-byte header (version, count,
 sys_uptime, unix_secs, unix_nsecs, flow_sequence, engine_type, engine_id, sampling_interval:
 top 2 bits mode, low 14 bits interval) and ``count`` (1..30) 48-byte records. The observation
 domain of a v5 stream is ``engine_type << 8 | engine_id``.
+
+v7 (the Catalyst 5000/6000 NetFlow Feature Card's format, also sent by fprobe) is v5's layout
+with the header's last 4 bytes reserved (so no engine and no sampling interval: domain 0, the
+configured rate) and 52-byte records: v5's 48 with the pad byte holding validity flags and a
+trailing ``router_sc`` (the shortcut router's address), neither stored. Count 1..28 (Cisco
+documents 27, nfdump accepts 28).
+
+ICMP: v5/v7 have no ICMP fields; most exporters put ``type << 8 | code`` in the destination
+port, but some put the type in the source port (fprobe: type there, code in the destination
+port; some Cisco IOS: type and code there). As nfdump's ``Process_v5_v7`` does, an ICMP
+(protocol 1) record with a non-zero source port gets ``type << 8 | code`` in the destination
+port and 0 in the source port, so ``--by dstport``, ``icmp-type`` and ``icmp-code`` answer the
+same across exporters and ``icmp-type`` agrees with nfdump on the same export. nfdump moves the
+source port byte-swapped, which drops fprobe's code; here a source port under 256 with a
+destination port under 256 is read as fprobe's (type, code), anything else byte-swapped as
+nfdump does. So the one difference from nfdump: fprobe's non-zero ICMP codes are kept.
 
 All datagrams of the same length are stacked into one 2-D byte array and read through numpy
 structured dtypes: no Python work per record, a few microseconds per datagram (sequence-number
@@ -27,6 +43,8 @@ Array = npt.NDArray[Any]
 HEADER_LENGTH = 24
 RECORD_LENGTH = 48
 MAX_COUNT = 30
+V7_RECORD_LENGTH = 52
+V7_MAX_COUNT = 28
 
 HEADER = np.dtype(
     [
@@ -66,6 +84,9 @@ RECORD = np.dtype(
         ("pad2", ">u2"),
     ]
 )
+RECORD_V7 = np.dtype([*RECORD.descr, ("router_sc", np.uint32)])
+RECORD_LENGTHS = {5: RECORD_LENGTH, 7: V7_RECORD_LENGTH}
+"""Record length per version of this family; every version's header is 24 bytes."""
 FILLED = frozenset(
     {
         "time_received",
@@ -91,6 +112,7 @@ FILLED = frozenset(
     }
 )
 assert HEADER.itemsize == HEADER_LENGTH and RECORD.itemsize == RECORD_LENGTH
+assert RECORD_V7.itemsize == V7_RECORD_LENGTH
 
 
 @dataclass
@@ -113,17 +135,21 @@ def decode_group(
     exporter16: Array,
     received_ms: Array,
     configured_rate: Array,
+    version: int = 5,
 ) -> tuple[dict[str, Array], V5Datagrams, Array]:
-    """Decodes datagrams of one length, the rows of ``raw`` (k, length) uint8; returns
-    columns, the valid datagrams' headers, and the row numbers of the invalid ones.
+    """Decodes ``version`` (5 or 7) datagrams of one length, the rows of ``raw`` (k, length)
+    uint8; returns columns, the valid datagrams' headers, and the row numbers of the invalid
+    ones.
 
     ``exporter16`` (S16), ``received_ms`` and ``configured_rate`` are per datagram.
     """
     k, length = raw.shape
-    slots = (length - HEADER_LENGTH) // RECORD_LENGTH
+    record_length = RECORD_LENGTHS[version]
+    max_count = MAX_COUNT if version == 5 else V7_MAX_COUNT
+    slots = (length - HEADER_LENGTH) // record_length
     header = np.ascontiguousarray(raw[:, :HEADER_LENGTH]).view(HEADER).reshape(k)
     count = header["count"].astype(np.int64)
-    valid = (header["version"] == 5) & (count >= 1) & (count <= min(slots, MAX_COUNT))
+    valid = (header["version"] == version) & (count >= 1) & (count <= min(slots, max_count))
     bad = np.flatnonzero(~valid)
     if len(bad):
         keep = np.flatnonzero(valid)
@@ -131,9 +157,10 @@ def decode_group(
         exporter16, received_ms = exporter16[keep], received_ms[keep]
         configured_rate = configured_rate[keep]
         k = len(keep)
-    slots = min(slots, MAX_COUNT)
-    body = raw[:, HEADER_LENGTH : HEADER_LENGTH + slots * RECORD_LENGTH]
-    recs = np.ascontiguousarray(body).view(RECORD).reshape(k * slots)
+    slots = min(slots, max_count)
+    body = raw[:, HEADER_LENGTH : HEADER_LENGTH + slots * record_length]
+    recs = np.ascontiguousarray(body).view(RECORD if version == 5 else RECORD_V7)
+    recs = recs.reshape(k * slots)
     if k and int(count.min()) < slots:
         mask = (np.arange(slots)[None, :] < count[:, None]).ravel()
         recs = recs[mask]
@@ -144,9 +171,13 @@ def decode_group(
 
     uptime = header["uptime"].astype(np.int64)
     export_ms = header["secs"].astype(np.int64) * 1000 + header["nsecs"] // 10**6
-    domain = (header["engine_type"].astype(np.uint32) << 8) | header["engine_id"]
-    interval = (header["sampling"] & 0x3FFF).astype(np.uint32)
-    rate = np.where(interval > 0, interval, configured_rate)
+    if version == 5:
+        domain = (header["engine_type"].astype(np.uint32) << 8) | header["engine_id"]
+        interval = (header["sampling"] & 0x3FFF).astype(np.uint32)
+        rate = np.where(interval > 0, interval, configured_rate)
+    else:  # v7: those header bytes are reserved
+        domain = np.zeros(k, dtype=np.uint32)
+        rate = configured_rate
 
     columns = new_columns(n, FILLED, shared=True)
     columns["time_received"][:] = per_row(received_ms)
@@ -175,12 +206,27 @@ def decode_group(
     columns["out_if"][:] = recs["output"]
     for name in ("src_port", "dst_port", "tcp_flags", "protocol", "tos", "src_mask", "dst_mask"):
         columns[name][:] = recs[name]
+    _icmp_from_source_port(columns)
     columns["src_as"][:] = recs["src_as"]
     columns["dst_as"][:] = recs["dst_as"]
     columns["ip_version"].fill(4)
     # v5 has no ICMP fields: exporters put type << 8 | code in the destination port.
     is_icmp = columns["protocol"] == 1
     if is_icmp.any():
-        columns["icmp_type"] = np.where(is_icmp, recs["dst_port"] >> 8, 0).astype(np.uint8)
-        columns["icmp_code"] = np.where(is_icmp, recs["dst_port"] & 0xFF, 0).astype(np.uint8)
+        dst_port = columns["dst_port"]
+        columns["icmp_type"] = np.where(is_icmp, dst_port >> 8, 0).astype(np.uint8)
+        columns["icmp_code"] = np.where(is_icmp, dst_port & 0xFF, 0).astype(np.uint8)
     return columns, V5Datagrams(count, header["sequence"], domain, valid), bad
+
+
+def _icmp_from_source_port(columns: dict[str, Array]) -> None:
+    """nfdump's normalisation (see the module docstring): an ICMP record whose source port is
+    not 0 carries the type there; ``type << 8 | code`` goes to the destination port."""
+    src_port = columns["src_port"]
+    moved = (columns["protocol"] == 1) & (src_port != 0)
+    if moved.any():
+        dst_port = columns["dst_port"]
+        swapped = ((src_port & 0xFF) << 8) | (src_port >> 8)
+        split = (src_port < 256) & (dst_port < 256)  # fprobe: type, code
+        dst_port[moved] = np.where(split, swapped | dst_port, swapped)[moved]
+        src_port[moved] = 0

@@ -1,7 +1,9 @@
 """``lanalyze flows top | series | list | interfaces | status``: the reports on the command line.
 
 Registered by :mod:`lanalyze.flows.cli`. A bad request (filter, dimension, time) prints the
-message (a filter error with its caret line) and exits with status 2.
+message (a filter error with its caret line) and exits with status 2; a flow directory that
+does not exist is named and exits with status 1. A report with no rows says on stderr what it
+read: a store holding no flows at all, or no flows in the window (and filter).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 EXIT_USAGE = 2
+EXIT_NO_DATA = 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -28,11 +31,44 @@ def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     config = ctx.find_root().obj.config
     reports.apply_config(config.flows.query)
     if data is None:
-        return flow_dir(Path(config.general.data_path))
-    data = data.expanduser()
-    if not raw_dir(data).is_dir() and flow_dir(data).is_dir():
-        return flow_dir(data)
-    return data
+        directory = flow_dir(Path(config.general.data_path))
+        origin = "general.data_dir"
+    else:
+        directory = data.expanduser()
+        origin = "--data"
+        if not raw_dir(directory).is_dir() and flow_dir(directory).is_dir():
+            directory = flow_dir(directory)
+    if not directory.is_dir():
+        # An empty table here would look like "no traffic", not "wrong directory".
+        click.echo(
+            f"lanalyze flows {ctx.info_name}: no flow data: {directory} ({origin}) does not exist",
+            err=True,
+        )
+        sys.exit(EXIT_NO_DATA)
+    return directory
+
+
+def say_if_empty(directory: Path, rows: int, filter_text: str | None = None) -> None:
+    """On stderr, when a report has no rows: whether the store holds no flows at all (nothing
+    collected or imported into it yet) or only none in the window (and filter). stdout keeps
+    the (empty) table, CSV or JSON, so scripts parse it as before."""
+    from lanalyze.flows.store.paths import raw_dir, rollup_dir
+
+    if rows:
+        return
+    stored = next(raw_dir(directory).glob("*/*.parquet"), None) or next(
+        rollup_dir(directory).glob("*/*/*/*.parquet"), None
+    )
+    if stored is None:
+        click.echo(
+            f"{directory} holds no flows (no segment under {raw_dir(directory)}): nothing has "
+            "been collected into it (lanalyze flows collect) or imported (lanalyze flows "
+            "import)",
+            err=True,
+        )
+    else:
+        which = f" matching the filter {filter_text!r}" if filter_text else ""
+        click.echo(f"no flows in this window{which} in {directory}", err=True)
 
 
 def _common(command: F) -> F:
@@ -109,8 +145,9 @@ def top(
     from lanalyze.flows.query.timespec import iso
 
     start, end = _window(since, until)
+    directory = resolve_data(ctx, data)
     report = reports.top(
-        resolve_data(ctx, data),
+        directory,
         by,
         since=start,
         until=end,
@@ -120,6 +157,7 @@ def top(
         use_rollups=not raw,
     )
     rows = [row.to_json() for row in report.rows]
+    say_if_empty(directory, len(report.rows), filter_text)
     if output_format == "json":
         keys = [*report.dimensions, "bytes", "packets", "flows"]
         click.echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
@@ -175,8 +213,9 @@ def series(
     from lanalyze.flows.query import render, reports
 
     start, end = _window(since, until)
+    directory = resolve_data(ctx, data)
     report = reports.series(
-        resolve_data(ctx, data),
+        directory,
         since=start,
         until=end,
         bucket=bucket,
@@ -186,6 +225,7 @@ def series(
         filter=filter_text,
         use_rollups=not raw,
     )
+    say_if_empty(directory, sum(point.flows for point in report.points), filter_text)
     columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
     points = [point.to_json() for point in report.points]
     if output_format == "json":
@@ -222,12 +262,14 @@ def list_command(
     from lanalyze.flows.query import render, reports
 
     start, end = _window(since, until)
+    directory = resolve_data(ctx, data)
     flows = [
         flow.to_json()
         for flow in reports.list_flows(
-            resolve_data(ctx, data), since=start, until=end, filter=filter_text, limit=limit
+            directory, since=start, until=end, filter=filter_text, limit=limit
         )
     ]
+    say_if_empty(directory, len(flows), filter_text)
     columns = [
         "time_received",
         "exporter",
@@ -327,6 +369,7 @@ def interfaces(
             directory, since=start, until=end, order=order, limit=limit, filter=filter_text
         )
     ]
+    say_if_empty(directory, len(rows), filter_text)
     columns = [
         "exporter",
         "interface",
@@ -364,7 +407,9 @@ def status(ctx: click.Context, data: Path | None, output_format: str) -> None:
     """What is stored: per table the files, rows, bytes on disk and time range."""
     from lanalyze.flows.query import render, reports
 
-    tables = [table.to_json() for table in reports.status(resolve_data(ctx, data))]
+    directory = resolve_data(ctx, data)
+    tables = [table.to_json() for table in reports.status(directory)]
+    say_if_empty(directory, sum(table["files"] for table in tables))
     columns = ["table", "files", "rows", "bytes", "first", "last"]
     if output_format == "json":
         click.echo(render.to_json(tables))

@@ -40,6 +40,8 @@ COLUMN_SQL: dict[str, tuple[str, frozenset[str]]] = {
         "out_if",
         "ip_version",
         "exporter",
+        "icmp_type",
+        "icmp_code",
     )
 }
 COLUMN_SQL["bytes"] = ("(bytes * sampling_rate)", frozenset({"bytes", "sampling_rate", "@raw"}))

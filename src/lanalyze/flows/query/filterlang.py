@@ -4,6 +4,7 @@ Implemented (nfdump(1) "FILTER" section, the parts people use): ``any``, ``[src|
 (also ``ip A``), ``[src|dst] net P/LEN`` (also ``net A MASK``, shortened ``10/8``, IPv6),
 ``[src|dst] port [OP] N``, ``proto tcp|udp|icmp|N``, ``[src|dst] as [OP] N``,
 ``[in|out] if N``, ``flags SAF...``, ``tos [OP] N``, ``bytes|packets|flows OP N[k|M|G]``,
+``icmp-type N`` and ``icmp-code N`` (as nfdump: they imply ``proto icmp or proto icmp6``),
 ``inet``/``inet6``, ``and``/``&&``, ``or``/``||``, ``not``/``!`` and parentheses. Operators:
 ``> < = == >= <= !=`` and nfdump's ``gt lt eq ge le ne``.
 
@@ -306,6 +307,10 @@ class _Parser:
         if word in ("bytes", "packets", "flows"):
             self.advance()
             return self.parse_compare((word,), _U64, need_op=True, suffix=True)
+        if word in ("icmp-type", "icmp-code"):
+            self.advance()
+            is_icmp = Or((Compare(("protocol",), "=", 1), Compare(("protocol",), "=", 58)))
+            return And((is_icmp, self.parse_compare((word.replace("-", "_"),), _U8)))
         raise self.error(f"unknown filter primitive {start.text!r}")
 
     def parse_operator(self, need_op: bool) -> Op:
