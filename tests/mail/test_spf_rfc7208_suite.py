@@ -21,8 +21,9 @@ How the suite's DNS stub maps onto real DNS:
 * Names with a label over 63 octets cannot exist in DNS; pyspf never queries them (§4.3), so
   they are left out of the zone. The cases that rely on them expect exactly that.
 
-Every case must give one of its acceptable results; :data:`NOT_EXPRESSIBLE` lists the cases
-that cannot be reproduced with a real DNS server, each with its reason.
+Every case must give one of its acceptable results, and a ``fail`` the explanation the case
+names (the domain's ``exp=`` text, macros expanded); :data:`NOT_EXPRESSIBLE` lists the cases
+that cannot be reproduced with a real DNS server, each with its reason (none so far).
 """
 
 from __future__ import annotations
@@ -211,3 +212,7 @@ def test_rfc7208_case(
         f"{test_id} ({case.get('spec')}): {result} not in {acceptable}; "
         f"{case.get('description', '')}"
     )
+    explanation = case.get("explanation")
+    if explanation not in (None, "DEFAULT") and result.result == "fail":
+        # "DEFAULT" stands for the checker's own default text; any other is the domain's exp=.
+        assert result.explanation == explanation, f"{test_id}: {result}"
