@@ -165,6 +165,9 @@ def test_console_wording_of_older_and_edge_records() -> None:
     )
     assert "x.test publishes a DMARC policy" in hidden
     assert "SPF temperror" in hidden
+    # A bug of ours in the check is not DNS trouble.
+    bug = sentence("temperror", {"from_domain": "", "reason": "internal error"})
+    assert bug == "The DMARC check could not be completed (temperror): internal error."
     # No From: domain at all is not a domain that publishes nothing.
     nofrom = sentence("none", {"from_domain": "", "reason": "no From: domain to evaluate"})
     assert NO_POLICY not in nofrom

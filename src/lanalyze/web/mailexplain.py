@@ -174,7 +174,7 @@ def _dmarc(word: str, details: dict[str, Any]) -> Finding:
             "note",
             f"{named} publishes no DMARC policy, so a forged From: line cannot be recognised.",
         )
-    if word == "temperror" and (lookup == "failed" or (not lookup and not policy)):
+    if word == "temperror" and (lookup == "failed" or (not lookup and not policy and domain)):
         detail = f" ({reason})" if reason else ""
         return Finding(
             "DMARC",
@@ -184,7 +184,7 @@ def _dmarc(word: str, details: dict[str, Any]) -> Finding:
             f"{detail}. This is a temporary failure, not a missing policy: whether the From: "
             "line is genuine is unknown.",
         )
-    if word == "temperror":
+    if word == "temperror" and (lookup == "record" or policy):
         detail = f": {reason}" if reason else ""
         return Finding(
             "DMARC",
