@@ -11,7 +11,11 @@ STAMP  := $(VENV)/.installed
 # Every Debian package the test suite drives as a real peer (see tests/README.md).
 DEBIAN_PACKAGES := $(shell grep -v '^\#' packaging/debian-test-packages.txt)
 
-.PHONY: run test check venv debian-deps lint format clean bench
+# The RFC 7208 SPF test suite (BSD-style licence) ships in pyspf's sdist; fetched, not committed.
+SPF_SUITE_VERSION := 2.0.14
+SPF_SUITE := .cache/spf-suite/rfc7208-tests.yml
+
+.PHONY: run test check venv debian-deps spf-suite lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +39,18 @@ debian-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-test: debian-deps venv
+$(SPF_SUITE): | $(STAMP)
+	mkdir -p .cache/spf-suite
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d .cache/spf-suite \
+	  pyspf==$(SPF_SUITE_VERSION)
+	tar -xzf .cache/spf-suite/pyspf-$(SPF_SUITE_VERSION).tar.gz -C .cache/spf-suite \
+	  --strip-components=2 pyspf-$(SPF_SUITE_VERSION)/test/rfc7208-tests.yml \
+	  pyspf-$(SPF_SUITE_VERSION)/test/rfc7208-tests.LICENSE
+	touch $(SPF_SUITE)
+
+spf-suite: $(SPF_SUITE)
+
+test: debian-deps venv spf-suite
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 check: venv
@@ -48,4 +63,4 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .cache

@@ -3,7 +3,8 @@
 Tests write zones as text (``{"good.test": "<records>"}``); :class:`KnotServer` adds the SOA
 and NS records, writes ``knot.conf``, starts ``knotd`` and waits until ``kdig`` gets an
 answer. A zone given as ``None`` is configured with a broken file, so Knot answers SERVFAIL
-for it: the tests' way of producing DNS temperrors.
+for it: the tests' way of producing DNS temperrors. The root zone ``"."`` may be served too, so
+that every name the tests do not write is NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -39,16 +40,20 @@ class KnotServer:
     def _write(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         zone_entries = []
-        for domain, records in self.zones.items():
-            zone_entries.append(f"  - domain: {domain}\n")
-            path = self.workdir / f"{domain}.zone"
+        for index, (domain, records) in enumerate(self.zones.items()):
+            # Numbered files: zone names may hold characters a file name should not ("." root).
+            path = self.workdir / f"zone-{index}.zone"
+            zone_entries.append(f"  - domain: {domain}\n    file: {path}\n")
             if records is None:
                 path.write_text("this is not a zone file\n")
                 continue
+            origin = "." if domain == "." else f"{domain}."
+            suffix = origin if origin != "." else ""
+            ns = f"ns.{suffix}"
             path.write_text(
-                f"$ORIGIN {domain}.\n$TTL 60\n"
-                f"@ SOA ns.{domain}. hostmaster.{domain}. 1 60 60 600 60\n"
-                f"@ NS ns.{domain}.\nns A 127.0.0.1\n{records}\n"
+                f"$ORIGIN {origin}\n$TTL 60\n"
+                f"@ SOA {ns} hostmaster.{suffix} 1 60 60 600 60\n"
+                f"@ NS {ns}\n{ns} A 127.0.0.1\n{records}\n"
             )
         conf = self.workdir / "knot.conf"
         conf.write_text(

@@ -12,7 +12,7 @@ import pytest
 from lanalyze.mail.auth.dns import Resolver
 from lanalyze.mail.auth.spf import SpfResult, check_spf
 from tests.mail.auth_world import GOOD_IP, STRANGER_IP, zones
-from tests.mail.dnsserver import KnotServer, knot_server
+from tests.mail.dnsserver import KnotServer, knot_server, txt
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,23 @@ def test_silent_server_is_a_temperror(tmp_path: Path) -> None:
         )
     assert result.result == "temperror"
     assert "timeout" in result.explanation
+
+
+def test_ptr_skips_names_whose_address_lookup_fails(tmp_path: Path) -> None:
+    # RFC 7208 §5.5: a PTR name whose A lookup fails (here a CNAME loop: Knot answers SERVFAIL)
+    # is skipped and the search goes on; a failing PTR lookup makes the mechanism not match.
+    # Both used to end the whole check as temperror.
+    zones: dict[str, str | None] = {
+        "ptr.test": "\n".join(
+            [
+                f"@ TXT {txt('v=spf1 ptr -all')}",
+                "loop CNAME loop.ptr.test.",
+                f"host A {STRANGER_IP}",
+            ]
+        ),
+        "113.0.203.in-addr.arpa": "66 PTR loop.ptr.test.\n66 PTR host.ptr.test.",
+        "100.51.198.in-addr.arpa": None,
+    }
+    with knot_server(tmp_path, zones) as server:
+        assert spf(server, "x@ptr.test", STRANGER_IP).result == "pass"
+        assert spf(server, "x@ptr.test", "198.51.100.7").result == "fail"

@@ -131,14 +131,18 @@ def _dkim(word: str, details: dict[str, Any]) -> list[Finding]:
 
 def _dmarc(word: str, details: dict[str, Any]) -> Finding:
     dmarc = _part(details, "dmarc")
-    domain = dmarc.get("from_domain") or "the From: domain"
+    domain = dmarc.get("from_domain") or ""
+    named = domain or "the From: domain"
     policy = dmarc.get("policy") or ""
+    reason = str(dmarc.get("reason") or "")
+    # What the policy lookup found (mail/auth/dmarc.py LOOKUP_*); absent in older records.
+    lookup = str(dmarc.get("lookup") or "")
     if word == "pass":
         return Finding(
             "DMARC",
             word,
             "good",
-            f"The From: domain {domain} is confirmed: a passing SPF or DKIM check belongs to the "
+            f"The From: domain {named} is confirmed: a passing SPF or DKIM check belongs to the "
             "same domain, so the From: line is genuine.",
         )
     if word == "fail":
@@ -147,17 +151,52 @@ def _dmarc(word: str, details: dict[str, Any]) -> Finding:
             "DMARC",
             word,
             "bad",
-            f"Nothing vouches for the From: domain {domain}: neither SPF nor DKIM passed for "
+            f"Nothing vouches for the From: domain {named}: neither SPF nor DKIM passed for "
             f"it. The From: line is probably forged.{asked}",
+        )
+    if word == "none" and lookup == "no_domain":
+        return Finding(
+            "DMARC",
+            word,
+            "bad",
+            f"The From: domain {named} does not exist (the DNS says NXDOMAIN): the sender "
+            "address is made up.",
+        )
+    if word == "none" and not domain:
+        detail = f" ({reason})" if reason else ""
+        return Finding(
+            "DMARC", word, "note", f"DMARC could not be applied: no From: domain{detail}."
         )
     if word == "none":
         return Finding(
             "DMARC",
             word,
             "note",
-            f"{domain} publishes no DMARC policy, so a forged From: line cannot be recognised.",
+            f"{named} publishes no DMARC policy, so a forged From: line cannot be recognised.",
         )
-    return Finding("DMARC", word, "note", f"The DMARC check could not be completed ({word}).")
+    if word == "temperror" and (lookup == "failed" or (not lookup and not policy and domain)):
+        detail = f" ({reason})" if reason else ""
+        return Finding(
+            "DMARC",
+            word,
+            "note",
+            f"The DMARC policy of {named} could not be looked up: the DNS lookup failed"
+            f"{detail}. This is a temporary failure, not a missing policy: whether the From: "
+            "line is genuine is unknown.",
+        )
+    if word == "temperror" and (lookup == "record" or policy):
+        detail = f": {reason}" if reason else ""
+        return Finding(
+            "DMARC",
+            word,
+            "note",
+            f"{named} publishes a DMARC policy, but the check could not be decided because a "
+            f"DNS lookup of SPF or DKIM failed{detail}.",
+        )
+    detail = f": {reason}" if reason else ""
+    return Finding(
+        "DMARC", word, "note", f"The DMARC check could not be completed ({word}){detail}."
+    )
 
 
 def _policy_words(policy: str) -> str:

@@ -30,6 +30,7 @@ from lanalyze.mail.auth.arc import ArcResult, verify_arc
 from lanalyze.mail.auth.config import AuthConfig
 from lanalyze.mail.auth.dkim_verify import DkimResult, verify_dkim
 from lanalyze.mail.auth.dmarc import (
+    LOOKUP_FAILED,
     DmarcResult,
     check_dmarc,
     discover_policies,
@@ -295,7 +296,13 @@ class Authenticator:
                 timeout=max(deadline - loop.time(), 0.001),
             )
         except TimeoutError:
-            dmarc = DmarcResult("temperror", reason="check timed out")
+            # The policy lookup did not finish: nothing is known, which is not "no policy".
+            dmarc = DmarcResult(
+                "temperror",
+                sender.domains[0] if sender.domains else "",
+                reason="no answer within mail.auth.check_timeout",
+                lookup=LOOKUP_FAILED if sender.domains else "",
+            )
         flags = self._flags(sender, mail_from, dmarc, dkim)
         decision = decide(self.config, spf=spf, dkim=dkim, dmarc=dmarc, flags=flags, arc=arc)
         infos = [self._spf_info(spf, helo), *self._dkim_infos(dkim)]
@@ -381,7 +388,8 @@ class Authenticator:
         note = ""
         if dmarc.policy:
             note = f"p={dmarc.policy} dis={dmarc.disposition}"
-        if dmarc.result in ("fail", "temperror") and dmarc.reason:
+        if dmarc.result in ("fail", "temperror", "none") and dmarc.reason:
+            # For none the reason tells "no record" from "the From: domain does not exist".
             note = f"{note}: {dmarc.reason}" if note else dmarc.reason
         return ResInfo("dmarc", dmarc.result, note, [("header.from", dmarc.from_domain)])
 

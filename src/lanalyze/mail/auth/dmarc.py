@@ -14,6 +14,10 @@ from disk on every call and does its own blocking DNS. Here:
   ``d=``;
 * §6.6.4 ``pct``: a failing message outside the sample gets the next weaker policy.
 
+What the policy lookup found is kept apart (``lookup`` of a verdict): a record, no record, a
+From: domain that does not exist at all (NXDOMAIN: a made-up domain, not one that "publishes no
+policy"), or a failed lookup (SERVFAIL, timeout: ``temperror``, never read as "no policy").
+
 Trust: From: domains and DNS records are the peer's; parsing never raises.
 """
 
@@ -38,6 +42,14 @@ POLICIES = ("none", "quarantine", "reject")
 MAX_FROM_DOMAINS = 10
 _VERSION = re.compile(rb"^\s*v\s*=\s*DMARC1\s*(;|$)")
 _STRICTNESS = {name: rank for rank, name in enumerate(POLICIES)}
+
+# What the policy lookup found, in verdicts (``lookup``) and in the stored details.
+LOOKUP_RECORD = "record"  # a DMARC record applies
+LOOKUP_NO_RECORD = "no_record"  # the domain exists and publishes none
+LOOKUP_NO_DOMAIN = "no_domain"  # the From: domain itself is NXDOMAIN
+LOOKUP_FAILED = "failed"  # DNS trouble or the check's deadline: nothing is known
+NO_RECORD_REASON = "no DMARC record"
+NO_DOMAIN_REASON = "the From: domain does not exist (NXDOMAIN)"
 
 
 @functools.cache
@@ -107,6 +119,13 @@ class DmarcRecord:
 
 
 @dataclass(frozen=True)
+class NoRecord:
+    """No DMARC record applies; ``domain_exists`` is False when the From: domain is NXDOMAIN."""
+
+    domain_exists: bool = True
+
+
+@dataclass(frozen=True)
 class DomainVerdict:
     from_domain: str
     result: str  # pass fail none temperror permerror
@@ -118,6 +137,7 @@ class DomainVerdict:
     spf_aligned: bool = False
     dkim_aligned: bool = False
     reason: str = ""
+    lookup: str = LOOKUP_RECORD  # what the policy lookup found (LOOKUP_*)
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,7 @@ class DmarcResult:
     disposition: str = "none"
     reason: str = ""
     domains: list[DomainVerdict] = field(default_factory=list)
+    lookup: str = ""  # LOOKUP_* of from_domain; "" when no policy was looked up
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,34 +158,42 @@ class DmarcResult:
             "disposition": self.disposition,
             "reason": self.reason,
             "domains": [vars(d) for d in self.domains],
+            "lookup": self.lookup,
         }
 
 
-async def _discover(resolver: Resolver, from_domain: str) -> DmarcRecord | str | None:
-    """The applicable record, None if there is none, or an error text (temperror)."""
+async def _discover(resolver: Resolver, from_domain: str) -> DmarcRecord | NoRecord | str:
+    """The applicable record, :class:`NoRecord`, or an error text (temperror)."""
     candidates = [from_domain]
     org = organisational_domain(from_domain)
     if org != from_domain:
         candidates.append(org)
+    own_status = ""
     for domain in candidates:
         answer = await resolver.query(f"_dmarc.{domain}", "TXT")
         if answer.status == "error":
             return f"_dmarc.{domain}: {answer.error}"
+        own_status = own_status or answer.status
         texts = [t for t in answer.records if isinstance(t, bytes)]
         records = [t for t in texts if _VERSION.match(t)]
         if len(records) == 1:
             parsed = DmarcRecord.parse(records[0], domain)
             if parsed is not None:
                 return parsed
-    return None
+    if own_status != "nxdomain":
+        return NoRecord()  # _dmarc.<from domain> exists, so the domain does too
+    # NXDOMAIN is for the name, whatever the type: one query tells whether the From: domain
+    # exists at all. A failure here leaves "no record", which the lookups above established.
+    existence = await resolver.query(from_domain, "A")
+    return NoRecord(domain_exists=existence.status != "nxdomain")
 
 
 def _weaker(policy: str) -> str:
     return POLICIES[max(_STRICTNESS[policy] - 1, 0)]
 
 
-Policies = dict[str, DmarcRecord | str | None]
-"""From domain -> its applicable record, None (no record) or an error text (temperror)."""
+Policies = dict[str, DmarcRecord | NoRecord | str]
+"""From domain -> its applicable record, :class:`NoRecord`, or an error text (temperror)."""
 
 
 async def discover_policies(resolver: Resolver, from_domains: Sequence[str]) -> Policies:
@@ -178,15 +207,17 @@ async def discover_policies(resolver: Resolver, from_domains: Sequence[str]) -> 
 
 def evaluate_domain(
     from_domain: str,
-    record: DmarcRecord | str | None,
+    record: DmarcRecord | NoRecord | str | None,
     spf: SpfResult | None,
     dkim: Sequence[DkimResult],
     rng: Callable[[], float],
 ) -> DomainVerdict:
     if isinstance(record, str):
-        return DomainVerdict(from_domain, "temperror", reason=record)
-    if record is None:
-        return DomainVerdict(from_domain, "none", reason="no DMARC record")
+        return DomainVerdict(from_domain, "temperror", reason=record, lookup=LOOKUP_FAILED)
+    if record is None or (isinstance(record, NoRecord) and record.domain_exists):
+        return DomainVerdict(from_domain, "none", reason=NO_RECORD_REASON, lookup=LOOKUP_NO_RECORD)
+    if isinstance(record, NoRecord):
+        return DomainVerdict(from_domain, "none", reason=NO_DOMAIN_REASON, lookup=LOOKUP_NO_DOMAIN)
     policy = record.subdomain_policy if record.domain != from_domain else record.policy
     spf_aligned = bool(
         spf and spf.result == "pass" and aligned(spf.domain, from_domain, record.aspf)
@@ -255,12 +286,19 @@ async def check_dmarc(
     if failing:
         worst = max(failing, key=lambda v: _STRICTNESS[v.disposition])
         return DmarcResult(
-            "fail", worst.from_domain, worst.policy, worst.disposition, worst.reason, verdicts
+            "fail",
+            worst.from_domain,
+            worst.policy,
+            worst.disposition,
+            worst.reason,
+            verdicts,
+            worst.lookup,
         )
     for word in ("temperror", "pass"):
         chosen = [v for v in verdicts if v.result == word]
         if chosen:
             v = chosen[0]
-            return DmarcResult(word, v.from_domain, v.policy, "none", v.reason, verdicts)
-    v = verdicts[0]
-    return DmarcResult("none", v.from_domain, reason=v.reason, domains=verdicts)
+            return DmarcResult(word, v.from_domain, v.policy, "none", v.reason, verdicts, v.lookup)
+    # A made-up From: domain is named before one that merely publishes no policy.
+    v = min(verdicts, key=lambda v: v.lookup != LOOKUP_NO_DOMAIN)
+    return DmarcResult("none", v.from_domain, reason=v.reason, domains=verdicts, lookup=v.lookup)

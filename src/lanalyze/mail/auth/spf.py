@@ -6,7 +6,11 @@ What is ours: its DNS goes through :mod:`lanalyze.mail.auth.dns` (asynchronous, 
 timeout and server) instead of its blocking module-level lookup. pyspf has no per-query hook
 for that, so its module-level ``DNSLookup`` is replaced once by a dispatcher that answers from
 the check's :class:`~lanalyze.mail.auth.dns.Prefetched` view (held in a context variable) and
-falls back to pyspf's own lookup for any other caller in the process.
+falls back to pyspf's own lookup for any other caller in the process. One correction to pyspf:
+the ``ptr`` mechanism and the ``%{p}`` macro skip a PTR name whose address lookup fails
+(§5.5), where pyspf let the DNS error end the whole check as ``temperror``.
+
+Checked against the RFC 7208 test suite (tests/mail/test_spf_rfc7208_suite.py).
 
 Trust: the client IP is ours (from the socket); MAIL FROM and HELO are the peer's and may be
 anything; DNS answers are untrusted and parsed by pyspf.
@@ -57,6 +61,30 @@ def _dispatch_lookup(name: str, qtype: str, *args: Any, **kwargs: Any) -> list[A
 pyspf.DNSLookup = _dispatch_lookup
 
 
+class _Query(pyspf.query):  # type: ignore[misc]  # pyspf has no type information
+    def validated_ptrs(self) -> list[str]:
+        """§5.5: the PTR names of the client whose addresses include it, at most 10 looked up.
+
+        "If a DNS error occurs while doing the PTR RR lookup, then this mechanism fails to
+        match. [...] If a DNS error occurs while doing an A RR lookup, then that domain name is
+        skipped and the search continues." pyspf raised TempError for both, so one broken
+        reverse name of a client (a CNAME loop, a dead server) made the check ``temperror``.
+        """
+        try:
+            names = self.dns_ptr(self.i)[: pyspf.MAX_PTR]
+        except pyspf.TempError:
+            return []
+        validated = []
+        for name in names:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except pyspf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
+
 @dataclass(frozen=True)
 class SpfResult:
     result: str  # pass fail softfail neutral none temperror permerror
@@ -70,7 +98,7 @@ def _evaluate(ip: str, sender: str, helo: str) -> Callable[[Prefetched], tuple[s
     def run(view: Prefetched) -> tuple[str, str, str]:
         token = _current_view.set(view)
         try:
-            query = pyspf.query(i=ip, s=sender, h=helo, strict=True, timeout=30)
+            query = _Query(i=ip, s=sender, h=helo, strict=True, timeout=30)
             result, _code, explanation = query.check()
             return str(result), str(explanation), str(query.ident)
         except LookupNeeded:
