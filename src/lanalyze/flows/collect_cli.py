@@ -99,8 +99,12 @@ def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | N
     """Decode the NetFlow/IPFIX in pcap or pcapng FILES (in order, one template cache) and
     store the flows, as if the collector had received them at capture time."""
     from lanalyze.flows.importer import PcapImportError, import_files
+    from lanalyze.log import setup_logging
 
     config = _app_config(ctx)
+    # The few bad-datagram lines the import logs (rate-limited) carry the peer and the reason
+    # in their key=value fields: without the formatter they print as a bare event name.
+    setup_logging(config.general.log_format, config.general.log_level)
     try:
         result = import_files(list(files), _data_dir(ctx, data_dir), config.flows)
     except PcapImportError as exc:
