@@ -40,6 +40,7 @@ from lanalyze.web.auth import (
 from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
 from lanalyze.web.security import ClientAddressMiddleware, SecurityHeadersMiddleware
+from lanalyze.web.tokens import TokenStore, token_path
 
 log = get_logger(__name__)
 
@@ -67,6 +68,7 @@ class Console:
     sessions: SessionCodec
     limiter: LoginLimiter
     passwords: PasswordChecks
+    tokens: TokenStore
 
 
 def build_app(
@@ -107,6 +109,7 @@ def build_app(
             trust_for=config.session_lifetime,
         ),
         passwords=PasswordChecks(users, config.login_concurrency),
+        tokens=TokenStore(token_path(data_dir)),
     )
     routes: list[BaseRoute] = [
         Route("/metrics", metrics_endpoint),
@@ -124,7 +127,13 @@ def build_app(
         middleware=[
             Middleware(ClientAddressMiddleware, trusted_proxies=config.trusted_proxies),
             Middleware(SecurityHeadersMiddleware, tls=config.tls),
-            Middleware(AuthMiddleware, config=config, codec=console.sessions),
+            Middleware(
+                AuthMiddleware,
+                config=config,
+                codec=console.sessions,
+                tokens=console.tokens,
+                users=users,
+            ),
         ],
     )
     app.state.console = console
