@@ -105,7 +105,10 @@ def test_api_without_credentials_says_how_and_openapi_stays_open(data_dir: Path)
         assert answer.headers["www-authenticate"].startswith("Bearer")
         document = live.get("/api/openapi.json")
         assert document.status == 200
-        assert "/api/flows/top" in json.loads(document.body)["paths"]
+        described = json.loads(document.body)
+        assert "/api/flows/top" in described["paths"]
+        assert described["components"]["securitySchemes"]["apiToken"]["scheme"] == "bearer"
+        assert {"apiToken": []} in described["security"]
 
 
 @pytest.mark.parametrize(
