@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 
 class Section(BaseModel):
@@ -45,3 +45,32 @@ def _check_listen(value: str) -> str:
 
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 """A ``HOST:PORT`` string (IPv6 in brackets); port 0 asks the kernel for a free port."""
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+ListenAddresses = Annotated[list[ListenAddress], BeforeValidator(_one_or_many)]
+"""One ``HOST:PORT`` or a list of them (``listen = "a:1"`` or ``listen = ["a:1", "b:2"]``);
+a list once validated."""
+
+
+def listen_list(value: str | list[str]) -> list[str]:
+    """The addresses of a setting that may hold one ``HOST:PORT`` or a list, each validated."""
+    addresses = [value] if isinstance(value, str) else list(value)
+    for address in addresses:
+        parse_listen(address)
+    return addresses
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` is reachable from this machine only (``0.0.0.0`` and ``::`` are
+    every address, so not)."""
+    host, _ = parse_listen(address)
+    if host == "localhost":
+        return True
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from lanalyze.configbase import ListenAddress, Section
+from lanalyze.configbase import ListenAddresses, Section
 
 
 class RollupConfig(Section):
@@ -177,7 +177,7 @@ class SnmpConfig(Section):
 
 class FlowsConfig(Section):
     enabled: bool = Field(default=True, description="Run the flow collector in `lanalyze serve`.")
-    listen: list[ListenAddress] = Field(
+    listen: ListenAddresses = Field(
         default_factory=lambda: ["127.0.0.1:2055"],
         description="UDP addresses to receive NetFlow v5/v9 and IPFIX on (4739 and 9995 are "
         "also common).",

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from lanalyze.configbase import ListenAddress, Section
+from lanalyze.configbase import ListenAddresses, Section
 from lanalyze.mail.auth.config import AuthConfig
 from lanalyze.mail.index import IndexConfig
 
@@ -72,16 +72,16 @@ class QueueConfig(Section):
 
 class MailConfig(Section):
     enabled: bool = Field(default=True, description="Run the SMTP server in `lanalyze serve`.")
-    listen: list[ListenAddress] = Field(
+    listen: ListenAddresses = Field(
         default_factory=lambda: ["127.0.0.1:2525"],
         description="Addresses of the MTA listener (port 25 in production).",
     )
-    submission_listen: list[ListenAddress] = Field(
+    submission_listen: ListenAddresses = Field(
         default_factory=list,
         description="Submission listeners (port 587 style): AUTH after STARTTLS is required "
         "before MAIL. Needs `mail.tls_cert`.",
     )
-    smtps_listen: list[ListenAddress] = Field(
+    smtps_listen: ListenAddresses = Field(
         default_factory=list,
         description="Implicit-TLS submission listeners (port 465 style). Needs `mail.tls_cert`.",
     )

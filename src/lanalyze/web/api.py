@@ -321,6 +321,22 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "apiToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token from `lanalyze web token create --user NAME`, sent as "
+        "`Authorization: Bearer <token>`; it acts as that console user.",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "lanalyze_session",
+        "description": "The console's login cookie (`__Host-lanalyze_session` over TLS).",
+    },
+}
+
+
 def _operation(endpoint: Endpoint[Any]) -> dict[str, Any]:
     def answer(description: str, schema: str) -> dict[str, Any]:
         content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
@@ -333,7 +349,7 @@ def _operation(endpoint: Endpoint[Any]) -> dict[str, Any]:
         "responses": {
             "200": answer("OK", endpoint.response),
             "400": answer("Bad parameters; `filter` details a filter error.", "Error"),
-            "401": {"description": "Login required."},
+            "401": {"description": "Login required, or the API token is invalid or revoked."},
         },
     }
     if endpoint.description:
@@ -352,5 +368,9 @@ def openapi(
         "openapi": "3.1.0",
         "info": dict(info),
         "paths": {e.path: _operation(e) for e in endpoints},
-        "components": {"schemas": {"Error": ERROR_SCHEMA, **schemas}},
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA, **schemas},
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+        "security": [{name: []} for name in SECURITY_SCHEMES],
     }

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lanalyze import metrics
+from lanalyze.configbase import is_loopback
 from lanalyze.log import get_logger
 from lanalyze.service import StartError, bind_socket
 from lanalyze.throttle import LoginLimiter
@@ -39,6 +40,7 @@ from lanalyze.web.auth import (
 from lanalyze.web.auth import load_or_create_secret as _load_secret
 from lanalyze.web.config import WebConfig
 from lanalyze.web.security import ClientAddressMiddleware, SecurityHeadersMiddleware
+from lanalyze.web.tokens import TokenStore, token_path
 
 log = get_logger(__name__)
 
@@ -66,6 +68,7 @@ class Console:
     sessions: SessionCodec
     limiter: LoginLimiter
     passwords: PasswordChecks
+    tokens: TokenStore
 
 
 def build_app(
@@ -106,6 +109,7 @@ def build_app(
             trust_for=config.session_lifetime,
         ),
         passwords=PasswordChecks(users, config.login_concurrency),
+        tokens=TokenStore(token_path(data_dir)),
     )
     routes: list[BaseRoute] = [
         Route("/metrics", metrics_endpoint),
@@ -123,11 +127,21 @@ def build_app(
         middleware=[
             Middleware(ClientAddressMiddleware, trusted_proxies=config.trusted_proxies),
             Middleware(SecurityHeadersMiddleware, tls=config.tls),
-            Middleware(AuthMiddleware, config=config, codec=console.sessions),
+            Middleware(
+                AuthMiddleware,
+                config=config,
+                codec=console.sessions,
+                tokens=console.tokens,
+                users=users,
+            ),
         ],
     )
     app.state.console = console
     return app
+
+
+def _display(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -146,20 +160,41 @@ class WebServer:
         self.data_dir = data_dir
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
+        self._socks: list[socket.socket] = []
         self._warm_task: asyncio.Task[None] | None = None
         self._app: Starlette | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        """The first listening address (the only one unless ``web.listen`` lists several)."""
+        return self.addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        assert self._socks
+        return [(sock.getsockname()[0], sock.getsockname()[1]) for sock in self._socks]
+
+    def _bind(self) -> None:
+        """One socket per ``web.listen`` address; all or none (a later failure closes the
+        earlier ones), and the error names the address's key."""
+        given = self.config.listen
+        for index, address in enumerate(self.config.addresses):
+            key = "web.listen" if isinstance(given, str) else f"web.listen[{index}]"
+            try:
+                self._socks.append(bind_socket(address, key))
+            except BaseException:
+                self._close_sockets()
+                raise
+
+    def _close_sockets(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
 
     async def start(self) -> None:
         app = self._app = await asyncio.to_thread(build_app, self.config, self.data_dir)
         self._data_dir = app.state.console.data_dir
-        self._sock = bind_socket(self.config.listen, "web.listen")
+        self._bind()
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -175,10 +210,10 @@ class WebServer:
             if self.config.tls:
                 config.load()
         except (OSError, ValueError) as exc:
-            self._sock.close()
+            self._close_sockets()
             raise StartError(f"web.tls_cert / web.tls_key: {exc}") from None
         self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        self._task = asyncio.create_task(self._server.serve(sockets=self._socks))
         while not self._server.started:
             if self._task.done():
                 self._task.result()
@@ -186,12 +221,19 @@ class WebServer:
             await asyncio.sleep(0.01)
         if self.config.warm_ranges:
             self._warm_task = asyncio.create_task(self._warm(self._data_dir))
+        exposed = [a for a in self.config.addresses if not is_loopback(a)]
+        if exposed and not self.config.tls:
+            # Only reachable with web.allow_plain_http = true (the config refuses it otherwise).
+            log.warning(
+                "web.plain_http",
+                extra={"addresses": ",".join(exposed), "hint": "set web.tls_cert and web.tls_key"},
+            )
         if not self.config.users:
             log.warning("web.no_users", extra={"hint": "add [[web.users]] to the config"})
         log.info(
             "web.listening",
             extra={
-                "address": "{}:{}".format(*self.address),
+                "address": ",".join(_display(host, port) for host, port in self.addresses),
                 "scheme": "https" if self.config.tls else "http",
             },
         )
@@ -218,6 +260,7 @@ class WebServer:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
+        self._close_sockets()
         self._server = None
         self._task = None
         if self._app is not None:

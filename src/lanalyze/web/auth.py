@@ -45,9 +45,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.metrics import REGISTRY
 from lanalyze.web.config import WebConfig, WebUser
+from lanalyze.web.tokens import TokenStore
 
 log = get_logger(__name__)
 _revocation_log = RateLimiter(interval=60, burst=1)
+_token_log = RateLimiter(interval=60, burst=3)
 
 LOGINS = Counter(
     "lanalyze_web_logins_total",
@@ -65,6 +67,13 @@ LOGINS_LIMITED = Counter(
 VERIFYING = Gauge(
     "lanalyze_web_password_checks",
     "argon2 password checks running or waiting for one of `web.login_concurrency` slots.",
+    registry=REGISTRY,
+)
+TOKEN_REQUESTS = Counter(
+    "lanalyze_web_token_requests_total",
+    "Requests carrying an API token (Authorization: Bearer), by result (ok; invalid: unknown, "
+    "revoked, malformed, or its user no longer in web.users).",
+    ["result"],
     registry=REGISTRY,
 )
 REJECTED = Counter(
@@ -117,6 +126,8 @@ class Session:
     """Random id that logout revokes; empty in cookies issued before sessions had one."""
     issued: float = 0.0
     """When the cookie was signed (Unix seconds, whole: itsdangerous' resolution)."""
+    token: str = ""
+    """Id of the API token the request came with; empty for a cookie session."""
 
 
 class Users:
@@ -338,15 +349,29 @@ class AuthMiddleware:
     Sets ``scope["state"]["session"]`` (a :class:`Session` or ``None``). Pages without a
     session redirect to ``/login``; ``/api/`` answers 401 JSON. ``/metrics`` is open to the
     configured networks only.
+
+    A request with ``Authorization: Bearer`` is judged by its API token alone (cookies are
+    not read): a valid token acts as its user, anything else is 401. CSRF does not apply to
+    it: a browser never adds that header by itself, so a forged cross-site request cannot
+    carry one; its body is still read with the same bound.
     """
 
     PUBLIC_PREFIXES = ("/static/", "/login", "/healthz")
     # The API's description holds no data; clients read it before they log in.
     PUBLIC_PATHS = frozenset({"/api/openapi.json"})
 
-    def __init__(self, app: ASGIApp, config: WebConfig, codec: SessionCodec) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: WebConfig,
+        codec: SessionCodec,
+        tokens: TokenStore | None = None,
+        users: Users | None = None,
+    ) -> None:
         self.app = app
         self.codec = codec
+        self.tokens = tokens
+        self.users = users
         self.session_cookie, self.login_cookie = cookie_names(config.tls)
         self.metrics_networks = [
             ipaddress.ip_network(n, strict=False) for n in config.metrics_networks
@@ -367,6 +392,10 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        authorization = _header(scope, b"authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            await self._bearer(scope, receive, send, authorization[7:].strip())
             return
         path: str = scope["path"]
         cookies = _cookies(scope)
@@ -389,10 +418,53 @@ class AuthMiddleware:
                 return
         await self.app(scope, receive, send)
 
+    async def _bearer(self, scope: Scope, receive: Receive, send: Send, presented: str) -> None:
+        entry = self.tokens.authenticate(presented) if self.tokens is not None else None
+        user = self.users.get(entry.user) if entry is not None and self.users else None
+        if entry is None or user is None:
+            TOKEN_REQUESTS.labels("invalid").inc()
+            client = (scope.get("client") or ("?",))[0]
+            suppressed = _token_log.allow(client)
+            if suppressed is not None:
+                log.warning(
+                    "web.token_refused",
+                    extra={
+                        "client": client,
+                        "path": scope["path"],
+                        "reason": "unknown or revoked token" if entry is None else "no such user",
+                        "suppressed": suppressed,
+                    },
+                )
+            await _respond(
+                send,
+                401,
+                b'{"error": "invalid or revoked API token"}\n',
+                "application/json",
+                [(b"www-authenticate", b'Bearer realm="lanalyze", error="invalid_token"')],
+            )
+            return
+        TOKEN_REQUESTS.labels("ok").inc()
+        scope.setdefault("state", {})["session"] = Session(user.name, "", token=entry.id)
+        if scope["method"] not in SAFE_METHODS:
+            body = await _read_body(receive, MAX_FORM_BODY)
+            if body is None:
+                REJECTED.labels("too_large").inc()
+                await _respond(send, 413, b"request body too large\n", "text/plain")
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
     async def _unauthenticated(self, scope: Scope, send: Send) -> None:
         path: str = scope["path"]
         if path.startswith("/api/") or path == "/metrics":
-            await _respond(send, 401, b'{"error": "login required"}\n', "application/json")
+            await _respond(
+                send,
+                401,
+                b'{"error": "login required"}\n',
+                "application/json",
+                # Scripts: `lanalyze web token create --user NAME`, then send the token so.
+                [(b"www-authenticate", b'Bearer realm="lanalyze"')],
+            )
             return
         target = path + (
             "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""

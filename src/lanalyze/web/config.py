@@ -12,7 +12,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from lanalyze.configbase import ListenAddress, Section
+from lanalyze.configbase import Section, is_loopback, listen_list
 
 RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d", "30d"]
 DEFAULT_WARM_RANGES: tuple[RangeName, ...] = ("24h", "7d", "30d")
@@ -33,8 +33,14 @@ class WebUser(Section):
 
 class WebConfig(Section):
     enabled: bool = Field(default=True, description="Run the HTTP listener in `lanalyze serve`.")
-    listen: ListenAddress = Field(
-        default="127.0.0.1:8080", description="Address of the console, the API and /metrics."
+    listen: str | list[str] = Field(
+        default="127.0.0.1:8080",
+        description="Address, or list of addresses, of the console, the API and /metrics.",
+    )
+    allow_plain_http: bool = Field(
+        default=False,
+        description="Serve plain HTTP on a non-loopback `listen` address without `tls_cert`/"
+        "`tls_key` (e.g. behind a TLS proxy on a trusted network); otherwise that is refused.",
     )
     users: list[WebUser] = Field(
         default_factory=list,
@@ -99,6 +105,14 @@ class WebConfig(Section):
         "visit finds them ready; [] turns this off.",
     )
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | list[str]) -> str | list[str]:
+        # Kept in the form given (a string stays a string in `config dump`); `addresses` lists.
+        if not listen_list(value):
+            raise ValueError("give at least one address (or set web.enabled = false)")
+        return value
+
     @field_validator("metrics_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -113,7 +127,22 @@ class WebConfig(Section):
         names = [user.name for user in self.users]
         if len(names) != len(set(names)):
             raise ValueError("user names must be unique")
+        open_addresses = [a for a in self.addresses if not is_loopback(a)]
+        if self.enabled and open_addresses and not self.tls and not self.allow_plain_http:
+            # Passwords, session cookies and API tokens would cross the network in clear text.
+            raise ValueError(
+                f"web.listen {', '.join(open_addresses)} is reachable from the network but "
+                "web.tls_cert and web.tls_key are not set, so passwords, session cookies and API "
+                "tokens would travel in clear text: set web.tls_cert and web.tls_key, or listen "
+                "on loopback (e.g. behind a TLS reverse proxy), or set "
+                "web.allow_plain_http = true to serve plain HTTP anyway"
+            )
         return self
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address of ``listen``, whether it was given as one string or a list."""
+        return listen_list(self.listen)
 
     @property
     def tls(self) -> bool:

@@ -119,7 +119,9 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     console = request.app.state.console
     session = request.scope.get("state", {}).get("session")
-    if session is not None:
+    if session is not None and not session.token:
+        # An API token is ended by `lanalyze web token revoke`, not here: revoking its
+        # id-less session would end every cookie session (Revocations.revoke).
         # The cookie is deleted below, but a copy (stolen, or in another browser tab's
         # jar) would stay valid until it expires: record it as ended for every process.
         await asyncio.to_thread(console.sessions.revoke, session)
