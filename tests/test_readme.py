@@ -5,14 +5,18 @@ in a fresh directory with ``HOME`` pointing there (so the default data directory
 ``~/.local/share/lanalyze`` is a temporary one), against the real server, softflowd and swaks.
 What it must change to run here is only this:
 
-- ``make run`` starts ``.venv/bin/lanalyze serve`` (what the Makefile runs) in the background;
-  ``make test`` is this suite and is skipped. ``.venv/bin/lanalyze`` is a link to the console
+- ``make run`` starts ``.venv/bin/lanalyze serve`` (what the Makefile runs) in the background,
+  after stopping the one a previous ``make run`` started (the README says Ctrl-C);
+  ``make test`` is this suite and is skipped. ``export`` sets the variable for the commands
+  that follow. ``.venv/bin/lanalyze`` is a link to the console
   script of the Python running the tests.
 - The default ports (2055, 2525, 8080) become free ports: the commands are rewritten and the
   server reads them from ``$LANALYZE_CONFIG``, which every command gets.
 - ``sudo X install-service`` runs ``X install-service --root DIR``: the files only.
 - Files a command reads that a user would bring (``capture.pcap``) are made first; prompts are
-  answered on standard input.
+  answered on standard input; the API token and its id that ``web token create`` printed take
+  the place of the README's placeholders (``lzt_...``, the example id), and ``curl`` gets
+  ``--fail`` so an HTTP error fails the step.
 
 Every command must exit 0; the reports must show what was sent.
 """
@@ -77,6 +81,7 @@ def test_readme_walk_through(tmp_path: Path) -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     data = home / ".local" / "share" / "lanalyze"
     outputs: dict[str, str] = {}
+    token = ""
     server: subprocess.Popen[bytes] | None = None
     try:
         for written in readme_commands():
@@ -85,7 +90,18 @@ def test_readme_walk_through(tmp_path: Path) -> None:
                 command = command.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
             if command == "make test":
                 continue
+            if command.startswith("export "):
+                name, _, value = command.removeprefix("export ").partition("=")
+                env[name] = value.replace("$PWD", str(work))
+                continue
+            if token:
+                command = command.replace("lzt_...", token)
+                command = command.replace("3f9c0a1b2d4e", token.split("_")[1])
+            if command.startswith("curl "):
+                command = command.replace("curl ", "curl --fail --silent --show-error ", 1)
             if command.startswith("make run"):
+                if server is not None:
+                    _stop(server, tmp_path)
                 args = re.search(r'ARGS="([^"]*)"', command)
                 with (tmp_path / "serve.log").open("wb") as log:
                     # exec: the signal at the end must reach the server, not the shell.
@@ -118,6 +134,9 @@ def test_readme_walk_through(tmp_path: Path) -> None:
             )
             assert result.returncode == 0, (command, result.stdout, result.stderr)
             outputs[command] = result.stdout
+            found = re.search(r"\blzt_[0-9a-f]+_\S+", result.stdout)
+            if "token create" in command and found:
+                token = found.group(0)
             if command.startswith(softflowd):
                 # softflowd exports at the end of the capture; the collector stores within ~1 s.
                 wait_for(lambda: any((data / "flows" / "raw").glob("*/*.parquet")), timeout=60)
@@ -129,11 +148,18 @@ def test_readme_walk_through(tmp_path: Path) -> None:
         assert "alice@example.org" in mail, mail
         assert (work / "lanalyze.toml").is_file()
         assert "[[web.users]]" in (work / "lanalyze.toml").read_text()
+        assert token, "web token create printed a token"
+        api = next(out for cmd, out in outputs.items() if cmd.startswith("curl "))
+        assert '"rows"' in api and "10.1.0." in api, api
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    assert server is not None and server.returncode == 0, (tmp_path / "serve.log").read_text()
+            _stop(server, tmp_path)
+
+
+def _stop(server: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=60)
+    assert server.returncode == 0, (tmp_path / "serve.log").read_text()
 
 
 def _listening(port: int) -> bool:
