@@ -441,3 +441,28 @@ def test_csv_numbers() -> None:
     assert csv_number(1234.5678901234567) == "1234.568"
     assert csv_number(7.0) == "7" and csv_number(0.0001) == "0" and csv_number(-0.0001) == "0"
     assert csv_number(1e20) == "100000000000000000000"
+
+
+def test_list_is_newest_first_across_overlapping_files(tmp_path: Path) -> None:
+    """A file named by an early first flow (a compacted file, another writer's batch) may
+    hold the newest flows: the list still shows the newest first."""
+    from lanalyze.flows.store.synthetic import to_table
+    from lanalyze.flows.store.writer import SegmentWriter
+
+    start = T0 - 3_600_000  # a whole hour before T0
+    columns = random_flows(40, start, start + 1000, seed=7)
+    writer = SegmentWriter(tmp_path, "ovl")
+    # Twelve small segments, one second apart, named by their first flow ...
+    for n in range(12):
+        part = {k: v[n * 3 : n * 3 + 3].copy() for k, v in columns.items()}
+        part["time_received"][:] = start + 10_000 + n * 1000 + np.arange(3)
+        writer.write(to_table(part))
+    # ... and one whose first flow is the oldest of all but which holds the newest ones.
+    late = {k: v[36:40].copy() for k, v in columns.items()}
+    late["time_received"][:] = [start + 1, start + 50_000, start + 50_001, start + 50_002]
+    writer.write(to_table(late))
+    flows = reports.list_flows(tmp_path, since=start, until=T0, limit=3)
+    assert [f.time_received for f in flows] == [start + 50_002, start + 50_001, start + 50_000]
+    every = reports.list_flows(tmp_path, since=start, until=T0, limit=100)
+    times = [f.time_received for f in every]
+    assert times == sorted(times, reverse=True) and len(times) == 40
