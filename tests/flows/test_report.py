@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import ipaddress
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -404,3 +407,62 @@ def test_every_report_runs_through_the_backend_with_named_columns(store) -> None
     assert any("AS d0_srcip" in sql for sql in seen)
     assert any("AS bucket" in sql for sql in seen)
     assert any("AS in_bytes" in sql for sql in seen)
+
+
+def test_cli_list_names_protocols_and_csv_rates_are_short(store) -> None:
+    data, _ = store
+    window = ["--since", "2023-11-14T22:00:00Z", "--until", "2023-11-15T00:00:00Z"]
+    table = run_cli("list", "-n", "50", "--data", str(data), *window)
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.splitlines()
+    position = header.index("protocol")
+    shown = {line[position:].split()[0] for line in lines}
+    assert shown <= {"tcp", "udp", "icmp", "ipv6-icmp", "gre", "esp", "sctp"} and shown
+    listed = run_cli("list", "-n", "5", "--format", "csv", "--data", str(data), *window)
+    rows = list(csv_module.DictReader(io.StringIO(listed.stdout)))
+    assert rows and all(not r["protocol"].isdigit() for r in rows)
+    assert json.loads(
+        run_cli("list", "-n", "1", "--format", "json", "--data", str(data), *window).stdout
+    )[0]["protocol"] in (1, 6, 17, 47, 50, 58, 132)
+    for command in (["top", "--by", "srcip"], ["series"], ["interfaces"]):
+        out = run_cli(*command, "--format", "csv", "--data", str(data), *window)
+        assert out.returncode == 0, (command, out.stderr)
+        for row in csv_module.DictReader(io.StringIO(out.stdout)):
+            rates = [k for k in row if k.endswith(("bps", "pps", "fps", "share", "_pct"))]
+            assert rates, (command, row)
+            for name in rates:
+                # At most 3 decimals and no exponent (rates are averages).
+                assert re.fullmatch(r"-?\d+(\.\d{1,3})?", row[name] or "0"), (command, row)
+
+
+def test_csv_numbers() -> None:
+    from lanalyze.flows.query.render import csv_number
+
+    assert csv_number(1234.5678901234567) == "1234.568"
+    assert csv_number(7.0) == "7" and csv_number(0.0001) == "0" and csv_number(-0.0001) == "0"
+    assert csv_number(1e20) == "100000000000000000000"
+
+
+def test_list_is_newest_first_across_overlapping_files(tmp_path: Path) -> None:
+    """A file named by an early first flow (a compacted file, another writer's batch) may
+    hold the newest flows: the list still shows the newest first."""
+    from lanalyze.flows.store.synthetic import to_table
+    from lanalyze.flows.store.writer import SegmentWriter
+
+    start = T0 - 3_600_000  # a whole hour before T0
+    columns = random_flows(40, start, start + 1000, seed=7)
+    writer = SegmentWriter(tmp_path, "ovl")
+    # Twelve small segments, one second apart, named by their first flow ...
+    for n in range(12):
+        part = {k: v[n * 3 : n * 3 + 3].copy() for k, v in columns.items()}
+        part["time_received"][:] = start + 10_000 + n * 1000 + np.arange(3)
+        writer.write(to_table(part))
+    # ... and one whose first flow is the oldest of all but which holds the newest ones.
+    late = {k: v[36:40].copy() for k, v in columns.items()}
+    late["time_received"][:] = [start + 1, start + 50_000, start + 50_001, start + 50_002]
+    writer.write(to_table(late))
+    flows = reports.list_flows(tmp_path, since=start, until=T0, limit=3)
+    assert [f.time_received for f in flows] == [start + 50_002, start + 50_001, start + 50_000]
+    every = reports.list_flows(tmp_path, since=start, until=T0, limit=100)
+    times = [f.time_received for f in every]
+    assert times == sorted(times, reverse=True) and len(times) == 40

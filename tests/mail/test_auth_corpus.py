@@ -371,3 +371,20 @@ def test_verdict_is_json_able(run: Check) -> None:
     verdict = run(arc_forward(dkim_sign(message())), mail_from="x@forwarder.test")
     data = json.loads(json.dumps(verdict.as_dict()))
     assert data["arc"] == "pass" and data["details"]["dkim"][0]["domain"] == "signed.test"
+
+
+def test_imitation_of_a_known_sender_is_flagged(run: Check) -> None:
+    # The first hour's case: From: claims paypal.com, the envelope comes from elsewhere, and
+    # DMARC cannot say more than "none" (here "temperror": this DNS serves no paypal.com).
+    paypal = run(message(from_header="PayPal <service@paypal.com>"), mail_from="x@none.test")
+    assert paypal.dmarc in ("none", "temperror")
+    assert {"from_envelope_mismatch", "well_known_domain_claimed"} <= set(paypal.flags)
+    lookalike = run(message(from_header="service@paypa1.com"), mail_from="service@paypa1.com")
+    assert "lookalike_domain" in lookalike.flags
+    local_lookalike = run(message(from_header="ceo@1ocal.example"), mail_from="ceo@1ocal.example")
+    assert "lookalike_domain" in local_lookalike.flags
+    name = run(message(from_header="PayPal Service <x@none.test>"), mail_from="x@none.test")
+    assert name.flags == ["display_name_spoof"]
+    address = message(from_header='"service@paypal.com" <x@none.test>')
+    assert "display_name_spoof" in run(address, mail_from="x@none.test").flags
+    assert run(message(), mail_from="alice@signed.test").as_dict()["flag_version"] == 2

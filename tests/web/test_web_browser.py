@@ -288,3 +288,63 @@ def _every_control_is_labelled(page: Any) -> None:
         control_id = controls.nth(index).get_attribute("id")
         assert control_id, controls.nth(index).evaluate("e => e.outerHTML")
         assert page.locator(f"label[for='{control_id}']").count() == 1, control_id
+
+
+# Pages whose last columns were cut off on narrower screens: (path, table id, column).
+NARROW_PAGES = [
+    ("/?range=24h", "talkers", "Share"),
+    ("/mail?range=all", "messages", "Status"),
+]
+
+
+@pytest.mark.parametrize("width", [1024, 1400])
+def test_tables_fit_at_common_widths(page: Any, width: int) -> None:
+    """Every column of the dashboard's and the mail list's tables is on screen, and no cell's
+    text spills out of its cell, at 1024 and 1400 px (screenshots for a person to look at)."""
+    page.set_viewport_size({"width": width, "height": 900})
+    try:
+        for path, table_id, column in NARROW_PAGES:
+            page.goto(path)
+            if "/login" in page.url:  # run alone, or after the main test logged out
+                page.get_by_label("User name").fill("alice")
+                page.get_by_label("Password").fill(PASSWORD)
+                page.get_by_role("button", name="Log in").click()
+                page.wait_for_url(re.compile(r"^(?!.*/login)"))
+            table = page.locator(f"table#{table_id}")
+            table.wait_for()
+            name = path.strip("/?").split("?")[0] or "dashboard"
+            page.screenshot(path=str(SHOTS / f"width-{width}-{name}.png"), full_page=True)
+            found = page.evaluate(
+                """([id, column]) => {
+                  const table = document.getElementById(id);
+                  const wrap = table.closest('.table-wrap') || table.parentElement;
+                  const heads = [...table.querySelectorAll('thead th')];
+                  const index = heads.findIndex(th => th.textContent.trim().startsWith(column));
+                  const box = wrap.getBoundingClientRect();
+                  const problems = [];
+                  if (index < 0) problems.push('no column ' + column);
+                  const last = heads[heads.length - 1].getBoundingClientRect();
+                  if (last.right > box.right + 1 || wrap.scrollWidth > wrap.clientWidth + 1)
+                    problems.push('table wider than its box: ' + wrap.scrollWidth
+                                  + ' > ' + wrap.clientWidth);
+                  if (last.right > document.documentElement.clientWidth + 1)
+                    problems.push('last column off screen at ' + last.right);
+                  for (const row of table.querySelectorAll('tbody tr')) {
+                    const cell = row.children[index];
+                    if (!cell) continue;
+                    const inner = cell.getBoundingClientRect();
+                    for (const child of cell.querySelectorAll('*')) {
+                      const r = child.getBoundingClientRect();
+                      if (r.right > inner.right + 1 || r.bottom > inner.bottom + 1)
+                        problems.push(column + ' cell content spills: ' + cell.textContent.trim());
+                    }
+                    if (cell.scrollWidth > cell.clientWidth + 1)
+                      problems.push(column + ' cell clipped: ' + cell.textContent.trim());
+                  }
+                  return problems;
+                }""",
+                [table_id, column],
+            )
+            assert found == [], (width, path, found)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

@@ -241,3 +241,26 @@ def test_interfaces_table_has_packets_and_flows_equal_to_raw_flows(client: TestC
         else:
             totals = [v[3] + v[4] for _, v in rows]
             assert totals == sorted(totals, reverse=True)
+
+
+def test_flow_table_is_on_the_report_time_axis(tmp_path: Path) -> None:
+    """Replayed captures: flows started years before the collector received them. The flow
+    table shows (and is ordered by) the receive time the charts bucket by."""
+    from tests.web.sample_flows import mapped, sample_flows, write_flows
+
+    now = time.time_ns() // 1_000_000
+    batch = sample_flows(now, 300)
+    batch["time_start"] -= 5 * 365 * 86_400_000
+    batch["time_end"] -= 5 * 365 * 86_400_000
+    write_flows(tmp_path, batch)
+    client = TestClient(make_app(tmp_path), follow_redirects=False)
+    log_in(client)
+    page = client.get(f"/flows/host/{TOP_TALKER}?range=1h").text
+    table = page.split('id="flows"', 1)[1].split("</table>", 1)[0]
+    assert "Received (UTC)" in table and "Start (UTC)" not in table
+    shown = [int(v) for v in re.findall(r'<tr>\s*<td data-value="(\d+)"', table)]
+    assert shown and shown == sorted(shown, reverse=True)
+    host = mapped(TOP_TALKER)
+    involved = (batch["src_addr"] == host) | (batch["dst_addr"] == host)
+    assert shown[0] == int(batch["time_received"][involved].max())
+    assert shown[0] > now - 3_600_000  # not the start time, years ago

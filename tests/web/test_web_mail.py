@@ -277,3 +277,56 @@ def test_lenient_parameters_keep_what_is_good() -> None:
 
     asked = MessageParams.lenient({"verdict": "bogus", "page": "2", "sender": " a ", "x": "y"})
     assert (asked.verdict, asked.page, asked.sender) == ("any", 2, "a")
+
+
+def test_list_marks_what_the_message_page_warns_about(data_dir: Path) -> None:
+    """A From: claiming paypal.com with DMARC only "none" is marked in the list, found by
+    the forged filter and the API, as its message page warns (not just "DMARC none")."""
+    from lanalyze.mail.index import MessageIndex
+    from lanalyze.mail.queuefile import Envelope, Layout
+
+    layout = Layout(data_dir)
+    layout.create()
+    auth = {
+        "action": "accept",
+        "spf": "pass",
+        "dkim": "none",
+        "dmarc": "none",
+        "arc": "none",
+        "flags": ["from_envelope_mismatch", "well_known_domain_claimed", "display_name_spoof"],
+        "flag_version": 2,
+        "header": "",
+        "details": {},
+    }
+    with MessageIndex(layout.index) as index:
+        index.record_accepted(
+            [
+                Envelope(
+                    queue_id="PAYPAL0001",
+                    mail_from="x@bulk.example",
+                    recipients=["bob@test.example"],
+                    local=["bob@test.example"],
+                    relay=[],
+                    client_ip="203.0.113.66",
+                    helo="bulk.example",
+                    listener="mta",
+                    received_at=time.time() - 60,
+                    header_from='"PayPal" <service@paypal.com>',
+                    subject="Account check",
+                    auth=auth,
+                )
+            ]
+        )
+    client = TestClient(make_app(data_dir), follow_redirects=False)
+    log_in(client)
+    for page in (client.get("/mail"), client.get("/mail?verdict=forged")):
+        row = page.text.split("Account check", 1)[1].split("</tr>", 1)[0]
+        assert '<span class="badge forged">forged</span>' in row
+        assert 'data-mark="well_known"' in row and "unverified well-known sender" in row
+        assert 'data-mark="mismatch"' in row and "envelope/From differ" in row
+        assert 'data-mark="display_name"' in row
+    rows = client.get("/api/mail/messages", params={"verdict": "forged"}).json()["rows"]
+    assert rows[0]["marks"] == ["well_known", "display_name", "mismatch"] and rows[0]["forged"]
+    message = client.get("/mail/message/PAYPAL0001").text
+    assert "Warning: this message is probably forged." in message
+    assert "claims a well-known domain" in message

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lanalyze.mail.index import VERDICTS
 from lanalyze.mail.queuefile import Layout
 from lanalyze.passwords import hash_password_command
 
@@ -74,11 +75,38 @@ def _verdict(auth: dict[str, Any] | None) -> str:
     return " ".join(parts) or "-"
 
 
+def _text(value: Any) -> str:
+    """A field for people: lists joined, nothing as ``-`` (not Python's ``[...]``/``None``)."""
+    if value is None or value in ("", []):
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _marks(row: dict[str, Any]) -> str:
+    """The sender marks the console's list shows, as ``FORGED: lookalike domain, ...``."""
+    from lanalyze.mail.index import MARKS
+
+    words = [MARKS.get(m, m) for m in row.get("marks") or [] if m != "dmarc_fail"]
+    head = ["FORGED"] if row.get("forged") else []
+    if not words:
+        return f" {head[0]}" if head else ""
+    return " " + ": ".join([*head, ", ".join(words)])
+
+
 @mail.command("ls")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option(
     "--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted", "corrupt"])
+)
+@click.option(
+    "--verdict",
+    type=click.Choice(VERDICTS),
+    default="any",
+    show_default=True,
+    help="Messages whose verdict is this (forged: what the console's Forged filter shows).",
 )
 @click.option(
     "--rejected", is_flag=True, help="List refused recipients, senders and messages instead."
@@ -94,6 +122,7 @@ def ls_command(
     fmt: str,
     limit: int,
     status: str | None,
+    verdict: str,
     rejected: bool,
     sender: str,
     recipient: str,
@@ -107,8 +136,11 @@ def ls_command(
         query = RejectionQuery(sender, recipient, client, reason, page_size=limit)
         _list_rejections(_index(ctx), query, fmt)
         return
+    from lanalyze.mail.index import MessageQuery
+
     index = _index(ctx)
-    rows = index.list(limit=limit, status=status) if index is not None else []
+    wanted = MessageQuery(status=status, verdict=verdict, page_size=limit)
+    rows = index.search(wanted).rows if index is not None else []
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -125,7 +157,7 @@ def ls_command(
         )
         click.echo(
             f"{'':22} From: {row['header_from'] or '-'}  Subject: {row['subject'] or '-'}"
-            f"  [{_verdict(row['auth'])}]"
+            f"  [{_verdict(row['auth'])}]{_marks(row)}"
         )
 
 
@@ -163,12 +195,12 @@ def show_command(ctx: click.Context, queue_id: str, fmt: str) -> None:
         click.echo(json.dumps(row, indent=2))
         return
     for key, value in row.items():
-        if key == "auth":
+        if key in ("auth", "marks", "forged"):
             continue
-        shown = _when(value) if key in ("received_at", "updated_at") else value
+        shown = _when(value) if key in ("received_at", "updated_at") else _text(value)
         click.echo(f"{key:13} {shown}")
     auth = row.get("auth")
-    click.echo(f"{'auth':13} {_verdict(auth)}")
+    click.echo(f"{'auth':13} {_verdict(auth)}{_marks(row)}")
     if auth:
         click.echo(json.dumps(auth, indent=2))
 

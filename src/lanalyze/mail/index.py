@@ -32,7 +32,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from lanalyze.configbase import Section
+from lanalyze.mail.auth.flags import (
+    DISPLAY_NAME_FLAG,
+    FLAG_VERSION,
+    LOCAL_CLAIM_FLAG,
+    LOOKALIKE_FLAG,
+    MISMATCH_FLAG,
+    WELL_KNOWN_FLAG,
+)
 
 if TYPE_CHECKING:
     from lanalyze.mail.queuefile import Envelope
@@ -91,7 +99,6 @@ CREATE TABLE IF NOT EXISTS delivered_files (
 
 STATUSES = ("queued", "delivered", "deferred", "hold", "deleted", "corrupt")
 VERDICTS = ("any", "pass", "fail", "forged", "none")
-LOCAL_CLAIM_FLAG = "local_domain_claimed_from_outside"
 REJECTION_FIELDS = (
     "at",
     "client_ip",
@@ -129,11 +136,53 @@ class IndexConfig(Section):
     )
 
 
-def is_forged(auth: dict[str, Any] | None) -> bool:
-    """DMARC failed, or a message from outside claims one of our own domains."""
+MARKS = {
+    "dmarc_fail": "DMARC fail",
+    "local_claim": "claims our domain",
+    "well_known": "unverified well-known sender",
+    "lookalike": "lookalike domain",
+    "display_name": "display-name spoof",
+    "mismatch": "envelope/From differ",
+}
+"""Sender marks a message row carries (``marks``), with the words the list and the CLI show.
+All but ``mismatch`` make a message *forged* (the filter, the chart's series)."""
+_FLAG_MARKS = {
+    LOCAL_CLAIM_FLAG: "local_claim",
+    WELL_KNOWN_FLAG: "well_known",
+    LOOKALIKE_FLAG: "lookalike",
+    DISPLAY_NAME_FLAG: "display_name",
+}
+FORGED_FLAGS = tuple(_FLAG_MARKS)
+
+
+def sender_marks(auth: dict[str, Any] | None) -> list[str]:
+    """The marks of a stored verdict: what the message page warns about the sender, as
+    words. The flags were computed once, at acceptance, by the authenticator (which knows
+    the local domains); this only reads them. An envelope/From mismatch is marked when DMARC
+    did not confirm the From: domain: with a pass the From: is genuine and a different
+    bounce domain is how mailing lists and bulk senders work."""
     if not auth:
-        return False
-    return auth.get("dmarc") == "fail" or LOCAL_CLAIM_FLAG in (auth.get("flags") or [])
+        return []
+    flags = auth.get("flags")
+    present = {str(f) for f in flags} if isinstance(flags, list) else set()
+    marks = ["dmarc_fail"] if auth.get("dmarc") == "fail" else []
+    marks += [mark for flag, mark in _FLAG_MARKS.items() if flag in present]
+    if MISMATCH_FLAG in present and auth.get("dmarc") != "pass":
+        marks.append("mismatch")
+    return marks
+
+
+def is_forged(auth: dict[str, Any] | None) -> bool:
+    """DMARC failed, or the From: claims a domain it does not come from (one of ours, a
+    well-known one, a lookalike of either, or in its display name)."""
+    return any(mark != "mismatch" for mark in sender_marks(auth))
+
+
+# The SQL twin of is_forged, over the stored verdict; the flag words are parameters.
+_FORGED_SQL = (
+    "(json_extract(auth, '$.dmarc') = 'fail' OR EXISTS (SELECT 1 FROM "  # noqa: S608 (only ?s)
+    "json_each(auth, '$.flags') WHERE value IN (" + ",".join("?" * len(FORGED_FLAGS)) + ")))"
+)
 
 
 def like_pattern(text: str) -> str:
@@ -329,6 +378,33 @@ class MessageIndex:
             if cursor.rowcount < chunk:
                 return deleted
 
+    def add_flags(self, compute: Callable[[str, str], list[str]], chunk: int = 500) -> int:
+        """Bring verdicts stored before :data:`FLAG_VERSION` up to date, ``chunk`` rows per
+        transaction (the caller repeats until 0, so the server's own writes interleave):
+        ``compute(header_from, dmarc word)`` gives the flags to add. Returns the rows done."""
+        rows = self.db.execute(
+            # Only verdicts that parse as objects: anything else is left as it is.
+            "SELECT queue_id, header_from, auth FROM messages WHERE json_valid(auth) "
+            "AND json_type(auth) = 'object' "
+            "AND coalesce(json_extract(auth, '$.flag_version'), 0) < ? LIMIT ?",
+            (FLAG_VERSION, chunk),
+        ).fetchall()
+        updates = []
+        for queue_id, header_from, text in rows:
+            auth = json.loads(text)
+            flags = auth.get("flags")
+            flags = [str(f) for f in flags] if isinstance(flags, list) else []
+            dmarc = auth.get("dmarc")
+            added = compute(str(header_from or ""), dmarc if isinstance(dmarc, str) else "")
+            auth["flags"] = list(dict.fromkeys([*flags, *added]))
+            auth["flag_version"] = FLAG_VERSION
+            updates.append((json.dumps(auth), queue_id))
+        if updates:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE messages SET auth=? WHERE queue_id=?", updates)
+            self.db.execute("COMMIT")
+        return len(updates)
+
     # ---------------------------------------------------------------- reading
 
     def get(self, queue_id: str) -> dict[str, Any] | None:
@@ -395,8 +471,8 @@ class MessageIndex:
                 " OR json_extract(auth, '$.dkim') = 'fail')"
             )
         elif query.verdict == "forged":
-            where.append("(json_extract(auth, '$.dmarc') = 'fail' OR auth LIKE ?)")
-            params.append(f'%"{LOCAL_CLAIM_FLAG}"%')
+            where.append(_FORGED_SQL)
+            params += FORGED_FLAGS
         elif query.verdict == "none":
             where.append("auth IS NULL")
         return self._page(
@@ -466,11 +542,11 @@ class MessageIndex:
         series = {name: [0] * slots for name in COUNT_SERIES}
         try:
             rows = self.db.execute(
-                "SELECT CAST((received_at - ?) / ? AS INTEGER) AS slot, action = 'reject', "
-                "json_extract(auth, '$.dmarc') = 'fail' OR auth LIKE ?, count(*) "
+                "SELECT CAST((received_at - ?) / ? AS INTEGER) AS slot, action = 'reject', "  # noqa: S608
+                f"{_FORGED_SQL}, count(*) "  # a fixed fragment; the flags are parameters
                 "FROM messages WHERE received_at >= ? AND received_at < ? "
                 "GROUP BY 1, 2, 3",
-                (start, bucket, f'%"{LOCAL_CLAIM_FLAG}"%', start, until),
+                (start, bucket, *FORGED_FLAGS, start, until),
             ).fetchall()
         except sqlite3.OperationalError:
             rows = []
@@ -535,5 +611,6 @@ def _message(row: sqlite3.Row) -> dict[str, Any]:
         data["auth"] = json.loads(data["auth"]) if data.get("auth") else None
     except ValueError:
         data["auth"] = None
+    data["marks"] = sender_marks(data["auth"])
     data["forged"] = is_forged(data["auth"])
     return data

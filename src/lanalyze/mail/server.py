@@ -164,6 +164,7 @@ class MailServer:
         self.cleanup: Cleanup | None = None
         self.queue: QueueManager | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._flagger: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._acceptors: list[Any] = []
 
@@ -217,6 +218,8 @@ class MailServer:
         if self.queue is not None:
             await self.queue.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="mail-timeouts")
+        if self.role == "main":
+            self._flagger = asyncio.create_task(self._add_flags(), name="mail-index-flags")
         tls = self._ssl_context()
         limits = Limits(
             max_message_size=self.config.max_message_size,
@@ -281,10 +284,11 @@ class MailServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._flagger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.committer is not None:
             await self.committer.stop()
         if self.queue is not None:
@@ -333,6 +337,28 @@ class MailServer:
         envelopes = [o.envelope for o in outcomes if o.envelope is not None]
         files = [(o.queue_id, path) for o in outcomes for path in o.files]
         self.index.set_status(updates, envelopes, files)
+
+    async def _add_flags(self) -> None:
+        """Give verdicts an older version stored the imitation flags (lookalike domain,
+        display-name spoof, unverified well-known domain), a chunk at a time in the index
+        thread, so the marks and the forged filter cover old mail too."""
+        from lanalyze.mail.auth.lookalike import header_imitation_flags
+
+        auth = getattr(self.config, "auth", None)
+        named = [*self.config.domains, *getattr(auth, "local_domains", [])]
+        local = sorted({d.lower() for d in named})
+
+        def compute(header_from: str, dmarc: str) -> list[str]:
+            return header_imitation_flags(header_from, dmarc, local)
+
+        loop = asyncio.get_running_loop()
+        try:
+            while self.index is not None and self._index_pool is not None:
+                done = await loop.run_in_executor(self._index_pool, self.index.add_flags, compute)
+                if not done:
+                    return
+        except Exception:  # derived data: the rows keep the flags they had
+            log.exception("mail.index.flags_failed")
 
     async def _sweep(self) -> None:
         while True:

@@ -323,8 +323,11 @@ def flows(data_dir: Path, window: Window, limit: int) -> list[dict[str, Any]]:
     for row in rows:
         result.append(
             {
-                # A flow without a start time (0) is shown at its arrival.
-                "start": row.time_start or row.time_received,
+                # One time axis: the charts bucket by receive time and the list is ordered by
+                # it, so the table shows it; the exporter's own start time is a tooltip (a
+                # replayed capture's flows started long before they were received).
+                "received": row.time_received,
+                "start": row.time_start,
                 "duration_ms": max(0, row.time_end - row.time_start),
                 "proto": protocol_name(row.protocol),
                 "src": row.src_addr,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lanalyze.mail.index import is_forged
+
 FLAG_TEXT = {
     "from_envelope_mismatch": "The envelope sender and the From: line name different domains.",
     "local_domain_claimed_from_outside": "The From: line claims one of our own domains, but the "
@@ -21,6 +23,12 @@ FLAG_TEXT = {
     "no_from_domain": "The From: address has no domain.",
     "dkim_partial_body": "The DKIM signature covers only part of the body; text could have been "
     "appended.",
+    "lookalike_domain": "The From: domain looks like one of our own or a well-known domain, "
+    "but is a different one.",
+    "display_name_spoof": "The display name on the From: line names a different sender (an "
+    "address, a domain or a well-known name) than the address it comes from.",
+    "well_known_domain_claimed": "The From: line claims a well-known domain, but nothing "
+    "confirms that the message comes from it (no DMARC pass).",
 }
 
 
@@ -244,16 +252,14 @@ def message_warnings(
     """Warnings for the top of the page, whether the envelope and the header disagree on
     sender or recipients, and whether the message looks forged."""
     items: list[str] = []
-    forged = False
+    # The same rule as the list's marks and the forged filter (mail.index owns it).
+    forged = is_forged(auth)
     flags = auth.get("flags") if auth else None
     flags = [str(f) for f in flags] if isinstance(flags, list) else []
     if auth:
         if auth.get("dmarc") == "fail":
-            forged = True
             items.append("DMARC failed: the From: line is not vouched for by its domain.")
         for flag in flags:
-            if flag == "local_domain_claimed_from_outside":
-                forged = True
             items.append(FLAG_TEXT.get(flag, flag))
         if auth.get("spf") == "fail":
             items.append("SPF failed: the sending server may not send for the envelope domain.")

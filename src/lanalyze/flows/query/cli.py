@@ -287,7 +287,13 @@ def list_command(
     ]
     if output_format == "json":
         click.echo(render.to_json(flows))
-    elif output_format == "csv":
+        return
+    from lanalyze.flows.query.apps import protocol_name
+
+    # Read by people: the protocol by name, as `top --by proto` shows it (JSON keeps numbers).
+    for flow in flows:
+        flow["protocol"] = protocol_name(flow["protocol"])
+    if output_format == "csv":
         click.echo(render.to_csv(flows, columns), nl=False)
     else:
         click.echo(render.table(flows, columns, {}), nl=False)

@@ -39,6 +39,20 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], formats: dict[
     return "\n".join(lines) + "\n"
 
 
+CSV_DECIMALS = 3
+"""Rates and shares are averages: a thousandth is more than any reader uses, and 16 digits
+of binary-float noise (``1234.5678901234567``) make a spreadsheet column unreadable."""
+
+
+def csv_number(value: float) -> str:
+    """A float for CSV: fixed point, at most :data:`CSV_DECIMALS` decimals, no trailing
+    zeros (``1234.5``, ``0.001``, ``7``), never an exponent."""
+    text = f"{value:.{CSV_DECIMALS}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
 def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(
@@ -46,7 +60,7 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     )
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow({k: csv_number(v) if isinstance(v, float) else v for k, v in row.items()})
     return out.getvalue()
 
 

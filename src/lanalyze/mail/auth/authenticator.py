@@ -38,8 +38,10 @@ from lanalyze.mail.auth.dmarc import (
     public_suffix_list,
 )
 from lanalyze.mail.auth.dns import Resolver
+from lanalyze.mail.auth.flags import FLAG_VERSION, LOCAL_CLAIM_FLAG, MISMATCH_FLAG
+from lanalyze.mail.auth.lookalike import imitation_flags
 from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
-from lanalyze.mail.auth.policy import LOCAL_CLAIM_FLAG, decide
+from lanalyze.mail.auth.policy import decide
 from lanalyze.mail.auth.results import ResInfo, our_results_ranges, render
 from lanalyze.mail.auth.signing import sign
 from lanalyze.mail.auth.spf import SpfResult, check_spf
@@ -101,6 +103,7 @@ class AuthVerdict:
             "dmarc": self.dmarc,
             "arc": self.arc,
             "flags": list(self.flags),
+            "flag_version": FLAG_VERSION,
             "header": self.header.decode("utf-8", "replace"),
             "details": self.details,
             "strip_headers": [list(r) for r in self.strip_headers],
@@ -348,7 +351,7 @@ class Authenticator:
         if envelope_domain and sender.domains:
             envelope_org = organisational_domain(envelope_domain)
             if any(organisational_domain(d) != envelope_org for d in sender.domains):
-                flags.append("from_envelope_mismatch")
+                flags.append(MISMATCH_FLAG)
         if self.local_domains:
             claims_from = dmarc.result != "pass" and any(
                 _is_within(d, local) for d in sender.domains for local in self.local_domains
@@ -362,6 +365,8 @@ class Authenticator:
                 flags.append(LOCAL_CLAIM_FLAG)
         if any(not d.body_covered for d in dkim):
             flags.append("dkim_partial_body")
+        names = sender.display_names
+        flags += imitation_flags(sender.domains, names, dmarc.result, self.local_domains)
         return flags
 
     @staticmethod

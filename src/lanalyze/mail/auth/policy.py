@@ -17,13 +17,13 @@ from lanalyze.mail.auth.arc import ArcResult
 from lanalyze.mail.auth.config import AuthConfig
 from lanalyze.mail.auth.dkim_verify import DkimResult
 from lanalyze.mail.auth.dmarc import DmarcResult
+from lanalyze.mail.auth.flags import LOCAL_CLAIM_FLAG
 from lanalyze.mail.auth.spf import SpfResult
 
 Verdict = Literal["accept", "quarantine", "reject"]
 _RANK = {"accept": 0, "tag": 0, "quarantine": 1, "reject": 2}
 
 MALFORMED_FROM_FLAGS = ("no_from", "multiple_from")
-LOCAL_CLAIM_FLAG = "local_domain_claimed_from_outside"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from lanalyze.mail.index import VERDICTS, MessageQuery, RejectionQuery
+from lanalyze.mail.index import MARKS, VERDICTS, MessageQuery, RejectionQuery
 from lanalyze.web.api_mail import MessageParams, RejectionParams
 from lanalyze.web.mailexplain import explain, message_warnings
 from lanalyze.web.mailstore import MailStore, parse_message
@@ -178,6 +178,7 @@ async def message_list(request: Request) -> Response:
             "refresh_choices": REFRESH,
             "ranges": RANGES,
             "verdicts": VERDICTS,
+            "mark_labels": MARKS,
             "counts": counts,
             "page_link": page_link,
         },

@@ -18,6 +18,7 @@ from lanalyze.flows.query.timespec import MIN_MS, TimeError
 from lanalyze.flows.store.layout import (
     RESOLUTIONS,
     ROLLUP_TABLES,
+    hour_name,
     list_raw_files,
     list_raw_hours,
     read_manifest,
@@ -28,6 +29,7 @@ __all__ = [
     "MINUTE_MS",
     "RESOLUTIONS",
     "ROLLUP_TABLES",
+    "hour_name",
     "list_raw_files",
     "list_raw_hours",
     "part_path",

@@ -13,7 +13,7 @@ from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.dimensions import KeyExpr, format_flags, format_ip
 from lanalyze.flows.query.planner import Piece, plan
-from lanalyze.flows.query.reports.common import check_limit, check_window
+from lanalyze.flows.query.reports.common import check_limit, check_window, hour_name
 from lanalyze.flows.query.sql import SUMS, Column
 from lanalyze.flows.query.timespec import iso
 
@@ -100,15 +100,9 @@ def list_flows(
     step = 8
     start = 0
     scanned = 0
-    # A rare match over a long window stops at the raw-scan budget with what it found.
-    while start < len(files) and len(found) < limit and scanned <= engine.max_raw_bytes():
-        chunk = files[start : start + step]
-        start += step
-        step *= 2
-        for name in chunk:
-            with contextlib.suppress(OSError):
-                scanned += os.stat(name).st_size
-        piece = Piece("raw", None, chunk, [(since, until)])
+
+    def newest(chunk: list[str], lower: int) -> None:
+        piece = Piece("raw", None, chunk, [(lower, until)])
         statement = backend.dialect.newest(
             backend.dialect.piece(piece, columns, flt, backend.shared_source), limit
         )
@@ -117,7 +111,29 @@ def list_flows(
         except engine.Replan:
             rows = []
         found.extend(_flow_record(row) for row in rows)
+
+    # A rare match over a long window stops at the raw-scan budget with what it found.
+    while start < len(files) and len(found) < limit and scanned <= engine.max_raw_bytes():
+        chunk = files[start : start + step]
+        start += step
+        step *= 2
+        for name in chunk:
+            with contextlib.suppress(OSError):
+                scanned += os.stat(name).st_size
+        newest(chunk, since)
     found.sort(key=lambda r: r.time_received, reverse=True)
+    if len(found) >= limit and start < len(files):
+        # A file's name gives its *first* row's time, not its newest: a compacted file, or
+        # a batch of another writer, may hold newer flows than the files read so far. Only
+        # files of the cutoff's hour or later can (every row of a file is in its hour), and
+        # asking them for flows from the cutoff on lets DuckDB skip, by the Parquet
+        # statistics, the row groups (and so the files) that hold none.
+        cutoff = found[limit - 1].time_received
+        first_hour = hour_name(cutoff)
+        rest = [f for f in files[start:] if Path(f).parent.name >= first_hour]
+        if rest:
+            newest(rest, max(since, cutoff))
+            found.sort(key=lambda r: r.time_received, reverse=True)
     return _annotate(data, found[:limit])
 
 
