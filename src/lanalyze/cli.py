@@ -2,22 +2,24 @@
 
 Every sub-command loads the same validated configuration; a configuration error is printed
 (naming the key, file and line) and the command exits with status 2.
+
+Start-up cost is part of every command's answer time, so this module imports nothing heavy:
+sub-command groups are loaded when named (:mod:`lanalyze.clilazy`), and the configuration
+(pydantic) only when a command first asks for it.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from lanalyze.config import Config, ConfigError, dump_config, load_config
-from lanalyze.flows.cli import flows
-from lanalyze.log import setup_logging
-from lanalyze.mail.cli import mail
-from lanalyze.service import StartError
-from lanalyze.systemd import install_service
-from lanalyze.web.cli import web
+from lanalyze.clilazy import LazyGroup
+
+if TYPE_CHECKING:
+    from lanalyze.config import Config
 
 EXIT_CONFIG = 2
 EXIT_START = 3
@@ -33,6 +35,8 @@ class AppContext:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from lanalyze.config import ConfigError, load_config
+
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
@@ -48,7 +52,16 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    lazy={
+        "flows": "lanalyze.flows.cli:flows",
+        "mail": "lanalyze.mail.cli:mail",
+        "web": "lanalyze.web.cli:web",
+        "install-service": "lanalyze.systemd:install_service",
+    },
+)
 @click.option(
     "--config",
     "config_path",
@@ -68,7 +81,9 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @pass_app
 def serve(app: AppContext) -> None:
     """Run every enabled service: flow collector, SMTP listeners, web console and API."""
+    from lanalyze.log import setup_logging
     from lanalyze.serve import run, run_loop
+    from lanalyze.service import StartError
 
     config = app.config
     setup_logging(config.general.log_format, config.general.log_level)
@@ -96,13 +111,9 @@ def config_check(app: AppContext) -> None:
 @pass_app
 def config_dump(app: AppContext) -> None:
     """Print the effective settings, defaults included, as TOML."""
+    from lanalyze.config import dump_config
+
     click.echo(dump_config(app.config), nl=False)
-
-
-main.add_command(flows)
-main.add_command(mail)
-main.add_command(web)
-main.add_command(install_service)
 
 
 def _set_config_path(ctx: click.Context, _: click.Parameter, value: Path | None) -> None:
@@ -117,6 +128,7 @@ def _accept_global_options(command: click.Command) -> None:
 
     ``lanalyze --config F mail ls`` and ``lanalyze mail ls --config F`` mean the same; the
     value is stored on the one :class:`AppContext` before anything loads the configuration.
+    A lazy group's commands get it when they are imported, so start-up imports none of them.
     """
     if command is not main and not any(p.name == "config_path" for p in command.params):
         command.params.append(
@@ -128,7 +140,11 @@ def _accept_global_options(command: click.Command) -> None:
                 help="TOML configuration file (same as `lanalyze --config FILE ...`).",
             )
         )
-    if isinstance(command, click.Group):
+    if isinstance(command, LazyGroup):
+        command.commands.on_load = _accept_global_options
+        for sub in command.commands.loaded():
+            _accept_global_options(sub)
+    elif isinstance(command, click.Group):
         for sub in command.commands.values():
             _accept_global_options(sub)
 

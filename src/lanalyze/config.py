@@ -11,7 +11,6 @@ keys, wrong types and out-of-range values are errors, never silently ignored.
 
 from __future__ import annotations
 
-import os
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -22,22 +21,32 @@ import tomli_w
 from pydantic import BaseModel, Field, ValidationError
 
 from lanalyze.configbase import ListenAddress, Section, parse_listen
+from lanalyze.configpath import (
+    DEFAULT_CONFIG_PATHS,
+    DEFAULT_DATA_DIR,
+    ENV_CONFIG,
+    default_config_path,
+)
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.mail.config import MailConfig
 from lanalyze.web.config import WebConfig
 
-__all__ = ["Config", "ConfigError", "ListenAddress", "Section", "load_config", "parse_listen"]
-
-ENV_CONFIG = "LANALYZE_CONFIG"
-DEFAULT_CONFIG_PATHS = (
-    Path("/etc/lanalyze/lanalyze.toml"),
-    Path("~/.config/lanalyze/lanalyze.toml"),
-)
+__all__ = [
+    "DEFAULT_CONFIG_PATHS",
+    "ENV_CONFIG",
+    "Config",
+    "ConfigError",
+    "ListenAddress",
+    "Section",
+    "default_config_path",
+    "load_config",
+    "parse_listen",
+]
 
 
 class GeneralConfig(Section):
     data_dir: Path = Field(
-        default=Path("~/.local/share/lanalyze"),
+        default=DEFAULT_DATA_DIR,
         description="Directory holding flows, the mail queue, mailboxes and state.",
     )
     log_format: Literal["kv", "json"] = Field(
@@ -67,17 +76,6 @@ class Config(Section):
 
 class ConfigError(Exception):
     """The configuration is wrong; the message names the key, the file and the line."""
-
-
-def default_config_path() -> Path | None:
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        return Path(env)
-    for candidate in DEFAULT_CONFIG_PATHS:
-        path = candidate.expanduser()
-        if path.exists():
-            return path
-    return None
 
 
 def find_key_line(text: str, loc: tuple[str | int, ...]) -> int | None:

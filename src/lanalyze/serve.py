@@ -42,14 +42,20 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.mail.server import MailServer
 
         components.append(MailServer(config.mail, config.general))
-    if config.web.enabled:
+    if config.web.enabled or config.flows.query.socket:
         from lanalyze.flows.query import reports
+
+        # The console, the API and the report socket answer flow reports in this process:
+        # with [flows.query].
+        reports.apply_config(config.flows.query)
+    if config.web.enabled:
         from lanalyze.web.app import WebServer
 
-        # The console and API answer flow reports in this process: with [flows.query].
-        reports.apply_config(config.flows.query)
-
         components.append(WebServer(config.web, config.general.data_path))
+    if config.flows.query.socket:
+        from lanalyze.flows.query.reportserver import ReportSocket
+
+        components.append(ReportSocket(config.flows.query, config.general.data_path))
     return components
 
 

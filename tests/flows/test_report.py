@@ -355,7 +355,7 @@ def test_query_section_reaches_the_console_without_a_maintainer(store, section: 
     data, _ = store
     config = parse_config(f"[flows]\nenabled = false\n[mail]\nenabled = false\n{section}")
     try:
-        assert [c.name for c in build_components(config)] == ["web"]
+        assert [c.name for c in build_components(config)] == ["web", "report-socket"]
         with pytest.raises(reports.ReportError, match="GiB of raw flows"):
             reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
     finally:

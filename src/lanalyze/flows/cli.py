@@ -1,39 +1,31 @@
-"""``lanalyze flows ...``: collect, decode, import and report on flows."""
+"""``lanalyze flows ...``: collect, decode, import and report on flows.
+
+Each sub-command's module is imported only when that command is named (a report command
+must not import the collector, and the collector not the report engine).
+"""
 
 from __future__ import annotations
 
 import click
 
+from lanalyze.clilazy import LazyGroup
 
-@click.group()
+_REPORTS = "lanalyze.flows.query.cli"
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "collect": "lanalyze.flows.collect_cli:collect",
+        "import": "lanalyze.flows.collect_cli:import_pcaps",
+        "exporters": "lanalyze.flows.collect_cli:exporters",
+        "top": f"{_REPORTS}:top",
+        "series": f"{_REPORTS}:series",
+        "list": f"{_REPORTS}:list_command",
+        "interfaces": f"{_REPORTS}:interfaces",
+        "status": f"{_REPORTS}:status",
+        "decode": "lanalyze.flows.decode_cli:decode",
+    },
+)
 def flows() -> None:
     """Flow collector and reports (NetFlow v5/v9, IPFIX)."""
-
-
-def _add_collector_commands() -> None:
-    from lanalyze.flows.collect_cli import collect, exporters, import_pcaps
-
-    for command in (collect, import_pcaps, exporters):
-        flows.add_command(command)
-
-
-_add_collector_commands()
-
-
-def _add_report_commands() -> None:
-    from lanalyze.flows.query.cli import COMMANDS
-
-    for command in COMMANDS:
-        flows.add_command(command)
-
-
-_add_report_commands()
-
-
-def _add_decode_command() -> None:
-    from lanalyze.flows.decode_cli import decode
-
-    flows.add_command(decode)
-
-
-_add_decode_command()

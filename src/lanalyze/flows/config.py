@@ -78,6 +78,33 @@ class QueryConfig(Section):
         description="Bytes of raw segments one report may scan; a report needing more "
         "(a per-flow filter over weeks) is refused with a message.",
     )
+    socket: bool = Field(
+        default=True,
+        description="`lanalyze serve` answers the report commands (`lanalyze flows top|series|"
+        "list|interfaces|status`) of the same user over `<data_dir>/lanalyze.sock`, with its warm "
+        "query engine; the commands run the query themselves when no server answers.",
+    )
+    socket_clients: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Report-socket connections served at once (each runs one report); more "
+        "are told to run the report themselves.",
+    )
+    socket_max_request: int = Field(
+        default=1 << 20,
+        ge=4096,
+        le=64 << 20,
+        description="Bytes of one report-socket request (the command's parameters and the "
+        "client's configuration file); a longer one is refused.",
+    )
+    socket_max_answer: int = Field(
+        default=64 << 20,
+        ge=1 << 16,
+        le=1 << 30,
+        description="Bytes of a report's printed output the server sends back; a longer one "
+        "is left to the command to run itself.",
+    )
 
 
 _MOVED_TO_QUERY = {"query_threads": "threads", "query_max_raw_bytes": "max_raw_bytes"}

@@ -4,6 +4,13 @@ Registered by :mod:`lanalyze.flows.cli`. A bad request (filter, dimension, time)
 message (a filter error with its caret line) and exits with status 2; a flow directory that
 does not exist is named and exits with status 1. A report with no rows says on stderr what it
 read: a store holding no flows at all, or no flows in the window (and filter).
+
+Each command first asks a running ``lanalyze serve`` over its data directory's socket
+(:mod:`.reportclient`; not with ``--no-server``), which runs this same command with its warm
+query engine and hands back what it printed; when none answers, the command runs here. The
+module imports only click at the top: the report engine is imported when a command runs
+in-process. Everything a command prints goes through :func:`echo`, so the served and the
+in-process answers are the same bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,13 +28,34 @@ EXIT_USAGE = 2
 EXIT_NO_DATA = 1
 F = TypeVar("F", bound=Callable[..., Any])
 
+# While the report server runs a command for a client, what it prints is gathered here
+# (stderr?, text) instead of written: the client prints it, so both paths print the same bytes.
+captured: ContextVar[list[tuple[bool, str]] | None] = ContextVar("captured", default=None)
+
+
+def echo(message: str = "", *, nl: bool = True, err: bool = False) -> None:
+    sink = captured.get()
+    if sink is None:
+        click.echo(message, nl=nl, err=err)
+    else:
+        sink.append((err, f"{message}\n" if nl else message))
+
+
+def flow_dir_of(data: Path) -> Path:
+    """``--data`` names a flow directory, or a data directory holding ``flows/``."""
+    from lanalyze.flows.store.paths import flow_dir, raw_dir
+
+    if not raw_dir(data).is_dir() and flow_dir(data).is_dir():
+        return flow_dir(data)
+    return data
+
 
 def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     """The flow directory: ``--data`` (a flow directory, or a data directory holding
     ``flows/``), else ``general.data_dir``/flows of the configuration. Every report command
     comes here first, so it also applies the ``[flows.query]`` section."""
     from lanalyze.flows.query import reports
-    from lanalyze.flows.store.paths import flow_dir, raw_dir
+    from lanalyze.flows.store.paths import flow_dir
 
     config = ctx.find_root().obj.config
     reports.apply_config(config.flows.query)
@@ -34,13 +63,11 @@ def resolve_data(ctx: click.Context, data: Path | None) -> Path:
         directory = flow_dir(Path(config.general.data_path))
         origin = "general.data_dir"
     else:
-        directory = data.expanduser()
+        directory = flow_dir_of(data.expanduser())
         origin = "--data"
-        if not raw_dir(directory).is_dir() and flow_dir(directory).is_dir():
-            directory = flow_dir(directory)
     if not directory.is_dir():
         # An empty table here would look like "no traffic", not "wrong directory".
-        click.echo(
+        echo(
             f"lanalyze flows {ctx.info_name}: no flow data: {directory} ({origin}) does not exist",
             err=True,
         )
@@ -60,7 +87,7 @@ def say_if_empty(directory: Path, rows: int, filter_text: str | None = None) -> 
         rollup_dir(directory).glob("*/*/*/*.parquet"), None
     )
     if stored is None:
-        click.echo(
+        echo(
             f"{directory} holds no flows (no segment under {raw_dir(directory)}): nothing has "
             "been collected into it (lanalyze flows collect) or imported (lanalyze flows "
             "import)",
@@ -68,7 +95,7 @@ def say_if_empty(directory: Path, rows: int, filter_text: str | None = None) -> 
         )
     else:
         which = f" matching the filter {filter_text!r}" if filter_text else ""
-        click.echo(f"no flows in this window{which} in {directory}", err=True)
+        echo(f"no flows in this window{which} in {directory}", err=True)
 
 
 def _common(command: F) -> F:
@@ -98,13 +125,35 @@ def _format_option(command: F) -> F:
     )(command)
 
 
+def _served(command: F) -> F:
+    """Ask the running server first (:mod:`.reportclient`); run here when none answers."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, no_server: bool, **kwargs: Any) -> Any:
+        if not no_server:
+            from lanalyze.flows.query.reportclient import ask
+
+            answer = ask(click.get_current_context(), kwargs)
+            if answer is not None:
+                click.echo(answer.stdout, nl=False)
+                click.echo(answer.stderr, nl=False, err=True)
+                sys.exit(answer.exit)
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--no-server",
+        is_flag=True,
+        help="Run the query in this process, without asking a running `lanalyze serve`.",
+    )(wrapper)  # type: ignore[return-value]
+
+
 def _report_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except ValueError as exc:
-            click.echo(str(exc), err=True)
+            echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
@@ -125,6 +174,7 @@ def _window(since: str | None, until: str | None) -> tuple[int, int]:
 @click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
 @_common
 @_format_option
+@_served
 @click.pass_context
 @_report_errors
 def top(
@@ -160,14 +210,14 @@ def top(
     say_if_empty(directory, len(report.rows), filter_text)
     if output_format == "json":
         keys = [*report.dimensions, "bytes", "packets", "flows"]
-        click.echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
+        echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
         return
     columns = [*report.dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
     if output_format == "csv":
-        click.echo(render.to_csv(rows, columns), nl=False)
+        echo(render.to_csv(rows, columns), nl=False)
         return
     total = report.total
-    click.echo(
+    echo(
         f"# {iso(start)} .. {iso(end)}  total {render.human(total.bytes, 'B')} "
         f"{render.human(total.packets)} packets {total.flows} flows  ({report.plan})"
     )
@@ -178,7 +228,7 @@ def top(
         "pps": render.human,
         "share": lambda v: f"{v:.1f}%",
     }
-    click.echo(render.table(rows, columns, formats), nl=False)
+    echo(render.table(rows, columns, formats), nl=False)
 
 
 @click.command("series")
@@ -193,6 +243,7 @@ def top(
 @click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
 @_common
 @_format_option
+@_served
 @click.pass_context
 @_report_errors
 def series(
@@ -229,9 +280,9 @@ def series(
     columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
     points = [point.to_json() for point in report.points]
     if output_format == "json":
-        click.echo(render.to_json(report.to_json()))
+        echo(render.to_json(report.to_json()))
     elif output_format == "csv":
-        click.echo(render.to_csv(points, columns), nl=False)
+        echo(render.to_csv(points, columns), nl=False)
     else:
         formats = {
             "bps": lambda v: render.human(v, "bps"),
@@ -239,13 +290,14 @@ def series(
             "fps": lambda v: f"{v:.1f}",
             "bytes": lambda v: render.human(v, "B"),
         }
-        click.echo(render.table(points, columns, formats), nl=False)
+        echo(render.table(points, columns, formats), nl=False)
 
 
 @click.command("list")
 @click.option("-n", "limit", type=int, default=20, show_default=True, help="At most this many.")
 @_common
 @_format_option
+@_served
 @click.pass_context
 @_report_errors
 def list_command(
@@ -286,7 +338,7 @@ def list_command(
         "bytes",
     ]
     if output_format == "json":
-        click.echo(render.to_json(flows))
+        echo(render.to_json(flows))
         return
     from lanalyze.flows.query.apps import protocol_name
 
@@ -294,9 +346,9 @@ def list_command(
     for flow in flows:
         flow["protocol"] = protocol_name(flow["protocol"])
     if output_format == "csv":
-        click.echo(render.to_csv(flows, columns), nl=False)
+        echo(render.to_csv(flows, columns), nl=False)
     else:
-        click.echo(render.table(flows, columns, {}), nl=False)
+        echo(render.table(flows, columns, {}), nl=False)
 
 
 def _percent_text(value: float | None) -> str:
@@ -317,6 +369,7 @@ def _percent_text(value: float | None) -> str:
 @click.option("-n", "limit", type=int, default=10, show_default=True)
 @_common
 @_format_option
+@_served
 @click.pass_context
 @_report_errors
 def interfaces(
@@ -361,13 +414,13 @@ def interfaces(
         if result["speed_bps"]:
             point_columns = ["time", "in_bps", "in_util_pct", "out_bps", "out_util_pct"]
         if output_format == "json":
-            click.echo(render.to_json(result))
+            echo(render.to_json(result))
         elif output_format == "csv":
-            click.echo(render.to_csv(result["points"], point_columns), nl=False)
+            echo(render.to_csv(result["points"], point_columns), nl=False)
         else:
             if result["name"]:
-                click.echo(f"{result['name']} ({result['alias'] or 'no alias'})")
-            click.echo(render.table(result["points"], point_columns, formats), nl=False)
+                echo(f"{result['name']} ({result['alias'] or 'no alias'})")
+            echo(render.table(result["points"], point_columns, formats), nl=False)
         return
     rows = [
         row.to_json()
@@ -392,11 +445,11 @@ def interfaces(
         "out_flows",
     ]
     if output_format == "json":
-        click.echo(render.to_json(rows))
+        echo(render.to_json(rows))
     elif output_format == "csv":
-        click.echo(render.to_csv(rows, columns), nl=False)
+        echo(render.to_csv(rows, columns), nl=False)
     else:
-        click.echo(render.table(rows, columns, formats), nl=False)
+        echo(render.table(rows, columns, formats), nl=False)
 
 
 @click.command("status")
@@ -407,6 +460,7 @@ def interfaces(
     help="Flow data directory (default: general.data_dir/flows).",
 )
 @_format_option
+@_served
 @click.pass_context
 @_report_errors
 def status(ctx: click.Context, data: Path | None, output_format: str) -> None:
@@ -418,12 +472,12 @@ def status(ctx: click.Context, data: Path | None, output_format: str) -> None:
     say_if_empty(directory, sum(table["files"] for table in tables))
     columns = ["table", "files", "rows", "bytes", "first", "last"]
     if output_format == "json":
-        click.echo(render.to_json(tables))
+        echo(render.to_json(tables))
     elif output_format == "csv":
-        click.echo(render.to_csv(tables, columns), nl=False)
+        echo(render.to_csv(tables, columns), nl=False)
     else:
         formats = {"bytes": lambda v: render.human(v, "B", 1024), "first": str, "last": str}
-        click.echo(render.table(tables, columns, formats), nl=False)
+        echo(render.table(tables, columns, formats), nl=False)
 
 
 COMMANDS = (top, series, list_command, interfaces, status)
