@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from lanalyze.config import Config, ConfigError, dump_config, load_config
+from lanalyze.config import Config, dump_config, load_config
+from lanalyze.errors import ConfigError, StartError
 from lanalyze.flows.cli import flows
 from lanalyze.log import setup_logging
 from lanalyze.mail.cli import mail
-from lanalyze.service import StartError
 from lanalyze.systemd import install_service
 from lanalyze.web.cli import web
 

@@ -22,11 +22,12 @@ import tomli_w
 from pydantic import BaseModel, Field, ValidationError
 
 from lanalyze.configbase import ListenAddress, Section, parse_listen
+from lanalyze.errors import ConfigError
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.mail.config import MailConfig
 from lanalyze.web.config import WebConfig
 
-__all__ = ["Config", "ConfigError", "ListenAddress", "Section", "load_config", "parse_listen"]
+__all__ = ["Config", "ListenAddress", "Section", "load_config", "parse_listen"]
 
 ENV_CONFIG = "LANALYZE_CONFIG"
 DEFAULT_CONFIG_PATHS = (
@@ -63,10 +64,6 @@ class Config(Section):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     web: WebConfig = Field(default_factory=WebConfig)
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; the message names the key, the file and the line."""
 
 
 def default_config_path() -> Path | None:

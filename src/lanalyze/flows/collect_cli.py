@@ -59,9 +59,9 @@ def collect(
     ctx: click.Context, listen: tuple[str, ...], data_dir: Path | None, workers: int | None
 ) -> None:
     """Run the flow collector alone in the foreground until Ctrl-C or SIGTERM."""
+    from lanalyze.errors import StartError
     from lanalyze.flows.collector import FlowCollector, with_default_port
     from lanalyze.log import setup_logging
-    from lanalyze.service import StartError
 
     config = _app_config(ctx)
     flows_config = config.flows.model_copy(deep=True)
@@ -98,7 +98,8 @@ def collect(
 def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | None) -> None:
     """Decode the NetFlow/IPFIX in pcap or pcapng FILES (in order, one template cache) and
     store the flows, as if the collector had received them at capture time."""
-    from lanalyze.flows.importer import PcapImportError, import_files
+    from lanalyze.flows.errors import PcapImportError
+    from lanalyze.flows.importer import import_files
 
     config = _app_config(ctx)
     try:

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.errors import PcapError, PcapImportError
 from lanalyze.flows.store.paths import flow_dir
 from lanalyze.flows.store.writer import BackgroundWriter, SegmentWriter
 from lanalyze.log import RateLimiter, get_logger
@@ -26,10 +27,6 @@ log = get_logger(__name__)
 
 BATCH_DATAGRAMS = 4096
 SEGMENT_ROWS = 2_000_000
-
-
-class PcapImportError(Exception):
-    """A file cannot be read as a capture; the message names it."""
 
 
 @dataclass
@@ -59,7 +56,7 @@ def capture_packets(files: list[Path]) -> Iterator[Packet]:
         try:
             for datagram in pcap.read_udp(path):
                 yield Packet(datagram.payload, datagram.source, datagram.time_ms)
-        except (OSError, pcap.PcapError) as exc:
+        except (OSError, PcapError) as exc:
             raise PcapImportError(f"{path}: {exc}") from None
 
 
