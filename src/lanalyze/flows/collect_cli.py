@@ -77,11 +77,11 @@ def collect(
     setup_logging(config.general.log_format, config.general.log_level)
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
     from lanalyze.flows.snmp import run_with_poller
-    from lanalyze.flows.store.paths import flow_dir as flow_dir_of
+    from lanalyze.flows.store import paths
     from lanalyze.flows.store.rollup import run_collector_with_rollups
     from lanalyze.instance import DataDirLock
 
-    flow_dir = flow_dir_of(_data_dir(ctx, data_dir))
+    flow_dir = paths.flow_dir(_data_dir(ctx, data_dir))
     try:
         DataDirLock(_data_dir(ctx, data_dir)).acquire()
         main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
