@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lanalyze.config import Config, ConfigError, dump_config, parse_config, parse_listen
+from lanalyze.config import Config, dump_config, parse_config, parse_listen
+from lanalyze.errors import ConfigError
 from tests.conftest import lanalyze_cmd
 
 

@@ -35,7 +35,8 @@ class AppContext:
     @property
     def config(self) -> Config:
         if self._config is None:
-            from lanalyze.config import ConfigError, load_config
+            from lanalyze.config import load_config
+            from lanalyze.errors import ConfigError
 
             try:
                 self._config = load_config(self.config_path)
@@ -81,9 +82,9 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @pass_app
 def serve(app: AppContext) -> None:
     """Run every enabled service: flow collector, SMTP listeners, web console and API."""
+    from lanalyze.errors import StartError
     from lanalyze.log import setup_logging
     from lanalyze.serve import run, run_loop
-    from lanalyze.service import StartError
 
     config = app.config
     setup_logging(config.general.log_format, config.general.log_level)

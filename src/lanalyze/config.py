@@ -27,6 +27,7 @@ from lanalyze.configpath import (
     ENV_CONFIG,
     default_config_path,
 )
+from lanalyze.errors import ConfigError
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.mail.config import MailConfig
 from lanalyze.web.config import WebConfig
@@ -35,7 +36,6 @@ __all__ = [
     "DEFAULT_CONFIG_PATHS",
     "ENV_CONFIG",
     "Config",
-    "ConfigError",
     "ListenAddress",
     "Section",
     "default_config_path",
@@ -72,10 +72,6 @@ class Config(Section):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     web: WebConfig = Field(default_factory=WebConfig)
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; the message names the key, the file and the line."""
 
 
 def find_key_line(text: str, loc: tuple[str | int, ...]) -> int | None:

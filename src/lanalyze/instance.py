@@ -15,13 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from lanalyze.service import StartError
+from lanalyze.errors import DataDirBusy
 
 LOCK_NAME = "lanalyze.lock"
-
-
-class DataDirBusy(StartError):
-    """Another process holds the data directory."""
 
 
 class DataDirLock:

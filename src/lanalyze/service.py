@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lanalyze.configbase import parse_listen
+from lanalyze.errors import BindError
 
 
 class Component(Protocol):
@@ -25,17 +26,6 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-class StartError(Exception):
-    """A component could not start for a reason the operator can fix."""
-
-
-class BindError(StartError):
-    def __init__(self, address: str, key: str, reason: str) -> None:
-        super().__init__(f"cannot listen on {address} (config key {key}): {reason}")
-        self.address = address
-        self.key = key
 
 
 def bind_socket(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lanalyze.errors import BindError
 from lanalyze.flows.collector import with_default_port
 from lanalyze.flows.exporters import (
     OVERFLOW,
@@ -28,7 +29,6 @@ from lanalyze.flows.receive import (
     socket_inode,
 )
 from lanalyze.flows.worker import merge_template_states
-from lanalyze.service import BindError
 
 
 @pytest.mark.parametrize("multi", [True, False], ids=["recvmmsg", "recvfrom_into"])

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lanalyze.flows.errors import FilterError
 from lanalyze.flows.query.compile import compile_filter
-from lanalyze.flows.query.filterlang import FilterError, parse
+from lanalyze.flows.query.filterlang import parse
 
 V4 = b"\x00" * 10 + b"\xff\xff"
 

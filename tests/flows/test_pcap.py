@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanalyze.flows.pcap import PcapError, PcapReader, read_udp
+from lanalyze.flows.errors import PcapError
+from lanalyze.flows.pcap import PcapReader, read_udp
 
 SRC4, DST4 = "192.0.2.7", "198.51.100.1"
 SRC6, DST6 = "2001:db8::7", "2001:db8::1"

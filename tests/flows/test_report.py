@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.errors import DimensionError, FilterError, ReportError, TimeError
 from lanalyze.flows.query import reports
-from lanalyze.flows.query.dimensions import DimensionError
-from lanalyze.flows.query.filterlang import FilterError
-from lanalyze.flows.query.timespec import TimeError, auto_bucket, parse_time
+from lanalyze.flows.query.timespec import auto_bucket, parse_time
 from lanalyze.flows.store.synthetic import random_flows, write_flows
 from tests.conftest import lanalyze_cmd
 
@@ -195,7 +194,7 @@ def test_interfaces(store) -> None:
         assert sorted(map(str, ranked)) == sorted(map(str, rows))
         top3 = reports.top_interfaces(data, since=T0, until=T0 + SPAN, limit=3, order=order)
         assert top3 == ranked[:3]
-    with pytest.raises(reports.ReportError):
+    with pytest.raises(ReportError):
         reports.top_interfaces(data, since=T0, until=T0 + SPAN, order="bits")
     one = reports.interface_series(
         data, exporter="192.0.2.1", interface=1, since=T0, until=T0 + SPAN, bucket="1h"
@@ -216,7 +215,7 @@ def test_bad_requests_are_value_errors(store) -> None:
         reports.top(data, "nosuch", since=T0, until=T0 + 1)
     with pytest.raises(FilterError):
         reports.top(data, "srcip", since=T0, until=T0 + 1, filter="port")
-    with pytest.raises(reports.ReportError):
+    with pytest.raises(ReportError):
         reports.top(data, "srcip", since=T0, until=T0 + 1, order="bits")
     with pytest.raises(TimeError):
         reports.top(data, "srcip", since=T0, until=T0)
@@ -298,7 +297,7 @@ def test_a_huge_raw_scan_is_refused(store) -> None:
     data, _ = store
     reports.apply_config(QueryConfig(max_raw_bytes=1000))
     try:
-        with pytest.raises(reports.ReportError, match="GiB of raw flows"):
+        with pytest.raises(ReportError, match="GiB of raw flows"):
             reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
     finally:
         reports.apply_config(QueryConfig())
@@ -356,7 +355,7 @@ def test_query_section_reaches_the_console_without_a_maintainer(store, section: 
     config = parse_config(f"[flows]\nenabled = false\n[mail]\nenabled = false\n{section}")
     try:
         assert [c.name for c in build_components(config)] == ["web", "report-socket"]
-        with pytest.raises(reports.ReportError, match="GiB of raw flows"):
+        with pytest.raises(ReportError, match="GiB of raw flows"):
             reports.top(data, "srcip", since=T0, until=T0 + SPAN, use_rollups=False)
     finally:
         reports.apply_config(QueryConfig())

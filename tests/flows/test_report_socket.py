@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.errors import ProtocolError
 from lanalyze.flows.query import reportproto
 from lanalyze.flows.query.reportproto import (
     Answer,
     LineBuffer,
-    ProtocolError,
     Request,
     decode_answer,
     decode_request,

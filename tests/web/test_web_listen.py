@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lanalyze.config import ConfigError, parse_config
+from lanalyze.config import parse_config
+from lanalyze.errors import ConfigError
 from lanalyze.service import BindError
 from lanalyze.web.app import WebServer
 from lanalyze.web.config import WebConfig

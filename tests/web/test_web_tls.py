@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lanalyze.cli import main
-from lanalyze.service import StartError
+from lanalyze.errors import StartError
 from lanalyze.web.app import WebServer
 from lanalyze.web.auth import Users
 from lanalyze.web.config import WebConfig, WebUser

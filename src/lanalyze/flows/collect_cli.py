@@ -59,9 +59,9 @@ def collect(
     ctx: click.Context, listen: tuple[str, ...], data_dir: Path | None, workers: int | None
 ) -> None:
     """Run the flow collector alone in the foreground until Ctrl-C or SIGTERM."""
+    from lanalyze.errors import StartError
     from lanalyze.flows.collector import FlowCollector, with_default_port
     from lanalyze.log import setup_logging
-    from lanalyze.service import StartError
 
     config = _app_config(ctx)
     flows_config = config.flows.model_copy(deep=True)
@@ -77,11 +77,11 @@ def collect(
     setup_logging(config.general.log_format, config.general.log_level)
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
     from lanalyze.flows.snmp import run_with_poller
-    from lanalyze.flows.store.paths import flow_dir as flow_dir_of
+    from lanalyze.flows.store import paths
     from lanalyze.flows.store.rollup import run_collector_with_rollups
     from lanalyze.instance import DataDirLock
 
-    flow_dir = flow_dir_of(_data_dir(ctx, data_dir))
+    flow_dir = paths.flow_dir(_data_dir(ctx, data_dir))
     try:
         DataDirLock(_data_dir(ctx, data_dir)).acquire()
         main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
@@ -98,7 +98,8 @@ def collect(
 def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | None) -> None:
     """Decode the NetFlow/IPFIX in pcap or pcapng FILES (in order, one template cache) and
     store the flows, as if the collector had received them at capture time."""
-    from lanalyze.flows.importer import PcapImportError, import_files
+    from lanalyze.flows.errors import PcapImportError
+    from lanalyze.flows.importer import import_files
     from lanalyze.log import setup_logging
 
     config = _app_config(ctx)

@@ -1,7 +1,7 @@
 """The flow collector component: binds the UDP listeners and runs the worker processes.
 
 ``start()`` binds ``workers`` sockets per listen address (SO_REUSEPORT when more than one; a
-busy port is a :class:`~lanalyze.service.BindError` naming ``flows.listen[i]``), sizes their
+busy port is a :class:`~lanalyze.errors.BindError` naming ``flows.listen[i]``), sizes their
 receive buffers, and spawns one :mod:`lanalyze.flows.worker` process per worker, each given
 one socket per address. Work is spread by the kernel: a process per CPU core scales past one
 interpreter's GIL, and one exporter always lands on the same worker, where its templates are.
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lanalyze import metrics
+from lanalyze.errors import StartError
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapshots
 from lanalyze.flows.receive import bound_address, kernel_drops, open_udp, socket_inode
 from lanalyze.flows.store.paths import flow_dir, make_flow_dir
 from lanalyze.flows.worker import WorkerSpec, worker_main
 from lanalyze.log import JsonFormatter, get_logger
-from lanalyze.service import StartError
 
 log = get_logger(__name__)
 

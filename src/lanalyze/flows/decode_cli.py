@@ -126,7 +126,8 @@ def _write(out: TextIO, batch: DecodedBatch, output_format: str) -> None:
 def decode(files: tuple[Path, ...], output_format: str) -> None:
     """Print the NetFlow v5/v9/IPFIX flows found in pcap/pcapng FILES (read in order)."""
     from lanalyze.flows.decode import FlowDecoder
-    from lanalyze.flows.pcap import PcapError, PcapReader
+    from lanalyze.flows.errors import PcapError
+    from lanalyze.flows.pcap import PcapReader
 
     decoder = FlowDecoder()
     out = sys.stdout

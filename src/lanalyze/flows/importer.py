@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.errors import PcapError, PcapImportError
 from lanalyze.flows.store.paths import flow_dir
 from lanalyze.flows.store.writer import BackgroundWriter, SegmentWriter
 from lanalyze.log import RateLimiter, get_logger
@@ -34,10 +35,6 @@ BATCH_DATAGRAMS = 4096
 SEGMENT_ROWS = 2_000_000
 MAX_REASONS = 64
 """Distinct bad-datagram reasons summed (the rest go to "other"): bounded memory."""
-
-
-class PcapImportError(Exception):
-    """A file cannot be read as a capture; the message names it."""
 
 
 @dataclass
@@ -76,7 +73,7 @@ def capture_packets(files: list[Path]) -> Iterator[Packet]:
         try:
             for datagram in pcap.read_udp(path):
                 yield Packet(datagram.payload, datagram.source, datagram.time_ms)
-        except (OSError, pcap.PcapError) as exc:
+        except (OSError, PcapError) as exc:
             raise PcapImportError(f"{path}: {exc}") from None
 
 

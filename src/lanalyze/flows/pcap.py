@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lanalyze.flows.errors import PcapError
+
 MAX_PENDING_FRAGMENTS = 256
 MAX_BLOCK = 64 * 1024 * 1024
 
@@ -46,10 +48,6 @@ LINK_IPV4, LINK_IPV6 = 228, 229
 LINK_SLL, LINK_SLL2 = 113, 276
 ETHERTYPE_IPV4, ETHERTYPE_IPV6 = 0x0800, 0x86DD
 VLAN_TAGS = {0x8100, 0x88A8, 0x9100}
-
-
-class PcapError(Exception):
-    """The capture file is unreadable or truncated; the message names the file and offset."""
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy.typing as npt
 
+from lanalyze.errors import BindError
 from lanalyze.flows import recvmmsg
-from lanalyze.service import BindError, bind_socket
+from lanalyze.service import bind_socket
 
 Array = npt.NDArray[Any]
 MAX_DATAGRAM = 65535

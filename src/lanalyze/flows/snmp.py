@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from lanalyze import metrics
 from lanalyze.datadir import atomic_write_bytes
 from lanalyze.flows.config import SnmpConfig
+from lanalyze.flows.errors import PollFailed
 from lanalyze.flows.store.paths import exporters_path, interfaces_path
 from lanalyze.log import RateLimiter, get_logger
 
@@ -77,12 +78,6 @@ class PollTarget:
 
     def __repr__(self) -> str:  # the community is a secret
         return f"PollTarget({self.exporter}:{self.port}, v{self.version})"
-
-
-class PollFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def poll_targets(config: SnmpConfig, seen: Iterable[str]) -> list[PollTarget]:

@@ -155,13 +155,14 @@ _FLAG_MARKS = {
 FORGED_FLAGS = tuple(_FLAG_MARKS)
 
 
-def sender_marks(auth: dict[str, Any] | None) -> list[str]:
+def sender_marks(auth: object) -> list[str]:
     """The marks of a stored verdict: what the message page warns about the sender, as
     words. The flags were computed once, at acceptance, by the authenticator (which knows
     the local domains); this only reads them. An envelope/From mismatch is marked when DMARC
     did not confirm the From: domain: with a pass the From: is genuine and a different
-    bounce domain is how mailing lists and bulk senders work."""
-    if not auth:
+    bounce domain is how mailing lists and bulk senders work. A stored verdict of another
+    shape (an older version's, or damaged) has no marks."""
+    if not isinstance(auth, dict):
         return []
     flags = auth.get("flags")
     present = {str(f) for f in flags} if isinstance(flags, list) else set()
@@ -172,7 +173,7 @@ def sender_marks(auth: dict[str, Any] | None) -> list[str]:
     return marks
 
 
-def is_forged(auth: dict[str, Any] | None) -> bool:
+def is_forged(auth: object) -> bool:
     """DMARC failed, or the From: claims a domain it does not come from (one of ours, a
     well-known one, a lookalike of either, or in its display name)."""
     return any(mark != "mismatch" for mark in sender_marks(auth))

@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lanalyze.log import get_logger
+from lanalyze.mail.errors import CorruptQueueFile
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.metrics import QUEUE_ADMIN
 from lanalyze.mail.queuefile import (
     MESSAGE_QUEUES,
-    CorruptQueueFile,
     Envelope,
     Layout,
     read_envelope,

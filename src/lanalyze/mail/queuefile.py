@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from lanalyze.datadir import DIR_MODE, FILE_MODE, make_private_dirs, tighten
+from lanalyze.mail.errors import CorruptQueueFile
 
 FOOTER_LEN = 11  # b"%010d\n"
 QUEUE_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "free")
@@ -66,10 +67,6 @@ def valid_queue_id(text: str) -> bool:
     are hex digits and letters), so it can never name another directory (``..``, ``/``) or a
     spool's temporary (``.rw``). ``str.isalnum`` would also let Unicode letters through."""
     return _QUEUE_ID.match(text) is not None
-
-
-class CorruptQueueFile(Exception):
-    """A queue file that does not parse (never one we finished writing)."""
 
 
 @dataclass

@@ -40,8 +40,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lanalyze.flows.query.filterlang import FilterError
+from lanalyze.flows.errors import FilterError
 from lanalyze.log import RateLimiter, get_logger
+from lanalyze.web.errors import BadRequest
 
 log = get_logger(__name__)
 _log_limit = RateLimiter(interval=60, burst=5)
@@ -52,10 +53,6 @@ SEARCH_CHARS = 200
 """Search text longer than this is cut (the index matches substrings; more is no use)."""
 
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
-
-
-class BadRequest(ValueError):
-    """A request the API refuses: HTTP 400 with this message."""
 
 
 # --- parameter types ----------------------------------------------------------------------

@@ -33,7 +33,6 @@ from lanalyze.flows.store import paths
 from lanalyze.web import api, api_mail
 from lanalyze.web.api import (
     ApiMetrics,
-    BadRequest,
     Endpoint,
     Flag,
     Integer,
@@ -43,6 +42,7 @@ from lanalyze.web.api import (
     enum_of,
     member_of,
 )
+from lanalyze.web.errors import BadRequest
 
 METRICS = ApiMetrics(
     Counter(

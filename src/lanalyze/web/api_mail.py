@@ -26,7 +26,6 @@ from lanalyze.web import api
 from lanalyze.web.api import (
     INTEGER_SYNTAX,
     ApiMetrics,
-    BadRequest,
     Endpoint,
     Integer,
     Job,
@@ -35,6 +34,7 @@ from lanalyze.web.api import (
     enum_of,
     member_of,
 )
+from lanalyze.web.errors import BadRequest
 from lanalyze.web.mailstore import MailStore
 
 MAX_PAGE_SIZE = 1000

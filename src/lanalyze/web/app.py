@@ -1,6 +1,6 @@
 """The HTTP listener: console, JSON API and ``/metrics``, served by uvicorn in our event loop.
 
-We bind the socket ourselves so a busy port is a :class:`~lanalyze.service.BindError` naming
+We bind the socket ourselves so a busy port is a :class:`~lanalyze.errors.BindError` naming
 the config key instead of uvicorn's exit. With ``web.tls_cert``/``web.tls_key`` uvicorn serves
 HTTPS on that socket. Every request passes the client-address middleware (the client behind
 a trusted reverse proxy), the security-headers middleware, then the
@@ -27,8 +27,9 @@ from starlette.staticfiles import StaticFiles
 
 from lanalyze import metrics
 from lanalyze.configbase import is_loopback
+from lanalyze.errors import StartError
 from lanalyze.log import get_logger
-from lanalyze.service import StartError, bind_socket
+from lanalyze.service import bind_socket
 from lanalyze.throttle import LoginLimiter
 from lanalyze.web.auth import (
     AuthMiddleware,

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lanalyze.flows.errors import FilterError
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.apps import PROTOCOL_NUMBERS, application, protocol_name
 from lanalyze.flows.query.compile import compile_filter
-from lanalyze.flows.query.filterlang import FilterError
 from lanalyze.flows.store import paths
 
 T = TypeVar("T")
-ReportError = reports.ReportError
 _APP_LABEL = re.compile(r"^([a-z0-9]+)/(\d+)(?: .*)?$")
 
 

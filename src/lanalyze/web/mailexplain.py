@@ -5,6 +5,10 @@ DKIM, DMARC and ARC words, their details and the suspicious-sender flags) and th
 and header addresses. Output is a list of :class:`Finding` (good / bad / note and one
 sentence each) and the list of warnings shown at the top of the message page. Every string
 from the message (domains, addresses, reasons) stays data: templates escape it.
+
+Trust: the verdict is our own index's JSON, but an older version (or a damaged row) may have
+written another shape. Any part that is not what we write now reads as absent, a whole
+verdict that is not an object as unreadable: never an exception, never a good sign.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
 
 
-def explain(auth: dict[str, Any] | None) -> list[Finding]:
+def explain(auth: object) -> list[Finding]:
+    """Findings for the stored verdict ``auth`` (any JSON value the index holds)."""
     if not auth:
         return [
             Finding(
@@ -52,6 +57,16 @@ def explain(auth: dict[str, Any] | None) -> list[Finding]:
                 "none",
                 "note",
                 "This message was not checked (authentication checks were off when it arrived).",
+            )
+        ]
+    if not isinstance(auth, dict):
+        return [
+            Finding(
+                "auth",
+                "unreadable",
+                "note",
+                "The stored verdict cannot be read (written in another shape); the results of "
+                "the checks are unknown.",
             )
         ]
     details = auth.get("details")
@@ -74,6 +89,11 @@ def _word(value: Any) -> str:
 def _part(details: dict[str, Any], name: str) -> dict[str, Any]:
     value = details.get(name)
     return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    """A stored list; anything else (a number, a string, an object) reads as empty."""
+    return value if isinstance(value, list) else []
 
 
 def _spf(word: str, details: dict[str, Any]) -> Finding:
@@ -105,7 +125,7 @@ def _spf(word: str, details: dict[str, Any]) -> Finding:
 
 
 def _dkim(word: str, details: dict[str, Any]) -> list[Finding]:
-    signatures = [s for s in details.get("dkim") or [] if isinstance(s, dict)]
+    signatures = [s for s in _items(details.get("dkim")) if isinstance(s, dict)]
     if not signatures or word == "none":
         return [Finding("DKIM", "none", "note", "The message carries no DKIM signature.")]
     findings = []
@@ -219,7 +239,7 @@ def _arc(word: str, details: dict[str, Any]) -> Finding | None:
     if word in ("none", ""):
         return None
     arc = _part(details, "arc")
-    sealers = ", ".join(str(s) for s in arc.get("sealers") or []) or "intermediaries"
+    sealers = ", ".join(str(s) for s in _items(arc.get("sealers"))) or "intermediaries"
     if word == "pass":
         return Finding(
             "ARC",
@@ -243,7 +263,7 @@ class MessageWarnings:
 
 
 def message_warnings(
-    auth: dict[str, Any] | None,
+    auth: object,
     envelope_from: str,
     header_from: list[str],
     recipients: list[str],
@@ -252,10 +272,11 @@ def message_warnings(
     """Warnings for the top of the page, whether the envelope and the header disagree on
     sender or recipients, and whether the message looks forged."""
     items: list[str] = []
+    if not isinstance(auth, dict):  # not checked, or unreadable: explain() says which
+        auth = {}
     # The same rule as the list's marks and the forged filter (mail.index owns it).
     forged = is_forged(auth)
-    flags = auth.get("flags") if auth else None
-    flags = [str(f) for f in flags] if isinstance(flags, list) else []
+    flags = [str(f) for f in _items(auth.get("flags"))]
     if auth:
         if auth.get("dmarc") == "fail":
             items.append("DMARC failed: the From: line is not vouched for by its domain.")

@@ -31,15 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from lanalyze.mail.delivery.maildir import find_delivered
+from lanalyze.mail.errors import CorruptQueueFile
 from lanalyze.mail.index import COUNT_SERIES, MessageIndex, MessageQuery, Page, RejectionQuery
 from lanalyze.mail.queueadmin import QueueAdmin, Report
-from lanalyze.mail.queuefile import (
-    CorruptQueueFile,
-    Layout,
-    read_envelope,
-    read_message,
-    valid_queue_id,
-)
+from lanalyze.mail.queuefile import Layout, read_envelope, read_message, valid_queue_id
 
 PAGE_SIZE = 50
 RAW_LIMIT = 2 * 1024 * 1024

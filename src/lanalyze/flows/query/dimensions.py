@@ -18,15 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lanalyze.flows import catalogue
+from lanalyze.flows.errors import DimensionError
 from lanalyze.flows.query.apps import application, protocol_name
 
 V4_LOW = b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4
 V4_HIGH = b"\x00" * 10 + b"\xff\xff" + b"\xff" * 4
 FLAG_LETTERS = "CEUAPRSF"  # nfdump's order, bit 7 .. bit 0
-
-
-class DimensionError(ValueError):
-    """An unknown or malformed ``--by`` dimension."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import duckdb
 
 from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.errors import Replan, ReportError
 from lanalyze.flows.query import filtered
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.planner import Plan
@@ -33,14 +34,6 @@ from lanalyze.flows.query.sql import Dialect, DuckDB, Statement
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
-
-
-class ReportError(ValueError):
-    """A report request that cannot be answered as asked (bad order, limit, exporter...)."""
-
-
-class Replan(Exception):
-    """A planned file went away before it was read: plan again."""
 
 
 class Backend(Protocol):

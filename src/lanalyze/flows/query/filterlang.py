@@ -21,23 +21,11 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from lanalyze.flows.errors import FilterError
 from lanalyze.flows.query.apps import PROTOCOL_NUMBERS
 
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 64
-
-
-class FilterError(ValueError):
-    """A malformed filter: the message, and the filter with a caret under the mistake."""
-
-    def __init__(self, message: str, text: str, column: int) -> None:
-        self.message = message
-        self.text = text
-        self.column = max(0, min(column, len(text)))
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        return f"filter error: {self.message}\n  {self.text}\n  {' ' * self.column}^"
 
 
 # --- the tree -------------------------------------------------------------------------------

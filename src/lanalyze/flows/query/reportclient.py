@@ -24,11 +24,11 @@ from typing import Any
 import click
 
 from lanalyze.configpath import data_dir_hint, default_config_path
+from lanalyze.flows.errors import ProtocolError
 from lanalyze.flows.query.reportproto import (
     SOCKET_NAME,
     Answer,
     LineBuffer,
-    ProtocolError,
     Request,
     decode_answer,
     encode_request,

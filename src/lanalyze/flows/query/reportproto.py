@@ -25,19 +25,12 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from lanalyze.flows.errors import Fault, ProtocolError
+
 VERSION = 1
 SOCKET_NAME = "lanalyze.sock"
 COMMANDS = frozenset({"top", "series", "list", "interfaces", "status"})
-Fault = Literal["client", "server"]
 Scalar = str | int | bool | None
-
-
-class ProtocolError(Exception):
-    """The bytes broke the protocol; ``fault`` says whose fault it is."""
-
-    def __init__(self, fault: Fault, message: str) -> None:
-        super().__init__(message)
-        self.fault: Fault = fault
 
 
 class LineBuffer:

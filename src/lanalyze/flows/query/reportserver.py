@@ -34,13 +34,13 @@ import click
 from prometheus_client import Counter, Gauge
 
 from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.errors import ProtocolError
 from lanalyze.flows.query import cli as report_cli
 from lanalyze.flows.query.reportclient import peer_credentials
 from lanalyze.flows.query.reportproto import (
     SOCKET_NAME,
     Answer,
     LineBuffer,
-    ProtocolError,
     Request,
     decode_request,
     encode_answer,
@@ -231,7 +231,8 @@ class ReportSocket:
         return answer
 
     def _run(self, request: Request) -> tuple[str, Answer]:
-        from lanalyze.config import Config, ConfigError, parse_config
+        from lanalyze.config import Config, parse_config
+        from lanalyze.errors import ConfigError
 
         try:
             if request.config_text is None:

@@ -12,6 +12,8 @@ import re
 import time
 from datetime import UTC, datetime
 
+from lanalyze.flows.errors import TimeError
+
 _RELATIVE = re.compile(r"^-?(\d{1,9})\s*([smhdw])$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _BUCKETS_MS = (
@@ -28,10 +30,6 @@ MIN_MS = 0
 """1970-01-01T00:00Z: no flow is older (time_received is unsigned UNIX milliseconds)."""
 MAX_MS = 253_402_300_800_000 - 1
 """The last millisecond of year 9999, the last an ISO 8601 date can name."""
-
-
-class TimeError(ValueError):
-    """A time or duration that cannot be understood."""
 
 
 def now_ms() -> int:

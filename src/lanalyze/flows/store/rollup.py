@@ -193,7 +193,7 @@ class RollupMaintainer:
             return done
         connection = duckdb.connect(":memory:", config={"threads": 1})
         try:
-            done["rolled_files"] = self._roll_up_new(connection)
+            done["rolled_files"] = self._roll_up_new()
             done["compacted"] = self._compact(connection, now)
             done["days"] = self._build_days(connection, now)
             done["expired"] = self._expire(now)
@@ -219,7 +219,7 @@ class RollupMaintainer:
             )
         return found
 
-    def _roll_up_new(self, connection: duckdb.DuckDBPyConnection) -> int:
+    def _roll_up_new(self) -> int:
         total = 0
         while not self._halt.is_set():
             manifest = read_manifest(self.data)
@@ -240,7 +240,7 @@ class RollupMaintainer:
             if not batch:
                 return total
             try:
-                rows = self._roll_up(connection, manifest, batch)
+                rows = self._roll_up(manifest, batch)
             except (duckdb.Error, OSError, pa.ArrowException) as exc:
                 ROLLUP_ERRORS.labels("rollup").inc()
                 log.warning("rollup.batch_failed", extra={"files": len(batch), "error": str(exc)})
@@ -250,13 +250,8 @@ class RollupMaintainer:
             total += len(batch)
         return total
 
-    def _roll_up(
-        self,
-        connection: duckdb.DuckDBPyConnection,
-        manifest: Manifest,
-        batch: list[tuple[str, str]],
-    ) -> int:
-        del connection  # the sums are Arrow's now (rollup_aggregate); kept for the signature
+    def _roll_up(self, manifest: Manifest, batch: list[tuple[str, str]]) -> int:
+        # The per-minute sums are Arrow's (rollup_aggregate): no DuckDB connection here.
         paths = [str(hour_dir(self.data, hour) / name) for hour, name in batch]
         chunks: list[list[str]] = [[]]
         size = 0

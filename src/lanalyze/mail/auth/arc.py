@@ -23,20 +23,14 @@ from typing import Any
 import dkim
 
 from lanalyze.mail.auth.dkim_verify import MAX_RSA_KEY_BITS, key_refusal, signing_key_name
-from lanalyze.mail.auth.dns import (
-    INLINE_LIMIT,
-    LookupBudgetExceeded,
-    LookupNeeded,
-    Prefetched,
-    Resolver,
-    run_with_lookups,
-)
+from lanalyze.mail.auth.dns import INLINE_LIMIT, Prefetched, Resolver, run_with_lookups
 from lanalyze.mail.auth.message import (
     MAX_FOLDING_COST,
     folding_cost,
     header_fields,
     split_message,
 )
+from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
 MAX_INSTANCES = 50
 

@@ -40,14 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from lanalyze.mail.auth.dns import (
-    INLINE_LIMIT,
-    LookupBudgetExceeded,
-    LookupNeeded,
-    Prefetched,
-    Resolver,
-    run_with_lookups,
-)
+from lanalyze.mail.auth.dns import INLINE_LIMIT, Prefetched, Resolver, run_with_lookups
 from lanalyze.mail.auth.message import (
     MAX_FOLDING_COST,
     field_value,
@@ -55,6 +48,7 @@ from lanalyze.mail.auth.message import (
     header_fields,
     split_message,
 )
+from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
 _quiet = logging.getLogger("lanalyze.mail.auth.dkimpy")
 _quiet.addHandler(logging.NullHandler())

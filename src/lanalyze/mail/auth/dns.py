@@ -29,6 +29,7 @@ import dns.rdatatype
 import dns.resolver
 
 from lanalyze.configbase import parse_listen
+from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
 Status = Literal["ok", "nxdomain", "nodata", "error"]
 
@@ -49,18 +50,6 @@ class Answer:
     status: Status
     records: tuple[object, ...] = ()
     error: str = ""
-
-
-class LookupNeeded(Exception):
-    """Raised inside a synchronous library run when an answer has not been fetched yet."""
-
-    def __init__(self, name: str, rdtype: str) -> None:
-        super().__init__(f"{name}/{rdtype}")
-        self.key = (name, rdtype)
-
-
-class LookupBudgetExceeded(Exception):
-    """A library asked for more rounds of lookups than any valid evaluation needs."""
 
 
 def normalise_name(name: str | bytes) -> str:

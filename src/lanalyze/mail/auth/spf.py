@@ -26,13 +26,8 @@ from typing import Any
 
 import spf as pyspf
 
-from lanalyze.mail.auth.dns import (
-    LookupBudgetExceeded,
-    LookupNeeded,
-    Prefetched,
-    Resolver,
-    run_with_lookups,
-)
+from lanalyze.mail.auth.dns import Prefetched, Resolver, run_with_lookups
+from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
 # RFC 7208 §4.6.4 allows 10 lookup terms, each MX up to 10 names, plus void lookups and CNAME
 # hops: 150 rounds covers any evaluation pyspf lets through.

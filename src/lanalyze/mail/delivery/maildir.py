@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanalyze.datadir import FILE_MODE, make_private_dirs
+from lanalyze.mail.errors import CorruptQueueFile
 from lanalyze.mail.queuefile import (
-    CorruptQueueFile,
     Envelope,
     Layout,
     Recycler,

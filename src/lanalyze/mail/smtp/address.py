@@ -18,11 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lanalyze.mail.errors import AddressError
+
 MAX_PATH = 512
-
-
-class AddressError(ValueError):
-    """The peer sent a malformed path or parameter (the peer's fault)."""
 
 
 @dataclass(frozen=True, slots=True)

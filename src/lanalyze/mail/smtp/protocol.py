@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from lanalyze.mail.smtp.address import AddressError, Path, parse_params, parse_path, split_path
+from lanalyze.mail.errors import AddressError
+from lanalyze.mail.smtp.address import Path, parse_params, parse_path, split_path
 
 MAX_LINE = 1000  # octets including CRLF, RFC 5321 §4.5.3.1.6
 MAX_PAUSED_INPUT = 64 * 1024  # pipelined bytes kept while the shell works; more = pause reading

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lanalyze.flows.errors import ReportError
 from lanalyze.flows.query.apps import PROTOCOL_NUMBERS
 from lanalyze.flows.query.reports import ORDERS
 from lanalyze.web import flowreports
@@ -296,7 +297,7 @@ async def _run_page(
         results = dict.fromkeys(deferred)
         try:
             results.update(await _gather({k: v for k, v in calls.items() if k not in deferred}))
-        except flowreports.ReportError as exc:
+        except ReportError as exc:
             view.notes.append(str(exc))
     context = _context(request, view, **values, **results)
     context["links"].view_path = request.url.path
@@ -310,7 +311,7 @@ async def _panel(request: Request, view: View, name: str, call: Callable[[], Any
     started = time.perf_counter()
     try:
         rows = (await _gather({name: call}))[name]
-    except flowreports.ReportError as exc:
+    except ReportError as exc:
         view.notes.append(str(exc))
         rows = []
     title, heading, kind = PANELS[name]

@@ -14,7 +14,7 @@ value from the user is a SQL parameter; the SQL text is built from fixed fragmen
 
 from __future__ import annotations
 
-from lanalyze.flows.query.engine import ReportError, apply_config
+from lanalyze.flows.query.engine import apply_config
 from lanalyze.flows.query.reports.common import MAX_ROWS, ORDERS, Sums
 from lanalyze.flows.query.reports.flowlist import LIST_COLUMNS, FlowRecord, list_flows
 from lanalyze.flows.query.reports.iface import (
@@ -36,7 +36,6 @@ __all__ = [
     "InterfacePoint",
     "InterfaceRow",
     "InterfaceSeries",
-    "ReportError",
     "SeriesPoint",
     "SeriesReport",
     "Sums",

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lanalyze.flows.errors import ReportError, TimeError
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import Dimension
 from lanalyze.flows.query.planner import plan
 from lanalyze.flows.query.sql import SUMS, Column, Planned, Statement, base_columns
-from lanalyze.flows.query.timespec import MIN_MS, TimeError
+from lanalyze.flows.query.timespec import MIN_MS
 from lanalyze.flows.store.layout import (
     RESOLUTIONS,
     ROLLUP_TABLES,
@@ -40,7 +41,6 @@ __all__ = [
 ORDERS = ("bytes", "packets", "flows")
 MAX_ROWS = 100_000
 MINUTE_MS = RESOLUTIONS["1m"]
-ReportError = engine.ReportError
 
 
 @dataclass(frozen=True)

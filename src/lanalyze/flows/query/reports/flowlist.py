@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lanalyze.flows.errors import Replan
 from lanalyze.flows.query import engine
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import compile_filter
@@ -108,7 +109,7 @@ def list_flows(
         )
         try:
             rows = backend.execute(statement)
-        except engine.Replan:
+        except Replan:
             rows = []
         found.extend(_flow_record(row) for row in rows)
 

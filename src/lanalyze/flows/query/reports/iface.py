@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lanalyze.flows.errors import ReportError
 from lanalyze.flows.query import engine
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import compile_filter
@@ -18,7 +19,6 @@ from lanalyze.flows.query.dimensions import KeyExpr, format_ip
 from lanalyze.flows.query.planner import plan
 from lanalyze.flows.query.reports.common import (
     MINUTE_MS,
-    ReportError,
     check_limit,
     check_order,
     check_window,

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lanalyze.flows.errors import ReportError, TimeError
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import CompiledFilter, compile_filter
 from lanalyze.flows.query.dimensions import Dimension, KeyExpr, parse_dimensions
 from lanalyze.flows.query.reports.common import (
     MINUTE_MS,
-    ReportError,
     Sums,
     aggregate,
     check_order,
@@ -22,7 +22,7 @@ from lanalyze.flows.query.reports.common import (
 )
 from lanalyze.flows.query.reports.top import top
 from lanalyze.flows.query.sql import Column, Planned, key_names
-from lanalyze.flows.query.timespec import TimeError, auto_bucket, iso, parse_duration
+from lanalyze.flows.query.timespec import auto_bucket, iso, parse_duration
 
 MAX_BUCKETS = 10_000
 

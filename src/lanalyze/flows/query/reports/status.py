@@ -8,6 +8,7 @@ from typing import Any
 
 import duckdb
 
+from lanalyze.flows.errors import Replan
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.reports.common import (
     RESOLUTIONS,
@@ -73,7 +74,7 @@ def _table_status(name: str, files: list[str], time_column: str) -> TableStatus:
     backend = engine.backend()
     try:
         rows = backend.execute(backend.dialect.time_range(existing, time_column))
-    except (engine.Replan, duckdb.IOException):
+    except (Replan, duckdb.IOException):
         return entry
     if rows and rows[0][0] is not None:
         entry.rows = int(rows[0][0])

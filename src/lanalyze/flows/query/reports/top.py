@@ -85,7 +85,7 @@ def top(
 ) -> TopReport:
     """The top ``limit`` values (0: all) of the ``by`` dimensions over ``[since, until)``.
 
-    Raises FilterError, DimensionError, ReportError (all ValueError) on a bad request.
+    Raises FilterError, DimensionError, ReportError (all ReportInputError) on a bad request.
     """
     check_order(order)
     check_limit(limit)
