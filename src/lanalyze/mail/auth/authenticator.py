@@ -141,7 +141,9 @@ class Authenticator:
             {d.strip().rstrip(".").lower() for d in [*config.local_domains, *local_domains]} - {""}
         )
         self.rng = rng
-        self.resolver = Resolver(config.resolver, config.dns_timeout, config.dns_cache_size)
+        self.resolver = Resolver(
+            config.resolver, config.dns_timeout, config.dns_cache_size, config.dns_cache_memory
+        )
         self._warmup: asyncio.Future[None] | None = None
         self._warm_lock = threading.Lock()
         self._warm_done = False
