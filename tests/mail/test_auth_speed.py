@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dkim
@@ -19,8 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lanalyze.mail.auth import dkim_verify
-from lanalyze.mail.auth.dns import Answer, AnswerCache, Resolver, answer_bytes, consulted
+from lanalyze.mail.auth import AuthConfig, Authenticator, dkim_verify
+from lanalyze.mail.auth.dns import Answer, Resolver, TtlCache, answer_bytes, consulted
+from lanalyze.metrics import REGISTRY
+from tests.mail.auth_world import GOOD_IP, STRANGER_IP, zones
 from tests.mail.dnsserver import KnotServer, knot_server
 
 ZONE = {
@@ -98,25 +101,39 @@ def test_consulted_names_what_the_work_relied_on(dns_server: KnotServer) -> None
 
 def test_answer_cache_expires_and_is_bounded_in_entries_and_bytes() -> None:
     answer = Answer("ok", (b"v=spf1 -all",))
-    cache = AnswerCache(max_entries=3, max_bytes=10_000)
-    cache.put(("a.test", "TXT"), answer, expires=100.0)
+    size = answer_bytes(("a.test", "TXT"), answer)
+    cache: TtlCache[tuple[str, str], Answer] = TtlCache(max_entries=3, max_bytes=10_000)
+    cache.put(("a.test", "TXT"), answer, 100.0, size)
     assert cache.get(("a.test", "TXT"), now=99.0) == (answer, 100.0)
     assert cache.get(("a.test", "TXT"), now=100.0) is None  # the TTL has run out
     assert len(cache) == 0 and cache.bytes == 0
     for name in ("a", "b", "c", "d"):
-        cache.put((f"{name}.test", "TXT"), answer, expires=100.0)
+        cache.put((f"{name}.test", "TXT"), answer, 100.0, size)
     assert len(cache) == 3 and cache.get(("a.test", "TXT"), now=0) is None  # oldest gone
     big = Answer("ok", (b"x" * 3000,))
     one = answer_bytes(("big0.test", "TXT"), big)
-    cache = AnswerCache(max_entries=1000, max_bytes=3 * one)
+    assert one > 3000
+    cache = TtlCache(max_entries=1000, max_bytes=3 * one)
     for number in range(10):
-        cache.put((f"big{number}.test", "TXT"), big, expires=100.0)
+        key = (f"big{number}.test", "TXT")
+        cache.put(key, big, 100.0, answer_bytes(key, big))
         assert cache.bytes <= 3 * one
     assert len(cache) == 3
-    cache.put(("huge.test", "TXT"), Answer("ok", (b"x" * 20_000,)), expires=100.0)
+    huge = Answer("ok", (b"x" * 20_000,))
+    cache.put(("huge.test", "TXT"), huge, 100.0, answer_bytes(("huge.test", "TXT"), huge))
     assert cache.get(("huge.test", "TXT"), now=0) is None  # larger than the whole budget
-    cache.put(("err.test", "TXT"), Answer("error", error="timeout"), expires=100.0)
-    assert cache.get(("err.test", "TXT"), now=0) is None  # DNS trouble is never kept
+
+
+def test_dns_trouble_is_never_kept(tmp_path: Path) -> None:
+    with knot_server(tmp_path / "knot", {"broken.test": None}) as server:
+        resolver = CountingResolver(server.address, 2.0, cache_size=100)
+
+        async def twice() -> list[Answer]:
+            return [await resolver.query("broken.test", "TXT") for _ in range(2)]
+
+        answers = asyncio.run(twice())
+    assert [a.status for a in answers] == ["error", "error"]
+    assert len(resolver.sent) == 2
 
 
 whitespace = st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"b", b"\r", b"\n"]))
@@ -162,3 +179,63 @@ def test_large_key_records_are_not_kept() -> None:
     with pytest.raises(dkim.KeyFormatError):
         dkim.evaluate_pk(b"k", huge)
     assert dkim_verify._parsed_key.cache_info().currsize == 0
+
+
+def _spf_of(auth: Authenticator, mail_from: str, ip: str = GOOD_IP) -> tuple[str, str, str]:
+    msg = f"From: {mail_from}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    verdict = asyncio.run(
+        auth.check_bytes(msg, mail_from=mail_from, helo="client.test", client_ip=ip, rcpt_to=[])
+    )
+    details = verdict.details["spf"]
+    return verdict.spf, details["explanation"], details["domain"]
+
+
+def _cached() -> float:
+    return REGISTRY.get_sample_value("lanalyze_mail_auth_spf_cached_total") or 0.0
+
+
+@pytest.fixture(scope="module")
+def world_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnotServer]:
+    with knot_server(tmp_path_factory.mktemp("world"), zones()) as server:
+        yield server
+
+
+def test_spf_result_kept_per_domain_and_client(world_dns: KnotServer) -> None:
+    auth = Authenticator(AuthConfig(resolver=world_dns.address), "mx.local.example")
+    fresh = Authenticator(
+        AuthConfig(resolver=world_dns.address, dns_cache_size=0), "mx.local.example"
+    )
+    before = _cached()
+    first = _spf_of(auth, "alice@signed.test")
+    assert _cached() == before
+    # Another local part of the same domain from the same client: no macro in the records,
+    # so the result is the same, answered without evaluating or asking DNS.
+    assert _spf_of(auth, "carol@signed.test") == first == _spf_of(fresh, "carol@signed.test")
+    assert _cached() == before + 1
+    # Another client address is another question.
+    assert _spf_of(auth, "carol@signed.test", STRANGER_IP)[0] == "fail"
+    assert _cached() == before + 1
+    # Without a DNS cache nothing is kept either (dns_cache_size = 0 asks every time).
+    _spf_of(fresh, "carol@signed.test")
+    assert _cached() == before + 1
+
+
+def test_spf_records_with_macros_are_kept_per_sender(world_dns: KnotServer) -> None:
+    """exists:%{l}.allowed.spf.test: the local part decides; a per-domain entry would let
+    alice ride on bob's pass."""
+    auth = Authenticator(AuthConfig(resolver=world_dns.address), "mx.local.example")
+    assert _spf_of(auth, "bob@macro.spf.test")[0] == "pass"
+    assert _spf_of(auth, "alice@macro.spf.test")[0] == "fail"
+    before = _cached()
+    assert _spf_of(auth, "bob@macro.spf.test")[0] == "pass"
+    assert _cached() == before + 1
+
+
+def test_spf_temperror_is_not_kept(world_dns: KnotServer) -> None:
+    auth = Authenticator(
+        AuthConfig(resolver=world_dns.address, dns_timeout=1.0), "mx.local.example"
+    )
+    before = _cached()
+    assert _spf_of(auth, "a@tempinc.spf.test")[0] == "temperror"
+    assert _spf_of(auth, "a@tempinc.spf.test")[0] == "temperror"
+    assert _cached() == before

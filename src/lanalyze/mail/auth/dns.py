@@ -11,7 +11,7 @@ a miss is the answer. This keeps the libraries' logic (limits, CNAMEs, key parsi
 DNS wait ever blocks the event loop or a worker thread; the price is re-running the library
 once per round of lookups, which is microseconds for SPF and a header parse for DKIM/ARC.
 
-Answers are cached across messages (:class:`AnswerCache`), each for its TTL (negative ones for
+Answers are cached across messages (:class:`TtlCache`), each for its TTL (negative ones for
 the zone's negative TTL, RFC 2308 §5), bounded in entries and in bytes; a name many sessions
 ask for at once is queried once. A cached answer costs a dictionary look-up where dnspython's
 resolver, even answering from its own cache, cost ~0.25 ms of Python per query: the checks of
@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -47,6 +47,8 @@ INLINE_LIMIT = 65_536
 """Messages up to this size are verified on the event loop: hashing them and one public-key
 operation take well under a millisecond, less than handing them to a thread and back."""
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -114,36 +116,34 @@ def answer_bytes(key: tuple[str, str], answer: Answer) -> int:
     return size
 
 
-class AnswerCache:
-    """DNS answers by (name, type) until their TTL runs out; least recently used go first
-    when either bound (entries, bytes) is reached. Errors are never kept."""
+class TtlCache(Generic[K, V]):
+    """Values by key until they expire; least recently used go first when either bound
+    (entries, bytes as charged by the caller) is reached. The DNS answers here, the SPF
+    results in the authenticator."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float, int]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[V, float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[str, str], now: float) -> tuple[Answer, float] | None:
+    def get(self, key: K, now: float) -> tuple[V, float] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        answer, expires, size = entry
+        value, expires, size = entry
         if expires <= now:
             del self._entries[key]
             self.bytes -= size
             return None
         self._entries.move_to_end(key)
-        return answer, expires
+        return value, expires
 
-    def put(self, key: tuple[str, str], answer: Answer, expires: float) -> None:
-        if self.max_entries <= 0 or answer.status == "error":
-            return
-        size = answer_bytes(key, answer)
-        if size > self.max_bytes:
+    def put(self, key: K, value: V, expires: float, size: int) -> None:
+        if self.max_entries <= 0 or size > self.max_bytes:
             return
         old = self._entries.pop(key, None)
         if old is not None:
@@ -153,7 +153,7 @@ class AnswerCache:
         ):
             _, (_, _, dropped) = self._entries.popitem(last=False)
             self.bytes -= dropped
-        self._entries[key] = (answer, expires, size)
+        self._entries[key] = (value, expires, size)
         self.bytes += size
 
 
@@ -196,7 +196,7 @@ class Resolver:
         self.address = address
         self.timeout = timeout
         self.cache_size = cache_size
-        self.cache = AnswerCache(cache_size, cache_bytes)
+        self.cache: TtlCache[tuple[str, str], Answer] = TtlCache(cache_size, cache_bytes)
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._inflight: dict[tuple[str, str], asyncio.Future[tuple[Answer, float] | None]] = {}
 
@@ -215,7 +215,7 @@ class Resolver:
                 resolver.port = port
             resolver.lifetime = self.timeout
             resolver.timeout = min(self.timeout, 2.0)
-            # Caching is ours (AnswerCache): dnspython's would keep every answer twice.
+            # Caching is ours (TtlCache): dnspython's would keep every answer twice.
             resolver.cache = None
             self._resolver = resolver
         return self._resolver
@@ -246,8 +246,8 @@ class Resolver:
         try:
             answer, ttl = await self._fetch(*key)
             cached = (answer, time.monotonic() + ttl)
-            if ttl > 0:
-                self.cache.put(key, answer, cached[1])
+            if ttl > 0 and answer.status != "error":  # DNS trouble is never kept
+                self.cache.put(key, answer, cached[1], answer_bytes(key, answer))
             future.set_result(cached)
             return cached
         finally:
