@@ -99,3 +99,16 @@ def test_default_is_one_acceptor_per_core(data_dir: Path) -> None:
         with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
             client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: 1\r\n\r\nx\r\n")
         assert len(running.wait_delivered(1, timeout=20)) == 1
+
+
+def test_acceptors_ship_the_sender_check_counters() -> None:
+    """Issue 19: with an acceptor per core, most verdicts are made outside the main process;
+    their counters reach its /metrics like the SMTP ones."""
+    from lanalyze.mail.auth import authenticator
+
+    authenticator.RESULTS.labels("spf", "pass")
+    authenticator.ACTIONS.labels("accept")
+    shipped = {(key, labels) for key, labels, _value in acceptors.snapshot()}
+    assert ("auth_results", ("spf", "pass")) in shipped
+    assert ("auth_actions", ("accept",)) in shipped
+    assert ("auth_spf_cached", ()) in shipped
