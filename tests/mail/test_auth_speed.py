@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from lanalyze.mail.auth import AuthConfig, Authenticator, dkim_verify
 from lanalyze.mail.auth.dns import Answer, Resolver, TtlCache, answer_bytes, consulted
+from lanalyze.mail.auth.message import _END_OF_HEADER, split_message
 from lanalyze.metrics import REGISTRY
 from tests.mail.auth_world import GOOD_IP, STRANGER_IP, zones
 from tests.mail.dnsserver import KnotServer, knot_server
@@ -239,3 +240,43 @@ def test_spf_temperror_is_not_kept(world_dns: KnotServer) -> None:
     assert _spf_of(auth, "a@tempinc.spf.test")[0] == "temperror"
     assert _spf_of(auth, "a@tempinc.spf.test")[0] == "temperror"
     assert _cached() == before
+
+
+def _split_by_regex(message: bytes) -> tuple[bytes, bytes]:
+    """split_message as it was: the regular expression over the whole message."""
+    if message.startswith((b"\r\n", b"\n")):
+        return b"", message[2 if message.startswith(b"\r\n") else 1 :]
+    match = _END_OF_HEADER.search(message)
+    if match is None:
+        return message, b""
+    end_of_last_line = match.start() + (2 if message[match.start()] == 0x0D else 1)
+    return message[:end_of_last_line], message[match.end() :]
+
+
+message_parts = st.lists(
+    st.sampled_from([b"\r\n", b"\n", b"\r", b"From: a@b.test", b"X-A: 1", b" folded", b"\t", b"x"]),
+    max_size=30,
+)
+
+
+def _parsed(message: bytes) -> object:
+    try:
+        return dkim_verify._rfc822_parse(message)
+    except Exception as exc:  # dkimpy raises IndexError too: the same one either way
+        return (type(exc).__name__, str(exc))
+
+
+def _parsed_by_dkimpy(message: bytes) -> object:
+    try:
+        return dkim_verify._dkimpy_rfc822_parse(message)
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_parts)
+def test_message_splitting_fast_paths_change_nothing(parts: list[bytes]) -> None:
+    message = b"".join(parts)
+    assert split_message(message) == _split_by_regex(message)
+    assert _parsed(message) == _parsed_by_dkimpy(message)
+    assert dkim_verify._unfold_header_value(message) == re.sub(b"\r?\n", b"", message)

@@ -21,9 +21,10 @@ and relaxed canonicalisation, key records. What is ours:
 * RSA verification by OpenSSL (the ``cryptography`` package) instead of dkimpy's pure-Python
   RSA (:func:`_native_rsa_verify`): ~4 ms per 4096-bit signature there, well under 0.1 ms here;
 * speed without changing a result (issue 19): a key record is parsed once and the parse kept
-  (:func:`_cached_evaluate_pk`, bounded), and dkimpy's relaxed canonicalisation skips its
+  (:func:`_cached_evaluate_pk`, bounded), dkimpy's relaxed canonicalisation skips its
   regular expressions when the text has nothing they would change (most bodies have no tab,
-  no double space and no space before a line end).
+  no double space and no space before a line end), and its message parser no longer splits
+  the body into lines to join them again (:func:`_rfc822_parse`).
 
 Trust: message and DNS answers are the peer's; dkimpy's exceptions are caught per signature.
 """
@@ -178,9 +179,44 @@ def _strip_trailing_whitespace(content: bytes) -> bytes:
     return bytes(_dkimpy_strip_trailing_whitespace(content))
 
 
+_dkimpy_unfold_header_value = dkim.canonicalization.unfold_header_value
+
+
+def _unfold_header_value(content: bytes) -> bytes:
+    # dkimpy: re.sub(b"\r?\n", b"", content); most field values are on one line.
+    if b"\n" not in content:
+        return content
+    return bytes(_dkimpy_unfold_header_value(content))
+
+
 # Module-level names dkimpy's Relaxed canonicalisation calls (DKIM and ARC alike).
 dkim.canonicalization.compress_whitespace = _compress_whitespace
 dkim.canonicalization.strip_trailing_whitespace = _strip_trailing_whitespace
+dkim.canonicalization.unfold_header_value = _unfold_header_value
+
+_dkimpy_rfc822_parse = dkim.rfc822_parse
+
+
+def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's ``rfc822_parse`` without splitting the body into lines and joining it again.
+
+    dkimpy splits the whole message at every ``\r?\n`` and joins the body's lines with CRLF.
+    For a message without a bare LF (all SMTP mail here: a bare LF ends the session) that
+    body is exactly the bytes after the first empty line, and the header is parsed by
+    dkimpy's own code; anything else goes to dkimpy whole.
+    """
+    if message.count(b"\n") != message.count(b"\r\n"):
+        return _dkimpy_rfc822_parse(message)  # type: ignore[no-any-return]
+    if message.startswith(b"\r\n"):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return _dkimpy_rfc822_parse(message)  # type: ignore[no-any-return]
+    headers, _ = _dkimpy_rfc822_parse(message[: end + 2])
+    return headers, message[end + 4 :]
+
+
+dkim.rfc822_parse = _rfc822_parse
 
 
 @dataclass(frozen=True)
