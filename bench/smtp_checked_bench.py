@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.mail_world import ENVELOPE, MIX, RECIPIENT, SENDER, mix, zones
@@ -273,18 +273,20 @@ def measure(
     port: int,
     files: dict[str, Path],
     messages: int,
-    roles: dict[int, str],
+    roles: Callable[[], dict[int, str]],
     reaper: int | None,
-    drained: object,
+    drained: Callable[[], bool],
 ) -> tuple[float, dict[str, float]]:
-    before = {pid: cpu_ticks(pid) for pid in roles}
+    """Rate, and CPU ms per message by role: processes alive before and after the run (those
+    started during it, like Postfix's smtpd, count whole), plus what exited and was reaped."""
+    before = {pid: cpu_ticks(pid) for pid in roles()}
     reaped = reaped_ticks(reaper) if reaper else 0
     rate = smtp_source_mix(port, files, messages)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not drained():  # type: ignore[operator]
+    while time.monotonic() < deadline and not drained():
         time.sleep(0.05)
     per_role: dict[str, float] = {}
-    for pid, role in roles.items():
+    for pid, role in roles().items():
         used = (cpu_ticks(pid) - before.get(pid, 0)) * TICK_MS / messages
         per_role[role] = per_role.get(role, 0.0) + used
     if reaper:
@@ -293,7 +295,7 @@ def measure(
     return rate, per_role
 
 
-def postfix_drained(spool: Path) -> object:
+def postfix_drained(spool: Path) -> Callable[[], bool]:
     def empty() -> bool:
         return not any(
             files for name in ("incoming", "active") for _, _, files in os.walk(spool / name)
@@ -423,20 +425,25 @@ def main() -> None:
                 for run in range(args.runs):
                     for name in ("postfix", "postfix+milters", "lanalyze"):
                         if name == "lanalyze":
-                            roles = {**ours.pids(), knot_pid: "knot"}
                             rate, used = measure(
-                                ours.port, files, args.messages, roles, None, ours.queue_empty
+                                ours.port,
+                                files,
+                                args.messages,
+                                lambda: {**ours.pids(), knot_pid: "knot"},
+                                None,
+                                ours.queue_empty,
                             )
                         else:
                             server = plain if name == "postfix" else checked
                             milters = daemons if name != "postfix" else []
-                            roles = {**postfix_roles(server.master_pid(), milters)}
-                            roles[knot_pid] = "knot"
                             rate, used = measure(
                                 server.port,
                                 files,
                                 args.messages,
-                                roles,
+                                lambda server=server, milters=milters: {
+                                    **postfix_roles(server.master_pid(), milters),
+                                    knot_pid: "knot",
+                                },
                                 server.master_pid(),
                                 postfix_drained(server.base / "spool"),
                             )

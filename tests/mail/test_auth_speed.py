@@ -280,3 +280,18 @@ def test_message_splitting_fast_paths_change_nothing(parts: list[bytes]) -> None
     assert split_message(message) == _split_by_regex(message)
     assert _parsed(message) == _parsed_by_dkimpy(message)
     assert dkim_verify._unfold_header_value(message) == re.sub(b"\r?\n", b"", message)
+
+
+signature_values = st.lists(
+    st.sampled_from(
+        [b";", b" ", b"\t", b"\r", b"\n", b"\r\n", b"b", b"=", b"a", b"Z9+/", b"-", b" b=", b";b="]
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(signature_values)
+def test_signature_b_tag_removal_is_dkimpys(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert dkim.RE_BTAG.sub(b"\\1", value) == dkim_verify._DKIMPY_RE_BTAG.sub(b"\\1", value)

@@ -183,9 +183,12 @@ _dkimpy_unfold_header_value = dkim.canonicalization.unfold_header_value
 
 
 def _unfold_header_value(content: bytes) -> bytes:
-    # dkimpy: re.sub(b"\r?\n", b"", content); most field values are on one line.
-    if b"\n" not in content:
+    # dkimpy: re.sub(b"\r?\n", b"", content); most field values are one line and its end.
+    lines = content.count(b"\n")
+    if lines == 0:
         return content
+    if lines == 1 and content.endswith(b"\n"):
+        return content[:-2] if content.endswith(b"\r\n") else content[:-1]
     return bytes(_dkimpy_unfold_header_value(content))
 
 
@@ -217,6 +220,16 @@ def _rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
 
 
 dkim.rfc822_parse = _rfc822_parse
+
+# dkimpy removes the b= value from a signature field with RE_BTAG, whose folding-white-space
+# group ``(?:(?:\s*\r?\n)?\s+)?`` (which matches exactly what ``\s*`` matches) sits inside a
+# repetition over every base64 character: ~150 µs of backtracking a 2048-bit signature. The
+# same language written with ``\s*`` and possessive repeats (whitespace is never a base64
+# character, and what follows the repetition is optional, so giving characters back never
+# finds another match) replaces the same text in a sixth of the time; fuzzed against the
+# original in the tests.
+_DKIMPY_RE_BTAG = dkim.RE_BTAG
+dkim.RE_BTAG = re.compile(rb"([;\s]b\s*+=)(?:\s*+[a-zA-Z0-9+/=])*+(?:\r?\n\Z)?")
 
 
 @dataclass(frozen=True)
