@@ -71,6 +71,12 @@ _quiet.propagate = False
 _quiet.setLevel(logging.CRITICAL)
 
 MAX_ROUNDS = 4
+# Parsed key records kept, by the record's bytes. A TXT answer is at most 64 KiB, records
+# over KEY_CACHE_RECORD_MAX are parsed every time: at most 64 x 8 KiB of records (and their
+# parsed keys, and as many OpenSSL key objects) held. Real keys (RSA 2048: ~400 bytes,
+# Ed25519: ~60) are far smaller.
+KEY_CACHE_ENTRIES = 64
+KEY_CACHE_RECORD_MAX = 8192
 MIN_RSA_KEY_BITS = 1024  # RFC 8301 §3.2
 MAX_RSA_KEY_BITS = 4096  # the default of mail.auth.max_rsa_key_bits (RFC 8301 §3.2)
 # Real signers use 65537 (3 on some old keys); a large exponent only makes verifying slow.
@@ -106,6 +112,12 @@ def key_refusal(record: bytes | None, max_bits: int = MAX_RSA_KEY_BITS) -> str |
     return None
 
 
+@functools.lru_cache(maxsize=KEY_CACHE_ENTRIES)
+def _openssl_key(exponent: int, modulus: int) -> rsa.RSAPublicKey:
+    """OpenSSL's key object for (e, n), built once per key (keys of our limits only)."""
+    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+
+
 def _native_rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]) -> bool:
     """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` (RFC 8017 §8.2.2), done by OpenSSL.
 
@@ -116,8 +128,7 @@ def _native_rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]
     if algorithm is None:
         return bool(_dkimpy_rsa_verify(digest, signature, public_key))
     try:
-        key = rsa.RSAPublicNumbers(public_key["publicExponent"], public_key["modulus"])
-        verifier = key.public_key()
+        verifier = _openssl_key(public_key["publicExponent"], public_key["modulus"])
     except (ValueError, KeyError, TypeError):
         return False
     try:
@@ -133,11 +144,6 @@ _dkimpy_rsa_verify = dkim.RSASSA_PKCS1_v1_5_verify
 dkim.RSASSA_PKCS1_v1_5_verify = _native_rsa_verify
 
 
-# Parsed key records kept, by the record's bytes. A TXT answer is at most 64 KiB, records
-# over KEY_CACHE_RECORD_MAX are parsed every time: at most 64 x 8 KiB of records (and their
-# parsed keys) held. Real keys (RSA 2048: ~400 bytes, Ed25519: ~60) are far smaller.
-KEY_CACHE_ENTRIES = 64
-KEY_CACHE_RECORD_MAX = 8192
 _dkimpy_evaluate_pk = dkim.evaluate_pk
 
 
