@@ -15,7 +15,10 @@ DEBIAN_PACKAGES := $(shell grep -v '^\#' packaging/debian-test-packages.txt)
 SPF_SUITE_VERSION := 2.0.14
 SPF_SUITE := .cache/spf-suite/rfc7208-tests.yml
 
-.PHONY: run test check venv debian-deps spf-suite lint format clean bench
+# What the benchmarks use beyond the test peers (bench/smtp_checked_bench.py's Postfix milters).
+BENCH_PACKAGES := $(shell grep -v '^\#' packaging/debian-bench-packages.txt)
+
+.PHONY: run test check venv debian-deps bench-deps spf-suite lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +52,9 @@ $(SPF_SUITE): | $(STAMP)
 	touch $(SPF_SUITE)
 
 spf-suite: $(SPF_SUITE)
+
+bench-deps: debian-deps
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BENCH_PACKAGES)
 
 test: debian-deps venv spf-suite
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)

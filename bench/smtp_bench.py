@@ -128,17 +128,22 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 
 
 class Postfix:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, main_extra: str = "", master_extra: str = "") -> None:
         self.base = base
         self.etc = base / "etc"
         self.port = free_port()
+        # Extra main.cf / master.cf lines (smtp_checked_bench.py adds the sender-check milters).
+        self.main_extra = main_extra
+        self.master_extra = master_extra
 
     def __enter__(self) -> Postfix:
         self.etc.mkdir(parents=True)
         spool = self.base / "spool"
         (self.base / "data").mkdir()
-        (self.etc / "main.cf").write_text(MAIN_CF.format(base=self.base))
-        (self.etc / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
+        (self.etc / "main.cf").write_text(MAIN_CF.format(base=self.base) + self.main_extra)
+        (self.etc / "master.cf").write_text(
+            MASTER_CF.format(port=f"127.0.0.1:{self.port}") + self.master_extra
+        )
         shutil.chown(self.base / "data", "postfix")
         os.chmod(self.base, 0o755)
         # `postfix -c DIR start` insists that DIR be listed in the system main.cf's

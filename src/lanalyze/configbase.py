@@ -6,6 +6,7 @@ Kept apart from :mod:`lanalyze.config` so section modules can import it without 
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -15,6 +16,17 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+AUTO_PROCESSES_MAX = 8
+"""What "0: one per core" gives at most: each process costs its own interpreter and buffers,
+so a large machine does not get dozens by default."""
+
+
+def per_core(requested: int, at_most: int = AUTO_PROCESSES_MAX) -> int:
+    """A process-count setting's value: ``requested``, or for 0 one per CPU core (at most
+    ``at_most``). The one rule behind ``flows.workers`` and ``mail.acceptors``."""
+    return requested or max(1, min(os.cpu_count() or 1, at_most))
 
 
 def parse_listen(value: str) -> tuple[str, int]:

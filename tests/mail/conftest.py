@@ -37,6 +37,9 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         "aliases": {"postmaster@example.test": ["alice@example.test"]},
         "queue": {"retry_min": 0.2, "scan_interval": 0.3},
         "auth": {"enabled": False},  # no DNS in these tests; the auth helper tests its checks
+        # One process: these tests look at one server's sessions, limits and counters
+        # (test_smtp_acceptors.py runs several).
+        "acceptors": 1,
     }
     data.update(overrides)
     return data

@@ -8,7 +8,9 @@ import smtplib
 import time
 from pathlib import Path
 
+from lanalyze.configbase import per_core
 from lanalyze.mail import acceptors
+from lanalyze.mail.config import MailConfig
 from lanalyze.metrics import REGISTRY
 from tests.mail.conftest import run_server
 
@@ -84,3 +86,29 @@ def test_no_import_cycle_through_the_smtp_server() -> None:
             for alias in node.names
         }
         assert not imported & {"lanalyze.mail.server", "lanalyze.serve"}, module
+
+
+def test_default_is_one_acceptor_per_core(data_dir: Path) -> None:
+    """Issue 19: the default (0) uses the machine, like flows.workers, instead of one process
+    that leaves the other cores idle."""
+    assert MailConfig().acceptors == 0
+    assert MailConfig().acceptor_count == per_core(0) == max(1, min(os.cpu_count() or 1, 8))
+    assert MailConfig(acceptors=3).acceptor_count == 3
+    with run_server(data_dir, acceptors=0) as running:
+        assert len(running.server._acceptors) == per_core(0) - 1
+        with smtplib.SMTP("127.0.0.1", running.port(), timeout=10) as client:
+            client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: 1\r\n\r\nx\r\n")
+        assert len(running.wait_delivered(1, timeout=20)) == 1
+
+
+def test_acceptors_ship_the_sender_check_counters() -> None:
+    """Issue 19: with an acceptor per core, most verdicts are made outside the main process;
+    their counters reach its /metrics like the SMTP ones."""
+    from lanalyze.mail.auth import authenticator
+
+    authenticator.RESULTS.labels("spf", "pass")
+    authenticator.ACTIONS.labels("accept")
+    shipped = {(key, labels) for key, labels, _value in acceptors.snapshot()}
+    assert ("auth_results", ("spf", "pass")) in shipped
+    assert ("auth_actions", ("accept",)) in shipped
+    assert ("auth_spf_cached", ()) in shipped

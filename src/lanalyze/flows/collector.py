@@ -22,7 +22,6 @@ import contextlib
 import ipaddress
 import logging
 import multiprocessing
-import os
 import secrets
 import signal
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lanalyze import metrics
+from lanalyze.configbase import per_core
 from lanalyze.errors import StartError
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapshots
@@ -103,7 +103,7 @@ class FlowCollector:
     def worker_count(self) -> int:
         # Automatic: one per core, but each worker's socket may hold flows.receive_buffer of
         # kernel memory, so a large machine does not get dozens by default.
-        return self.config.workers or min(os.cpu_count() or 1, AUTO_WORKERS_MAX)
+        return per_core(self.config.workers, AUTO_WORKERS_MAX)
 
     # -- start -------------------------------------------------------------------------------
 

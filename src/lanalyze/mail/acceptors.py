@@ -46,6 +46,7 @@ SNAPSHOT_INTERVAL = 1.0
 
 def _families() -> dict[str, Any]:
     from lanalyze.mail import metrics, rejections
+    from lanalyze.mail.auth import authenticator, signing
 
     return {
         "connections": metrics.CONNECTIONS,
@@ -60,6 +61,14 @@ def _families() -> dict[str, Any]:
         "rejections_recorded": rejections.RECORDED,
         "rejections_dropped": rejections.DROPPED,
         "rejections_pruned": rejections.PRUNED,
+        # The sender checks run in every acceptor (one per core by default): without these,
+        # /metrics showed only the main process's share of the verdicts.
+        "auth_results": authenticator.RESULTS,
+        "auth_actions": authenticator.ACTIONS,
+        "auth_flags": authenticator.FLAGS,
+        "auth_internal_errors": authenticator.INTERNAL_ERRORS,
+        "auth_spf_cached": authenticator.SPF_CACHED,
+        "dkim_signatures": signing.SIGNATURES,
     }
 
 

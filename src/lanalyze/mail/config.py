@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from lanalyze.configbase import ListenAddresses, Section
+from lanalyze.configbase import ListenAddresses, Section, per_core
 from lanalyze.mail.auth.config import AuthConfig
 from lanalyze.mail.index import IndexConfig
 
@@ -179,11 +179,11 @@ class MailConfig(Section):
         "syncfs(2) per group-commit batch, or an fsync per file.",
     )
     acceptors: int = Field(
-        default=1,
-        ge=1,
+        default=0,
+        ge=0,
         le=64,
         description="SMTP processes sharing the listeners (SO_REUSEPORT); more than one "
-        "spreads sessions over cores.",
+        "spreads sessions over cores (0: one per CPU core, at most 8).",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
     index: IndexConfig = Field(
@@ -193,6 +193,11 @@ class MailConfig(Section):
         default_factory=AuthConfig,
         description="Sender checks (SPF, DKIM, DMARC, ARC), their policy and DKIM signing.",
     )
+
+    @property
+    def acceptor_count(self) -> int:
+        """SMTP processes to run: ``acceptors``, or one per core for 0 (like ``flows.workers``)."""
+        return per_core(self.acceptors)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MailConfig:

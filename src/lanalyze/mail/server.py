@@ -252,7 +252,7 @@ class MailServer:
                 sock = bind_socket(
                     address,
                     f"mail.{key}[{number}]",
-                    reuse_port=self.config.acceptors > 1,
+                    reuse_port=self.config.acceptor_count > 1,
                     join=self.role != "main",
                 )
                 server = await loop.create_server(
@@ -263,13 +263,13 @@ class MailServer:
                 )
                 self._servers.append(server)
                 self.addresses.setdefault(listener.kind, []).append(sock.getsockname()[:2])
-        if self.role == "main" and self.config.acceptors > 1:
+        if self.role == "main" and self.config.acceptor_count > 1:
             self._acceptors = spawn_acceptors(
                 run_acceptor,
                 self.config.model_dump(mode="json"),
                 self.general.model_dump(mode="json"),
                 self.addresses,
-                self.config.acceptors - 1,
+                self.config.acceptor_count - 1,
             )
         log.info("mail.started", extra={"listeners": self.addresses})
 

@@ -8,6 +8,11 @@ Authentication-Results field (RFC 8601), lets :mod:`lanalyze.mail.auth.policy` d
 counts everything on ``/metrics``. A bug of ours in one check is logged and reported as that
 check's ``temperror``; it never fails the SMTP session.
 
+SPF results are kept (:class:`SpfCache`) until the earliest TTL of the DNS answers the
+evaluation used: by (client IP, identity, domain) when none of those records holds a macro
+(RFC 7208 §7: only macros make the result depend on the local part or the HELO name), else
+by the whole (client IP, sender, HELO). Results on DNS trouble are never kept.
+
 Trust: envelope, HELO and message are the peer's; the client IP and the authenticated user
 come from the SMTP server.
 """
@@ -18,6 +23,7 @@ import asyncio
 import random
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +43,14 @@ from lanalyze.mail.auth.dmarc import (
     organisational_domain,
     public_suffix_list,
 )
-from lanalyze.mail.auth.dns import Resolver
+from lanalyze.mail.auth.dns import Answer, Resolver, TtlCache, consulted
 from lanalyze.mail.auth.flags import FLAG_VERSION, LOCAL_CLAIM_FLAG, MISMATCH_FLAG
 from lanalyze.mail.auth.lookalike import imitation_flags
 from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
 from lanalyze.mail.auth.policy import decide
 from lanalyze.mail.auth.results import ResInfo, our_results_ranges, render
 from lanalyze.mail.auth.signing import sign
-from lanalyze.mail.auth.spf import SpfResult, check_spf
+from lanalyze.mail.auth.spf import SpfResult, check_spf, spf_identity
 from lanalyze.metrics import REGISTRY
 
 log = get_logger("lanalyze.mail.auth")
@@ -77,6 +83,66 @@ INTERNAL_ERRORS = Counter(
 )
 
 _DKIM_ORDER = ("pass", "policy", "fail", "temperror", "permerror", "neutral", "none")
+SPF_CACHED = Counter(
+    "lanalyze_mail_auth_spf_cached",
+    "SPF results answered from the SPF result cache (no evaluation, no DNS).",
+    registry=REGISTRY,
+)
+
+SpfKey = tuple[str, ...]
+
+
+def _uses_macros(answers: list[tuple[Answer, float]]) -> bool:
+    return any(
+        b"%" in record if isinstance(record, bytes) else "%" in str(record)
+        for answer, _ in answers
+        for record in answer.records
+    )
+
+
+class SpfCache:
+    """SPF (result, explanation) for the lifetime of the answers they were computed from."""
+
+    ENTRY_BYTES = 256
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.cache: TtlCache[SpfKey, tuple[str, str]] = TtlCache(max_entries, max_bytes)
+
+    @staticmethod
+    def keys(client_ip: str, mail_from: str, helo: str) -> tuple[SpfKey, SpfKey]:
+        """The key for any sender of the domain (records without macros), and the exact one."""
+        identity, sender, domain = spf_identity(mail_from, helo)
+        by_domain = (client_ip, identity, domain)
+        return by_domain, (*by_domain, sender, helo)
+
+    def get(self, client_ip: str, mail_from: str, helo: str, now: float) -> tuple[str, str] | None:
+        for key in self.keys(client_ip, mail_from, helo):
+            hit = self.cache.get(key, now)
+            if hit is not None:
+                return hit[0]
+        return None
+
+    def put(
+        self,
+        *,
+        client_ip: str,
+        mail_from: str,
+        helo: str,
+        result: SpfResult,
+        answers: list[tuple[Answer, float]],
+        now: float,
+    ) -> None:
+        if result.result == "temperror" or not answers:
+            return
+        if any(answer.status == "error" for answer, _ in answers):
+            return
+        expires = min(expiry for _, expiry in answers)
+        if expires <= now:
+            return
+        by_domain, exact = self.keys(client_ip, mail_from, helo)
+        key = exact if _uses_macros(answers) else by_domain
+        size = self.ENTRY_BYTES + sum(map(len, key)) + len(result.explanation)
+        self.cache.put(key, (result.result, result.explanation), expires, size)
 
 
 @dataclass
@@ -145,7 +211,10 @@ class Authenticator:
             {d.strip().rstrip(".").lower() for d in [*config.local_domains, *local_domains]} - {""}
         )
         self.rng = rng
-        self.resolver = Resolver(config.resolver, config.dns_timeout, config.dns_cache_size)
+        self.resolver = Resolver(
+            config.resolver, config.dns_timeout, config.dns_cache_size, config.dns_cache_memory
+        )
+        self.spf_cache = SpfCache(config.dns_cache_size, config.dns_cache_memory)
         self._warmup: asyncio.Future[None] | None = None
         self._warm_lock = threading.Lock()
         self._warm_done = False
@@ -244,7 +313,7 @@ class Authenticator:
         spf_task = asyncio.ensure_future(
             self._guarded(
                 "spf",
-                check_spf(self.resolver, client_ip=client_ip, mail_from=mail_from, helo=helo),
+                self._spf(client_ip=client_ip, mail_from=mail_from, helo=helo),
                 SpfResult("temperror", "mailfrom", "", mail_from, "internal error"),
             )
         )
@@ -336,6 +405,28 @@ class Authenticator:
         )
         verdict.strip_headers = our_results_ranges(message, self.authserv_id)
         return verdict
+
+    async def _spf(self, *, client_ip: str, mail_from: str, helo: str) -> SpfResult:
+        """:func:`check_spf`, answered from the SPF result cache while its answers live."""
+        helo = helo.strip()
+        cached = self.spf_cache.get(client_ip, mail_from, helo, time.monotonic())
+        if cached is not None:
+            SPF_CACHED.inc()
+            identity, sender, domain = spf_identity(mail_from, helo)
+            return SpfResult(cached[0], identity, domain, sender, cached[1])
+        with consulted() as answers:
+            result = await check_spf(
+                self.resolver, client_ip=client_ip, mail_from=mail_from, helo=helo
+            )
+        self.spf_cache.put(
+            client_ip=client_ip,
+            mail_from=mail_from,
+            helo=helo,
+            result=result,
+            answers=answers,
+            now=time.monotonic(),
+        )
+        return result
 
     def _flags(
         self, sender: FromInfo, mail_from: str, dmarc: DmarcResult, dkim: list[DkimResult]

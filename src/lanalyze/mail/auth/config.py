@@ -61,6 +61,13 @@ class AuthConfig(Section):
         description="DNS answers (negative ones too) kept across messages for their TTL; "
         "0 disables the cache.",
     )
+    dns_cache_memory: int = Field(
+        default=8 * 1024 * 1024,
+        ge=65536,
+        le=1024 * 1024 * 1024,
+        description="Bytes the DNS answer cache and the SPF result cache may hold each "
+        "(records and names, estimated); the least recently used go first.",
+    )
     check_timeout: float = Field(
         default=20.0,
         gt=0,

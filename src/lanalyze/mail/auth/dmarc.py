@@ -57,6 +57,7 @@ def public_suffix_list() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)  # ~7 calls a message; a pure function of the name
 def organisational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (the domain itself if it is a suffix)."""
     domain = domain.lower().rstrip(".")

@@ -11,6 +11,13 @@ a miss is the answer. This keeps the libraries' logic (limits, CNAMEs, key parsi
 DNS wait ever blocks the event loop or a worker thread; the price is re-running the library
 once per round of lookups, which is microseconds for SPF and a header parse for DKIM/ARC.
 
+Answers are cached across messages (:class:`TtlCache`), each for its TTL (negative ones for
+the zone's negative TTL, RFC 2308 §5), bounded in entries and in bytes; a name many sessions
+ask for at once is queried once. A cached answer costs a dictionary look-up where dnspython's
+resolver, even answering from its own cache, cost ~0.25 ms of Python per query: the checks of
+one message make four or more. :func:`consulted` lets a caller see which answers, with their
+expiry, one piece of work relied on (the authenticator's SPF result cache).
+
 Trust: answers come from the network and are treated as untrusted bytes by the libraries;
 names come from the message (untrusted) and are validated before they are queried.
 """
@@ -18,9 +25,13 @@ names come from the message (untrusted) and are validated before they are querie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextvars
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -37,6 +48,8 @@ INLINE_LIMIT = 65_536
 """Messages up to this size are verified on the event loop: hashing them and one public-key
 operation take well under a millisecond, less than handing them to a thread and back."""
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -75,14 +88,106 @@ class Prefetched:
         return answer
 
 
-class Resolver:
-    """dnspython's async resolver with our timeout and server; never raises for DNS trouble."""
+_ENTRY_OVERHEAD = 256
+"""Bytes charged per cached answer besides its records (key, tuple, dataclass, dict slot)."""
 
-    def __init__(self, address: str | None, timeout: float, cache_size: int = 0) -> None:
+
+def answer_bytes(key: tuple[str, str], answer: Answer) -> int:
+    """What one cached answer is charged: its name, its records and a fixed overhead."""
+    size = _ENTRY_OVERHEAD + len(key[0])
+    for record in answer.records:
+        if isinstance(record, bytes | str):
+            size += len(record) + 48
+        elif isinstance(record, tuple):
+            size += 96 + sum(len(part) for part in record if isinstance(part, str))
+        else:
+            size += 64
+    return size
+
+
+class TtlCache(Generic[K, V]):
+    """Values by key until they expire; least recently used go first when either bound
+    (entries, bytes as charged by the caller) is reached. The DNS answers here, the SPF
+    results in the authenticator."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[K, tuple[V, float, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K, now: float) -> tuple[V, float] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires, size = entry
+        if expires <= now:
+            del self._entries[key]
+            self.bytes -= size
+            return None
+        self._entries.move_to_end(key)
+        return value, expires
+
+    def put(self, key: K, value: V, expires: float, size: int) -> None:
+        if self.max_entries <= 0 or size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[2]
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self.bytes + size > self.max_bytes
+        ):
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+        self._entries[key] = (value, expires, size)
+        self.bytes += size
+
+
+_consulted: contextvars.ContextVar[list[tuple[Answer, float]] | None] = contextvars.ContextVar(
+    "lanalyze_dns_consulted", default=None
+)
+
+
+@contextmanager
+def consulted() -> Iterator[list[tuple[Answer, float]]]:
+    """Collect (answer, monotonic expiry) of every query made in this context (and in tasks
+    it starts) while the block runs; an answer that was not cached expires at once."""
+    found: list[tuple[Answer, float]] = []
+    token = _consulted.set(found)
+    try:
+        yield found
+    finally:
+        _consulted.reset(token)
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN, qname: dns.name.Name) -> float:
+    """The negative TTL of an NXDOMAIN answer (RFC 2308 §5: the SOA's), 0 if it has none."""
+    try:
+        return float(exc.response(qname).resolve_chaining().minimum_ttl)  # type: ignore[no-untyped-call]
+    except Exception:  # no response kept, no SOA: do not cache it
+        return 0.0
+
+
+class Resolver:
+    """dnspython's async resolver with our timeout and server, behind our answer cache;
+    never raises for DNS trouble."""
+
+    def __init__(
+        self,
+        address: str | None,
+        timeout: float,
+        cache_size: int = 0,
+        cache_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.cache_size = cache_size
+        self.cache: TtlCache[tuple[str, str], Answer] = TtlCache(cache_size, cache_bytes)
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self._inflight: dict[tuple[str, str], asyncio.Future[tuple[Answer, float] | None]] = {}
 
     def prepare(self) -> None:
         """Build the resolver now (reads /etc/resolv.conf: call it from a worker thread)."""
@@ -99,36 +204,75 @@ class Resolver:
                 resolver.port = port
             resolver.lifetime = self.timeout
             resolver.timeout = min(self.timeout, 2.0)
-            # dnspython's LRU cache keeps answers, NODATA and NXDOMAIN for their TTL.
-            resolver.cache = dns.resolver.LRUCache(self.cache_size) if self.cache_size else None
+            # Caching is ours (TtlCache): dnspython's would keep every answer twice.
+            resolver.cache = None
             self._resolver = resolver
         return self._resolver
 
     async def query(self, name: str, rdtype: str) -> Answer:
+        key = (name, rdtype)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        cached = self.cache.get(key, now)
+        if cached is None:
+            pending = self._inflight.get(key)
+            if pending is not None and pending.get_loop() is loop:
+                # Another session asked for the same name a moment ago: share its answer
+                # (None if that session gave up, timed out by its own deadline).
+                cached = await asyncio.shield(pending)
+            if cached is None:
+                cached = await self._fetch_shared(key, loop)
+        found = _consulted.get()
+        if found is not None:
+            found.append(cached)
+        return cached[0]
+
+    async def _fetch_shared(
+        self, key: tuple[str, str], loop: asyncio.AbstractEventLoop
+    ) -> tuple[Answer, float]:
+        future: asyncio.Future[tuple[Answer, float] | None] = loop.create_future()
+        self._inflight[key] = future
+        try:
+            answer, ttl = await self._fetch(*key)
+            cached = (answer, time.monotonic() + ttl)
+            if ttl > 0 and answer.status != "error":  # DNS trouble is never kept
+                self.cache.put(key, answer, cached[1], answer_bytes(key, answer))
+            future.set_result(cached)
+            return cached
+        finally:
+            if not future.done():
+                future.set_result(None)  # cancelled: whoever waits asks for itself
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    async def _fetch(self, name: str, rdtype: str) -> tuple[Answer, float]:
+        """One query to the server: the answer and how many seconds it may be kept."""
         try:
             qname = dns.name.from_text(name or ".")
         except (dns.exception.DNSException, UnicodeError, ValueError):
             # A name that cannot be written in DNS cannot exist.
-            return Answer("nxdomain")
+            return Answer("nxdomain"), 0.0
         try:
             resolver = self._get()
             result = await resolver.resolve(
                 qname, rdtype, search=False, raise_on_no_answer=False, lifetime=self.timeout
             )
-        except dns.resolver.NXDOMAIN:
-            return Answer("nxdomain")
+        except dns.resolver.NXDOMAIN as exc:
+            return Answer("nxdomain"), _negative_ttl(exc, qname)
         except dns.resolver.NoAnswer:
-            return Answer("nodata")
+            return Answer("nodata"), 0.0
         except dns.resolver.NoResolverConfiguration as exc:
-            return Answer("error", error=f"no resolver configured: {exc}")
+            return Answer("error", error=f"no resolver configured: {exc}"), 0.0
         except dns.exception.Timeout:
-            return Answer("error", error=f"timeout after {self.timeout:g}s")
+            return Answer("error", error=f"timeout after {self.timeout:g}s"), 0.0
         except dns.resolver.NoNameservers:
-            return Answer("error", error="no server answered (SERVFAIL or REFUSED)")
+            return Answer("error", error="no server answered (SERVFAIL or REFUSED)"), 0.0
         except dns.exception.DNSException as exc:
-            return Answer("error", error=type(exc).__name__)
+            return Answer("error", error=type(exc).__name__), 0.0
+        # The answer's TTL (the negative TTL for NODATA), as dnspython computed it.
+        ttl = max(result.expiration - time.time(), 0.0)
         if result.rrset is None:
-            return Answer("nodata")
+            return Answer("nodata"), ttl
         records: list[object] = []
         for rdata in result.rrset:
             if rdtype == "TXT":
@@ -139,7 +283,7 @@ class Resolver:
                 records.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
             elif rdtype == "PTR":
                 records.append(rdata.target.to_text(omit_final_dot=True))
-        return Answer("ok", tuple(records)) if records else Answer("nodata")
+        return (Answer("ok", tuple(records)) if records else Answer("nodata")), ttl
 
 
 async def run_with_lookups(

@@ -24,11 +24,17 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
     """(header block including its line ends, body); the empty line belongs to neither."""
     if message.startswith((b"\r\n", b"\n")):
         return b"", message[2 if message.startswith(b"\r\n") else 1 :]
-    match = _END_OF_HEADER.search(message)
-    if match is None:
+    # The leftmost match of _END_OF_HEADER, found with bytes.find: the regular expression
+    # tried every line end of the body in Python's regex engine (~50 µs a 4 KiB message,
+    # and the checks split each message several times).
+    ends = [i for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
+    if not ends:
         return message, b""
-    end_of_last_line = match.start() + (2 if message[match.start()] == 0x0D else 1)
-    return message[:end_of_last_line], message[match.end() :]
+    first = min(ends)  # the first line feed of the empty line's pair
+    start = first - 1 if first > 0 and message[first - 1] == 0x0D else first
+    end = first + (2 if message[first + 1] == 0x0A else 3)
+    end_of_last_line = start + (2 if message[start] == 0x0D else 1)
+    return message[:end_of_last_line], message[end:]
 
 
 def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:

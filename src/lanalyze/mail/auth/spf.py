@@ -122,8 +122,8 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].rstrip(".").lower()
 
 
-async def check_spf(resolver: Resolver, *, client_ip: str, mail_from: str, helo: str) -> SpfResult:
-    """SPF for MAIL FROM, or for HELO when MAIL FROM is null (RFC 7208 §2.3, §2.4)."""
+def spf_identity(mail_from: str, helo: str) -> tuple[str, str, str]:
+    """(identity, sender, domain) SPF checks: MAIL FROM, or HELO for a null sender."""
     mail_from = mail_from.strip().strip("<>")
     helo = helo.strip()
     if mail_from:
@@ -133,7 +133,13 @@ async def check_spf(resolver: Resolver, *, client_ip: str, mail_from: str, helo:
             sender = f"postmaster@{sender}"
     else:
         identity, sender = "helo", f"postmaster@{helo}"
-    domain = _domain_of(sender)
+    return identity, sender, _domain_of(sender)
+
+
+async def check_spf(resolver: Resolver, *, client_ip: str, mail_from: str, helo: str) -> SpfResult:
+    """SPF for MAIL FROM, or for HELO when MAIL FROM is null (RFC 7208 §2.3, §2.4)."""
+    helo = helo.strip()
+    identity, sender, domain = spf_identity(mail_from, helo)
     ip = client_ip_text(client_ip)
     if ip is None:
         return SpfResult("none", identity, domain, sender, "client address is not an IP")
