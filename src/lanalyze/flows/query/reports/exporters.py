@@ -7,11 +7,11 @@ reader-side answer the CLI (``flows exporters``), the console's Exporters page a
 ``/api/flows/exporters`` all show: each live row with its exporter's stored totals, then the
 exporters only the store knows ("not heard from since the collector started").
 
-Stored totals are one report over the whole store, grouped by the ``exporter`` column (the
-same planning, rollups and sampling scaling as ``flows top --by exporter``, so the numbers
-are equal). The first and last receive times are read from the same pieces, so they are as
-fine as the table read: to the hour (the plan is held to rollups of an hour or finer), and
-to the minute or the millisecond for the recent edge read from 1-minute rollups or raw flows.
+Stored totals are one query over the whole store grouped by the ``exporter`` column (the
+same planner, rollup tables and sampling scaling as ``flows top --by exporter``, so the
+numbers are equal), held to rollups of a day or finer. The first and last receive times come
+from the same query to the day, then from a second one over those few days' hourly rollups
+(and raw flows at the recent edge): to the hour, to the minute or exactly near "now".
 The store does not keep the observation domain, so the stored totals are per exporter address.
 
 When the raw flows to read (the ones not rolled up yet) exceed ``flows.query.max_raw_bytes``
@@ -56,9 +56,10 @@ class StoredExporter:
     packets: int
     flows: int
     first_ms: int
-    """Receive time of its oldest stored flow, UTC ms (the start of its rollup bucket)."""
+    """Receive time of its oldest stored flow, UTC ms (to the hour: its hourly bucket's start)."""
     last_ms: int
-    """Receive time of its newest stored flow, UTC ms (the start of its rollup bucket)."""
+    """Receive time of its newest stored flow, UTC ms (its hourly bucket's start, or the
+    exact time when read from raw flows)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
