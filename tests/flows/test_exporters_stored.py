@@ -214,3 +214,17 @@ def test_an_empty_store_lists_the_live_exporters_with_nothing_stored(
     (directory / "exporters.json").unlink()
     out = run(data_dir, "exporters", check=False)
     assert out.returncode == 1 and "no collector has run" in out.stderr
+
+
+def test_the_stored_list_is_bounded(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lanalyze.flows.query.reports import exporters
+
+    write_flows(flow_dir(data_dir), random_flows(1_000, T0, T0 + HOUR, seed=5))
+    everything = exporters.stored_exporters(flow_dir(data_dir))
+    assert len(everything.rows) == 2 and everything.unread == ""
+    monkeypatch.setattr(exporters, "MAX_STORED", 1)
+    cut = exporters.stored_exporters(flow_dir(data_dir))
+    assert [row.exporter for row in cut.rows] == [
+        max(everything.rows, key=lambda row: row.bytes).exporter
+    ]
+    assert "only the 1 exporters with most bytes" in cut.unread

@@ -45,6 +45,8 @@ from lanalyze.flows.store.paths import flow_dir
 # of ~720 hourly ones: ~0.1 s rather than ~0.4 s warm.
 FINEST_BUCKET = DAY_MS
 MAX_REFINED_DAYS = 16
+MAX_STORED = 10_000
+"""Stored exporters listed at most (the default of ``flows.max_exporters``)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,16 @@ def stored_exporters(data: Path) -> StoredExporters:
             return StoredExporters([], describe(planned), unread)
         backend = engine.backend()
         base = f"{key}__{dim.bases[0][0]}"
-        rows = backend.execute(backend.dialect.exporter_totals(union(planned, flt), base))
+        rows = backend.execute(
+            backend.dialect.exporter_totals(union(planned, flt), base, MAX_STORED + 1)
+        )
         rows = [row for row in rows if row[0] is not None]
+        if len(rows) > MAX_STORED:
+            # Spoofed exporter addresses can fill a store with many: list the biggest.
+            rows = rows[:MAX_STORED]
+            unread = "; ".join(
+                filter(None, [unread, f"only the {MAX_STORED} exporters with most bytes"])
+            )
         bounds = _refine(data, [(int(r[4]), int(r[5])) for r in rows], rollups_only)
         found = []
         for row in rows:
@@ -149,7 +159,9 @@ def stored_exporters(data: Path) -> StoredExporters:
             return {}
         backend = engine.backend()
         base = f"{key}__{dim.bases[0][0]}"
-        rows = backend.execute(backend.dialect.exporter_totals(union(planned, flt), base))
+        rows = backend.execute(
+            backend.dialect.exporter_totals(union(planned, flt), base, MAX_STORED + 1)
+        )
         return {row[0]: (int(row[4]), int(row[5])) for row in rows if row[0] is not None}
 
     try:
