@@ -140,23 +140,28 @@ def import_pcaps(ctx: click.Context, files: tuple[Path, ...], data_dir: Path | N
 )
 @click.pass_context
 def exporters(ctx: click.Context, data_dir: Path | None, output_format: str) -> None:
-    """Exporters seen by the running (or last) collector, with their counters."""
-    from lanalyze.flows.exporters import exporters_path, format_table, read_exporters
+    """Exporters: the running (or last) collector's counters, and what the store holds of
+    each (also those not heard from since the collector started)."""
+    from lanalyze.flows.exporters import exporters_path
+    from lanalyze.flows.query import reports
+    from lanalyze.flows.query.reports.exporters import exporters_overview, format_table
 
+    reports.apply_config(_app_config(ctx).flows.query)
     directory = _data_dir(ctx, data_dir)
-    try:
-        data = read_exporters(directory)
-    except FileNotFoundError:
+    overview = exporters_overview(directory)
+    if overview.collector is None and not overview.collector_missing:
+        click.echo(f"lanalyze flows exporters: {overview.collector_problem}", err=True)
+        sys.exit(1)
+    if overview.collector_missing and not overview.rows:
         click.echo(
             f"no collector has run with data directory {directory} "
-            f"({exporters_path(directory)} is absent)",
+            f"({exporters_path(directory)} is absent) and no flows are stored",
             err=True,
         )
-        sys.exit(1)
-    except ValueError as exc:
-        click.echo(f"lanalyze flows exporters: {exc}", err=True)
+        if overview.stored.unread:
+            click.echo(f"lanalyze flows exporters: {overview.stored.unread}", err=True)
         sys.exit(1)
     if output_format == "json":
-        click.echo(json.dumps(data, indent=1))
+        click.echo(json.dumps(overview.to_json(), indent=1))
     else:
-        click.echo(format_table(data), nl=False)
+        click.echo(format_table(overview), nl=False)

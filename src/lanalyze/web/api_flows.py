@@ -25,9 +25,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lanalyze import metrics
-from lanalyze.flows.exporters import read_exporters
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.reports import MAX_ROWS, ORDERS
+from lanalyze.flows.query.reports.exporters import exporters_overview
 from lanalyze.flows.query.timespec import window
 from lanalyze.flows.store import paths
 from lanalyze.web import api, api_mail
@@ -232,16 +232,15 @@ def _status(request: Request, p: NoParams) -> Job:
 
 
 def _exporters(request: Request, p: NoParams) -> Job:
-    # flow_dir is <data_dir>/flows; flows.exporters owns where the file is and what it holds.
+    # flow_dir is <data_dir>/flows; the overview reads the collector's exporters.json and the
+    # store, the same answer as `flows exporters --format json` and the Exporters page.
     data_dir = flow_dir(request).parent
 
     def job() -> Any:
-        try:
-            return read_exporters(data_dir)
-        except FileNotFoundError:
-            return {"exporters": []}
-        except (OSError, ValueError) as exc:
-            raise BadRequest(f"cannot read exporters.json: {exc}") from None
+        overview = exporters_overview(data_dir)
+        if overview.collector is None and not overview.collector_missing:
+            raise BadRequest(f"cannot read exporters.json: {overview.collector_problem}")
+        return overview.to_json()
 
     return job
 
@@ -272,7 +271,7 @@ ENDPOINTS: list[Endpoint[Any]] = [
     Endpoint("/api/flows/status", "What is stored, per table", NoParams, "Status", _status),
     Endpoint(
         "/api/flows/exporters",
-        "Exporters seen by the collector, with counters and last-seen time",
+        "Exporters: the collector's counters since its start and the stored totals of each",
         NoParams,
         "Exporters",
         _exporters,
@@ -376,7 +375,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Exporters": {
         "type": "object",
-        "description": "The collector's exporters.json (format owned by the collector).",
+        "description": "The collector's exporters.json (format owned by the collector: "
+        "`started_ms`, `written_ms`, `kernel_drops`... absent when no collector has run), "
+        "with `exporters` merged with the store: each row has the collector's counters "
+        "(`live` false and zeros for an exporter not heard from since the collector "
+        "started) and `stored_bytes`, `stored_packets`, `stored_flows` (the whole store, per "
+        "exporter address, as `top` by `exporter`), `stored_first_ms`/`stored_last_ms` and "
+        "`stored_first`/`stored_last` (receive times, to the rollup bucket; null when "
+        "nothing is stored). `stored.unread` says what could not be read.",
     },
 }
 

@@ -117,6 +117,8 @@ class Dialect(Protocol):
 
     def interfaces(self, union: Statement, order: str, limit: int) -> Statement: ...
 
+    def exporter_totals(self, union: Statement, key: str, limit: int) -> Statement: ...
+
     def interface_series(self, union: Statement) -> Statement: ...
 
     def newest(self, piece: Statement, limit: int) -> Statement: ...
@@ -296,6 +298,17 @@ class DuckDB:
             sql += " LIMIT ?"
             params.append(limit)
         return Statement(sql, params)
+
+    def exporter_totals(self, union: Statement, key: str, limit: int) -> Statement:
+        """Per ``key`` (the exporter column of the union) the sums and the smallest and
+        largest ``received`` (a raw flow's receive time, a rollup bucket's start): the
+        ``limit`` exporters with the most bytes."""
+        return Statement(
+            f"SELECT {key}, sum(nbytes), sum(npackets), sum(nflows), min(received), "  # noqa: S608
+            f"max(received) FROM ({union.sql}) GROUP BY {key} "
+            f"ORDER BY sum(nbytes) DESC, {key} LIMIT ?",
+            [*union.params, limit],
+        )
 
     def interface_series(self, union: Statement) -> Statement:
         return Statement(

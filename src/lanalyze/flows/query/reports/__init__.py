@@ -1,7 +1,8 @@
 """The flow reports: top-N, time series, raw flow list, interface utilisation, store status.
 
 One module per report (:mod:`.top`, :mod:`.series`, :mod:`.flowlist`, :mod:`.iface`,
-:mod:`.status`), each returning typed values: counters as ints, times as UTC milliseconds
+:mod:`.status`, :mod:`.exporters`: the collector's counters merged with the stored totals),
+each returning typed values: counters as ints, times as UTC milliseconds
 (``to_json()`` gives the ISO 8601 shape the CLI and the JSON API print). A report plans its
 files (:mod:`lanalyze.flows.query.planner`), has the backend's dialect build one statement of
 ``UNION ALL`` pieces (:mod:`lanalyze.flows.query.sql`; rollup parts hold sums already scaled
