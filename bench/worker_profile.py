@@ -4,8 +4,10 @@ One :class:`~lanalyze.flows.worker.FlowWorker` (the worker's own loop: ``recvmms
 Arrow, the background Parquet writer, counters, template saves) runs in this process on a
 loopback socket; ``ingest_bench.py``'s paced sender offers ``--rate`` flows/s from a child
 process for ``--seconds``. Printed: the worker process's CPU (user + system, all threads) per
-stored flow, split into the receive/decode thread and the writer thread, and with
-``--profile`` the receive thread's cProfile (cumulative), to see where the time goes.
+stored flow, split into the receive/decode thread and the writer thread (and the ratio to
+nfcapd's CPU per flow, measured by ``ingest_bench.py``, given with ``--peer-us``), and with
+``--profile`` the receive thread's cProfile (cumulative and own time; cProfile counts wall
+time, which includes waiting for the CPU on a busy machine: read it as proportions).
 
 CPU time, not wall time: other processes on the machine move it little (they move the
 lossless rate a lot). The load average is printed with each figure.
@@ -41,12 +43,6 @@ def _send(fmt: str, port: int, rate: float, seconds: float, start_at: float) -> 
     sender(fmt, port, rate, seconds, 4, 1, start_at)
 
 
-def thread_cpu(tid: int) -> float:
-    """User + system seconds of one thread of this process (from /proc)."""
-    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_once(fmt: str, rate: float, seconds: float, profile: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="worker-profile-") as work:
         sock = open_udp("127.0.0.1:0", "bench", receive_buffer=RECEIVE_BUFFER)
@@ -58,8 +54,19 @@ def run_once(fmt: str, rate: float, seconds: float, profile: bool) -> dict[str, 
         start_at = time.time() + 1.0
         child = context.Process(target=_send, args=(fmt, port, rate, seconds, start_at))
         child.start()
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        main_before = time.thread_time()
+        # Counted from the worker's "ready" (after its start-up: stale temporaries, templates,
+        # the one full GC) to the end of its shutdown flush.
+        marks: dict[str, float] = {}
+        report = worker.report
+
+        def mark_ready(kind: str = "report") -> None:
+            if kind == "ready":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                marks["total"] = usage.ru_utime + usage.ru_stime
+                marks["main"] = time.thread_time()
+            report(kind)
+
+        worker.report = mark_ready  # type: ignore[method-assign]
         profiler = cProfile.Profile() if profile else None
 
         def stop_when_sent() -> None:
@@ -73,15 +80,13 @@ def run_once(fmt: str, rate: float, seconds: float, profile: bool) -> dict[str, 
         worker.run()
         if profiler is not None:
             profiler.disable()
-        main = time.thread_time() - main_before
-        writer_tid = worker.store._thread.native_id
+        main = time.thread_time() - marks["main"]
         after = resource.getrusage(resource.RUSAGE_SELF)
-        total = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        total = after.ru_utime + after.ru_stime - marks["total"]
         files = list(Path(work).glob("flows/raw/*/*.parquet"))
         stored = sum(pq.read_metadata(f).num_rows for f in files)
         size = sum(f.stat().st_size for f in files)
         sock.close()
-        del writer_tid
         if profiler is not None:
             stats = pstats.Stats(profiler)
             stats.sort_stats("cumulative").print_stats(35)
@@ -103,6 +108,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile the receive thread")
+    parser.add_argument(
+        "--peer-us", default="0.25,0.34", help="nfcapd µs CPU/flow (v5,ipfix), from ingest_bench"
+    )
     args = parser.parse_args()
     rows = []
     for run in range(args.runs):
@@ -121,6 +129,8 @@ def main() -> None:
         f"{med['main']:.3f}, writer and other threads {med['writer']:.3f}), "
         f"{med['bytes']:.1f} bytes/flow"
     )
+    peer = dict(zip(("v5", "ipfix"), map(float, args.peer_us.split(",")), strict=True))[args.format]
+    print(f"  nfcapd {peer:.2f} µs/flow (its whole process), ours/nfcapd {med['total'] / peer:.2f}")
 
 
 if __name__ == "__main__":
