@@ -35,6 +35,7 @@ except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
     from ingest_bench import RECEIVE_BUFFER, sender  # type: ignore[no-redef]
 import pyarrow.parquet as pq
 
+from lanalyze.flows import worker as worker_module
 from lanalyze.flows.receive import open_udp
 from lanalyze.flows.worker import FlowWorker, WorkerSpec
 
@@ -109,9 +110,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile the receive thread")
     parser.add_argument(
+        "--gather", type=float, default=None, help="seconds a worker lets datagrams gather"
+    )
+    parser.add_argument(
         "--peer-us", default="0.25,0.34", help="nfcapd µs CPU/flow (v5,ipfix), from ingest_bench"
     )
     args = parser.parse_args()
+    if args.gather is not None:
+        worker_module.BATCH_GATHER_SECONDS = args.gather
     rows = []
     for run in range(args.runs):
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
