@@ -6,8 +6,8 @@ worker's own code without sockets: ``FlowDecoder.decode_rows`` on datagrams laid
 ``FlowDecoder.decode``, the ``recvfrom_into`` fallback's path), the
 Arrow conversion (``DecodedBatch.to_record_batch``), and the store (``SegmentWriter.write``:
 Parquet encoding, then fsync, rename and directory fsync, timed apart). Batches are the size a
-worker sees at ``--rate`` flows/s with its 20 ms gather; a segment holds ``--segment-rows``
-flows (the worker flushes every second or at ``flows.segment_max_rows``).
+worker sees at ``--rate`` flows/s with its gather (``BATCH_GATHER_SECONDS``); a segment holds
+``--segment-rows`` flows (the worker flushes every second or at ``flows.segment_max_rows``).
 
 Figures are ``time.thread_time`` (this thread's CPU, user + system) per flow, the median of
 ``--runs`` runs: other processes on the machine barely move them, unlike the loss point of

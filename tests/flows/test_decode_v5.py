@@ -252,6 +252,28 @@ def test_v5_rows_decode_as_packets() -> None:
     assert empty.rows == 0 and empty.stats == []
 
 
+def test_v5_rows_read_in_place_and_slots_reused() -> None:
+    """Consecutive v5 datagrams of one length (a batch of one exporter kind) are read where
+    the receiver left them, through a strided view, not gathered first: the flows (and the
+    counters, whose headers are views too) are the walk's, a bad datagram among them is
+    dropped, and nothing of the batch refers to the slots, which the next receive reuses."""
+    datagrams = [v5_datagram([v5_record(i) for i in range(3)], sequence=n * 3) for n in range(12)]
+    datagrams[5] = v5_datagram([v5_record(0)] * 3, count=29)  # count overruns the length
+    exporters = [("192.0.2.1", "192.0.2.2")[n % 2] for n in range(len(datagrams))]
+    when = 1_700_000_000_000
+    expected = FlowDecoder().decode(
+        [Packet(d, e, when) for d, e in zip(datagrams, exporters, strict=True)]
+    )
+    rows, lengths, codes, names = as_rows(datagrams, exporters, width=65536)
+    got = FlowDecoder().decode_rows(rows, lengths, codes, names, when)
+    assert got.rows == expected.rows == 33
+    kept = {name: column.copy() for name, column in got.columns.items()}
+    rows[:] = 0xAB  # the next recvmmsg overwrites the slots
+    same_batches(got, expected)
+    for name, column in got.columns.items():
+        assert np.array_equal(column, kept[name]), name
+
+
 def test_v5_sequence_after_a_restart_counts_no_gap() -> None:
     """Sequence state is not saved with the templates: the first datagram after a start sets
     each stream's baseline, so neither a restart nor the flows missed meanwhile count."""

@@ -272,9 +272,17 @@ class FlowDecoder:
             distinct = np.unique(v5_keys)
             for key in distinct.tolist():
                 indexes = v5_rows if len(distinct) == 1 else v5_rows[v5_keys == key]
+                first, last = int(indexes[0]), int(indexes[-1])
+                # Consecutive slots (a batch of one kind, the usual case) are read where
+                # recvmmsg left them, through a strided view; others gathered in one copy.
+                raw = (
+                    rows[first : last + 1, : key & 0xFFFF]
+                    if last - first + 1 == len(indexes)
+                    else rows[indexes, : key & 0xFFFF]
+                )
                 groups.append(
                     V5Group(
-                        rows[indexes, : key & 0xFFFF],
+                        raw,
                         indexes,
                         exporter_codes[indexes],
                         np.full(len(indexes), received_ms, dtype=np.uint64),

@@ -99,6 +99,39 @@ def new_columns(
     return columns
 
 
+class _LazyColumns(dict[str, Array]):
+    """Catalogue columns made on first use (zeros; ones for ``flows`` and ``sampling_rate``).
+
+    A template carries a third to a half of the catalogue: zero-filling every column of every
+    batch was the largest numpy cost of the IPFIX path (``bench/worker_profile.py``), so the
+    columns no element writes end up as the shared read-only defaults of :func:`constant`."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def __missing__(self, name: str) -> Array:
+        column = catalogue.BY_NAME[name]
+        maker = np.ones if name in ("flows", "sampling_rate") else np.zeros
+        array: Array = maker(self.n, dtype=column.numpy_dtype)
+        self[name] = array
+        return array
+
+    def done(self) -> dict[str, Array]:
+        """Every catalogue column, in catalogue order; the untouched ones shared defaults."""
+        out: dict[str, Array] = {}
+        for column in catalogue.COLUMNS:
+            if column.kind == "str":
+                continue
+            name = column.name
+            if name in self:
+                out[name] = self[name]
+            else:
+                default = 1 if name in ("flows", "sampling_rate") else 0
+                out[name] = constant(self.n, column.numpy_dtype, default)
+        return out
+
+
 def be_uint(raw: Array) -> Array:
     """(n, L) big-endian bytes, L <= 8, as uint64."""
     n, length = raw.shape
@@ -147,7 +180,8 @@ def convert(
     var_extras: list[dict[str, Any]] | None,
 ) -> tuple[dict[str, Array], list[str | None] | None]:
     n = len(recs)
-    columns = catalogue.empty_batch(n)
+    lazy = _LazyColumns(n)
+    columns: dict[str, Array] = lazy
     columns["exporter"][:] = ctx.exporter
     columns["observation_domain"][:] = ctx.domain
     columns["time_received"][:] = ctx.received_ms
@@ -172,7 +206,8 @@ def convert(
         if kind == "int":
             raw = recs[op.name]
             if op.column not in filled and raw.ndim == 1:
-                columns[op.column][:] = raw  # one cast, big-endian wire to native
+                # One cast, big-endian wire to native, into a new array (no zero-fill first).
+                columns[op.column] = raw.astype(catalogue.BY_NAME[op.column].numpy_dtype)
                 filled[op.column] = op.element
             else:
                 value = be_uint(raw) if raw.ndim == 2 else raw
@@ -310,7 +345,7 @@ def convert(
     if var_extras and any(FRAME_KEY in values for values in var_extras):
         apply_frames(columns, [values.pop(FRAME_KEY, {}) for values in var_extras])
     extra = _extra(recs, extra_ops, var_extras, n)
-    return columns, extra
+    return lazy.done(), extra
 
 
 def _extra(

@@ -141,13 +141,18 @@ def decode_group(
     uint8; returns columns, the valid datagrams' headers, and the row numbers of the invalid
     ones.
 
+    ``raw`` may be a strided view (the collector passes its receive slots, rows 64 KiB
+    apart) whose rows' bytes are contiguous: the records are copied out of it once.
     ``exporter16`` (S16), ``received_ms`` and ``configured_rate`` are per datagram.
     """
     k, length = raw.shape
+    if raw.strides[1] != 1:
+        raw = np.ascontiguousarray(raw)
     record_length = RECORD_LENGTHS[version]
     max_count = MAX_COUNT if version == 5 else V7_MAX_COUNT
     slots = (length - HEADER_LENGTH) // record_length
-    header = np.ascontiguousarray(raw[:, :HEADER_LENGTH]).view(HEADER).reshape(k)
+    # A view whose last axis is contiguous may change dtype: no copy of the headers.
+    header = raw[:, :HEADER_LENGTH].view(HEADER).reshape(k)
     count = header["count"].astype(np.int64)
     valid = (header["version"] == version) & (count >= 1) & (count <= min(slots, max_count))
     bad = np.flatnonzero(~valid)
