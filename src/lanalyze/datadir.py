@@ -98,3 +98,14 @@ def tighten(path: Path, mode: int) -> None:
             os.chmod(path, mode, follow_symlinks=False)
     except FileNotFoundError:
         pass
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """``(inode, mtime_ns, size)`` of ``path``, None when it is absent: what a reader of a file
+    other processes rewrite (write-then-rename) compares to notice a change without reading
+    it (the console's revoked sessions and API tokens)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

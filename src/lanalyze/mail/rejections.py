@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from lanalyze.log import get_logger
 from lanalyze.mail.headers import sanitize
 from lanalyze.mail.index import IndexConfig, MessageIndex
-from lanalyze.mail.smtp.protocol import Rejection
+from lanalyze.mail.smtp.protocol import REFUSAL_REASONS, Rejection
 from lanalyze.metrics import REGISTRY
 
 log = get_logger(__name__)
@@ -69,25 +69,10 @@ PRUNE_EVERY = 3600.0
 # or message check without one) is stored as "other".
 STORED: dict[str, str] = {
     reason: reason
-    for reason in (
-        "unknown_user",
-        "relay_denied",
-        "sender_not_allowed",
-        "header_from_not_allowed",
-        "too_big",
-        "too_many_recipients",
-        "too_many_errors",
-        "connection_limit",
-        "flood",
-        "bare_newline",
-        "auth_required",
-        "auth_failed",
-        "timeout",
-        "policy_reject",
-        "local_error",
-        "other",
-    )
+    for reason in REFUSAL_REASONS - {"recipient_rejected", "message_rejected", "auth_throttled"}
 } | {"recipient_rejected": "other", "message_rejected": "other"}
+# auth_throttled is left out on purpose: the first failures are stored (auth_failed), and a
+# guesser kept at the limit would otherwise write a row per attempt.
 
 
 class RejectionLog:

@@ -42,6 +42,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lanalyze.datadir import file_signature
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.metrics import REGISTRY
 from lanalyze.web.config import WebConfig, WebUser
@@ -215,11 +216,7 @@ class Revocations:
             return None
 
     def _refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-            seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            seen = None
+        seen = file_signature(self.path)
         if seen == self._seen:
             return
         loaded = self._load()

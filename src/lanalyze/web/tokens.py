@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lanalyze.datadir import atomic_write_bytes, make_private_dirs
+from lanalyze.datadir import atomic_write_bytes, file_signature, make_private_dirs
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
@@ -90,11 +90,7 @@ class TokenStore:
             return None
 
     def _refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-            seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            seen = None
+        seen = file_signature(self.path)
         if seen == self._seen:
             return
         loaded = self._load()

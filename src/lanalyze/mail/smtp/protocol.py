@@ -188,17 +188,14 @@ class Rejection(Event):
     recipient: str = ""  # RCPT's address; a refused message's recipients, comma-separated
 
 
-# Every reason word a Rejection (and the rejections counter on /metrics) may carry.
-REASONS = frozenset(
+# Every reason word a Rejection (and the rejections counter on /metrics) may carry: protocol
+# noise (counted, not recorded in the message index) and the refusals a sysadmin cares about
+# (mail/rejections.py records these).
+NOISE_REASONS = frozenset(
+    {"syntax", "unknown_command", "out_of_order", "line_too_long", "auth_refused", "auth_cancelled"}
+)
+REFUSAL_REASONS = frozenset(
     {
-        # protocol noise: counted, not recorded in the message index
-        "syntax",
-        "unknown_command",
-        "out_of_order",
-        "line_too_long",
-        "auth_refused",
-        "auth_cancelled",
-        # refusals a sysadmin cares about
         "unknown_user",
         "relay_denied",
         "recipient_rejected",
@@ -220,6 +217,7 @@ REASONS = frozenset(
         "other",
     }
 )
+REASONS = NOISE_REASONS | REFUSAL_REASONS
 
 
 class Policy(Protocol):
