@@ -9,6 +9,7 @@ own, and the socket's owner checks with a real other user (nobody) when the test
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lanalyze.flows.config import QueryConfig
 from lanalyze.flows.errors import ProtocolError
@@ -320,3 +323,49 @@ def test_the_server_refuses_another_users_connection() -> None:
             loop.run_until_complete(component.stop())
         loop.close()
         shutil.rmtree(base)
+
+
+# Fuzz: whatever bytes a peer sends, the protocol core answers with a request or answer, or a
+# ProtocolError that names the sender's side; never another exception, never a longer line.
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        _JSONISH.map(lambda value: json.dumps(value).encode()),
+        st.fixed_dictionaries(
+            {"v": st.sampled_from([reportproto.VERSION, 0, "1", None])},
+            optional={
+                "command": st.sampled_from(["top", "list", "rm", 1, None]),
+                "params": _JSONISH,
+                "config": _JSONISH,
+                "status": st.sampled_from(["ok", "fallback", "error", "x"]),
+                "stdout": _JSONISH,
+                "stderr": _JSONISH,
+                "exit": _JSONISH,
+                "fault": _JSONISH,
+                "reason": _JSONISH,
+            },
+        ).map(lambda value: json.dumps(value).encode()),
+    )
+)
+def test_protocol_core_takes_any_bytes(line: bytes) -> None:
+    for decode, side in ((decode_request, "client"), (decode_answer, "server")):
+        try:
+            decode(line)
+        except ProtocolError as exc:
+            assert exc.fault == side
+    buffer = LineBuffer(128, "client")
+    try:
+        for start in range(0, len(line) + 1, 7):
+            got = buffer.feed(line[start : start + 7] + (b"\n" if start >= len(line) else b""))
+            if got is not None:
+                assert len(got) <= 128 and b"\n" not in got
+    except ProtocolError as exc:
+        assert exc.fault == "client" and len(line) > 128
