@@ -157,47 +157,6 @@ def read_exporters(data_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _utc(ms: int) -> str:
-    if not ms:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
-
-
-def format_table(data: Mapping[str, Any]) -> str:
-    """The exporters file as an aligned text table, then kernel drops and freshness."""
-    header = ["EXPORTER", "DOMAIN", "VER", "PACKETS", "FLOWS", "SEQ_GAPS", "DECODE_ERR"]
-    header += ["UNKNOWN_TPL", "LAST_SEEN"]
-    rows = [header]
-    for row in data["exporters"]:
-        rows.append(
-            [
-                str(row.get("exporter", "?")),
-                str(row.get("observation_domain", 0)),
-                str(row.get("version", 0)),
-                *(str(row.get(name, 0)) for name in COUNTERS),
-                _utc(int(row.get("last_seen_ms", 0))),
-            ]
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-        for r in rows
-    ]
-    if len(rows) == 1:
-        lines.append("(no exporter seen yet)")
-    drops = data.get("kernel_drops") or {}
-    for listen, count in sorted(drops.items()):
-        lines.append(f"kernel receive drops on {listen}: {count}")
-    lines.append(
-        f"counted since {_utc(int(data.get('started_ms', 0)))}, "
-        f"updated {_utc(int(data.get('written_ms', 0)))}"
-    )
-    return "\n".join(lines) + "\n"
-
-
 class FlowMetrics(Collector):
     """Prometheus view of :class:`CollectorTotals`, read at scrape time."""
 
