@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,23 @@ def corpus() -> Iterator[Path]:
             pytest.fail(f"{CORPUS} is absent: CI lays ../shared beside the clone")
         pytest.skip(f"{CORPUS} is absent")
     yield CORPUS
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which a file created without an explicit mode is world-readable."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Relative path -> permission bits of ``root`` and everything under it (dotfiles too)."""
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found

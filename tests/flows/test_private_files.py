@@ -9,21 +9,17 @@ every directory and file under the data directory is checked.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from lanalyze.datadir import atomic_write_bytes, make_private_dirs
 from lanalyze.flows.collector import FlowCollector
 from lanalyze.flows.config import FlowsConfig, RollupConfig
 from lanalyze.flows.store.paths import flow_dir
 from lanalyze.flows.store.rollup import RollupMaintainer
-from tests.conftest import free_port
+from tests.conftest import free_port, modes
 from tests.flows.test_collect import (
     ipfix_data_set,
     ipfix_message,
@@ -33,25 +29,6 @@ from tests.flows.test_collect import (
     v5_datagram,
     wait_until,
 )
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def modes(root: Path) -> dict[str, int]:
-    """Relative path -> permission bits of ``root`` and everything under it (dotfiles too)."""
-    found = {".": stat.S_IMODE(root.stat().st_mode)}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(directory, name)
-            found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
-    return found
 
 
 def test_collector_and_maintainer_create_only_private_files(

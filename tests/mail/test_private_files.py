@@ -11,36 +11,16 @@ from __future__ import annotations
 import os
 import smtplib
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.queueadmin import QueueAdmin
 from lanalyze.mail.queuefile import Layout
 from lanalyze.mail.tls import write_selfsigned
+from tests.conftest import modes
 from tests.mail.conftest import run_server
 from tests.mail.test_delivery_pipeline import FakeAuthenticator
 from tests.mail.test_mail_cli import wait_for
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def modes(root: Path) -> dict[str, int]:
-    found = {".": stat.S_IMODE(root.stat().st_mode)}
-    for directory, subdirs, files in os.walk(root):
-        for name in subdirs + files:
-            path = Path(directory) / name
-            found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
-    return found
 
 
 def wrong(found: dict[str, int], root: Path) -> dict[str, str]:
