@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from lanalyze.datadir import fsync_dir
 from lanalyze.log import get_logger
 from lanalyze.mail.auth.message import SenderFields, sender_fields, split_message
 from lanalyze.mail.headers import header_summary, sanitize
@@ -52,7 +53,6 @@ from lanalyze.mail.queuefile import (
     Recycler,
     Syncer,
     footer,
-    fsync_dir,
     read_message,
 )
 from lanalyze.mail.smtp.protocol import Reply

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lanalyze.datadir import DIR_MODE, FILE_MODE, make_private_dirs, tighten
+from lanalyze.datadir import DIR_MODE, FILE_MODE, fsync_dir, make_private_dirs, tighten
 from lanalyze.mail.errors import CorruptQueueFile
 
 FOOTER_LEN = 11  # b"%010d\n"
@@ -229,14 +229,6 @@ class Syncer:
     def batch(self, anchor: Path) -> None:
         if self.mode == "syncfs":
             syncfs(anchor)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> None:

@@ -30,14 +30,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanalyze.datadir import FILE_MODE, make_private_dirs
+from lanalyze.datadir import FILE_MODE, fsync_dir, make_private_dirs
 from lanalyze.mail.errors import CorruptQueueFile
 from lanalyze.mail.queuefile import (
     Envelope,
     Layout,
     Recycler,
     Syncer,
-    fsync_dir,
     read_queue_file,
     rewrite,
     verify_message,
