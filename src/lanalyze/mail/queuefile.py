@@ -93,6 +93,17 @@ class Envelope:
     last_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     crc32: int | None = None  # of the message bytes; None in files written before it existed
+    # RFC 3461 (DSN) parameters the client gave; empty when it gave none (issue 13).
+    ret: str | None = None  # "FULL" | "HDRS"
+    envid: str | None = None  # ENVID, xtext-decoded
+    dsn: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ^ recipient -> {"notify": ["SUCCESS", "FAILURE", "DELAY"] or ["NEVER"], "orcpt": "rfc822;a@b"}
+    # Per-recipient delivery state, rewritten durably as it changes (local and outbound):
+    # recipient -> {"state": "pending" | "deferred" | "sent" | "delivered" | "bounced",
+    #               "reply": last reply text, "status": "4.4.1"-style code,
+    #               "attempts": int, "next_attempt": unix time, "host": "mx.example.net[ip]"}
+    rcpt: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delay_warned: bool = False  # a delay DSN was sent for this message (once)
 
     def trailer(self) -> bytes:
         # vars(), not dataclasses.asdict(): no deep copy (this runs for every message).
