@@ -428,6 +428,10 @@ class Transaction:
     tls: bool
     esmtp: bool
     flushing: asyncio.Task[None] | None = None  # the spool's flush still running, if any
+    # RFC 3461 parameters as the core decoded them (smtp/dsn.py): into the envelope as given.
+    ret: str | None = None
+    envid: str | None = None
+    dsn: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Cleanup:
@@ -523,6 +527,9 @@ class Cleanup:
             header_from=summary.header_from,
             subject=summary.subject,
             message_id=summary.message_id,
+            ret=tx.ret,
+            envid=tx.envid,
+            dsn=tx.dsn,
         )
 
     async def _checked(self, tx: Transaction) -> Reply:

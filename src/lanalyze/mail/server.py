@@ -661,6 +661,9 @@ class SMTPConnection(asyncio.Protocol):
             tls=session.tls,
             esmtp=session.esmtp,
             flushing=self._flushing,
+            ret=begin.ret,
+            envid=begin.envid,
+            dsn=begin.dsn,
         )
 
         def done(reply: Reply) -> None:

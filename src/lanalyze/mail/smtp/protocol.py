@@ -3,7 +3,8 @@
 Implements RFC 5321 (§4.1 commands, §4.2 replies, §4.5.2 transparency, §4.5.3.1 line
 limits), RFC 3463 / 2034 enhanced status codes, RFC 2920 PIPELINING, RFC 1870 SIZE,
 RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3207 STARTTLS, RFC 4954 AUTH (PLAIN per RFC 4616,
-LOGIN), RFC 3030 CHUNKING (BDAT).
+LOGIN), RFC 3030 CHUNKING (BDAT), RFC 3461 DSN (NOTIFY, ORCPT, RET, ENVID; parsed by
+:mod:`.dsn`, handed on in :class:`MessageBegin`).
 
 No sockets, no asyncio, no files: :meth:`SMTPSession.receive` takes the peer's bytes and
 returns :class:`Event` objects; the replies to send accumulate in :meth:`data_to_send`.
@@ -45,10 +46,11 @@ import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from lanalyze.mail.errors import AddressError
 from lanalyze.mail.smtp.address import Path, parse_params, parse_path, split_path
+from lanalyze.mail.smtp.dsn import mail_dsn, rcpt_dsn
 
 MAX_LINE = 1000  # octets including CRLF, RFC 5321 §4.5.3.1.6
 MAX_PAUSED_INPUT = 64 * 1024  # pipelined bytes kept while the shell works; more = pause reading
@@ -128,6 +130,10 @@ class MessageBegin(Event):
     mail_from: Path
     recipients: list[Path]
     params: dict[str, str]
+    # RFC 3461, decoded: RET, ENVID, and recipient address -> {"notify": [...], "orcpt": ...}
+    ret: str | None = None
+    envid: str | None = None
+    dsn: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -303,6 +309,9 @@ class SMTPSession:
         self.mail_from: Path | None = None
         self.mail_params: dict[str, str] = {}
         self.recipients: list[Path] = []
+        self.ret: str | None = None  # RFC 3461 RET and ENVID of this transaction's MAIL
+        self.envid: str | None = None
+        self.dsn: dict[str, dict[str, Any]] = {}  # recipient -> NOTIFY/ORCPT given with RCPT
         self.errors = 0  # every refusing reply (the shell's rejection hook compares it)
         # Those that count toward hard_error_limit: the client's protocol errors, not our
         # refusals of whole messages (a DMARC reject of forwarded mail is not the relay's
@@ -494,6 +503,8 @@ class SMTPSession:
         self.mail_from = None
         self.mail_params = {}
         self.recipients = []
+        self.ret = self.envid = None
+        self.dsn = {}
         self._message_size = 0
         self._message_failed = None
         self._bdat_active = False
@@ -643,12 +654,18 @@ class SMTPSession:
         if problem is not None:
             self._reply(*problem, path)
             return
+        try:
+            ret, envid = mail_dsn(params) if "RET" in params or "ENVID" in params else (None, None)
+        except AddressError as exc:
+            self._reply(Reply(501, f"5.5.4 Invalid DSN parameter: {exc}"), "syntax", path)
+            return
         rejected = self.policy.check_sender(self, path)
         if rejected is not None:
             self._reply(rejected, "sender_not_allowed", path)
             return
         self.mail_from = path
         self.mail_params = params
+        self.ret, self.envid = ret, envid
         self._reply(R_MAIL_OK)
 
     def _check_mail_params(self, params: dict[str, str]) -> tuple[Reply, str] | None:
@@ -662,7 +679,7 @@ class SMTPSession:
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return Reply(501, "5.5.4 Unsupported BODY parameter"), "syntax"
             elif key in ("SMTPUTF8", "AUTH", "RET", "ENVID"):
-                continue  # accepted and ignored: we do not relay DSN requests
+                continue  # AUTH= is accepted and ignored; RET and ENVID are parsed by the caller
             else:
                 return Reply(555, f"5.5.4 Unsupported option: {key[:40]}"), "syntax"
         return None
@@ -687,6 +704,11 @@ class SMTPSession:
         if any(key not in ("NOTIFY", "ORCPT") for key in params):
             self._reply(Reply(555, "5.5.4 Unsupported RCPT option"), "syntax")
             return
+        try:
+            dsn = rcpt_dsn(params) if params else None
+        except AddressError as exc:
+            self._reply(Reply(501, f"5.5.4 Invalid DSN parameter: {exc}"), "syntax", path)
+            return
         if len(self.recipients) >= self.limits.max_recipients:
             self._reply(R_TOO_MANY_RECIPIENTS, "too_many_recipients", path)
             return
@@ -695,6 +717,8 @@ class SMTPSession:
             self._reply(rejected, "recipient_rejected", path)
             return
         self.recipients.append(path)
+        if dsn is not None:
+            self.dsn[path.address] = dsn
         self._reply(R_RCPT_OK)
 
     def _transaction_ready(self) -> bool:
@@ -716,9 +740,19 @@ class SMTPSession:
         if not self._transaction_ready():
             return
         assert self.mail_from is not None
-        self._events.append(MessageBegin(self.mail_from, list(self.recipients), self.mail_params))
+        self._events.append(self._begin(self.mail_from))
         self._reply(R_GO_AHEAD)
         self._enter(State.DATA)
+
+    def _begin(self, mail_from: Path) -> MessageBegin:
+        return MessageBegin(
+            mail_from,
+            list(self.recipients),
+            self.mail_params,
+            self.ret,
+            self.envid,
+            dict(self.dsn) if self.dsn else {},
+        )
 
     def _cmd_bdat(self, arg: str) -> None:
         parts = arg.split()
@@ -738,9 +772,7 @@ class SMTPSession:
             self._message_failed = Reply(503, "5.5.1 Error: need MAIL and RCPT before BDAT")
         elif not self._bdat_active:
             self._bdat_active = True
-            self._events.append(
-                MessageBegin(self.mail_from, list(self.recipients), self.mail_params)
-            )
+            self._events.append(self._begin(self.mail_from))
         self._enter(State.BDAT)
         if self._bdat_remaining == 0:
             self._bdat_finish()
@@ -979,6 +1011,7 @@ def _ehlo_reply(hostname: str, max_size: int, starttls: bool, auth: bool) -> Rep
         "SMTPUTF8",
         "ENHANCEDSTATUSCODES",
         "CHUNKING",
+        "DSN",
     ]
     if starttls:
         lines.append("STARTTLS")
