@@ -70,6 +70,29 @@ class QueueConfig(Section):
     )
 
 
+class BounceConfig(Section):
+    delay_warning: bool = Field(
+        default=True,
+        description="Send a delay warning (one per message) to senders who gave no NOTIFY "
+        "for a recipient (RFC 3461's default NOTIFY=FAILURE,DELAY); false: only to those who "
+        "asked with NOTIFY=DELAY.",
+    )
+    return_limit: int = Field(
+        default=51_200,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        description="Largest original message returned whole in a failure report (unless the "
+        "sender asked RET=HDRS), bytes; a larger one is returned as its header only, cut to "
+        "this size too.",
+    )
+    postmaster: str = Field(
+        default="",
+        description="Where double bounces go (a failed message whose sender was empty); "
+        "empty: the postmaster local delivery uses for a bare `postmaster` "
+        "(postmaster@ the alphabetically first of `mail.domains`).",
+    )
+
+
 class MailConfig(Section):
     enabled: bool = Field(default=True, description="Run the SMTP server in `lanalyze serve`.")
     listen: ListenAddresses = Field(
@@ -186,6 +209,10 @@ class MailConfig(Section):
         "spreads sessions over cores (0: one per CPU core, at most 8).",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
+    bounce: BounceConfig = Field(
+        default_factory=BounceConfig,
+        description="Delivery status notifications (RFC 3464): bounces, delay warnings.",
+    )
     index: IndexConfig = Field(
         default_factory=IndexConfig, description="Message index: rejections kept, retention."
     )

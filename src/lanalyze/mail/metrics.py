@@ -71,3 +71,33 @@ QUEUE_ADMIN = Counter(
     ["action", "outcome"],
     registry=REGISTRY,
 )
+PICKUPS = Counter(
+    "lanalyze_mail_pickups",
+    "Locally generated messages (DSNs, notifications) queued by pickup, by result (queued, "
+    "failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+DSNS = Counter(
+    "lanalyze_mail_dsns",
+    "Delivery status notifications queued, by kind (failure, delay, success, double_bounce).",
+    ["kind"],
+    registry=REGISTRY,
+)
+DSN_SUPPRESSED = Counter(
+    "lanalyze_mail_dsns_suppressed",
+    "Notifications not sent, by reason (notify: the recipient's NOTIFY or mail.bounce."
+    "delay_warning said no; null_sender: no bounce for a bounce; double_bounce_failed: a failed "
+    "double bounce, dropped and logged; already_sent: one delay warning or double bounce per "
+    "message).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SRS = Counter(
+    "lanalyze_mail_srs",
+    "SRS (Sender Rewriting Scheme) operations by result (rewritten: a forwarded message's "
+    "sender; reversed: a bounce to an SRS address sent on to the original sender; invalid: an "
+    "SRS address with a bad hash, an expired timestamp or bad syntax, refused).",
+    ["result"],
+    registry=REGISTRY,
+)

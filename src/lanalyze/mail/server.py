@@ -58,6 +58,7 @@ from lanalyze.mail.acceptors import (
     stop_acceptors,
 )
 from lanalyze.mail.authhook import AuthHook
+from lanalyze.mail.bounce import DSNBouncer
 from lanalyze.mail.cleanup import (
     BatchedRecorder,
     Cleanup,
@@ -69,6 +70,7 @@ from lanalyze.mail.cleanup import (
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
 from lanalyze.mail.index import MessageIndex
+from lanalyze.mail.pickup import Pickup
 from lanalyze.mail.queue import QueueManager
 from lanalyze.mail.queuefile import Layout, Syncer
 from lanalyze.mail.rejections import RejectionLog
@@ -163,6 +165,9 @@ class MailServer:
         self.committer: Committer | None = None
         self.cleanup: Cleanup | None = None
         self.queue: QueueManager | None = None
+        # Locally generated mail (DSNs, notifications) and the bouncer delivery reports to.
+        self.pickup: Pickup | None = None
+        self.bouncer: DSNBouncer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._flagger: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
@@ -212,6 +217,17 @@ class MailServer:
                 MaildirDelivery(self.layout, syncer),
                 self._delivery_pool,
                 self._record_outcomes,
+            )
+        if self.role == "main":
+            queue = self.queue
+
+            def queued(path: str) -> None:  # from pickup's caller's thread
+                if queue is not None:
+                    loop.call_soon_threadsafe(queue.submit, path)
+
+            self.pickup = Pickup(self.layout, self.directory, self.hostname, on_queued=queued)
+            self.bouncer = DSNBouncer(
+                self.config.bounce, self.pickup, self.hostname, self.directory.postmaster
             )
         await self.auth.start()
         await self.committer.start()

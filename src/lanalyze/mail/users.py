@@ -62,6 +62,11 @@ class Directory:
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains
 
+    @property
+    def postmaster(self) -> str:
+        """What a bare ``postmaster`` means here (RFC 5321 §4.5.1): one fixed local address."""
+        return f"postmaster@{min(self.domains)}" if self.domains else "postmaster"
+
     def trusted(self, client_ip: str) -> bool:
         # Asked for every RCPT: parsing the address each time was a measurable share of it.
         known = self._trusted.get(client_ip)
@@ -83,7 +88,7 @@ class Directory:
         """Mailboxes an address delivers to (aliases expanded one level), None if unknown."""
         address = path.address.lower()
         if not path.domain and address == "postmaster" and self.domains:
-            address = f"postmaster@{min(self.domains)}"  # RFC 5321 §4.5.1
+            address = self.postmaster
         if address in self.mailboxes:
             return Destination(address, (address,))
         if address in self.aliases:
