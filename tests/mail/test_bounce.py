@@ -183,7 +183,7 @@ def test_notify_never_success_and_delay(data_dir: Path) -> None:
     actions = sorted(parts(r)[1][1]["Action"] for r in reports)
     assert actions == ["delayed", "delivered", "relayed"]
     for report in reports:
-        human, blocks, returned = parts(report)
+        _, blocks, returned = parts(report)
         assert returned.get_content_type() == "text/rfc822-headers"  # type: ignore[attr-defined]
         if blocks[1]["Action"] == "delayed":
             assert report["Subject"] == "Delayed Mail (still being retried)"
