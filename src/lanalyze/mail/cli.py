@@ -212,6 +212,8 @@ def _admin(ctx: click.Context) -> QueueAdmin:
 
 
 def _queue_entries(admin: QueueAdmin) -> list[dict[str, Any]]:
+    from lanalyze.mail.queueadmin import recipient_states
+
     entries = []
     for found in admin.entries():
         entry: dict[str, Any] = {"queue_id": found.queue_id, "queue": found.queue}
@@ -226,9 +228,24 @@ def _queue_entries(admin: QueueAdmin) -> list[dict[str, Any]]:
                 pending=sorted(envelope.local) + envelope.relay,
                 attempts=envelope.attempts,
                 last_error=envelope.last_error,
+                recipients=[r.as_dict() for r in recipient_states(envelope)],
             )
         entries.append(entry)
     return entries
+
+
+def _recipient_line(rcpt: dict[str, Any]) -> str:
+    """``  carol@remote.test  deferred (3 attempts, next 2026-12-03 15:00:00)  421 busy``"""
+    detail = []
+    if rcpt["attempts"]:
+        detail.append(f"{rcpt['attempts']} attempts")
+    if rcpt["state"] == "deferred" and rcpt["next_attempt"]:
+        detail.append(f"next {_when(rcpt['next_attempt'])}")
+    if rcpt["host"]:
+        detail.append(_text(rcpt["host"]))
+    state = rcpt["state"] + (f" ({', '.join(detail)})" if detail else "")
+    reply = f"  {_text(rcpt['reply'])}" if rcpt["reply"] else ""
+    return f"{'':22} {_text(rcpt['recipient'])}  {state}{reply}"
 
 
 @mail.group("queue", invoke_without_command=True)
@@ -242,7 +259,10 @@ def queue_group(ctx: click.Context, fmt: str) -> None:
       hold ID...          active or deferred -> hold (not delivered until released)
       release ID...|--all hold -> active
       retry ID...|--all   deferred or hold -> active (--all: every deferred message)
+      flush ID...|--all   deferred -> active, every deferred recipient due now
       delete ID...        removed from active, deferred or hold (--corrupt: also corrupt/)
+      destinations        per destination domain: deferred count, last error, next attempt
+    Every action also takes --destination DOMAIN instead of ids.
     A queue file that does not parse is never acted on: it is moved to queue/corrupt/ and
     reported. Exit status 1 when any named message was not acted on.
     """
@@ -264,10 +284,36 @@ def queue_group(ctx: click.Context, fmt: str) -> None:
             f"{_when(entry['arrival'])}  <{entry['mail_from']}>"
         )
         if entry["last_error"]:
-            click.echo(f"{'':22} ({entry['last_error']}; {entry['attempts']} attempts)")
-        for recipient in entry["pending"]:
-            click.echo(f"{'':22} {recipient}")
+            click.echo(f"{'':22} ({_text(entry['last_error'])}; {entry['attempts']} attempts)")
+        for rcpt in entry["recipients"]:
+            if rcpt["state"] not in ("sent", "delivered", "bounced"):
+                click.echo(_recipient_line(rcpt))
     click.echo(f"-- {len(entries)} messages")
+
+
+@queue_group.command("destinations")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def queue_destinations(ctx: click.Context, fmt: str) -> None:
+    """Per destination domain: queued and deferred recipients, last error, next attempt."""
+    from lanalyze.mail.queueadmin import destinations
+
+    found = destinations(_admin(ctx).entries())
+    if fmt == "json":
+        click.echo(json.dumps([d.as_dict() for d in found], indent=2))
+        return
+    if not found:
+        click.echo("No recipient is waiting")
+        return
+    click.echo(f"{'destination':30} {'status':12} {'msgs':>5} {'rcpts':>5} {'deferred':>8}  next")
+    for d in found:
+        next_attempt = _when(d.next_attempt) if d.next_attempt else "-"
+        click.echo(
+            f"{_text(d.domain):30} {d.status:12} {d.messages:>5} {d.recipients:>5} "
+            f"{d.deferred:>8}  {next_attempt}"
+        )
+        if d.last_error:
+            click.echo(f"{'':30} {_text(d.last_error)}")
 
 
 def _report(report: Report, summary: str, asked: int) -> None:
@@ -283,52 +329,131 @@ def _report(report: Report, summary: str, asked: int) -> None:
         sys.exit(1)
 
 
-def _ids(queue_ids: tuple[str, ...], every: bool, ids_of_all: Any) -> list[str]:
-    if every == bool(queue_ids):
-        raise click.UsageError("give queue ids or --all (not both)")
+def _ids(
+    queue_ids: tuple[str, ...],
+    every: bool,
+    ids_of_all: Any,
+    *,
+    destination: str | None = None,
+    admin: QueueAdmin | None = None,
+    queues: tuple[str, ...] = (),
+) -> list[str]:
+    """The ids named, or --all's, or those of --destination's messages in ``queues``."""
+    if sum((every, bool(queue_ids), destination is not None)) != 1:
+        raise click.UsageError("give queue ids, --all or --destination (one of them)")
+    if destination is not None:
+        from lanalyze.mail.queueadmin import for_destination
+
+        assert admin is not None
+        return admin.select(queues, for_destination(destination))
     return list(ids_of_all()) if every else list(queue_ids)
+
+
+_DESTINATION = click.option(
+    "--destination",
+    metavar="DOMAIN",
+    help="Every message with a recipient still to deliver in DOMAIN.",
+)
 
 
 @queue_group.command("retry")
 @click.argument("queue_ids", nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Every deferred message.")
+@_DESTINATION
 @click.pass_context
-def queue_retry(ctx: click.Context, queue_ids: tuple[str, ...], retry_all: bool) -> None:
+def queue_retry(
+    ctx: click.Context, queue_ids: tuple[str, ...], retry_all: bool, destination: str | None
+) -> None:
     """Move deferred or held messages to the active queue for an immediate attempt."""
     admin = _admin(ctx)
-    ids = _ids(queue_ids, retry_all, lambda: admin.select(["deferred"]))
+    ids = _ids(
+        queue_ids,
+        retry_all,
+        lambda: admin.select(["deferred"]),
+        destination=destination,
+        admin=admin,
+        queues=("deferred", "hold"),
+    )
     _report(admin.requeue(ids), "{} message(s) queued for retry", len(queue_ids))
 
 
-@queue_group.command("hold")
-@click.argument("queue_ids", nargs=-1, required=True)
+@queue_group.command("flush")
+@click.argument("queue_ids", nargs=-1)
+@click.option("--all", "flush_all", is_flag=True, help="Every deferred message.")
+@_DESTINATION
 @click.pass_context
-def queue_hold(ctx: click.Context, queue_ids: tuple[str, ...]) -> None:
+def queue_flush(
+    ctx: click.Context, queue_ids: tuple[str, ...], flush_all: bool, destination: str | None
+) -> None:
+    """Retry deferred messages now: to the active queue, every deferred recipient due now
+    (postqueue -f / -s DOMAIN)."""
+    admin = _admin(ctx)
+    ids = _ids(
+        queue_ids,
+        flush_all,
+        lambda: admin.select(["deferred"]),
+        destination=destination,
+        admin=admin,
+        queues=("deferred",),
+    )
+    _report(admin.flush(ids), "{} message(s) flushed", len(queue_ids))
+
+
+@queue_group.command("hold")
+@click.argument("queue_ids", nargs=-1)
+@_DESTINATION
+@click.pass_context
+def queue_hold(ctx: click.Context, queue_ids: tuple[str, ...], destination: str | None) -> None:
     """Put active or deferred messages on hold: kept, not delivered until released."""
-    _report(_admin(ctx).hold(queue_ids), "{} message(s) put on hold", len(queue_ids))
+    admin = _admin(ctx)
+    ids = _ids(
+        queue_ids, False, list, destination=destination, admin=admin, queues=("active", "deferred")
+    )
+    _report(admin.hold(ids), "{} message(s) put on hold", len(queue_ids))
 
 
 @queue_group.command("release")
 @click.argument("queue_ids", nargs=-1)
 @click.option("--all", "release_all", is_flag=True, help="Every held message.")
+@_DESTINATION
 @click.pass_context
-def queue_release(ctx: click.Context, queue_ids: tuple[str, ...], release_all: bool) -> None:
-    """Release held messages to the active queue (mail to other domains goes back on hold
-    until outbound delivery exists)."""
+def queue_release(
+    ctx: click.Context, queue_ids: tuple[str, ...], release_all: bool, destination: str | None
+) -> None:
+    """Release held messages to the active queue."""
     admin = _admin(ctx)
-    ids = _ids(queue_ids, release_all, lambda: admin.select(["hold"]))
+    ids = _ids(
+        queue_ids,
+        release_all,
+        lambda: admin.select(["hold"]),
+        destination=destination,
+        admin=admin,
+        queues=("hold",),
+    )
     _report(admin.release(ids), "{} message(s) released", len(queue_ids))
 
 
 @queue_group.command("delete")
-@click.argument("queue_ids", nargs=-1, required=True)
+@click.argument("queue_ids", nargs=-1)
 @click.option(
     "--corrupt", is_flag=True, help="Also delete these ids from queue/corrupt/ (else kept there)."
 )
+@_DESTINATION
 @click.pass_context
-def queue_delete(ctx: click.Context, queue_ids: tuple[str, ...], corrupt: bool) -> None:
+def queue_delete(
+    ctx: click.Context, queue_ids: tuple[str, ...], corrupt: bool, destination: str | None
+) -> None:
     """Remove messages from the queue (they are not delivered)."""
-    report = _admin(ctx).delete(queue_ids, corrupt=corrupt)
+    admin = _admin(ctx)
+    ids = _ids(
+        queue_ids,
+        False,
+        list,
+        destination=destination,
+        admin=admin,
+        queues=("active", "deferred", "hold"),
+    )
+    report = admin.delete(ids, corrupt=corrupt)
     _report(report, "{} message(s) deleted", len(queue_ids))
 
 

@@ -9,6 +9,7 @@ action    takes a message from        moves it to   index status
 hold      ``active``, ``deferred``    ``hold``      ``hold``
 release   ``hold``                    ``active``    ``queued``
 requeue   ``deferred``, ``hold``      ``active``    ``queued``
+flush     ``deferred``                ``active``    ``queued``
 delete    ``active``, ``deferred``,   (removed)     ``deleted``
           ``hold``
 ========  ==========================  ============  ================
@@ -30,10 +31,19 @@ delete    ``active``, ``deferred``,   (removed)     ``deleted``
   the result's ``index_error``; the queue manager's next status update corrects the row.
 
 ``release`` is ``requeue`` restricted to held mail; ``--all`` of ``mail queue retry`` takes
-the deferred queue only (held mail waits until it is released, as in Postfix). Selection by
-something other than ids (a destination domain, for the outbound delivery still to come)
-goes through :meth:`QueueAdmin.select` with a predicate on the envelope; new actions (flush
-to a destination) are new :class:`Action` values over the same machinery.
+the deferred queue only (held mail waits until it is released, as in Postfix). ``flush``
+(retry now, Postfix's ``postqueue -f`` / ``-s``) is ``requeue`` of deferred mail that also
+sets each deferred recipient's ``next_attempt`` to now: the file is rewritten into
+``active/`` in one durable step (:func:`~lanalyze.mail.queuefile.rewrite`), never edited
+in place. Selection by destination (``--destination DOMAIN``: messages with a recipient
+still to deliver in that domain) is :func:`for_destination`, a predicate for
+:meth:`QueueAdmin.select`.
+
+Per-recipient views read ``Envelope.rcpt`` (its fields are documented in
+:mod:`~lanalyze.mail.queuefile`): :func:`recipient_states` lists each recipient's state,
+last reply and next attempt; :func:`destinations` sums them per destination domain
+(deferred recipients, last error, next attempt, and whether it is backing off), computed
+from the queue files every time (the queue is the truth; nothing is cached).
 
 Trust: queue ids come from the operator (CLI arguments, console URLs) and are checked as
 above; queue files are ours, but a damaged one is expected and handled as described.
@@ -43,9 +53,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lanalyze.log import get_logger
 from lanalyze.mail.errors import CorruptQueueFile
@@ -57,6 +69,7 @@ from lanalyze.mail.queuefile import (
     Layout,
     read_envelope,
     read_queue_file,
+    rewrite,
     valid_queue_id,
     verify_message,
 )
@@ -79,6 +92,7 @@ class Action:
 HOLD = Action("hold", ("active", "deferred"), "hold", "hold", "held by operator")
 RELEASE = Action("release", ("hold",), "active", "queued", "released by operator")
 REQUEUE = Action("requeue", ("deferred", "hold"), "active", "queued", "requeued by operator")
+FLUSH = Action("flush", ("deferred",), "active", "queued", "flushed by operator")
 DELETE = Action("delete", ("active", "deferred", "hold"), None, "deleted", "deleted by operator")
 DELETE_CORRUPT = Action(
     "delete", ("active", "deferred", "hold", "corrupt"), None, "deleted", "deleted by operator"
@@ -187,6 +201,9 @@ class QueueAdmin:
     def requeue(self, queue_ids: Iterable[str]) -> Report:
         return self.apply(REQUEUE, queue_ids)
 
+    def flush(self, queue_ids: Iterable[str]) -> Report:
+        return self.apply(FLUSH, queue_ids)
+
     def delete(self, queue_ids: Iterable[str], *, corrupt: bool = False) -> Report:
         return self.apply(DELETE_CORRUPT if corrupt else DELETE, queue_ids)
 
@@ -232,7 +249,9 @@ class QueueAdmin:
             if problem:
                 return self._set_aside(queue_id, queue, problem)
         try:
-            if action.target is None:
+            if action is FLUSH:
+                _flush_file(path, self.layout.q("active") / queue_id)
+            elif action.target is None:
                 path.unlink()
             else:
                 os.rename(path, self.layout.q(action.target) / queue_id)
@@ -277,3 +296,147 @@ def _check(path: Path) -> str | None:
         # The messages name the full path; the result already names the queue and id.
         return str(exc).replace(f"{path}: ", "")
     return ""
+
+
+# Recipient states after which nothing more is tried (queuefile.Envelope.rcpt).
+FINAL_STATES = frozenset({"sent", "delivered", "bounced"})
+
+
+def _flush_file(path: Path, target: Path) -> None:
+    """Deferred -> active with every deferred recipient due now, in one durable rewrite."""
+    envelope, length = read_envelope(path)
+    now = time.time()
+    for state in envelope.rcpt.values():
+        if state.get("state") == "deferred":
+            state["next_attempt"] = now
+    rewrite(path, target, envelope, length)
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """One recipient of a queued message, as ``Envelope.rcpt`` records it."""
+
+    recipient: str
+    state: str  # pending | deferred | sent | delivered | bounced
+    reply: str = ""
+    status: str = ""
+    attempts: int = 0
+    next_attempt: float | None = None
+    host: str = ""
+
+    @property
+    def domain(self) -> str:
+        return domain_of(self.recipient)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def recipient_states(envelope: Envelope) -> list[RecipientState]:
+    """Every recipient's state: ``Envelope.rcpt`` where it has one; otherwise ``pending``
+    while the recipient still waits (in ``local`` or ``relay``), else ``delivered``
+    (local delivery drops delivered recipients from ``local``)."""
+    waiting = set(envelope.local) | set(envelope.relay)
+    found = []
+    for recipient in envelope.recipients:
+        data = envelope.rcpt.get(recipient)
+        if data is None:
+            state = "pending" if recipient in waiting else "delivered"
+            found.append(RecipientState(recipient, state))
+            continue
+        next_attempt = data.get("next_attempt")
+        found.append(
+            RecipientState(
+                recipient,
+                str(data.get("state", "pending")),
+                str(data.get("reply", "")),
+                str(data.get("status", "")),
+                int(data.get("attempts", 0) or 0),
+                float(next_attempt) if isinstance(next_attempt, int | float) else None,
+                str(data.get("host", "")),
+            )
+        )
+    return found
+
+
+def for_destination(domain: str) -> Callable[[Envelope], bool]:
+    """A :meth:`QueueAdmin.select` predicate: a recipient in ``domain`` is still to do."""
+    wanted = domain.lower().strip().rstrip(".").lstrip("@")
+
+    def where(envelope: Envelope) -> bool:
+        return any(
+            r.domain == wanted and r.state not in FINAL_STATES for r in recipient_states(envelope)
+        )
+
+    return where
+
+
+@dataclass
+class DestinationStatus:
+    """One destination domain over the whole queue."""
+
+    domain: str
+    messages: int = 0  # queued messages with a recipient still to do there
+    recipients: int = 0  # such recipients
+    deferred: int = 0  # of them, deferred after a failed attempt
+    last_error: str = ""  # the reply of the most recently tried deferred recipient
+    next_attempt: float | None = None  # the earliest next attempt of a deferred recipient
+    queues: dict[str, int] = field(default_factory=dict)  # messages per queue directory
+    _last_tried: float = field(default=-1.0, repr=False)
+
+    @property
+    def status(self) -> str:
+        """``backing off`` (deferred, next attempt later), ``retrying`` (deferred, due), or
+        ``waiting`` (nothing failed yet)."""
+        if not self.deferred:
+            return "waiting"
+        if self.next_attempt is not None and self.next_attempt > time.time():
+            return "backing off"
+        return "retrying"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "status": self.status,
+            "messages": self.messages,
+            "recipients": self.recipients,
+            "deferred": self.deferred,
+            "last_error": self.last_error,
+            "next_attempt": self.next_attempt,
+            "queues": dict(self.queues),
+        }
+
+
+def destinations(entries: Iterable[QueueEntry]) -> list[DestinationStatus]:
+    """Per destination domain, from the queue files: most deferred first, then by name."""
+    found: dict[str, DestinationStatus] = {}
+    for entry in entries:
+        if entry.envelope is None:
+            continue
+        seen: set[str] = set()
+        for rcpt in recipient_states(entry.envelope):
+            if rcpt.state in FINAL_STATES:
+                continue
+            status = found.get(rcpt.domain)
+            if status is None:
+                status = found[rcpt.domain] = DestinationStatus(rcpt.domain)
+            status.recipients += 1
+            if rcpt.domain not in seen:
+                seen.add(rcpt.domain)
+                status.messages += 1
+                status.queues[entry.queue] = status.queues.get(entry.queue, 0) + 1
+            if rcpt.state == "deferred":
+                status.deferred += 1
+                when = rcpt.next_attempt
+                if when is not None and (status.next_attempt is None or when < status.next_attempt):
+                    status.next_attempt = when
+                # Backoff grows with attempts: the latest next attempt was tried last.
+                tried = when if when is not None else 0.0
+                if tried >= status._last_tried and rcpt.reply:
+                    status._last_tried = tried
+                    status.last_error = rcpt.reply
+    return sorted(found.values(), key=lambda d: (-d.deferred, d.domain))

@@ -33,7 +33,14 @@ from typing import Any
 from lanalyze.mail.delivery.maildir import find_delivered
 from lanalyze.mail.errors import CorruptQueueFile
 from lanalyze.mail.index import COUNT_SERIES, MessageIndex, MessageQuery, Page, RejectionQuery
-from lanalyze.mail.queueadmin import QueueAdmin, Report
+from lanalyze.mail.queueadmin import (
+    QueueAdmin,
+    QueueEntry,
+    Report,
+    destinations,
+    for_destination,
+    recipient_states,
+)
 from lanalyze.mail.queuefile import Layout, read_envelope, read_message, valid_queue_id
 
 PAGE_SIZE = 50
@@ -112,10 +119,11 @@ class MailStore:
             except sqlite3.Error:
                 return None
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self, listing: list[QueueEntry] | None = None) -> list[dict[str, Any]]:
         """Messages in the queue (corrupt ones too, with no actions): index rows, completed
-        from the queue files."""
-        listing = self.admin.entries()
+        from the queue files, with each recipient's state (``rcpt``)."""
+        if listing is None:
+            listing = self.admin.entries()
         known: dict[str, dict[str, Any]] = {}
         index = self._index()
         if index is not None:
@@ -134,12 +142,18 @@ class MailStore:
                     last_error=envelope.last_error,
                     size=envelope.size or row.get("size", 0),
                     subject=row.get("subject") or envelope.subject,
+                    rcpt=[r.as_dict() for r in recipient_states(envelope)],
                 )
             else:
                 row["last_error"] = entry.error
             row["status"] = entry.status
             rows.append(row)
         return sorted(rows, key=lambda r: r.get("received_at", 0), reverse=True)
+
+    def queue_and_destinations(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:meth:`queue` and the per-destination status, from one reading of the queue."""
+        listing = self.admin.entries()
+        return self.queue(listing), [d.as_dict() for d in destinations(listing)]
 
     def counts(self, since: float, until: float, bucket: int) -> dict[str, Any]:
         """Accepted, rejected and forged per bucket of ``bucket`` seconds, as chart data."""
@@ -210,15 +224,34 @@ class MailStore:
     # --- queue actions ------------------------------------------------------------------------
 
     def queue_action(self, action: str, queue_id: str) -> Report:
-        """``retry`` (requeue), ``hold``, ``release`` or ``delete`` one message; the
-        console never deletes corrupt files (they are kept for the administrator)."""
+        """``retry`` (requeue), ``flush``, ``hold``, ``release`` or ``delete`` one message;
+        the console never deletes corrupt files (they are kept for the administrator)."""
         run = {
             "retry": self.admin.requeue,
+            "flush": self.admin.flush,
             "hold": self.admin.hold,
             "release": self.admin.release,
             "delete": self.admin.delete,
         }[action]
         return run([queue_id])
+
+    def destination_action(self, action: str, domain: str) -> Report:
+        """``flush``, ``hold``, ``release`` or ``delete`` every message with a recipient
+        still to deliver in ``domain`` (the queues each action takes from)."""
+        queues = {
+            "flush": ("deferred",),
+            "hold": ("active", "deferred"),
+            "release": ("hold",),
+            "delete": ("active", "deferred", "hold"),
+        }[action]
+        ids = self.admin.select(queues, for_destination(domain))
+        run = {
+            "flush": self.admin.flush,
+            "hold": self.admin.hold,
+            "release": self.admin.release,
+            "delete": self.admin.delete,
+        }[action]
+        return run(ids)
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -297,8 +297,9 @@ async def message_raw(request: Request) -> Response:
 async def queue_page(request: Request) -> Response:
     store = _store(request)
     now = time.time()
-    rows, series = await asyncio.gather(
-        asyncio.to_thread(store.queue), asyncio.to_thread(store.counts, now - 86400, now, 3600)
+    (rows, destinations), series = await asyncio.gather(
+        asyncio.to_thread(store.queue_and_destinations),
+        asyncio.to_thread(store.counts, now - 86400, now, 3600),
     )
     counts: dict[str, int] = {"queued": 0, "deferred": 0, "hold": 0, "corrupt": 0}
     for row in rows:
@@ -308,6 +309,8 @@ async def queue_page(request: Request) -> Response:
         "mail_queue.html",
         {
             "rows": rows,
+            "destinations": destinations,
+            "now": now,
             "counts": counts,
             "series": series,
             "done": request.query_params.get("done", ""),
@@ -316,7 +319,8 @@ async def queue_page(request: Request) -> Response:
     )
 
 
-QUEUE_ACTIONS = ("retry", "hold", "release", "delete")
+QUEUE_ACTIONS = ("retry", "flush", "hold", "release", "delete")
+DESTINATION_ACTIONS = ("flush", "hold", "release", "delete")
 # What the queue page says after an action, by QueueAdmin's outcome word.
 DONE_TEXTS = {
     "ok": "done",
@@ -339,11 +343,23 @@ async def queue_action(request: Request) -> Response:
     return RedirectResponse("/mail/queue?" + urlencode({"done": outcome}), status_code=303)
 
 
+async def destination_action(request: Request) -> Response:
+    store = _store(request)
+    domain = str(request.path_params["domain"])
+    action = str(request.path_params["action"])
+    if action not in DESTINATION_ACTIONS:
+        raise HTTPException(404, "no such action")
+    report = await asyncio.to_thread(store.destination_action, action, domain)
+    outcome = f"{action}:{domain}:{'ok' if not report.failed else report.failed[0].outcome}"
+    return RedirectResponse("/mail/queue?" + urlencode({"done": outcome}), status_code=303)
+
+
 routes = [
     Route("/mail", message_list),
     Route("/mail/rejected", rejected_list),
     Route("/mail/queue", queue_page),
     Route("/mail/queue/{queue_id}/{action}", queue_action, methods=["POST"]),
+    Route("/mail/queue/destination/{domain}/{action}", destination_action, methods=["POST"]),
     Route("/mail/message/{queue_id}", message_view),
     Route("/mail/message/{queue_id}/raw", message_raw),
 ]
