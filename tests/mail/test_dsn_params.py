@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lanalyze.mail.errors import AddressError
-from lanalyze.mail.queuefile import read_envelope
 from lanalyze.mail.smtp.dsn import (
     parse_notify,
     parse_orcpt,
@@ -21,6 +20,7 @@ from lanalyze.mail.smtp.dsn import (
 from lanalyze.mail.smtp.protocol import MessageBegin
 from tests.mail.conftest import run_server
 from tests.mail.test_smtp_protocol import Driver, codes
+from tests.mail.test_srs import queued
 
 
 def begin(d: Driver) -> MessageBegin:
@@ -162,9 +162,7 @@ def test_real_client_parameters_land_in_the_envelope(data_dir: Path) -> None:
             code, reply = client.data(b"Subject: dsn\r\n\r\nhello\r\n")
             assert code == 250
             queue_id = reply.decode().rsplit(" ", 1)[-1]
-        path = running.server.layout.find(queue_id)
-        assert path is not None
-        envelope, _ = read_envelope(path)
+        envelope = queued(running, queue_id)
     assert envelope.ret == "HDRS" and envelope.envid == "env+42"
     assert envelope.dsn == {
         "carol@remote.invalid": {

@@ -98,6 +98,16 @@ _INTRO = {
 }
 
 
+def dsn_of(envelope: Envelope, recipient: str) -> dict[str, Any]:
+    """The RFC 3461 parameters given for ``recipient``, or for the alias it was forwarded
+    from (cleanup records ``extra["forwarded"]``: target -> recipient)."""
+    found = envelope.dsn.get(recipient)
+    if found is None:
+        origin = envelope.extra.get("forwarded", {}).get(recipient)
+        found = envelope.dsn.get(origin, {}) if origin else {}
+    return found
+
+
 def _date(when: float) -> str:
     return email.utils.formatdate(when, localtime=False, usegmt=True)
 
@@ -151,7 +161,7 @@ class DSNBouncer:
 
     def wanted(self, envelope: Envelope, result: RecipientResult) -> bool:
         """Whether the sender asked (or by default gets) a report of this result."""
-        notify = envelope.dsn.get(result.recipient, {}).get("notify")
+        notify = dsn_of(envelope, result.recipient).get("notify")
         if notify is not None and "NEVER" in notify:
             return False
         if result.action == "failed":
@@ -314,7 +324,7 @@ class DSNBouncer:
             lines.append(f"Arrival-Date: {_date(envelope.received_at)}")
         for result in results:
             lines.append("")
-            orcpt = envelope.dsn.get(result.recipient, {}).get("orcpt")
+            orcpt = dsn_of(envelope, result.recipient).get("orcpt")
             if orcpt:
                 addr_type, _, address = str(orcpt).partition(";")
                 lines.append(f"Original-Recipient: {addr_type}; {_field(address)}")

@@ -504,20 +504,14 @@ class Cleanup:
     def _prepare(self, tx: Transaction) -> Envelope | Reply:
         """The envelope of a finished message, or the reply refusing it (no I/O)."""
         summary = header_summary(bytes(tx.spool.head))
-        local: dict[str, list[str]] = {}
-        relay: list[str] = []
-        for path in tx.recipients:
-            destination = self.directory.destination(path)
-            if destination.relay:
-                relay.append(path.address)
-            else:
-                local.setdefault(path.address, []).extend(destination.mailboxes)
+        local, relay, mail_from, extra = route(self.directory, tx.recipients, tx.mail_from)
         return Envelope(
             queue_id=tx.queue_id,
-            mail_from=tx.mail_from,
+            mail_from=mail_from,
             recipients=[p.address for p in tx.recipients],
             local=local,
             relay=relay,
+            extra=extra,
             received_at=time.time(),
             client_ip=tx.client_ip,
             helo=sanitize(tx.helo),
@@ -601,6 +595,40 @@ class Cleanup:
             f"\tby {self.hostname} (lanalyze) with {protocol} id {envelope.queue_id}"
             f"{tail}; {date}\r\n"
         )
+
+
+def route(
+    directory: Directory, recipients: list[SMTPPath], mail_from: str
+) -> tuple[dict[str, list[str]], list[str], str, dict[str, Any]]:
+    """Where a message's recipients go (RFC 5321 §3.9 forwarding included): ``local``
+    (recipient -> mailboxes), ``relay`` (addresses for the outbound queue manager: remote
+    recipients, an alias's remote targets, the original senders of SRS addresses), the
+    envelope sender to use (SRS-rewritten when anything is forwarded; local deliveries of
+    the same message then show it in Return-Path too, as with postsrsd), and the envelope's
+    ``extra`` (``forwarded``: target -> the recipient it came from; ``srs_from``: the
+    sender before rewriting). The one routing rule of cleanup and pickup."""
+    local: dict[str, list[str]] = {}
+    relay: list[str] = []
+    forwarded: dict[str, str] = {}
+    for path in recipients:
+        destination = directory.destination(path)
+        if destination.relay:
+            relay.append(path.address)
+            continue
+        if destination.mailboxes or not destination.forward:
+            local.setdefault(path.address, []).extend(destination.mailboxes)
+        for target in destination.forward:
+            if target not in relay:
+                relay.append(target)
+                forwarded[target] = path.address
+    extra: dict[str, Any] = {}
+    if forwarded:
+        extra["forwarded"] = forwarded
+        rewritten = directory.forward_sender(mail_from)
+        if rewritten != mail_from:
+            extra["srs_from"] = mail_from
+            mail_from = rewritten
+    return local, relay, mail_from, extra
 
 
 def _queued(queue_id: str) -> Reply:

@@ -93,6 +93,26 @@ class BounceConfig(Section):
     )
 
 
+class SrsConfig(Section):
+    enabled: bool = Field(
+        default=True,
+        description="Rewrite the envelope sender of mail an alias forwards to another domain "
+        "with SRS (as postsrsd), so SPF passes at the next hop, and send bounces to SRS "
+        "addresses back to the original sender.",
+    )
+    domain: str = Field(
+        default="",
+        description="Domain of the SRS addresses; must be one of `mail.domains` (bounces "
+        "come back to it). Empty: the alphabetically first of `mail.domains`.",
+    )
+    max_age_days: int = Field(
+        default=21,
+        ge=1,
+        le=1000,
+        description="Days an SRS address stays valid for a bounce coming back (its timestamp).",
+    )
+
+
 class MailConfig(Section):
     enabled: bool = Field(default=True, description="Run the SMTP server in `lanalyze serve`.")
     listen: ListenAddresses = Field(
@@ -126,7 +146,8 @@ class MailConfig(Section):
     )
     aliases: dict[str, list[MailAddress]] = Field(
         default_factory=dict,
-        description="Alias address -> mailbox addresses it delivers to.",
+        description="Alias address -> the addresses it delivers to: local mailboxes, or "
+        "addresses on other domains (forwarding, with the sender rewritten by SRS).",
     )
     users: list[SubmissionUser] = Field(
         default_factory=list, description="Submission users (AUTH PLAIN/LOGIN over TLS)."
@@ -209,6 +230,9 @@ class MailConfig(Section):
         "spreads sessions over cores (0: one per CPU core, at most 8).",
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue manager.")
+    srs: SrsConfig = Field(
+        default_factory=SrsConfig, description="Sender Rewriting Scheme for forwarded mail."
+    )
     bounce: BounceConfig = Field(
         default_factory=BounceConfig,
         description="Delivery status notifications (RFC 3464): bounces, delay warnings.",
@@ -225,6 +249,35 @@ class MailConfig(Section):
     def acceptor_count(self) -> int:
         """SMTP processes to run: ``acceptors``, or one per core for 0 (like ``flows.workers``)."""
         return per_core(self.acceptors)
+
+    @property
+    def local_domains(self) -> set[str]:
+        return {d.lower().rstrip(".") for d in self.domains}
+
+    @property
+    def srs_domain(self) -> str:
+        """``mail.srs.domain``, or the alphabetically first local domain."""
+        domains = self.local_domains
+        return self.srs.domain.lower().rstrip(".") or (min(domains) if domains else "")
+
+    @model_validator(mode="after")
+    def _aliases_and_srs(self) -> MailConfig:
+        """An alias target in a local domain must be a mailbox (a typo is not forwarded
+        anywhere); targets on other domains are forwarded. The SRS domain must be ours."""
+        mailboxes = {m.lower() for m in self.mailboxes}
+        domains = self.local_domains
+        for alias, targets in self.aliases.items():
+            for target in targets:
+                if target.startswith("@"):
+                    raise ValueError(f"mail.aliases[{alias!r}]: {target!r} is not an address")
+                if target.rpartition("@")[2] in domains and target not in mailboxes:
+                    raise ValueError(
+                        f"mail.aliases[{alias!r}]: {target!r} is in a local domain but is "
+                        "not one of mail.mailboxes"
+                    )
+        if self.srs.domain and self.srs_domain not in domains:
+            raise ValueError("mail.srs.domain must be one of mail.domains")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MailConfig:

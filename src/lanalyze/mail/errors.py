@@ -5,6 +5,8 @@
 - :class:`CorruptQueueFile` -- a queue file that does not parse: never one we finished writing
   (a crash or power cut between the data and its trailer, or someone else's file); it is moved
   to ``queue/corrupt/`` and reported, never delivered half.
+- :class:`InvalidSRS` -- the peer's: an SRS address of ours with a bad hash, an expired
+  timestamp or bad syntax (a forged bounce address); the recipient is refused with 550.
 - :class:`LookupNeeded` -- not a fault: the DNS bridge (``mail/auth/dns.py``) raises it inside
   a synchronous library run for an answer not fetched yet; the shell fetches it and runs the
   library again.
@@ -20,6 +22,10 @@ from __future__ import annotations
 
 class AddressError(ValueError):
     """The peer sent a malformed path or parameter (the peer's fault)."""
+
+
+class InvalidSRS(ValueError):
+    """Not a valid SRS address of ours (bad syntax, hash or age): the peer's fault."""
 
 
 class CorruptQueueFile(Exception):

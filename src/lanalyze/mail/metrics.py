@@ -65,7 +65,7 @@ COMMIT_BATCHES = Counter(
 )
 QUEUE_ADMIN = Counter(
     "lanalyze_mail_queue_admin",
-    "Queue administration by action (hold, release, requeue, delete) and outcome (done, "
+    "Queue administration by action (hold, release, requeue, flush, delete) and outcome (done, "
     "invalid, not_found, corrupt, failed); counted in the process that acted (the console's "
     "in `lanalyze serve`, a CLI command's in its own).",
     ["action", "outcome"],

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from lanalyze.datadir import FILE_MODE, fsync_dir
 from lanalyze.log import get_logger
-from lanalyze.mail.cleanup import HEAD_BYTES, new_queue_id
+from lanalyze.mail.cleanup import HEAD_BYTES, new_queue_id, route
 from lanalyze.mail.headers import header_summary
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.metrics import PICKUPS
@@ -92,17 +92,9 @@ class Pickup:
             raise ValueError("no recipients")
         if mail_from:
             parse_path(mail_from, allow_null=False)
-        local: dict[str, list[str]] = {}
-        relay: list[str] = []
-        addresses = []
-        for recipient in recipients:
-            path = parse_path(recipient, allow_null=False)
-            addresses.append(path.address)
-            destination = self.directory.destination(path)
-            if destination.relay:
-                relay.append(path.address)
-            else:
-                local.setdefault(path.address, []).extend(destination.mailboxes)
+        paths = [parse_path(recipient, allow_null=False) for recipient in recipients]
+        local, relay, mail_from, routed = route(self.directory, paths, mail_from)
+        addresses = [path.address for path in paths]
         return Envelope(
             queue_id=queue_id or new_queue_id(),
             mail_from=mail_from,
@@ -116,7 +108,7 @@ class Pickup:
             ret=ret,
             envid=envid,
             dsn=dict(dsn or {}),
-            extra=dict(extra or {}),
+            extra={**routed, **(extra or {})},
         )
 
     def queue(

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from lanalyze.log import RateLimiter, get_logger
-from lanalyze.mail import metrics
+from lanalyze.mail import metrics, srs
 from lanalyze.mail.acceptors import (
     acceptor_finished,
     acceptor_started,
@@ -144,7 +144,7 @@ class MailServer:
         self.hostname = general.hostname
         self.layout = Layout(general.data_path)
         self.active_dir = str(self.layout.q("active"))
-        self.directory = Directory(config)
+        self.directory = Directory(config, srs.from_config(config, self.layout.root))
         self.auth = AuthHook(config, general.hostname)
         self.auth_failures = ClientThrottle(
             config.auth_failures_per_client,

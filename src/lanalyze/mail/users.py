@@ -17,17 +17,29 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail.auth.policy import sender_allowed
 from lanalyze.mail.config import MailConfig
+from lanalyze.mail.errors import InvalidSRS
+from lanalyze.mail.metrics import SRS as SRS_COUNTER
 from lanalyze.mail.smtp.address import Path
 from lanalyze.mail.smtp.protocol import Reply, SMTPSession
+from lanalyze.mail.srs import is_srs
+
+if TYPE_CHECKING:
+    from lanalyze.mail.srs import SRS
+
+log = get_logger(__name__)
+_srs_log = RateLimiter(interval=60.0, burst=5)
 
 R_RELAY_DENIED = Reply(554, "5.7.1 Relay access denied", "relay_denied")
 R_UNKNOWN_USER = Reply(550, "5.1.1 Recipient address rejected: User unknown", "unknown_user")
+R_BAD_SRS = Reply(550, "5.1.1 Recipient address rejected: invalid SRS address", "unknown_user")
 R_NOT_YOURS = Reply(553, "5.7.1 Sender address rejected: not owned by user", "sender_not_allowed")
 
 _hasher = PasswordHasher()
@@ -39,17 +51,21 @@ def hash_password(password: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Where one accepted recipient goes: local mailboxes, or relay (waits in the queue)."""
+    """Where one accepted recipient goes: local mailboxes, addresses on other domains it is
+    forwarded to (an alias's remote targets, the original sender of an SRS address), or
+    relay (the recipient itself is on another domain)."""
 
     recipient: str
     mailboxes: tuple[str, ...] = ()
     relay: bool = False
+    forward: tuple[str, ...] = ()
 
 
 class Directory:
     """The configured domains, mailboxes, aliases and users, with the policy decisions."""
 
-    def __init__(self, config: MailConfig) -> None:
+    def __init__(self, config: MailConfig, srs: SRS | None = None) -> None:
+        self.srs = srs  # None: SRS off (mail.srs.enabled = false), aliases still forward
         self.domains = {d.lower().rstrip(".") for d in config.domains}
         self.mailboxes = {m.lower() for m in config.mailboxes}
         self.aliases = {k.lower(): [v.lower() for v in vs] for k, vs in config.aliases.items()}
@@ -92,9 +108,25 @@ class Directory:
         if address in self.mailboxes:
             return Destination(address, (address,))
         if address in self.aliases:
-            targets = tuple(t for t in self.aliases[address] if t in self.mailboxes)
-            return Destination(address, targets) if targets else None
+            targets = self.aliases[address]
+            mailboxes = tuple(t for t in targets if t in self.mailboxes)
+            forward = tuple(t for t in targets if not self.is_local_domain(t.rpartition("@")[2]))
+            return Destination(address, mailboxes, forward=forward) if targets else None
+        if self.srs is not None and path.domain == self.srs.domain and is_srs(path.local):
+            try:
+                return Destination(address, forward=(self.srs.reverse(path.address),))
+            except InvalidSRS:
+                return None
         return None
+
+    def forward_sender(self, mail_from: str) -> str:
+        """The envelope sender for a message forwarded to another domain: SRS-rewritten,
+        unless it is empty (a bounce), one of ours, or SRS is off."""
+        if self.srs is None or not mail_from:
+            return mail_from
+        if self.is_local_domain(mail_from.rpartition("@")[2]):
+            return mail_from
+        return self.srs.forward(mail_from)
 
     def verify_password(self, user: str, password: str) -> bool:
         """argon2 verification: slow on purpose, so callers run it in a thread."""
@@ -132,6 +164,19 @@ class Directory:
         if path.relay_tricks and not privileged:
             return R_RELAY_DENIED
         if self.resolve(path) is None:
+            if self.srs is not None and path.domain == self.srs.domain and is_srs(path.local):
+                SRS_COUNTER.labels("invalid").inc()
+                suppressed = _srs_log.allow(session.client_ip)
+                if suppressed is not None:
+                    log.warning(
+                        "mail.srs.invalid",
+                        extra={
+                            "client": session.client_ip,
+                            "recipient": path.address[:200],
+                            "suppressed": suppressed,
+                        },
+                    )
+                return R_BAD_SRS
             return R_UNKNOWN_USER
         return None
 
@@ -140,4 +185,8 @@ class Directory:
         found = (
             self.resolve(path) if (not path.domain or self.is_local_domain(path.domain)) else None
         )
-        return found if found is not None else Destination(path.address, (), relay=True)
+        if found is None:
+            return Destination(path.address, (), relay=True)
+        if found.forward and not found.mailboxes and is_srs(path.local):
+            SRS_COUNTER.labels("reversed").inc()
+        return found
