@@ -21,7 +21,8 @@ from tests.mail.test_queueadmin import cli, where
 from tests.web.helpers import csrf_of, log_in, make_app
 
 NOW = time.time()
-LATER = NOW + 1800
+SOON = NOW + 86400  # far enough ahead that no test run reaches it
+LATER = NOW + 2 * 86400
 
 
 def put(layout: Layout, queue: str, queue_id: str, rcpt: dict[str, dict[str, Any]]) -> Path:
@@ -72,7 +73,7 @@ def layout(data_dir: Path) -> Layout:
         "D1",
         {
             "x@fast.test": {"state": "sent", "reply": "250 ok", "attempts": 1},
-            "y@slow.test": deferred("421 4.4.1 try later", NOW + 600, 2),
+            "y@slow.test": deferred("421 4.4.1 try later", SOON, 2),
         },
     )
     put(layout, "deferred", "D2", {"z@Slow.test": deferred("451 4.3.0 busy", LATER, 4)})
@@ -88,7 +89,7 @@ def test_recipient_states_and_destinations(layout: Layout) -> None:
     states = {r.recipient: r for r in recipient_states(d1)}
     assert states["x@fast.test"].state == "sent"
     assert states["y@slow.test"].state == "deferred"
-    assert states["y@slow.test"].next_attempt == NOW + 600
+    assert states["y@slow.test"].next_attempt == SOON
     assert states["y@slow.test"].reply == "421 4.4.1 try later"
     # No rcpt entry: pending while waiting, delivered once local delivery dropped it.
     plain = Envelope("Q", "a@x", ["p@l", "q@l"], {"p@l": ["p@l"]}, [], 0, "", "", "")
@@ -98,7 +99,7 @@ def test_recipient_states_and_destinations(layout: Layout) -> None:
     assert list(found) == ["slow.test", "fast.test", "other.test"]  # most deferred first
     slow = found["slow.test"]
     assert (slow.messages, slow.recipients, slow.deferred) == (2, 2, 2)
-    assert slow.next_attempt == NOW + 600
+    assert slow.next_attempt == SOON
     assert slow.last_error == "451 4.3.0 busy"
     assert slow.status == "backing off"
     assert found["fast.test"].recipients == 1  # the sent recipient does not count

@@ -28,6 +28,10 @@ def _check_address(value: str) -> str:
     return value.lower()
 
 
+def _check_optional_address(value: str) -> str:
+    return _check_address(value) if value else value
+
+
 Network = Annotated[str, AfterValidator(_check_network)]
 MailAddress = Annotated[str, AfterValidator(_check_address)]
 
@@ -85,7 +89,7 @@ class BounceConfig(Section):
         "sender asked RET=HDRS), bytes; a larger one is returned as its header only, cut to "
         "this size too.",
     )
-    postmaster: str = Field(
+    postmaster: Annotated[str, AfterValidator(_check_optional_address)] = Field(
         default="",
         description="Where double bounces go (a failed message whose sender was empty); "
         "empty: the postmaster local delivery uses for a bare `postmaster` "
