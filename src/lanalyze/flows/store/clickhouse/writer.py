@@ -227,6 +227,28 @@ class ClickHouseWriter:
             return None
         return int(result[0][0])
 
+    def insert_once(self, table: pa.Table, batch_id: int) -> str | None:
+        """Store ``table`` under ``batch_id`` unless the cluster already holds it: "inserted",
+        "present", "partial" (logged; left alone), or None when ClickHouse failed."""
+        stored = self._stored_rows(table, batch_id)
+        if stored is None:
+            return None
+        if stored == table.num_rows:
+            self.stats.duplicates += 1
+            return "present"
+        if stored:
+            log.error(
+                "flows.clickhouse_partial_batch",
+                extra={
+                    "batch": f"{batch_id:016x}",
+                    "rows": table.num_rows,
+                    "stored": stored,
+                },
+            )
+            self.stats.partial += 1
+            return "partial"
+        return "inserted" if self._insert(table, batch_id) else None
+
     # -- the spool ---------------------------------------------------------------------------
 
     def _to_spool(self, table: pa.Table, batch_id: int) -> None:
@@ -257,25 +279,11 @@ class ClickHouseWriter:
             if table.num_rows == 0:
                 self.spool.remove(entry)
                 continue
-            stored = self._stored_rows(table, entry.batch_id)
-            if stored is None:
+            outcome = self.insert_once(table, entry.batch_id)
+            if outcome is None:
                 break
-            if stored == table.num_rows:
-                self.stats.duplicates += 1
-            elif stored:
-                log.error(
-                    "flows.clickhouse_partial_batch",
-                    extra={
-                        "batch": f"{entry.batch_id:016x}",
-                        "rows": table.num_rows,
-                        "stored": stored,
-                    },
-                )
-                self.stats.partial += 1
-            elif self._insert(table, entry.batch_id):
+            if outcome == "inserted":
                 self.stats.replayed += 1
-            else:
-                break
             self.spool.remove(entry)
             self._sync_spool_stats()
         self._sync_spool_stats()
