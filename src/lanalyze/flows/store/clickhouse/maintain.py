@@ -65,7 +65,11 @@ class ClickHouseMaintainer:
             self.ready.add(server)
             log.info(
                 "flows.clickhouse_schema",
-                extra={"server": server, "database": self.store.database, "created": len(created)},
+                extra={
+                    "server": server,
+                    "database": self.store.database,
+                    "tables_created": len(created),
+                },
             )
         return len(self.ready) == len(self.store.servers)
 
