@@ -291,3 +291,27 @@ def test_export_of_an_embedded_store_is_complete_and_idempotent(
     assert "0 flows inserted, 5000 already stored" in again.stdout
     assert count(ch, f"SELECT count() FROM {db}.flows") == 5000
     assert PASSWORD not in first.stdout + first.stderr
+
+
+def test_spool_and_insert_counters_are_on_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lanalyze.flows.exporters import CollectorTotals, FlowMetrics
+
+    store = {"inserts": 3, "rows": 900, "spool_bytes": 1234, "spool_segments": 2}
+    store |= {"spool_dropped_rows": 500, "spooled": 4, "replayed": 1, "duplicates": 1}
+    totals = CollectorTotals(exporters=[], kernel_drops={}, store=store, datagrams=0, started_ms=0)
+    registry = CollectorRegistry()
+    registry.register(FlowMetrics(lambda: totals))
+    text = generate_latest(registry).decode()
+    for line in (
+        "lanalyze_flow_clickhouse_inserts_total 3.0",
+        "lanalyze_flow_store_rows_total 900.0",
+        "lanalyze_flow_spool_bytes 1234.0",
+        "lanalyze_flow_spool_segments 2.0",
+        "lanalyze_flow_spool_dropped_rows_total 500.0",
+        "lanalyze_flow_spool_batches_total 4.0",
+        "lanalyze_flow_spool_replayed_batches_total 1.0",
+        "lanalyze_flow_spool_duplicate_batches_total 1.0",
+    ):
+        assert line in text, line
