@@ -203,3 +203,18 @@ def test_clickhouse_stopped_during_ingest_every_flow_arrives_once(
     assert stats["spooled"] > 0 and stats["spool_dropped_rows"] == 0
     assert stats["replayed"] + stats["duplicates"] == stats["spooled"]
     assert stored(ch, db) == 1800
+
+
+def test_collector_refuses_a_different_schema(
+    clickhouse_cluster: ClickHouseCluster,
+    clickhouse_db: str,
+    tmp_path: Path,
+    collectors: list[ClickHouseCollector],
+) -> None:
+    ch, db = clickhouse_cluster, clickhouse_db
+    ch.execute(0, f"CREATE TABLE {db}.flows_local (x UInt8) ENGINE = MergeTree ORDER BY x")
+    collector = ClickHouseCollector(tmp_path / "c", ch, db, free_port(socket.SOCK_DGRAM))
+    collectors.append(collector)
+    assert collector.proc.wait(timeout=60) == 3
+    assert "flows_local: column time_received missing" in collector.log
+    assert "lanalyze flows schema --backend clickhouse" in collector.log

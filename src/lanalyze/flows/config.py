@@ -239,8 +239,8 @@ class StoreConfig(Section):
     servers: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:9000"],
         min_length=1,
-        description="ClickHouse servers (native protocol, HOST:PORT), tried in order: any "
-        "server of the cluster will do; each holds the Distributed tables.",
+        description="ClickHouse servers (native protocol, HOST:PORT), tried in order for "
+        "inserts; list every server of the cluster: the tables are created on each.",
     )
     cluster: str = Field(
         default="lanalyze",

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lanalyze.flows.catalogue import COLUMNS, arrow_schema
 from lanalyze.flows.config import StoreConfig
@@ -216,8 +217,8 @@ class ClickHouseWriter:
 
         received = table.column("time_received")
         params = {
-            "lo": int(pa.compute.min(received).as_py()),
-            "hi": int(pa.compute.max(received).as_py()),
+            "lo": int(pc.min(received).as_py()),
+            "hi": int(pc.max(received).as_py()),
             "id": batch_id,
         }
         try:
