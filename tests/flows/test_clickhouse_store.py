@@ -315,3 +315,16 @@ def test_spool_and_insert_counters_are_on_metrics() -> None:
         "lanalyze_flow_spool_duplicate_batches_total 1.0",
     ):
         assert line in text, line
+
+
+def test_store_settings_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from lanalyze.flows.config import parse_server
+
+    assert parse_server("ch1.example.net") == ("ch1.example.net", 9000)
+    assert parse_server("[2001:db8::1]:9440") == ("2001:db8::1", 9440)
+    for bad in ({"database": "x; DROP TABLE y"}, {"cluster": "1abc"}, {"servers": ["h:99999"]}):
+        with pytest.raises(ValidationError):
+            StoreConfig(**bad)  # type: ignore[arg-type]
+    assert StoreConfig().backend == "parquet"
