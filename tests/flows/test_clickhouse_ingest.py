@@ -153,8 +153,7 @@ def test_two_collectors_into_two_shards_match_nfdump(
         assert "flows.clickhouse_schema" in collector.log
         assert PASSWORD not in collector.log
     assert clickhouse_totals(ch, db) == expected
-    # both shards hold flows, and the rollup views saw every one
-    assert all(int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]) for i in (0, 1))
+    # the rollup views saw every flow (the spread over shards: test_clickhouse_store.py)
     assert int(ch.execute(0, f"SELECT sum(flows) FROM {db}.rollup_1m_summary")[0][0]) == 2 * flows
     # nothing went to the Parquet store
     assert not list((tmp_path / "collector-v9" / "data" / "flows").glob("raw/*/*.parquet"))
