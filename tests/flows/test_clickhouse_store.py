@@ -329,3 +329,21 @@ def test_store_settings_are_validated() -> None:
         with pytest.raises(ValidationError):
             StoreConfig(**bad)  # type: ignore[arg-type]
     assert StoreConfig().backend == "parquet"
+
+
+def test_spools_of_workers_gone_are_adopted(tmp_path: Path) -> None:
+    from lanalyze.flows.store.clickhouse.spool import adopt_orphans
+
+    root = tmp_path / "spool"
+    mine, orphan = Spool(root / "worker-0", 1 << 30), Spool(root / "worker-2", 1 << 30)
+    assert mine.put(flows_table(10, 1), 11) and orphan.put(flows_table(10, 2), 22)
+    assert orphan.put(flows_table(10, 3), 33)
+    assert adopt_orphans(root, workers=2) == 2
+    assert not (root / "worker-2").exists()
+    adopted = Spool(root / "worker-0", 1 << 30)
+    adopted.load()
+    ids = []
+    while (entry := adopted.oldest()) is not None:
+        ids.append(entry.batch_id)
+        adopted.remove(entry)
+    assert ids == [11, 22, 33]

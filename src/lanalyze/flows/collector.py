@@ -315,7 +315,14 @@ class FlowCollector:
         An unreachable server does not: flows are spooled until it answers."""
         from lanalyze.flows.errors import SchemaMismatch
         from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
+        from lanalyze.flows.store.clickhouse.spool import adopt_orphans
+        from lanalyze.flows.store.paths import SPOOL
 
+        moved = await asyncio.to_thread(
+            adopt_orphans, flow_dir(self.data_dir) / SPOOL, self.worker_count
+        )
+        if moved:
+            log.info("flows.spool_adopted", extra={"batches": moved})
         self._upkeep = ClickHouseMaintainer(self.config.store, self.config.rollup)
         try:
             return await asyncio.to_thread(self._upkeep.ensure)

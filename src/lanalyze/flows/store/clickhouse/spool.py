@@ -16,6 +16,10 @@ Bound: ``max_bytes`` of files in total. A batch that does not fit is dropped and
 replay inserts first and the gap they would leave is older. Nothing here parses peer bytes;
 the files are our own (a file that cannot be read is counted, logged and set aside as
 ``.bad``, never a crash).
+
+A worker's spool is its own; when ``flows.workers`` is lowered, the collector moves the
+batches of the workers gone to a running one's spool before the workers start
+(:func:`adopt_orphans`), so nothing spooled is left behind.
 """
 
 from __future__ import annotations
@@ -134,3 +138,32 @@ class Spool:
         else:
             self._entries.remove(entry)
         self.bytes -= entry.size
+
+
+def adopt_orphans(spool_root: Path, workers: int) -> int:
+    """Move the batches of workers that no longer exist (``flows.workers`` lowered since
+    they were spooled) to a running worker's spool, after its own; returns how many.
+
+    Called by the collector before it starts the workers, so no spool is being written."""
+    if not spool_root.is_dir():
+        return 0
+    moved = 0
+    for directory in sorted(spool_root.iterdir()):
+        match = re.fullmatch(r"worker-(\d+)", directory.name)
+        if match is None or int(match[1]) < workers or not directory.is_dir():
+            continue
+        target = Spool(spool_root / f"worker-{int(match[1]) % workers}", 0)
+        target.load()
+        orphan = Spool(directory, 0)
+        orphan.load()
+        make_private_dirs(target.directory)
+        while (entry := orphan.oldest()) is not None:
+            name = f"{target._seq:012d}-{entry.batch_id:016x}.arrow"
+            os.rename(entry.path, target.directory / name)
+            target._seq += 1
+            orphan._forget(entry)
+            moved += 1
+        fsync_dir(target.directory)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    return moved
