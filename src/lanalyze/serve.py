@@ -28,7 +28,8 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.flows.store.paths import flow_dir
 
         components.append(FlowCollector(config.flows, config.general.data_path))
-        if config.flows.rollup.enabled:
+        # With ClickHouse its views keep the rollups and the collector drops old partitions.
+        if config.flows.rollup.enabled and config.flows.store.backend == "parquet":
             from lanalyze.flows.store.rollup import RollupMaintainer
 
             components.append(

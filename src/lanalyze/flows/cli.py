@@ -25,6 +25,8 @@ _REPORTS = "lanalyze.flows.query.cli"
         "interfaces": f"{_REPORTS}:interfaces",
         "status": f"{_REPORTS}:status",
         "decode": "lanalyze.flows.decode_cli:decode",
+        "schema": "lanalyze.flows.store_cli:schema",
+        "export": "lanalyze.flows.store_cli:export",
     },
 )
 def flows() -> None:

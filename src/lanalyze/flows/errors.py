@@ -13,6 +13,10 @@ Files the operator hands us: :class:`PcapError` (a capture's bytes are unreadabl
 truncated: the file's fault) and :class:`PcapImportError` (``flows import`` cannot read a
 file as a capture; names it).
 
+The operator's ClickHouse database: :class:`SchemaMismatch` (a table of ours exists there with
+other columns or engine than this version creates; the collector refuses to start, naming it);
+:class:`ExportFailed` (the cluster stopped answering during ``flows export``: run it again).
+
 Peers: :class:`PollFailed` (an SNMP agent did not answer or answered nonsense; counted and
 logged by reason, its last answers kept). An exporter's bad bytes are
 :class:`lanalyze.flows.decode.errors.PeerDataError`, local to the sans-IO decoders.
@@ -65,6 +69,17 @@ class PcapError(Exception):
 
 class PcapImportError(Exception):
     """A file cannot be read as a capture; the message names it."""
+
+
+class SchemaMismatch(Exception):
+    """ClickHouse tables differ from the schema this version generates
+    (``lanalyze flows schema --backend clickhouse``); the message names server, table and
+    column."""
+
+
+class ExportFailed(Exception):
+    """ClickHouse stopped answering during ``lanalyze flows export`` (run it again to
+    continue: batches already stored are skipped)."""
 
 
 class PollFailed(Exception):

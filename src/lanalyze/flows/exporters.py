@@ -214,7 +214,55 @@ class FlowMetrics(Collector):
             family = CounterMetricFamily(f"lanalyze_flow_store_{name}", text)
             family.add_metric([], totals.store.get(name, 0))
             yield family
+        for name, (kind, metric, text) in CLICKHOUSE_METRICS.items():
+            family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            clickhouse = family_type(metric, text)
+            clickhouse.add_metric([], totals.store.get(name, 0))
+            yield clickhouse
         yield from _decoder_metrics(totals.decoder)
+
+
+CLICKHOUSE_METRICS = {
+    # StoreStats field -> (type, metric, help): the ClickHouse writer's (0 with Parquet).
+    "inserts": (
+        "counter",
+        "lanalyze_flow_clickhouse_inserts",
+        "Inserts into ClickHouse that succeeded (rows: lanalyze_flow_store_rows).",
+    ),
+    "spooled": (
+        "counter",
+        "lanalyze_flow_spool_batches",
+        "Batches put in the local spool because ClickHouse failed or the spool was not empty.",
+    ),
+    "replayed": (
+        "counter",
+        "lanalyze_flow_spool_replayed_batches",
+        "Spooled batches inserted into ClickHouse later.",
+    ),
+    "duplicates": (
+        "counter",
+        "lanalyze_flow_spool_duplicate_batches",
+        "Spooled batches found already stored (an insert that had succeeded unseen): not "
+        "inserted again.",
+    ),
+    "partial": (
+        "counter",
+        "lanalyze_flow_spool_partial_batches",
+        "Spooled batches found partly stored: left alone and logged (should stay 0).",
+    ),
+    "spool_bytes": ("gauge", "lanalyze_flow_spool_bytes", "Bytes of batches in the spool."),
+    "spool_segments": ("gauge", "lanalyze_flow_spool_segments", "Batches in the spool."),
+    "spool_dropped_rows": (
+        "counter",
+        "lanalyze_flow_spool_dropped_rows",
+        "Flow records dropped because the spool was full (flows.store.spool_max_bytes).",
+    ),
+    "spool_dropped_batches": (
+        "counter",
+        "lanalyze_flow_spool_dropped_batches",
+        "Batches dropped because the spool was full.",
+    ),
+}
 
 
 DECODER_COUNTERS = {

@@ -723,7 +723,8 @@ async def run_collector_with_rollups(
     """``lanalyze flows collect``: the collector until a signal, with the maintainer beside."""
     from lanalyze.flows.collector import run_until_signalled
 
-    if not config.enabled:
+    if not config.enabled or collector.clickhouse:
+        # With ClickHouse its views keep the rollups and the collector drops old partitions.
         await run_until_signalled(collector)
         return
     maintainer = RollupMaintainer(config, flow_dir)
