@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import http.server
+import os
 import smtplib
+import ssl
 import socket
 import threading
 import time
@@ -25,8 +28,9 @@ import pytest
 
 from lanalyze.mail.bounce import RecipientResult
 from lanalyze.mail.queuefile import Envelope, Layout, read_envelope
+from lanalyze.mail.tls import write_selfsigned
 from tests.conftest import free_port
-from tests.mail.conftest import RunningServer, run_server
+from tests.mail.conftest import PASSWORD, RunningServer, password_hash, run_server
 from tests.mail.dnsserver import KnotServer, knot_server
 from tests.mail.smtppeer import Peer
 
@@ -52,7 +56,43 @@ plain.test. MX 10 mx.plain.test.
 mx.plain.test. A 127.0.0.9
 nullmx.test. MX 0 .
 noaddr.test. MX 10 ghost.test.
+mx.relay.test. A 127.0.0.11
+sts.test. MX 10 mx.plain.test.
+sts.test. MX 20 mx.tls.test.
+_mta-sts.sts.test. TXT "v=STSv1; id=20260101"
+mta-sts.sts.test. A 127.0.0.10
 """
+
+POLICY = b"version: STSv1\nmode: enforce\nmx: mx.plain.test\nmx: *.tls.test\nmax_age: 86400\n"
+
+
+class PolicyServer:
+    """The MTA-STS policy host: HTTPS on 127.0.0.10:443 (RFC 8461 §3.3 fixes the port)."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                found = self.path == "/.well-known/mta-sts.txt"
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(POLICY) if found else 0))
+                self.end_headers()
+                if found:
+                    self.wfile.write(POLICY)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.10", 443), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class RecordingBouncer:
@@ -104,6 +144,14 @@ def world(
     tmp_path_factory: pytest.TempPathFactory, tls_pair: tuple[Path, Path]
 ) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("outbound")
+    # Certificates: the relay host's and the policy host's, trusted through mail.outbound.ca_file
+    # with the failure peer's (issued to mx.example.test, so it never verifies for mx.tls.test).
+    certs = {}
+    for name in ("mx.relay.test", "mta-sts.sts.test"):
+        certs[name] = (base / f"{name}.crt", base / f"{name}.key")
+        write_selfsigned(*certs[name], name, days=2)
+    bundle = base / "ca.pem"
+    bundle.write_bytes(b"".join(p[0].read_bytes() for p in [*certs.values(), tls_pair]))
     port = free_port()
     while not _port_free_everywhere(port, PEER_HOSTS):
         port = free_port()
@@ -117,6 +165,8 @@ def world(
     }
     for peer in peers.values():
         peer.start()
+    policy_host = PolicyServer(*certs["mta-sts.sts.test"]) if os.geteuid() == 0 else None
+    relay_cert, relay_key = certs["mx.relay.test"]
     with (
         knot_server(base / "knot", {"test": ZONE}) as dns,
         run_server(
@@ -127,15 +177,49 @@ def world(
             mailboxes=["alice@far.test", "bob@far.test", "carol@multi.test", "dave@amx.test"],
             aliases={},
         ) as far,
+        run_server(
+            base / "relay",
+            hostname="mx.relay.test",
+            listen=["127.0.0.11:0"],
+            submission_listen=[f"127.0.0.11:{port}"],
+            tls_cert=str(relay_cert),
+            tls_key=str(relay_key),
+            domains=["relay.test"],
+            mailboxes=["rcv@relay.test"],
+            aliases={},
+            users=[
+                {
+                    "name": "smtpuser",
+                    "password_hash": password_hash(),
+                    "addresses": ["@example.test"],
+                }
+            ],
+        ) as relay,
     ):
         try:
-            yield {"port": port, "dns": dns, "far": far, "peers": peers}
+            yield {
+                "port": port,
+                "dns": dns,
+                "far": far,
+                "relay": relay,
+                "peers": peers,
+                "ca": bundle,
+                "policy_host": policy_host,
+            }
         finally:
             for peer in peers.values():
                 peer.stop()
+            if policy_host is not None:
+                policy_host.stop()
 
 
-def sender(data_dir: Path, world: dict[str, Any], bouncer: RecordingBouncer, **queue: Any):  # type: ignore[no-untyped-def]
+def sender(  # type: ignore[no-untyped-def]
+    data_dir: Path,
+    world: dict[str, Any],
+    bouncer: RecordingBouncer,
+    outbound: dict[str, Any] | None = None,
+    **queue: Any,
+):
     dns: KnotServer = world["dns"]
     return run_server(
         data_dir,
@@ -148,6 +232,8 @@ def sender(data_dir: Path, world: dict[str, Any], bouncer: RecordingBouncer, **q
             "connect_timeout": 2.0,
             "command_timeout": 1.0,
             "data_timeout": 2.0,
+            "ca_file": str(world["ca"]),
+            **(outbound or {}),
         },
         queue={"retry_min": 0.3, "retry_max": 0.6, "scan_interval": 0.3, **queue},
     )
@@ -283,12 +369,57 @@ def test_lifetime_delay_warning_then_bounce(world: dict[str, Any], tmp_path: Pat
 
 def test_relay_from_outside_stays_refused(world: dict[str, Any], tmp_path: Path) -> None:
     dns: KnotServer = world["dns"]
-    with run_server(
-        tmp_path / "s",
-        auth={"enabled": False, "resolver": dns.address},
-        outbound={"enabled": True, "port": world["port"]},
-    ) as server:
-        with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
-            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-                client.sendmail("a@remote.test", ["alice@far.test"], MESSAGE)
+    with (
+        run_server(
+            tmp_path / "s",
+            auth={"enabled": False, "resolver": dns.address},
+            outbound={"enabled": True, "port": world["port"]},
+        ) as server,
+        smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client,
+    ):
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("a@remote.test", ["alice@far.test"], MESSAGE)
     assert refused.value.recipients["alice@far.test"][0] == 554
+
+
+def test_relay_host_with_tls_and_auth(world: dict[str, Any], tmp_path: Path) -> None:
+    """Everything through ``[host]:port`` (no MX lookup), verified TLS, AUTH PLAIN: the relay
+    (a second lanalyze's submission port, which demands both) delivers to its mailbox."""
+    bouncer = RecordingBouncer()
+    relay: RunningServer = world["relay"]
+    outbound = {
+        "relay_host": f"[mx.relay.test]:{world['port']}",
+        "relay_user": "smtpuser",
+        "relay_password": PASSWORD,
+    }
+    with sender(tmp_path / "s", world, bouncer, outbound) as server:
+        send(server, ["rcv@relay.test"], MESSAGE)
+        (copy,) = relay.wait_delivered(1, mailbox="rcv@relay.test", timeout=20)
+        wait_for(lambda: not queue_envelopes(server))
+    assert copy.endswith(MESSAGE.replace(b"\r\n", b"\n"))
+    assert b"with ESMTPSA" in copy  # TLS and AUTH (RFC 3848)
+    assert [r.action for _, r in bouncer.reports] == ["delivered"]
+
+
+def test_mta_sts_enforce_never_sends_in_clear(world: dict[str, Any], tmp_path: Path) -> None:
+    """sts.test's policy is enforce; its MX hosts offer no STARTTLS (mx.plain.test) and a
+    certificate for another name (mx.tls.test): deferred, and neither peer gets the mail."""
+    if world["policy_host"] is None:
+        pytest.skip("the policy host needs port 443 (root)")
+    bouncer = RecordingBouncer()
+    peers = world["peers"]
+    before = (len(peers["plain"].received), len(peers["tls"].received))
+    with sender(tmp_path / "s", world, bouncer) as server:
+        send(server, ["x@sts.test"], MESSAGE)
+
+        def deferred() -> bool:
+            envelopes = queue_envelopes(server)
+            return len(envelopes) == 1 and envelopes[0].attempts >= 1
+
+        wait_for(deferred)
+        (envelope,) = queue_envelopes(server)
+    assert (len(peers["plain"].received), len(peers["tls"].received)) == before
+    state = envelope.rcpt["x@sts.test"]
+    assert state["state"] == "deferred"
+    assert "STARTTLS" in state["reply"] or "TLS" in state["reply"]
+    assert bouncer.reports == []

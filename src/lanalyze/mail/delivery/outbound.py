@@ -49,6 +49,7 @@ from lanalyze.mail import metrics
 from lanalyze.mail.bounce import Bouncer, RecipientResult
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import Outcome, strip_marked
+from lanalyze.mail.delivery.mtasts import MtaSts
 from lanalyze.mail.delivery.nexthop import Destination, NextHop, route
 from lanalyze.mail.delivery.smtp import (
     Outgoing,
@@ -141,6 +142,11 @@ class OutboundQueue:
         self.done: Done = lambda name, path, attempts: None
         self.record = record
         self.bouncer = bouncer
+        self.mtasts = (
+            MtaSts(nexthop.resolver, config.outbound.ca_file, config.outbound.connect_timeout)
+            if config.outbound.mta_sts
+            else None
+        )
         self.recycler = Recycler(layout)
         self.destinations: dict[str, DestinationState] = {}
         self._waiting: deque[DestinationState] = deque()  # for a global connection slot
@@ -261,8 +267,19 @@ class OutboundQueue:
                 final = "bounced" if isinstance(exc, PermanentRoute) else "deferred"
                 self._fail_queued(state, final, exc.status, exc.text, destination.name)
                 return
+            tls = self._tls_mode(destination)
+            if self.mtasts is not None and destination.mx and not destination.relay:
+                policy = await self.mtasts.policy(destination.name)
+                if policy is not None and policy.mode == "enforce":
+                    # RFC 8461 §4: only the hosts the policy names, only with verified TLS.
+                    hosts = [h for h in hosts if policy.matches(h[0])]
+                    tls = "required"
+                    if not hosts:
+                        text = f"no MX host of {destination.name} matches its MTA-STS policy"
+                        self._fail_queued(state, "deferred", "4.7.5", text, destination.name)
+                        return
             errors: list[str] = []
-            options = self._options(destination, self._tls_mode(destination))
+            options = self._options(destination, tls)
             session = await open_session(hosts, options, errors)
             if session is None:
                 metrics.OUTBOUND_CONNECTIONS.labels("failed", state.kind).inc()
