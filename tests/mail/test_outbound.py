@@ -16,8 +16,8 @@ import email.policy
 import http.server
 import os
 import smtplib
-import ssl
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -71,7 +71,7 @@ class PolicyServer:
 
     def __init__(self, cert: Path, key: Path) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 found = self.path == "/.well-known/mta-sts.txt"
                 self.send_response(200 if found else 404)
                 self.send_header("Content-Type", "text/plain")
@@ -376,9 +376,9 @@ def test_relay_from_outside_stays_refused(world: dict[str, Any], tmp_path: Path)
             outbound={"enabled": True, "port": world["port"]},
         ) as server,
         smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client,
+        pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
     ):
-        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            client.sendmail("a@remote.test", ["alice@far.test"], MESSAGE)
+        client.sendmail("a@remote.test", ["alice@far.test"], MESSAGE)
     assert refused.value.recipients["alice@far.test"][0] == 554
 
 
