@@ -88,6 +88,12 @@ class NextHop:
 
     async def hosts(self, destination: Destination) -> list[tuple[str, str]]:
         """(host name, IP address) pairs to try in order; raises :class:`RouteError`."""
+        try:  # an address literal ([192.0.2.1]:25 as relay host or transport): no lookup
+            literal = str(ipaddress.ip_address(destination.name.strip("[]")))
+        except ValueError:
+            pass
+        else:
+            return [(literal, literal)]
         names = [destination.name]
         had_mx = False
         if destination.mx:
