@@ -275,6 +275,11 @@ def test_delivery_lands_intact_at_a_real_mta(world: dict[str, Any], tmp_path: Pa
             assert b"Return-Path: <sender@example.test>" in copy
         wait_for(lambda: not queue_envelopes(server))
         wait_for(lambda: len(bouncer.reports) == 4)
+        # Slow start: a destination starts at initial_per_destination (2) connections and
+        # gets one more per transaction that delivered.
+        outbound = server.server.queue.outbound  # type: ignore[union-attr]
+        far_state = outbound.destinations[f"far.test:{world['port']}:mx"]
+        assert far_state.limit == 3 and far_state.active == 0
     results = bouncer.by_recipient()
     assert {r: [x.action for x in v] for r, v in results.items()} == {
         r: ["delivered"] for r in recipients
@@ -308,6 +313,9 @@ def test_per_recipient_results(world: dict[str, Any], tmp_path: Path) -> None:
 
         wait_for(settled)
         (envelope,) = queue_envelopes(server)
+        # ... and is halved, at least to 1, when none of its hosts can be reached.
+        outbound = server.server.queue.outbound  # type: ignore[union-attr]
+        assert outbound.destinations[f"down.test:{world['port']}:mx"].limit == 1
     received = peers["reject"].received[before:]
     assert [r.recipients for r in received] == [["ok@reject.test"]]  # by BDAT (CHUNKING)
     assert received[0].data.replace(b"\r\n", b"\n").endswith(MESSAGE.replace(b"\r\n", b"\n"))
