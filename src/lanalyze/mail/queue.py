@@ -181,7 +181,9 @@ class QueueManager:
             relay = bool(envelope.relay) and self.outbound.outbound.enabled
             if not (relay or self._due(envelope)):
                 return False
-        self.outbound.submit(outcome.path)
+        loaded = (envelope, outcome.message) if outcome.message is not None else None
+        outcome.message = None  # not kept with the index's batch
+        self.outbound.submit(outcome.path, loaded)
         return True
 
     def _due(self, envelope: Envelope) -> bool:

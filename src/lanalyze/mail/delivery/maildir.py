@@ -43,6 +43,7 @@ from lanalyze.mail.queuefile import (
 )
 
 _counter = itertools.count()
+INLINE_RELAY = 65_536  # bytes of a message handed back to the main process with its outcome
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
@@ -55,6 +56,8 @@ class Outcome:
     delivered_to: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # copies written, relative to maildirs/
     path: str = ""  # where the queue file is now (relay, deferred)
+    # relay: the message itself when small (INLINE_RELAY), so outbound need not read it again
+    message: bytes | None = None
 
 
 def maildir_name(size: int) -> str:
@@ -176,6 +179,8 @@ class MaildirDelivery:
                     outcome.error = f"{recipient}: {exc.strerror or exc}"
             if outcome.status == "delivered" and envelope.relay:
                 outcome.status = "relay" if self.outbound else "hold"
+                if self.outbound and len(message) <= INLINE_RELAY:
+                    outcome.message = message
             staged.append((path, envelope, len(message), outcome))
         dir_error = ""
         try:

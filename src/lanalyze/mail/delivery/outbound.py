@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -155,11 +156,14 @@ class OutboundQueue:
         self._memory_free = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.messages: dict[str, Message] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, path: str | Path) -> None:
-        self._spawn(self._load(Path(path)))
+    def submit(self, path: str | Path, loaded: tuple[Envelope, bytes] | None = None) -> None:
+        """Take over a queue file; ``loaded``: its envelope and message, already read and
+        checked by local delivery (small messages), so the file is not read again."""
+        self._spawn(self._load(Path(path), loaded))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -174,15 +178,21 @@ class OutboundQueue:
                 await task
         self._tasks.clear()
 
-    async def _load(self, path: Path) -> None:
+    async def _load(self, path: Path, loaded: tuple[Envelope, bytes] | None) -> None:
         loop = asyncio.get_running_loop()
         name = path.name
         try:
-            size = await loop.run_in_executor(self.executor, _size, path)
-            while self._memory and self._memory + 2 * size > self.outbound.max_memory:
-                self._memory_free.clear()
-                await self._memory_free.wait()
-            envelope, raw = await loop.run_in_executor(self.executor, _read, path)
+            if loaded is not None:
+                envelope, raw = loaded
+                while self._memory and self._memory + 2 * len(raw) > self.outbound.max_memory:
+                    self._memory_free.clear()
+                    await self._memory_free.wait()
+            else:
+                size = await loop.run_in_executor(self.executor, _size, path)
+                while self._memory and self._memory + 2 * size > self.outbound.max_memory:
+                    self._memory_free.clear()
+                    await self._memory_free.wait()
+                envelope, raw = await loop.run_in_executor(self.executor, _read, path)
         except FileNotFoundError:
             self.done(name, None, 0)  # deleted meanwhile (`mail queue delete`)
             return
@@ -350,7 +360,11 @@ class OutboundQueue:
         message.pending.extend(results)
         message.jobs_left -= 1
         for result in results:
-            metrics.OUTBOUND_RECIPIENTS.labels(result.state, kind).inc()
+            key = (result.state, kind)
+            counter = self._counters.get(key)
+            if counter is None:  # labels() resolved once per (result, class): bounded sets
+                counter = self._counters[key] = metrics.OUTBOUND_RECIPIENTS.labels(*key)
+            counter.inc()
         if message.jobs_left == 0:
             self._spawn(self._finish(message))
         elif any(r.state == "delivered" for r in results):
@@ -488,7 +502,7 @@ class OutboundQueue:
                 await loop.run_in_executor(
                     self.executor, self.bouncer.report, envelope, message.raw, report
                 )
-            else:
+            elif log.isEnabledFor(logging.INFO):
                 for item in report:
                     log.info(
                         "mail.outbound.result",
