@@ -33,6 +33,7 @@ from pathlib import Path
 from bench.smtp_bench import Postfix, cpu_ticks, free_port, wait_port
 
 RECIPIENT = "sink@remote.bench"
+SMTP_SERVICE = "smtp unix - - n - - smtp\n"
 
 
 class Sink:
@@ -205,15 +206,16 @@ def main() -> None:
                 "default_transport = smtp\nrelay_transport = smtp\n"
                 f"relayhost = [127.0.0.1]:{sink.port}\nsmtp_tls_security_level = none\n"
             )
-            with Postfix(
-                base / "postfix", main_extra=extra, master_extra="smtp unix - - n - - smtp\n"
-            ) as postfix:
+            # Both relays run throughout and the runs alternate, so that both see the same
+            # load on a shared machine.
+            with (
+                Postfix(base / "postfix", main_extra=extra, master_extra=SMTP_SERVICE) as postfix,
+                LanalyzeRelay(base / "lanalyze", sink.port) as relay,
+            ):
                 for _ in range(args.runs):
                     rate, cpu = run(postfix.port, sink, args.messages, [], postfix.master_pid())
                     results["postfix"].append((rate, cpu))
                     print(f"postfix  {rate:8.0f} msg/s  {cpu:6.2f} ms CPU/msg", flush=True)
-            with LanalyzeRelay(base / "lanalyze", sink.port) as relay:
-                for _ in range(args.runs):
                     rate, cpu = run(relay.port, sink, args.messages, relay.pids(), None)
                     results["lanalyze"].append((rate, cpu))
                     print(f"lanalyze {rate:8.0f} msg/s  {cpu:6.2f} ms CPU/msg", flush=True)
