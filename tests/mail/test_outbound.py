@@ -431,3 +431,26 @@ def test_mta_sts_enforce_never_sends_in_clear(world: dict[str, Any], tmp_path: P
     assert state["state"] == "deferred"
     assert "STARTTLS" in state["reply"] or "TLS" in state["reply"]
     assert bouncer.reports == []
+
+
+def test_local_failure_that_persists_is_bounced(tmp_path: Path) -> None:
+    """A local delivery that keeps failing (bob's Maildir is blocked) follows the same
+    lifetime: one delay notice, then a bounce, and the message leaves the queue."""
+    data_dir = tmp_path / "s"
+    (data_dir / "mail" / "maildirs").mkdir(parents=True)
+    (data_dir / "mail" / "maildirs" / "bob@example.test").write_text("not a directory")
+    bouncer = RecordingBouncer()
+    with run_server(
+        data_dir,
+        bouncer=bouncer,
+        queue={"retry_min": 0.2, "retry_max": 0.3, "max_lifetime": 1.5, "delay_warning": 0.4},
+    ) as server:
+        send(server, ["bob@example.test", "alice@example.test"], MESSAGE)
+        server.wait_delivered(1)
+        wait_for(lambda: any(r.action == "failed" for _, r in bouncer.reports))
+        wait_for(lambda: not queue_envelopes(server))
+    assert [(r.recipient, r.action) for _, r in bouncer.reports] == [
+        ("bob@example.test", "delayed"),
+        ("bob@example.test", "failed"),
+    ]
+    assert bouncer.reports[-1][1].status == "4.4.7"

@@ -72,6 +72,8 @@ from lanalyze.mail.queuefile import (
 log = get_logger(__name__)
 _dest_log = RateLimiter(interval=30.0, burst=3)
 
+MAX_DESTINATIONS = 10_000  # destination states kept (beyond, idle ones are forgotten)
+
 Done = Callable[[str, "Path | None", int], None]
 """(queue id, path of the rewritten file to retry or None when finished, attempts)."""
 
@@ -341,6 +343,10 @@ class OutboundQueue:
             state.active -= 1
             self._connections -= 1
             self._pump(state)
+            if not state.jobs and not state.active and len(self.destinations) > MAX_DESTINATIONS:
+                # Bounded memory: an idle destination's state (its slow-start level, last
+                # error) is forgotten once many domains have been seen.
+                self.destinations.pop(destination.key, None)
             while self._waiting and self._connections < self.outbound.max_connections:
                 self._pump(self._waiting.popleft())
 
@@ -530,7 +536,7 @@ class OutboundQueue:
             await self.record([Outcome(name, status, envelope, "", delivered_to)])
             self.done(name, None, envelope.attempts)
             return
-        if ran:
+        if ran and not envelope.local:  # local delivery counted its own attempt
             envelope.attempts += 1
             deferred = [r for r in results if r.state == "deferred"]
             if deferred:
