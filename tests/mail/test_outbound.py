@@ -454,3 +454,17 @@ def test_local_failure_that_persists_is_bounced(tmp_path: Path) -> None:
         ("bob@example.test", "failed"),
     ]
     assert bouncer.reports[-1][1].status == "4.4.7"
+
+
+def test_many_recipients_are_split_into_transactions(world: dict[str, Any], tmp_path: Path) -> None:
+    """At most 50 recipients per transaction (Postfix's smtp_destination_recipient_limit):
+    servers refuse more with 452, which would delay the rest by a retry."""
+    bouncer = RecordingBouncer()
+    peer = world["peers"]["reject"]
+    before = len(peer.received)
+    recipients = [f"r{n}@reject.test" for n in range(60)]
+    with sender(tmp_path / "s", world, bouncer) as server:
+        send(server, recipients, MESSAGE)
+        wait_for(lambda: not queue_envelopes(server) and len(bouncer.reports) == 60)
+    sizes = sorted(len(r.recipients) for r in peer.received[before:])
+    assert sizes == [10, 50]

@@ -72,6 +72,7 @@ from lanalyze.mail.queuefile import (
 log = get_logger(__name__)
 _dest_log = RateLimiter(interval=30.0, burst=3)
 
+RCPT_PER_TRANSACTION = 50  # as Postfix's smtp_destination_recipient_limit
 MAX_DESTINATIONS = 10_000  # destination states kept (beyond, idle ones are forgotten)
 
 Done = Callable[[str, "Path | None", int], None]
@@ -217,11 +218,16 @@ class OutboundQueue:
             for recipient in envelope.relay:
                 destination = route(domain_of(recipient), self.outbound)
                 groups.setdefault(destination.key, (destination, []))[1].append(recipient)
-        message.jobs_left = len(groups)
-        if not groups:
+        jobs = [
+            (key, destination, recipients[i : i + RCPT_PER_TRANSACTION])
+            for key, (destination, recipients) in groups.items()
+            for i in range(0, len(recipients), RCPT_PER_TRANSACTION)
+        ]
+        message.jobs_left = len(jobs)
+        if not jobs:
             self._spawn(self._finish(message))
             return
-        for key, (destination, recipients) in groups.items():
+        for key, destination, recipients in jobs:
             state = self.destinations.get(key)
             if state is None:
                 state = self.destinations[key] = DestinationState(
@@ -272,6 +278,7 @@ class OutboundQueue:
 
     async def _connection(self, state: DestinationState) -> None:
         destination = state.destination
+        current: Job | None = None  # the job being sent: finished even if a bug strikes
         try:
             try:
                 hosts = await self.nexthop.hosts(destination)
@@ -316,7 +323,7 @@ class OutboundQueue:
                     and session.usable
                     and session.sent < self.outbound.messages_per_connection
                 ):
-                    job = state.jobs.popleft()
+                    job = current = state.jobs.popleft()
                     message = job.message
                     envelope = message.envelope
                     outgoing = Outgoing(
@@ -331,6 +338,7 @@ class OutboundQueue:
                     results = await session.send(outgoing)
                     if any(r.state == "delivered" for r in results):
                         state.limit = min(float(self.outbound.max_per_destination), state.limit + 1)
+                    current = None
                     self._job_done(job, results, state.kind)
             finally:
                 await session.close()
@@ -338,6 +346,8 @@ class OutboundQueue:
             log.exception(
                 "mail.outbound.connection_crashed", extra={"destination": destination.key}
             )
+            if current is not None:
+                state.jobs.appendleft(current)
             self._fail_queued(state, "deferred", "4.3.0", "internal error", destination.name)
         finally:
             state.active -= 1
