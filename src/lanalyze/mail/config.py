@@ -83,12 +83,10 @@ class QueueConfig(Section):
 
 
 def _check_hostport(value: str) -> str:
-    """``[host]:port`` (no MX lookup, Postfix style), ``host:port``, ``host`` or ``local``."""
-    if value == "local":
-        return value
+    """``[host]:port`` (no MX lookup, Postfix style), ``host:port`` or ``host``."""
     host, _ = split_hostport(value)
     if not host:
-        raise ValueError(f"expected [host]:port, host:port, host or local, got {value!r}")
+        raise ValueError(f"expected [host]:port, host:port or host, got {value!r}")
     return value
 
 

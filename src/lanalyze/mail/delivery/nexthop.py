@@ -44,7 +44,6 @@ class Destination:
     port: int
     mx: bool  # look up MX records of ``name`` (False: ``[host]``, connect to it directly)
     relay: bool = False  # the relay host: TLS required, AUTH if configured
-    local: bool = False  # transport "local": not for the SMTP client
 
     @property
     def key(self) -> str:
@@ -57,8 +56,6 @@ def route(domain: str, config: OutboundConfig) -> Destination:
         host, port = split_hostport(config.relay_host, 25)
         return Destination(host, port, mx=not config.relay_host.startswith("["), relay=True)
     override = config.transports.get(domain)
-    if override == "local":
-        return Destination(domain, 0, mx=False, local=True)
     if override is not None:
         host, port = split_hostport(override, config.port)
         return Destination(host, port, mx=not override.startswith("["))
