@@ -117,7 +117,7 @@ class RecordingBouncer:
             return found
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -159,7 +159,7 @@ def world(
         "temp": Peer("127.0.0.3", port, mode="tempfail"),
         "reject": Peer("127.0.0.4", port, mode="reject_bad", chunking=True),
         "drop": Peer("127.0.0.5", port, mode="drop_data"),
-        "slow": Peer("127.0.0.7", port, mode="slow", delay=3.0),
+        "slow": Peer("127.0.0.7", port, mode="slow", delay=60.0),
         "tls": Peer("127.0.0.8", port, mode="tls_required", tls_pair=tls_pair),
         "plain": Peer("127.0.0.9", port, eightbit=False),
     }
@@ -225,13 +225,14 @@ def sender(  # type: ignore[no-untyped-def]
         data_dir,
         bouncer=bouncer,
         trusted_networks=["127.0.0.0/8"],
-        auth={"enabled": False, "resolver": dns.address, "dns_timeout": 2.0},
+        auth={"enabled": False, "resolver": dns.address, "dns_timeout": 5.0},
         outbound={
             "enabled": True,
             "port": world["port"],
-            "connect_timeout": 2.0,
-            "command_timeout": 1.0,
-            "data_timeout": 2.0,
+            # Generous for a loaded machine; the slow peer waits a minute before each reply.
+            "connect_timeout": 10.0,
+            "command_timeout": 4.0,
+            "data_timeout": 10.0,
             "ca_file": str(world["ca"]),
             **(outbound or {}),
         },
@@ -239,8 +240,17 @@ def sender(  # type: ignore[no-untyped-def]
     )
 
 
+def success_action(server: RunningServer, kind: str = "mta") -> str:
+    """What a delivery to this lanalyze is reported as: "delivered" where it offers DSN,
+    "relayed" where it does not (RFC 3461 §4.1; DSN in our server comes with issue 13 too)."""
+    host, port = server.server.addresses[kind][0]
+    with smtplib.SMTP(host, port, timeout=30) as client:
+        client.ehlo()
+        return "delivered" if client.has_extn("dsn") else "relayed"
+
+
 def send(server: RunningServer, recipients: list[str], message: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", server.port(), timeout=30) as client:
         client.sendmail("sender@example.test", recipients, message)
 
 
@@ -268,7 +278,7 @@ def test_delivery_lands_intact_at_a_real_mta(world: dict[str, Any], tmp_path: Pa
     with sender(tmp_path / "s", world, bouncer) as server:
         send(server, recipients, MESSAGE)
         for mailbox in recipients:
-            (copy,) = far.wait_delivered(1, mailbox=mailbox, timeout=20)
+            (copy,) = far.wait_delivered(1, mailbox=mailbox, timeout=60)
             # Byte for byte after our Received: field (the Maildir stores LF line ends).
             assert copy.endswith(MESSAGE.replace(b"\r\n", b"\n")), copy
             assert b"by mx.example.test (lanalyze)" in copy
@@ -281,8 +291,9 @@ def test_delivery_lands_intact_at_a_real_mta(world: dict[str, Any], tmp_path: Pa
         far_state = outbound.destinations[f"far.test:{world['port']}:mx"]
         assert far_state.limit == 3 and far_state.active == 0
     results = bouncer.by_recipient()
+    action = success_action(far)
     assert {r: [x.action for x in v] for r, v in results.items()} == {
-        r: ["delivered"] for r in recipients
+        r: [action] for r in recipients
     }
     assert results["alice@far.test"][0].remote_mta == "mx.far.test"
     assert results["alice@far.test"][0].diagnostic.startswith("smtp; 250")
@@ -338,7 +349,7 @@ def test_per_recipient_results(world: dict[str, Any], tmp_path: Path) -> None:
     actions = {r: [x.action for x in v] for r, v in bouncer.by_recipient().items()}
     assert actions["bad@reject.test"] == ["failed"]
     assert actions["n@nullmx.test"] == ["failed"]
-    assert actions["ok@reject.test"] == ["delivered"]
+    assert actions["ok@reject.test"] == ["relayed"]  # the peer offers no DSN
     assert "t@temp.test" not in actions
 
 
@@ -383,7 +394,7 @@ def test_relay_from_outside_stays_refused(world: dict[str, Any], tmp_path: Path)
             auth={"enabled": False, "resolver": dns.address},
             outbound={"enabled": True, "port": world["port"]},
         ) as server,
-        smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client,
+        smtplib.SMTP("127.0.0.1", server.port(), timeout=30) as client,
         pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
     ):
         client.sendmail("a@remote.test", ["alice@far.test"], MESSAGE)
@@ -402,11 +413,11 @@ def test_relay_host_with_tls_and_auth(world: dict[str, Any], tmp_path: Path) -> 
     }
     with sender(tmp_path / "s", world, bouncer, outbound) as server:
         send(server, ["rcv@relay.test"], MESSAGE)
-        (copy,) = relay.wait_delivered(1, mailbox="rcv@relay.test", timeout=20)
+        (copy,) = relay.wait_delivered(1, mailbox="rcv@relay.test", timeout=60)
         wait_for(lambda: not queue_envelopes(server))
     assert copy.endswith(MESSAGE.replace(b"\r\n", b"\n"))
     assert b"with ESMTPSA" in copy  # TLS and AUTH (RFC 3848)
-    assert [r.action for _, r in bouncer.reports] == ["delivered"]
+    assert [r.action for _, r in bouncer.reports] == [success_action(relay)]
 
 
 def test_mta_sts_enforce_never_sends_in_clear(world: dict[str, Any], tmp_path: Path) -> None:

@@ -462,10 +462,11 @@ class OutboundQueue:
                     )
                 )
             elif result.state == "delivered":
+                # RFC 3461 §4.1: a server without DSN cannot pass NOTIFY on: "relayed".
                 report.append(
                     RecipientResult(
                         result.recipient,
-                        "delivered",
+                        "delivered" if result.dsn else "relayed",
                         result.status,
                         _diagnostic(result),
                         _mta(result),

@@ -63,6 +63,7 @@ class RcptResult:
     status: str  # RFC 3463
     reply: str  # "550 5.1.1 no such user" or what went wrong
     host: str  # "mx.example.net[192.0.2.1]"
+    dsn: bool = True  # the server offered DSN (else a delivery is "relayed", RFC 3464 §2.3.3)
 
 
 @dataclass
@@ -161,7 +162,14 @@ class Session:
         def settle(recipients: list[str], state: str, status: str, text: str) -> None:
             for recipient in recipients:
                 if recipient not in results:
-                    results[recipient] = RcptResult(recipient, state, status, text, self.host)  # type: ignore[arg-type]
+                    results[recipient] = RcptResult(
+                        recipient,
+                        state,  # type: ignore[arg-type]
+                        status,
+                        text,
+                        self.host,
+                        self.core.ext.dsn,
+                    )
 
         prepared = prepare(
             out.data, out.mail_from, out.recipients, self.core.ext, ret=out.ret, envid=out.envid
