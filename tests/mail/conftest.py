@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lanalyze.config import GeneralConfig
+from lanalyze.mail.bounce import Bouncer
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.server import MailServer
 from lanalyze.mail.tls import write_selfsigned
@@ -40,6 +41,9 @@ def base_config(**overrides: Any) -> dict[str, Any]:
         # One process: these tests look at one server's sessions, limits and counters
         # (test_smtp_acceptors.py runs several).
         "acceptors": 1,
+        # Mail to other domains waits in hold/ as before issue 13, unless a test sends it
+        # (tests/mail/test_outbound.py): no lookups of made-up domains on the real network.
+        "outbound": {"enabled": False},
     }
     data.update(overrides)
     return data
@@ -92,10 +96,16 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, **overrides: Any) -> Iterator[RunningServer]:
+def run_server(
+    data_dir: Path,
+    *,
+    bouncer: Bouncer | None = None,
+    hostname: str = "mx.example.test",
+    **overrides: Any,
+) -> Iterator[RunningServer]:
     config = MailConfig.model_validate(base_config(**overrides))
-    general = GeneralConfig(data_dir=data_dir, hostname="mx.example.test")
-    server = MailServer(config, general)
+    general = GeneralConfig(data_dir=data_dir, hostname=hostname)
+    server = MailServer(config, general, bouncer=bouncer)
     loop = asyncio.new_event_loop()
     started: Future[None] = Future()
 

@@ -99,7 +99,8 @@ def _marks(row: dict[str, Any]) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option(
-    "--status", type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted", "corrupt"])
+    "--status",
+    type=click.Choice(["queued", "delivered", "deferred", "hold", "deleted", "corrupt", "bounced"]),
 )
 @click.option(
     "--verdict",

@@ -9,7 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from lanalyze.configbase import ListenAddresses, Section, per_core
 from lanalyze.mail.auth.config import AuthConfig
@@ -54,7 +54,7 @@ class QueueConfig(Section):
         default=64, ge=1, le=10_000, description="Messages being delivered at once."
     )
     retry_min: float = Field(
-        default=60.0, gt=0, description="First retry delay after a failed delivery, seconds."
+        default=300.0, gt=0, description="First retry delay after a failed delivery, seconds."
     )
     retry_max: float = Field(
         default=3600.0, gt=0, description="Longest retry delay (doubling backoff), seconds."
@@ -64,6 +64,18 @@ class QueueConfig(Section):
         gt=0,
         description="How often the queue directories are rescanned for work "
         "(e.g. after `lanalyze mail queue retry`), seconds.",
+    )
+    max_lifetime: float = Field(
+        default=432_000.0,
+        gt=0,
+        description="Seconds a message may stay queued (local or outbound) before its "
+        "undelivered recipients are bounced (5 days, as Postfix).",
+    )
+    delay_warning: float = Field(
+        default=14_400.0,
+        ge=0,
+        description="Seconds after which a still deferred message's sender is told once "
+        "(a delay DSN, if the recipient's NOTIFY asks for it); 0: never.",
     )
     delivery_nice: int = Field(
         default=10,
@@ -114,6 +126,107 @@ class SrsConfig(Section):
         ge=1,
         le=1000,
         description="Days an SRS address stays valid for a bounce coming back (its timestamp).",
+    )
+
+
+def _check_hostport(value: str) -> str:
+    """``[host]:port`` (no MX lookup, Postfix style), ``host:port`` or ``host``."""
+    host, _ = split_hostport(value)
+    if not host:
+        raise ValueError(f"expected [host]:port, host:port or host, got {value!r}")
+    return value
+
+
+def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
+    """``[host]:587`` -> (``host``, 587); the brackets say "this host, no MX lookup"."""
+    text = value.strip()
+    port = default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+        elif rest:
+            raise ValueError(f"unexpected {rest!r} after ] in {value!r}")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host = text
+        else:
+            port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    return host.lower().rstrip("."), port
+
+
+HostPort = Annotated[str, AfterValidator(_check_hostport)]
+
+
+class OutboundConfig(Section):
+    enabled: bool = Field(
+        default=True,
+        description="Send mail for non-local recipients (MX lookup or `relay_host`); false: "
+        "it waits in `queue/hold/`.",
+    )
+    relay_host: HostPort | None = Field(
+        default=None,
+        description="Send everything through this host (smarthost), e.g. `[smtp.example.net]:587`"
+        " (brackets: no MX lookup). TLS with a verified certificate is required.",
+    )
+    relay_user: str | None = Field(
+        default=None, description="AUTH PLAIN login at `relay_host` (after TLS)."
+    )
+    relay_password: SecretStr | None = Field(
+        default=None, description="Password of `relay_user`. A secret: never logged."
+    )
+    transports: dict[str, HostPort] = Field(
+        default_factory=dict,
+        description="Per recipient domain, a fixed next hop (`[host]:port`, `host:port`) instead"
+        " of the MX lookup, like Postfix's transport_maps.",
+    )
+    port: int = Field(default=25, ge=1, le=65535, description="SMTP port of MX hosts.")
+    tls: Literal["opportunistic", "required", "none"] = Field(
+        default="opportunistic",
+        description="STARTTLS towards MX hosts: when offered (unverified certificate), "
+        "always with a verified certificate, or never.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates to verify servers with (unset: the system's).",
+    )
+    mta_sts: bool = Field(
+        default=True,
+        description="Honour MTA-STS (RFC 8461) policies of recipient domains in enforce mode.",
+    )
+    connect_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to connect and get the greeting."
+    )
+    command_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds to wait for each reply (RFC 5321 §4.5.3.2)."
+    )
+    data_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for the reply after the message data."
+    )
+    max_connections: int = Field(
+        default=100, ge=1, le=10_000, description="Outbound SMTP connections open at once."
+    )
+    max_per_destination: int = Field(
+        default=20, ge=1, le=1000, description="Connections to one destination at most."
+    )
+    initial_per_destination: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Connections to a destination at first (slow start): one more after "
+        "each success, halved after a failure, between 1 and `max_per_destination`.",
+    )
+    messages_per_connection: int = Field(
+        default=100, ge=1, description="Messages sent over one connection before it is closed."
+    )
+    max_memory: int = Field(
+        default=67_108_864,
+        ge=1_048_576,
+        description="Bytes of messages held in memory for outbound delivery at once; "
+        "further messages wait on disk.",
     )
 
 
@@ -240,6 +353,9 @@ class MailConfig(Section):
     bounce: BounceConfig = Field(
         default_factory=BounceConfig,
         description="Delivery status notifications (RFC 3464): bounces, delay warnings.",
+    )
+    outbound: OutboundConfig = Field(
+        default_factory=OutboundConfig, description="Outbound delivery (SMTP client)."
     )
     index: IndexConfig = Field(
         default_factory=IndexConfig, description="Message index: rejections kept, retention."

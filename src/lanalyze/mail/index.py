@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS delivered_files (
 ) WITHOUT ROWID;
 """
 
-STATUSES = ("queued", "delivered", "deferred", "hold", "deleted", "corrupt")
+STATUSES = ("queued", "delivered", "deferred", "hold", "deleted", "corrupt", "bounced")
 VERDICTS = ("any", "pass", "fail", "forged", "none")
 REJECTION_FIELDS = (
     "at",

@@ -8,7 +8,7 @@ peers is unbounded, so per-peer detail goes to the (rate-limited) log instead.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from lanalyze.metrics import REGISTRY
 
@@ -99,5 +99,42 @@ SRS = Counter(
     "sender; reversed: a bounce to an SRS address sent on to the original sender; invalid: an "
     "SRS address with a bad hash, an expired timestamp or bad syntax, refused).",
     ["result"],
+    registry=REGISTRY,
+)
+OUTBOUND_RECIPIENTS = Counter(
+    "lanalyze_mail_outbound_recipients",
+    "Outbound recipient results (delivered, deferred, bounced, expired) by destination class "
+    "(mx, transport, relay_host).",
+    ["result", "destination"],
+    registry=REGISTRY,
+)
+OUTBOUND_CONNECTIONS = Counter(
+    "lanalyze_mail_outbound_connections",
+    "Outbound SMTP sessions by outcome (opened, tls, failed: no host of the destination "
+    "worked) and destination class.",
+    ["outcome", "destination"],
+    registry=REGISTRY,
+)
+BOUNCE_REPORTS = Counter(
+    "lanalyze_mail_bounce_reports",
+    "Recipient results handed to the bouncer, by action (failed, delayed, delivered).",
+    ["action"],
+    registry=REGISTRY,
+)
+QUEUE_MESSAGES = Gauge(
+    "lanalyze_mail_queue_messages",
+    "Messages in the queue by state (active, deferred, hold, corrupt), counted at scrape.",
+    ["state"],
+    registry=REGISTRY,
+)
+QUEUE_OLDEST = Gauge(
+    "lanalyze_mail_queue_oldest_seconds",
+    "Age of the oldest message the queue manager is retrying (0: none).",
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "lanalyze_mail_delivery_latency_seconds",
+    "Seconds from acceptance to the final outbound result of a message.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
     registry=REGISTRY,
 )

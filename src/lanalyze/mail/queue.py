@@ -2,9 +2,14 @@
 
 Like Postfix's qmgr(8): a bounded active set (``mail.queue.max_active`` messages in delivery
 at once, the rest wait on disk), deferred messages retried with doubling backoff between
-``retry_min`` and ``retry_max``, never dropped (there is no bounce yet: a message that cannot
-be delivered stays in ``queue/deferred/`` and is visible with ``lanalyze mail queue``). Mail
-for non-local recipients waits in ``queue/hold/`` until the outbound relay component exists.
+``retry_min`` and ``retry_max``. Each message goes to local delivery first (Maildir, in the
+delivery process); when its local recipients are done and it has non-local ones, it is handed
+to the outbound side (:class:`~lanalyze.mail.delivery.outbound.OutboundQueue`), which owns the
+file until it calls back (finished, or rewritten into ``deferred/`` to retry). With
+``mail.outbound.enabled = false`` such mail waits in ``queue/hold/`` as before. A message older
+than ``mail.queue.max_lifetime`` (local failures that persist too) is handed over as well so
+its remaining recipients are bounced, and one older than ``mail.queue.delay_warning`` for its
+one delay notice: nothing is retried for ever, nothing dropped silently.
 
 Stages pass queue file paths, never message objects. At start, ``queue/incoming/`` (never
 acknowledged) is emptied and everything in ``active/`` and ``deferred/`` is resumed; a
@@ -16,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from functools import partial
 from pathlib import Path
 
 from lanalyze.log import get_logger
 from lanalyze.mail.config import QueueConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
-from lanalyze.mail.metrics import DELIVERIES
-from lanalyze.mail.queuefile import Layout
+from lanalyze.mail.delivery.outbound import OutboundQueue
+from lanalyze.mail.metrics import DELIVERIES, QUEUE_MESSAGES, QUEUE_OLDEST
+from lanalyze.mail.queuefile import MESSAGE_QUEUES, Envelope, Layout
 
 log = get_logger(__name__)
 
@@ -49,8 +57,15 @@ class QueueManager:
         delivery: MaildirDelivery,
         executor: Executor,
         record: Callable[[list[Outcome]], Awaitable[None]],
+        *,
+        outbound: OutboundQueue | None = None,
     ) -> None:
         self.config = config
+        self.outbound = outbound
+        if outbound is not None:
+            outbound.done = self._outbound_done
+        # queue id -> received_at of messages waiting for a retry (the oldest message's age)
+        self._waiting_since: dict[str, float] = {}
         self.layout = layout
         self.delivery = delivery
         self.executor = executor
@@ -75,8 +90,14 @@ class QueueManager:
             asyncio.create_task(self._worker(), name=f"mail-qmgr-{n}") for n in range(WORKERS)
         ]
         self._tasks.append(asyncio.create_task(self._scanner(), name="mail-qmgr-scan"))
+        QUEUE_OLDEST.set_function(self.oldest_age)
+        for state in MESSAGE_QUEUES:
+            directory = self.layout.q(state)
+            QUEUE_MESSAGES.labels(state).set_function(partial(_count, directory))
 
     async def stop(self) -> None:
+        if self.outbound is not None:
+            await self.outbound.stop()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -117,25 +138,77 @@ class QueueManager:
                 outcomes = []
                 for path in batch:
                     self._retry_later(path, 0)
+            handed: set[str] = set()
+            for outcome in outcomes:
+                if self._hand_over(outcome):
+                    handed.add(outcome.queue_id)
             for path in batch:
-                self._known.discard(os.path.basename(path))
+                name = os.path.basename(path)
+                if name not in handed:  # the outbound side owns it until it calls back
+                    self._known.discard(name)
             statuses = Counter(outcome.status for outcome in outcomes)
             for status, count in statuses.items():  # one labels() per status, not per message
                 DELIVERIES.labels("local", status).inc(count)
             for outcome in outcomes:
                 if outcome.status == "delivered":
                     self.delivered += 1
-                elif outcome.status == "deferred":
+                    self._waiting_since.pop(outcome.queue_id, None)
+                elif outcome.status == "deferred" and outcome.queue_id not in handed:
                     attempts = outcome.envelope.attempts if outcome.envelope else 1
                     log.warning(
                         "mail.queue.deferred",
                         extra={"queue_id": outcome.queue_id, "error": outcome.error},
                     )
+                    if outcome.envelope is not None:
+                        self._waiting_since[outcome.queue_id] = outcome.envelope.received_at
                     self._retry_later(self.layout.q("deferred") / outcome.queue_id, attempts)
+            for outcome in outcomes:
+                if outcome.status == "relay":
+                    outcome.status = "queued"  # the index's word for "still in the queue"
             try:
                 await self.record(outcomes)
             except Exception:
                 log.exception("mail.index.status_failed")
+
+    def _hand_over(self, outcome: Outcome) -> bool:
+        """Give a message to the outbound side: relay recipients left, or its time is up."""
+        if self.outbound is None or outcome.envelope is None or not outcome.path:
+            return False
+        envelope = outcome.envelope
+        if outcome.status != "relay":
+            if outcome.status != "deferred":
+                return False
+            relay = bool(envelope.relay) and self.outbound.outbound.enabled
+            if not (relay or self._due(envelope)):
+                return False
+        loaded = (envelope, outcome.message) if outcome.message is not None else None
+        outcome.message = None  # not kept with the index's batch
+        self.outbound.submit(outcome.path, loaded)
+        return True
+
+    def _due(self, envelope: Envelope) -> bool:
+        """Past the lifetime (bounce) or the delay warning (notify once)."""
+        age = time.time() - envelope.received_at
+        warning = self.config.delay_warning
+        return age > self.config.max_lifetime or (
+            bool(warning) and age > warning and not envelope.delay_warned
+        )
+
+    def _outbound_done(self, name: str, path: Path | None, attempts: int) -> None:
+        self._known.discard(name)
+        if path is None:
+            self._waiting_since.pop(name, None)
+            return
+        outbound = self.outbound
+        message = outbound.messages.get(name) if outbound is not None else None
+        if message is not None:
+            self._waiting_since[name] = message.envelope.received_at
+        self._retry_later(path, attempts)
+
+    def oldest_age(self) -> float:
+        if not self._waiting_since:
+            return 0.0
+        return max(0.0, time.time() - min(self._waiting_since.values()))
 
     def _retry_later(self, path: str | Path, attempts: int) -> None:
         name = os.path.basename(path)
@@ -168,3 +241,12 @@ def _list(directory: Path) -> list[str]:
     # scandir's d_type, not Path.is_file(): no stat per queue file on every scan.
     with os.scandir(directory) as entries:
         return sorted(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
+
+
+def _count(directory: Path) -> int:
+    """Queue files in a directory, counted when /metrics is read."""
+    try:
+        with os.scandir(directory) as entries:
+            return sum(1 for entry in entries if entry.is_file(follow_symlinks=False))
+    except OSError:
+        return 0

@@ -57,8 +57,9 @@ from lanalyze.mail.acceptors import (
     start_delivery_worker,
     stop_acceptors,
 )
+from lanalyze.mail.auth.dns import Resolver
 from lanalyze.mail.authhook import AuthHook
-from lanalyze.mail.bounce import DSNBouncer
+from lanalyze.mail.bounce import Bouncer, DSNBouncer
 from lanalyze.mail.cleanup import (
     BatchedRecorder,
     Cleanup,
@@ -69,6 +70,8 @@ from lanalyze.mail.cleanup import (
 )
 from lanalyze.mail.config import MailConfig
 from lanalyze.mail.delivery.maildir import MaildirDelivery, Outcome
+from lanalyze.mail.delivery.nexthop import NextHop
+from lanalyze.mail.delivery.outbound import OutboundQueue
 from lanalyze.mail.index import MessageIndex
 from lanalyze.mail.pickup import Pickup
 from lanalyze.mail.queue import QueueManager
@@ -137,8 +140,16 @@ class MailServer:
 
     name = "mail"
 
-    def __init__(self, config: MailConfig, general: GeneralConfig, *, role: str = "main") -> None:
+    def __init__(
+        self,
+        config: MailConfig,
+        general: GeneralConfig,
+        *,
+        role: str = "main",
+        bouncer: Bouncer | None = None,
+    ) -> None:
         self.role = role  # "main", or "acceptor": sessions and cleanup only (acceptors.py)
+        self.bouncer = bouncer  # delivery status notifications (None: results only logged)
         self.general = general
         self.config = config
         self.hostname = general.hostname
@@ -159,15 +170,16 @@ class MailServer:
         # (acceptors share the file) must not hold up the next group commit.
         self._index_pool: ThreadPoolExecutor | None = None
         self._delivery_pool: Executor | None = None
+        self._outbound_pool: ThreadPoolExecutor | None = None
         self.index: MessageIndex | None = None
         self._outcomes: BatchedRecorder[Outcome] | None = None
         self.rejections: RejectionLog | None = None
         self.committer: Committer | None = None
         self.cleanup: Cleanup | None = None
         self.queue: QueueManager | None = None
-        # Locally generated mail (DSNs, notifications) and the bouncer delivery reports to.
+        # Locally generated mail (DSNs, notifications); the bouncer is a DSNBouncer over it
+        # unless the caller gave one.
         self.pickup: Pickup | None = None
-        self.bouncer: DSNBouncer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._flagger: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
@@ -203,6 +215,21 @@ class MailServer:
         )
         self.cleanup = Cleanup(self.committer, self.directory, self.auth, self.hostname)
         if self.role == "main":
+
+            def queued(path: str) -> None:  # from pickup's caller's thread
+                queue = self.queue
+                if queue is not None:
+                    loop.call_soon_threadsafe(queue.submit, path)
+
+            self.pickup = Pickup(self.layout, self.directory, self.hostname, on_queued=queued)
+            if self.bouncer is None:
+                self.bouncer = DSNBouncer(
+                    self.config.bounce,
+                    self.pickup,
+                    self.hostname,
+                    self.directory.postmaster,
+                    lifetime=self.config.queue.max_lifetime,
+                )
             # Delivery runs in its own process: its file work and Python parts then use the
             # other core instead of contending for the GIL with the SMTP sessions.
             self._delivery_pool = ProcessPoolExecutor(
@@ -211,23 +238,28 @@ class MailServer:
                 initializer=start_delivery_worker,
                 initargs=(os.getpid(), self.config.queue.delivery_nice),
             )
+            self._outbound_pool = ThreadPoolExecutor(2, thread_name_prefix="mail-outbound")
+            auth = self.config.auth
+            resolver = Resolver(
+                auth.resolver, auth.dns_timeout, auth.dns_cache_size, auth.dns_cache_memory
+            )
+            await loop.run_in_executor(self._outbound_pool, resolver.prepare)
+            outbound = OutboundQueue(
+                self.config,
+                self.hostname,
+                self.layout,
+                NextHop(resolver),
+                self._outbound_pool,
+                record=self._record_outcomes,
+                bouncer=self.bouncer,
+            )
             self.queue = QueueManager(
                 self.config.queue,
                 self.layout,
-                MaildirDelivery(self.layout, syncer),
+                MaildirDelivery(self.layout, syncer, outbound=self.config.outbound.enabled),
                 self._delivery_pool,
                 self._record_outcomes,
-            )
-        if self.role == "main":
-            queue = self.queue
-
-            def queued(path: str) -> None:  # from pickup's caller's thread
-                if queue is not None:
-                    loop.call_soon_threadsafe(queue.submit, path)
-
-            self.pickup = Pickup(self.layout, self.directory, self.hostname, on_queued=queued)
-            self.bouncer = DSNBouncer(
-                self.config.bounce, self.pickup, self.hostname, self.directory.postmaster
+                outbound=outbound,
             )
         await self.auth.start()
         await self.committer.start()
@@ -320,10 +352,10 @@ class MailServer:
         if self.index is not None and self._index_pool is not None:
             await loop.run_in_executor(self._index_pool, self.index.close)
             self.index = None
-        for pool in (self._disk, self._index_pool, self._delivery_pool):
+        for pool in (self._disk, self._index_pool, self._delivery_pool, self._outbound_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._disk = self._index_pool = self._delivery_pool = None
+        self._disk = self._index_pool = self._delivery_pool = self._outbound_pool = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None or self.config.tls_key is None:

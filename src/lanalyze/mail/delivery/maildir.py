@@ -43,17 +43,21 @@ from lanalyze.mail.queuefile import (
 )
 
 _counter = itertools.count()
+INLINE_RELAY = 65_536  # bytes of a message handed back to the main process with its outcome
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
 @dataclass
 class Outcome:
     queue_id: str
-    status: str  # delivered | deferred | hold | corrupt
+    status: str  # delivered | deferred | hold | relay | corrupt (outbound: also bounced)
     envelope: Envelope | None = None
     error: str = ""
     delivered_to: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # copies written, relative to maildirs/
+    path: str = ""  # where the queue file is now (relay, deferred)
+    # relay: the message itself when small (INLINE_RELAY), so outbound need not read it again
+    message: bytes | None = None
 
 
 def maildir_name(size: int) -> str:
@@ -95,8 +99,13 @@ def find_delivered(maildirs: Path, relative: str) -> Path | None:
 
 
 class MaildirDelivery:
-    def __init__(self, layout: Layout, syncer: Syncer | None = None) -> None:
+    def __init__(
+        self, layout: Layout, syncer: Syncer | None = None, outbound: bool = False
+    ) -> None:
         self.layout = layout
+        # With outbound delivery on, a message whose local part is done and that has relay
+        # recipients is handed on ("relay", the file left where it is); else it is held.
+        self.outbound = outbound
         self.syncer = syncer or Syncer("fsync")
         # (mailbox, junk) -> the folder's tmp/ and new/, and new/ relative to maildirs/;
         # strings, not Paths, on the per-message path (pathlib costs tens of microseconds
@@ -145,7 +154,7 @@ class MaildirDelivery:
                 )
                 continue
             outcome = Outcome(queue_id, "delivered", envelope)
-            body = _strip(message, envelope).replace(b"\r\n", b"\n")
+            body = strip_marked(message, envelope).replace(b"\r\n", b"\n")
             head = envelope.prepend.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
             junk = envelope.action == "quarantine"
             done_mailboxes: set[str] = set()
@@ -169,7 +178,9 @@ class MaildirDelivery:
                     outcome.status = "deferred"
                     outcome.error = f"{recipient}: {exc.strerror or exc}"
             if outcome.status == "delivered" and envelope.relay:
-                outcome.status = "hold"
+                outcome.status = "relay" if self.outbound else "hold"
+                if self.outbound and len(message) <= INLINE_RELAY:
+                    outcome.message = message
             staged.append((path, envelope, len(message), outcome))
         dir_error = ""
         try:
@@ -194,12 +205,17 @@ class MaildirDelivery:
             try:
                 if outcome.status == "delivered":
                     self.recycler.release(path, length)
+                elif outcome.status == "relay":
+                    outcome.path = path
+                    if outcome.delivered_to:  # the local part changed: write it down
+                        rewrite(Path(path), Path(path), envelope, length)
                 else:
                     if outcome.status == "deferred":
                         envelope.attempts += 1
                         envelope.last_error = outcome.error
                     target = self.layout.q("hold" if outcome.status == "hold" else "deferred")
                     rewrite(Path(path), target / outcome.queue_id, envelope, length)
+                    outcome.path = str(target / outcome.queue_id)
             except OSError as exc:
                 outcomes.append(Outcome(outcome.queue_id, "deferred", envelope, str(exc)))
                 continue
@@ -229,7 +245,7 @@ class MaildirDelivery:
             os.rename(path, os.path.join(self._corrupt, os.path.basename(path)))
 
 
-def _strip(message: bytes, envelope: Envelope) -> bytes:
+def strip_marked(message: bytes, envelope: Envelope) -> bytes:
     """Remove the byte ranges the authentication check marked (forged A-R headers)."""
     ranges = envelope.extra.get("strip_ranges") or []
     if not ranges:
