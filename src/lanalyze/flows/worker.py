@@ -56,6 +56,9 @@ BATCH_GATHER_SECONDS = 0.05
 50 ms and 0.25-0.26 with 100 ms (docs/performance.md, issue 19); 50 ms of v5 at 1.5 M flows/s
 is 2,500 datagrams, a few MB of the 64 MiB receive buffer, and nothing against the 1 s flush
 interval."""
+MAX_PENDING_INTERFACES = 10_000
+"""sFlow interface counter records a worker holds between two reports (the latest per
+interface; records of further interfaces wait for the next report)."""
 GC_THRESHOLD = 50_000
 """Allocations between young-generation collections in a worker (Python's default: 700)."""
 
@@ -160,6 +163,8 @@ class FlowWorker:
         self._pending_rows = 0
         self._pending_since = 0.0
         self._templates_saved: bytes | None = None
+        # The latest sFlow counter record per (exporter, ifIndex) since the last report.
+        self._interface_counters: dict[tuple[str, int], list[int | str]] = {}
 
     # -- templates -------------------------------------------------------------------------
 
@@ -223,6 +228,20 @@ class FlowWorker:
                     log.exception("flows.decoder_bug", extra={"exporter": source})
             return 0
         self.counters.add(batch.stats, received_ms)
+        if batch.interface_counters:
+            pending = self._interface_counters
+            for item in batch.interface_counters:
+                key = (item.exporter, item.if_index)
+                if key in pending or len(pending) < MAX_PENDING_INTERFACES:
+                    pending[key] = [
+                        item.exporter,
+                        item.if_index,
+                        item.speed_bps,
+                        item.in_octets,
+                        item.out_octets,
+                        item.received_ms,
+                        item.uptime_ms,
+                    ]
         for problem in batch.problems:
             self.problems.report(problem.exporter, problem.reason)
         if batch.rows:
@@ -269,6 +288,9 @@ class FlowWorker:
                 "templates": self.decoder.template_count,
             },
         }
+        if self._interface_counters:
+            message["interface_counters"] = list(self._interface_counters.values())
+            self._interface_counters = {}
         try:
             self.reports.send((kind, message))
         except (BrokenPipeError, OSError):

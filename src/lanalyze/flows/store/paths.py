@@ -11,6 +11,7 @@
         templates/worker-<n>.bin                                 templates_dir(), template_file()
         exporters.json                                           exporters_path()
         interfaces.json                                          interfaces_path()
+        interface_counters.json                                  interface_counters_path()
 
 :func:`flow_dir` turns the general data directory into the flow directory; every other
 function takes the flow directory, as the rollup maintainer, the reports and the SNMP poller
@@ -33,6 +34,7 @@ ROLLUP = "rollup"
 TEMPLATES = "templates"
 EXPORTERS_FILE = "exporters.json"
 INTERFACES_FILE = "interfaces.json"
+INTERFACE_COUNTERS_FILE = "interface_counters.json"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -86,3 +88,8 @@ def exporters_path(flows: Path) -> Path:
 
 def interfaces_path(flows: Path) -> Path:
     return flows / INTERFACES_FILE
+
+
+def interface_counters_path(flows: Path) -> Path:
+    """Interface speeds and octet rates from sFlow counter samples (:mod:`..ifcounters`)."""
+    return flows / INTERFACE_COUNTERS_FILE
