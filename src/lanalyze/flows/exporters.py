@@ -227,7 +227,7 @@ DECODER_COUNTERS = {
     "(the rest dropped).",
     "interface_counters": "sFlow generic interface counter records decoded.",
     "interface_counters_dropped": "sFlow interface counter records dropped: more than "
-    "65536 in one receive batch.",
+    "65536 in one receive batch, or 10000 waiting in a worker between two reports.",
 }
 
 

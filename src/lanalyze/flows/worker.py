@@ -57,8 +57,9 @@ BATCH_GATHER_SECONDS = 0.05
 is 2,500 datagrams, a few MB of the 64 MiB receive buffer, and nothing against the 1 s flush
 interval."""
 MAX_PENDING_INTERFACES = 10_000
-"""sFlow interface counter records a worker holds between two reports (the latest per
-interface; records of further interfaces wait for the next report)."""
+"""sFlow interface counter records a worker holds between two reports (one a second); more
+are dropped and counted (``lanalyze_flow_interface_counters_dropped_total``). Agents send one
+per interface every 20-30 s."""
 GC_THRESHOLD = 50_000
 """Allocations between young-generation collections in a worker (Python's default: 700)."""
 
@@ -163,8 +164,9 @@ class FlowWorker:
         self._pending_rows = 0
         self._pending_since = 0.0
         self._templates_saved: bytes | None = None
-        # The latest sFlow counter record per (exporter, ifIndex) since the last report.
-        self._interface_counters: dict[tuple[str, int], list[int | str]] = {}
+        # sFlow counter records since the last report, in arrival order (the parent makes
+        # rates of consecutive ones).
+        self._interface_counters: list[list[int | str]] = []
 
     # -- templates -------------------------------------------------------------------------
 
@@ -230,18 +232,22 @@ class FlowWorker:
         self.counters.add(batch.stats, received_ms)
         if batch.interface_counters:
             pending = self._interface_counters
-            for item in batch.interface_counters:
-                key = (item.exporter, item.if_index)
-                if key in pending or len(pending) < MAX_PENDING_INTERFACES:
-                    pending[key] = [
-                        item.exporter,
-                        item.if_index,
-                        item.speed_bps,
-                        item.in_octets,
-                        item.out_octets,
-                        item.received_ms,
-                        item.uptime_ms,
-                    ]
+            room = max(0, MAX_PENDING_INTERFACES - len(pending))
+            self.decoder.counters.interface_counters_dropped += max(
+                0, len(batch.interface_counters) - room
+            )
+            pending.extend(
+                [
+                    item.exporter,
+                    item.if_index,
+                    item.speed_bps,
+                    item.in_octets,
+                    item.out_octets,
+                    item.received_ms,
+                    item.uptime_ms,
+                ]
+                for item in batch.interface_counters[:room]
+            )
         for problem in batch.problems:
             self.problems.report(problem.exporter, problem.reason)
         if batch.rows:
@@ -289,8 +295,8 @@ class FlowWorker:
             },
         }
         if self._interface_counters:
-            message["interface_counters"] = list(self._interface_counters.values())
-            self._interface_counters = {}
+            message["interface_counters"] = self._interface_counters
+            self._interface_counters = []
         try:
             self.reports.send((kind, message))
         except (BrokenPipeError, OSError):

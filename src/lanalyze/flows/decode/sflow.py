@@ -87,7 +87,7 @@ _RAW = struct.Struct(">IIII")
 _SWITCH = struct.Struct(">IIII")
 _IPV4_DATA = struct.Struct(">II4s4sIIII")
 _IPV6_DATA = struct.Struct(">II16s16sIIII")
-_GENERIC = struct.Struct(">IIQIIQIIIIIIQIIIIIII")
+_GENERIC = struct.Struct(">IIQIIQIIIIIIQIIIIII")
 
 FILLED = frozenset(
     {
