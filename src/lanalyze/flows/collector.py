@@ -304,8 +304,10 @@ class FlowCollector:
     def totals(self) -> CollectorTotals:
         with self._lock:
             reports = [dict(handle.last) for handle in self._workers] + self._retired
+            # Counter records the table refused (new interfaces beyond its bound): on the
+            # workers' metric of dropped counter records.
+            decoder: dict[str, int] = {"interface_counters_dropped": self._interfaces.dropped}
         store: dict[str, int] = {}
-        decoder: dict[str, int] = {}
         for report in reports:
             for name, value in report.get("store", {}).items():
                 store[name] = store.get(name, 0) + int(value)
