@@ -43,6 +43,7 @@ whole datagram (its earlier samples too: a datagram is kept whole or not at all)
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +78,12 @@ PROTO_ETHERNET, PROTO_IPV4, PROTO_IPV6 = 1, 11, 12
 UNKNOWN_INTERFACE = 0x3FFFFFFF
 """The ifIndex an agent sends for "not known" (spec: "the value 0x3FFFFFFF")."""
 MAPPED = b"\0" * 10 + b"\xff\xff"
+ZERO16 = bytes(16)
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 
 _U32 = struct.Struct(">I")
 _U32X2 = struct.Struct(">II")
-_FLOW = struct.Struct(">IIIIIIII")
+_FLOW_TAIL = struct.Struct(">IIIIII")
 _FLOW_EXPANDED = struct.Struct(">IIIIIIIIIII")
 _RAW = struct.Struct(">IIII")
 _SWITCH = struct.Struct(">IIII")
@@ -133,28 +135,39 @@ class DatagramHeader:
     """Flow samples beyond ``max_records`` (the decoder's per-datagram cap): skipped."""
 
 
+FIELDS = 16
+"""Integers kept per flow sample in :attr:`SflowBatch.meta` (see there)."""
+
+
 class SflowBatch:
     """The sFlow datagrams of one decoder batch: walked one by one (:meth:`walk`), then their
-    flow samples turned into catalogue columns at once (:meth:`columns`)."""
+    flow samples turned into catalogue columns at once (:meth:`columns`).
+
+    The walk copies nothing per sample: it notes where each sample's header is (which kept
+    datagram, at which offset, how long), and :meth:`columns` gathers all headers with one
+    numpy indexing of the joined datagrams."""
 
     def __init__(self, max_records: int, configured_rates: dict[bytes, int]) -> None:
         self.max_records = max_records
         self.rates = configured_rates
-        # Per flow sample: (received_ms, domain, rate, in_if, out_if, frame_length,
-        # header protocol, header length, src_vlan, dst_vlan, src_mask, dst_mask, src_as,
-        # dst_as) and, apart, the exporter, the header bytes and the two next hops.
-        self.meta: list[tuple[int, ...]] = []
-        self.exporters: list[bytes] = []
-        self.headers: list[bytes] = []
-        self.next_hops: list[bytes] = []
-        self.bgp_next_hops: list[bytes] = []
+        # Per flow sample, FIELDS integers: datagram number, chunk holding the header, its
+        # offset there, header length, header protocol, frame length, rate, in_if, out_if,
+        # domain, src_vlan, dst_vlan, src_mask, dst_mask, src_as, dst_as.
+        self.meta = array("q")
+        # Kept datagrams and synthesised headers (records 3 and 4), joined by columns().
+        self.chunks: list[bytes] = []
+        self.datagram_received: list[int] = []
+        self.datagram_exporter: list[bytes] = []
+        # (flow index, next hop, BGP next hop) of the samples that carried either.
+        self.hops: list[tuple[int, bytes, bytes]] = []
         self.counters: list[InterfaceCounters] = []
         self.counters_dropped = 0
+        self._flows = 0
         self._address16: dict[str, bytes] = {}
 
     @property
     def flows(self) -> int:
-        return len(self.meta)
+        return self._flows
 
     def exporter16(self, name: str) -> bytes:
         from lanalyze.flows.decode.state import address16
@@ -167,13 +180,22 @@ class SflowBatch:
     def walk(self, data: bytes, name: str, received_ms: int) -> DatagramHeader:
         """Reads one datagram; returns its header and what it added. Raises
         :class:`PeerDataError` (having added nothing) if it is malformed."""
-        mark = len(self.meta), len(self.counters)
+        marks = (
+            self._flows,
+            len(self.chunks),
+            len(self.datagram_received),
+            len(self.hops),
+            len(self.counters),
+        )
         try:
             return self._walk(data, name, received_ms)
         except (PeerDataError, struct.error) as exc:
-            del self.meta[mark[0] :], self.exporters[mark[0] :], self.headers[mark[0] :]
-            del self.next_hops[mark[0] :], self.bgp_next_hops[mark[0] :]
-            del self.counters[mark[1] :]
+            self._flows = marks[0]
+            del self.meta[marks[0] * FIELDS :]
+            del self.chunks[marks[1] :]
+            del self.datagram_received[marks[2] :], self.datagram_exporter[marks[2] :]
+            del self.hops[marks[3] :]
+            del self.counters[marks[4] :]
             if isinstance(exc, PeerDataError):
                 raise
             raise PeerDataError(f"truncated sFlow datagram ({len(data)} bytes)") from None
@@ -197,7 +219,13 @@ class SflowBatch:
             raise PeerDataError(f"sFlow datagram claims {samples} samples (at most {MAX_SAMPLES})")
         exporter16 = self.exporter16(name)
         configured = self.rates.get(exporter16, 1)
+        datagram = len(self.datagram_received)
+        chunk = len(self.chunks)
+        self.chunks.append(data)
+        self.datagram_received.append(received_ms)
+        self.datagram_exporter.append(exporter16)
         added = capped = 0
+        flow_sample = self._flow_sample
         for _ in range(samples):
             if pos + 8 > size:
                 raise PeerDataError(f"sFlow sample header past the end ({size} bytes)")
@@ -208,87 +236,72 @@ class SflowBatch:
                 raise PeerDataError(f"sFlow sample of {length} bytes overruns the datagram")
             if data_format in (FLOW_SAMPLE, FLOW_SAMPLE_EXPANDED):
                 if added < self.max_records:
-                    self._flow_sample(
-                        data, pos, end, data_format, received_ms, sub_agent, configured, exporter16
-                    )
+                    flow_sample(data, pos, end, data_format, datagram, chunk, sub_agent, configured)
                     added += 1
                 else:
                     capped += 1
             elif data_format in (COUNTER_SAMPLE, COUNTER_SAMPLE_EXPANDED):
                 self._counter_sample(data, pos, end, data_format, name, received_ms, uptime)
             pos = end
+        self._flows += added
         return DatagramHeader(sub_agent, sequence, uptime, samples, added, capped)
 
-    def _records(self, data: bytes, pos: int, end: int) -> list[tuple[int, int, int]]:
-        """(format, start, end) of a sample's records, all inside the sample."""
-        (count,) = _U32.unpack_from(data, pos - 4)
-        if count > MAX_RECORDS:
-            raise PeerDataError(f"sFlow sample claims {count} records (at most {MAX_RECORDS})")
-        records = []
-        for _ in range(count):
-            if pos + 8 > end:
-                raise PeerDataError("sFlow record header past the end of its sample")
-            data_format, length = _U32X2.unpack_from(data, pos)
-            pos += 8
-            if pos + length > end or length % 4:
-                raise PeerDataError(f"sFlow record of {length} bytes overruns its sample")
-            records.append((data_format, pos, pos + length))
-            pos += length
-        return records
-
-    def _flow_sample(  # noqa: PLR0917 - one sample's context
+    def _flow_sample(  # noqa: PLR0917 - one sample's context; one branch a record
         self,
         data: bytes,
         pos: int,
         end: int,
         data_format: int,
-        received_ms: int,
+        datagram: int,
+        chunk: int,
         domain: int,
         configured: int,
-        exporter16: bytes,
     ) -> None:
         if data_format == FLOW_SAMPLE:
-            if pos + _FLOW.size > end:
+            if pos + 32 > end:
                 raise PeerDataError("sFlow flow sample shorter than its fields")
-            _seq, _source, rate, _pool, _drops, in_if, out_if, _n = _FLOW.unpack_from(data, pos)
+            rate, _pool, _drops, in_if, out_if, count = _FLOW_TAIL.unpack_from(data, pos + 8)
             # Compact form: top 2 bits the format (0: one ifIndex), 30 bits the value.
-            in_if = in_if if in_if >> 30 == 0 and in_if != UNKNOWN_INTERFACE else 0
-            out_if = out_if if out_if >> 30 == 0 and out_if != UNKNOWN_INTERFACE else 0
-            pos += _FLOW.size
+            if in_if >> 30 or in_if == UNKNOWN_INTERFACE:
+                in_if = 0
+            if out_if >> 30 or out_if == UNKNOWN_INTERFACE:
+                out_if = 0
+            pos += 32
         else:
-            if pos + _FLOW_EXPANDED.size > end:
+            if pos + 44 > end:
                 raise PeerDataError("sFlow expanded flow sample shorter than its fields")
             fields = _FLOW_EXPANDED.unpack_from(data, pos)
-            rate = fields[3]
+            rate, count = fields[3], fields[10]
             in_if = fields[7] if fields[6] == 0 and fields[7] != UNKNOWN_INTERFACE else 0
             out_if = fields[9] if fields[8] == 0 and fields[9] != UNKNOWN_INTERFACE else 0
-            pos += _FLOW_EXPANDED.size
-        frame_length = protocol = header_length = 0
+            pos += 44
+        if count > MAX_RECORDS:
+            raise PeerDataError(f"sFlow sample claims {count} records (at most {MAX_RECORDS})")
+        frame_length = protocol = header_length = header_offset = 0
+        header_chunk = chunk
         src_vlan = dst_vlan = src_mask = dst_mask = src_as = dst_as = 0
-        header = b""
-        next_hop = bgp_next_hop = bytes(16)
-        for record, start, stop in self._records(data, pos, end):
-            if record == RAW_HEADER and stop - start >= 16:
+        next_hop = bgp_next_hop = None
+        have_header = False
+        for _ in range(count):
+            if pos + 8 > end:
+                raise PeerDataError("sFlow record header past the end of its sample")
+            record, length = _U32X2.unpack_from(data, pos)
+            start = pos + 8
+            pos = stop = start + length
+            if stop > end or length % 4:
+                raise PeerDataError(f"sFlow record of {length} bytes overruns its sample")
+            if record == RAW_HEADER:
+                if length < 16:
+                    continue
                 protocol, frame_length, _stripped, header_length = _RAW.unpack_from(data, start)
-                if header_length > stop - start - 16:
+                if header_length > length - 16:
                     raise PeerDataError(
                         f"sFlow header of {header_length} bytes overruns its record"
                     )
-                header = data[start + 16 : start + 16 + min(header_length, HEADER_WIDTH)]
-            elif record == IPV4_DATA and not header and stop - start >= _IPV4_DATA.size:
-                length, proto, src, dst, sport, dport, flags, tos = _IPV4_DATA.unpack_from(
-                    data, start
-                )
-                header = _ipv4_header(length, proto, src, dst, sport, dport, flags, tos)
-                protocol, frame_length, header_length = PROTO_IPV4, length, len(header)
-            elif record == IPV6_DATA and not header and stop - start >= _IPV6_DATA.size:
-                length, proto, src, dst, sport, dport, flags, prio = _IPV6_DATA.unpack_from(
-                    data, start
-                )
-                header = _ipv6_header(length, proto, src, dst, sport, dport, flags, prio)
-                protocol, frame_length, header_length = PROTO_IPV6, length, len(header)
-            elif record == EXTENDED_SWITCH and stop - start >= _SWITCH.size:
-                src_vlan, _, dst_vlan, _ = _SWITCH.unpack_from(data, start)
+                header_chunk, header_offset, have_header = chunk, start + 16, True
+            elif record == EXTENDED_SWITCH:
+                if length >= 16:
+                    src_vlan, _, dst_vlan, _ = _SWITCH.unpack_from(data, start)
             elif record == EXTENDED_ROUTER:
                 next_hop, at = _address(data, start, stop)
                 if at + 8 > stop:
@@ -296,16 +309,29 @@ class SflowBatch:
                 src_mask, dst_mask = _U32X2.unpack_from(data, at)
             elif record == EXTENDED_GATEWAY:
                 bgp_next_hop, src_as, dst_as = _gateway(data, start, stop)
-        self.meta.append(
+            elif record in (IPV4_DATA, IPV6_DATA) and not have_header:
+                synthesised = _sampled_ip(data, record, start, length)
+                if synthesised is not None:
+                    frame_length, header = synthesised
+                    protocol = PROTO_IPV4 if record == IPV4_DATA else PROTO_IPV6
+                    header_chunk, header_offset, header_length = len(self.chunks), 0, len(header)
+                    self.chunks.append(header)
+                    have_header = True
+        if next_hop is not None or bgp_next_hop is not None:
+            flow = len(self.meta) // FIELDS
+            self.hops.append((flow, next_hop or ZERO16, bgp_next_hop or ZERO16))
+        self.meta.extend(
             (
-                received_ms,
-                domain,
+                datagram,
+                header_chunk,
+                header_offset,
+                min(header_length, HEADER_WIDTH),
+                protocol,
+                frame_length,
                 rate or configured,
                 in_if,
                 out_if,
-                frame_length,
-                protocol,
-                min(header_length, len(header)),
+                domain,
                 src_vlan & 0xFFF,
                 dst_vlan & 0xFFF,
                 min(src_mask, 128),
@@ -314,10 +340,6 @@ class SflowBatch:
                 dst_as,
             )
         )
-        self.exporters.append(exporter16)
-        self.headers.append(header)
-        self.next_hops.append(next_hop)
-        self.bgp_next_hops.append(bgp_next_hop)
 
     def _counter_sample(  # noqa: PLR0917
         self,
@@ -332,8 +354,18 @@ class SflowBatch:
         pos += 12 if data_format == COUNTER_SAMPLE else 16  # seq, source id(s), record count
         if pos > end:
             raise PeerDataError("sFlow counter sample shorter than its fields")
-        for record, start, stop in self._records(data, pos, end):
-            if record != GENERIC_INTERFACE or stop - start < _GENERIC.size:
+        (count,) = _U32.unpack_from(data, pos - 4)
+        if count > MAX_RECORDS:
+            raise PeerDataError(f"sFlow sample claims {count} records (at most {MAX_RECORDS})")
+        for _ in range(count):
+            if pos + 8 > end:
+                raise PeerDataError("sFlow record header past the end of its sample")
+            record, length = _U32X2.unpack_from(data, pos)
+            start = pos + 8
+            pos = start + length
+            if pos > end or length % 4:
+                raise PeerDataError(f"sFlow record of {length} bytes overruns its sample")
+            if record != GENERIC_INTERFACE or length < _GENERIC.size:
                 continue
             fields = _GENERIC.unpack_from(data, start)
             if len(self.counters) >= MAX_COUNTERS_PER_BATCH:
@@ -353,33 +385,46 @@ class SflowBatch:
 
     def columns(self) -> dict[str, Array]:
         """The batch's flow samples as catalogue columns (numpy over all of them)."""
-        n = len(self.meta)
+        n = self._flows
         columns = new_columns(n, FILLED)
         if not n:
             return columns
-        meta = np.array(self.meta, dtype=np.int64)
-        received = meta[:, 0].astype(np.uint64)
+        meta = np.frombuffer(self.meta, dtype=np.int64).reshape(n, FIELDS)
+        datagram = meta[:, 0]
+        received = np.array(self.datagram_received, dtype=np.uint64)[datagram]
         columns["time_received"][:] = received
         columns["time_start"][:] = received
         columns["time_end"][:] = received
-        columns["exporter"][:] = np.array(self.exporters, dtype="S16")
-        columns["observation_domain"][:] = meta[:, 1]
-        columns["sampling_rate"][:] = np.maximum(meta[:, 2], 1)
-        columns["in_if"][:] = meta[:, 3]
-        columns["out_if"][:] = meta[:, 4]
+        columns["exporter"][:] = np.array(self.datagram_exporter, dtype="S16")[datagram]
+        columns["sampling_rate"][:] = np.maximum(meta[:, 6], 1)
+        columns["in_if"][:] = meta[:, 7]
+        columns["out_if"][:] = meta[:, 8]
+        columns["observation_domain"][:] = meta[:, 9]
         columns["packets"][:] = 1
         for index, name in enumerate(
-            ("src_vlan", "dst_vlan", "src_mask", "dst_mask", "src_as", "dst_as"), start=8
+            ("src_vlan", "dst_vlan", "src_mask", "dst_mask", "src_as", "dst_as"), start=10
         ):
             values = meta[:, index]
             if values.any():
                 columns[name] = values.astype(columns[name].dtype)
-        for name, hops in (("next_hop", self.next_hops), ("bgp_next_hop", self.bgp_next_hops)):
-            values = np.array(hops, dtype="S16")
-            if values.view(np.uint8).any():
-                columns[name] = values
+        if self.hops:
+            where = np.array([hop[0] for hop in self.hops], dtype=np.int64)
+            for name, position in (("next_hop", 1), ("bgp_next_hop", 2)):
+                values = np.zeros(n, dtype="S16")
+                values[where] = np.array([hop[position] for hop in self.hops], dtype="S16")
+                if values.view(np.uint8).any():
+                    columns[name] = values
+        # Every header's first HEADER_WIDTH bytes, gathered from the joined chunks at once
+        # (bytes past a header's length are its record's neighbours: never read, every
+        # field is checked against the length).
+        sizes = np.fromiter(map(len, self.chunks), dtype=np.int64, count=len(self.chunks))
+        base = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=base[1:])
+        joined = np.frombuffer(b"".join(self.chunks) + bytes(HEADER_WIDTH), dtype=np.uint8)
+        windows = np.lib.stride_tricks.sliding_window_view(joined, HEADER_WIDTH)
+        raw = windows[base[meta[:, 1]] + meta[:, 2]]
         frame_bytes = meta[:, 5]
-        ip_bytes = parse_headers(self.headers, meta[:, 6], meta[:, 7], columns)
+        ip_bytes = parse_headers(raw, meta[:, 4], meta[:, 3], columns)
         columns["bytes"][:] = np.where(frame_bytes > 0, frame_bytes, ip_bytes)
         return columns
 
@@ -422,6 +467,20 @@ def _gateway(data: bytes, pos: int, stop: int) -> tuple[bytes, int, int]:
     return next_hop, src_as, dst_as
 
 
+def _sampled_ip(data: bytes, record: int, start: int, length: int) -> tuple[int, bytes] | None:
+    """Sampled IPv4 (record 3) or IPv6 (4) data: its packet length and the header it
+    describes, for :func:`parse_headers` (None if the record is too short)."""
+    if record == IPV4_DATA:
+        if length < _IPV4_DATA.size:
+            return None
+        size, proto, src, dst, sport, dport, flags, tos = _IPV4_DATA.unpack_from(data, start)
+        return size, _ipv4_header(size, proto, src, dst, sport, dport, flags, tos)
+    if length < _IPV6_DATA.size:
+        return None
+    size, proto, src, dst, sport, dport, flags, prio = _IPV6_DATA.unpack_from(data, start)
+    return size, _ipv6_header(size, proto, src, dst, sport, dport, flags, prio)
+
+
 def _ports(proto: int, sport: int, dport: int, flags: int) -> bytes:
     # A transport header shape for parse_headers: ports, then TCP flags at offset 13.
     return struct.pack(">HH9xB", sport & 0xFFFF, dport & 0xFFFF, flags & 0xFF)
@@ -447,20 +506,16 @@ def _ipv6_header(  # noqa: PLR0917
     return head + _ports(proto, sport, dport, flags)
 
 
-def parse_headers(
-    headers: list[bytes], protocols: Array, lengths: Array, columns: dict[str, Array]
-) -> Array:
+def parse_headers(raw: Array, protocols: Array, lengths: Array, columns: dict[str, Array]) -> Array:
     """Reads the sampled headers with numpy, all at once, into ``columns``; returns each
     packet's IP length (0 where no IP header could be read).
 
-    ``protocols`` is the raw header record's header protocol (1 Ethernet, 11 IPv4, 12 IPv6),
-    ``lengths`` the bytes of each header (at most :data:`HEADER_WIDTH` of them are in
-    ``headers``). Every read is of a byte inside the header; a field whose bytes are not all
-    there stays 0."""
-    n = len(headers)
+    Row ``i`` of ``raw`` ((n, :data:`HEADER_WIDTH`) uint8) starts with header ``i``, whose
+    length is ``lengths[i]`` (at most the width) and header protocol ``protocols[i]`` (the
+    raw header record's: 1 Ethernet, 11 IPv4, 12 IPv6). Every read is of a byte inside the
+    header; a field whose bytes are not all there stays 0."""
+    n = len(raw)
     width = HEADER_WIDTH
-    raw = np.frombuffer(b"".join(h.ljust(width, b"\0") for h in headers), dtype=np.uint8)
-    raw = raw.reshape(n, width)
     size = np.minimum(lengths, width)
     rows = np.arange(n)
 
@@ -473,10 +528,10 @@ def parse_headers(
     zero = np.zeros(n, dtype=np.int64)
     eth = (protocols == PROTO_ETHERNET) & (size >= 14)
     if eth.any():
-        mac = raw[:, :12].astype(np.uint64)
-        weights = np.uint64(1) << (np.arange(40, -8, -8, dtype=np.uint64))
-        dst_mac = (mac[:, :6] * weights).sum(axis=1, dtype=np.uint64)
-        src_mac = (mac[:, 6:12] * weights).sum(axis=1, dtype=np.uint64)
+        # Each 6-byte address as the low bytes of a big-endian 64-bit integer.
+        macs = np.zeros((n, 2, 8), dtype=np.uint8)
+        macs[:, :, 2:] = raw[:, :12].reshape(n, 2, 6)
+        dst_mac, src_mac = macs.view(">u8").reshape(n, 2).astype(np.uint64).T
         columns["dst_mac"] = np.where(eth, dst_mac, 0).astype(np.uint64)
         columns["src_mac"] = np.where(eth, src_mac, 0).astype(np.uint64)
     ethertype = np.where(eth, u16(zero + 12), 0)
