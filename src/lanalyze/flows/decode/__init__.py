@@ -547,39 +547,51 @@ class _BatchRun:
             reasons.clear()
 
     def sflow(self, data: bytes, name: str, received_ms: int) -> None:
-        """One sFlow v5 datagram: its flow samples join the batch's, its counters and
-        sequence number are accounted per (exporter, sub-agent)."""
+        """One sFlow v5 datagram: kept for the batch's sFlow decode (:meth:`finish`)."""
         batch = self.sflow_batch
-        decoder = self.decoder
         if batch is None:
+            decoder = self.decoder
             batch = self.sflow_batch = SflowBatch(decoder._max_records, decoder._sampling_rates)
-        try:
-            header = batch.walk(data, name, received_ms)
-        except PeerDataError as exc:
-            self.stats_for(name, 0, sflow.STATS_VERSION).decode_errors += 1
-            self.problem(name, str(exc))
-            return
-        stats = self.stats_for(name, header.sub_agent, sflow.STATS_VERSION)
-        stats.packets += 1
-        stats.flows += header.flows
-        if header.capped:
-            stats.decode_errors += 1
-            decoder._state.counters.datagrams_capped += 1
-            self.problem(
-                name,
-                f"sFlow datagram of more than {decoder._max_records} flow samples: "
-                f"{header.capped} dropped",
-            )
-        key = (name, header.sub_agent)
-        expected = decoder._sflow_expected.get(key)
-        if expected is not None:
-            gap = (header.sequence - expected) % 2**32
-            if gap < 2**31:  # not a reordered or repeated datagram
-                stats.sequence_gaps += gap
-        elif len(decoder._sflow_expected) >= decoder._state.max_exporters * 4:
-            decoder._sflow_expected.pop(next(iter(decoder._sflow_expected)))
-        decoder._sflow_expected[key] = (header.sequence + 1) % 2**32
-        stats.last_sequence = header.sequence
+        batch.add(data, name, received_ms)
+
+    def sflow_finish(self) -> tuple[dict[str, Array] | None, list[InterfaceCounters]]:
+        """Decodes the batch's sFlow datagrams at once; counts and sequence numbers are then
+        accounted per datagram, in arrival order, per (exporter, sub-agent)."""
+        assert self.sflow_batch is not None
+        result = self.sflow_batch.decode()
+        decoder = self.decoder
+        expected_of = decoder._sflow_expected
+        for item in result.datagrams:
+            name = item.name
+            if item.problem is not None:
+                self.stats_for(name, 0, sflow.STATS_VERSION).decode_errors += 1
+                self.problem(name, item.problem)
+                continue
+            stats = self.stats_for(name, item.sub_agent, sflow.STATS_VERSION)
+            stats.packets += 1
+            stats.flows += item.flows
+            if item.capped:
+                stats.decode_errors += 1
+                decoder._state.counters.datagrams_capped += 1
+                self.problem(
+                    name,
+                    f"sFlow datagram of more than {decoder._max_records} flow samples: "
+                    f"{item.capped} dropped",
+                )
+            key = (name, item.sub_agent)
+            expected = expected_of.get(key)
+            if expected is not None:
+                gap = (item.sequence - expected) % 2**32
+                if gap < 2**31:  # not a reordered or repeated datagram
+                    stats.sequence_gaps += gap
+            elif len(expected_of) >= decoder._state.max_exporters * 4:
+                expected_of.pop(next(iter(expected_of)))
+            expected_of[key] = (item.sequence + 1) % 2**32
+            stats.last_sequence = item.sequence
+        totals = decoder._state.counters
+        totals.interface_counters += len(result.counters)
+        totals.interface_counters_dropped += result.counters_dropped
+        return result.columns, result.counters
 
     def v5(self, groups: list[V5Group], names: list[str]) -> None:
         self.parts.extend(self.decoder._decode_v5(self, groups, names))
@@ -588,12 +600,9 @@ class _BatchRun:
         parts = self.walker.finish() + self.parts
         counters: list[InterfaceCounters] = []
         if self.sflow_batch is not None:
-            if self.sflow_batch.flows:
-                parts.append((self.sflow_batch.columns(), None))
-            counters = self.sflow_batch.counters
-            totals = self.decoder._state.counters
-            totals.interface_counters += len(counters)
-            totals.interface_counters_dropped += self.sflow_batch.counters_dropped
+            sflow_columns, counters = self.sflow_finish()
+            if sflow_columns is not None:
+                parts.append((sflow_columns, None))
         columns, extra = _concatenate(parts)
         return DecodedBatch(columns, extra, list(self.stats.values()), self.problems, counters)
 

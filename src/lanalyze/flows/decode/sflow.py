@@ -42,15 +42,12 @@ whole datagram (its earlier samples too: a datagram is kept whole or not at all)
 
 from __future__ import annotations
 
-import struct
-from array import array
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.records import new_columns
 
 Array = npt.NDArray[Any]
@@ -80,16 +77,6 @@ UNKNOWN_INTERFACE = 0x3FFFFFFF
 MAPPED = b"\0" * 10 + b"\xff\xff"
 ZERO16 = bytes(16)
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
-
-_U32 = struct.Struct(">I")
-_U32X2 = struct.Struct(">II")
-_FLOW_TAIL = struct.Struct(">IIIIII")
-_FLOW_EXPANDED = struct.Struct(">IIIIIIIIIII")
-_RAW = struct.Struct(">IIII")
-_SWITCH = struct.Struct(">IIII")
-_IPV4_DATA = struct.Struct(">II4s4sIIII")
-_IPV6_DATA = struct.Struct(">II16s16sIIII")
-_GENERIC = struct.Struct(">IIQIIQIIIIIIQIIIIII")
 
 FILLED = frozenset(
     {
@@ -124,386 +111,436 @@ class InterfaceCounters:
 
 
 @dataclass
-class DatagramHeader:
-    sub_agent: int
-    sequence: int
-    uptime_ms: int
-    samples: int
-    flows: int
+class DatagramResult:
+    """What one sFlow datagram of the batch gave, in arrival order."""
+
+    name: str
+    problem: str | None
+    """Why the datagram was dropped whole (None: it was read)."""
+    sub_agent: int = 0
+    sequence: int = 0
+    flows: int = 0
     """Flow samples read (stored as flows)."""
-    capped: int
+    capped: int = 0
     """Flow samples beyond ``max_records`` (the decoder's per-datagram cap): skipped."""
 
 
-FIELDS = 16
-"""Integers kept per flow sample in :attr:`SflowBatch.meta` (see there)."""
+@dataclass
+class SflowResult:
+    datagrams: list[DatagramResult]
+    columns: dict[str, Array] | None
+    counters: list[InterfaceCounters]
+    counters_dropped: int
+
+
+# Why a datagram is dropped, by code (0: it is not).
+_REASONS = (
+    "",
+    "sFlow datagram shorter than its header",
+    "sFlow agent address type is not 1 or 2",
+    f"sFlow datagram claims more than {MAX_SAMPLES} samples",
+    "sFlow sample overruns the datagram (or its length is not a multiple of 4)",
+    "sFlow flow or counter sample shorter than its fields",
+    f"sFlow sample claims more than {MAX_RECORDS} records",
+    "sFlow record overruns its sample (or its length is not a multiple of 4)",
+    "sFlow raw packet header overruns its record",
+    "sFlow extended router record too short (or an address type not 0, 1 or 2)",
+    "sFlow extended gateway record too short (or an address type not 0, 1 or 2)",
+    f"sFlow AS path of more than {MAX_RECORDS} segments",
+    "sFlow AS path segment overruns its record",
+)
+PAD = 256
+"""Zero bytes after the joined datagrams: every read lands inside the buffer; whether it is
+inside the datagram, sample or record is checked apart."""
 
 
 class SflowBatch:
-    """The sFlow datagrams of one decoder batch: walked one by one (:meth:`walk`), then their
-    flow samples turned into catalogue columns at once (:meth:`columns`).
+    """The sFlow datagrams of one decoder batch, decoded together (:meth:`decode`).
 
-    The walk copies nothing per sample: it notes where each sample's header is (which kept
-    datagram, at which offset, how long), and :meth:`columns` gathers all headers with one
-    numpy indexing of the joined datagrams."""
+    The XDR structure is walked with numpy over all datagrams at once: one pass per sample
+    position (the first sample of every datagram, then the second, ...), then one pass per
+    record position over all samples, then each record kind read as columns. No Python runs
+    per sample or record; per datagram only to hand back its result."""
 
     def __init__(self, max_records: int, configured_rates: dict[bytes, int]) -> None:
         self.max_records = max_records
         self.rates = configured_rates
-        # Per flow sample, FIELDS integers: datagram number, chunk holding the header, its
-        # offset there, header length, header protocol, frame length, rate, in_if, out_if,
-        # domain, src_vlan, dst_vlan, src_mask, dst_mask, src_as, dst_as.
-        self.meta = array("q")
-        # Kept datagrams and synthesised headers (records 3 and 4), joined by columns().
-        self.chunks: list[bytes] = []
-        self.datagram_received: list[int] = []
-        self.datagram_exporter: list[bytes] = []
-        # (flow index, next hop, BGP next hop) of the samples that carried either.
-        self.hops: list[tuple[int, bytes, bytes]] = []
-        self.counters: list[InterfaceCounters] = []
-        self.counters_dropped = 0
-        self._flows = 0
-        self._address16: dict[str, bytes] = {}
+        self._datas: list[bytes] = []
+        self._names: list[str] = []
+        self._received: list[int] = []
 
-    @property
-    def flows(self) -> int:
-        return self._flows
+    def add(self, data: bytes, name: str, received_ms: int) -> None:
+        self._datas.append(data)
+        self._names.append(name)
+        self._received.append(received_ms)
+
+    def decode(self) -> SflowResult:
+        datas, names = self._datas, self._names
+        d = len(datas)
+        sizes = np.fromiter(map(len, datas), dtype=np.int64, count=d)
+        # Every datagram starts on a multiple of 4 in the joined buffer, so every XDR field
+        # (all 32-bit words, at offsets the walk keeps multiples of 4) is one element of a
+        # big-endian uint32 view: one gather per field.
+        padded = [data + bytes(-len(data) % 4) if len(data) % 4 else data for data in datas]
+        base = np.zeros(d, dtype=np.int64)
+        steps = (sizes + 3) // 4 * 4
+        np.cumsum(steps[:-1], out=base[1:])
+        buf = np.frombuffer(b"".join(padded) + bytes(PAD), dtype=np.uint8)
+        words = buf.view(">u4")
+        limit = len(buf) - 16
+        end = base + sizes
+        error = np.zeros(d, dtype=np.int64)
+
+        def u32(at: Array) -> Array:
+            value: Array = words[np.minimum(at, limit) >> 2].astype(np.int64)
+            return value
+
+        def u64(at: Array) -> Array:
+            return (u32(at).astype(np.uint64) << np.uint64(32)) | u32(at + 4).astype(np.uint64)
+
+        def fail(where: Array, code: int) -> None:
+            """Datagrams ``where`` (indexes, or a mask) are dropped, for the first reason."""
+            hit = np.zeros(d, dtype=bool)
+            hit[where] = True
+            error[hit & (error == 0)] = code
+
+        # -- datagram headers
+        address_type = u32(base + 4)
+        head = np.where(address_type == 1, 28, 40)
+        fail(sizes < 28, 1)
+        fail((address_type != 1) & (address_type != 2), 2)
+        fail(sizes < head, 1)
+        sub_agent = u32(base + head - 16)
+        sequence = u32(base + head - 12)
+        uptime = u32(base + head - 8)
+        samples = u32(base + head - 4)
+        fail(samples > MAX_SAMPLES, 3)
+
+        # -- samples: one pass per sample position over all datagrams
+        pos = base + head
+        left = np.where(error == 0, samples, 0)
+        found: list[tuple[Array, Array, Array, Array]] = []
+        active = np.flatnonzero(left > 0)
+        while len(active):
+            at = pos[active]
+            data_format = u32(at)
+            length = u32(at + 4)
+            bad = (at + 8 > end[active]) | (at + 8 + length > end[active]) | (length % 4 != 0)
+            if bad.any():
+                fail(active[bad], 4)
+                active, at, data_format, length = (
+                    a[~bad] for a in (active, at, data_format, length)
+                )
+            found.append((active, data_format, at + 8, at + 8 + length))
+            pos[active] = at + 8 + length
+            left[active] -= 1
+            active = active[left[active] > 0]
+        if found:
+            s_dgram, s_format, s_start, s_stop = (
+                np.concatenate(f) for f in zip(*found, strict=True)
+            )
+            order = np.argsort(s_dgram, kind="stable")  # per datagram, in sample order
+            s_dgram, s_format, s_start, s_stop = (
+                a[order] for a in (s_dgram, s_format, s_start, s_stop)
+            )
+        else:
+            s_dgram = s_format = s_start = s_stop = np.zeros(0, dtype=np.int64)
+
+        # -- flow samples beyond the per-datagram cap are skipped unread
+        is_flow = (s_format == FLOW_SAMPLE) | (s_format == FLOW_SAMPLE_EXPANDED)
+        flow_rank = np.zeros(len(s_dgram), dtype=np.int64)
+        if is_flow.any():
+            flow_dgram = s_dgram[is_flow]
+            first = np.searchsorted(flow_dgram, flow_dgram, side="left")
+            flow_rank[is_flow] = np.arange(len(flow_dgram)) - first
+        capped_mask = is_flow & (flow_rank >= self.max_records)
+        capped = np.bincount(s_dgram[capped_mask], minlength=d)
+        is_flow &= ~capped_mask
+        is_counter = (s_format == COUNTER_SAMPLE) | (s_format == COUNTER_SAMPLE_EXPANDED)
+
+        # -- flow and counter sample fields
+        keep = np.flatnonzero(is_flow | is_counter)
+        k_dgram, k_format, k_start, k_stop = (a[keep] for a in (s_dgram, s_format, s_start, s_stop))
+        compact = k_format == FLOW_SAMPLE
+        expanded = k_format == FLOW_SAMPLE_EXPANDED
+        counter = ~(compact | expanded)
+        fields = np.select(
+            [compact, expanded, k_format == COUNTER_SAMPLE], [32, 44, 12], default=16
+        )
+        short = k_start + fields > k_stop
+        fail(k_dgram[short], 5)
+        records = u32(k_start + fields - 4)
+        fail(k_dgram[records > MAX_RECORDS], 6)
+        rate = np.where(compact, u32(k_start + 8), u32(k_start + 12))
+        in_if = np.where(compact, u32(k_start + 20), u32(k_start + 28))
+        out_if = np.where(compact, u32(k_start + 24), u32(k_start + 36))
+        # Compact form: top 2 bits the format (0: one ifIndex); expanded: a format word.
+        in_ok = np.where(compact, in_if >> 30 == 0, u32(k_start + 24) == 0)
+        out_ok = np.where(compact, out_if >> 30 == 0, u32(k_start + 32) == 0)
+        in_if = np.where(in_ok & (in_if != UNKNOWN_INTERFACE), in_if, 0)
+        out_if = np.where(out_ok & (out_if != UNKNOWN_INTERFACE), out_if, 0)
+
+        # -- records: one pass per record position over all samples
+        pos = k_start + fields
+        left = np.where(short | (records > MAX_RECORDS), 0, records)
+        found = []
+        active = np.flatnonzero(left > 0)
+        while len(active):
+            at = pos[active]
+            kind = u32(at)
+            length = u32(at + 4)
+            stop = k_stop[active]
+            bad = (at + 8 > stop) | (at + 8 + length > stop) | (length % 4 != 0)
+            if bad.any():
+                fail(k_dgram[active[bad]], 7)
+                active, at, kind, length = (a[~bad] for a in (active, at, kind, length))
+            found.append((active, kind, at + 8, length))
+            pos[active] = at + 8 + length
+            left[active] -= 1
+            active = active[left[active] > 0]
+        if found:
+            r_sample, r_kind, r_start, r_length = (
+                np.concatenate(f) for f in zip(*found, strict=True)
+            )
+            order = np.argsort(r_sample, kind="stable")
+            r_sample, r_kind, r_start, r_length = (
+                a[order] for a in (r_sample, r_kind, r_start, r_length)
+            )
+        else:
+            r_sample = r_kind = r_start = r_length = np.zeros(0, dtype=np.int64)
+        r_counter = counter[r_sample]
+        r_dgram = k_dgram[r_sample]
+
+        def last(mask: Array) -> tuple[Array, Array]:
+            """The last record per sample among ``mask``: (its sample, its index)."""
+            where = np.flatnonzero(mask)
+            samples_of = r_sample[where]
+            if not len(where):
+                return samples_of, where
+            is_last = np.r_[samples_of[1:] != samples_of[:-1], True]
+            return samples_of[is_last], where[is_last]
+
+        n_k = len(keep)
+        # Raw packet header (the last one of a sample).
+        raw_mask = ~r_counter & (r_kind == RAW_HEADER) & (r_length >= 16)
+        every = np.flatnonzero(raw_mask)
+        fail(r_dgram[every][u32(r_start[every] + 12) > r_length[every] - 16], 8)
+        hdr_sample, hdr_record = last(raw_mask)
+        at = r_start[hdr_record]
+        header_length = u32(at + 12)
+        protocol = np.zeros(n_k, dtype=np.int64)
+        frame_length = np.zeros(n_k, dtype=np.int64)
+        h_length = np.zeros(n_k, dtype=np.int64)
+        h_offset = np.zeros(n_k, dtype=np.int64)
+        protocol[hdr_sample] = u32(at)
+        frame_length[hdr_sample] = u32(at + 4)
+        h_length[hdr_sample] = np.minimum(header_length, HEADER_WIDTH)
+        h_offset[hdr_sample] = at + 16
+        has_header = np.zeros(n_k, dtype=bool)
+        has_header[hdr_sample] = True
+        # Sampled IPv4 / IPv6 data, for samples without a header: the header they describe.
+        synthetic: list[tuple[Array, Array]] = []
+        for data_kind, size in ((IPV4_DATA, 32), (IPV6_DATA, 56)):
+            data_sample, data_record = last(~r_counter & (r_kind == data_kind) & (r_length >= size))
+            use = ~has_header[data_sample]
+            data_sample, data_record = data_sample[use], data_record[use]
+            if not len(data_sample):
+                continue
+            at = r_start[data_record]
+            frame_length[data_sample] = u32(at)
+            protocol[data_sample] = PROTO_IPV4 if data_kind == IPV4_DATA else PROTO_IPV6
+            rows = np.zeros((len(at), HEADER_WIDTH), dtype=np.uint8)
+            proto, sport, dport = u32(at + 4), u32(at + size - 16), u32(at + size - 12)
+            flags, tos = u32(at + size - 8), u32(at + size - 4)
+            if data_kind == IPV4_DATA:
+                total = np.minimum(u32(at), 0xFFFF)
+                rows[:, 0], rows[:, 1] = 0x45, tos & 0xFF
+                rows[:, 2], rows[:, 3] = total >> 8, total & 0xFF
+                rows[:, 9] = proto & 0xFF
+                rows[:, 12:20] = buf[at[:, None] + 8 + np.arange(8)]
+                transport = 20
+            else:
+                payload = np.clip(u32(at) - 40, 0, 0xFFFF)
+                rows[:, 0] = 0x60 | ((tos >> 4) & 0x0F)
+                rows[:, 1] = (tos & 0x0F) << 4
+                rows[:, 4], rows[:, 5] = payload >> 8, payload & 0xFF
+                rows[:, 6] = proto & 0xFF
+                rows[:, 8:40] = buf[at[:, None] + 8 + np.arange(32)]
+                transport = 40
+            rows[:, transport], rows[:, transport + 1] = (sport >> 8) & 0xFF, sport & 0xFF
+            rows[:, transport + 2], rows[:, transport + 3] = (dport >> 8) & 0xFF, dport & 0xFF
+            rows[:, transport + 13] = flags & 0xFF
+            h_length[data_sample] = transport + 14
+            has_header[data_sample] = True
+            synthetic.append((data_sample, rows))
+        # Extended switch: VLANs.
+        src_vlan = np.zeros(n_k, dtype=np.int64)
+        dst_vlan = np.zeros(n_k, dtype=np.int64)
+        sw_sample, sw_record = last(~r_counter & (r_kind == EXTENDED_SWITCH) & (r_length >= 16))
+        src_vlan[sw_sample] = u32(r_start[sw_record]) & 0xFFF
+        dst_vlan[sw_sample] = u32(r_start[sw_record] + 8) & 0xFFF
+        # Extended router: next hop and masks; extended gateway: BGP next hop and ASes.
+        next_hop = np.zeros((n_k, 16), dtype=np.uint8)
+        bgp_next_hop = np.zeros((n_k, 16), dtype=np.uint8)
+        src_mask = np.zeros(n_k, dtype=np.int64)
+        dst_mask = np.zeros(n_k, dtype=np.int64)
+        src_as = np.zeros(n_k, dtype=np.int64)
+        dst_as = np.zeros(n_k, dtype=np.int64)
+
+        def address(kind: int, target: Array, code: int, after: int) -> tuple[Array, Array, Array]:
+            """Every ``kind`` record must hold an address (type 0, 1 or 2) and ``after``
+            bytes after it, or its datagram is dropped; the last one of each sample's goes
+            into ``target``. Returns (sample, offset of what follows the address)."""
+            mask = ~r_counter & (r_kind == kind)
+            every = np.flatnonzero(mask)
+            family = u32(r_start[every])
+            offset = np.select([family == 1, family == 2, family == 0], [8, 20, 4], default=-1)
+            bad = (offset < 0) | (offset + after > r_length[every])
+            fail(r_dgram[every[bad]], code)
+            record_offset = np.zeros(len(r_kind), dtype=np.int64)
+            record_offset[every] = offset
+            sample_of, record = last(mask)
+            offset = record_offset[record]
+            at = r_start[record]
+            usable = offset >= 0
+            sample_of, record, at, offset = (a[usable] for a in (sample_of, record, at, offset))
+            v4 = offset == 8
+            v6 = offset == 20
+            target[sample_of[v4], 10:12] = 0xFF
+            target[sample_of[v4], 12:] = buf[at[v4, None] + 4 + np.arange(4)]
+            target[sample_of[v6]] = buf[at[v6, None] + 4 + np.arange(16)]
+            return sample_of, record, at + offset
+
+        rt_sample, _, rt_after = address(EXTENDED_ROUTER, next_hop, 9, 8)
+        src_mask[rt_sample] = np.minimum(u32(rt_after), 128)
+        dst_mask[rt_sample] = np.minimum(u32(rt_after + 4), 128)
+        gw_sample, gw_record, gw_after = address(EXTENDED_GATEWAY, bgp_next_hop, 10, 16)
+        src_as[gw_sample] = u32(gw_after + 4)
+        segments = u32(gw_after + 12)
+        gw_dgram = k_dgram[gw_sample]
+        gw_stop = r_start[gw_record] + r_length[gw_record]
+        fail(gw_dgram[segments > MAX_RECORDS], 11)
+        # The AS path (of a sample's last gateway record), one pass per segment position:
+        # the destination AS is the path's last AS (its origin; 0 for an empty path, where
+        # the router's own AS is the destination).
+        pos = gw_after + 16
+        left = np.where(segments > MAX_RECORDS, 0, segments)
+        active = np.flatnonzero(left > 0)
+        while len(active):
+            at = pos[active]
+            count = u32(at + 4)
+            room = (gw_stop[active] - at - 8) // 4
+            bad = (at + 8 > gw_stop[active]) | (count > room)
+            if bad.any():
+                fail(gw_dgram[active[bad]], 12)
+                active, at, count = active[~bad], at[~bad], count[~bad]
+            some = count > 0
+            dst_as[gw_sample[active[some]]] = u32(at[some] + 8 + 4 * (count[some] - 1))
+            pos[active] = at + 8 + 4 * count
+            left[active] -= 1
+            active = active[left[active] > 0]
+
+        # -- which datagrams are kept, and their flows
+        ok = error == 0
+        flow_keep = np.flatnonzero(~counter & ok[k_dgram])
+        n = len(flow_keep)
+        flows = np.bincount(k_dgram[flow_keep], minlength=d)
+        columns: dict[str, Array] | None = None
+        if n:
+            columns = new_columns(n, FILLED)
+            dgram = k_dgram[flow_keep]
+            received = np.array(self._received, dtype=np.uint64)[dgram]
+            columns["time_received"][:] = received
+            columns["time_start"][:] = received
+            columns["time_end"][:] = received
+            known = {name: self.exporter16(name) for name in dict.fromkeys(names)}
+            exporter16 = [known[name] for name in names]
+            configured = np.array([self.rates.get(e, 1) for e in exporter16], dtype=np.int64)
+            columns["exporter"][:] = np.array(exporter16, dtype="S16")[dgram]
+            sample_rate = rate[flow_keep]
+            columns["sampling_rate"][:] = np.where(sample_rate > 0, sample_rate, configured[dgram])
+            columns["in_if"][:] = in_if[flow_keep]
+            columns["out_if"][:] = out_if[flow_keep]
+            columns["observation_domain"][:] = sub_agent[dgram]
+            columns["packets"][:] = 1
+            for name, values in (
+                ("src_vlan", src_vlan),
+                ("dst_vlan", dst_vlan),
+                ("src_mask", src_mask),
+                ("dst_mask", dst_mask),
+                ("src_as", src_as),
+                ("dst_as", dst_as),
+            ):
+                if values.any():
+                    columns[name] = values[flow_keep].astype(columns[name].dtype)
+            for name, hops in (("next_hop", next_hop), ("bgp_next_hop", bgp_next_hop)):
+                if hops.any():
+                    columns[name] = np.ascontiguousarray(hops[flow_keep]).view("S16").reshape(n)
+            # Every header's first HEADER_WIDTH bytes with one gather from the joined
+            # datagrams (bytes past a header's length are never read: every field is checked
+            # against the length), the synthesised ones put in their rows.
+            windows = np.lib.stride_tricks.sliding_window_view(buf, HEADER_WIDTH)
+            raw = windows[np.minimum(h_offset, len(buf) - HEADER_WIDTH)]
+            for sample_of, rows in synthetic:
+                raw[sample_of] = rows
+            raw = raw[flow_keep]
+            ip_bytes = parse_headers(raw, protocol[flow_keep], h_length[flow_keep], columns)
+            frame = frame_length[flow_keep]
+            columns["bytes"][:] = np.where(frame > 0, frame, ip_bytes)
+
+        # -- interface counters (few: a record per interface every 20-30 s)
+        counters: list[InterfaceCounters] = []
+        dropped = 0
+        generic = np.flatnonzero(
+            r_counter & (r_kind == GENERIC_INTERFACE) & (r_length >= 88) & ok[r_dgram]
+        )
+        if len(generic):
+            at = r_start[generic]
+            owner = r_dgram[generic]
+            dropped = max(0, len(generic) - MAX_COUNTERS_PER_BATCH)
+            read = zip(
+                owner.tolist(),
+                u32(at).tolist(),
+                u64(at + 8).tolist(),
+                u64(at + 24).tolist(),
+                u64(at + 56).tolist(),
+                strict=True,
+            )
+            for dgram_index, if_index, speed, in_octets, out_octets in read:
+                if len(counters) >= MAX_COUNTERS_PER_BATCH:
+                    break
+                counters.append(
+                    InterfaceCounters(
+                        names[dgram_index],
+                        if_index,
+                        speed,
+                        in_octets,
+                        out_octets,
+                        self._received[dgram_index],
+                        int(uptime[dgram_index]),
+                    )
+                )
+
+        results = [
+            DatagramResult(name, _REASONS[code] if code else None)
+            if code
+            else DatagramResult(name, None, agent, number, count, over)
+            for name, code, agent, number, count, over in zip(
+                names,
+                error.tolist(),
+                sub_agent.tolist(),
+                sequence.tolist(),
+                flows.tolist(),
+                capped.tolist(),
+                strict=True,
+            )
+        ]
+        return SflowResult(results, columns, counters, dropped)
 
     def exporter16(self, name: str) -> bytes:
         from lanalyze.flows.decode.state import address16
 
-        value = self._address16.get(name)
-        if value is None:
-            value = self._address16[name] = address16(name)
-        return value
-
-    def walk(self, data: bytes, name: str, received_ms: int) -> DatagramHeader:
-        """Reads one datagram; returns its header and what it added. Raises
-        :class:`PeerDataError` (having added nothing) if it is malformed."""
-        marks = (
-            self._flows,
-            len(self.chunks),
-            len(self.datagram_received),
-            len(self.hops),
-            len(self.counters),
-        )
-        try:
-            return self._walk(data, name, received_ms)
-        except (PeerDataError, struct.error) as exc:
-            self._flows = marks[0]
-            del self.meta[marks[0] * FIELDS :]
-            del self.chunks[marks[1] :]
-            del self.datagram_received[marks[2] :], self.datagram_exporter[marks[2] :]
-            del self.hops[marks[3] :]
-            del self.counters[marks[4] :]
-            if isinstance(exc, PeerDataError):
-                raise
-            raise PeerDataError(f"truncated sFlow datagram ({len(data)} bytes)") from None
-
-    def _walk(self, data: bytes, name: str, received_ms: int) -> DatagramHeader:
-        size = len(data)
-        if size < 28:
-            raise PeerDataError(f"sFlow datagram of {size} bytes is shorter than its header")
-        version, address_type = _U32X2.unpack_from(data, 0)
-        if version != VERSION:
-            raise PeerDataError(f"sFlow version {version} is not 5")
-        if address_type == 1:
-            pos = 12
-        elif address_type == 2:
-            pos = 24
-        else:
-            raise PeerDataError(f"sFlow agent address type {address_type} is not 1 or 2")
-        sub_agent, sequence, uptime, samples = struct.unpack_from(">IIII", data, pos)
-        pos += 16
-        if samples > MAX_SAMPLES:
-            raise PeerDataError(f"sFlow datagram claims {samples} samples (at most {MAX_SAMPLES})")
-        exporter16 = self.exporter16(name)
-        configured = self.rates.get(exporter16, 1)
-        datagram = len(self.datagram_received)
-        chunk = len(self.chunks)
-        self.chunks.append(data)
-        self.datagram_received.append(received_ms)
-        self.datagram_exporter.append(exporter16)
-        added = capped = 0
-        flow_sample = self._flow_sample
-        for _ in range(samples):
-            if pos + 8 > size:
-                raise PeerDataError(f"sFlow sample header past the end ({size} bytes)")
-            data_format, length = _U32X2.unpack_from(data, pos)
-            pos += 8
-            end = pos + length
-            if end > size or length % 4:
-                raise PeerDataError(f"sFlow sample of {length} bytes overruns the datagram")
-            if data_format in (FLOW_SAMPLE, FLOW_SAMPLE_EXPANDED):
-                if added < self.max_records:
-                    flow_sample(data, pos, end, data_format, datagram, chunk, sub_agent, configured)
-                    added += 1
-                else:
-                    capped += 1
-            elif data_format in (COUNTER_SAMPLE, COUNTER_SAMPLE_EXPANDED):
-                self._counter_sample(data, pos, end, data_format, name, received_ms, uptime)
-            pos = end
-        self._flows += added
-        return DatagramHeader(sub_agent, sequence, uptime, samples, added, capped)
-
-    def _flow_sample(  # noqa: PLR0917 - one sample's context; one branch a record
-        self,
-        data: bytes,
-        pos: int,
-        end: int,
-        data_format: int,
-        datagram: int,
-        chunk: int,
-        domain: int,
-        configured: int,
-    ) -> None:
-        if data_format == FLOW_SAMPLE:
-            if pos + 32 > end:
-                raise PeerDataError("sFlow flow sample shorter than its fields")
-            rate, _pool, _drops, in_if, out_if, count = _FLOW_TAIL.unpack_from(data, pos + 8)
-            # Compact form: top 2 bits the format (0: one ifIndex), 30 bits the value.
-            if in_if >> 30 or in_if == UNKNOWN_INTERFACE:
-                in_if = 0
-            if out_if >> 30 or out_if == UNKNOWN_INTERFACE:
-                out_if = 0
-            pos += 32
-        else:
-            if pos + 44 > end:
-                raise PeerDataError("sFlow expanded flow sample shorter than its fields")
-            fields = _FLOW_EXPANDED.unpack_from(data, pos)
-            rate, count = fields[3], fields[10]
-            in_if = fields[7] if fields[6] == 0 and fields[7] != UNKNOWN_INTERFACE else 0
-            out_if = fields[9] if fields[8] == 0 and fields[9] != UNKNOWN_INTERFACE else 0
-            pos += 44
-        if count > MAX_RECORDS:
-            raise PeerDataError(f"sFlow sample claims {count} records (at most {MAX_RECORDS})")
-        frame_length = protocol = header_length = header_offset = 0
-        header_chunk = chunk
-        src_vlan = dst_vlan = src_mask = dst_mask = src_as = dst_as = 0
-        next_hop = bgp_next_hop = None
-        have_header = False
-        for _ in range(count):
-            if pos + 8 > end:
-                raise PeerDataError("sFlow record header past the end of its sample")
-            record, length = _U32X2.unpack_from(data, pos)
-            start = pos + 8
-            pos = stop = start + length
-            if stop > end or length % 4:
-                raise PeerDataError(f"sFlow record of {length} bytes overruns its sample")
-            if record == RAW_HEADER:
-                if length < 16:
-                    continue
-                protocol, frame_length, _stripped, header_length = _RAW.unpack_from(data, start)
-                if header_length > length - 16:
-                    raise PeerDataError(
-                        f"sFlow header of {header_length} bytes overruns its record"
-                    )
-                header_chunk, header_offset, have_header = chunk, start + 16, True
-            elif record == EXTENDED_SWITCH:
-                if length >= 16:
-                    src_vlan, _, dst_vlan, _ = _SWITCH.unpack_from(data, start)
-            elif record == EXTENDED_ROUTER:
-                next_hop, at = _address(data, start, stop)
-                if at + 8 > stop:
-                    raise PeerDataError("sFlow extended router record too short")
-                src_mask, dst_mask = _U32X2.unpack_from(data, at)
-            elif record == EXTENDED_GATEWAY:
-                bgp_next_hop, src_as, dst_as = _gateway(data, start, stop)
-            elif record in (IPV4_DATA, IPV6_DATA) and not have_header:
-                synthesised = _sampled_ip(data, record, start, length)
-                if synthesised is not None:
-                    frame_length, header = synthesised
-                    protocol = PROTO_IPV4 if record == IPV4_DATA else PROTO_IPV6
-                    header_chunk, header_offset, header_length = len(self.chunks), 0, len(header)
-                    self.chunks.append(header)
-                    have_header = True
-        if next_hop is not None or bgp_next_hop is not None:
-            flow = len(self.meta) // FIELDS
-            self.hops.append((flow, next_hop or ZERO16, bgp_next_hop or ZERO16))
-        self.meta.extend(
-            (
-                datagram,
-                header_chunk,
-                header_offset,
-                min(header_length, HEADER_WIDTH),
-                protocol,
-                frame_length,
-                rate or configured,
-                in_if,
-                out_if,
-                domain,
-                src_vlan & 0xFFF,
-                dst_vlan & 0xFFF,
-                min(src_mask, 128),
-                min(dst_mask, 128),
-                src_as,
-                dst_as,
-            )
-        )
-
-    def _counter_sample(  # noqa: PLR0917
-        self,
-        data: bytes,
-        pos: int,
-        end: int,
-        data_format: int,
-        name: str,
-        received_ms: int,
-        uptime: int,
-    ) -> None:
-        pos += 12 if data_format == COUNTER_SAMPLE else 16  # seq, source id(s), record count
-        if pos > end:
-            raise PeerDataError("sFlow counter sample shorter than its fields")
-        (count,) = _U32.unpack_from(data, pos - 4)
-        if count > MAX_RECORDS:
-            raise PeerDataError(f"sFlow sample claims {count} records (at most {MAX_RECORDS})")
-        for _ in range(count):
-            if pos + 8 > end:
-                raise PeerDataError("sFlow record header past the end of its sample")
-            record, length = _U32X2.unpack_from(data, pos)
-            start = pos + 8
-            pos = start + length
-            if pos > end or length % 4:
-                raise PeerDataError(f"sFlow record of {length} bytes overruns its sample")
-            if record != GENERIC_INTERFACE or length < _GENERIC.size:
-                continue
-            fields = _GENERIC.unpack_from(data, start)
-            if len(self.counters) >= MAX_COUNTERS_PER_BATCH:
-                self.counters_dropped += 1
-                continue
-            self.counters.append(
-                InterfaceCounters(
-                    exporter=name,
-                    if_index=fields[0],
-                    speed_bps=fields[2],
-                    in_octets=fields[5],
-                    out_octets=fields[12],
-                    received_ms=received_ms,
-                    uptime_ms=uptime,
-                )
-            )
-
-    def columns(self) -> dict[str, Array]:
-        """The batch's flow samples as catalogue columns (numpy over all of them)."""
-        n = self._flows
-        columns = new_columns(n, FILLED)
-        if not n:
-            return columns
-        meta = np.frombuffer(self.meta, dtype=np.int64).reshape(n, FIELDS)
-        datagram = meta[:, 0]
-        received = np.array(self.datagram_received, dtype=np.uint64)[datagram]
-        columns["time_received"][:] = received
-        columns["time_start"][:] = received
-        columns["time_end"][:] = received
-        columns["exporter"][:] = np.array(self.datagram_exporter, dtype="S16")[datagram]
-        columns["sampling_rate"][:] = np.maximum(meta[:, 6], 1)
-        columns["in_if"][:] = meta[:, 7]
-        columns["out_if"][:] = meta[:, 8]
-        columns["observation_domain"][:] = meta[:, 9]
-        columns["packets"][:] = 1
-        for index, name in enumerate(
-            ("src_vlan", "dst_vlan", "src_mask", "dst_mask", "src_as", "dst_as"), start=10
-        ):
-            values = meta[:, index]
-            if values.any():
-                columns[name] = values.astype(columns[name].dtype)
-        if self.hops:
-            where = np.array([hop[0] for hop in self.hops], dtype=np.int64)
-            for name, position in (("next_hop", 1), ("bgp_next_hop", 2)):
-                values = np.zeros(n, dtype="S16")
-                values[where] = np.array([hop[position] for hop in self.hops], dtype="S16")
-                if values.view(np.uint8).any():
-                    columns[name] = values
-        # Every header's first HEADER_WIDTH bytes, gathered from the joined chunks at once
-        # (bytes past a header's length are its record's neighbours: never read, every
-        # field is checked against the length).
-        sizes = np.fromiter(map(len, self.chunks), dtype=np.int64, count=len(self.chunks))
-        base = np.zeros(len(sizes), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=base[1:])
-        joined = np.frombuffer(b"".join(self.chunks) + bytes(HEADER_WIDTH), dtype=np.uint8)
-        windows = np.lib.stride_tricks.sliding_window_view(joined, HEADER_WIDTH)
-        raw = windows[base[meta[:, 1]] + meta[:, 2]]
-        frame_bytes = meta[:, 5]
-        ip_bytes = parse_headers(raw, meta[:, 4], meta[:, 3], columns)
-        columns["bytes"][:] = np.where(frame_bytes > 0, frame_bytes, ip_bytes)
-        return columns
-
-
-def _address(data: bytes, pos: int, stop: int) -> tuple[bytes, int]:
-    """An sFlow ``address`` (type, then 4 or 16 bytes) as 16 bytes; and where it ends."""
-    if pos + 4 > stop:
-        raise PeerDataError("sFlow address past the end of its record")
-    (kind,) = _U32.unpack_from(data, pos)
-    if kind == 1 and pos + 8 <= stop:
-        return MAPPED + data[pos + 4 : pos + 8], pos + 8
-    if kind == 2 and pos + 20 <= stop:
-        return data[pos + 4 : pos + 20], pos + 20
-    if kind == 0:
-        return bytes(16), pos + 4
-    raise PeerDataError(f"sFlow address of type {kind} does not fit its record")
-
-
-def _gateway(data: bytes, pos: int, stop: int) -> tuple[bytes, int, int]:
-    """Extended gateway: BGP next hop, source AS, and the destination AS (the last AS of the
-    AS path: its origin; 0 when the path is empty, the destination being the router's AS)."""
-    next_hop, pos = _address(data, pos, stop)
-    if pos + 16 > stop:
-        raise PeerDataError("sFlow extended gateway record too short")
-    _own_as, src_as, _peer_as, segments = struct.unpack_from(">IIII", data, pos)
-    pos += 16
-    if segments > MAX_RECORDS:
-        raise PeerDataError(f"sFlow AS path of {segments} segments (at most {MAX_RECORDS})")
-    dst_as = 0
-    for _ in range(segments):
-        if pos + 8 > stop:
-            raise PeerDataError("sFlow AS path segment past the end of its record")
-        _kind, length = _U32X2.unpack_from(data, pos)
-        pos += 8
-        if length > (stop - pos) // 4:
-            raise PeerDataError(f"sFlow AS path segment of {length} ASes overruns its record")
-        if length:
-            (dst_as,) = _U32.unpack_from(data, pos + 4 * (length - 1))
-        pos += 4 * length
-    return next_hop, src_as, dst_as
-
-
-def _sampled_ip(data: bytes, record: int, start: int, length: int) -> tuple[int, bytes] | None:
-    """Sampled IPv4 (record 3) or IPv6 (4) data: its packet length and the header it
-    describes, for :func:`parse_headers` (None if the record is too short)."""
-    if record == IPV4_DATA:
-        if length < _IPV4_DATA.size:
-            return None
-        size, proto, src, dst, sport, dport, flags, tos = _IPV4_DATA.unpack_from(data, start)
-        return size, _ipv4_header(size, proto, src, dst, sport, dport, flags, tos)
-    if length < _IPV6_DATA.size:
-        return None
-    size, proto, src, dst, sport, dport, flags, prio = _IPV6_DATA.unpack_from(data, start)
-    return size, _ipv6_header(size, proto, src, dst, sport, dport, flags, prio)
-
-
-def _ports(proto: int, sport: int, dport: int, flags: int) -> bytes:
-    # A transport header shape for parse_headers: ports, then TCP flags at offset 13.
-    return struct.pack(">HH9xB", sport & 0xFFFF, dport & 0xFFFF, flags & 0xFF)
-
-
-def _ipv4_header(  # noqa: PLR0917 - the record's fields
-    length: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int, flags: int, tos: int
-) -> bytes:
-    """Sampled IPv4 data (record 3) as the IPv4 header it describes, for :func:`parse_headers`."""
-    head = struct.pack(
-        ">BBH4xBB2x4s4s", 0x45, tos & 0xFF, length & 0xFFFF, 64, proto & 0xFF, src, dst
-    )
-    return head + _ports(proto, sport, dport, flags)
-
-
-def _ipv6_header(  # noqa: PLR0917
-    length: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int, flags: int, prio: int
-) -> bytes:
-    """Sampled IPv6 data (record 4) as the IPv6 header it describes."""
-    first = (6 << 28) | ((prio & 0xFF) << 20)
-    payload = max(0, min(length - 40, 0xFFFF))
-    head = struct.pack(">IHBB16s16s", first, payload, proto & 0xFF, 64, src, dst)
-    return head + _ports(proto, sport, dport, flags)
+        return address16(name)
 
 
 def parse_headers(raw: Array, protocols: Array, lengths: Array, columns: dict[str, Array]) -> Array:
