@@ -13,8 +13,8 @@ structured dtype and every data set of a batch that uses it is read with one ``n
 and converted column by column; v5 (and v7) datagrams of one length are stacked and read the
 same way.
 Python runs per datagram (header, set walk), never per record, except for option records and
-the documented variable-length path (:mod:`.templates`), and per sFlow sample (the XDR walk;
-the packet headers are read with numpy, :mod:`.sflow`); on the collector's path
+the documented variable-length path (:mod:`.templates`); sFlow is walked with numpy over
+all of a batch's datagrams (:mod:`.sflow`); on the collector's path
 (:meth:`FlowDecoder.decode_rows`) not even per datagram for v5 and for the common v9/IPFIX
 datagram, data sets of known fixed-length templates only (:mod:`.bulk`).
 

@@ -26,18 +26,27 @@ scale it like sampled NetFlow. sFlow carries no flow times: start and end are th
 datagram was received. The observation domain is the sub-agent id; sequence gaps count lost
 datagrams per (exporter, sub-agent).
 
-How it runs: the structure (samples, records, variable lengths) is walked in Python with
-``struct`` per sample, which is unavoidable for XDR with per-sample record lists; everything
-per packet header (Ethernet, VLAN, IP, transport) is read with numpy over all samples of the
-batch at once, from a fixed-width array of the first :data:`HEADER_WIDTH` bytes of each header.
-The per-sample walk costs about a microsecond of one core (docs/performance.md).
+When a sample has several records of one kind, its last one counts; a raw header wins over
+sampled IPv4/IPv6 data. Flow samples beyond the decoder's ``max_records_per_datagram`` in a
+datagram are skipped unread and the datagram counted.
 
-Trust: the bytes are the agent's. Every length is checked against what remains before it is
-read, sample and record counts are capped (:data:`MAX_SAMPLES`, :data:`MAX_RECORDS`, the
-decoder's ``max_records_per_datagram``), a header is read at most :data:`HEADER_WIDTH` bytes
-deep and every header field is bounds-checked against the header's length. A malformed
-datagram raises :class:`~.errors.PeerDataError` from :meth:`SflowBatch.walk`, which drops the
-whole datagram (its earlier samples too: a datagram is kept whole or not at all).
+How it runs: vectorised like the NetFlow path, over all sFlow datagrams of a batch at once
+(:meth:`SflowBatch.decode`). The datagrams are joined, each starting on a multiple of 4, so
+every XDR word is one element of a big-endian ``uint32`` view; the samples are walked with
+one numpy pass per sample position (every datagram's first sample, then every second one,
+...), the records with one pass per record position over all samples, the AS paths with one
+pass per segment position; each record kind is then read as columns, and every packet
+header (Ethernet, VLAN tags, IPv4/IPv6, transport) from one fixed-width array of each
+header's first :data:`HEADER_WIDTH` bytes, gathered at once. No Python runs per sample or
+record; per datagram only to hand back its counts (docs/performance.md).
+
+Trust: the bytes are the agent's. Every length is checked against what remains of its
+datagram, sample or record before anything inside it is used, sample and record counts are
+capped (:data:`MAX_SAMPLES`, :data:`MAX_RECORDS`), a header is read at most
+:data:`HEADER_WIDTH` bytes deep and every header field is bounds-checked against the header's
+length; every read of the joined buffer is clamped inside it. A malformed datagram is dropped
+whole (its good samples too: a datagram is kept whole or not at all), with the reason
+(:class:`DatagramResult`) the decoder counts and logs as the exporter's decode error.
 """
 
 from __future__ import annotations
@@ -480,10 +489,13 @@ class SflowBatch:
             # datagrams (bytes past a header's length are never read: every field is checked
             # against the length), the synthesised ones put in their rows.
             windows = np.lib.stride_tricks.sliding_window_view(buf, HEADER_WIDTH)
-            raw = windows[np.minimum(h_offset, len(buf) - HEADER_WIDTH)]
-            for sample_of, rows in synthetic:
-                raw[sample_of] = rows
-            raw = raw[flow_keep]
+            raw = windows[np.minimum(h_offset[flow_keep], len(buf) - HEADER_WIDTH)]
+            if synthetic:
+                row_of = np.full(n_k, -1, dtype=np.int64)
+                row_of[flow_keep] = np.arange(n)
+                for sample_of, rows in synthetic:
+                    target = row_of[sample_of]
+                    raw[target[target >= 0]] = rows[target >= 0]
             ip_bytes = parse_headers(raw, protocol[flow_keep], h_length[flow_keep], columns)
             frame = frame_length[flow_keep]
             columns["bytes"][:] = np.where(frame > 0, frame, ip_bytes)
@@ -554,10 +566,11 @@ def parse_headers(raw: Array, protocols: Array, lengths: Array, columns: dict[st
     n = len(raw)
     width = HEADER_WIDTH
     size = np.minimum(lengths, width)
-    rows = np.arange(n)
+    flat = raw.reshape(-1)
+    row_start = np.arange(n) * width
 
     def byte(at: Array) -> Array:
-        return raw[rows, np.minimum(at, width - 1)].astype(np.int64)
+        return flat[row_start + np.minimum(at, width - 1)].astype(np.int64)
 
     def u16(at: Array) -> Array:
         return (byte(at) << 8) | byte(at + 1)
