@@ -389,3 +389,9 @@ def test_short_headers_give_fewer_columns_never_garbage(width: int) -> None:
     assert row["src_vlan"] == (5 if width >= 18 else 0)
     assert row["src_port"] == 0  # the transport header is cut off in every case
     assert np.all(batch.columns["tcp_flags"] == 0)
+
+
+def test_sflow_port_is_listened_on_by_default() -> None:
+    from lanalyze.flows.config import FlowsConfig
+
+    assert FlowsConfig().listen == ["127.0.0.1:2055", "127.0.0.1:6343"]
