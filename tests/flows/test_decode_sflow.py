@@ -290,7 +290,10 @@ def test_interface_counter_rates_and_speeds_reach_the_interface_reports(tmp_path
     table.update([[EXPORTER, 3, 10**9, 1000, 2000, NOW, 50_000]])
     # 10 s later: 12.5 MB in (10 Mb/s), the out counter reset (agent restart): no out rate.
     table.update([[EXPORTER, 3, 10**9, 1000 + 12_500_000, 2000 + 25_000_000, NOW + 10_000, 60_000]])
-    table.update([[EXPORTER, 4, 10**8, 0, 0, NOW, 1], ["192.0.2.9", 1, 10**8, 0, 0, NOW, 1]])
+    # Named as the reports name exporters (a dual-stack socket gives IPv4-mapped sources).
+    table.update(
+        [["::ffff:" + EXPORTER, 4, 10**8, 0, 0, NOW, 1], ["192.0.2.9", 1, 10**8, 0, 0, NOW, 1]]
+    )
     assert (len(table), table.dropped) == (2, 1)
     data = table.to_json()
     assert data[EXPORTER]["3"]["in_bps"] == 10_000_000.0

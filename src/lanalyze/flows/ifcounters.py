@@ -21,6 +21,8 @@ out_bps, updated_ms}}}`` (``in_bps``/``out_bps`` null until two records were see
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,17 @@ MAX_INTERFACES = 100_000
 Row = Sequence[int | str]
 """As a worker reports a record: [exporter, ifIndex, speed_bps, in_octets, out_octets,
 received_ms, uptime_ms]."""
+
+
+@functools.lru_cache(maxsize=4096)
+def exporter_name(source: str) -> str:
+    """An exporter as the reports name it: IPv4 (also when IPv4-mapped, as a dual-stack
+    socket gives it) as a dotted quad; anything unparsable as given."""
+    try:
+        address = ipaddress.ip_address(source.split("%", 1)[0])
+    except ValueError:
+        return source
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 @dataclass
@@ -67,7 +80,7 @@ class InterfaceCounterTable:
         entries = self._entries
         for row in rows:
             exporter, index, speed, in_octets, out_octets, received, uptime = row
-            key = (str(exporter), int(index))
+            key = (exporter_name(str(exporter)), int(index))
             previous = entries.get(key)
             entry = _Entry(int(speed), int(in_octets), int(out_octets), int(received), int(uptime))
             if previous is None:
