@@ -83,8 +83,6 @@ PROTO_ETHERNET, PROTO_IPV4, PROTO_IPV6 = 1, 11, 12
 
 UNKNOWN_INTERFACE = 0x3FFFFFFF
 """The ifIndex an agent sends for "not known" (spec: "the value 0x3FFFFFFF")."""
-MAPPED = b"\0" * 10 + b"\xff\xff"
-ZERO16 = bytes(16)
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 
 FILLED = frozenset(
