@@ -9,7 +9,9 @@ interpreter's GIL, and one exporter always lands on the same worker, where its t
 The parent does no per-flow work. A thread per worker reads its counter reports; the parent
 merges them, adds the kernel's receive-drop counters of our sockets, serves them on
 ``/metrics`` (:class:`~lanalyze.flows.exporters.FlowMetrics`) and rewrites
-``<data_dir>/flows/exporters.json`` every few seconds for ``lanalyze flows exporters``.
+``<data_dir>/flows/exporters.json`` every few seconds for ``lanalyze flows exporters``, and
+with it ``interface_counters.json`` from the workers' sFlow counter records
+(:mod:`lanalyze.flows.ifcounters`).
 
 ``stop()`` asks every worker to store what it holds and waits for it; a worker that does not
 finish in time is terminated (SIGTERM, which also flushes) and then killed.
@@ -35,8 +37,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from lanalyze import metrics
 from lanalyze.configbase import per_core
 from lanalyze.errors import StartError
+from lanalyze.flows import ifcounters
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapshots
+from lanalyze.flows.ifcounters import InterfaceCounterTable
 from lanalyze.flows.receive import bound_address, kernel_drops, open_udp, socket_inode
 from lanalyze.flows.store.paths import flow_dir, make_flow_dir
 from lanalyze.flows.worker import WorkerSpec, worker_main
@@ -102,6 +106,7 @@ class FlowCollector:
         self._retired: list[dict[str, Any]] = []
         self._respawns = 0
         self._upkeep: ClickHouseMaintainer | None = None
+        self._interfaces = InterfaceCounterTable()
 
     @property
     def clickhouse(self) -> bool:
@@ -231,6 +236,8 @@ class FlowCollector:
                 handle.ready.set()
                 break
             with self._lock:
+                if isinstance(message, dict):
+                    self._interfaces.update(message.pop("interface_counters", ()))
                 handle.last = message
             handle.ready.set()
         handle.ready.set()
@@ -354,8 +361,10 @@ class FlowCollector:
     def totals(self) -> CollectorTotals:
         with self._lock:
             reports = [dict(handle.last) for handle in self._workers] + self._retired
+            # Counter records the table refused (new interfaces beyond its bound): on the
+            # workers' metric of dropped counter records.
+            decoder: dict[str, int] = {"interface_counters_dropped": self._interfaces.dropped}
         store: dict[str, int] = {}
-        decoder: dict[str, int] = {}
         for report in reports:
             for name, value in report.get("store", {}).items():
                 store[name] = store.get(name, 0) + int(value)
@@ -385,6 +394,14 @@ class FlowCollector:
             self.totals().write(self.data_dir)
         except OSError as exc:
             log.error("flows.exporters_write_failed", extra={"error": str(exc)})
+        with self._lock:
+            snapshot = self._interfaces.snapshot()
+        if snapshot is not None:
+            try:
+                ifcounters.write(flow_dir(self.data_dir), snapshot)
+            except OSError as exc:
+                self._interfaces.changed = True  # written again next time
+                log.error("flows.interface_counters_write_failed", extra={"error": str(exc)})
 
     async def _write_exporters_periodically(self) -> None:
         while True:

@@ -299,9 +299,10 @@ class StoreConfig(Section):
 class FlowsConfig(Section):
     enabled: bool = Field(default=True, description="Run the flow collector in `lanalyze serve`.")
     listen: ListenAddresses = Field(
-        default_factory=lambda: ["127.0.0.1:2055"],
-        description="UDP addresses to receive NetFlow v5/v9 and IPFIX on (4739 and 9995 are "
-        "also common).",
+        default_factory=lambda: ["127.0.0.1:2055", "127.0.0.1:6343"],
+        description="UDP addresses to receive NetFlow v5/v7/v9, IPFIX and sFlow v5 on (4739 "
+        "and 9995 are also common); every address takes every protocol, told apart per "
+        "datagram.",
     )
     receive_buffer: int = Field(
         default=64 * 1024 * 1024,

@@ -273,6 +273,9 @@ DECODER_COUNTERS = {
     "datagrams_not_allowed": "Datagrams dropped unread: source outside flows.exporters_allowed.",
     "datagrams_capped": "Datagrams with more records than flows.max_records_per_datagram "
     "(the rest dropped).",
+    "interface_counters": "sFlow generic interface counter records decoded.",
+    "interface_counters_dropped": "sFlow interface counter records dropped: more than "
+    "65536 in one receive batch, or 10000 waiting in a worker between two reports.",
 }
 
 

@@ -64,6 +64,10 @@ BATCH_GATHER_SECONDS = 0.05
 50 ms and 0.25-0.26 with 100 ms (docs/performance.md, issue 19); 50 ms of v5 at 1.5 M flows/s
 is 2,500 datagrams, a few MB of the 64 MiB receive buffer, and nothing against the 1 s flush
 interval."""
+MAX_PENDING_INTERFACES = 10_000
+"""sFlow interface counter records a worker holds between two reports (one a second); more
+are dropped and counted (``lanalyze_flow_interface_counters_dropped_total``). Agents send one
+per interface every 20-30 s."""
 GC_THRESHOLD = 50_000
 """Allocations between young-generation collections in a worker (Python's default: 700)."""
 
@@ -180,6 +184,9 @@ class FlowWorker:
         self._pending_rows = 0
         self._pending_since = 0.0
         self._templates_saved: bytes | None = None
+        # sFlow counter records since the last report, in arrival order (the parent makes
+        # rates of consecutive ones).
+        self._interface_counters: list[list[int | str]] = []
 
     # -- templates -------------------------------------------------------------------------
 
@@ -243,6 +250,24 @@ class FlowWorker:
                     log.exception("flows.decoder_bug", extra={"exporter": source})
             return 0
         self.counters.add(batch.stats, received_ms)
+        if batch.interface_counters:
+            pending = self._interface_counters
+            room = max(0, MAX_PENDING_INTERFACES - len(pending))
+            self.decoder.counters.interface_counters_dropped += max(
+                0, len(batch.interface_counters) - room
+            )
+            pending.extend(
+                [
+                    item.exporter,
+                    item.if_index,
+                    item.speed_bps,
+                    item.in_octets,
+                    item.out_octets,
+                    item.received_ms,
+                    item.uptime_ms,
+                ]
+                for item in batch.interface_counters[:room]
+            )
         for problem in batch.problems:
             self.problems.report(problem.exporter, problem.reason)
         if batch.rows:
@@ -289,6 +314,9 @@ class FlowWorker:
                 "templates": self.decoder.template_count,
             },
         }
+        if self._interface_counters:
+            message["interface_counters"] = self._interface_counters
+            self._interface_counters = []
         try:
             self.reports.send((kind, message))
         except (BrokenPipeError, OSError):

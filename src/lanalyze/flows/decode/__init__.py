@@ -1,4 +1,5 @@
-"""Sans-IO, vectorised decoders for NetFlow v5/v7, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011).
+"""Sans-IO, vectorised decoders for NetFlow v5/v7, NetFlow v9 (RFC 3954), IPFIX (RFC 7011) and
+sFlow v5 (:mod:`.sflow`).
 
 Datagram bytes + exporter address + receive time in (:class:`Packet`), a columnar batch in the
 catalogue's layout out (:class:`DecodedBatch`); no sockets, no clock, no asyncio. One
@@ -12,9 +13,14 @@ structured dtype and every data set of a batch that uses it is read with one ``n
 and converted column by column; v5 (and v7) datagrams of one length are stacked and read the
 same way.
 Python runs per datagram (header, set walk), never per record, except for option records and
-the documented variable-length path (:mod:`.templates`); on the collector's path
+the documented variable-length path (:mod:`.templates`); sFlow is walked with numpy over
+all of a batch's datagrams (:mod:`.sflow`); on the collector's path
 (:meth:`FlowDecoder.decode_rows`) not even per datagram for v5 and for the common v9/IPFIX
 datagram, data sets of known fixed-length templates only (:mod:`.bulk`).
+
+Which decoder reads a datagram is decided per datagram, so one listen address may receive
+every kind: sFlow v5 starts with the 32-bit word 5 (``00 00 00 05``), NetFlow with a 16-bit
+version (``00 05``, ``00 07``, ``00 09``, ``00 0a``).
 
 Trust: all bytes are the exporter's. Bad bytes never raise out of :meth:`FlowDecoder.decode`:
 they are counted as ``decode_errors`` of the exporter, described in a :class:`DecodeProblem`,
@@ -35,10 +41,11 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from lanalyze.flows import catalogue
-from lanalyze.flows.decode import v5
+from lanalyze.flows.decode import sflow, v5
 from lanalyze.flows.decode.bulk import BulkRows
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.memory import keep_freed_memory
+from lanalyze.flows.decode.sflow import InterfaceCounters, SflowBatch
 from lanalyze.flows.decode.state import DecoderCounters, DecoderState, ExporterState, address16
 from lanalyze.flows.decode.templated import TemplatedWalker
 
@@ -48,6 +55,7 @@ __all__ = [
     "DecoderCounters",
     "ExporterStats",
     "FlowDecoder",
+    "InterfaceCounters",
     "Packet",
     "PeerDataError",
 ]
@@ -108,6 +116,8 @@ class DecodedBatch:
     """The catalogue ``extra`` column (JSON), or None when no record has any."""
     stats: list[ExporterStats]
     problems: list[DecodeProblem] = field(default_factory=list)
+    interface_counters: list[InterfaceCounters] = field(default_factory=list)
+    """sFlow generic interface counter records of the batch, in arrival order."""
 
     @property
     def rows(self) -> int:
@@ -158,6 +168,8 @@ class FlowDecoder:
         }
         # v5 sequence tracking: (exporter, engine) -> next expected flow_sequence.
         self._v5_expected: dict[tuple[str, int], int] = {}
+        # sFlow: (exporter, sub-agent) -> next expected datagram sequence number.
+        self._sflow_expected: dict[tuple[str, int], int] = {}
 
     def decode(self, packets: Sequence[Packet]) -> DecodedBatch:
         run = _BatchRun(self)
@@ -424,6 +436,8 @@ class FlowDecoder:
 
 
 NOT_ALLOWED = "source not in flows.exporters_allowed: datagram dropped"
+SFLOW_MAGIC = b"\0\0\0\x05"
+"""The first word of an sFlow v5 datagram (NetFlow's versions are 16-bit: ``00 05`` ...)."""
 
 
 def _mapped_network(text: str) -> ipaddress.IPv6Network:
@@ -472,6 +486,7 @@ class _BatchRun:
         self.walker = TemplatedWalker(decoder._state, self.stats_for, decoder._max_records)
         self.reasons: list[str] = []
         self.parts: list[tuple[dict[str, Array], list[str | None] | None]] = []
+        self.sflow_batch: SflowBatch | None = None
 
     def problem(self, exporter: str, reason: str) -> None:
         if len(self.problems) < MAX_PROBLEMS_PER_BATCH:
@@ -504,6 +519,9 @@ class _BatchRun:
             self.stats_for(name, 0, 0).decode_errors += 1
             self.problem(name, f"datagram of {size} bytes is too short for any NetFlow header")
             return
+        if data[:4] == SFLOW_MAGIC:
+            self.sflow(data if isinstance(data, bytes) else bytes(data), name, received_ms)
+            return
         version = (data[0] << 8) | data[1]
         if version in v5.RECORD_LENGTHS:
             return  # a truncated v5/v7 datagram, counted by is_v5
@@ -528,13 +546,65 @@ class _BatchRun:
                 self.problem(name, reason)
             reasons.clear()
 
+    def sflow(self, data: bytes, name: str, received_ms: int) -> None:
+        """One sFlow v5 datagram: kept for the batch's sFlow decode (:meth:`finish`)."""
+        batch = self.sflow_batch
+        if batch is None:
+            decoder = self.decoder
+            batch = self.sflow_batch = SflowBatch(decoder._max_records, decoder._sampling_rates)
+        batch.add(data, name, received_ms)
+
+    def sflow_finish(self) -> tuple[dict[str, Array] | None, list[InterfaceCounters]]:
+        """Decodes the batch's sFlow datagrams at once; counts and sequence numbers are then
+        accounted per datagram, in arrival order, per (exporter, sub-agent)."""
+        assert self.sflow_batch is not None
+        result = self.sflow_batch.decode()
+        decoder = self.decoder
+        expected_of = decoder._sflow_expected
+        for item in result.datagrams:
+            name = item.name
+            if item.problem is not None:
+                self.stats_for(name, 0, sflow.STATS_VERSION).decode_errors += 1
+                self.problem(name, item.problem)
+                continue
+            stats = self.stats_for(name, item.sub_agent, sflow.STATS_VERSION)
+            stats.packets += 1
+            stats.flows += item.flows
+            if item.capped:
+                stats.decode_errors += 1
+                decoder._state.counters.datagrams_capped += 1
+                self.problem(
+                    name,
+                    f"sFlow datagram of more than {decoder._max_records} flow samples: "
+                    f"{item.capped} dropped",
+                )
+            key = (name, item.sub_agent)
+            expected = expected_of.get(key)
+            if expected is not None:
+                gap = (item.sequence - expected) % 2**32
+                if gap < 2**31:  # not a reordered or repeated datagram
+                    stats.sequence_gaps += gap
+            elif len(expected_of) >= decoder._state.max_exporters * 4:
+                expected_of.pop(next(iter(expected_of)))
+            expected_of[key] = (item.sequence + 1) % 2**32
+            stats.last_sequence = item.sequence
+        totals = decoder._state.counters
+        totals.interface_counters += len(result.counters)
+        totals.interface_counters_dropped += result.counters_dropped
+        return result.columns, result.counters
+
     def v5(self, groups: list[V5Group], names: list[str]) -> None:
         self.parts.extend(self.decoder._decode_v5(self, groups, names))
 
     def finish(self) -> DecodedBatch:
         parts = self.walker.finish() + self.parts
+        counters: list[InterfaceCounters] = []
+        if self.sflow_batch is not None:
+            sflow_columns, counters = self.sflow_finish()
+            if sflow_columns is not None:
+                parts.append((sflow_columns, None))
         columns, extra = _concatenate(parts)
-        return DecodedBatch(columns, extra, list(self.stats.values()), self.problems)
+        return DecodedBatch(columns, extra, list(self.stats.values()), self.problems, counters)
 
 
 def _concatenate(

@@ -61,6 +61,10 @@ class DecoderCounters:
     """Templates dropped to make room (bytes or ``max_templates_per_exporter``)."""
     exporters_evicted: int = 0
     """Exporters forgotten whole (``max_exporters``, or their state alone over the budget)."""
+    interface_counters: int = 0
+    """sFlow generic interface counter records decoded."""
+    interface_counters_dropped: int = 0
+    """sFlow interface counter records over the per-batch bound (:mod:`.sflow`)."""
 
 
 def address16(exporter: str) -> bytes:

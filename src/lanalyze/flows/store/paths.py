@@ -12,6 +12,7 @@
         spool/worker-<n>/<seq>-<batch id>.arrow                  spool_dir() (ClickHouse backend)
         exporters.json                                           exporters_path()
         interfaces.json                                          interfaces_path()
+        interface_counters.json                                  interface_counters_path()
 
 :func:`flow_dir` turns the general data directory into the flow directory; every other
 function takes the flow directory, as the rollup maintainer, the reports and the SNMP poller
@@ -35,6 +36,7 @@ TEMPLATES = "templates"
 SPOOL = "spool"
 EXPORTERS_FILE = "exporters.json"
 INTERFACES_FILE = "interfaces.json"
+INTERFACE_COUNTERS_FILE = "interface_counters.json"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -93,3 +95,8 @@ def interfaces_path(flows: Path) -> Path:
 def spool_dir(flows: Path, worker: int) -> Path:
     """Batches one worker could not insert into ClickHouse yet (flows.store.spool_max_bytes)."""
     return flows / SPOOL / f"worker-{worker}"
+
+
+def interface_counters_path(flows: Path) -> Path:
+    """Interface speeds and octet rates from sFlow counter samples (:mod:`..ifcounters`)."""
+    return flows / INTERFACE_COUNTERS_FILE
