@@ -2,9 +2,10 @@
 
 Every dimension column of the catalogue (:func:`lanalyze.flows.catalogue.dimensions`) is a
 dimension under its name and aliases (``src_addr``, ``srcip``, ...). On top of those come the
-derived ones: either-side (``ip``, ``port``, ``as``, ``if``: a flow counts once under each
-side, like ``nfdump -s ip``), ``app``, ``proto``, ``conversation`` (address pair, both
-directions together), ``conversation-ports``, ``dscp``, ``flags`` and subnet rollups
+derived ones: either-side (``ip``, ``port``, ``as``, ``if``, and the enrichment names
+``country``, ``asname``, ``netname``, ``netrole``, ``ifname``, ``ifboundary``: a flow counts
+once under each side, like ``nfdump -s ip``), ``app``, ``proto``, ``conversation`` (address
+pair, both directions together), ``conversation-ports``, ``dscp``, ``flags`` and subnet rollups
 (``srcnet/24``, ``dstnet/48``, ``net/16``; one length applies to IPv4 addresses as at most /32
 and to IPv6 as given, ``srcnet/24/48`` gives both).
 
@@ -94,6 +95,11 @@ def _int(values: tuple[object, ...]) -> object:
     return values[0]
 
 
+def _text(values: tuple[object, ...]) -> object:
+    """An enrichment name (:mod:`lanalyze.flows.enrich`); unknown (null) shows as ""."""
+    return values[0] if values[0] is not None else ""
+
+
 def _ip(values: tuple[object, ...]) -> object:
     return format_ip(values[0])
 
@@ -120,6 +126,8 @@ def _catalogue_dimensions() -> dict[str, Dimension]:
 
             def render(values: tuple[object, ...]) -> object:
                 return format_mac(int(values[0]))  # type: ignore[call-overload]
+        elif column.kind == "str":
+            render = _text
         else:
             render = _int
         for name in (column.name, *column.aliases):
@@ -162,6 +170,13 @@ def _derived() -> dict[str, Dimension]:
         "port": _either("port", ("src_port", "dst_port"), _int),
         "as": _either("as", ("src_as", "dst_as"), _int),
         "if": _either("if", ("in_if", "out_if"), _int),
+        # Enrichment names, either side (a flow counts under its source's and destination's).
+        "country": _either("country", ("src_country", "dst_country"), _text),
+        "asname": _either("asname", ("src_as_name", "dst_as_name"), _text),
+        "netname": _either("netname", ("src_net_name", "dst_net_name"), _text),
+        "netrole": _either("netrole", ("src_net_role", "dst_net_role"), _text),
+        "ifname": _either("ifname", ("in_if_name", "out_if_name"), _text),
+        "ifboundary": _either("ifboundary", ("in_if_boundary", "out_if_boundary"), _text),
         "inif": _single("inif", "in_if", _int),
         "outif": _single("outif", "out_if", _int),
         "proto": _single("proto", "protocol", _proto),
@@ -250,7 +265,10 @@ def parse_dimensions(text: str) -> list[Dimension]:
         raise DimensionError("at most 8 dimensions")
     dims = [dimension(name) for name in names]
     if sum(d.either for d in dims) > 1:
-        raise DimensionError("at most one either-side dimension (ip, port, as, if, net/N)")
+        raise DimensionError(
+            "at most one either-side dimension (ip, port, as, if, country, asname, netname, "
+            "netrole, ifname, ifboundary, net/N)"
+        )
     return dims
 
 

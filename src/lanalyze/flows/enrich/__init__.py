@@ -1,0 +1,381 @@
+"""Enrichment at ingest: country, AS, network, exporter, interface and application names.
+
+The collector's workers (and ``flows import``) pass each decoded batch through one
+:class:`Enricher` before it is stored, so the names are kept with the flows, in rollups and
+history, as they were when the flow arrived. Parts:
+
+* :mod:`.geoip`: country and AS number/organisation of source and destination from
+  MaxMind-format files; the AS number the exporter sent (NetFlow v9 / IPFIX IE 16/17) wins
+  when it is not 0, unless ``flows.enrich.as_source = "geoip"``;
+* :mod:`.networks`: names and roles of configured networks, longest prefix wins;
+* exporter names and interface classification (name, boundary, provider) from rules,
+  falling back to the interface names the SNMP poller wrote (``interfaces.json``);
+* application names: the application id (IE 95, RFC 6759: classification engine and
+  selector) named by ``flows.enrich.applications``, engine 3 (IANA L4 ports) by the port
+  table; without an id, the port table of :mod:`lanalyze.flows.query.apps`.
+
+No Python runs per flow: every part works on the batch's *distinct* keys (addresses,
+exporter+ifIndex pairs, application keys) found with ``np.unique`` and spreads the answers
+back with the inverse index into Arrow string columns (``take``). Unknown is null.
+
+Trust: flow values are the exporter's (untrusted) and only used as lookup keys; names come
+from the configuration, the administrator's databases and the SNMP file, all bounded in
+length (:mod:`.config`, :mod:`.geoip`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from lanalyze.flows.enrich.config import EnrichConfig, InterfaceRule, NetworkAttributes
+from lanalyze.flows.enrich.geoip import GeoIP
+from lanalyze.flows.enrich.networks import NetworkTable
+from lanalyze.log import RateLimiter, get_logger
+
+log = get_logger(__name__)
+
+LABEL_COLUMNS = (
+    "src_country",
+    "dst_country",
+    "src_as_name",
+    "dst_as_name",
+    "src_net_name",
+    "dst_net_name",
+    "src_net_role",
+    "dst_net_role",
+    "exporter_name",
+    "in_if_name",
+    "out_if_name",
+    "in_if_boundary",
+    "out_if_boundary",
+    "in_if_provider",
+    "out_if_provider",
+    "app_name",
+)
+"""The catalogue's string columns this package fills (``str`` kind, null when unknown)."""
+
+MAX_INTERFACE_CACHE = 65536
+"""(exporter, ifIndex) classifications kept per worker (~300 bytes each); emptied when full."""
+
+Labels = dict[str, pa.Array]
+
+
+@dataclass
+class EnrichCounters:
+    """What enrichment did in this process (sent to the parent with the worker's counters)."""
+
+    batches: int = 0
+    flows: int = 0
+    geo_lookups: int = 0
+    geo_cache_hits: int = 0
+    database_reloads: int = 0
+    database_failures: int = 0
+    interface_rules_matched: int = 0
+
+
+def _mapped(key: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    packed = key.ljust(16, b"\x00")
+    if packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return ipaddress.IPv4Address(packed[12:])
+    return ipaddress.IPv6Address(packed)
+
+
+def unique_addresses(
+    addresses: npt.NDArray[Any],
+) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.intp]]:
+    """Distinct 16-byte addresses and the inverse index. All-IPv4 batches (the upper 8 bytes
+    zero) sort one uint64 per flow instead of 16-byte strings: several times faster."""
+    flat = np.ascontiguousarray(addresses).view(">u8").reshape(-1, 2)
+    if len(flat) and not flat[:, 0].any():
+        low, inverse = np.unique(flat[:, 1].astype(np.uint64), return_inverse=True)
+        unique = np.zeros((len(low), 2), dtype=">u8")
+        unique[:, 1] = low
+        return unique.view("S16").reshape(-1), inverse.reshape(-1)
+    unique_s, inverse = np.unique(np.asarray(addresses, dtype="S16"), return_inverse=True)
+    return unique_s, inverse.reshape(-1)
+
+
+def _spread(values: list[str | None], index: npt.NDArray[Any]) -> pa.Array:
+    """``values[index]`` as an Arrow string column (C++ ``take``; None values are null)."""
+    return pa.array(values, pa.string()).take(pa.array(index))
+
+
+def _nulls(rows: int) -> pa.Array:
+    return pa.nulls(rows, pa.string())
+
+
+@dataclass(frozen=True)
+class _Interface:
+    name: str | None
+    boundary: str | None
+    provider: str | None
+
+
+@dataclass
+class _Rules:
+    exporters: list[tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], str]]
+    interfaces: list[tuple[InterfaceRule, list[Any], re.Pattern[str] | None]] = field(
+        default_factory=list
+    )
+
+
+def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list[Any]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+class Enricher:
+    """Adds the enrichment columns to decoded batches. One per worker (not thread-safe)."""
+
+    def __init__(
+        self,
+        config: EnrichConfig,
+        networks: Mapping[str, NetworkAttributes],
+        flow_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.flow_dir = flow_dir
+        self.geoip = GeoIP(
+            config.geoip_country, config.geoip_asn, config.reload_interval, config.cache_memory
+        )
+        self.networks = NetworkTable(networks)
+        self.rules = _Rules(
+            [([ipaddress.ip_network(m) for m in r.match], r.name) for r in config.exporters],
+            [
+                (
+                    rule,
+                    [ipaddress.ip_network(n) for n in rule.exporter],
+                    re.compile(rule.if_name) if rule.if_name is not None else None,
+                )
+                for rule in config.interfaces
+            ],
+        )
+        self.applications = dict(config.applications)
+        self.counters = EnrichCounters()
+        self._snmp: object = None
+        self._interfaces: dict[tuple[bytes, int], _Interface] = {}
+        self._exporter_names: dict[bytes, str | None] = {}
+
+    @property
+    def classifies_interfaces(self) -> bool:
+        return bool(self.rules.interfaces) or self.flow_dir is not None
+
+    def start(self) -> None:
+        """Open the databases now (a missing file is warned about at start, not later)."""
+        self.geoip.refresh()
+
+    def close(self) -> None:
+        self.geoip.close()
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def enrich(self, columns: dict[str, npt.NDArray[Any]]) -> Labels:
+        """The label columns of a batch; replaces ``src_as``/``dst_as`` in ``columns`` when a
+        database supplies them (never writes into the decoder's arrays: some are shared)."""
+        rows = len(columns["bytes"])
+        labels: Labels = {}
+        if not rows:
+            return labels
+        self.counters.batches += 1
+        self.counters.flows += rows
+        if self.geoip.enabled or len(self.networks):
+            self._addresses(columns, labels, rows)
+        if self.rules.exporters:
+            self._exporters(columns, labels)
+        if self.classifies_interfaces:
+            self._interfaces_of(columns, labels, rows)
+        self._applications(columns, labels)
+        geo = self.geoip.counters
+        self.counters.geo_lookups = geo.lookups
+        self.counters.geo_cache_hits = geo.cache_hits
+        self.counters.database_reloads = geo.reloads
+        self.counters.database_failures = geo.failures
+        return labels
+
+    def _addresses(self, columns: dict[str, npt.NDArray[Any]], labels: Labels, rows: int) -> None:
+        both = np.concatenate((columns["src_addr"], columns["dst_addr"]))
+        unique, inverse = unique_addresses(both)
+        sides = (("src", inverse[:rows]), ("dst", inverse[rows:]))
+        if len(self.networks):
+            match = self.networks.lookup(unique).index
+            names = [*(n or None for n in self.networks.names), None]
+            roles = [*(r or None for r in self.networks.roles), None]
+            for side, index in sides:
+                per_flow = match[index]  # -1 picks the trailing None
+                labels[f"{side}_net_name"] = _spread(names, per_flow)
+                labels[f"{side}_net_role"] = _spread(roles, per_flow)
+        if not self.geoip.enabled:
+            return
+        answers = self.geoip.lookup_unique(unique)
+        if self.geoip.country is not None:
+            countries = [a.country for a in answers]
+            for side, index in sides:
+                labels[f"{side}_country"] = _spread(countries, index)
+        if self.geoip.asn is None:
+            return
+        geo_asn = np.fromiter((a.asn for a in answers), dtype=np.uint32, count=len(answers))
+        as_names = [a.as_name for a in answers]
+        for side, index in sides:
+            exported = columns[f"{side}_as"]
+            found = geo_asn[index]
+            if self.config.as_source == "exporter":
+                final = np.where(exported != 0, exported, found)
+            else:
+                final = np.where(found != 0, found, exported)
+            columns[f"{side}_as"] = final.astype(np.uint32, copy=False)
+            # The organisation is the database's: shown only beside its own AS number.
+            name_index = np.where((final == found) & (found != 0), index, len(as_names))
+            labels[f"{side}_as_name"] = _spread([*as_names, None], name_index)
+
+    def _exporter_codes(
+        self, exporters: npt.NDArray[Any]
+    ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
+        unique, inverse = np.unique(np.asarray(exporters, dtype="S16"), return_inverse=True)
+        return [bytes(k) for k in unique.tolist()], inverse.reshape(-1)
+
+    def _exporters(self, columns: dict[str, npt.NDArray[Any]], labels: Labels) -> None:
+        keys, inverse = self._exporter_codes(columns["exporter"])
+        names = []
+        for key in keys:
+            if key not in self._exporter_names:
+                if len(self._exporter_names) > MAX_INTERFACE_CACHE:
+                    self._exporter_names.clear()
+                address = _mapped(key)
+                self._exporter_names[key] = next(
+                    (name for nets, name in self.rules.exporters if _in(address, nets)), None
+                )
+            names.append(self._exporter_names[key])
+        labels["exporter_name"] = _spread(names, inverse)
+
+    def _snmp_names(self) -> Mapping[str, Mapping[int, Mapping[str, Any]]]:
+        if self.flow_dir is None:
+            return {}
+        from lanalyze.flows.query import interfaces
+
+        known = interfaces.load(self.flow_dir)
+        if known is not self._snmp:
+            self._snmp = known
+            self._interfaces.clear()
+        return known
+
+    def _classify(
+        self, snmp: Mapping[str, Mapping[int, Mapping[str, Any]]], exporter: bytes, index: int
+    ) -> _Interface:
+        address = _mapped(exporter)
+        polled = snmp.get(str(address), {}).get(index, {})
+        snmp_name = polled.get("name") if isinstance(polled.get("name"), str) else None
+        for rule, networks, pattern in self.rules.interfaces:
+            if networks and not _in(address, networks):
+                continue
+            if rule.if_index and index not in rule.if_index:
+                continue
+            if pattern is not None and (snmp_name is None or not pattern.search(snmp_name)):
+                continue
+            self.counters.interface_rules_matched += 1
+            return _Interface(
+                rule.name if rule.name is not None else snmp_name,
+                rule.boundary or None,
+                rule.provider or None,
+            )
+        return _Interface(snmp_name, None, None)
+
+    def _interfaces_of(
+        self, columns: dict[str, npt.NDArray[Any]], labels: Labels, rows: int
+    ) -> None:
+        snmp = self._snmp_names()
+        if not snmp and not self.rules.interfaces:
+            return
+        keys, exporter_code = self._exporter_codes(columns["exporter"])
+        code = exporter_code.astype(np.uint64) << np.uint64(32)
+        packed = np.concatenate(
+            (code | columns["in_if"].astype(np.uint64), code | columns["out_if"].astype(np.uint64))
+        )
+        unique, inverse = np.unique(packed, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        found: list[_Interface] = []
+        if len(self._interfaces) > MAX_INTERFACE_CACHE:
+            self._interfaces.clear()
+        for value in unique.tolist():
+            key = (keys[value >> 32], value & 0xFFFFFFFF)
+            item = self._interfaces.get(key)
+            if item is None:
+                item = self._classify(snmp, *key)
+                self._interfaces[key] = item
+            found.append(item)
+        for side, index in (("in", inverse[:rows]), ("out", inverse[rows:])):
+            labels[f"{side}_if_name"] = _spread([f.name for f in found], index)
+            labels[f"{side}_if_boundary"] = _spread([f.boundary for f in found], index)
+            labels[f"{side}_if_provider"] = _spread([f.provider for f in found], index)
+
+    def _application(self, app_id: int, protocol: int, port: int) -> str:
+        from lanalyze.flows.query.apps import application, service_name
+
+        if app_id:
+            engine, selector = (
+                (app_id >> 24, app_id & 0xFFFFFF)
+                if app_id < 2**32
+                else (
+                    app_id >> 56,
+                    app_id & (2**56 - 1),
+                )
+            )
+            named = self.applications.get(f"{engine}:{selector}")
+            if named:
+                return named
+            if engine == 3 and selector < 65536:  # RFC 6759 IANA-L4: the selector is a port
+                port = selector
+            else:
+                return f"{engine}:{selector}"
+        if protocol in (6, 17, 132):
+            return service_name(protocol, port) or application(protocol, port)
+        return application(protocol, port)  # the protocol's name: it has no ports
+
+    def _applications(self, columns: dict[str, npt.NDArray[Any]], labels: Labels) -> None:
+        app_id = columns["app_id"]
+        protocol = columns["protocol"].astype(np.uint64)
+        port = np.minimum(columns["src_port"], columns["dst_port"]).astype(np.uint64)
+        if not app_id.any():
+            key = protocol << np.uint64(16) | port
+            unique, inverse = np.unique(key, return_inverse=True)
+            names = [self._application(0, k >> 16, k & 0xFFFF) for k in unique.tolist()]
+        else:
+            table = np.empty(len(app_id), dtype=[("a", "u8"), ("p", "u8"), ("o", "u8")])
+            table["a"], table["p"], table["o"] = app_id, protocol, port
+            unique, inverse = np.unique(table, return_inverse=True)
+            names = [self._application(int(a), int(p), int(o)) for a, p, o in unique.tolist()]
+        labels["app_name"] = _spread(list(names), inverse.reshape(-1))
+
+
+def make_enricher(
+    config: EnrichConfig | None,
+    networks: Mapping[str, NetworkAttributes],
+    flow_directory: Path | None,
+) -> Enricher | None:
+    """The enricher of a worker or an import (None when enrichment is off), its databases
+    opened (a missing file is warned about now)."""
+    if config is None or not config.enabled:
+        return None
+    enricher = Enricher(config, networks, flow_directory)
+    enricher.start()
+    return enricher
+
+
+def enrich_or_log(
+    enricher: Enricher, columns: dict[str, npt.NDArray[Any]], limiter: RateLimiter
+) -> Labels | None:
+    """The enricher's columns; on a bug of ours none (the flows are stored unenriched and
+    the bug logged, rate-limited), so enrichment can never lose flows."""
+    try:
+        return enricher.enrich(columns)
+    except Exception:
+        if limiter.allow(("enrich-bug",)) is not None:
+            log.exception("flows.enrich_bug")
+        return None
