@@ -36,7 +36,12 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from lanalyze.flows.enrich.config import EnrichConfig, InterfaceRule, NetworkAttributes
+from lanalyze.flows.enrich.config import (
+    MAX_LABEL,
+    EnrichConfig,
+    InterfaceRule,
+    NetworkAttributes,
+)
 from lanalyze.flows.enrich.geoip import GeoIP
 from lanalyze.flows.enrich.networks import NetworkTable
 from lanalyze.log import RateLimiter, get_logger
@@ -105,8 +110,10 @@ def unique_addresses(
 
 
 def _spread(values: list[str | None], index: npt.NDArray[Any]) -> pa.Array:
-    """``values[index]`` as an Arrow string column (C++ ``take``; None values are null)."""
-    return pa.array(values, pa.string()).take(pa.array(index))
+    """``values[index]`` as an Arrow string column (C++ ``take``); None values and negative
+    indexes are null."""
+    indices = pa.array(index, mask=index < 0) if len(index) and index.min() < 0 else index
+    return pa.array(values, pa.string()).take(indices)
 
 
 def _nulls(rows: int) -> pa.Array:
@@ -206,14 +213,15 @@ class Enricher:
         sides = (("src", inverse[:rows]), ("dst", inverse[rows:]))
         if len(self.networks):
             match = self.networks.lookup(unique).index
-            names = [*(n or None for n in self.networks.names), None]
-            roles = [*(r or None for r in self.networks.roles), None]
+            names = [n or None for n in self.networks.names]
+            roles = [r or None for r in self.networks.roles]
             for side, index in sides:
-                per_flow = match[index]  # -1 picks the trailing None
+                per_flow = match[index]  # -1: in no configured network
                 labels[f"{side}_net_name"] = _spread(names, per_flow)
                 labels[f"{side}_net_role"] = _spread(roles, per_flow)
         if not self.geoip.enabled:
             return
+        self.geoip.refresh()
         answers = self.geoip.lookup_unique(unique)
         if self.geoip.country is not None:
             countries = [a.country for a in answers]
@@ -232,8 +240,8 @@ class Enricher:
                 final = np.where(found != 0, found, exported)
             columns[f"{side}_as"] = final.astype(np.uint32, copy=False)
             # The organisation is the database's: shown only beside its own AS number.
-            name_index = np.where((final == found) & (found != 0), index, len(as_names))
-            labels[f"{side}_as_name"] = _spread([*as_names, None], name_index)
+            name_index = np.where((final == found) & (found != 0), index, -1)
+            labels[f"{side}_as_name"] = _spread(as_names, name_index)
 
     def _exporter_codes(
         self, exporters: npt.NDArray[Any]
@@ -272,6 +280,8 @@ class Enricher:
         address = _mapped(exporter)
         polled = snmp.get(str(address), {}).get(index, {})
         snmp_name = polled.get("name") if isinstance(polled.get("name"), str) else None
+        if snmp_name is not None and (len(snmp_name) > MAX_LABEL or not snmp_name.isprintable()):
+            snmp_name = None  # an agent's odd answer: not stored with every flow
         for rule, networks, pattern in self.rules.interfaces:
             if networks and not _in(address, networks):
                 continue

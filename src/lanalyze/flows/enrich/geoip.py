@@ -195,8 +195,8 @@ class GeoIP:
         return GeoAnswer(country, asn, name)
 
     def lookup_unique(self, unique: npt.NDArray[np.bytes_]) -> list[GeoAnswer]:
-        """Answers for distinct addresses (Python per distinct address, cached)."""
-        self.refresh()
+        """Answers for distinct addresses (Python per distinct address, cached); the caller
+        calls :meth:`refresh` once a batch."""
         cache = self._cache
         answers: list[GeoAnswer] = []
         hits = 0
