@@ -24,10 +24,11 @@ import pytest
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.config import RollupConfig
-from lanalyze.flows.enrich import Enricher, unique_addresses
+from lanalyze.flows.enrich import Enricher
 from lanalyze.flows.enrich.config import EnrichConfig, InterfaceRule, NetworkAttributes
 from lanalyze.flows.enrich.geoip import GeoIP
 from lanalyze.flows.enrich.networks import NetworkTable
+from lanalyze.flows.enrich.ranges import AddressKeys, from_intervals
 from lanalyze.flows.errors import FilterError
 from lanalyze.flows.query import reports
 from lanalyze.flows.query.compile import compile_filter
@@ -112,16 +113,33 @@ def test_networks_longest_prefix_wins_for_ipv4_and_ipv6() -> None:
     assert NetworkTable({}).roles_of(probe).tolist() == [""] * len(probe)
 
 
-def test_unique_addresses_fast_path_and_mixed_agree() -> None:
-    v4 = addresses("10.0.0.2", "10.0.0.1", "10.0.0.2", "192.0.2.1")
-    unique, inverse = unique_addresses(v4)
-    assert (unique[inverse] == v4).all() and len(unique) == 3
-    mixed = np.concatenate((v4, addresses("2001:db8::1", "::ffff:10.0.0.1")))
-    unique, inverse = unique_addresses(mixed)
-    assert (unique[inverse] == mixed).all() and len(unique) == 4
+def test_ranges_split_ipv4_and_ipv6_and_agree_on_mixed_batches() -> None:
+    # Disjoint ranges over the whole space: ::ffff:10.0.0.0/104 is IPv4 only, the first and
+    # the last hold both kinds, the one valued 2 crosses the end of the IPv4-mapped space.
+    ten = int.from_bytes(mapped("10.0.0.0"), "big")
+    top = int.from_bytes(mapped("255.255.255.0"), "big")
+    index = from_intervals(
+        [
+            (0, ten - 1, 0),
+            (ten, ten + 2**24 - 1, 1),
+            (ten + 2**24, top - 1, 0),
+            (top, 0xFFFF_0001_0000_0000_0001, 2),
+            (0xFFFF_0001_0000_0000_0002, 2**128 - 1, 0),
+        ]
+    )
+    probe = addresses("10.1.1.1", "11.0.0.0", "255.255.255.9", "::1:0:0:0:0", "2001:db8::1")
+    whole = index.lookup(AddressKeys.of(probe)).tolist()
+    assert whole == [1, 0, 2, 2, 0]
+    # One address at a time (all-IPv4 or all-IPv6 batches take other paths): the same.
+    assert [index.lookup(AddressKeys.of(probe[i : i + 1]))[0] for i in range(5)] == whole
 
 
 # -- GeoIP -------------------------------------------------------------------------------------
+
+
+def countries(geo: GeoIP, *texts: str) -> list[str | None]:
+    result = geo.lookup(AddressKeys.of(addresses(*texts)))
+    return [result.countries[i] if i >= 0 else None for i in result.country.tolist()]
 
 
 def test_geoip_answers_reloads_and_survives_a_missing_file(
@@ -131,8 +149,8 @@ def test_geoip_answers_reloads_and_survives_a_missing_file(
     geo = GeoIP(country, None, reload_interval=1.0)
     with caplog.at_level(logging.WARNING):
         geo.refresh(now=0.0)
-        answers = geo.lookup_unique(addresses("203.0.113.9"))
-    assert answers[0].country is None  # missing file: empty, not a crash
+        answers = geo.lookup(AddressKeys.of(addresses("203.0.113.9")))
+    assert answers.country[0] == -1  # missing file: empty, not a crash
     warnings = [r for r in caplog.records if r.getMessage() == "flows.enrich.database_unusable"]
     assert len(warnings) == 1 and str(country) in str(warnings[0].__dict__.get("file"))
     geo.refresh(now=1.5)  # still missing: no second warning
@@ -140,26 +158,52 @@ def test_geoip_answers_reloads_and_survives_a_missing_file(
 
     write_mmdb(country, COUNTRIES, "GeoLite2-Country")
     geo.refresh(now=3.0)
-    assert [a.country for a in geo.lookup_unique(addresses("203.0.113.9", "2001:db8:1::5"))] == [
-        "NL",
-        "DE",
-    ]
+    assert countries(geo, "203.0.113.9", "2001:db8:1::5") == ["NL", "DE"]
     write_mmdb(country, {"203.0.113.0/24": {"country": {"iso_code": "BE"}}}, "GeoLite2-Country")
     stamp = os.stat(country).st_mtime_ns + 10**9  # a new modification time, whatever the clock
     os.utime(country, ns=(stamp, stamp))
     geo.refresh(now=3.5)  # within reload_interval: not checked yet
-    assert geo.lookup_unique(addresses("203.0.113.9"))[0].country == "NL"
+    assert countries(geo, "203.0.113.9") == ["NL"]
     geo.refresh(now=5.0)
-    assert geo.lookup_unique(addresses("203.0.113.9"))[0].country == "BE"
+    assert countries(geo, "203.0.113.9") == ["BE"]
     assert geo.counters.reloads == 1
 
 
-def test_geoip_cache_is_bounded_in_bytes(databases: tuple[Path, Path]) -> None:
-    geo = GeoIP(databases[0], None, cache_memory=4 * 256)
-    geo.lookup_unique(addresses(*(f"203.0.113.{i}" for i in range(10))))
-    assert len(geo._cache) == 4
-    geo.lookup_unique(addresses("203.0.113.9"))
-    assert geo.counters.cache_hits == 1
+def test_geoip_ranges_match_the_reference_reader(databases: tuple[Path, Path]) -> None:
+    """The vectorised ranges answer what maxminddb's own lookup answers, address by address,
+    at the networks' edges and between them."""
+    import maxminddb
+
+    geo = GeoIP(*databases)
+    geo.refresh(now=0.0)
+    probe = [
+        "203.0.112.255", "203.0.113.0", "203.0.113.255", "203.0.114.0", "198.51.100.77",
+        "0.0.0.0", "255.255.255.255", "2001:db8:1::", "2001:db8:1:ffff:ffff:ffff:ffff:ffff",
+        "2001:db8:2::", "2001:db8::1", "::", "::1", "ffff::1",
+    ]  # fmt: skip
+    result = geo.lookup(AddressKeys.of(addresses(*probe)))
+    with (
+        maxminddb.open_database(str(databases[0])) as country,
+        maxminddb.open_database(str(databases[1])) as asn,
+    ):
+        for position, text in enumerate(probe):
+            expected_country = (country.get(text) or {}).get("country", {}).get("iso_code")
+            index = result.country[position]
+            assert (result.countries[index] if index >= 0 else None) == expected_country, text
+            expected_as = (asn.get(text) or {}).get("autonomous_system_number", 0)
+            assert result.asn[position] == expected_as, text
+
+
+def test_geoip_refuses_a_database_over_its_memory(
+    databases: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    geo = GeoIP(databases[0], None, max_bytes=64)
+    with caplog.at_level(logging.WARNING):
+        geo.refresh(now=0.0)
+    assert geo.country is not None and geo.country.loaded is None
+    assert "database_memory" in caplog.text or any(
+        "database_memory" in str(r.__dict__.get("reason")) for r in caplog.records
+    )
 
 
 def batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -230,8 +230,7 @@ DECODER_COUNTERS = {
 
 ENRICH_COUNTERS = {
     "flows": "Flows enriched at ingest (lanalyze.flows.enrich).",
-    "geo_lookups": "Distinct addresses looked up in the GeoIP/AS databases (cache misses).",
-    "geo_cache_hits": "Distinct addresses of a batch answered from the enrichment cache.",
+    "geo_lookups": "Distinct addresses looked up in the GeoIP/AS databases' ranges.",
     "database_reloads": "GeoIP/AS database files reopened because they changed.",
     "database_failures": "Checks that found a GeoIP/AS database missing or unreadable.",
     "interface_rules_matched": "Interfaces classified by a flows.enrich.interfaces rule.",

@@ -14,9 +14,10 @@ history, as they were when the flow arrived. Parts:
   selector) named by ``flows.enrich.applications``, engine 3 (IANA L4 ports) by the port
   table; without an id, the port table of :mod:`lanalyze.flows.query.apps`.
 
-No Python runs per flow: every part works on the batch's *distinct* keys (addresses,
-exporter+ifIndex pairs, application keys) found with ``np.unique`` and spreads the answers
-back with the inverse index into Arrow string columns (``take``). Unknown is null.
+No Python runs per flow: addresses are searched in sorted ranges (``np.searchsorted``,
+:mod:`.ranges`); exporter+ifIndex pairs and application keys are reduced to the batch's
+distinct ones with ``np.unique``, each answered once; answers are spread over the flows into
+Arrow string columns (``take``). Unknown is null.
 
 Trust: flow values are the exporter's (untrusted) and only used as lookup keys; names come
 from the configuration, the administrator's databases and the SNMP file, all bounded in
@@ -44,6 +45,7 @@ from lanalyze.flows.enrich.config import (
 )
 from lanalyze.flows.enrich.geoip import GeoIP
 from lanalyze.flows.enrich.networks import NetworkTable
+from lanalyze.flows.enrich.ranges import AddressKeys
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
@@ -81,7 +83,6 @@ class EnrichCounters:
     batches: int = 0
     flows: int = 0
     geo_lookups: int = 0
-    geo_cache_hits: int = 0
     database_reloads: int = 0
     database_failures: int = 0
     interface_rules_matched: int = 0
@@ -92,21 +93,6 @@ def _mapped(key: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if packed[:12] == b"\x00" * 10 + b"\xff\xff":
         return ipaddress.IPv4Address(packed[12:])
     return ipaddress.IPv6Address(packed)
-
-
-def unique_addresses(
-    addresses: npt.NDArray[Any],
-) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.intp]]:
-    """Distinct 16-byte addresses and the inverse index. All-IPv4 batches (the upper 8 bytes
-    zero) sort one uint64 per flow instead of 16-byte strings: several times faster."""
-    flat = np.ascontiguousarray(addresses).view(">u8").reshape(-1, 2)
-    if len(flat) and not flat[:, 0].any():
-        low, inverse = np.unique(flat[:, 1].astype(np.uint64), return_inverse=True)
-        unique = np.zeros((len(low), 2), dtype=">u8")
-        unique[:, 1] = low
-        return unique.view("S16").reshape(-1), inverse.reshape(-1)
-    unique_s, inverse = np.unique(np.asarray(addresses, dtype="S16"), return_inverse=True)
-    return unique_s, inverse.reshape(-1)
 
 
 def _spread(values: list[str | None], index: npt.NDArray[Any]) -> pa.Array:
@@ -151,7 +137,7 @@ class Enricher:
         self.config = config
         self.flow_dir = flow_dir
         self.geoip = GeoIP(
-            config.geoip_country, config.geoip_asn, config.reload_interval, config.cache_memory
+            config.geoip_country, config.geoip_asn, config.reload_interval, config.database_memory
         )
         self.networks = NetworkTable(networks)
         self.rules = _Rules(
@@ -180,7 +166,7 @@ class Enricher:
         self.geoip.refresh()
 
     def close(self) -> None:
-        self.geoip.close()
+        """Nothing is held open (databases are read into memory); kept for symmetry."""
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -202,46 +188,41 @@ class Enricher:
         self._applications(columns, labels)
         geo = self.geoip.counters
         self.counters.geo_lookups = geo.lookups
-        self.counters.geo_cache_hits = geo.cache_hits
         self.counters.database_reloads = geo.reloads
         self.counters.database_failures = geo.failures
         return labels
 
     def _addresses(self, columns: dict[str, npt.NDArray[Any]], labels: Labels, rows: int) -> None:
-        both = np.concatenate((columns["src_addr"], columns["dst_addr"]))
-        unique, inverse = unique_addresses(both)
-        sides = (("src", inverse[:rows]), ("dst", inverse[rows:]))
+        # Source and destination addresses split into IPv4 and IPv6 keys once, for every table.
+        keys = AddressKeys.of(np.concatenate((columns["src_addr"], columns["dst_addr"])))
+        sides = (("src", slice(0, rows)), ("dst", slice(rows, 2 * rows)))
         if len(self.networks):
-            match = self.networks.lookup(unique).index
+            match = self.networks.lookup(keys).index  # -1: in no configured network
             names = [n or None for n in self.networks.names]
             roles = [r or None for r in self.networks.roles]
             for side, index in sides:
-                per_flow = match[index]  # -1: in no configured network
-                labels[f"{side}_net_name"] = _spread(names, per_flow)
-                labels[f"{side}_net_role"] = _spread(roles, per_flow)
+                labels[f"{side}_net_name"] = _spread(names, match[index])
+                labels[f"{side}_net_role"] = _spread(roles, match[index])
         if not self.geoip.enabled:
             return
         self.geoip.refresh()
-        answers = self.geoip.lookup_unique(unique)
+        geo = self.geoip.lookup(keys)
         if self.geoip.country is not None:
-            countries = [a.country for a in answers]
             for side, index in sides:
-                labels[f"{side}_country"] = _spread(countries, index)
+                labels[f"{side}_country"] = _spread(geo.countries, geo.country[index])
         if self.geoip.asn is None:
             return
-        geo_asn = np.fromiter((a.asn for a in answers), dtype=np.uint32, count=len(answers))
-        as_names = [a.as_name for a in answers]
         for side, index in sides:
             exported = columns[f"{side}_as"]
-            found = geo_asn[index]
+            found = geo.asn[index]
             if self.config.as_source == "exporter":
                 final = np.where(exported != 0, exported, found)
             else:
                 final = np.where(found != 0, found, exported)
             columns[f"{side}_as"] = final.astype(np.uint32, copy=False)
             # The organisation is the database's: shown only beside its own AS number.
-            name_index = np.where((final == found) & (found != 0), index, -1)
-            labels[f"{side}_as_name"] = _spread(as_names, name_index)
+            name_index = np.where((final == found) & (found != 0), geo.as_name[index], -1)
+            labels[f"{side}_as_name"] = _spread(geo.as_names, name_index)
 
     def _exporter_codes(
         self, exporters: npt.NDArray[Any]

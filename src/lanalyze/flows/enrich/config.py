@@ -157,12 +157,12 @@ class EnrichConfig(Section):
         description="Seconds between checks of the databases' modification times; a changed "
         "file is reopened.",
     )
-    cache_memory: int = Field(
-        default=16 * 2**20,
-        ge=0,
-        le=2**32,
-        description="Bytes of looked-up addresses each worker keeps (least recently used out; "
-        "about 256 bytes an address).",
+    database_memory: int = Field(
+        default=256 * 2**20,
+        ge=2**20,
+        le=2**36,
+        description="Bytes one database may take in each worker once read into address "
+        "ranges (and its file at most this size); a larger one is refused with a warning.",
     )
     exporters: list[ExporterRule] = Field(
         default_factory=list, description="Exporter names, first matching rule wins."

@@ -1,9 +1,8 @@
 """Network names and roles from ``[flows.networks]``: longest prefix wins, vectorised.
 
 The configured prefixes are cut, once, into disjoint address ranges, each labelled with the
-longest prefix covering it; an address is then found with one ``np.searchsorted`` over the
-ranges' starts (16-byte big-endian keys, IPv4 as IPv4-mapped IPv6 like the stored columns),
-so a batch costs a sort of its addresses, not Python per flow.
+longest prefix covering it (:mod:`.ranges`); a batch's addresses are then found with
+``np.searchsorted``, no Python per flow.
 
 This is the one owner of "which configured network is this address in": the flow enricher
 and the alarm work (``inside``) both call :meth:`NetworkTable.lookup` / :meth:`roles`.
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lanalyze.flows.enrich.config import NetworkAttributes
+from lanalyze.flows.enrich.ranges import AddressKeys, from_intervals
 
 _TOP = 2**128
 
@@ -72,27 +72,24 @@ class NetworkTable:
                     owner = found
                     break
             owners.append(owner)
-        self._starts = np.array([b.to_bytes(16, "big") for b in bounds], dtype="S16")
-        self._owners = np.array(owners, dtype=np.int32)
+        ends = [*(b - 1 for b in bounds[1:]), _TOP - 1]
+        self.index = from_intervals(
+            [(f, t, o) for f, t, o in zip(bounds, ends, owners, strict=True) if o >= 0]
+        )
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def lookup(self, addresses: npt.NDArray[np.bytes_]) -> NetworkMatch:
-        """The network of each 16-byte address (``S16``, IPv4-mapped for IPv4)."""
-        if not self.names or len(addresses) == 0:
-            index = np.full(len(addresses), -1, dtype=np.int32)
-        else:
-            # numpy compares S16 as bytes, big-endian: the numeric order of the addresses.
-            position = np.searchsorted(self._starts, addresses, side="right") - 1
-            index = self._owners[position]
-        return NetworkMatch(index, self.names, self.roles)
+    def lookup(self, addresses: npt.NDArray[np.bytes_] | AddressKeys) -> NetworkMatch:
+        """The network of each address: 16-byte (``S16``, IPv4-mapped for IPv4) or split."""
+        keys = addresses if isinstance(addresses, AddressKeys) else AddressKeys.of(addresses)
+        return NetworkMatch(self.index.lookup(keys), self.names, self.roles)
 
-    def roles_of(self, addresses: npt.NDArray[np.bytes_]) -> npt.NDArray[np.object_]:
+    def roles_of(self, addresses: npt.NDArray[np.bytes_] | AddressKeys) -> npt.NDArray[np.object_]:
         """The role of each address ("" outside every configured network)."""
         return _labels(self.lookup(addresses).index, self.roles)
 
-    def names_of(self, addresses: npt.NDArray[np.bytes_]) -> npt.NDArray[np.object_]:
+    def names_of(self, addresses: npt.NDArray[np.bytes_] | AddressKeys) -> npt.NDArray[np.object_]:
         """The name of each address ("" outside every configured network)."""
         return _labels(self.lookup(addresses).index, self.names)
 
