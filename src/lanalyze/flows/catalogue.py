@@ -230,6 +230,7 @@ def to_record_batch(
     enricher's, :mod:`lanalyze.flows.enrich`) does not give."""
     rows = len(columns["bytes"])
     arrays: list[pa.Array] = []
+    nulls: pa.Array | None = None  # one all-null array for every absent text column
     for column in COLUMNS:
         if column.kind == "str":
             given = labels.get(column.name) if labels else None
@@ -238,7 +239,8 @@ def to_record_batch(
             elif column.name == "extra" and extra is not None:
                 arrays.append(pa.array(extra, pa.string()))
             else:
-                arrays.append(pa.nulls(rows, pa.string()))
+                nulls = pa.nulls(rows, pa.string()) if nulls is None else nulls
+                arrays.append(nulls)
         elif column.kind == "ip":
             data = np.ascontiguousarray(columns[column.name]).view(np.uint8)
             arrays.append(

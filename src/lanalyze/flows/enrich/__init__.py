@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,11 +95,16 @@ def _mapped(key: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.IPv6Address(packed)
 
 
-def _spread(values: list[str | None], index: npt.NDArray[Any]) -> pa.Array:
-    """``values[index]`` as an Arrow string column (C++ ``take``); None values and negative
-    indexes are null."""
-    indices = pa.array(index, mask=index < 0) if len(index) and index.min() < 0 else index
-    return pa.array(values, pa.string()).take(indices)
+def names_array(values: Sequence[str | None]) -> pa.Array:
+    """Names as the Arrow array :func:`_spread` takes from: "" and None are null, and a
+    trailing null stands for "none" (index -1). Built once per table, not per batch."""
+    return pa.array([*(v or None for v in values), None], pa.string())
+
+
+def _spread(names: pa.Array, index: npt.NDArray[Any]) -> pa.Array:
+    """``names[index]`` as an Arrow string column (C++ ``take``); index -1 is null."""
+    last = np.int32(len(names) - 1)
+    return names.take(np.where(index < 0, last, index).astype(np.int32, copy=False))
 
 
 def _nulls(rows: int) -> pa.Array:
@@ -152,6 +157,8 @@ class Enricher:
             ],
         )
         self.applications = dict(config.applications)
+        self._net_names = names_array(self.networks.names)
+        self._net_roles = names_array(self.networks.roles)
         self.counters = EnrichCounters()
         self._snmp: object = None
         self._interfaces: dict[tuple[bytes, int], _Interface] = {}
@@ -198,11 +205,9 @@ class Enricher:
         sides = (("src", slice(0, rows)), ("dst", slice(rows, 2 * rows)))
         if len(self.networks):
             match = self.networks.lookup(keys).index  # -1: in no configured network
-            names = [n or None for n in self.networks.names]
-            roles = [r or None for r in self.networks.roles]
             for side, index in sides:
-                labels[f"{side}_net_name"] = _spread(names, match[index])
-                labels[f"{side}_net_role"] = _spread(roles, match[index])
+                labels[f"{side}_net_name"] = _spread(self._net_names, match[index])
+                labels[f"{side}_net_role"] = _spread(self._net_roles, match[index])
         if not self.geoip.enabled:
             return
         self.geoip.refresh()
@@ -227,8 +232,15 @@ class Enricher:
     def _exporter_codes(
         self, exporters: npt.NDArray[Any]
     ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
-        unique, inverse = np.unique(np.asarray(exporters, dtype="S16"), return_inverse=True)
-        return [bytes(k) for k in unique.tolist()], inverse.reshape(-1)
+        # A batch holds few exporters, in runs (the decoder groups rows by datagram): find
+        # the runs (O(n) compares), then sort only their first addresses.
+        flat = np.ascontiguousarray(exporters).view(">u8").reshape(-1, 2)
+        starts = np.ones(len(flat), dtype=bool)
+        starts[1:] = (flat[1:, 0] != flat[:-1, 0]) | (flat[1:, 1] != flat[:-1, 1])
+        heads = np.asarray(exporters, dtype="S16")[starts]
+        unique, inverse = np.unique(heads, return_inverse=True)
+        codes = inverse.reshape(-1)[np.cumsum(starts) - 1]
+        return [bytes(k) for k in unique.tolist()], codes
 
     def _exporters(self, columns: dict[str, npt.NDArray[Any]], labels: Labels) -> None:
         keys, inverse = self._exporter_codes(columns["exporter"])
@@ -242,7 +254,7 @@ class Enricher:
                     (name for nets, name in self.rules.exporters if _in(address, nets)), None
                 )
             names.append(self._exporter_names[key])
-        labels["exporter_name"] = _spread(names, inverse)
+        labels["exporter_name"] = _spread(names_array(names), inverse)
 
     def _snmp_names(self) -> Mapping[str, Mapping[int, Mapping[str, Any]]]:
         if self.flow_dir is None:
@@ -302,9 +314,9 @@ class Enricher:
                 self._interfaces[key] = item
             found.append(item)
         for side, index in (("in", inverse[:rows]), ("out", inverse[rows:])):
-            labels[f"{side}_if_name"] = _spread([f.name for f in found], index)
-            labels[f"{side}_if_boundary"] = _spread([f.boundary for f in found], index)
-            labels[f"{side}_if_provider"] = _spread([f.provider for f in found], index)
+            labels[f"{side}_if_name"] = _spread(names_array([f.name for f in found]), index)
+            labels[f"{side}_if_boundary"] = _spread(names_array([f.boundary for f in found]), index)
+            labels[f"{side}_if_provider"] = _spread(names_array([f.provider for f in found]), index)
 
     def _application(self, app_id: int, protocol: int, port: int) -> str:
         from lanalyze.flows.query.apps import application, service_name
@@ -330,19 +342,21 @@ class Enricher:
         return application(protocol, port)  # the protocol's name: it has no ports
 
     def _applications(self, columns: dict[str, npt.NDArray[Any]], labels: Labels) -> None:
+        """Names of exported application ids; flows without one get theirs from the port
+        table when shown (the ``appname`` dimension), which costs nothing here."""
         app_id = columns["app_id"]
-        protocol = columns["protocol"].astype(np.uint64)
-        port = np.minimum(columns["src_port"], columns["dst_port"]).astype(np.uint64)
-        if not app_id.any():
-            key = protocol << np.uint64(16) | port
-            unique, inverse = np.unique(key, return_inverse=True)
-            names = [self._application(0, k >> 16, k & 0xFFFF) for k in unique.tolist()]
-        else:
-            table = np.empty(len(app_id), dtype=[("a", "u8"), ("p", "u8"), ("o", "u8")])
-            table["a"], table["p"], table["o"] = app_id, protocol, port
-            unique, inverse = np.unique(table, return_inverse=True)
-            names = [self._application(int(a), int(p), int(o)) for a, p, o in unique.tolist()]
-        labels["app_name"] = _spread(list(names), inverse.reshape(-1))
+        present = app_id != 0
+        if not present.any():
+            return
+        table = np.zeros(int(present.sum()), dtype=[("a", "u8"), ("p", "u8"), ("o", "u8")])
+        table["a"] = app_id[present]
+        table["p"] = columns["protocol"][present]
+        table["o"] = np.minimum(columns["src_port"], columns["dst_port"])[present]
+        unique, inverse = np.unique(table, return_inverse=True)
+        names = [self._application(int(a), int(p), int(o)) for a, p, o in unique.tolist()]
+        index = np.full(len(app_id), -1, dtype=np.int32)
+        index[present] = inverse.reshape(-1)
+        labels["app_name"] = _spread(names_array(names), index)
 
 
 def make_enricher(
@@ -351,7 +365,7 @@ def make_enricher(
     flow_directory: Path | None,
 ) -> Enricher | None:
     """The enricher of a worker or an import (None when enrichment is off), its databases
-    opened (a missing file is warned about now)."""
+    read (a missing file is warned about now)."""
     if config is None or not config.enabled:
         return None
     enricher = Enricher(config, networks, flow_directory)

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from lanalyze.flows.enrich.ranges import AddressKeys, RangeIndex
 from lanalyze.log import get_logger
@@ -197,6 +198,16 @@ class Loaded:
 
     index: RangeIndex
     answers: list[GeoAnswer]
+    countries: pa.Array = field(init=False)
+    """The answers' country codes, as :func:`~lanalyze.flows.enrich.names_array` makes."""
+    as_names: pa.Array = field(init=False)
+    as_numbers: npt.NDArray[np.uint32] = field(init=False)
+    """The answers' AS numbers, and a trailing 0 for index -1."""
+
+    def __post_init__(self) -> None:
+        self.countries = pa.array([*(a.country for a in self.answers), None], pa.string())
+        self.as_names = pa.array([*(a.as_name for a in self.answers), None], pa.string())
+        self.as_numbers = np.array([a.asn for a in self.answers] + [0], dtype=np.uint32)
 
 
 def load_database(path: Path, max_bytes: int) -> Loaded:
@@ -331,10 +342,10 @@ class GeoResult:
     """Per address: the country code (index into ``countries``) and the AS database's answer."""
 
     country: npt.NDArray[np.int32]
-    countries: list[str | None]
+    countries: pa.Array
     asn: npt.NDArray[np.uint32]
     as_name: npt.NDArray[np.int32]
-    as_names: list[str | None]
+    as_names: pa.Array
 
 
 class GeoIP:
@@ -372,18 +383,15 @@ class GeoIP:
         """Country and AS of each address; the caller calls :meth:`refresh` first."""
         self.counters.lookups += keys.count
         none = np.full(keys.count, -1, dtype=np.int32)
-        country, countries = none, []
+        no_names = pa.nulls(1, pa.string())
+        country, countries = none, no_names
         loaded = self.country.loaded if self.country is not None else None
         if loaded is not None:
-            country = loaded.index.lookup(keys)
-            countries = [a.country for a in loaded.answers]
+            country, countries = loaded.index.lookup(keys), loaded.countries
         asn = np.zeros(keys.count, dtype=np.uint32)
-        as_name, as_names = none, []
+        as_name, as_names = none, no_names
         loaded = self.asn.loaded if self.asn is not None else None
         if loaded is not None:
-            found = loaded.index.lookup(keys)
-            numbers = np.array([a.asn for a in loaded.answers] + [0], dtype=np.uint32)
-            asn = numbers[found]  # -1: the trailing 0
-            as_name = found
-            as_names = [a.as_name for a in loaded.answers]
+            as_name, as_names = loaded.index.lookup(keys), loaded.as_names
+            asn = loaded.as_numbers[as_name]  # -1: the trailing 0
         return GeoResult(country, countries, asn, as_name, as_names)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.errors import DimensionError
-from lanalyze.flows.query.apps import application, protocol_name
+from lanalyze.flows.query.apps import application, protocol_name, service_name
 
 V4_LOW = b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4
 V4_HIGH = b"\x00" * 10 + b"\xff\xff" + b"\xff" * 4
@@ -143,6 +143,16 @@ def _app(values: tuple[object, ...]) -> object:
     return application(int(values[0]), int(values[1]))  # type: ignore[call-overload]
 
 
+def _app_name(values: tuple[object, ...]) -> object:
+    name, protocol, port = values
+    if name:
+        return name
+    number, service = int(protocol), int(port)  # type: ignore[call-overload]
+    if number in (6, 17, 132):
+        return service_name(number, service) or application(number, service)
+    return application(number, service)
+
+
 def _flags(values: tuple[object, ...]) -> object:
     return format_flags(int(values[0]))  # type: ignore[call-overload]
 
@@ -205,6 +215,14 @@ def _derived() -> dict[str, Dimension]:
             _conversation_ports,
         ),
     }
+    # Exported application names (IE 95), else the port table's, like ``app``.
+    dims["appname"] = Dimension(
+        "appname",
+        (("app_name", "protocol", "service_port"),),
+        (KeyExpr("{0}"), KeyExpr("{1}"), KeyExpr("{2}")),
+        _app_name,
+    )
+    dims["app_name"] = dims["appname"]
     dims["conv"] = dims["conversation"]
     dims["service_port"] = _single("service_port", "service_port", _int)
     return dims
