@@ -38,6 +38,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from lanalyze.flows.enrich.ranges import AddressKeys, RangeIndex
+from lanalyze.flows.errors import GeoDatabaseError
 from lanalyze.log import get_logger
 
 log = get_logger(__name__)
@@ -46,10 +47,6 @@ MAX_AS_NAME = 256
 RANGE_BYTES = 40
 """Bytes of one loaded range, the IPv6 kind (start, end, value; IPv4 ones take 16)."""
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-
-
-class DatabaseError(Exception):
-    """A database file we cannot use (the administrator's file: warned about, not fatal)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +134,7 @@ def _walk(tree: _Tree, start: int, bits: int, skip: int | None, budget: int) -> 
             break
         budget -= len(nodes)
         if budget < 0:
-            raise DatabaseError("the search tree is not a tree (too many paths)")
+            raise GeoDatabaseError("the search tree is not a tree (too many paths)")
         left, right = _children(tree.data, record_size, nodes)
         if depth < 64:
             bit_hi, bit_lo = np.uint64(1 << (63 - depth)), np.uint64(0)
@@ -211,7 +208,7 @@ class Loaded:
 
 
 def load_database(path: Path, max_bytes: int) -> Loaded:
-    """Read a MaxMind DB file into ranges. Raises DatabaseError (or OSError)."""
+    """Read a MaxMind DB file into ranges. Raises GeoDatabaseError (or OSError)."""
     from maxminddb.const import MODE_MMAP
     from maxminddb.decoder import Decoder
     from maxminddb.errors import InvalidDatabaseError
@@ -222,14 +219,14 @@ def load_database(path: Path, max_bytes: int) -> Loaded:
         with Reader(str(path), mode=MODE_MMAP) as reader:
             meta = reader.metadata()
     except (InvalidDatabaseError, ValueError, TypeError) as exc:
-        raise DatabaseError(f"not a MaxMind database: {exc}") from None
+        raise GeoDatabaseError(f"not a MaxMind database: {exc}") from None
     if path.stat().st_size > max_bytes:
-        raise DatabaseError(f"larger than flows.enrich.database_memory ({max_bytes} bytes)")
+        raise GeoDatabaseError(f"larger than flows.enrich.database_memory ({max_bytes} bytes)")
     buffer = path.read_bytes()
     node_count, record_size = int(meta.node_count), int(meta.record_size)
     tree_size = int(meta.search_tree_size)
     if tree_size + 16 > len(buffer):
-        raise DatabaseError("the search tree extends past the end of the file")
+        raise GeoDatabaseError("the search tree extends past the end of the file")
     tree = _Tree(np.frombuffer(buffer, dtype=np.uint8, count=tree_size), record_size, node_count)
     budget = 4 * node_count + 1024
     v4_start = 0
@@ -249,7 +246,7 @@ def load_database(path: Path, max_bytes: int) -> Loaded:
         v4 = _walk(tree, 0, 32, None, budget)
         v6 = _walk(tree, node_count, 0, None, 0)
     if (len(v4.hi) + len(v6.hi)) * RANGE_BYTES > max_bytes:
-        raise DatabaseError(
+        raise GeoDatabaseError(
             f"its ranges take over flows.enrich.database_memory ({max_bytes} bytes)"
         )
     pointers = np.concatenate((v4.pointer, v6.pointer))
@@ -259,11 +256,11 @@ def load_database(path: Path, max_bytes: int) -> Loaded:
     for pointer in distinct.tolist():
         offset = pointer - node_count + tree_size
         if not tree_size + 16 <= offset < len(buffer):
-            raise DatabaseError("a data pointer points outside the data section")
+            raise GeoDatabaseError("a data pointer points outside the data section")
         try:
             record, _ = decoder.decode(offset)
         except (InvalidDatabaseError, ValueError, IndexError, TypeError) as exc:
-            raise DatabaseError(f"a data record cannot be decoded: {exc}") from None
+            raise GeoDatabaseError(f"a data record cannot be decoded: {exc}") from None
         answers.append(answer(record))
     return Loaded(_ranges(v4, v6, value_index.astype(np.int32).reshape(-1)), answers)
 
@@ -298,7 +295,7 @@ class MmdbFile:
         started = time.monotonic()
         try:
             loaded = load_database(self.path, self.max_bytes)
-        except (OSError, DatabaseError) as exc:
+        except (OSError, GeoDatabaseError) as exc:
             return self._fail(str(exc))
         if self.loaded is not None:
             self.reloads += 1
