@@ -532,3 +532,19 @@ def test_cli_csv_by_country(collected: tuple[Path, Path]) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1].startswith("NL,Example Net,"), result.stdout
+
+
+def test_import_enriches_like_the_collector(tmp_path: Path) -> None:
+    """``flows import`` (store_packets) runs the same enricher as the workers."""
+    from lanalyze.flows.config import FlowsConfig
+    from lanalyze.flows.decode import Packet
+    from lanalyze.flows.importer import store_packets
+
+    config = FlowsConfig.model_validate(
+        {"networks": {"10.1.0.0/16": {"name": "office", "role": "inside"}}}
+    )
+    datagram = _message([_template(TEMPLATE_V4, (8, 12, 4)), _data_set(TEMPLATE_V4, RECORDS_V4)], 0)
+    result = store_packets([Packet(datagram, "192.0.2.1", 1_700_000_000_000)], tmp_path, config)
+    assert result.flows == 3
+    assert stored(tmp_path, "list(src_net_role order by src_addr)") == ["inside", None, None]
+    assert stored(tmp_path, "count(app_name)") == 1  # only the flow with an application id
