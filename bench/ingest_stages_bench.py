@@ -33,18 +33,23 @@ import time
 from pathlib import Path
 
 try:
+    from bench import enrich_data
     from bench.ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams
 except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
+    import enrich_data  # type: ignore[no-redef]
     from ingest_bench import ipfix_datagrams, ipfix_template, v5_datagrams  # type: ignore[no-redef]
 import numpy as np
 
+from lanalyze.flows import catalogue
+from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.enrich import Enricher
 from lanalyze.flows.receive import BatchReceiver, open_udp
 from lanalyze.flows.recvmmsg import SLOT_STRIDE
 from lanalyze.flows.store.writer import SegmentWriter
 from lanalyze.flows.worker import BATCH_GATHER_SECONDS, GC_THRESHOLD
 
-STAGES = ("decode", "arrow", "encode", "fsync")
+STAGES = ("decode", "enrich", "arrow", "encode", "fsync")
 
 
 class TimedWriter(SegmentWriter):
@@ -67,6 +72,7 @@ def run_once(
     directory: Path,
     compression: str,
     path: str = "rows",
+    enricher: Enricher | None = None,
 ) -> dict[str, float]:
     per_datagram = 30 if fmt == "v5" else 25
     pool = v5_datagrams(2048, 1) if fmt == "v5" else ipfix_datagrams(2048, 1)
@@ -103,11 +109,14 @@ def run_once(
             repeat = itertools.repeat(received, per_batch)
             batch = decoder.decode(list(map(Packet, views, batch_sources, repeat)))
         t1 = time.thread_time()
-        pending.append(batch.to_record_batch())
+        labels = enricher.enrich(batch.columns) if enricher is not None else None
+        te = time.thread_time()
+        pending.append(catalogue.to_record_batch(batch.columns, batch.extra, labels))
         pending_rows += batch.rows
         t2 = time.thread_time()
         spent["decode"] += t1 - t0
-        spent["arrow"] += t2 - t1
+        spent["enrich"] += te - t1
+        spent["arrow"] += t2 - te
         if pending_rows >= segment_rows:
             writer.encode_seconds = 0.0
             t3 = time.thread_time()
@@ -165,7 +174,17 @@ def main() -> None:
     parser.add_argument(
         "--receive", action="store_true", help="also the receive path's CPU, over loopback"
     )
+    parser.add_argument(
+        "--enrich", action="store_true", help="with every kind of enrichment (issue 16)"
+    )
     args = parser.parse_args()
+    enricher = None
+    if args.enrich:
+        import tomllib
+
+        flows = FlowsConfig.model_validate(tomllib.loads(enrich_data.toml())["flows"])
+        enricher = Enricher(flows.enrich, flows.networks)
+        enricher.start()
     if args.receive:
         for multi in (True, False):
             cost = receive_cost(multi)
@@ -191,6 +210,7 @@ def main() -> None:
                         Path(d),
                         args.compression,
                         args.path,
+                        enricher,
                     )
                 )
         medians = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}

@@ -114,6 +114,43 @@ COLUMNS: tuple[Column, ...] = (
     Column("src_mac", "mac", "Source MAC address.", (56, 81), True),
     Column("dst_mac", "mac", "Destination MAC address.", (80, 57), True),
     Column("ip_version", "u8", "IP version (4 or 6).", (60,), True),
+    Column(
+        "app_id",
+        "u64",
+        "Application id (IE 95, RFC 6759: engine << 24 | selector for 4 bytes).",
+        (95,),
+        True,
+        aliases=("appid",),
+    ),
+    # Enrichment at ingest (lanalyze.flows.enrich): text, null when unknown or not configured.
+    Column(
+        "src_country", "str", "Source country (ISO 3166 code).", (), True, aliases=("srccountry",)
+    ),
+    Column(
+        "dst_country", "str", "Destination country (ISO 3166).", (), True, aliases=("dstcountry",)
+    ),
+    Column("src_as_name", "str", "Source AS organisation.", (), True, aliases=("srcasname",)),
+    Column("dst_as_name", "str", "Destination AS organisation.", (), True, aliases=("dstasname",)),
+    Column("src_net_name", "str", "Source network name.", (), True, aliases=("srcnetname",)),
+    Column("dst_net_name", "str", "Destination network name.", (), True, aliases=("dstnetname",)),
+    Column("src_net_role", "str", "Source network role.", (), True, aliases=("srcnetrole",)),
+    Column("dst_net_role", "str", "Destination network role.", (), True, aliases=("dstnetrole",)),
+    Column("exporter_name", "str", "Exporter name (rules).", (), True, aliases=("exportername",)),
+    Column("in_if_name", "str", "Input interface name.", (), True, aliases=("inifname",)),
+    Column("out_if_name", "str", "Output interface name.", (), True, aliases=("outifname",)),
+    Column(
+        "in_if_boundary", "str", "Input interface boundary.", (), True, aliases=("inifboundary",)
+    ),
+    Column(
+        "out_if_boundary", "str", "Output interface boundary.", (), True, aliases=("outifboundary",)
+    ),
+    Column(
+        "in_if_provider", "str", "Input interface provider.", (), True, aliases=("inifprovider",)
+    ),
+    Column(
+        "out_if_provider", "str", "Output interface provider.", (), True, aliases=("outifprovider",)
+    ),
+    Column("app_name", "str", "Application name (IE 95 or port).", (), True, aliases=("appname",)),
     # Elements with no column of their own, as JSON {"ENTERPRISE:ID": value}. Kept, not dropped.
     Column("extra", "str", "Other and enterprise-specific elements as JSON (hex for bytes)."),
 )
@@ -127,9 +164,31 @@ BY_IPFIX_ID: dict[int, Column] = {
 
 @functools.cache
 def arrow_schema() -> pa.Schema:
-    # Cached: the schema is immutable, and building 37 fields per decoded batch showed up in
+    # Cached: the schema is immutable, and building its fields per decoded batch showed up in
     # the ingest profile.
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.kind == "str") for c in COLUMNS])
+
+
+ADDED_COLUMNS = frozenset(
+    {"app_id", *(c.name for c in COLUMNS if c.kind == "str" and c.name != "extra")}
+)
+"""Columns added by the enrichment work (issue 16): segments written before lack them."""
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A table of stored flows with every catalogue column, in catalogue order: columns an
+    older segment lacks (:data:`ADDED_COLUMNS`) are added, null (text) or zero (numbers)."""
+    rows = table.num_rows
+    names = set(table.column_names)
+    arrays = []
+    for item in arrow_schema():
+        if item.name in names:
+            arrays.append(table.column(item.name))
+        elif pa.types.is_string(item.type):
+            arrays.append(pa.nulls(rows, item.type))
+        else:
+            arrays.append(pa.array(np.zeros(rows, dtype=BY_NAME[item.name].numpy_dtype)))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema())
 
 
 def dimensions() -> list[Column]:
@@ -159,20 +218,29 @@ def empty_batch(rows: int) -> dict[str, np.ndarray]:
 
 
 def to_record_batch(
-    columns: dict[str, np.ndarray], extra: list[str | None] | None = None
+    columns: dict[str, np.ndarray],
+    extra: list[str | None] | None = None,
+    labels: dict[str, pa.Array] | None = None,
 ) -> pa.RecordBatch:
     """A decoder's numpy columns as an Arrow batch in catalogue order (the store's input).
 
     Zero-copy where the numpy layout is Arrow's (contiguous, native order): the batch shares
     the decoder's memory, so the ingest path pays no conversion per flow. ``extra`` absent is
-    an all-null column (the one nullable column), built without a Python list."""
+    an all-null column, built without a Python list; so is every text column ``labels`` (the
+    enricher's, :mod:`lanalyze.flows.enrich`) does not give."""
     rows = len(columns["bytes"])
     arrays: list[pa.Array] = []
+    nulls: pa.Array | None = None  # one all-null array for every absent text column
     for column in COLUMNS:
         if column.kind == "str":
-            arrays.append(
-                pa.nulls(rows, pa.string()) if extra is None else pa.array(extra, pa.string())
-            )
+            given = labels.get(column.name) if labels else None
+            if given is not None:
+                arrays.append(given)
+            elif column.name == "extra" and extra is not None:
+                arrays.append(pa.array(extra, pa.string()))
+            else:
+                nulls = pa.nulls(rows, pa.string()) if nulls is None else nulls
+                arrays.append(nulls)
         elif column.kind == "ip":
             data = np.ascontiguousarray(columns[column.name]).view(np.uint8)
             arrays.append(

@@ -173,6 +173,8 @@ class FlowCollector:
                 if self.config.exporters_allowed is None
                 else list(self.config.exporters_allowed)
             ),
+            enrich=self.config.enrich,
+            networks=dict(self.config.networks),
             log_format=log_format,
             log_level=log_level,
             clickhouse=self.config.store if self.clickhouse else None,

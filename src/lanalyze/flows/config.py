@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddresses, Section
+from lanalyze.flows.enrich.config import EnrichConfig, NetworkAttributes, check_networks
 
 
 class RollupConfig(Section):
@@ -398,6 +399,22 @@ class FlowsConfig(Section):
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="Where flows are stored (Parquet or ClickHouse)."
     )
+    enrich: EnrichConfig = Field(
+        default_factory=EnrichConfig,
+        description="Country, AS, interface and application names added at ingest.",
+    )
+    networks: dict[str, NetworkAttributes] = Field(
+        default_factory=dict,
+        description='Names and roles of networks, e.g. "10.1.0.0/16" = { name = "office", '
+        'role = "inside" }; the longest prefix holding an address wins.',
+    )
+
+    @field_validator("networks")
+    @classmethod
+    def _check_named_networks(
+        cls, value: dict[str, NetworkAttributes]
+    ) -> dict[str, NetworkAttributes]:
+        return check_networks(value)
 
     _deprecated: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 

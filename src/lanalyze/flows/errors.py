@@ -11,7 +11,8 @@ logged as a fault of ours) -- all :class:`ReportInputError`, a :class:`ValueErro
 
 Files the operator hands us: :class:`PcapError` (a capture's bytes are unreadable or
 truncated: the file's fault) and :class:`PcapImportError` (``flows import`` cannot read a
-file as a capture; names it).
+file as a capture; names it); :class:`GeoDatabaseError` (a ``flows.enrich`` ``.mmdb`` file
+cannot be used: warned about once, its columns stay empty, ingest goes on).
 
 The operator's ClickHouse database: :class:`SchemaMismatch` (a table of ours exists there with
 other columns or engine than this version creates; the collector refuses to start, naming it);
@@ -65,6 +66,10 @@ class Replan(Exception):
 
 class PcapError(Exception):
     """The capture file is unreadable or truncated; the message names the file and offset."""
+
+
+class GeoDatabaseError(Exception):
+    """A GeoIP/AS database file the operator configured cannot be used (the message says why)."""
 
 
 class PcapImportError(Exception):

@@ -279,6 +279,15 @@ DECODER_COUNTERS = {
 }
 
 
+ENRICH_COUNTERS = {
+    "flows": "Flows enriched at ingest (lanalyze.flows.enrich).",
+    "geo_lookups": "Distinct addresses looked up in the GeoIP/AS databases' ranges.",
+    "database_reloads": "GeoIP/AS database files reopened because they changed.",
+    "database_failures": "Checks that found a GeoIP/AS database missing or unreadable.",
+    "interface_rules_matched": "Interfaces classified by a flows.enrich.interfaces rule.",
+}
+
+
 def _decoder_metrics(
     decoder: Mapping[str, int],
 ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -295,3 +304,8 @@ def _decoder_metrics(
     templates = GaugeMetricFamily("lanalyze_flow_templates", "Templates the workers hold.")
     templates.add_metric([], decoder.get("templates", 0))
     yield templates
+    # The workers send their enrichment counters with the decoder's (``enrich_`` keys).
+    for name, text in ENRICH_COUNTERS.items():
+        family = CounterMetricFamily(f"lanalyze_flow_enrich_{name}", text)
+        family.add_metric([], decoder.get(f"enrich_{name}", 0))
+        yield family

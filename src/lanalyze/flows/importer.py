@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lanalyze.flows import catalogue
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.decode import FlowDecoder, Packet
+from lanalyze.flows.enrich import enrich_or_log, make_enricher
 from lanalyze.flows.errors import PcapError, PcapImportError
 from lanalyze.flows.store.paths import flow_dir
 from lanalyze.flows.store.writer import BackgroundWriter, SegmentWriter
@@ -91,6 +93,7 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
         compression_level=config.compression_level,
     )
     store = BackgroundWriter(writer)
+    enricher = make_enricher(config.enrich, config.networks, flow_dir(data_dir))
     store.start()
     # One key for the whole import: a capture of ordinary traffic has thousands of "exporters".
     limiter = RateLimiter(interval=10.0, burst=5)
@@ -119,7 +122,10 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
                         },
                     )
             if batch.rows:
-                pending.append(batch.to_record_batch())
+                labels = (
+                    None if enricher is None else enrich_or_log(enricher, batch.columns, limiter)
+                )
+                pending.append(catalogue.to_record_batch(batch.columns, batch.extra, labels))
                 pending_rows += batch.rows
                 result.flows += batch.rows
             if pending_rows >= SEGMENT_ROWS:
@@ -128,6 +134,8 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
         store.submit(pending)
     finally:
         store.close()
+        if enricher is not None:
+            enricher.close()
     result.segments = store.stats.segments
     if store.stats.errors:
         raise PcapImportError(

@@ -41,7 +41,10 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from lanalyze.datadir import atomic_write_bytes
+from lanalyze.flows import catalogue
 from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.enrich import enrich_or_log, make_enricher
+from lanalyze.flows.enrich.config import EnrichConfig, NetworkAttributes
 from lanalyze.flows.exporters import ExporterCounterSet
 from lanalyze.flows.receive import BatchReceiver, Received
 from lanalyze.flows.store.paths import flow_dir, spool_dir, template_file, templates_dir
@@ -88,6 +91,9 @@ class WorkerSpec:
     template_memory_per_exporter: int = 4 * 2**20
     max_records_per_datagram: int = 4096
     exporters_allowed: list[str] | None = None
+    enrich: EnrichConfig | None = None
+    """Enrichment at ingest (None or not enabled: the text columns stay null)."""
+    networks: dict[str, NetworkAttributes] = field(default_factory=dict)
     log_format: Literal["kv", "json"] = "kv"
     log_level: str = "info"
     clickhouse: StoreConfig | None = None
@@ -177,6 +183,7 @@ class FlowWorker:
             )
         self.store = BackgroundWriter(self.writer)
         self.receiver = BatchReceiver(socks)
+        self.enricher = make_enricher(spec.enrich, spec.networks, flow_dir(spec.data_dir))
         self.counters = ExporterCounterSet(spec.max_exporters)
         self.problems = ProblemLog()
         self.stopping = False
@@ -273,11 +280,18 @@ class FlowWorker:
         if batch.rows:
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append(batch.to_record_batch())
+            self._pending.append(self.to_record_batch(batch))
             self._pending_rows += batch.rows
             if self._pending_rows >= self.spec.segment_max_rows:
                 self.flush()
         return int(batch.rows)
+
+    def to_record_batch(self, batch: Any) -> pa.RecordBatch:
+        """The batch as stored: with the enrichment columns when enrichment is on."""
+        if self.enricher is None:
+            return batch.to_record_batch()
+        labels = enrich_or_log(self.enricher, batch.columns, self.problems.limiter)
+        return catalogue.to_record_batch(batch.columns, batch.extra, labels)
 
     def flush(self) -> None:
         if self._pending:
@@ -312,6 +326,11 @@ class FlowWorker:
                 **asdict(self.decoder.counters),
                 "state_bytes": self.decoder.state_bytes,
                 "templates": self.decoder.template_count,
+                **(
+                    {f"enrich_{k}": v for k, v in asdict(self.enricher.counters).items()}
+                    if self.enricher is not None
+                    else {}
+                ),
             },
         }
         if self._interface_counters:
@@ -398,6 +417,8 @@ class FlowWorker:
             self.drain()
         self.flush()
         self.store.close()
+        if self.enricher is not None:
+            self.enricher.close()
         self.save_templates()
         self.report("final")
 

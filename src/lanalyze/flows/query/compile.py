@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lanalyze.flows import catalogue
 from lanalyze.flows.query.filterlang import (
     AddrRange,
     And,
@@ -19,6 +20,7 @@ from lanalyze.flows.query.filterlang import (
     Node,
     Not,
     Or,
+    TextEquals,
     parse,
 )
 
@@ -42,6 +44,8 @@ COLUMN_SQL: dict[str, tuple[str, frozenset[str]]] = {
         "exporter",
         "icmp_type",
         "icmp_code",
+        # The enrichment names (text, compared for equality).
+        *(c.name for c in catalogue.COLUMNS if c.kind == "str" and c.dimension),
     )
 }
 COLUMN_SQL["bytes"] = ("(bytes * sampling_rate)", frozenset({"bytes", "sampling_rate", "@raw"}))
@@ -104,6 +108,13 @@ def _compile(node: Node, params: list[object], columns: set[str]) -> str:
             else:
                 parts.append(f"{column} BETWEEN ? AND ?")
                 params.extend((node.low, node.high))
+        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+    if isinstance(node, TextEquals):
+        # Unknown names are null: compared as "" so that ``not net name office`` keeps them.
+        parts = []
+        for name in node.columns:
+            parts.append(f"coalesce({_column(name, columns)}, '') = ?")
+            params.append(node.value)
         return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
     if isinstance(node, FlagsAll):
         column = _column("tcp_flags", columns)

@@ -2,9 +2,10 @@
 
 Every dimension column of the catalogue (:func:`lanalyze.flows.catalogue.dimensions`) is a
 dimension under its name and aliases (``src_addr``, ``srcip``, ...). On top of those come the
-derived ones: either-side (``ip``, ``port``, ``as``, ``if``: a flow counts once under each
-side, like ``nfdump -s ip``), ``app``, ``proto``, ``conversation`` (address pair, both
-directions together), ``conversation-ports``, ``dscp``, ``flags`` and subnet rollups
+derived ones: either-side (``ip``, ``port``, ``as``, ``if``, and the enrichment names
+``country``, ``asname``, ``netname``, ``netrole``, ``ifname``, ``ifboundary``: a flow counts
+once under each side, like ``nfdump -s ip``), ``app``, ``proto``, ``conversation`` (address
+pair, both directions together), ``conversation-ports``, ``dscp``, ``flags`` and subnet rollups
 (``srcnet/24``, ``dstnet/48``, ``net/16``; one length applies to IPv4 addresses as at most /32
 and to IPv6 as given, ``srcnet/24/48`` gives both).
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.errors import DimensionError
-from lanalyze.flows.query.apps import application, protocol_name
+from lanalyze.flows.query.apps import application, protocol_name, service_name
 
 V4_LOW = b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4
 V4_HIGH = b"\x00" * 10 + b"\xff\xff" + b"\xff" * 4
@@ -94,6 +95,11 @@ def _int(values: tuple[object, ...]) -> object:
     return values[0]
 
 
+def _text(values: tuple[object, ...]) -> object:
+    """An enrichment name (:mod:`lanalyze.flows.enrich`); unknown (null) shows as ""."""
+    return values[0] if values[0] is not None else ""
+
+
 def _ip(values: tuple[object, ...]) -> object:
     return format_ip(values[0])
 
@@ -120,6 +126,8 @@ def _catalogue_dimensions() -> dict[str, Dimension]:
 
             def render(values: tuple[object, ...]) -> object:
                 return format_mac(int(values[0]))  # type: ignore[call-overload]
+        elif column.kind == "str":
+            render = _text
         else:
             render = _int
         for name in (column.name, *column.aliases):
@@ -133,6 +141,16 @@ def _proto(values: tuple[object, ...]) -> object:
 
 def _app(values: tuple[object, ...]) -> object:
     return application(int(values[0]), int(values[1]))  # type: ignore[call-overload]
+
+
+def _app_name(values: tuple[object, ...]) -> object:
+    name, protocol, port = values
+    if name:
+        return name
+    number, service = int(protocol), int(port)  # type: ignore[call-overload]
+    if number in (6, 17, 132):
+        return service_name(number, service) or application(number, service)
+    return application(number, service)
 
 
 def _flags(values: tuple[object, ...]) -> object:
@@ -162,6 +180,13 @@ def _derived() -> dict[str, Dimension]:
         "port": _either("port", ("src_port", "dst_port"), _int),
         "as": _either("as", ("src_as", "dst_as"), _int),
         "if": _either("if", ("in_if", "out_if"), _int),
+        # Enrichment names, either side (a flow counts under its source's and destination's).
+        "country": _either("country", ("src_country", "dst_country"), _text),
+        "asname": _either("asname", ("src_as_name", "dst_as_name"), _text),
+        "netname": _either("netname", ("src_net_name", "dst_net_name"), _text),
+        "netrole": _either("netrole", ("src_net_role", "dst_net_role"), _text),
+        "ifname": _either("ifname", ("in_if_name", "out_if_name"), _text),
+        "ifboundary": _either("ifboundary", ("in_if_boundary", "out_if_boundary"), _text),
         "inif": _single("inif", "in_if", _int),
         "outif": _single("outif", "out_if", _int),
         "proto": _single("proto", "protocol", _proto),
@@ -190,6 +215,14 @@ def _derived() -> dict[str, Dimension]:
             _conversation_ports,
         ),
     }
+    # Exported application names (IE 95), else the port table's, like ``app``.
+    dims["appname"] = Dimension(
+        "appname",
+        (("app_name", "protocol", "service_port"),),
+        (KeyExpr("{0}"), KeyExpr("{1}"), KeyExpr("{2}")),
+        _app_name,
+    )
+    dims["app_name"] = dims["appname"]
     dims["conv"] = dims["conversation"]
     dims["service_port"] = _single("service_port", "service_port", _int)
     return dims
@@ -250,7 +283,10 @@ def parse_dimensions(text: str) -> list[Dimension]:
         raise DimensionError("at most 8 dimensions")
     dims = [dimension(name) for name in names]
     if sum(d.either for d in dims) > 1:
-        raise DimensionError("at most one either-side dimension (ip, port, as, if, net/N)")
+        raise DimensionError(
+            "at most one either-side dimension (ip, port, as, if, country, asname, netname, "
+            "netrole, ifname, ifboundary, net/N)"
+        )
     return dims
 
 

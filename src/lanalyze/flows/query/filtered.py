@@ -81,10 +81,12 @@ def flows(
                 found[key[0]] = hit
     missing = [path for path in files if path not in found]
     if missing:
+        # Older segments lack the enrichment columns a filter may name: match by name then.
+        by_name = ", union_by_name = true" if catalogue.ADDED_COLUMNS & flt.columns else ""
         # Fixed text; the file list and the filter's values are parameters.
         result = connection.sql(
             f"SELECT {', '.join(COLUMNS)}, filename AS lanalyze_file "  # noqa: S608
-            f"FROM read_parquet(?, filename = true) WHERE {flt.sql}",
+            f"FROM read_parquet(?, filename = true{by_name}) WHERE {flt.sql}",
             params=[missing, *flt.params],
         ).to_arrow_table()
         read: pa.Table = result if result is not None else pa.table({"lanalyze_file": []})

@@ -5,14 +5,18 @@ Implemented (nfdump(1) "FILTER" section, the parts people use): ``any``, ``[src|
 ``[src|dst] port [OP] N``, ``proto tcp|udp|icmp|N``, ``[src|dst] as [OP] N``,
 ``[in|out] if N``, ``flags SAF...``, ``tos [OP] N``, ``bytes|packets|flows OP N[k|M|G]``,
 ``icmp-type N`` and ``icmp-code N`` (as nfdump: they imply ``proto icmp or proto icmp6``),
-``inet``/``inet6``, ``and``/``&&``, ``or``/``||``, ``not``/``!`` and parentheses. Operators:
+``inet``/``inet6``, the enrichment names (:mod:`lanalyze.flows.enrich`) ``[src|dst] country
+CC``, ``[src|dst] as name NAME``, ``[src|dst] net name|role NAME``, ``[in|out] if
+name|boundary|provider NAME``, ``exporter name NAME``, ``app name NAME`` (NAME a word or
+``"quoted text"``), ``and``/``&&``, ``or``/``||``, ``not``/``!`` and parentheses. Operators:
 ``> < = == >= <= !=`` and nfdump's ``gt lt eq ge le ne``.
 
 Trust: the text is the user's (CLI or HTTP query parameter), so it is untrusted. It is parsed by
 a hand-written recursive-descent parser because the grammar is tiny and we need the column of
 every token for the caret error message; the tree holds only typed values (ints, 16-byte
-addresses) and column names from a fixed list, never user text, so the SQL compiler
-(:mod:`lanalyze.flows.query.compile`) cannot put user text into SQL.
+addresses, names compared for equality) and column names from a fixed list, so the SQL
+compiler (:mod:`lanalyze.flows.query.compile`) cannot put user text into SQL text: names
+travel as parameters.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ class AddrRange:
 
 
 @dataclass(frozen=True)
+class TextEquals:
+    """A text column (or either of two) equal to ``value`` (an enrichment name)."""
+
+    columns: tuple[str, ...]
+    value: str
+
+
+@dataclass(frozen=True)
 class FlagsAll:
     """Every TCP flag of ``mask`` is set."""
 
@@ -78,12 +90,14 @@ class Or:
     items: tuple[Node, ...]
 
 
-Node = Any_ | Compare | AddrRange | FlagsAll | Not | And | Or
+Node = Any_ | Compare | AddrRange | TextEquals | FlagsAll | Not | And | Or
 
 # --- lexing ---------------------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<op>>=|<=|==|!=|&&|\|\||[()<>=!])|(?P<word>[A-Za-z0-9_.:/\-]+))", re.ASCII
+    r"\s*(?:(?P<op>>=|<=|==|!=|&&|\|\||[()<>=!])|(?P<word>[A-Za-z0-9_.:/\-]+)"
+    r'|(?P<text>"[^"]*"))',
+    re.ASCII,
 )
 
 OPERATORS: dict[str, Op] = {
@@ -130,11 +144,42 @@ def tokenize(text: str) -> list[Token]:
                 break
             column = position + len(rest) - len(rest.lstrip())
             raise FilterError(f"unexpected character {text[column]!r}", text, column)
-        kind = "op" if match.group("op") else "word"
-        tokens.append(Token(kind, match.group(kind), match.start(kind)))
+        kind = "op" if match.group("op") else "word" if match.group("word") else "text"
+        value = match.group(kind)
+        # A quoted name: the quotes are not part of it.
+        tokens.append(Token(kind, value[1:-1] if kind == "text" else value, match.start(kind)))
         position = match.end()
     tokens.append(Token("end", "", len(text)))
     return tokens
+
+
+# The enrichment names: [side] WHAT [ATTRIBUTE] NAME -> columns.
+ENRICHED: dict[tuple[str, str, str], tuple[str, ...]] = {
+    **{
+        (side, "country", ""): cols
+        for side, cols in (
+            ("src", ("src_country",)),
+            ("dst", ("dst_country",)),
+            ("", ("src_country", "dst_country")),
+        )
+    },
+    **{
+        (side, what, attribute): tuple(
+            f"{s}_{what}_{attribute}" for s in (("src", "dst") if side == "" else (side,))
+        )
+        for side in ("src", "dst", "")
+        for what, attribute in (("as", "name"), ("net", "name"), ("net", "role"))
+    },
+    **{
+        (side, "if", attribute): tuple(
+            f"{s}_if_{attribute}" for s in (("in", "out") if side == "" else (side,))
+        )
+        for side in ("in", "out", "")
+        for attribute in ("name", "boundary", "provider")
+    },
+    ("", "exporter", "name"): ("exporter_name",),
+    ("", "app", "name"): ("app_name",),
+}
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -234,6 +279,9 @@ class _Parser:
     def parse_predicate(self) -> Node:
         start = self.token
         word = start.text.lower()
+        enriched = self.parse_enriched(word)
+        if enriched is not None:
+            return enriched
         if word == "any":
             self.advance()
             return Any_()
@@ -300,6 +348,32 @@ class _Parser:
             is_icmp = Or((Compare(("protocol",), "=", 1), Compare(("protocol",), "=", 58)))
             return And((is_icmp, self.parse_compare((word.replace("-", "_"),), _U8)))
         raise self.error(f"unknown filter primitive {start.text!r}")
+
+    def parse_enriched(self, word: str) -> Node | None:
+        """``src country NL``, ``net name office``...; None when it is not one of these."""
+        side = word if word in ("src", "dst", "in", "out") else ""
+        offset = 1 if side else 0
+        what = self.peek_word(offset)
+        attribute = "" if what == "country" else self.peek_word(offset + 1)
+        columns = ENRICHED.get((side, what, attribute))
+        if columns is None:
+            return None
+        for _ in range(offset + (1 if what == "country" else 2)):
+            self.advance()
+        token = self.token
+        if token.kind not in ("word", "text") or token.text == "":
+            raise self.error(f'expected a {what} {attribute or "code"} (a word or "text")')
+        value = token.text
+        if what == "country":
+            if not (len(value) == 2 and value.isascii() and value.isalpha()):
+                raise self.error("expected a two-letter country code such as NL")
+            value = value.upper()
+        elif attribute == "boundary" and value.lower() not in ("internal", "external"):
+            raise self.error("expected 'internal' or 'external'")
+        elif attribute == "boundary":
+            value = value.lower()
+        self.advance()
+        return TextEquals(columns, value)
 
     def parse_operator(self, need_op: bool) -> Op:
         token = self.token

@@ -18,11 +18,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lanalyze.flows import catalogue
 from lanalyze.flows.query import filtered
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import Dimension, KeyExpr
 from lanalyze.flows.query.planner import Piece, Plan
 from lanalyze.flows.store.layout import DERIVED_SQL
+
+_ADDED = re.compile(r"\b(" + "|".join(sorted(catalogue.ADDED_COLUMNS)) + r")\b")
+
+
+def raw_reader(sql: str) -> str:
+    """``read_parquet(?)`` of raw segments; by column name when ``sql`` reads a column that
+    segments written before it was added lack (DuckDB would refuse the mixed schemas)."""
+    if _ADDED.search(sql):
+        return "read_parquet(?, union_by_name = true)"
+    return "read_parquet(?)"
 
 
 @dataclass
@@ -167,7 +178,8 @@ class DuckDB:
             # reports (a drill-down's filter keeps few): see filtered.py.
             source = f"(SELECT *, {derived} FROM {table})"  # noqa: S608 (a generated name)
         elif piece.source == "raw":
-            source = f"(SELECT *, {derived} FROM read_parquet(?))"  # noqa: S608
+            reader = raw_reader(" ".join(expressions) + " " + flt.sql)
+            source = f"(SELECT *, {derived} FROM {reader})"  # noqa: S608
             params.append(piece.files)
         else:
             source = "read_parquet(?)"

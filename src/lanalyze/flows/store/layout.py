@@ -85,6 +85,14 @@ ROLLUP_TABLES: tuple[RollupTable, ...] = (
             "service_port",
         ),
     ),
+    # Enrichment (issue 16): country, AS and network names per side, after ``summary`` so a
+    # report by AS number alone keeps reading that one.
+    RollupTable(
+        "src_geo", ("src_country", "src_as", "src_as_name", "src_net_name", "src_net_role")
+    ),
+    RollupTable(
+        "dst_geo", ("dst_country", "dst_as", "dst_as_name", "dst_net_name", "dst_net_role")
+    ),
     RollupTable("src_addr", ("src_addr",)),
     RollupTable("dst_addr", ("dst_addr",)),
     # The same with the protocol, after the address-only tables so unfiltered reports keep

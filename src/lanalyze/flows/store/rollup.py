@@ -47,6 +47,7 @@ from prometheus_client import Counter
 
 from lanalyze import metrics
 from lanalyze.datadir import FILE_MODE, create_private, make_private_dirs
+from lanalyze.flows.catalogue import arrow_schema, conform
 from lanalyze.flows.config import RollupConfig
 from lanalyze.flows.store.layout import (
     COMPACT_TAG,
@@ -448,7 +449,8 @@ class RollupMaintainer:
         return changed
 
     def _merge_raw(self, directory: Path, names: list[str], compact_name: str) -> None:
-        first = pq.read_schema(directory / names[0])
+        # The catalogue's schema: segments written before a column was added get it (null).
+        first = arrow_schema()
         schema = first.with_metadata({REPLACES_KEY: json.dumps(names).encode()})
         temp = directory / f".{compact_name}.tmp"
         create_private(temp)
@@ -456,7 +458,7 @@ class RollupMaintainer:
             pending: list[pa.Table] = []
             rows = 0
             for name in names:
-                table = pq.read_table(directory / name).cast(first)
+                table = conform(pq.read_table(directory / name)).cast(first)
                 pending.append(table)
                 rows += table.num_rows
                 if rows >= 1_000_000:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lanalyze.flows import catalogue
 from lanalyze.flows.store.layout import MINUTE_MS, ROLLUP_TABLES, RollupTable
 
 SUMS = ("bytes", "packets", "flows")
@@ -70,7 +71,13 @@ def read_flows(paths: Sequence[str]) -> tuple[pa.Table, dict[str, int]]:
     tables = []
     latest: dict[str, int] = {}
     for path in paths:
-        table = pq.ParquetFile(path).read(columns=list(RAW_COLUMNS), use_threads=False)
+        file = pq.ParquetFile(path)
+        present = set(file.schema_arrow.names)
+        wanted = [name for name in RAW_COLUMNS if name in present]
+        table = file.read(columns=wanted, use_threads=False)
+        if len(wanted) < len(RAW_COLUMNS):
+            # A segment written before the enrichment columns existed: they are unknown.
+            table = catalogue.conform(table).select(list(RAW_COLUMNS))
         if table.num_rows:
             latest[path] = int(pc.max(table.column("time_received")).as_py())
             tables.append(table)
