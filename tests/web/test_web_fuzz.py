@@ -181,3 +181,9 @@ def _client(tmp_path: Path) -> TestClient:
     if tmp_path not in _CLIENTS:
         _CLIENTS[tmp_path] = TestClient(make_app(tmp_path), follow_redirects=False)
     return _CLIENTS[tmp_path]
+
+
+def test_an_empty_stored_flag_makes_no_empty_warning() -> None:
+    # Found by the fuzz test above: flags [""] in a stored verdict gave a warning line "".
+    warned = message_warnings({"flags": [""]}, "a@example.org", [], [], [])
+    assert all(item for item in warned.items)

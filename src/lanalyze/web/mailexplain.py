@@ -276,7 +276,8 @@ def message_warnings(
         auth = {}
     # The same rule as the list's marks and the forged filter (mail.index owns it).
     forged = is_forged(auth)
-    flags = [str(f) for f in _items(auth.get("flags"))]
+    # An empty flag (a damaged or hand-edited verdict) would be an empty warning line.
+    flags = [str(f) for f in _items(auth.get("flags")) if str(f)]
     if auth:
         if auth.get("dmarc") == "fail":
             items.append("DMARC failed: the From: line is not vouched for by its domain.")
