@@ -74,3 +74,8 @@ def modes(root: Path) -> dict[str, int]:
             path = Path(directory, name)
             found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
     return found
+
+
+# The ClickHouse cluster fixtures (issue 17), imported last: tests/clickhouse.py uses the
+# helpers above.
+from tests.clickhouse import clickhouse_cluster, clickhouse_db  # noqa: E402, F401
