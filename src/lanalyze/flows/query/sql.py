@@ -8,7 +8,8 @@ computes.
 
 Trust: the text is built from fixed fragments, the catalogue's column names and aliases made
 of them; every value the user gave (filter values, limits, buckets, keys) is a parameter.
-Another backend (ClickHouse) implements :class:`Dialect` with its own text.
+The ClickHouse backend's dialect (:mod:`~lanalyze.flows.query.clickhouse`) reuses what
+both servers read alike and writes the rest its own way.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def base_columns(dims: Sequence[Dimension], variant: int) -> list[Column]:
 
 
 class Dialect(Protocol):
-    """SQL generation for one query backend (:class:`DuckDB` is the one there is)."""
+    """SQL generation for one query backend (:class:`DuckDB`; ``clickhouse.ClickHouse``)."""
 
     def piece(
         self,
@@ -121,7 +122,7 @@ class Dialect(Protocol):
 
     def interface_series(self, union: Statement) -> Statement: ...
 
-    def newest(self, piece: Statement, limit: int) -> Statement: ...
+    def newest(self, piece: Statement, limit: int, ties: Sequence[str]) -> Statement: ...
 
     def time_range(self, files: list[str], time_column: str) -> Statement: ...
 
@@ -219,14 +220,17 @@ class DuckDB:
         else:
             inner = f"SELECT {sums} FROM ({union.sql})"  # noqa: S608
         keys: list[str] = list(head)
+        aliases: list[str] = list(head)
         params: list[object] = []
         names = iter(key_names(dims))
         offset = len(head)
         for dim in dims:
             own = bases[offset : offset + len(dim.bases[0])]
             offset += len(own)
-            for key in dim.keys:
-                keys.append(f"{key.sql.format(*own)} AS {next(names)}")
+            for key in self.keys(dim):
+                alias = next(names)
+                keys.append(f"{key.sql.format(*own)} AS {alias}")
+                aliases.append(alias)
                 params.extend(key.params)
         selected = ", ".join(keys) + ", " if keys else ""
         if all(d.identity for d in dims):
@@ -234,9 +238,17 @@ class DuckDB:
         else:
             sql = (
                 f"SELECT {selected}sum(bytes) AS bytes, sum(packets) AS packets, "  # noqa: S608
-                f"sum(flows) AS flows FROM ({inner}) GROUP BY ALL"
+                f"sum(flows) AS flows FROM ({inner}) {self.group_by(aliases)}"
             )
         return Statement(sql, params + union.params)
+
+    def keys(self, dim: Dimension) -> tuple[KeyExpr, ...]:
+        """The SQL of a dimension's keys in this dialect (:attr:`Dimension.keys`)."""
+        return dim.keys
+
+    def group_by(self, aliases: Sequence[str]) -> str:
+        """``GROUP BY`` the named output columns."""
+        return "GROUP BY ALL"
 
     def top(self, aggregated: Statement, keys: Sequence[str], order: str, limit: int) -> Statement:
         """Rows by ``order`` (``bytes``, ``packets`` or ``flows``: checked by the caller),
@@ -317,8 +329,11 @@ class DuckDB:
             list(union.params),
         )
 
-    def newest(self, piece: Statement, limit: int) -> Statement:
-        return Statement(f"{piece.sql} ORDER BY time_received DESC LIMIT ?", [*piece.params, limit])
+    def newest(self, piece: Statement, limit: int, ties: Sequence[str]) -> Statement:
+        """The ``limit`` newest rows of ``piece``; flows received in the same millisecond
+        in the order of the ``ties`` columns (ascending), so every backend lists the same."""
+        order = ", ".join(["time_received DESC", *ties])
+        return Statement(f"{piece.sql} ORDER BY {order} LIMIT ?", [*piece.params, limit])
 
     def time_range(self, files: list[str], time_column: str) -> Statement:
         """Rows and the smallest and largest ``time_column`` of files, from their footers."""
