@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import free_port, require_tool
 
 CLUSTER = "lanalyze"
 USER = "lanalyze"
@@ -129,6 +128,8 @@ class ClickHouseServer:
                     f"clickhouse-server exited ({self.proc.returncode}):\n{self.log()}"
                 )
             try:
+                # a plain connect first: the driver logs a traceback for every refused one
+                socket.create_connection((self.host, self.tcp_port), timeout=1).close()
                 with Client(self.host, port=self.tcp_port, connect_timeout=1) as client:
                     client.execute("SELECT 1")
                 return
@@ -218,6 +219,10 @@ class ClickHouseCluster:
 
 
 def start_cluster(root: Path, shards: int = 2) -> ClickHouseCluster:
+    """Start ``shards`` servers under ``root`` (also usable outside pytest: the benchmark)."""
+    # Imported here: tests/conftest.py imports this module for its fixtures.
+    from tests.conftest import free_port, require_tool
+
     binary = require_tool("clickhouse-server")
     servers = []
     for i in range(shards):

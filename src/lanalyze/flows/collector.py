@@ -30,7 +30,7 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lanalyze import metrics
 from lanalyze.configbase import per_core
@@ -40,6 +40,9 @@ from lanalyze.flows.exporters import CollectorTotals, FlowMetrics, merge_snapsho
 from lanalyze.flows.receive import bound_address, kernel_drops, open_udp, socket_inode
 from lanalyze.flows.store.paths import flow_dir, make_flow_dir
 from lanalyze.flows.worker import WorkerSpec, worker_main
+
+if TYPE_CHECKING:
+    from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
 from lanalyze.log import JsonFormatter, get_logger
 
 log = get_logger(__name__)
@@ -98,6 +101,12 @@ class FlowCollector:
         self._token = ""
         self._retired: list[dict[str, Any]] = []
         self._respawns = 0
+        self._upkeep: ClickHouseMaintainer | None = None
+
+    @property
+    def clickhouse(self) -> bool:
+        """Flows go to ClickHouse (``flows.store.backend``), not to Parquet files."""
+        return self.config.store.backend == "clickhouse"
 
     @property
     def worker_count(self) -> int:
@@ -161,6 +170,8 @@ class FlowCollector:
             ),
             log_format=log_format,
             log_level=log_level,
+            clickhouse=self.config.store if self.clickhouse else None,
+            spool_max_bytes=self.config.store.spool_max_bytes // self.worker_count,
         )
         control_parent, control_child = context.Pipe()
         reports_parent, reports_child = context.Pipe(duplex=False)
@@ -278,6 +289,9 @@ class FlowCollector:
                     f"cannot create the flow store {flows_dir} (general.data_dir): "
                     f"{exc.strerror or exc}"
                 ) from None
+            clickhouse_ready = True
+            if self.clickhouse:
+                clickhouse_ready = await self._check_clickhouse()
             await asyncio.to_thread(self._spawn)
         except BaseException:
             await self._shutdown_workers()
@@ -289,8 +303,44 @@ class FlowCollector:
             asyncio.create_task(self._write_exporters_periodically()),
             asyncio.create_task(self._announce_ready()),
         ]
+        if self._upkeep is not None:
+            self._tasks.append(asyncio.create_task(self._clickhouse_upkeep(clickhouse_ready)))
         for address in self.addresses:
             log.info("flows.listening", extra={"address": address, "workers": len(self._workers)})
+
+    # -- ClickHouse --------------------------------------------------------------------------
+
+    async def _check_clickhouse(self) -> bool:
+        """Create the missing tables on every server; a differing schema refuses the start.
+        An unreachable server does not: flows are spooled until it answers."""
+        from lanalyze.flows.errors import SchemaMismatch
+        from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
+
+        self._upkeep = ClickHouseMaintainer(self.config.store, self.config.rollup)
+        try:
+            return await asyncio.to_thread(self._upkeep.ensure)
+        except SchemaMismatch as exc:
+            raise StartError(f"flows.store: {exc}") from None
+
+    async def _clickhouse_upkeep(self, ready: bool) -> None:
+        """Until every server has the schema, try again every retry_interval; then drop
+        partitions past retention every flows.rollup.interval (when rollups are enabled)."""
+        from lanalyze.flows.errors import SchemaMismatch
+
+        assert self._upkeep is not None
+        while not ready:
+            await asyncio.sleep(self.config.store.retry_interval)
+            try:
+                ready = await asyncio.to_thread(self._upkeep.ensure)
+            except SchemaMismatch as exc:
+                # Found later (the server was down at start): the inserts will fail and
+                # spool; say loudly why, once per round.
+                log.error("flows.clickhouse_schema_differs", extra={"error": str(exc)})
+        if not self.config.rollup.enabled:
+            return
+        while True:
+            await asyncio.to_thread(self._upkeep.expire)
+            await asyncio.sleep(self.config.rollup.interval)
 
     # -- counters ----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -202,6 +203,99 @@ class SnmpConfig(Section):
         return self
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _check_identifier(value: str) -> str:
+    """A ClickHouse database or cluster name: it is written into DDL, so only plain names."""
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain name (letters, digits, _; not first a digit)")
+    return value
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` of a ClickHouse server's native port (a host name or an IP address;
+    IPv6 in brackets); the port defaults to 9000 (9440 is the usual TLS port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or (host.count(":") and not host.startswith("[")):
+        host, port_text = value, "9000"
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"{value!r}: expected HOST or HOST:PORT")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+class StoreConfig(Section):
+    """Where flows are stored (section ``[flows.store]``): the embedded Parquet store, or a
+    ClickHouse cluster (lanalyze.flows.store.clickhouse; docs/scale-out.md)."""
+
+    backend: Literal["parquet", "clickhouse"] = Field(
+        default="parquet",
+        description='"parquet": the embedded store in the data directory; "clickhouse": '
+        "the ClickHouse cluster named below.",
+    )
+    servers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:9000"],
+        min_length=1,
+        description="ClickHouse servers (native protocol, HOST:PORT), tried in order: any "
+        "server of the cluster will do; each holds the Distributed tables.",
+    )
+    cluster: str = Field(
+        default="lanalyze",
+        description="Cluster name of the servers' `remote_servers` the Distributed tables span.",
+    )
+    database: str = Field(default="lanalyze", description="ClickHouse database of the tables.")
+    user: str = Field(default="default", description="ClickHouse user.")
+    password: SecretStr | None = Field(
+        default=None, description="ClickHouse password (unset: none). A secret: never logged."
+    )
+    tls: bool = Field(default=False, description="Connect with TLS (the servers' secure port).")
+    tls_ca: str | None = Field(
+        default=None,
+        description="CA certificate file to verify the servers with (unset: the system's).",
+    )
+    tls_verify: bool = Field(
+        default=True, description="Verify the servers' certificates and names (with tls)."
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds to connect to a ClickHouse server."
+    )
+    insert_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds an insert may take before the batch goes to the spool instead.",
+    )
+    spool_max_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        le=1 << 50,
+        description="Bytes of batches each collector keeps on local disk while ClickHouse is "
+        "unreachable or slow (per worker: this divided by the workers); when full, new batches "
+        "are dropped and counted, the oldest kept.",
+    )
+    retry_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between attempts to reach ClickHouse again after a failed insert.",
+    )
+
+    @field_validator("cluster", "database")
+    @classmethod
+    def _check_names(cls, value: str) -> str:
+        return _check_identifier(value)
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            parse_server(server)
+        return value
+
+
 class FlowsConfig(Section):
     enabled: bool = Field(default=True, description="Run the flow collector in `lanalyze serve`.")
     listen: ListenAddresses = Field(
@@ -299,6 +393,9 @@ class FlowsConfig(Section):
     query: QueryConfig = Field(default_factory=QueryConfig, description="Report queries.")
     snmp: SnmpConfig = Field(
         default_factory=SnmpConfig, description="Interface names and speeds from SNMP."
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="Where flows are stored (Parquet or ClickHouse)."
     )
 
     _deprecated: list[tuple[str, str]] = PrivateAttr(default_factory=list)

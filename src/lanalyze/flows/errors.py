@@ -13,6 +13,9 @@ Files the operator hands us: :class:`PcapError` (a capture's bytes are unreadabl
 truncated: the file's fault) and :class:`PcapImportError` (``flows import`` cannot read a
 file as a capture; names it).
 
+The operator's ClickHouse database: :class:`SchemaMismatch` (a table of ours exists there with
+other columns or engine than this version creates; the collector refuses to start, naming it).
+
 Peers: :class:`PollFailed` (an SNMP agent did not answer or answered nonsense; counted and
 logged by reason, its last answers kept). An exporter's bad bytes are
 :class:`lanalyze.flows.decode.errors.PeerDataError`, local to the sans-IO decoders.
@@ -65,6 +68,12 @@ class PcapError(Exception):
 
 class PcapImportError(Exception):
     """A file cannot be read as a capture; the message names it."""
+
+
+class SchemaMismatch(Exception):
+    """ClickHouse tables differ from the schema this version generates
+    (``lanalyze flows schema --backend clickhouse``); the message names server, table and
+    column."""
 
 
 class PollFailed(Exception):

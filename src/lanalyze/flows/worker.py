@@ -1,4 +1,4 @@
-"""One flow worker process: receive -> decode -> hand to the segment writer thread.
+"""One flow worker process: receive -> decode -> hand to the store writer thread.
 
 The parent binds one socket per listen address per worker (SO_REUSEPORT), so the kernel
 spreads exporters over workers and keeps each exporter on one worker: its templates stay in
@@ -8,7 +8,9 @@ The loop reads datagrams in batches (:class:`~lanalyze.flows.receive.BatchReceiv
 each batch at once (the decoders are vectorised over records) and collects Arrow batches;
 every ``flush_interval`` (or ``segment_max_rows``) they go to the
 :class:`~lanalyze.flows.store.writer.BackgroundWriter`, which writes Parquet in its own thread
-(pyarrow releases the GIL), so a slow disk never stops receiving.
+(pyarrow releases the GIL), so a slow disk never stops receiving; with
+``[flows.store] backend = "clickhouse"`` the same thread inserts into ClickHouse instead
+(:mod:`lanalyze.flows.store.clickhouse.writer`), spooling to local disk while it is away.
 
 Counters go to the parent every second over a pipe; the parent owns ``/metrics`` and
 ``exporters.json``. SIGINT is ignored (Ctrl-C reaches the whole process group; the parent
@@ -39,10 +41,16 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from lanalyze.datadir import atomic_write_bytes
+from lanalyze.flows.config import StoreConfig
 from lanalyze.flows.exporters import ExporterCounterSet
 from lanalyze.flows.receive import BatchReceiver, Received
-from lanalyze.flows.store.paths import flow_dir, template_file, templates_dir
-from lanalyze.flows.store.writer import BackgroundWriter, Compression, SegmentWriter
+from lanalyze.flows.store.paths import flow_dir, spool_dir, template_file, templates_dir
+from lanalyze.flows.store.writer import (
+    BackgroundWriter,
+    Compression,
+    SegmentWriter,
+    StoreWriter,
+)
 from lanalyze.log import RateLimiter, get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -78,6 +86,10 @@ class WorkerSpec:
     exporters_allowed: list[str] | None = None
     log_format: Literal["kv", "json"] = "kv"
     log_level: str = "info"
+    clickhouse: StoreConfig | None = None
+    """Set: the ClickHouse backend (flows.store), this worker spooling to at most
+    ``spool_max_bytes``."""
+    spool_max_bytes: int = 0
 
 
 def merge_template_states(blobs: list[bytes]) -> bytes:
@@ -145,12 +157,20 @@ class FlowWorker:
             max_records_per_datagram=spec.max_records_per_datagram,
             exporters_allowed=spec.exporters_allowed,
         )
-        self.writer = SegmentWriter(
-            flow_dir(spec.data_dir),
-            spec.writer_id,
-            compression=spec.compression,
-            compression_level=spec.compression_level,
-        )
+        self.writer: StoreWriter
+        if spec.clickhouse is not None:
+            from lanalyze.flows.store.clickhouse.spool import Spool
+            from lanalyze.flows.store.clickhouse.writer import ClickHouseWriter
+
+            spool = Spool(spool_dir(flow_dir(spec.data_dir), spec.index), spec.spool_max_bytes)
+            self.writer = ClickHouseWriter(spec.clickhouse, spec.writer_id, spool)
+        else:
+            self.writer = SegmentWriter(
+                flow_dir(spec.data_dir),
+                spec.writer_id,
+                compression=spec.compression,
+                compression_level=spec.compression_level,
+            )
         self.store = BackgroundWriter(self.writer)
         self.receiver = BatchReceiver(socks)
         self.counters = ExporterCounterSet(spec.max_exporters)

@@ -9,6 +9,7 @@
         rollup/manifest.json                                     manifest_path()
         rollup/.maintainer.lock                                  maintainer_lock_path()
         templates/worker-<n>.bin                                 templates_dir(), template_file()
+        spool/worker-<n>/<seq>-<batch id>.arrow                  spool_dir() (ClickHouse backend)
         exporters.json                                           exporters_path()
         interfaces.json                                          interfaces_path()
 
@@ -31,6 +32,7 @@ FLOWS = "flows"
 RAW = "raw"
 ROLLUP = "rollup"
 TEMPLATES = "templates"
+SPOOL = "spool"
 EXPORTERS_FILE = "exporters.json"
 INTERFACES_FILE = "interfaces.json"
 MANIFEST_FILE = "manifest.json"
@@ -86,3 +88,8 @@ def exporters_path(flows: Path) -> Path:
 
 def interfaces_path(flows: Path) -> Path:
     return flows / INTERFACES_FILE
+
+
+def spool_dir(flows: Path, worker: int) -> Path:
+    """Batches one worker could not insert into ClickHouse yet (flows.store.spool_max_bytes)."""
+    return flows / SPOOL / f"worker-{worker}"

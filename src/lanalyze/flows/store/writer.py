@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,6 +77,16 @@ class StoreStats:
     bytes: int = 0
     errors: int = 0
     dropped_rows: int = 0
+    # The ClickHouse writer's (lanalyze.flows.store.clickhouse.writer); 0 for Parquet.
+    inserts: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    duplicates: int = 0
+    partial: int = 0
+    spool_bytes: int = 0
+    spool_segments: int = 0
+    spool_dropped_rows: int = 0
+    spool_dropped_batches: int = 0
 
 
 class SegmentWriter:
@@ -175,6 +185,32 @@ class SegmentWriter:
                 continue
         return removed
 
+    def idle(self) -> None:
+        """Nothing to do between batches (the ClickHouse writer replays its spool here)."""
+
+    def close(self) -> None:
+        """Nothing held between writes."""
+
+
+class StoreWriter(Protocol):
+    """What the workers' :class:`BackgroundWriter` needs of a store: :class:`SegmentWriter`
+    (Parquet) or :class:`~lanalyze.flows.store.clickhouse.writer.ClickHouseWriter`."""
+
+    writer_id: str
+    schema: pa.Schema
+    stats: StoreStats
+
+    def write(self, batches: Sequence[pa.RecordBatch] | pa.Table) -> Sequence[object]: ...
+
+    def idle(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def remove_stale_temporaries(self) -> int: ...
+
+
+IDLE_SECONDS = 1.0
+"""How often the writer thread calls ``idle()`` when no batch comes (spool replay)."""
 
 _STOP = object()
 
@@ -188,7 +224,7 @@ class BackgroundWriter:
     than retried forever, so ingest continues once the disk recovers.
     """
 
-    def __init__(self, writer: SegmentWriter, max_pending: int = 3) -> None:
+    def __init__(self, writer: StoreWriter, max_pending: int = 3) -> None:
         self.writer = writer
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(
@@ -217,8 +253,24 @@ class BackgroundWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.writer.close()
+
+    def _loop(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                try:
+                    self.writer.idle()
+                except OSError as exc:
+                    log.error(
+                        "flows.store_idle_failed",
+                        extra={"writer": self.writer.writer_id, "error": str(exc)},
+                    )
+                continue
             if item is _STOP:
                 return
             assert isinstance(item, list)

@@ -1,0 +1,296 @@
+"""The collector's ClickHouse writer: columnar inserts, a disk spool, exactly-once replay.
+
+It stands where :class:`~lanalyze.flows.store.writer.SegmentWriter` stands (same ``write``,
+``stats``, ``writer_id``, ``schema``), behind the same
+:class:`~lanalyze.flows.store.writer.BackgroundWriter` thread, so the workers' receive loop
+is the same for both backends and a slow ClickHouse never stops receiving.
+
+**Insert.** A worker's batch (up to ``flows.segment_max_rows`` flows) is cut into inserts of
+at most :data:`MAX_INSERT_ROWS` rows, each sent as ONE native-protocol block
+(``clickhouse_driver``, ``columnar=True``, numpy arrays: the numeric columns go over the wire
+as their buffers, no Python object per value) into the Distributed table ``flows`` with
+``insert_distributed_sync=1``. Every row of an insert carries the insert's ``batch_id``
+(random 64 bits), which is also the sharding key: the whole insert goes to one shard, as one
+block, which MergeTree writes as one part: all or nothing.
+
+**Spool.** An insert that fails (connection refused, timeout, server error) goes to the
+worker's :class:`~.spool.Spool` on local disk with its batch id; so do later batches while the
+spool is not empty (order kept, and a dead server is not asked for every batch) until
+``flows.store.retry_interval`` has passed. Then the spool is replayed oldest first.
+
+**Exactly once.** 18.16's plain MergeTree has no insert deduplication, and an insert that
+raised may still have been stored (the answer was lost, or came after our timeout). So before
+inserting a spooled batch the writer asks the cluster ``count() ... WHERE batch_id = <id>``
+(within the batch's ``time_received`` range, which the primary key prunes): the batch's row
+count means it is stored (the file is removed, counted as a duplicate avoided), zero means it
+is not (it is inserted), and a query that fails leaves it spooled for the next round. As an
+insert is one part on one shard, there is no third answer; should one come (a partial
+insert by some future server), it is logged and the batch left out rather than doubled. The
+one case this cannot see is an insert still running on the server when the check runs (our
+timeout shorter than the server's work): ``flows.store.insert_timeout`` should stay well
+above an insert's time, and the replay waits ``retry_interval`` first.
+
+Counters (``stats``, summed by the collector onto ``/metrics``): inserts, rows, insert
+errors, spooled/replayed/duplicate batches, spool bytes and files (gauges), dropped rows and
+batches (spool full). Errors are logged rate-limited, naming the servers, never the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lanalyze.flows.catalogue import COLUMNS, arrow_schema
+from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.store.clickhouse.connect import INSERT_SETTINGS, client, servers_text
+from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW
+from lanalyze.flows.store.clickhouse.spool import Spool
+from lanalyze.flows.store.writer import StoreStats
+from lanalyze.log import RateLimiter, get_logger
+
+log = get_logger(__name__)
+
+MAX_INSERT_ROWS = 1_000_000
+"""Rows per insert: below the driver's ``insert_block_size`` (1,048,576), so an insert is one
+block and one part."""
+_INSERT_COLUMNS = ", ".join([c.name for c in COLUMNS] + [BATCH_COLUMN])
+
+
+def new_batch_id() -> int:
+    """64 random bits, never 0 (rows inserted by other means carry 0)."""
+    return int.from_bytes(os.urandom(8), "little") or 1
+
+
+def numpy_columns(table: pa.Table, batch_id: int) -> list[np.ndarray]:
+    """The columns of a catalogue table as the driver's numpy input, in catalogue order.
+
+    Numbers are zero-copy views where Arrow holds one chunk; addresses become ``S16`` views of
+    the fixed-size binary buffer; ``extra`` (nullable) an object array of str/None."""
+    rows = table.num_rows
+    arrays: list[np.ndarray] = []
+    for column in COLUMNS:
+        data = table.column(column.name)
+        if column.kind == "ip":
+            chunk = data.combine_chunks() if data.num_chunks != 1 else data.chunk(0)
+            buffer = chunk.buffers()[1]
+            arrays.append(np.frombuffer(buffer, dtype="S16", count=rows, offset=chunk.offset * 16))
+        elif column.kind == "str":
+            arrays.append(data.to_numpy(zero_copy_only=False))
+        else:
+            arrays.append(data.to_numpy())
+    arrays.append(np.full(rows, batch_id, dtype=np.uint64))
+    return arrays
+
+
+class ClickHouseWriter:
+    """Inserts tables into ``<database>.flows``; spools and replays when that fails."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        writer_id: str,
+        spool: Spool,
+        *,
+        max_insert_rows: int = MAX_INSERT_ROWS,
+    ) -> None:
+        self.config = config
+        self.writer_id = writer_id
+        self.schema = arrow_schema()
+        self.spool = spool
+        self.max_insert_rows = max_insert_rows
+        self.stats = StoreStats()
+        self.limiter = RateLimiter(interval=30.0, burst=3)
+        self._client: Any = None
+        self._retry_at = 0.0
+        self._insert_sql = f"INSERT INTO {config.database}.{RAW} ({_INSERT_COLUMNS}) VALUES"
+        self._count_sql = (
+            # database: a validated identifier; the values are bound by the driver
+            f"SELECT count() FROM {config.database}.{RAW} WHERE time_received >= %(lo)s"  # noqa: S608
+            f" AND time_received <= %(hi)s AND {BATCH_COLUMN} = %(id)s"
+        )
+        self._sync_spool_stats()
+
+    # -- the SegmentWriter interface ---------------------------------------------------------
+
+    def write(self, batches: Sequence[pa.RecordBatch] | pa.Table) -> list[int]:
+        """Insert (or spool) the rows; returns the batch ids they went under."""
+        table = (
+            batches
+            if isinstance(batches, pa.Table)
+            else pa.Table.from_batches(list(batches), schema=self.schema)
+        )
+        ids = []
+        for start in range(0, table.num_rows, self.max_insert_rows):
+            part = table.slice(start, self.max_insert_rows)
+            batch_id = new_batch_id()
+            ids.append(batch_id)
+            if (
+                len(self.spool)
+                or time.monotonic() < self._retry_at
+                or not self._insert(part, batch_id)
+            ):
+                self._to_spool(part, batch_id)
+        self.replay()
+        return ids
+
+    def idle(self) -> None:
+        """Called by the writer thread when no batch came for a while: replay the spool."""
+        self.replay()
+
+    def remove_stale_temporaries(self) -> int:
+        """Take up the spool a previous run left (its crash temporaries are deleted)."""
+        self.spool.load()
+        self._sync_spool_stats()
+        if len(self.spool):
+            log.info(
+                "flows.spool_found",
+                extra={
+                    "writer": self.writer_id,
+                    "batches": len(self.spool),
+                    "bytes": self.spool.bytes,
+                },
+            )
+        return 0
+
+    def close(self) -> None:
+        self._disconnect()
+
+    # -- inserts -----------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._client is None:
+            self._client = client(self.config, use_numpy=True)
+        return self._client
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            # closing a connection that already broke: nothing to report
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            self._client = None
+
+    def _failed(self, action: str, exc: BaseException) -> None:
+        self.stats.errors += 1
+        self._disconnect()
+        self._retry_at = time.monotonic() + self.config.retry_interval
+        suppressed = self.limiter.allow(action)
+        if suppressed is not None:
+            log.warning(
+                "flows.clickhouse_failed",
+                extra={
+                    "writer": self.writer_id,
+                    "action": action,
+                    "servers": servers_text(self.config),
+                    "error": _short(exc),
+                    "spooled_batches": len(self.spool),
+                    "suppressed": suppressed,
+                },
+            )
+
+    def _insert(self, table: pa.Table, batch_id: int) -> bool:
+        from clickhouse_driver.errors import Error as DriverError
+
+        try:
+            self._connection().execute(
+                self._insert_sql,
+                numpy_columns(table, batch_id),
+                columnar=True,
+                settings=INSERT_SETTINGS,
+            )
+        except (TimeoutError, DriverError, OSError, EOFError) as exc:
+            self._failed("insert", exc)
+            return False
+        self.stats.inserts += 1
+        self.stats.rows += table.num_rows
+        return True
+
+    def _stored_rows(self, table: pa.Table, batch_id: int) -> int | None:
+        """Rows of ``batch_id`` the cluster holds; None when it cannot be asked now."""
+        from clickhouse_driver.errors import Error as DriverError
+
+        received = table.column("time_received")
+        params = {
+            "lo": int(pa.compute.min(received).as_py()),
+            "hi": int(pa.compute.max(received).as_py()),
+            "id": batch_id,
+        }
+        try:
+            result = self._connection().execute(self._count_sql, params)
+        except (TimeoutError, DriverError, OSError, EOFError) as exc:
+            self._failed("check", exc)
+            return None
+        return int(result[0][0])
+
+    # -- the spool ---------------------------------------------------------------------------
+
+    def _to_spool(self, table: pa.Table, batch_id: int) -> None:
+        if self.spool.put(table, batch_id):
+            self.stats.spooled += 1
+        else:
+            suppressed = self.limiter.allow("spool_full")
+            if suppressed is not None:
+                log.error(
+                    "flows.spool_full",
+                    extra={
+                        "writer": self.writer_id,
+                        "rows": table.num_rows,
+                        "spool_bytes": self.spool.bytes,
+                        "suppressed": suppressed,
+                    },
+                )
+        self._sync_spool_stats()
+
+    def replay(self) -> None:
+        """Insert spooled batches, oldest first, each exactly once, until one fails."""
+        while len(self.spool) and time.monotonic() >= self._retry_at:
+            entry = self.spool.oldest()
+            assert entry is not None
+            table = self.spool.read(entry)
+            if table is None:
+                continue
+            if table.num_rows == 0:
+                self.spool.remove(entry)
+                continue
+            stored = self._stored_rows(table, entry.batch_id)
+            if stored is None:
+                break
+            if stored == table.num_rows:
+                self.stats.duplicates += 1
+            elif stored:
+                log.error(
+                    "flows.clickhouse_partial_batch",
+                    extra={
+                        "batch": f"{entry.batch_id:016x}",
+                        "rows": table.num_rows,
+                        "stored": stored,
+                    },
+                )
+                self.stats.partial += 1
+            elif self._insert(table, entry.batch_id):
+                self.stats.replayed += 1
+            else:
+                break
+            self.spool.remove(entry)
+            self._sync_spool_stats()
+        self._sync_spool_stats()
+
+    def _sync_spool_stats(self) -> None:
+        self.stats.spool_bytes = self.spool.bytes
+        self.stats.spool_segments = len(self.spool)
+        self.stats.spool_dropped_rows = self.spool.dropped_rows
+        self.stats.spool_dropped_batches = self.spool.dropped_batches
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error (a server exception carries its whole stack trace)."""
+    text = str(exc).strip().splitlines()
+    head = text[0] if text else type(exc).__name__
+    if len(text) > 1 and head.startswith("Code:"):
+        head = f"{head} {text[1]}"
+    return head[:300]
