@@ -9,6 +9,8 @@ order (ranks tie-broken by key in both dialects).
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,14 @@ import pytest
 
 from lanalyze.flows.config import RollupConfig
 from lanalyze.flows.query import engine, reports
-from lanalyze.flows.query.clickhouse import ClickHouseBackend, Server, bind
+from lanalyze.flows.query.clickhouse import ClickHouseBackend, bind
+from lanalyze.flows.query.reports.exporters import stored_exporters
 from lanalyze.flows.query.sql import Statement
+from lanalyze.flows.query.timespec import iso
 from lanalyze.flows.store.rollup import RollupMaintainer
 from lanalyze.flows.store.synthetic import random_flows, write_flows
 from tests.clickhouse import ClickHouseCluster
+from tests.conftest import lanalyze_cmd
 from tests.flows import clickhouse_schema
 
 HOUR = 3_600_000
@@ -69,12 +74,10 @@ def stores(
     finally:
         maintainer.release()
     db = f"reports_{id(data) % 100_000}"
-    clickhouse_schema.each(clickhouse_cluster, f"CREATE DATABASE {db}")
     clickhouse_schema.create(clickhouse_cluster, db)
     clickhouse_schema.insert(clickhouse_cluster, db, columns)
-    servers = [Server(host, port) for host, port in clickhouse_cluster.hosts]
     before = engine.backend()
-    clickhouse = ClickHouseBackend(servers, db, cluster=clickhouse_cluster.cluster)
+    clickhouse = ClickHouseBackend(clickhouse_schema.store_config(clickhouse_cluster, db))
     yield Stores(data, before, clickhouse)
     engine.use(before)
     clickhouse.close()
@@ -214,3 +217,38 @@ def test_a_hostile_filter_value_is_a_value(stores: Stores) -> None:
     # A string parameter with quotes and backslashes comes back as itself.
     text = "x' OR 1=1 --\\'"
     assert backend.execute(Statement("SELECT ?", [text])) == [(text.encode(),)]
+
+
+def test_the_commands_answer_from_clickhouse_when_the_store_says_so(
+    stores: Stores, tmp_path: Path, clickhouse_cluster: ClickHouseCluster
+) -> None:
+    """``[flows.store] backend = "clickhouse"`` is all a report command needs: its flow
+    directory here is empty, so every row it prints came from the cluster."""
+    store = stores.clickhouse.store
+    config = tmp_path / "lanalyze.toml"
+    servers = ", ".join(f'"{server}"' for server in store.servers)
+    config.write_text(
+        f'[flows.store]\nbackend = "clickhouse"\nservers = [{servers}]\n'
+        f'cluster = "{store.cluster}"\ndatabase = "{store.database}"\n'
+    )
+    empty = tmp_path / "flows"
+    (empty / "raw").mkdir(parents=True)
+    window = ["--since", iso(T0), "--until", iso(T0 + SPAN)]
+    command = ["flows", "top", "--by", "srcip", "-n", "5", "--format", "json"]
+    result = subprocess.run(
+        [*lanalyze_cmd(), "--config", str(config), *command, "--data", str(empty), *window],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = reports.top(stores.data, "srcip", since=T0, until=T0 + SPAN, limit=5)
+    assert json.loads(result.stdout) == [
+        {k: v for k, v in row.to_json().items() if k in ("srcip", "bytes", "packets", "flows")}
+        for row in expected.rows
+    ]
+
+
+def test_stored_exporters_equal(stores: Stores) -> None:
+    embedded, clustered = both(stores, lambda: stored_exporters(stores.data))
+    assert clustered.rows == embedded.rows and len(embedded.rows) == 2

@@ -6,11 +6,12 @@ embedded Parquet store (issue 17; the storage side, schema and inserts, is
 :func:`lanalyze.flows.query.engine.plan` and build their SQL with the backend's
 :class:`~lanalyze.flows.query.sql.Dialect`; here those answer with ClickHouse tables and text.
 
-Tables (the Distributed tables over the shards' local ones): raw flows in :data:`RAW_TABLE`,
-the catalogue's columns and types (addresses ``FixedString(16)``, IPv4-mapped, as in the
-Parquet files; times UInt64 UTC ms); per rollup table and resolution (``1m``, ``1h``, ``1d``)
-:func:`rollup_table`, ``time`` (bucket start, ms), the table's columns and the sums ``bytes``,
-``packets`` (scaled by sampling) and ``flows``, fed by materialized views as rows arrive.
+Tables (:mod:`lanalyze.flows.store.clickhouse.schema`; the reports read the Distributed
+tables over the shards' local ones): raw flows in ``flows``, the catalogue's columns and types
+(addresses ``FixedString(16)``, IPv4-mapped, as in the Parquet files; times UInt64 UTC ms);
+per rollup table and resolution (``1m``, ``1h``, ``1d``) ``rollup_<res>_<table>``: ``time``
+(bucket start, ms), the table's columns and the sums ``bytes``, ``packets`` (scaled by
+sampling) and ``flows``, fed by materialized views as rows arrive.
 Because the views fill the rollups with every insert, a plan (:func:`plan`) needs no manifest:
 whole days from ``1d``, whole hours from ``1h``, whole minutes from ``1m``, the edges raw;
 every flow counts once, as with the embedded planner.
@@ -33,29 +34,22 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lanalyze.flows.config import StoreConfig
 from lanalyze.flows.errors import ReportError
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import V4_HIGH, V4_LOW, Dimension, KeyExpr
 from lanalyze.flows.query.planner import Interval, Piece, Plan, choose_table
-from lanalyze.flows.query.sql import Column, DuckDB, SharedSource, Statement
-from lanalyze.flows.store.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES, RollupTable
+from lanalyze.flows.query.sql import Column, Dialect, DuckDB, SharedSource, Statement
+from lanalyze.flows.store.clickhouse import connect, schema
+from lanalyze.flows.store.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES
 
-RAW_TABLE = "flows"
-"""The Distributed table of raw flows."""
-LOCAL_SUFFIX = "_local"
-"""The shards' own tables: ``flows_local``, ``rollup_1m_iface_local`` (their data parts)."""
-ROLLUP_RESOLUTIONS = ("1d", "1h", "1m")
+ROLLUP_RESOLUTIONS = tuple(sorted(schema.RESOLUTIONS, key=schema.RESOLUTIONS.__getitem__))[::-1]
 """Resolutions the ClickHouse rollups are kept at, coarsest first."""
 
 Row = tuple[Any, ...]
-
-
-def rollup_table(resolution: str, table: RollupTable) -> str:
-    return f"rollup_{resolution}_{table.name}"
 
 
 def _floor(value: int, step: int) -> int:
@@ -159,9 +153,9 @@ class ClickHouse(DuckDB):
 
     def table(self, piece: Piece) -> str:
         if piece.source == "raw":
-            return f"{self.database}.{RAW_TABLE}"
+            return f"{self.database}.{schema.RAW}"
         assert piece.table is not None
-        return f"{self.database}.{rollup_table(piece.source, piece.table)}"
+        return f"{self.database}.{schema.rollup_name(piece.source, piece.table.name)}"
 
     def keys(self, dim: Dimension) -> tuple[KeyExpr, ...]:
         if dim.prefix is not None:
@@ -260,64 +254,30 @@ def bind(statement: Statement) -> tuple[str, dict[str, object]]:
     return "".join(out), values
 
 
-@dataclass(frozen=True)
-class Server:
-    host: str
-    port: int = 9000
-
-
 class ClickHouseBackend:
-    """Reports answered by a ClickHouse cluster over its native protocol (clickhouse-driver,
-    which works with 18.16): one client per thread, the first server reachable of
-    ``servers`` (the others are the driver's ``alt_hosts``). Inert until the first query."""
+    """Reports answered by the ClickHouse cluster of ``[flows.store]`` over its native
+    protocol (clickhouse-driver, which works with 18.16; clients made by
+    :func:`lanalyze.flows.store.clickhouse.connect.client`, failing over along
+    ``flows.store.servers``): one client per thread. Inert until the first query."""
 
     files = False
+    dialect: Dialect
 
-    def __init__(
-        self,
-        servers: Sequence[Server],
-        database: str,
-        *,
-        cluster: str,
-        user: str = "default",
-        password: str = "",
-        secure: bool = False,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        if not servers:
-            raise ValueError("no ClickHouse server given")
-        self.servers = list(servers)
-        self.database = database
-        self.cluster = cluster
-        self.dialect = ClickHouse(database)
-        self._user = user
-        self._password = password
-        self._secure = secure
-        self._connect_timeout = connect_timeout
+    def __init__(self, store: StoreConfig) -> None:
+        self.store = store
+        self.database = store.database
+        self.cluster = store.cluster
+        self.dialect = ClickHouse(store.database)
         self._local = threading.local()
 
-    def __repr__(self) -> str:  # never the password
-        names = ",".join(f"{s.host}:{s.port}" for s in self.servers)
-        return f"ClickHouseBackend({names}, database={self.database!r}, user={self._user!r})"
+    def __repr__(self) -> str:  # the servers, never the password
+        return f"ClickHouseBackend({connect.servers_text(self.store)}, {self.database!r})"
 
     def client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
-            from clickhouse_driver import Client  # type: ignore[import-untyped]
-
-            first, *others = self.servers
-            client = Client(
-                first.host,
-                port=first.port,
-                database=self.database,
-                user=self._user,
-                password=self._password,
-                secure=self._secure,
-                connect_timeout=self._connect_timeout,
-                alt_hosts=",".join(f"{s.host}:{s.port}" for s in others) or None,
-                # FixedString addresses as bytes, like the Parquet store's binary(16).
-                settings={"strings_as_bytes": True},
-            )
+            # FixedString addresses as bytes, like the Parquet store's binary(16).
+            client = connect.client(self.store, strings_as_bytes=True)
             self._local.client = client
         return client
 
@@ -329,17 +289,15 @@ class ClickHouseBackend:
             client.disconnect()
 
     def run(self, sql: str, params: dict[str, object] | None = None) -> list[Row]:
-        from clickhouse_driver.errors import (  # type: ignore[import-untyped]
-            NetworkError,
-            SocketTimeoutError,
-        )
+        from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 
         try:
             rows: list[Row] = self.client().execute(sql, params)
         except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
             self.close()
-            names = ", ".join(f"{s.host}:{s.port}" for s in self.servers)
-            raise ReportError(f"the ClickHouse servers ({names}) do not answer: {exc}") from None
+            raise ReportError(
+                f"the ClickHouse servers ({connect.servers_text(self.store)}) do not answer: {exc}"
+            ) from None
         return rows
 
     def execute(self, statement: Statement) -> list[Row]:
@@ -364,10 +322,10 @@ class ClickHouseBackend:
     def table_status(self) -> list[tuple[str, int, int, int, int | None, int | None]]:
         """Per table: data parts (in place of files) and their bytes on all shards, rows,
         oldest and newest time."""
-        tables = [("raw", RAW_TABLE, "time_received")]
+        tables = [("raw", schema.RAW, "time_received")]
         for resolution in ROLLUP_RESOLUTIONS:
             for table in ROLLUP_TABLES:
-                name = rollup_table(resolution, table)
+                name = schema.rollup_name(resolution, table.name)
                 tables.append((f"{resolution}/{table.name}", name, "time"))
         counts = " UNION ALL ".join(
             f"SELECT {i} AS i, count() AS n, min({column}) AS lo, max({column}) AS hi "  # noqa: S608
@@ -386,6 +344,6 @@ class ClickHouseBackend:
         found = []
         for i, (label, name, _) in enumerate(tables):
             n, lo, hi = held.get(i, (0, 0, 0))
-            files, size = parts.get(name + LOCAL_SUFFIX, (0, 0))
+            files, size = parts.get(f"{name}_local", (0, 0))
             found.append((label, files, n, size, lo if n else None, hi if n else None))
         return found

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import duckdb
 
-from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.config import QueryConfig, StoreConfig
 from lanalyze.flows.errors import Replan, ReportError
 from lanalyze.flows.query import filtered, planner
 from lanalyze.flows.query.compile import CompiledFilter
@@ -70,12 +70,23 @@ class Backend(Protocol):
 _settings = {"query": QueryConfig()}
 
 
-def apply_config(config: QueryConfig) -> None:
+def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
     """The ``[flows.query]`` section this process answers reports with: DuckDB threads per
-    query (the machine is shared with the collector) and the raw bytes one report may scan.
-    Applied by whoever answers reports (``flows/query/cli.py``, ``serve.py`` for the console);
-    the section's defaults until then."""
+    query (the machine is shared with the collector) and the raw bytes one report may scan;
+    and with ``store`` (``[flows.store]``) the backend: the embedded store, or the ClickHouse
+    cluster it names. Applied by whoever answers reports (``flows/query/cli.py``,
+    ``serve.py`` for the console); the section's defaults until then."""
     _settings["query"] = config
+    if store is None:
+        return
+    current = _backend[0]
+    if store.backend == "clickhouse":
+        from lanalyze.flows.query.clickhouse import ClickHouseBackend
+
+        if not (isinstance(current, ClickHouseBackend) and current.store == store):
+            use(ClickHouseBackend(store))
+    elif not current.files:
+        use(_embedded)
 
 
 def max_raw_bytes() -> int:
@@ -156,7 +167,8 @@ class DuckDBBackend:
                 connection.unregister(name)
 
 
-_backend: list[Backend] = [DuckDBBackend()]
+_embedded = DuckDBBackend()
+_backend: list[Backend] = [_embedded]
 
 
 def backend() -> Backend:
