@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from lanalyze.flows.config import RollupConfig
+from lanalyze.flows.config import QueryConfig, RollupConfig
+from lanalyze.flows.errors import ReportError
 from lanalyze.flows.query import engine, reports
 from lanalyze.flows.query.clickhouse import ClickHouseBackend, bind
 from lanalyze.flows.query.reports.exporters import stored_exporters
@@ -252,3 +253,18 @@ def test_the_commands_answer_from_clickhouse_when_the_store_says_so(
 def test_stored_exporters_equal(stores: Stores) -> None:
     embedded, clustered = both(stores, lambda: stored_exporters(stores.data))
     assert clustered.rows == embedded.rows and len(embedded.rows) == 2
+
+
+def test_the_raw_budget_stops_a_clickhouse_query(stores: Stores) -> None:
+    engine.apply_config(QueryConfig(max_raw_bytes=64 * 1024))
+    engine.use(stores.clickhouse)
+    try:
+        with pytest.raises(ReportError, match="would read more than"):
+            reports.top(stores.data, "srcip", since=T0, until=T0 + SPAN, filter="bytes > 1000")
+        engine.apply_config(QueryConfig())
+        assert reports.top(
+            stores.data, "srcip", since=T0, until=T0 + SPAN, filter="bytes > 1000"
+        ).rows
+    finally:
+        engine.apply_config(QueryConfig())
+        engine.use(stores.duckdb)

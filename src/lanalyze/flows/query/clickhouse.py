@@ -39,13 +39,24 @@ from typing import Any
 
 from lanalyze.flows.config import StoreConfig
 from lanalyze.flows.errors import ReportError
+from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import V4_HIGH, V4_LOW, Dimension, KeyExpr
 from lanalyze.flows.query.planner import Interval, Piece, Plan, choose_table
-from lanalyze.flows.query.sql import Column, Dialect, DuckDB, SharedSource, Statement
+from lanalyze.flows.query.sql import (
+    SUMS,
+    Column,
+    Dialect,
+    DuckDB,
+    Planned,
+    SharedSource,
+    Statement,
+)
 from lanalyze.flows.store.clickhouse import connect, schema
 from lanalyze.flows.store.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES
 
+TOO_MANY_BYTES = 307
+"""The server's error code for a query over its ``max_bytes_to_read``."""
 ROLLUP_RESOLUTIONS = tuple(sorted(schema.RESOLUTIONS, key=schema.RESOLUTIONS.__getitem__))[::-1]
 """Resolutions the ClickHouse rollups are kept at, coarsest first."""
 
@@ -172,9 +183,32 @@ class ClickHouse(DuckDB):
         flt: CompiledFilter,
         shared: SharedSource,
     ) -> Statement:
+        return self._select(piece, columns, flt, summed=False)
+
+    def summed_union(
+        self, planned: Planned, flt: CompiledFilter, shared: SharedSource
+    ) -> Statement:
+        """Each piece already summed per head and base columns, in the ``SELECT`` that reads
+        the Distributed table: the shards aggregate their own rows and send the sums (a
+        ``GROUP BY`` in an outer query would pull every row to the server asked)."""
+        parts: list[str] = []
+        params: list[object] = []
+        for the_plan, columns in planned:
+            for piece in the_plan.pieces:
+                statement = self._select(piece, columns, flt, summed=True)
+                parts.append(statement.sql)
+                params.extend(statement.params)
+        return Statement(" UNION ALL ".join(parts), params)
+
+    def _select(
+        self, piece: Piece, columns: Sequence[Column], flt: CompiledFilter, *, summed: bool
+    ) -> Statement:
+        """The piece's columns (``summed``: the :data:`~lanalyze.flows.query.sql.SUMS`
+        summed per the others)."""
         names = self.metrics(piece)
         params: list[object] = []
         selected = []
+        keys = []
         for column in columns:
             expression = column.expr.sql.format(**names)
             if piece.source == "raw":
@@ -182,15 +216,20 @@ class ClickHouse(DuckDB):
                 # ``SELECT *`` subquery would read every column of the table).
                 for name, sql in DERIVED_SQL.items():
                     expression = re.sub(rf"\b{name}\b", f"({sql})", expression)
-            selected.append(f"{expression} AS {column.name}")
+            if summed and column in SUMS:
+                selected.append(f"sum({expression}) AS {column.name}")
+            else:
+                selected.append(f"{expression} AS {column.name}")
+                keys.append(column.name)
             params.extend(column.expr.params)
         time_sql = " OR ".join(f"({names['t']} >= ? AND {names['t']} < ?)" for _ in piece.intervals)
         for lo, hi in piece.intervals:
             params.extend((lo, hi))
         params.extend(flt.params)
+        group = f" GROUP BY {', '.join(keys)}" if summed and keys else ""
         return Statement(
             f"SELECT {', '.join(selected)} FROM {self.table(piece)} "  # noqa: S608
-            f"WHERE ({time_sql}) AND {portable(flt.sql)}",
+            f"WHERE ({time_sql}) AND {portable(flt.sql)}{group}",
             params,
         )
 
@@ -289,14 +328,28 @@ class ClickHouseBackend:
             client.disconnect()
 
     def run(self, sql: str, params: dict[str, object] | None = None) -> list[Row]:
-        from clickhouse_driver.errors import NetworkError, SocketTimeoutError
+        """``sql`` with ``params``; a query reading more than ``flows.query.max_raw_bytes``
+        (uncompressed, per server: the server counts, there are no files to add up) is
+        stopped by the server and refused as the embedded store refuses it."""
+        from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
+        limit = engine.max_raw_bytes()
         try:
-            rows: list[Row] = self.client().execute(sql, params)
+            rows: list[Row] = self.client().execute(
+                sql, params, settings={"max_bytes_to_read": limit or 1}
+            )
         except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
             self.close()
             raise ReportError(
                 f"the ClickHouse servers ({connect.servers_text(self.store)}) do not answer: {exc}"
+            ) from None
+        except ServerException as exc:
+            if exc.code != TOO_MANY_BYTES:
+                raise
+            raise ReportError(
+                f"this report would read more than {limit / 2**30:.1f} GiB of flows on a "
+                "ClickHouse server: narrow the time window, or drop per-flow filters (bytes, "
+                "packets) and dimensions no rollup keeps"
             ) from None
         return rows
 

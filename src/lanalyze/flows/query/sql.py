@@ -211,7 +211,7 @@ class DuckDB:
         derives its keys (subnet, conversation), sums again per derived key, so the
         derivation runs once per distinct value, not once per flow.
         """
-        union = self.union(planned, flt, shared)
+        union = self.summed_union(planned, flt, shared)
         bases = [*head, *(c.name for c in base_columns(dims, 0))]
         sums = "sum(nbytes) AS bytes, sum(npackets) AS packets, sum(nflows) AS flows"
         if bases:
@@ -241,6 +241,12 @@ class DuckDB:
                 f"sum(flows) AS flows FROM ({inner}) {self.group_by(aliases)}"
             )
         return Statement(sql, params + union.params)
+
+    def summed_union(
+        self, planned: Planned, flt: CompiledFilter, shared: SharedSource
+    ) -> Statement:
+        """The union :meth:`aggregate` sums per key (DuckDB: every row as it is)."""
+        return self.union(planned, flt, shared)
 
     def keys(self, dim: Dimension) -> tuple[KeyExpr, ...]:
         """The SQL of a dimension's keys in this dialect (:attr:`Dimension.keys`)."""
