@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from lanalyze.flows.config import QueryConfig, RollupConfig
 from lanalyze.flows.errors import ReportError
@@ -26,6 +28,7 @@ from lanalyze.flows.query.sql import Statement
 from lanalyze.flows.query.timespec import iso
 from lanalyze.flows.store.rollup import RollupMaintainer
 from lanalyze.flows.store.synthetic import random_flows, write_flows
+from lanalyze.web import api_flows
 from tests.clickhouse import ClickHouseCluster
 from tests.conftest import lanalyze_cmd
 from tests.flows import clickhouse_schema
@@ -268,3 +271,41 @@ def test_the_raw_budget_stops_a_clickhouse_query(stores: Stores) -> None:
     finally:
         engine.apply_config(QueryConfig())
         engine.use(stores.duckdb)
+
+
+def test_the_api_answers_from_clickhouse_when_the_backend_is_chosen(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """The console's API needs nothing but the backend: its flow directory is empty here."""
+    empty = tmp_path / "flows"
+    (empty / "raw").mkdir(parents=True)
+    app = Starlette(routes=api_flows.routes)
+    app.state.flow_dir = empty
+    since, until = T0 + 1_234_000, T0 + 30 * HOUR
+    window = {"since": iso(since), "until": iso(until)}
+    engine.use(stores.clickhouse)
+    try:
+        with TestClient(app) as client:
+            top = client.get("/api/flows/top", params={"by": "dstip", "n": "5", **window})
+            series = client.get(
+                "/api/flows/series", params={"by": "proto", "bucket": "1h", **window}
+            )
+            listed = client.get("/api/flows/list", params={"n": "30", **window})
+            ifaces = client.get("/api/flows/interfaces", params={"n": "0", **window})
+    finally:
+        engine.use(stores.duckdb)
+        stores.clickhouse.close()
+    for response in (top, series, listed, ifaces):
+        assert response.status_code == 200, response.text
+    expected_top = reports.top(stores.data, "dstip", since=since, until=until, limit=5).to_json()
+    assert (
+        top.json()["rows"] == expected_top["rows"] and top.json()["total"] == expected_top["total"]
+    )
+    expected_series = reports.series(
+        stores.data, since=since, until=until, bucket="1h", by="proto"
+    ).to_json()
+    assert series.json()["points"] == expected_series["points"]
+    expected_list = reports.list_flows(stores.data, since=since, until=until, limit=30)
+    assert listed.json()["flows"] == [flow.to_json() for flow in expected_list]
+    expected_ifaces = reports.top_interfaces(stores.data, since=since, until=until, limit=0)
+    assert ifaces.json()["interfaces"] == [row.to_json() for row in expected_ifaces]

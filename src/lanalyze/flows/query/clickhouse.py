@@ -308,6 +308,8 @@ class ClickHouseBackend:
         self.cluster = store.cluster
         self.dialect = ClickHouse(store.database)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: set[Any] = set()
 
     def __repr__(self) -> str:  # the servers, never the password
         return f"ClickHouseBackend({connect.servers_text(self.store)}, {self.database!r})"
@@ -318,13 +320,27 @@ class ClickHouseBackend:
             # FixedString addresses as bytes, like the Parquet store's binary(16).
             client = connect.client(self.store, strings_as_bytes=True)
             self._local.client = client
+            with self._lock:
+                self._clients.add(client)
         return client
 
-    def close(self) -> None:
-        """Disconnect this thread's client (the next query connects again)."""
+    def _drop(self) -> None:
+        """Disconnect this thread's client (after a network error: the next query connects
+        again)."""
         client = getattr(self._local, "client", None)
         self._local.client = None
         if client is not None:
+            with self._lock:
+                self._clients.discard(client)
+            client.disconnect()
+
+    def close(self) -> None:
+        """Disconnect every thread's client (the console's worker threads each have one);
+        a later query connects again."""
+        with self._lock:
+            clients, self._clients = self._clients, set()
+        self._local = threading.local()
+        for client in clients:
             client.disconnect()
 
     def run(self, sql: str, params: dict[str, object] | None = None) -> list[Row]:
@@ -339,7 +355,7 @@ class ClickHouseBackend:
                 sql, params, settings={"max_bytes_to_read": limit or 1}
             )
         except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
-            self.close()
+            self._drop()
             raise ReportError(
                 f"the ClickHouse servers ({connect.servers_text(self.store)}) do not answer: {exc}"
             ) from None

@@ -85,8 +85,13 @@ def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
 
         if not (isinstance(current, ClickHouseBackend) and current.store == store):
             use(ClickHouseBackend(store))
+            if isinstance(current, ClickHouseBackend):
+                current.close()
     elif not current.files:
         use(_embedded)
+        close = getattr(current, "close", None)
+        if close is not None:
+            close()
 
 
 def max_raw_bytes() -> int:
