@@ -1,11 +1,12 @@
 """Top-10 sources by bytes on a two-shard ClickHouse cluster vs the embedded store, same flows.
 
-    .venv/bin/python bench/clickhouse_query_bench.py --flows 10M [--work DIR] [--runs 5]
+    .venv/bin/python bench/clickhouse_query_bench.py --flows 10M [--rate 10000] [--work DIR]
+        [--runs 5]
 
-N flows (65,536 distinct sources, 10 k flows/s of receive time) are generated once with numpy
-in chunks of 1 M and stored twice: as lanalyze raw segments (which the rollup maintainer then
-rolls up) and through the ClickHouse store's own schema and insert columns
-(``lanalyze.flows.store.clickhouse``) into two ``clickhouse-server`` instances on loopback
+N flows (65,536 distinct sources, ``--rate`` flows/s of receive time, 10 k by default) are
+generated once with numpy in chunks of 1 M and stored twice: as lanalyze raw segments (which
+the rollup maintainer then rolls up) and through the ClickHouse store's own schema and insert
+columns (``lanalyze.flows.store.clickhouse``) into two ``clickhouse-server`` instances on loopback
 (Debian's 18.16, started as the tests start them: ``tests/clickhouse.py``), a batch id per
 insert spreading them over the shards, the materialized views filling the rollups. Then
 ``reports.top(by="srcip", limit=10)`` over the whole window runs alternately on both backends
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--flows", default="10M")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rate", type=int, default=RATE, help="flows per second of receive time")
     args = parser.parse_args()
     flows = count(args.flows)
     work = args.work or Path(tempfile.mkdtemp(prefix="ch-query-bench-"))
@@ -72,7 +74,8 @@ def main() -> None:
     data.mkdir(exist_ok=True)
     # The window: whole minutes, so both backends answer from rollups alone (a ragged end
     # is read from raw flows by both).
-    until = T0 + -(-flows * 1000 // RATE // 60_000) * 60_000
+    rate = args.rate
+    until = T0 + -(-flows * 1000 // rate // 60_000) * 60_000
     print(f"{flows:,} flows, {(until - T0) / 60_000:.0f} min of receive time, work {work}")
 
     cluster = start_cluster(work / "clickhouse")
@@ -95,8 +98,8 @@ def main() -> None:
         parquet_s = clickhouse_s = 0.0
         for index, start in enumerate(range(0, flows, CHUNK)):
             rows = min(CHUNK, flows - start)
-            lo = T0 + start * 1000 // RATE
-            hi = T0 + (start + rows) * 1000 // RATE
+            lo = T0 + start * 1000 // rate
+            hi = T0 + (start + rows) * 1000 // rate
             columns = random_flows(rows, lo, hi, seed=index + 1, sources=65_536)
             began = time.perf_counter()
             write_flows(data, columns, segment_ms=60_000, compression="lz4")
