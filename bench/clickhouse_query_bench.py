@@ -85,6 +85,7 @@ def main() -> None:
             servers=[f"{host}:{port}" for host, port in cluster.hosts],
             cluster=cluster.cluster,
             database="bench",
+            insert_timeout=1800,  # a busy machine: 1 M rows through 33 views
         )
         for host, port in cluster.hosts:
             client = connect.client(store, f"{host}:{port}")

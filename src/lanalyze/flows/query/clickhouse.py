@@ -42,7 +42,15 @@ from lanalyze.flows.errors import ReportError
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import V4_HIGH, V4_LOW, Dimension, KeyExpr
-from lanalyze.flows.query.planner import Interval, Piece, Plan, choose_table
+from lanalyze.flows.query.planner import (
+    Interval,
+    Piece,
+    Plan,
+    _ceil,
+    _floor,
+    _subtract,
+    choose_table,
+)
 from lanalyze.flows.query.sql import (
     SUMS,
     Column,
@@ -61,29 +69,6 @@ ROLLUP_RESOLUTIONS = tuple(sorted(schema.RESOLUTIONS, key=schema.RESOLUTIONS.__g
 """Resolutions the ClickHouse rollups are kept at, coarsest first."""
 
 Row = tuple[Any, ...]
-
-
-def _floor(value: int, step: int) -> int:
-    return value - value % step
-
-
-def _ceil(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
-def _subtract(intervals: list[Interval], used: list[Interval]) -> list[Interval]:
-    result: list[Interval] = []
-    for lo, hi in intervals:
-        cursor = lo
-        for u_lo, u_hi in sorted(used):
-            if u_hi <= cursor or u_lo >= hi:
-                continue
-            if u_lo > cursor:
-                result.append((cursor, u_lo))
-            cursor = max(cursor, u_hi)
-        if cursor < hi:
-            result.append((cursor, hi))
-    return result
 
 
 def plan(
