@@ -1,11 +1,12 @@
 """Runs the reports' statements: DuckDB connections, the raw-scan budget, re-planning.
 
 The reports (:mod:`lanalyze.flows.query.reports`) build their SQL with the backend's
-:class:`~lanalyze.flows.query.sql.Dialect` and hand it here. One backend today, DuckDB in
-this process over the Parquet files: one in-memory connection per thread (a connection is not
+:class:`~lanalyze.flows.query.sql.Dialect` and hand it here. The default backend is DuckDB
+in this process over the Parquet files: one in-memory connection per thread (a connection is not
 shared across threads), ``threads`` worker threads each (the machine is shared with the
-collector). The other is a ClickHouse cluster (:mod:`~lanalyze.flows.query.clickhouse`), chosen
-with :func:`use`: its plans name tables, not files (``Backend.files`` is False).
+collector). The other is a ClickHouse cluster (:mod:`~lanalyze.flows.query.clickhouse`), chosen by
+``[flows.store] backend`` (:func:`apply_config`) or :func:`use`: its plans name tables, not
+files (``Backend.files`` is False).
 
 A report plans its files first and reads them after; compaction or retention may delete a
 file in between (they wait a grace period, but a report may be slow). Such a read raises
