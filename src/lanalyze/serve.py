@@ -48,7 +48,7 @@ def build_components(config: Config) -> list[Component]:
 
         # The console, the API and the report socket answer flow reports in this process:
         # with [flows.query].
-        reports.apply_config(config.flows.query)
+        reports.apply_config(config.flows.query, config.flows.store)
     if config.web.enabled:
         from lanalyze.web.app import WebServer
 

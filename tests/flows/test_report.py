@@ -465,3 +465,19 @@ def test_list_is_newest_first_across_overlapping_files(tmp_path: Path) -> None:
     every = reports.list_flows(tmp_path, since=start, until=T0, limit=100)
     times = [f.time_received for f in every]
     assert times == sorted(times, reverse=True) and len(times) == 40
+
+
+def test_flows_received_in_the_same_millisecond_list_in_a_defined_order(tmp_path: Path) -> None:
+    # Stored in descending source order, in two files; the list breaks the tie by the
+    # columns after the receive time (addresses as bytes), as the ClickHouse backend does.
+    columns = random_flows(12, T0, T0 + 1000, seed=5)
+    for name in ("time_received", "time_start", "time_end"):
+        columns[name][:] = T0 + 500
+    columns["exporter"][:] = columns["exporter"][0]
+    columns["src_addr"][:] = [
+        b"\x00" * 10 + b"\xff\xff" + bytes([10, 0, 0, 12 - i]) for i in range(12)
+    ]
+    write_flows(tmp_path, {k: v[:6] for k, v in columns.items()}, writer="a")
+    write_flows(tmp_path, {k: v[6:] for k, v in columns.items()}, writer="b")
+    listed = reports.list_flows(tmp_path, since=T0, until=T0 + 1000, limit=5)
+    assert [r.src_addr for r in listed] == [f"10.0.0.{i}" for i in range(1, 6)]

@@ -146,7 +146,7 @@ def exporters(ctx: click.Context, data_dir: Path | None, output_format: str) -> 
     from lanalyze.flows.query import reports
     from lanalyze.flows.query.reports.exporters import exporters_overview, format_table
 
-    reports.apply_config(_app_config(ctx).flows.query)
+    reports.apply_config(_app_config(ctx).flows.query, _app_config(ctx).flows.store)
     directory = _data_dir(ctx, data_dir)
     overview = exporters_overview(directory)
     if overview.collector is None and not overview.collector_missing:

@@ -58,7 +58,7 @@ def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     from lanalyze.flows.store.paths import flow_dir
 
     config = ctx.find_root().obj.config
-    reports.apply_config(config.flows.query)
+    reports.apply_config(config.flows.query, config.flows.store)
     if data is None:
         directory = flow_dir(Path(config.general.data_path))
         origin = "general.data_dir"

@@ -47,6 +47,9 @@ class Dimension:
     """Stored columns, per variant: one variant; two (source, destination) for either-side."""
     keys: tuple[KeyExpr, ...]
     render: Callable[[tuple[object, ...]], object]
+    prefix: tuple[int, int] | None = None
+    """A subnet dimension's (IPv4, IPv6) prefix lengths: a dialect without ``::BIT`` casts
+    (ClickHouse) masks the address its own way from these."""
 
     @property
     def width(self) -> int:
@@ -248,8 +251,10 @@ def _subnet(name: str, side: str, v4_length: int, v6_length: int) -> Dimension:
         return f"{text}/{v6_length if ':' in text else v4_length}"
 
     if side == "either":
-        return Dimension(name, (("src_addr",), ("dst_addr",)), (key,), render)
-    return Dimension(name, ((f"{side}_addr",),), (key,), render)
+        return Dimension(
+            name, (("src_addr",), ("dst_addr",)), (key,), render, (v4_length, v6_length)
+        )
+    return Dimension(name, ((f"{side}_addr",),), (key,), render, (v4_length, v6_length))
 
 
 def dimension(name: str) -> Dimension:

@@ -1,11 +1,12 @@
 """Runs the reports' statements: DuckDB connections, the raw-scan budget, re-planning.
 
 The reports (:mod:`lanalyze.flows.query.reports`) build their SQL with the backend's
-:class:`~lanalyze.flows.query.sql.Dialect` and hand it here. One backend today, DuckDB in
-this process over the Parquet files: one in-memory connection per thread (a connection is not
+:class:`~lanalyze.flows.query.sql.Dialect` and hand it here. The default backend is DuckDB
+in this process over the Parquet files: one in-memory connection per thread (a connection is not
 shared across threads), ``threads`` worker threads each (the machine is shared with the
-collector). A second backend (ClickHouse) would implement :class:`Backend` and be chosen with
-:func:`use`.
+collector). The other is a ClickHouse cluster (:mod:`~lanalyze.flows.query.clickhouse`), chosen by
+``[flows.store] backend`` (:func:`apply_config`) or :func:`use`: its plans name tables, not
+files (``Backend.files`` is False).
 
 A report plans its files first and reads them after; compaction or retention may delete a
 file in between (they wait a grace period, but a report may be slow). Such a read raises
@@ -21,13 +22,14 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import duckdb
 
-from lanalyze.flows.config import QueryConfig
+from lanalyze.flows.config import QueryConfig, StoreConfig
 from lanalyze.flows.errors import Replan, ReportError
-from lanalyze.flows.query import filtered
+from lanalyze.flows.query import filtered, planner
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.planner import Plan
 from lanalyze.flows.query.sql import Dialect, DuckDB, Statement
@@ -36,23 +38,61 @@ T = TypeVar("T")
 Row = tuple[Any, ...]
 
 
+TableStatusRow = tuple[str, int, int, int, int | None, int | None]
+"""A stored table's name, files (or parts), rows, bytes, oldest and newest time (UTC ms)."""
+
+
 class Backend(Protocol):
     dialect: Dialect
+    files: bool
+    """True: plans list Parquet files (the embedded store); False: they name server tables."""
 
     def execute(self, statement: Statement) -> list[Row]: ...
 
     def shared_source(self, files: list[str], flt: CompiledFilter) -> str | None: ...
 
+    def plan(
+        self,
+        data: Path,
+        since: int,
+        until: int,
+        needs: frozenset[str],
+        *,
+        finest_bucket: int | None = None,
+        use_rollups: bool = True,
+    ) -> Plan: ...
+
+    def table_status(self) -> list[TableStatusRow]:
+        """Per stored table its status (a backend without files; the embedded store's
+        status reads the files' footers itself)."""
+        ...
+
 
 _settings = {"query": QueryConfig()}
 
 
-def apply_config(config: QueryConfig) -> None:
+def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
     """The ``[flows.query]`` section this process answers reports with: DuckDB threads per
-    query (the machine is shared with the collector) and the raw bytes one report may scan.
-    Applied by whoever answers reports (``flows/query/cli.py``, ``serve.py`` for the console);
-    the section's defaults until then."""
+    query (the machine is shared with the collector) and the raw bytes one report may scan;
+    and with ``store`` (``[flows.store]``) the backend: the embedded store, or the ClickHouse
+    cluster it names. Applied by whoever answers reports (``flows/query/cli.py``,
+    ``serve.py`` for the console); the section's defaults until then."""
     _settings["query"] = config
+    if store is None:
+        return
+    current = _backend[0]
+    if store.backend == "clickhouse":
+        from lanalyze.flows.query.clickhouse import ClickHouseBackend
+
+        if not (isinstance(current, ClickHouseBackend) and current.store == store):
+            use(ClickHouseBackend(store))
+            if isinstance(current, ClickHouseBackend):
+                current.close()
+    elif not current.files:
+        use(_embedded)
+        close = getattr(current, "close", None)
+        if close is not None:
+            close()
 
 
 def max_raw_bytes() -> int:
@@ -63,9 +103,27 @@ class DuckDBBackend:
     """In-process DuckDB: ``read_parquet`` over the planned files."""
 
     dialect: Dialect = DuckDB()
+    files = True
 
     def __init__(self) -> None:
         self._local = threading.local()
+
+    def plan(
+        self,
+        data: Path,
+        since: int,
+        until: int,
+        needs: frozenset[str],
+        *,
+        finest_bucket: int | None = None,
+        use_rollups: bool = True,
+    ) -> Plan:
+        return planner.plan(
+            data, since, until, needs, finest_bucket=finest_bucket, use_rollups=use_rollups
+        )
+
+    def table_status(self) -> list[TableStatusRow]:
+        return []  # reports/status.py reads the files' footers
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         threads = _settings["query"].threads
@@ -115,7 +173,8 @@ class DuckDBBackend:
                 connection.unregister(name)
 
 
-_backend: list[Backend] = [DuckDBBackend()]
+_embedded = DuckDBBackend()
+_backend: list[Backend] = [_embedded]
 
 
 def backend() -> Backend:
@@ -129,6 +188,21 @@ def use(chosen: Backend) -> None:
 
 def execute(statement: Statement) -> list[Row]:
     return backend().execute(statement)
+
+
+def plan(
+    data: Path,
+    since: int,
+    until: int,
+    needs: frozenset[str],
+    *,
+    finest_bucket: int | None = None,
+    use_rollups: bool = True,
+) -> Plan:
+    """The current backend's plan of a report needing ``needs`` over ``[since, until)``."""
+    return backend().plan(
+        data, since, until, needs, finest_bucket=finest_bucket, use_rollups=use_rollups
+    )
 
 
 def check_raw_size(plans: list[Plan]) -> None:

@@ -8,7 +8,8 @@ computes.
 
 Trust: the text is built from fixed fragments, the catalogue's column names and aliases made
 of them; every value the user gave (filter values, limits, buckets, keys) is a parameter.
-Another backend (ClickHouse) implements :class:`Dialect` with its own text.
+The ClickHouse backend's dialect (:mod:`~lanalyze.flows.query.clickhouse`) reuses what
+both servers read alike and writes the rest its own way.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def base_columns(dims: Sequence[Dimension], variant: int) -> list[Column]:
 
 
 class Dialect(Protocol):
-    """SQL generation for one query backend (:class:`DuckDB` is the one there is)."""
+    """SQL generation for one query backend (:class:`DuckDB`; ``clickhouse.ClickHouse``)."""
 
     def piece(
         self,
@@ -132,7 +133,7 @@ class Dialect(Protocol):
 
     def interface_series(self, union: Statement) -> Statement: ...
 
-    def newest(self, piece: Statement, limit: int) -> Statement: ...
+    def newest(self, piece: Statement, limit: int, ties: Sequence[str]) -> Statement: ...
 
     def time_range(self, files: list[str], time_column: str) -> Statement: ...
 
@@ -222,7 +223,7 @@ class DuckDB:
         derives its keys (subnet, conversation), sums again per derived key, so the
         derivation runs once per distinct value, not once per flow.
         """
-        union = self.union(planned, flt, shared)
+        union = self.summed_union(planned, flt, shared)
         bases = [*head, *(c.name for c in base_columns(dims, 0))]
         sums = "sum(nbytes) AS bytes, sum(npackets) AS packets, sum(nflows) AS flows"
         if bases:
@@ -231,14 +232,17 @@ class DuckDB:
         else:
             inner = f"SELECT {sums} FROM ({union.sql})"  # noqa: S608
         keys: list[str] = list(head)
+        aliases: list[str] = list(head)
         params: list[object] = []
         names = iter(key_names(dims))
         offset = len(head)
         for dim in dims:
             own = bases[offset : offset + len(dim.bases[0])]
             offset += len(own)
-            for key in dim.keys:
-                keys.append(f"{key.sql.format(*own)} AS {next(names)}")
+            for key in self.keys(dim):
+                alias = next(names)
+                keys.append(f"{key.sql.format(*own)} AS {alias}")
+                aliases.append(alias)
                 params.extend(key.params)
         selected = ", ".join(keys) + ", " if keys else ""
         if all(d.identity for d in dims):
@@ -246,9 +250,23 @@ class DuckDB:
         else:
             sql = (
                 f"SELECT {selected}sum(bytes) AS bytes, sum(packets) AS packets, "  # noqa: S608
-                f"sum(flows) AS flows FROM ({inner}) GROUP BY ALL"
+                f"sum(flows) AS flows FROM ({inner}) {self.group_by(aliases)}"
             )
         return Statement(sql, params + union.params)
+
+    def summed_union(
+        self, planned: Planned, flt: CompiledFilter, shared: SharedSource
+    ) -> Statement:
+        """The union :meth:`aggregate` sums per key (DuckDB: every row as it is)."""
+        return self.union(planned, flt, shared)
+
+    def keys(self, dim: Dimension) -> tuple[KeyExpr, ...]:
+        """The SQL of a dimension's keys in this dialect (:attr:`Dimension.keys`)."""
+        return dim.keys
+
+    def group_by(self, aliases: Sequence[str]) -> str:
+        """``GROUP BY`` the named output columns."""
+        return "GROUP BY ALL"
 
     def top(self, aggregated: Statement, keys: Sequence[str], order: str, limit: int) -> Statement:
         """Rows by ``order`` (``bytes``, ``packets`` or ``flows``: checked by the caller),
@@ -329,8 +347,11 @@ class DuckDB:
             list(union.params),
         )
 
-    def newest(self, piece: Statement, limit: int) -> Statement:
-        return Statement(f"{piece.sql} ORDER BY time_received DESC LIMIT ?", [*piece.params, limit])
+    def newest(self, piece: Statement, limit: int, ties: Sequence[str]) -> Statement:
+        """The ``limit`` newest rows of ``piece``; flows received in the same millisecond
+        in the order of the ``ties`` columns (ascending), so every backend lists the same."""
+        order = ", ".join(["time_received DESC", *ties])
+        return Statement(f"{piece.sql} ORDER BY {order} LIMIT ?", [*piece.params, limit])
 
     def time_range(self, files: list[str], time_column: str) -> Statement:
         """Rows and the smallest and largest ``time_column`` of files, from their footers."""

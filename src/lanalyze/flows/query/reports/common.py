@@ -13,7 +13,6 @@ from lanalyze.flows.errors import ReportError, TimeError
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import Dimension
-from lanalyze.flows.query.planner import plan
 from lanalyze.flows.query.sql import SUMS, Column, Planned, Statement, base_columns
 from lanalyze.flows.query.timespec import MIN_MS
 from lanalyze.flows.store.layout import (
@@ -96,7 +95,7 @@ def plan_variants(
         needs = set(flt.columns)
         for dim in dims:
             needs.update(dim.variant_needs(variant))
-        the_plan = plan(
+        the_plan = engine.plan(
             data, since, until, frozenset(needs), finest_bucket=finest, use_rollups=use_rollups
         )
         planned.append((the_plan, [*head, *base_columns(dims, variant), *SUMS]))

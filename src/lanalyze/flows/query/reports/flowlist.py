@@ -13,7 +13,7 @@ from lanalyze.flows.query import engine
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.dimensions import KeyExpr, format_flags, format_ip
-from lanalyze.flows.query.planner import Piece, plan
+from lanalyze.flows.query.planner import Piece
 from lanalyze.flows.query.reports.common import check_limit, check_window, hour_name
 from lanalyze.flows.query.sql import SUMS, Column
 from lanalyze.flows.query.timespec import iso
@@ -88,16 +88,26 @@ def list_flows(
     check_limit(limit, lowest=1)
     check_window(since, until)
     flt = compile_filter(filter)
-    the_plan = plan(data, since, until, frozenset({"@raw"}), use_rollups=False)
+    the_plan = engine.plan(data, since, until, frozenset({"@raw"}), use_rollups=False)
     if not the_plan.pieces:
         return []
+    columns = [Column(name, KeyExpr(name)) for name in LIST_COLUMNS]
+    columns += [*SUMS[:2], Column("nflows", KeyExpr("flows"))]
+    ties = [column.name for column in columns[1:]]
+    backend = engine.backend()
+    if not backend.files:
+        # A server (ClickHouse) orders and cuts the whole window itself.
+        statement = backend.dialect.newest(
+            backend.dialect.piece(the_plan.pieces[0], columns, flt, backend.shared_source),
+            limit,
+            ties,
+        )
+        rows = sorted(backend.execute(statement), key=_newest_first)
+        return _annotate(data, [_flow_record(row) for row in rows[:limit]])
     files = the_plan.pieces[0].files
     # Newest files first, so a small limit reads a few recent files, not the whole window.
     files.sort(key=lambda path: Path(path).name.split("-", 1)[0], reverse=True)
-    columns = [Column(name, KeyExpr(name)) for name in LIST_COLUMNS]
-    columns += [*SUMS[:2], Column("nflows", KeyExpr("flows"))]
-    backend = engine.backend()
-    found: list[FlowRecord] = []
+    found: list[tuple[Any, ...]] = []
     step = 8
     start = 0
     scanned = 0
@@ -105,13 +115,13 @@ def list_flows(
     def newest(chunk: list[str], lower: int) -> None:
         piece = Piece("raw", None, chunk, [(lower, until)])
         statement = backend.dialect.newest(
-            backend.dialect.piece(piece, columns, flt, backend.shared_source), limit
+            backend.dialect.piece(piece, columns, flt, backend.shared_source), limit, ties
         )
         try:
             rows = backend.execute(statement)
         except Replan:
             rows = []
-        found.extend(_flow_record(row) for row in rows)
+        found.extend(rows)
 
     # A rare match over a long window stops at the raw-scan budget with what it found.
     while start < len(files) and len(found) < limit and scanned <= engine.max_raw_bytes():
@@ -122,20 +132,26 @@ def list_flows(
             with contextlib.suppress(OSError):
                 scanned += os.stat(name).st_size
         newest(chunk, since)
-    found.sort(key=lambda r: r.time_received, reverse=True)
+    found.sort(key=_newest_first)
     if len(found) >= limit and start < len(files):
         # A file's name gives its *first* row's time, not its newest: a compacted file, or
         # a batch of another writer, may hold newer flows than the files read so far. Only
         # files of the cutoff's hour or later can (every row of a file is in its hour), and
         # asking them for flows from the cutoff on lets DuckDB skip, by the Parquet
         # statistics, the row groups (and so the files) that hold none.
-        cutoff = found[limit - 1].time_received
+        cutoff = int(found[limit - 1][0])
         first_hour = hour_name(cutoff)
         rest = [f for f in files[start:] if Path(f).parent.name >= first_hour]
         if rest:
             newest(rest, max(since, cutoff))
-            found.sort(key=lambda r: r.time_received, reverse=True)
-    return _annotate(data, found[:limit])
+            found.sort(key=_newest_first)
+    return _annotate(data, [_flow_record(row) for row in found[:limit]])
+
+
+def _newest_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The SQL order of :meth:`Dialect.newest`: time received descending, then the other
+    columns ascending (addresses as bytes, as both servers compare them)."""
+    return (-int(row[0]), *row[1:])
 
 
 def _flow_record(row: tuple[Any, ...]) -> FlowRecord:

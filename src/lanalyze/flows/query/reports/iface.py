@@ -16,7 +16,6 @@ from lanalyze.flows.query import engine
 from lanalyze.flows.query import interfaces as interface_names
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.dimensions import KeyExpr, format_ip
-from lanalyze.flows.query.planner import plan
 from lanalyze.flows.query.reports.common import (
     MINUTE_MS,
     check_limit,
@@ -133,7 +132,7 @@ def top_interfaces(
         return columns
 
     def run() -> list[InterfaceRow]:
-        the_plan = plan(data, since, until, needs, use_rollups=use_rollups)
+        the_plan = engine.plan(data, since, until, needs, use_rollups=use_rollups)
         if not the_plan.pieces:
             return []
         planned = [(the_plan, side("in_if", True)), (the_plan, side("out_if", False))]
@@ -199,7 +198,7 @@ def interface_series(
 
     def run() -> list[InterfacePoint]:
         needs = frozenset({"exporter", "in_if", "out_if"})
-        the_plan = plan(
+        the_plan = engine.plan(
             data,
             since,
             until,

@@ -45,6 +45,10 @@ class TableStatus:
 
 def status(data: Path) -> list[TableStatus]:
     """Per stored table: files, rows, bytes on disk and the time range held."""
+    backend = engine.backend()
+    if not backend.files:
+        # A server's tables (ClickHouse: data parts instead of files).
+        return [TableStatus(*row) for row in backend.table_status()]
     tables: list[TableStatus] = []
     raw_files = [
         str(raw_dir(data) / hour / name)
