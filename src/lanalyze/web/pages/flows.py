@@ -474,7 +474,9 @@ async def interface_page(request: Request) -> Response:
     data_dir = request.app.state.console.data_dir
     exporter = _address(request.path_params["exporter"])
     ifindex = int(request.path_params["ifindex"])
-    own = f"if {ifindex}"
+    # An ifIndex is only an interface together with its router: the same number is another
+    # port on every exporter.
+    own = f"router ip {exporter} and if {ifindex}"
 
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
@@ -484,12 +486,7 @@ async def interface_page(request: Request) -> Response:
             ),
             "peers_by_ip": lambda: flowreports.top(data_dir, window, "ip", view.order, TOP_N),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
-            # The filter language has no exporter term: keep this exporter's flows here.
-            "flows": lambda: [
-                flow
-                for flow in flowreports.flows(data_dir, window, FLOW_LIMIT * 4)
-                if flow["exporter"] == exporter
-            ][:FLOW_LIMIT],
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
         }
 
     return await _run_page(
@@ -520,7 +517,7 @@ async def exporter_page(request: Request) -> Response:
     return await _run_page(
         request,
         "exporter.html",
-        "",
+        f"router ip {exporter}",
         queries,
         title=f"Exporter {exporter}",
         exporter=exporter,
