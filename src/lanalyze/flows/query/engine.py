@@ -51,8 +51,12 @@ def apply_config(config: QueryConfig) -> None:
     """The ``[flows.query]`` section this process answers reports with: DuckDB threads per
     query (the machine is shared with the collector) and the raw bytes one report may scan.
     Applied by whoever answers reports (``flows/query/cli.py``, ``serve.py`` for the console);
-    the section's defaults until then."""
+    the section's defaults until then. Its ``names`` sub-section configures the reverse DNS
+    names of ``--resolve`` and the console (:mod:`lanalyze.flows.query.names`)."""
+    from lanalyze.flows.query import names
+
     _settings["query"] = config
+    names.configure(config.names)
 
 
 def max_raw_bytes() -> int:
