@@ -193,6 +193,8 @@ def test_resolve_on_the_commands(tmp_path: Path, data_dir: Path, dns: KnotServer
     assert header[:3] == ["time_received", "exporter", "exporter_name"]
     assert "src_addr_name" in header and "dst_addr_name" in header
     assert "six.example" in csv_text
+    series = _run_here(data_dir, config, "series", "--by", "srcip", "-n", "1", "--resolve")
+    assert "talker.example" in series and "other" in series and "127.0.0.7" not in series
     interfaces = json.loads(
         _run_here(data_dir, config, "interfaces", "--resolve", "--format", "json")
     )

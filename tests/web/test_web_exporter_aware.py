@@ -93,3 +93,10 @@ def test_exporter_page_and_top_by_router(client: TestClient) -> None:
     by_router = _report(client, "router", "")
     assert by_router == _report(client, "exporter", "")
     assert set(by_router) == {"192.168.1.1", "192.168.1.2"}
+
+
+def test_flow_list_links_interfaces_with_their_exporter(client: TestClient) -> None:
+    page = client.get(f"/flows/host/10.0.0.7?{_window()}&full=1")
+    flows = page.text.split('id="flows"', 1)[1].split("</table>", 1)[0]
+    links = set(re.findall(r'href="/flows/interface/([^/"]+)/(\d+)\?', flows))
+    assert links and {exporter for exporter, _ in links} == {"192.168.1.1", "192.168.1.2"}

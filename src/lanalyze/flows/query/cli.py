@@ -135,12 +135,13 @@ def _resolve_option(command: F) -> F:
 
 
 def _address_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    """The columns whose every value is an address as reports print it."""
+    """The columns whose every value is an address as reports print it (a series' group
+    may also be ``other``)."""
     import ipaddress
 
     found = []
     for column in columns:
-        values = [row.get(column) for row in rows]
+        values = [row.get(column) for row in rows if row.get(column) != "other"]
         if not values or not all(isinstance(v, str) for v in values):
             continue
         try:
@@ -303,6 +304,7 @@ def top(
 @click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
 @_common
 @_format_option
+@_resolve_option
 @_served
 @click.pass_context
 @_report_errors
@@ -314,6 +316,7 @@ def series(
     top_n: int,
     order: str,
     raw: bool,
+    resolve: bool,
     since: str | None,
     until: str | None,
     filter_text: str | None,
@@ -339,8 +342,10 @@ def series(
     say_if_empty(directory, sum(point.flows for point in report.points), filter_text)
     columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
     points = [point.to_json() for point in report.points]
+    if resolve:
+        columns = add_names(points, columns, output_format)
     if output_format == "json":
-        echo(render.to_json(report.to_json()))
+        echo(render.to_json({**report.to_json(), "points": points}))
     elif output_format == "csv":
         echo(render.to_csv(points, columns), nl=False)
     else:
