@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from lanalyze.configbase import ListenAddresses, Section
+from lanalyze.configbase import ListenAddress, ListenAddresses, Section
 from lanalyze.flows.enrich.config import EnrichConfig, NetworkAttributes, check_networks
 
 
@@ -69,6 +69,52 @@ class RollupConfig(Section):
     )
 
 
+class NamesConfig(Section):
+    """Reverse DNS names of the addresses reports show (section ``[flows.query.names]``):
+    ``--resolve`` on the report commands, the console's *Names* toggle."""
+
+    resolver: ListenAddress | None = Field(
+        default=None,
+        description="DNS server for the PTR lookups as HOST:PORT; unset uses /etc/resolv.conf.",
+    )
+    timeout: float = Field(
+        default=2.0, gt=0, le=30, description="Seconds one PTR lookup may take (all retries)."
+    )
+    budget: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="Seconds a console page or API answer waits for names; addresses not "
+        "resolved by then are shown as addresses (their lookups go on, for the next view).",
+    )
+    cli_budget: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Seconds a report command with --resolve waits for names.",
+    )
+    concurrency: int = Field(default=16, ge=1, le=256, description="PTR lookups in flight at once.")
+    max_pending: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Lookups queued or in flight at most; addresses beyond it stay unresolved "
+        "in that view.",
+    )
+    cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="Names (and no-name answers) kept for their TTL; 0 disables the cache.",
+    )
+    cache_memory: int = Field(
+        default=4 * 1024 * 1024,
+        ge=65536,
+        le=1024 * 1024 * 1024,
+        description="Bytes the name cache may hold (estimated); least recently used go first.",
+    )
+
+
 class QueryConfig(Section):
     """Report queries (section ``[flows.query]``): applied by every process that answers
     reports (``lanalyze flows top|series|...``, the console and API of ``lanalyze serve``)."""
@@ -106,6 +152,9 @@ class QueryConfig(Section):
         le=1 << 30,
         description="Bytes of a report's printed output the server sends back; a longer one "
         "is left to the command to run itself.",
+    )
+    names: NamesConfig = Field(
+        default_factory=NamesConfig, description="Reverse DNS names in reports."
     )
 
 

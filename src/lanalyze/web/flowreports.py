@@ -10,6 +10,8 @@ filter error split into message, text and caret column for the page.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 import threading
 import time
@@ -55,6 +57,8 @@ class TopRow:
     share: float
     parts: list[str] = field(default_factory=list)
     """The row's key split into drill-down values (the two hosts of a conversation)."""
+    name: str = ""
+    """Reverse DNS names of the label's addresses, when the view asks for names."""
 
 
 class AnswerCache:
@@ -342,3 +346,63 @@ def flows(data_dir: Path, window: Window, limit: int) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+# Keys of the flow and interface rows that hold addresses, and where their names go.
+_ADDRESS_KEYS = {"src": "src_name", "dst": "dst_name", "exporter": "exporter_name"}
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def addresses_of(results: dict[str, Any]) -> list[str]:
+    """The addresses a page's answers show: top rows naming hosts (conversations: both),
+    flow rows' source, destination and exporter, interface rows' exporter."""
+    found: dict[str, None] = {}
+    for value in results.values():
+        if not isinstance(value, list):
+            continue
+        for row in value:
+            if isinstance(row, TopRow):
+                parts = row.parts or [row.label]
+                if all(_is_address(part) for part in parts):
+                    found.update(dict.fromkeys(parts))
+            elif isinstance(row, dict):
+                for key in _ADDRESS_KEYS:
+                    if isinstance(row.get(key), str) and _is_address(row[key]):
+                        found[row[key]] = None
+    return list(found)
+
+
+def with_names(results: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Copies of the answers with the names found (cached answers are shared: never changed)."""
+    named: dict[str, Any] = {}
+    for key, value in results.items():
+        if not isinstance(value, list) or not names:
+            named[key] = value
+            continue
+        named[key] = [_named_row(row, names) for row in value]
+    return named
+
+
+def _named_row(row: Any, names: dict[str, str]) -> Any:
+    if isinstance(row, TopRow):
+        parts = row.parts or [row.label]
+        if any(part in names for part in parts):
+            return dataclasses.replace(
+                row, name=" <-> ".join(names.get(part, part) for part in parts)
+            )
+    elif isinstance(row, dict):
+        extra = {
+            name_key: names[row[key]]
+            for key, name_key in _ADDRESS_KEYS.items()
+            if isinstance(row.get(key), str) and row[key] in names
+        }
+        if extra:
+            return {**row, **extra}
+    return row

@@ -125,6 +125,62 @@ def _format_option(command: F) -> F:
     )(command)
 
 
+def _resolve_option(command: F) -> F:
+    return click.option(
+        "--resolve",
+        is_flag=True,
+        help="Show reverse DNS names of addresses (flows.query.names; unresolved ones stay "
+        "addresses). CSV and JSON keep the address and add COLUMN_name.",
+    )(command)
+
+
+def _address_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """The columns whose every value is an address as reports print it (a series' group
+    may also be ``other``)."""
+    import ipaddress
+
+    found = []
+    for column in columns:
+        values = [row.get(column) for row in rows if row.get(column) != "other"]
+        if not values or not all(isinstance(v, str) for v in values):
+            continue
+        try:
+            for value in values:
+                ipaddress.ip_address(str(value))
+        except ValueError:
+            continue
+        found.append(column)
+    return found
+
+
+def add_names(rows: list[dict[str, Any]], columns: list[str], output_format: str) -> list[str]:
+    """Look up the names of the address columns' values (at most ``cli_budget`` seconds).
+
+    A table shows the name in place of the address (the address when unresolved, like
+    tools without ``-n``); CSV and JSON keep the address and get ``COLUMN_name`` beside it
+    (null or empty when unresolved). Returns the columns to print."""
+    from lanalyze.flows.query import names
+
+    wanted = _address_columns(rows, columns)
+    if not wanted:
+        return columns
+    resolver = names.shared()
+    found = resolver.lookup((row[c] for row in rows for c in wanted), resolver.config.cli_budget)
+    if output_format == "table":
+        for row in rows:
+            for column in wanted:
+                row[column] = found.get(row[column], row[column])
+        return columns
+    shown = []
+    for column in columns:
+        shown.append(column)
+        if column in wanted:
+            shown.append(f"{column}_name")
+            for row in rows:
+                row[f"{column}_name"] = found.get(row[column])
+    return shown
+
+
 def _served(command: F) -> F:
     """Ask the running server first (:mod:`.reportclient`); run here when none answers."""
 
@@ -174,6 +230,7 @@ def _window(since: str | None, until: str | None) -> tuple[int, int]:
 @click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
 @_common
 @_format_option
+@_resolve_option
 @_served
 @click.pass_context
 @_report_errors
@@ -184,6 +241,7 @@ def top(
     order: str,
     limit: int,
     raw: bool,
+    resolve: bool,
     since: str | None,
     until: str | None,
     filter_text: str | None,
@@ -208,11 +266,14 @@ def top(
     )
     rows = [row.to_json() for row in report.rows]
     say_if_empty(directory, len(report.rows), filter_text)
+    dimensions = list(report.dimensions)
+    if resolve:
+        dimensions = add_names(rows, dimensions, output_format)
     if output_format == "json":
-        keys = [*report.dimensions, "bytes", "packets", "flows"]
+        keys = [*dimensions, "bytes", "packets", "flows"]
         echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
         return
-    columns = [*report.dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
+    columns = [*dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
     if output_format == "csv":
         echo(render.to_csv(rows, columns), nl=False)
         return
@@ -243,6 +304,7 @@ def top(
 @click.option("--raw", is_flag=True, help="Read raw flows only, not the rollups.")
 @_common
 @_format_option
+@_resolve_option
 @_served
 @click.pass_context
 @_report_errors
@@ -254,6 +316,7 @@ def series(
     top_n: int,
     order: str,
     raw: bool,
+    resolve: bool,
     since: str | None,
     until: str | None,
     filter_text: str | None,
@@ -279,8 +342,10 @@ def series(
     say_if_empty(directory, sum(point.flows for point in report.points), filter_text)
     columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
     points = [point.to_json() for point in report.points]
+    if resolve:
+        columns = add_names(points, columns, output_format)
     if output_format == "json":
-        echo(render.to_json(report.to_json()))
+        echo(render.to_json({**report.to_json(), "points": points}))
     elif output_format == "csv":
         echo(render.to_csv(points, columns), nl=False)
     else:
@@ -297,6 +362,7 @@ def series(
 @click.option("-n", "limit", type=int, default=20, show_default=True, help="At most this many.")
 @_common
 @_format_option
+@_resolve_option
 @_served
 @click.pass_context
 @_report_errors
@@ -304,6 +370,7 @@ def list_command(
     ctx: click.Context,
     *,
     limit: int,
+    resolve: bool,
     since: str | None,
     until: str | None,
     filter_text: str | None,
@@ -337,6 +404,8 @@ def list_command(
         "packets",
         "bytes",
     ]
+    if resolve:
+        columns = add_names(flows, columns, output_format)
     if output_format == "json":
         echo(render.to_json(flows))
         return
@@ -369,6 +438,7 @@ def _percent_text(value: float | None) -> str:
 @click.option("-n", "limit", type=int, default=10, show_default=True)
 @_common
 @_format_option
+@_resolve_option
 @_served
 @click.pass_context
 @_report_errors
@@ -376,6 +446,7 @@ def interfaces(
     ctx: click.Context,
     *,
     exporter: str | None,
+    resolve: bool,
     interface: int | None,
     bucket: str | None,
     order: str,
@@ -444,6 +515,8 @@ def interfaces(
         "in_flows",
         "out_flows",
     ]
+    if resolve:
+        columns = add_names(rows, columns, output_format)
     if output_format == "json":
         echo(render.to_json(rows))
     elif output_format == "csv":

@@ -227,6 +227,8 @@ def _derived() -> dict[str, Dimension]:
     )
     dims["app_name"] = dims["appname"]
     dims["conv"] = dims["conversation"]
+    # nfdump's name for the exporter statistic (``-s router``).
+    dims["router"] = _single("router", "exporter", _ip)
     dims["service_port"] = _single("service_port", "service_port", _int)
     return dims
 

@@ -77,7 +77,10 @@ def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
     and with ``store`` (``[flows.store]``) the backend: the embedded store, or the ClickHouse
     cluster it names. Applied by whoever answers reports (``flows/query/cli.py``,
     ``serve.py`` for the console); the section's defaults until then."""
+    from lanalyze.flows.query import names
+
     _settings["query"] = config
+    names.configure(config.names)  # reverse DNS names of --resolve and the console
     if store is None:
         return
     current = _backend[0]

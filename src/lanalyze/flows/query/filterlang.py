@@ -5,8 +5,9 @@ Implemented (nfdump(1) "FILTER" section, the parts people use): ``any``, ``[src|
 ``[src|dst] port [OP] N``, ``proto tcp|udp|icmp|N``, ``[src|dst] as [OP] N``,
 ``[in|out] if N``, ``flags SAF...``, ``tos [OP] N``, ``bytes|packets|flows OP N[k|M|G]``,
 ``icmp-type N`` and ``icmp-code N`` (as nfdump: they imply ``proto icmp or proto icmp6``),
-``inet``/``inet6``, the enrichment names (:mod:`lanalyze.flows.enrich`) ``[src|dst] country
-CC``, ``[src|dst] as name NAME``, ``[src|dst] net name|role NAME``, ``[in|out] if
+``router ip A`` (the exporter that sent the flow; also ``exporter A``) and, beyond nfdump,
+``router net P/LEN`` (also ``exporter net P/LEN``), ``inet``/``inet6``, the enrichment
+names (:mod:`lanalyze.flows.enrich`) ``[src|dst] country CC``, ``[src|dst] as name NAME``, ``[src|dst] net name|role NAME``, ``[in|out] if
 name|boundary|provider NAME``, ``exporter name NAME``, ``app name NAME`` (NAME a word or
 ``"quoted text"``), ``and``/``&&``, ``or``/``||``, ``not``/``!`` and parentheses. Operators:
 ``> < = == >= <= !=`` and nfdump's ``gt lt eq ge le ne``.
@@ -331,6 +332,14 @@ class _Parser:
         if word == "if":
             self.advance()
             return self.parse_compare(("in_if", "out_if"), _U32)
+        if word in ("router", "exporter"):
+            # nfdump's ``router ip A``; ``exporter A`` reads as the report dimension's name.
+            self.advance()
+            if self.keyword("net"):
+                return self.parse_net(("exporter",))
+            if not self.keyword("ip") and word == "router":
+                raise self.error("expected 'ip' or 'net' after 'router'")
+            return self.parse_host(("exporter",))
         if word == "proto":
             self.advance()
             return self.parse_proto()

@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from lanalyze.flows.errors import ReportError
+from lanalyze.flows.query import names
 from lanalyze.flows.query.apps import PROTOCOL_NUMBERS
 from lanalyze.flows.query.reports import ORDERS
 from lanalyze.web import flowreports
@@ -74,6 +75,8 @@ class View:
     refresh: str
     problem: FilterProblem | None = None
     notes: list[str] = field(default_factory=list)
+    names: bool = False
+    """Show reverse DNS names of addresses (``names=1``)."""
 
     def query(self, **changes: str) -> str:
         params = {"range": self.range, "filter": self.filter, "order": self.order}
@@ -81,6 +84,8 @@ class View:
             params.update({"from": self.custom_from, "to": self.custom_to})
         if self.refresh != "0":
             params["refresh"] = self.refresh
+        if self.names:
+            params["names"] = "1"
         params.update(changes)
         return urlencode({k: v for k, v in params.items() if v})
 
@@ -148,6 +153,7 @@ def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
                 _order(params),
                 _refresh(params),
                 notes=notes,
+                names=params.get("names") == "1",
             )
     if choice not in RANGES:
         choice = DEFAULT_RANGE
@@ -168,6 +174,7 @@ def view_from(params: Mapping[str, str], now_ms: int | None = None) -> View:
         _order(params),
         _refresh(params),
         notes=notes,
+        names=params.get("names") == "1",
     )
 
 
@@ -206,6 +213,13 @@ async def _gather(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
             return {name: call() for name, call in calls.items()}
 
     return await asyncio.to_thread(run_all)
+
+
+async def _named(results: dict[str, Any]) -> dict[str, Any]:
+    """The answers with reverse DNS names, found within ``flows.query.names.budget``."""
+    resolver = names.shared()
+    found = await resolver.lookup_async(flowreports.addresses_of(results), resolver.config.budget)
+    return flowreports.with_names(results, found)
 
 
 def _page_filter(view: View, own: str) -> str | None:
@@ -299,6 +313,8 @@ async def _run_page(
             results.update(await _gather({k: v for k, v in calls.items() if k not in deferred}))
         except ReportError as exc:
             view.notes.append(str(exc))
+        if view.names:
+            results = await _named(results)
     context = _context(request, view, **values, **results)
     context["links"].view_path = request.url.path
     context["query_ms"] = round((time.perf_counter() - started) * 1000)
@@ -314,6 +330,8 @@ async def _panel(request: Request, view: View, name: str, call: Callable[[], Any
     except ReportError as exc:
         view.notes.append(str(exc))
         rows = []
+    if view.names:
+        rows = (await _named({name: rows}))[name]
     title, heading, kind = PANELS[name]
     context = _context(
         request, view, rows=rows, panel=name, title=title, heading=heading, kind=kind
@@ -474,7 +492,9 @@ async def interface_page(request: Request) -> Response:
     data_dir = request.app.state.console.data_dir
     exporter = _address(request.path_params["exporter"])
     ifindex = int(request.path_params["ifindex"])
-    own = f"if {ifindex}"
+    # An ifIndex is only an interface together with its router: the same number is another
+    # port on every exporter.
+    own = f"router ip {exporter} and if {ifindex}"
 
     def queries(view: View, flt: str) -> dict[str, Callable[[], Any]]:
         window = flowreports.Window(view.since_ms, view.until_ms, flt)
@@ -484,12 +504,7 @@ async def interface_page(request: Request) -> Response:
             ),
             "peers_by_ip": lambda: flowreports.top(data_dir, window, "ip", view.order, TOP_N),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
-            # The filter language has no exporter term: keep this exporter's flows here.
-            "flows": lambda: [
-                flow
-                for flow in flowreports.flows(data_dir, window, FLOW_LIMIT * 4)
-                if flow["exporter"] == exporter
-            ][:FLOW_LIMIT],
+            "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
         }
 
     return await _run_page(
@@ -520,7 +535,7 @@ async def exporter_page(request: Request) -> Response:
     return await _run_page(
         request,
         "exporter.html",
-        "",
+        f"router ip {exporter}",
         queries,
         title=f"Exporter {exporter}",
         exporter=exporter,
