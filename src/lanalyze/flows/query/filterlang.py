@@ -7,7 +7,8 @@ Implemented (nfdump(1) "FILTER" section, the parts people use): ``any``, ``[src|
 ``icmp-type N`` and ``icmp-code N`` (as nfdump: they imply ``proto icmp or proto icmp6``),
 ``router ip A`` (the exporter that sent the flow; also ``exporter A``) and, beyond nfdump,
 ``router net P/LEN`` (also ``exporter net P/LEN``), ``inet``/``inet6``, the enrichment
-names (:mod:`lanalyze.flows.enrich`) ``[src|dst] country CC``, ``[src|dst] as name NAME``, ``[src|dst] net name|role NAME``, ``[in|out] if
+names (:mod:`lanalyze.flows.enrich`) ``[src|dst] country CC``, ``[src|dst] as name NAME``,
+``[src|dst] net name|role NAME``, ``[in|out] if
 name|boundary|provider NAME``, ``exporter name NAME``, ``app name NAME`` (NAME a word or
 ``"quoted text"``), ``and``/``&&``, ``or``/``||``, ``not``/``!`` and parentheses. Operators:
 ``> < = == >= <= !=`` and nfdump's ``gt lt eq ge le ne``.
