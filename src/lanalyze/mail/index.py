@@ -504,6 +504,36 @@ class MessageIndex:
             params.append(query.until)
         return self._page("rejections", "at", where=where, params=params, query=query, shape=dict)
 
+    def from_client(self, client_ip: str, since: float, limit: int = 20) -> dict[str, Any]:
+        """What one client address sent since ``since``: its messages (newest first, at most
+        ``limit``) with their verdicts, how many in all and how many forged, and its
+        rejections per reason (the mail side of a mass-mailer alarm)."""
+        rows = self.db.execute(
+            "SELECT * FROM messages WHERE client_ip = ? AND received_at >= ?"
+            " ORDER BY received_at DESC LIMIT ?",
+            (client_ip, since, limit),
+        ).fetchall()
+        total = self.db.execute(
+            "SELECT count(*) FROM messages WHERE client_ip = ? AND received_at >= ?",
+            (client_ip, since),
+        ).fetchone()[0]
+        forged = self.db.execute(
+            "SELECT count(*) FROM messages WHERE client_ip = ? AND received_at >= ? AND "  # noqa: S608
+            + _FORGED_SQL,
+            (client_ip, since, *FORGED_FLAGS),
+        ).fetchone()[0]
+        reasons = self.db.execute(
+            "SELECT reason, count(*) AS n FROM rejections WHERE client_ip = ? AND at >= ?"
+            " GROUP BY reason ORDER BY n DESC",
+            (client_ip, since),
+        ).fetchall()
+        return {
+            "messages": [_message(row) for row in rows],
+            "total": int(total),
+            "forged": int(forged),
+            "rejections": {str(r["reason"]): int(r["n"]) for r in reasons},
+        }
+
     def rejection_summary(
         self, since: float | None, until: float | None, limit: int = 10
     ) -> dict[str, list[dict[str, Any]]]:

@@ -1,0 +1,230 @@
+"""Settings of detection, the alarm store and notifications (section ``[alarms]``).
+
+Trust: the operator's file, validated completely (networks, thresholds, URLs, paths).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from lanalyze.configbase import ListenAddress, Section
+
+SEVERITIES = ("warning", "major", "critical")
+Severity = Literal["warning", "major", "critical"]
+ALGORITHMS = (
+    "scan_horizontal",
+    "scan_vertical",
+    "flood",
+    "syn_flood",
+    "udp_reflection",
+    "mass_mailer",
+    "exporter_silent",
+)
+Algorithm = Literal[
+    "scan_horizontal",
+    "scan_vertical",
+    "flood",
+    "syn_flood",
+    "udp_reflection",
+    "mass_mailer",
+    "exporter_silent",
+]
+
+
+def _check_network(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)
+    return value
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+DEFAULT_INSIDE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+
+
+class ScanConfig(Section):
+    """Port scans (section ``[alarms.scan]``)."""
+
+    enabled: bool = Field(default=True, description="Detect horizontal and vertical port scans.")
+    window: int = Field(default=60, ge=5, le=86400, description="Seconds of the counting window.")
+    horizontal_hosts: int = Field(
+        default=100,
+        ge=2,
+        description="Distinct destination hosts one source reaches on one port (and protocol) "
+        "in a window that make a horizontal scan.",
+    )
+    vertical_ports: int = Field(
+        default=100,
+        ge=2,
+        description="Distinct destination ports one source reaches on one host in a window "
+        "that make a vertical scan.",
+    )
+    allow: list[Network] = Field(
+        default_factory=list, description="Sources never reported as scanners (CIDR)."
+    )
+
+
+class FloodConfig(Section):
+    """Floods, SYN floods and UDP reflection toward one target (section ``[alarms.flood]``)."""
+
+    enabled: bool = Field(default=True, description="Detect floods toward one destination.")
+    window: int = Field(default=10, ge=1, le=86400, description="Seconds of the counting window.")
+    pps: float = Field(
+        default=100_000,
+        gt=0,
+        description="Packets per second (scaled by sampling) to one destination that make a "
+        "flood, when also `baseline_factor` times its own baseline.",
+    )
+    fps: float = Field(
+        default=20_000,
+        gt=0,
+        description="Flows per second to one destination that make a flood (same baseline rule).",
+    )
+    baseline_factor: float = Field(
+        default=10,
+        ge=1,
+        description="A flood's rate must also exceed this many times the destination's own "
+        "baseline (EWMA of its past windows).",
+    )
+    baseline_keys: int = Field(
+        default=10_000,
+        ge=16,
+        le=1_000_000,
+        description="Destinations with a remembered baseline (the busiest are kept).",
+    )
+    syn_fps: float = Field(
+        default=5_000,
+        gt=0,
+        description="SYN-only TCP flows (SYN without ACK) per second to one destination that "
+        "make a SYN flood.",
+    )
+    reflection_bps: float = Field(
+        default=12_500_000,
+        gt=0,
+        description="Bytes per second (scaled) of large UDP flows from reflector ports to one "
+        "destination that make a UDP reflection attack.",
+    )
+    reflection_ports: list[int] = Field(
+        default_factory=lambda: [53, 123, 1900, 11211, 19],
+        description="UDP source ports of amplifying services (DNS, NTP, SSDP, memcached, chargen).",
+    )
+    reflection_min_packet: int = Field(
+        default=400,
+        ge=0,
+        description="Average bytes per packet of a flow for it to count as an amplified answer.",
+    )
+    allow: list[Network] = Field(
+        default_factory=list, description="Destinations never reported as flood targets (CIDR)."
+    )
+
+
+class MassMailerConfig(Section):
+    """Inside hosts mailing many outside servers (section ``[alarms.mass_mailer]``)."""
+
+    enabled: bool = Field(default=True, description="Detect mass mailers.")
+    window: int = Field(default=600, ge=10, le=86400, description="Seconds of the window.")
+    hosts: int = Field(
+        default=50,
+        ge=2,
+        description="Distinct outside hosts an inside host opens TCP/25 to in a window that "
+        "make a mass mailer.",
+    )
+    mail_servers: list[Network] = Field(
+        default_factory=list,
+        description="Inside hosts that are mail servers (CIDR); the addresses lanalyze's own "
+        "SMTP listeners bind are added.",
+    )
+
+
+class ExporterHealthConfig(Section):
+    """Exporter health (section ``[alarms.exporter]``)."""
+
+    enabled: bool = Field(default=True, description="Detect exporters that went silent.")
+    silent_after: int = Field(
+        default=300,
+        ge=1,
+        description="Seconds without a flow from an exporter heard before that raise an alarm.",
+    )
+
+
+class Route(Section):
+    """Which alarms a channel gets."""
+
+    min_severity: Severity = Field(default="warning", description="Lowest severity sent.")
+    algorithms: list[Algorithm] = Field(
+        default_factory=list, description="Only these algorithms (empty: all)."
+    )
+
+
+class WebhookConfig(Route):
+    url: str = Field(
+        pattern=r"^https?://", max_length=2000, description="URL the JSON is POSTed to."
+    )
+    secret_file: Path | None = Field(
+        default=None,
+        description="File holding the HMAC-SHA256 key; the body's signature goes in the "
+        "`X-Lanalyze-Signature: sha256=<hex>` header.",
+    )
+    timeout: float = Field(default=10, gt=0, le=120, description="Seconds per attempt.")
+    attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts, 1 s apart and doubling, before giving up."
+    )
+
+
+class SyslogConfig(Route):
+    server: ListenAddress = Field(description="`HOST:PORT` of the syslog server (UDP).")
+    facility: int = Field(default=16, ge=0, le=23, description="Facility (16: local0).")
+
+
+class NotifyConfig(Section):
+    """Notification channels and their limits (section ``[alarms.notify]``)."""
+
+    max_per_minute: int = Field(
+        default=20,
+        ge=1,
+        description="Notifications one channel sends a minute at most; more are counted and "
+        "dropped.",
+    )
+    queue: int = Field(
+        default=1000, ge=1, description="Notifications waiting to be sent; more are dropped."
+    )
+    on_close: bool = Field(default=True, description="Also notify when an alarm closes.")
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="Webhook channels.")
+    syslog: list[SyslogConfig] = Field(
+        default_factory=list, description="Syslog channels (RFC 5424 over UDP)."
+    )
+
+
+class AlarmsConfig(Section):
+    enabled: bool = Field(
+        default=True, description="Run detection beside the flow collector (serve, collect)."
+    )
+    interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between looks for newly stored flows."
+    )
+    close_after: int = Field(
+        default=300, ge=1, description="Seconds without a finding after which an alarm closes."
+    )
+    inside: list[Network] = Field(
+        default_factory=lambda: list(DEFAULT_INSIDE),
+        description="Our networks (CIDR); `mail.trusted_networks` are added.",
+    )
+    allow: list[Network] = Field(
+        default_factory=list, description="Addresses never the subject of an alarm (CIDR)."
+    )
+    state_memory: int = Field(
+        default=64 * 2**20,
+        ge=2**20,
+        description="Bytes the detectors' windows and baselines hold at most (all together).",
+    )
+    snapshot_interval: float = Field(
+        default=30, gt=0, le=3600, description="Seconds between snapshots of detector state."
+    )
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+    flood: FloodConfig = Field(default_factory=FloodConfig)
+    mass_mailer: MassMailerConfig = Field(default_factory=MassMailerConfig)
+    exporter: ExporterHealthConfig = Field(default_factory=ExporterHealthConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
