@@ -270,7 +270,12 @@ class Notifier:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        # What is already on its way gets a moment to finish; retries are abandoned.
+        # What is queued or on its way gets a moment to go out; retries are abandoned.
+        while self._queue is not None and not self._queue.empty():
+            channel, notice = self._queue.get_nowait()
+            task = asyncio.create_task(deliver(channel, notice))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=2)
             for task in self._inflight:
