@@ -89,11 +89,12 @@ class FloodConfig(Section):
         description="A flood's rate must also exceed this many times the destination's own "
         "baseline (EWMA of its past windows).",
     )
-    baseline_keys: int = Field(
-        default=10_000,
-        ge=16,
-        le=1_000_000,
-        description="Destinations with a remembered baseline (the busiest are kept).",
+    sketch_width: int = Field(
+        default=131_072,
+        ge=1024,
+        le=16_777_216,
+        description="Counters per row of the flood windows' and baseline's count-min "
+        "sketches (2 rows; fixed memory whatever the number of destinations).",
     )
     syn_fps: float = Field(
         default=5_000,

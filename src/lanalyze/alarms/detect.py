@@ -186,24 +186,54 @@ def _aligned(now_ms: int, window_ms: int) -> int:
 # --- windows --------------------------------------------------------------------------------
 
 
+def _merge(old: npt.NDArray[Any], pos: npt.NDArray[np.intp], new: npt.NDArray[Any]) -> Any:
+    """``old`` (sorted) with the sorted ``new`` inserted at ``pos`` (from ``searchsorted``),
+    in one pass without sorting (``np.insert`` sorts its indices)."""
+    if new.size == 0:
+        return old
+    out = np.empty(old.size + new.size, old.dtype)
+    at = pos + np.arange(new.size)
+    taken = np.zeros(out.size, np.bool_)
+    taken[at] = True
+    out[at] = new
+    out[~taken] = old
+    return out
+
+
+def _runs(sorted_values: U64) -> tuple[U64, I64]:
+    """The distinct values of a sorted array and how often each occurs."""
+    if sorted_values.size == 0:
+        return _EMPTY_U64, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    counts = np.diff(np.append(starts, sorted_values.size)).astype(np.int64)
+    return sorted_values[starts], counts
+
+
+KEY_BITS = 40
+"""A distinct-count key is a 40-bit hash, a target within it a 24-bit one: a pair is one
+sortable uint64 whose top bits are its key, so a plain sort groups pairs by key."""
+_ITEM_MASK = np.uint64((1 << (64 - KEY_BITS)) - 1)
+_ITEM_SHIFT = np.uint64(64 - KEY_BITS)
+
+
 class DistinctWindow:
-    """Distinct items per key in a tumbling window: exact, bounded by bytes (see module)."""
+    """Distinct items per key in a window: exact up to the hashes' collisions (see module),
+    bounded by bytes."""
 
     def __init__(self, window_s: int, max_bytes: int) -> None:
         self.window_ms = window_s * 1000
         self.max_bytes = max_bytes
         self.started = 0
-        self.pairs: U64 = _EMPTY_U64  # sorted pair hashes
-        self.pair_keys: U64 = _EMPTY_U64  # the key of each pair
-        self.keys: U64 = _EMPTY_U64  # sorted keys
-        self.counts: I64 = np.zeros(0, np.int64)
+        self.pairs: U64 = _EMPTY_U64  # sorted (key << 24 | item) values
+        self.keys: U64 = _EMPTY_U64  # sorted key hashes (the pairs' top bits)
+        self.counts: I64 = np.zeros(0, np.int64)  # pairs per key, in the same order
         self.prev_keys: U64 = _EMPTY_U64  # the previous window's keys and counts
         self.prev_counts: I64 = np.zeros(0, np.int64)
         self.evicted = 0
 
     @property
     def nbytes(self) -> int:
-        held = (self.pairs, self.pair_keys, self.keys, self.counts, self.prev_keys)
+        held = (self.pairs, self.keys, self.counts, self.prev_keys)
         return sum(a.nbytes for a in held) + self.prev_counts.nbytes
 
     def _roll(self, now_ms: int) -> None:
@@ -214,30 +244,35 @@ class DistinctWindow:
             else:
                 self.prev_keys, self.prev_counts = _EMPTY_U64, np.zeros(0, np.int64)
             self.started = start
-            self.pairs = self.pair_keys = self.keys = _EMPTY_U64
+            self.pairs = self.keys = _EMPTY_U64
             self.counts = np.zeros(0, np.int64)
 
+    @staticmethod
+    def key_of(key: U64) -> U64:
+        """The key hash a window keeps for ``key`` (what :meth:`add` returns)."""
+        return key >> _ITEM_SHIFT
+
     def add(self, now_ms: int, key: U64, item: U64) -> tuple[U64, I64]:
-        """Count the batch's (key, item) pairs; the keys it touched and their counts."""
+        """Count the batch's (key, item) pairs; the keys that gained a pair, with their
+        counts (the current window's plus the previous one's share)."""
         self._roll(now_ms)
         if key.size == 0:
             return _EMPTY_U64, np.zeros(0, np.int64)
-        pair, first = np.unique(combine(key, item), return_index=True)
-        pair_key = key[first]
+        pair = ((key >> _ITEM_SHIFT) << _ITEM_SHIFT) | (_mix(key ^ item) & _ITEM_MASK)
+        pair = _runs(np.sort(pair))[0]
         pos, known = _lookup(self.pairs, pair)
-        new = ~known
-        if new.any():
-            self.pairs = np.insert(self.pairs, pos[new], pair[new])
-            self.pair_keys = np.insert(self.pair_keys, pos[new], pair_key[new])
-            new_keys, new_counts = np.unique(pair_key[new], return_counts=True)
-            kpos, kknown = _lookup(self.keys, new_keys)
-            self.counts[kpos[kknown]] += new_counts[kknown]
-            self.keys = np.insert(self.keys, kpos[~kknown], new_keys[~kknown])
-            self.counts = np.insert(self.counts, kpos[~kknown], new_counts[~kknown])
-            self._bound()
-        touched = np.unique(key)
-        tpos, there = _lookup(self.keys, touched)
-        touched, counts = touched[there], self.counts[tpos[there]]
+        new = pair[~known]
+        if new.size == 0:
+            return _EMPTY_U64, np.zeros(0, np.int64)
+        self.pairs = _merge(self.pairs, pos[~known], new)
+        new_keys, new_counts = _runs(new >> _ITEM_SHIFT)
+        kpos, kknown = _lookup(self.keys, new_keys)
+        self.counts[kpos[kknown]] += new_counts[kknown]
+        self.counts = _merge(self.counts, kpos[~kknown], new_counts[~kknown])
+        self.keys = _merge(self.keys, kpos[~kknown], new_keys[~kknown])
+        self._bound()
+        tpos, there = _lookup(self.keys, new_keys)
+        touched, counts = new_keys[there], self.counts[tpos[there]]
         # A sliding window's estimate: the previous window's count, weighted by how much of
         # it the sliding window still covers, so a scan across a boundary is not split in two.
         ppos, before = _lookup(self.prev_keys, touched)
@@ -251,27 +286,20 @@ class DistinctWindow:
     def _bound(self) -> None:
         if self.nbytes <= self.max_bytes:
             return
-        # Forget the keys with the fewest items until a quarter of the budget is free again.
-        order = np.argsort(self.counts, kind="stable")
-        per_key = 32  # a pair costs 16 bytes, a key 16
-        freed = np.cumsum(self.counts[order] * 16 + per_key)
-        need = self.nbytes - self.max_bytes * 3 // 4
-        cut = int(np.searchsorted(freed, need)) + 1
-        drop = np.sort(self.keys[order[:cut]])
-        keep_pairs = ~np.isin(self.pair_keys, drop)
-        self.pairs = self.pairs[keep_pairs]
-        self.pair_keys = self.pair_keys[keep_pairs]
-        keep_keys = np.ones(self.keys.size, np.bool_)
-        keep_keys[order[:cut]] = False
-        self.keys = self.keys[keep_keys]
-        self.counts = self.counts[keep_keys]
-        self.evicted += cut
+        # Forget the keys with the fewest items until half the budget is free: the cut is
+        # a count (from a histogram of the counts, no sort), pairs follow their keys' order.
+        cost = np.bincount(np.minimum(self.counts, 1 << 20), weights=self.counts * 8 + 16).cumsum()
+        need = self.nbytes - self.max_bytes // 2
+        cut = int(np.searchsorted(cost, need))  # drop keys with counts <= cut
+        keep = self.counts > cut
+        self.evicted += int(keep.size - keep.sum())
+        self.pairs = self.pairs[np.repeat(keep, self.counts)]
+        self.keys, self.counts = self.keys[keep], self.counts[keep]
 
     def state(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         return {
             f"{prefix}.meta": np.array([self.started, self.evicted], np.int64),
             f"{prefix}.pairs": self.pairs,
-            f"{prefix}.pair_keys": self.pair_keys,
             f"{prefix}.keys": self.keys,
             f"{prefix}.counts": self.counts,
             f"{prefix}.prev_keys": self.prev_keys,
@@ -284,106 +312,132 @@ class DistinctWindow:
             return
         self.started, self.evicted = int(meta[0]), int(meta[1])
         self.pairs = data[f"{prefix}.pairs"].astype(np.uint64)
-        self.pair_keys = data[f"{prefix}.pair_keys"].astype(np.uint64)
         self.keys = data[f"{prefix}.keys"].astype(np.uint64)
         self.counts = data[f"{prefix}.counts"].astype(np.int64)
         self.prev_keys = data[f"{prefix}.prev_keys"].astype(np.uint64)
         self.prev_counts = data[f"{prefix}.prev_counts"].astype(np.int64)
 
 
-class WindowSums:
-    """Sums of a few values per key in a tumbling window, bounded by bytes (smallest first
-    out). ``closed`` holds the previous window's sums for the baseline."""
+SKETCH_ROWS = 2
 
-    def __init__(self, window_s: int, max_bytes: int, width: int) -> None:
+
+class WindowSums:
+    """Sums of a few values per key in a window, in a count-min sketch: ``SKETCH_ROWS`` rows
+    of ``width`` counters each, a key's sum the smallest of its counters (never below the
+    truth; above it only when every row collides with heavier keys). Fixed memory, no sort:
+    ``np.bincount`` per batch. ``closed`` holds the previous window's sketch."""
+
+    def __init__(self, window_s: int, width: int, columns: int) -> None:
         self.window_ms = window_s * 1000
-        self.max_bytes = max_bytes
         self.width = width
+        self.columns = columns
         self.started = 0
-        self.keys: U64 = _EMPTY_U64
-        self.sums: F64 = np.zeros((0, width))
-        self.closed: tuple[U64, F64] | None = None
-        self.evicted = 0
+        self.sums: F64 = np.zeros((columns, SKETCH_ROWS, width))
+        self.closed: F64 | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.sums.nbytes
+        return self.sums.nbytes * (2 if self.closed is not None else 1)
+
+    def buckets(self, key: U64) -> npt.NDArray[np.intp]:
+        """Each key's counter in each row: (rows, n)."""
+        width = np.uint64(self.width)
+        return np.stack(
+            [(_mix(key ^ np.uint64(r + 1)) % width) for r in range(SKETCH_ROWS)]
+        ).astype(np.intp)
 
     def _roll(self, now_ms: int) -> None:
         start = _aligned(now_ms, self.window_ms)
         if start != self.started:
-            if self.started and start - self.started == self.window_ms:
-                self.closed = (self.keys, self.sums)
+            adjacent = self.started and start - self.started == self.window_ms
+            self.closed = self.sums if adjacent else None
             self.started = start
-            self.keys = _EMPTY_U64
-            self.sums = np.zeros((0, self.width))
+            self.sums = np.zeros((self.columns, SKETCH_ROWS, self.width))
 
-    def add(self, now_ms: int, key: U64, values: F64) -> tuple[U64, F64]:
+    def add(
+        self, now_ms: int, key: U64, values: F64, limits: tuple[float, ...]
+    ) -> tuple[npt.NDArray[np.intp], F64]:
+        """Add the batch's values (n, columns). The rows whose key's estimated window sum
+        reaches its column's limit in some column, and their estimates (rows, columns).
+
+        Only counters at the limit in every sketch row can hold such a key, so the batch's
+        rows are looked up only when some counter is: the common case costs the
+        ``bincount`` and one comparison per counter."""
         self._roll(now_ms)
+        none = (np.zeros(0, np.intp), np.zeros((0, self.columns)))
         if key.size == 0:
-            return _EMPTY_U64, np.zeros((0, self.width))
-        unique, inverse = np.unique(key, return_inverse=True)
-        sums = np.stack(
-            [np.bincount(inverse, values[:, i], unique.size) for i in range(self.width)], axis=1
+            return none
+        buckets = self.buckets(key)
+        weight = 1 - (now_ms - self.started) / self.window_ms
+        totals = []
+        for c in range(self.columns):
+            for r in range(SKETCH_ROWS):
+                self.sums[c, r] += np.bincount(buckets[r], values[:, c], self.width)
+            total = self.sums[c]
+            if self.closed is not None:
+                total = total + self.closed[c] * weight
+            totals.append(total)
+        candidate = np.zeros(key.size, np.bool_)
+        for c, limit in enumerate(limits):
+            hot = totals[c] >= limit
+            if not hot[0].any():
+                continue
+            mask = np.ones(key.size, np.bool_)
+            for r in range(SKETCH_ROWS):
+                mask &= hot[r][buckets[r]]
+            candidate |= mask
+        rows = np.flatnonzero(candidate)
+        if rows.size == 0:
+            return none
+        estimate = np.stack(
+            [
+                np.min([totals[c][r][buckets[r][rows]] for r in range(SKETCH_ROWS)], axis=0)
+                for c in range(self.columns)
+            ],
+            axis=1,
         )
-        pos, known = _lookup(self.keys, unique)
-        self.sums[pos[known]] += sums[known]
-        self.keys = np.insert(self.keys, pos[~known], unique[~known])
-        self.sums = np.insert(self.sums, pos[~known], sums[~known], axis=0)
-        if self.nbytes > self.max_bytes:
-            keep = max(1, self.max_bytes * 3 // 4 // (8 + 8 * self.width))
-            top = np.sort(np.argsort(self.sums[:, 0])[-keep:])
-            self.evicted += self.keys.size - top.size
-            self.keys, self.sums = self.keys[top], self.sums[top]
-        tpos, there = _lookup(self.keys, unique)
-        return unique[there], self.sums[tpos[there]]
+        return rows, estimate
 
     def state(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
-        return {
-            f"{prefix}.meta": np.array([self.started, self.evicted], np.int64),
-            f"{prefix}.keys": self.keys,
+        data = {
+            f"{prefix}.meta": np.array([self.started], np.int64),
             f"{prefix}.sums": self.sums,
         }
+        if self.closed is not None:
+            data[f"{prefix}.closed"] = self.closed
+        return data
 
     def restore(self, prefix: str, data: dict[str, npt.NDArray[Any]]) -> None:
         meta = data.get(f"{prefix}.meta")
-        if meta is None:
-            return
-        self.started, self.evicted = int(meta[0]), int(meta[1])
-        self.keys = data[f"{prefix}.keys"].astype(np.uint64)
-        self.sums = data[f"{prefix}.sums"].astype(np.float64).reshape(-1, self.width)
+        sums = data.get(f"{prefix}.sums")
+        if meta is None or sums is None or sums.shape != self.sums.shape:
+            return  # another width: start afresh
+        self.started = int(meta[0])
+        self.sums = sums.astype(np.float64)
+        closed = data.get(f"{prefix}.closed")
+        self.closed = closed.astype(np.float64) if closed is not None else None
 
 
 class Baseline:
-    """EWMA of a rate per key, for the ``capacity`` keys with the highest baselines."""
+    """EWMA (alpha 0.2) of each destination's packet rate in past windows, in a sketch of
+    the same shape as the flood window's (a key's baseline: the smallest of its counters)."""
 
     ALPHA = 0.2
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.keys: U64 = _EMPTY_U64
-        self.values: F64 = np.zeros(0)
+    def __init__(self, width: int) -> None:
+        self.values: F64 = np.zeros((SKETCH_ROWS, width))
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+        return self.values.nbytes
 
-    def learn(self, keys: U64, rates: F64) -> None:
-        """One closed window: every known key decays, the window's keys add their rate."""
-        self.values = self.values * (1 - self.ALPHA)
-        pos, known = _lookup(self.keys, keys)
-        self.values[pos[known]] += self.ALPHA * rates[known]
-        self.keys = np.insert(self.keys, pos[~known], keys[~known])
-        self.values = np.insert(self.values, pos[~known], self.ALPHA * rates[~known])
-        if self.keys.size > self.capacity:
-            top = np.sort(np.argsort(self.values)[-self.capacity :])
-            self.keys, self.values = self.keys[top], self.values[top]
+    def learn(self, rates: F64, calm: npt.NDArray[np.bool_]) -> None:
+        """One closed window's rates (a sketch); counters over the threshold do not learn."""
+        learnt = (1 - self.ALPHA) * self.values + self.ALPHA * rates
+        self.values = np.where(calm, learnt, self.values)
 
-    def get(self, keys: U64) -> F64:
-        pos, known = _lookup(self.keys, keys)
-        out = np.zeros(keys.shape)
-        out[known] = self.values[pos[known]]
-        return out
+    def get(self, buckets: npt.NDArray[np.intp]) -> F64:
+        return np.min([self.values[r][buckets[r]] for r in range(SKETCH_ROWS)], axis=0)  # type: ignore[no-any-return]
 
 
 # --- the batch ------------------------------------------------------------------------------
@@ -422,10 +476,16 @@ class Batch:
         return format_address(self.dst_hi[row], self.dst_lo[row])
 
 
-def _first_rows(keys: U64, wanted: U64) -> npt.NDArray[np.intp]:
-    """For each wanted key, a row of ``keys`` holding it (all wanted keys are there)."""
-    unique, first = np.unique(keys, return_index=True)
-    rows: npt.NDArray[np.intp] = first[np.searchsorted(unique, wanted)]
+EVIDENCE_ROWS = 10_000
+"""Rows of one subject an alarm's evidence is drawn from (a flood's target may be the whole
+batch)."""
+MAX_SUBJECTS = 100
+"""Subjects one algorithm reports per batch, the biggest first (a spoofed scan from a whole
+/8 must not make a Python loop of millions)."""
+
+
+def _rows_of(mask: Mask) -> npt.NDArray[np.intp]:
+    rows: npt.NDArray[np.intp] = np.flatnonzero(mask)[:EVIDENCE_ROWS]
     return rows
 
 
@@ -433,27 +493,33 @@ def _top_addresses(hi: U64, lo: U64, weight: F64) -> list[dict[str, Any]]:
     if hi.size == 0:
         return []
     key = combine(hi, lo)
-    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    sums = np.bincount(inverse, weight, unique.size)
-    counts = np.bincount(inverse, None, unique.size)
-    order = np.argsort(-sums, kind="stable")[:TOP]
+    order = np.argsort(key, kind="stable")
+    _, counts = _runs(key[order])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    sums = np.add.reduceat(weight[order], starts)
+    top = np.argsort(-sums, kind="stable")[:TOP]
     return [
         {
-            "address": format_address(hi[first[i]], lo[first[i]]),
+            "address": format_address(hi[order[starts[i]]], lo[order[starts[i]]]),
             "flows": int(counts[i]),
             "value": float(sums[i]),
         }
-        for i in order
+        for i in top
     ]
 
 
 def _top_ports(ports: U64, weight: F64) -> list[dict[str, Any]]:
     if ports.size == 0:
         return []
-    unique, inverse = np.unique(ports, return_inverse=True)
-    sums = np.bincount(inverse, weight, unique.size)
-    order = np.argsort(-sums, kind="stable")[:TOP]
-    return [{"port": int(unique[i]), "flows": int(sums[i])} for i in order]
+    sums = np.bincount(ports.astype(np.intp), weight, 65536)
+    top = np.argsort(-sums, kind="stable")[:TOP]
+    return [{"port": int(p), "flows": int(sums[p])} for p in top if sums[p] > 0]
+
+
+def _biggest(keys: U64, counts: npt.NDArray[Any], threshold: float) -> list[tuple[int, float]]:
+    over = np.flatnonzero(counts >= threshold)
+    over = over[np.argsort(-counts[over], kind="stable")][:MAX_SUBJECTS]
+    return [(int(keys[i]), float(counts[i])) for i in over]
 
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
@@ -477,13 +543,13 @@ class Detector:
         self.flood_allow = Networks.of([*config.allow, *flood.allow])
         self.mail_servers = Networks.of([*config.mass_mailer.mail_servers, *mail_servers])
         self.reflection_ports = np.array(sorted(set(flood.reflection_ports)), np.uint64)
-        self.horizontal = DistinctWindow(scan.window, budget * 3 // 10)
-        self.vertical = DistinctWindow(scan.window, budget * 3 // 10)
-        self.mailer = DistinctWindow(config.mass_mailer.window, budget // 10)
-        self.flood = WindowSums(flood.window, budget // 10, 2)
-        self.syn = WindowSums(flood.window, budget // 20, 1)
-        self.reflection = WindowSums(flood.window, budget // 20, 1)
-        self.baseline = Baseline(flood.baseline_keys)
+        self.horizontal = DistinctWindow(scan.window, budget * 4 // 10)
+        self.vertical = DistinctWindow(scan.window, budget * 4 // 10)
+        self.mailer = DistinctWindow(config.mass_mailer.window, budget * 2 // 10)
+        self.flood = WindowSums(flood.window, flood.sketch_width, 2)
+        self.syn = WindowSums(flood.window, flood.sketch_width, 1)
+        self.reflection = WindowSums(flood.window, flood.sketch_width, 1)
+        self.baseline = Baseline(flood.sketch_width)
         self.exporters: dict[str, int] = {}
         """Exporter address -> last time (ms) one of its flows was stored."""
 
@@ -511,25 +577,31 @@ class Detector:
 
     def _scans(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.scan
-        rows = ~self.scan_allow.contains(b.src_hi, b.src_lo)
-        # Only flows shaped like probes count. A TCP flow that carried data (PSH) is a
-        # conversation, not a probe (a mail server's deliveries are not a port-25 scan).
-        # Answers (a server's port to a client's) are not probes either: the destination
-        # port must not be above the source port, unless it is a bare SYN.
+        # Only flows shaped like probes count: TCP without ACK (a SYN unanswered or reset,
+        # the scanner's side of a closed or filtered port), other protocols of at most two
+        # packets toward a port not above the source port (answers go the other way).
+        # Conversations have ACK: a mail server's deliveries are no port-25 scan.
         tcp = b.protocol == 6
-        syn_only = tcp & (b.tcp_flags & np.uint64(0x12) == 0x02)
-        data = tcp & (b.tcp_flags & np.uint64(0x08) != 0)
-        rows &= ~data & ((b.dst_port <= b.src_port) | syn_only)
+        probe = np.where(
+            tcp,
+            (b.tcp_flags & np.uint64(0x12)) == 0x02,
+            (b.raw_packets <= 2) & (b.dst_port <= b.src_port),
+        )
+        rows = probe & ~self.scan_allow.contains(b.src_hi, b.src_lo)
+        if not rows.any():
+            self.horizontal.add(now_ms, _EMPTY_U64, _EMPTY_U64)
+            self.vertical.add(now_ms, _EMPTY_U64, _EMPTY_U64)
+            return []
         out: list[Finding] = []
         key = combine(b.src, b.protocol, b.dst_port)
         keys, counts = self.horizontal.add(now_ms, key[rows], b.dst[rows])
-        hits = keys[counts >= cfg.horizontal_hosts]
-        for row, key_value in zip(_first_rows(key, hits), hits, strict=True):
-            count = int(counts[np.searchsorted(keys, key_value)])
+        short = DistinctWindow.key_of(key)
+        for key_value, count in _biggest(keys, counts, cfg.horizontal_hosts):
+            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            row = int(mine[0])
             src = b.src_text(row)
             proto = PROTOCOLS.get(int(b.protocol[row]), str(int(b.protocol[row])))
             port = int(b.dst_port[row])
-            mine = rows & (key == key_value)
             out.append(
                 Finding(
                     "scan_horizontal",
@@ -545,11 +617,11 @@ class Detector:
             )
         key = combine(b.src, b.dst)
         keys, counts = self.vertical.add(now_ms, key[rows], combine(b.protocol, b.dst_port)[rows])
-        hits = keys[counts >= cfg.vertical_ports]
-        for row, key_value in zip(_first_rows(key, hits), hits, strict=True):
-            count = int(counts[np.searchsorted(keys, key_value)])
+        short = DistinctWindow.key_of(key)
+        for key_value, count in _biggest(keys, counts, cfg.vertical_ports):
+            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            row = int(mine[0])
             src, dst = b.src_text(row), b.dst_text(row)
-            mine = rows & (key == key_value)
             out.append(
                 Finding(
                     "scan_vertical",
@@ -573,48 +645,47 @@ class Detector:
         rows = ~self.flood_allow.contains(b.dst_hi, b.dst_lo)
         out: list[Finding] = []
         previous = self.flood.closed
-        keys, sums = self.flood.add(
-            now_ms, b.dst[rows], np.stack([b.packets[rows], b.flows[rows]], axis=1)
+        dst = b.dst[rows]
+        where, estimate = self.flood.add(
+            now_ms,
+            dst,
+            np.stack([b.packets[rows], b.flows[rows]], axis=1),
+            (cfg.pps * seconds, cfg.fps * seconds),
         )
-        if self.flood.closed is not previous and self.flood.closed is not None:
-            closed_keys, closed_sums = self.flood.closed
-            rates = closed_sums[:, 0] / seconds
-            calm = rates < cfg.pps
-            self.baseline.learn(closed_keys[calm], rates[calm])
-        pps, fps = sums[:, 0] / seconds, sums[:, 1] / seconds
-        base = self.baseline.get(keys) * cfg.baseline_factor
+        closed = self.flood.closed
+        if closed is not None and closed is not previous:
+            rates = closed[0] / seconds
+            self.baseline.learn(rates, rates < cfg.pps)
+        pps, fps = estimate[:, 0] / seconds, estimate[:, 1] / seconds
+        base = self.baseline.get(self.flood.buckets(dst[where])) * cfg.baseline_factor
         hot = ((pps >= cfg.pps) & (pps > base)) | ((fps >= cfg.fps) & (fps > base))
-        for i in np.flatnonzero(hot):
-            out.append(
-                self._target_finding(
-                    "flood",
-                    b,
-                    rows,
-                    b.dst,
-                    keys[i],
-                    max(pps[i] / cfg.pps, fps[i] / cfg.fps),
-                    {"pps": float(pps[i]), "fps": float(fps[i]), "baseline_pps": float(base[i])},
-                    "",
-                    self.flood.started,
-                )
-            )
-        syn_rows = rows & (b.protocol == 6) & (b.tcp_flags & np.uint64(0x12) == 0x02)
-        keys, sums = self.syn.add(now_ms, b.dst[syn_rows], b.flows[syn_rows][:, None])
-        fps = sums[:, 0] / seconds
-        for i in np.flatnonzero(fps >= cfg.syn_fps):
-            out.append(
-                self._target_finding(
-                    "syn_flood",
-                    b,
-                    syn_rows,
-                    b.dst,
-                    keys[i],
-                    fps[i] / cfg.syn_fps,
-                    {"fps": float(fps[i])},
-                    " and proto tcp",
-                    self.syn.started,
-                )
-            )
+        out += self._targets(
+            "flood",
+            b,
+            rows,
+            where,
+            hot,
+            np.maximum(pps / cfg.pps, fps / cfg.fps),
+            lambda i: {"pps": float(pps[i]), "fps": float(fps[i]), "baseline_pps": float(base[i])},
+            "",
+            self.flood.started,
+        )
+        syn_rows = rows & (b.protocol == 6) & ((b.tcp_flags & np.uint64(0x12)) == 0x02)
+        where, estimate = self.syn.add(
+            now_ms, b.dst[syn_rows], b.flows[syn_rows][:, None], (cfg.syn_fps * seconds,)
+        )
+        syn_fps = estimate[:, 0] / seconds
+        out += self._targets(
+            "syn_flood",
+            b,
+            syn_rows,
+            where,
+            syn_fps >= cfg.syn_fps,
+            syn_fps / cfg.syn_fps,
+            lambda i: {"fps": float(syn_fps[i])},
+            " and proto tcp",
+            self.syn.started,
+        )
         per_packet = b.raw_bytes / np.maximum(b.raw_packets, 1)
         refl_rows = (
             rows
@@ -622,76 +693,94 @@ class Detector:
             & np.isin(b.src_port, self.reflection_ports)
             & (per_packet >= cfg.reflection_min_packet)
         )
-        keys, sums = self.reflection.add(now_ms, b.dst[refl_rows], b.bytes[refl_rows][:, None])
-        bps = sums[:, 0] / seconds
-        for i in np.flatnonzero(bps >= cfg.reflection_bps):
-            finding = self._target_finding(
-                "udp_reflection",
-                b,
-                refl_rows,
-                b.dst,
-                keys[i],
-                bps[i] / cfg.reflection_bps,
-                {"bytes_per_second": float(bps[i])},
-                " and proto udp",
-                self.reflection.started,
-            )
-            mine = refl_rows & (b.dst == keys[i])
+        where, estimate = self.reflection.add(
+            now_ms, b.dst[refl_rows], b.bytes[refl_rows][:, None], (cfg.reflection_bps * seconds,)
+        )
+        bps = estimate[:, 0] / seconds
+        found = self._targets(
+            "udp_reflection",
+            b,
+            refl_rows,
+            where,
+            bps >= cfg.reflection_bps,
+            bps / cfg.reflection_bps,
+            lambda i: {"bytes_per_second": float(bps[i])},
+            " and proto udp",
+            self.reflection.started,
+        )
+        for finding in found:
+            mine = _rows_of(refl_rows & (b.dst == np.uint64(finding.evidence.pop("key"))))
             finding.evidence["reflectors"] = _top_addresses(
                 b.src_hi[mine], b.src_lo[mine], b.bytes[mine]
             )
             finding.evidence["reflector_ports"] = _top_ports(b.src_port[mine], b.flows[mine])
-            out.append(finding)
+        out += found
+        for finding in out:
+            finding.evidence.pop("key", None)
         return out
 
-    def _target_finding(  # noqa: PLR0917 - one finding's parts, named at the call
+    def _targets(  # noqa: PLR0917 - one algorithm's parts, named at the calls
         self,
         algorithm: str,
         b: Batch,
         rows: Mask,
-        keys: U64,
-        key: np.uint64,
-        ratio: float,
-        evidence: dict[str, Any],
+        candidates: npt.NDArray[np.intp],
+        hot: Mask,
+        ratio: F64,
+        evidence: Any,
         extra_filter: str,
         started: int,
-    ) -> Finding:
-        mine = rows & (keys == key)
-        row = int(np.flatnonzero(mine)[0])
-        dst = b.dst_text(row)
-        evidence["sources"] = _top_addresses(b.src_hi[mine], b.src_lo[mine], b.packets[mine])
-        evidence["ports"] = _top_ports(b.dst_port[mine], b.flows[mine])
-        return Finding(
-            algorithm,
-            dst,
-            float(ratio),
-            1.0,
-            "x threshold",
-            evidence,
-            f"dst ip {dst}{extra_filter}",
-            started,
-            dst,
-        )
+    ) -> list[Finding]:
+        """One finding per destination among the ``hot`` ones of the ``candidates`` (indices
+        into the flows of ``rows``; ``hot``, ``ratio`` per candidate), the biggest first."""
+        if not hot.any():
+            return []
+        where = np.flatnonzero(rows)[candidates[hot]]
+        keys, first = _runs_first(b.dst[where])
+        best = np.zeros(keys.size)
+        np.maximum.at(best, np.searchsorted(keys, b.dst[where]), ratio[hot])
+        out = []
+        for i in np.argsort(-best, kind="stable")[:MAX_SUBJECTS]:
+            row = int(where[first[i]])
+            index = int(np.flatnonzero(hot)[first[i]])
+            mine = _rows_of(rows & (b.dst == keys[i]))
+            dst = b.dst_text(row)
+            details = evidence(index) | {
+                "sources": _top_addresses(b.src_hi[mine], b.src_lo[mine], b.packets[mine]),
+                "ports": _top_ports(b.dst_port[mine], b.flows[mine]),
+                "key": int(keys[i]),
+            }
+            out.append(
+                Finding(
+                    algorithm,
+                    dst,
+                    float(best[i]),
+                    1.0,
+                    "x threshold",
+                    details,
+                    f"dst ip {dst}{extra_filter}",
+                    started,
+                    dst,
+                )
+            )
+        return out
 
     # -- mass mailer --
 
     def _mass_mailer(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.mass_mailer
         rows = (b.protocol == 6) & (b.dst_port == 25)
-        if not rows.any():
-            self.mailer.add(now_ms, _EMPTY_U64, _EMPTY_U64)
-            return []
-        rows &= is_inside(b.src_hi, b.src_lo, self.inside)
-        rows &= ~is_inside(b.dst_hi, b.dst_lo, self.inside)
-        rows &= ~self.mail_servers.contains(b.src_hi, b.src_lo)
-        rows &= ~self.allow.contains(b.src_hi, b.src_lo)
+        if rows.any():
+            rows &= is_inside(b.src_hi, b.src_lo, self.inside)
+            rows &= ~is_inside(b.dst_hi, b.dst_lo, self.inside)
+            rows &= ~self.mail_servers.contains(b.src_hi, b.src_lo)
+            rows &= ~self.allow.contains(b.src_hi, b.src_lo)
         keys, counts = self.mailer.add(now_ms, b.src[rows], b.dst[rows])
-        hits = keys[counts >= cfg.hosts]
+        short = DistinctWindow.key_of(b.src)
         out = []
-        for row, key_value in zip(_first_rows(b.src, hits), hits, strict=True):
-            count = int(counts[np.searchsorted(keys, key_value)])
-            src = b.src_text(row)
-            mine = rows & (b.src == key_value)
+        for key_value, count in _biggest(keys, counts, cfg.hosts):
+            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            src = b.src_text(int(mine[0]))
             out.append(
                 Finding(
                     "mass_mailer",
@@ -710,9 +799,12 @@ class Detector:
     # -- exporters --
 
     def _heard(self, now_ms: int, b: Batch) -> None:
-        unique, first = np.unique(combine(b.exp_hi, b.exp_lo), return_index=True)
-        del unique
-        for row in first:
+        if (b.exp_hi == b.exp_hi[0]).all() and (b.exp_lo == b.exp_lo[0]).all():
+            rows = [0]
+        else:
+            _, first = _runs_first(combine(b.exp_hi, b.exp_lo))
+            rows = [int(r) for r in first]
+        for row in rows:
             name = format_address(b.exp_hi[row], b.exp_lo[row])
             self.exporters.pop(name, None)
             self.exporters[name] = now_ms
@@ -754,7 +846,6 @@ class Detector:
         data |= self.flood.state("flood")
         data |= self.syn.state("syn")
         data |= self.reflection.state("reflection")
-        data["baseline.keys"] = self.baseline.keys
         data["baseline.values"] = self.baseline.values
         names = list(self.exporters)
         data["exporters.names"] = np.array(names, dtype=np.str_) if names else np.zeros(0, "U1")
@@ -768,14 +859,22 @@ class Detector:
         self.flood.restore("flood", data)
         self.syn.restore("syn", data)
         self.reflection.restore("reflection", data)
-        if "baseline.keys" in data:
-            self.baseline.keys = data["baseline.keys"].astype(np.uint64)
-            self.baseline.values = data["baseline.values"].astype(np.float64)
+        values = data.get("baseline.values")
+        if values is not None and values.shape == self.baseline.values.shape:
+            self.baseline.values = values.astype(np.float64)
         if "exporters.names" in data:
             names = [str(n) for n in data["exporters.names"]]
             lasts = [int(v) for v in data["exporters.last"]]
             self.exporters = dict(zip(names, lasts, strict=True))
 
     def evicted(self) -> int:
-        windows = (self.horizontal, self.vertical, self.mailer, self.flood, self.syn)
-        return sum(w.evicted for w in windows) + self.reflection.evicted
+        return self.horizontal.evicted + self.vertical.evicted + self.mailer.evicted
+
+
+def _runs_first(values: U64) -> tuple[U64, npt.NDArray[np.intp]]:
+    """The distinct values (sorted) and the index of a row holding each."""
+    order = np.argsort(values, kind="stable")
+    unique, counts = _runs(values[order])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
+    first: npt.NDArray[np.intp] = order[starts]
+    return unique, first
