@@ -24,6 +24,7 @@ flood of distinct keys costs bounded memory.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -168,6 +169,12 @@ def combine(*parts: npt.NDArray[Any]) -> U64:
     for part in parts:
         h = _mix(h ^ part.astype(np.uint64))
     return h
+
+
+def address_hash(hi: U64, lo: U64) -> U64:
+    """One 64-bit hash per address (one mixing round: the high half of an IPv4-mapped
+    address is a constant)."""
+    return _mix(lo ^ (hi * np.uint64(0x9E3779B97F4A7C15)))
 
 
 def _lookup(sorted_keys: U64, keys: U64) -> tuple[npt.NDArray[np.intp], Mask]:
@@ -340,11 +347,12 @@ class WindowSums:
         return self.sums.nbytes * (2 if self.closed is not None else 1)
 
     def buckets(self, key: U64) -> npt.NDArray[np.intp]:
-        """Each key's counter in each row: (rows, n)."""
+        """Each key's counter in each row, (rows, n): keys are hashes already, each row
+        takes its own 32 bits of them."""
         width = np.uint64(self.width)
-        return np.stack(
-            [(_mix(key ^ np.uint64(r + 1)) % width) for r in range(SKETCH_ROWS)]
-        ).astype(np.intp)
+        return np.stack([(key >> np.uint64(32 * r)) % width for r in range(SKETCH_ROWS)]).astype(
+            np.intp
+        )
 
     def _roll(self, now_ms: int) -> None:
         start = _aligned(now_ms, self.window_ms)
@@ -444,30 +452,113 @@ class Baseline:
 
 
 class Batch:
-    """A stored segment's columns as numpy arrays, with the derived ones detection uses."""
+    """A stored segment's columns as numpy arrays, each converted when first used (most
+    batches need few of them: no probe, no UDP, no port 25)."""
 
     def __init__(self, table: pa.Table) -> None:
+        self.table = table
         self.size = table.num_rows
-        self.src_hi, self.src_lo = address_words(table.column("src_addr"))
-        self.dst_hi, self.dst_lo = address_words(table.column("dst_addr"))
-        self.exp_hi, self.exp_lo = address_words(table.column("exporter"))
 
-        def column(name: str) -> npt.NDArray[Any]:
-            values: npt.NDArray[Any] = table.column(name).to_numpy()
-            return values
+    def _column(self, name: str) -> npt.NDArray[Any]:
+        values: npt.NDArray[Any] = self.table.column(name).to_numpy()
+        return values
 
-        sampling = np.maximum(column("sampling_rate").astype(np.float64), 1.0)
-        self.bytes = column("bytes").astype(np.float64) * sampling
-        self.packets = column("packets").astype(np.float64) * sampling
-        self.raw_bytes = column("bytes").astype(np.float64)
-        self.raw_packets = column("packets").astype(np.float64)
-        self.flows = column("flows").astype(np.float64)
-        self.src_port = column("src_port").astype(np.uint64)
-        self.dst_port = column("dst_port").astype(np.uint64)
-        self.protocol = column("protocol").astype(np.uint64)
-        self.tcp_flags = column("tcp_flags").astype(np.uint64)
-        self.src = combine(self.src_hi, self.src_lo)
-        self.dst = combine(self.dst_hi, self.dst_lo)
+    @functools.cached_property
+    def _src(self) -> tuple[U64, U64]:
+        return address_words(self.table.column("src_addr"))
+
+    @functools.cached_property
+    def _dst(self) -> tuple[U64, U64]:
+        return address_words(self.table.column("dst_addr"))
+
+    @functools.cached_property
+    def _exp(self) -> tuple[U64, U64]:
+        return address_words(self.table.column("exporter"))
+
+    @property
+    def src_hi(self) -> U64:
+        return self._src[0]
+
+    @property
+    def src_lo(self) -> U64:
+        return self._src[1]
+
+    @property
+    def dst_hi(self) -> U64:
+        return self._dst[0]
+
+    @property
+    def dst_lo(self) -> U64:
+        return self._dst[1]
+
+    @property
+    def exp_hi(self) -> U64:
+        return self._exp[0]
+
+    @property
+    def exp_lo(self) -> U64:
+        return self._exp[1]
+
+    @functools.cached_property
+    def src(self) -> U64:
+        return address_hash(self.src_hi, self.src_lo)
+
+    @functools.cached_property
+    def dst(self) -> U64:
+        return address_hash(self.dst_hi, self.dst_lo)
+
+    @functools.cached_property
+    def sampling(self) -> F64:
+        return np.maximum(self._column("sampling_rate").astype(np.float64), 1.0)
+
+    @functools.cached_property
+    def raw_bytes(self) -> F64:
+        return self._column("bytes").astype(np.float64)
+
+    @functools.cached_property
+    def raw_packets(self) -> F64:
+        return self._column("packets").astype(np.float64)
+
+    @functools.cached_property
+    def bytes(self) -> F64:
+        """Bytes scaled by the sampling rate."""
+        return self.raw_bytes * self.sampling
+
+    @functools.cached_property
+    def packets(self) -> F64:
+        """Packets scaled by the sampling rate."""
+        return self.raw_packets * self.sampling
+
+    @functools.cached_property
+    def flows(self) -> F64:
+        return self._column("flows").astype(np.float64)
+
+    @functools.cached_property
+    def src_port(self) -> U64:
+        return self._column("src_port").astype(np.uint64)
+
+    @functools.cached_property
+    def dst_port(self) -> U64:
+        return self._column("dst_port").astype(np.uint64)
+
+    @functools.cached_property
+    def protocol(self) -> npt.NDArray[np.uint8]:
+        return self._column("protocol")
+
+    @functools.cached_property
+    def tcp_flags(self) -> npt.NDArray[np.uint8]:
+        return self._column("tcp_flags")
+
+    @functools.cached_property
+    def tcp(self) -> Mask:
+        mask: Mask = self.protocol == 6
+        return mask
+
+    @functools.cached_property
+    def syn_only(self) -> Mask:
+        """TCP flows with SYN and without ACK."""
+        mask: Mask = self.tcp & ((self.tcp_flags & 0x12) == 0x02)
+        return mask
 
     def src_text(self, row: int) -> str:
         return format_address(self.src_hi[row], self.src_lo[row])
@@ -581,58 +672,59 @@ class Detector:
         # the scanner's side of a closed or filtered port), other protocols of at most two
         # packets toward a port not above the source port (answers go the other way).
         # Conversations have ACK: a mail server's deliveries are no port-25 scan.
-        tcp = b.protocol == 6
-        probe = np.where(
-            tcp,
-            (b.tcp_flags & np.uint64(0x12)) == 0x02,
-            (b.raw_packets <= 2) & (b.dst_port <= b.src_port),
-        )
-        rows = probe & ~self.scan_allow.contains(b.src_hi, b.src_lo)
+        rows = b.syn_only.copy()
+        other = ~b.tcp
+        if other.any():
+            rows |= other & (b.raw_packets <= 2) & (b.dst_port <= b.src_port)
+        if rows.any() and self.scan_allow.nets:
+            rows &= ~self.scan_allow.contains(b.src_hi, b.src_lo)
         if not rows.any():
             self.horizontal.add(now_ms, _EMPTY_U64, _EMPTY_U64)
             self.vertical.add(now_ms, _EMPTY_U64, _EMPTY_U64)
             return []
         out: list[Finding] = []
-        key = combine(b.src, b.protocol, b.dst_port)
-        keys, counts = self.horizontal.add(now_ms, key[rows], b.dst[rows])
+        idx = np.flatnonzero(rows)
+        src, dst, proto, port = b.src[idx], b.dst[idx], b.protocol[idx], b.dst_port[idx]
+        key = combine(src, proto, port)
+        keys, counts = self.horizontal.add(now_ms, key, dst)
         short = DistinctWindow.key_of(key)
         for key_value, count in _biggest(keys, counts, cfg.horizontal_hosts):
-            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            mine = idx[short == np.uint64(key_value)][:EVIDENCE_ROWS]
             row = int(mine[0])
-            src = b.src_text(row)
-            proto = PROTOCOLS.get(int(b.protocol[row]), str(int(b.protocol[row])))
-            port = int(b.dst_port[row])
+            text = b.src_text(row)
+            name = PROTOCOLS.get(int(b.protocol[row]), str(int(b.protocol[row])))
+            number = int(b.dst_port[row])
             out.append(
                 Finding(
                     "scan_horizontal",
-                    f"{src} {proto}/{port}",
+                    f"{text} {name}/{number}",
                     count,
                     cfg.horizontal_hosts,
                     "hosts",
                     {"targets": _top_addresses(b.dst_hi[mine], b.dst_lo[mine], b.flows[mine])},
-                    f"src ip {src} and proto {proto} and dst port {port}",
+                    f"src ip {text} and proto {name} and dst port {number}",
                     self.horizontal.started,
-                    src,
+                    text,
                 )
             )
-        key = combine(b.src, b.dst)
-        keys, counts = self.vertical.add(now_ms, key[rows], combine(b.protocol, b.dst_port)[rows])
+        key = combine(src, dst)
+        keys, counts = self.vertical.add(now_ms, key, combine(proto, port))
         short = DistinctWindow.key_of(key)
         for key_value, count in _biggest(keys, counts, cfg.vertical_ports):
-            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            mine = idx[short == np.uint64(key_value)][:EVIDENCE_ROWS]
             row = int(mine[0])
-            src, dst = b.src_text(row), b.dst_text(row)
+            text, target = b.src_text(row), b.dst_text(row)
             out.append(
                 Finding(
                     "scan_vertical",
-                    f"{src} -> {dst}",
+                    f"{text} -> {target}",
                     count,
                     cfg.vertical_ports,
                     "ports",
                     {"ports": _top_ports(b.dst_port[mine], b.flows[mine])},
-                    f"src ip {src} and dst ip {dst}",
+                    f"src ip {text} and dst ip {target}",
                     self.vertical.started,
-                    src,
+                    text,
                 )
             )
         return out
@@ -642,7 +734,9 @@ class Detector:
     def _floods(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.flood
         seconds = cfg.window
-        rows = ~self.flood_allow.contains(b.dst_hi, b.dst_lo)
+        rows = np.ones(b.size, np.bool_)
+        if self.flood_allow.nets:
+            rows = ~self.flood_allow.contains(b.dst_hi, b.dst_lo)
         out: list[Finding] = []
         previous = self.flood.closed
         dst = b.dst[rows]
@@ -670,7 +764,7 @@ class Detector:
             "",
             self.flood.started,
         )
-        syn_rows = rows & (b.protocol == 6) & ((b.tcp_flags & np.uint64(0x12)) == 0x02)
+        syn_rows = rows & b.syn_only
         where, estimate = self.syn.add(
             now_ms, b.dst[syn_rows], b.flows[syn_rows][:, None], (cfg.syn_fps * seconds,)
         )
@@ -686,13 +780,10 @@ class Detector:
             " and proto tcp",
             self.syn.started,
         )
-        per_packet = b.raw_bytes / np.maximum(b.raw_packets, 1)
-        refl_rows = (
-            rows
-            & (b.protocol == 17)
-            & np.isin(b.src_port, self.reflection_ports)
-            & (per_packet >= cfg.reflection_min_packet)
-        )
+        refl_rows = rows & (b.protocol == 17)
+        if refl_rows.any():
+            refl_rows &= np.isin(b.src_port, self.reflection_ports)
+            refl_rows &= b.raw_bytes >= cfg.reflection_min_packet * np.maximum(b.raw_packets, 1)
         where, estimate = self.reflection.add(
             now_ms, b.dst[refl_rows], b.bytes[refl_rows][:, None], (cfg.reflection_bps * seconds,)
         )
@@ -769,17 +860,18 @@ class Detector:
 
     def _mass_mailer(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.mass_mailer
-        rows = (b.protocol == 6) & (b.dst_port == 25)
+        rows = b.tcp & (b.dst_port == 25)
         if rows.any():
             rows &= is_inside(b.src_hi, b.src_lo, self.inside)
             rows &= ~is_inside(b.dst_hi, b.dst_lo, self.inside)
             rows &= ~self.mail_servers.contains(b.src_hi, b.src_lo)
             rows &= ~self.allow.contains(b.src_hi, b.src_lo)
-        keys, counts = self.mailer.add(now_ms, b.src[rows], b.dst[rows])
-        short = DistinctWindow.key_of(b.src)
+        idx = np.flatnonzero(rows)
+        keys, counts = self.mailer.add(now_ms, b.src[idx], b.dst[idx])
+        short = DistinctWindow.key_of(b.src[idx])
         out = []
         for key_value, count in _biggest(keys, counts, cfg.hosts):
-            mine = _rows_of(rows & (short == np.uint64(key_value)))
+            mine = idx[short == np.uint64(key_value)][:EVIDENCE_ROWS]
             src = b.src_text(int(mine[0]))
             out.append(
                 Finding(
@@ -802,7 +894,7 @@ class Detector:
         if (b.exp_hi == b.exp_hi[0]).all() and (b.exp_lo == b.exp_lo[0]).all():
             rows = [0]
         else:
-            _, first = _runs_first(combine(b.exp_hi, b.exp_lo))
+            _, first = _runs_first(address_hash(b.exp_hi, b.exp_lo))
             rows = [int(r) for r in first]
         for row in rows:
             name = format_address(b.exp_hi[row], b.exp_lo[row])
