@@ -23,6 +23,11 @@ ALGORITHMS = (
     "udp_reflection",
     "mass_mailer",
     "exporter_silent",
+    "exporter_loss",
+    "mail_user_volume",
+    "mail_client_rejections",
+    "mail_client_dmarc",
+    "mail_forged_domain",
 )
 Algorithm = Literal[
     "scan_horizontal",
@@ -32,6 +37,11 @@ Algorithm = Literal[
     "udp_reflection",
     "mass_mailer",
     "exporter_silent",
+    "exporter_loss",
+    "mail_user_volume",
+    "mail_client_rejections",
+    "mail_client_dmarc",
+    "mail_forged_domain",
 ]
 
 
@@ -143,11 +153,29 @@ class MassMailerConfig(Section):
 class ExporterHealthConfig(Section):
     """Exporter health (section ``[alarms.exporter]``)."""
 
-    enabled: bool = Field(default=True, description="Detect exporters that went silent.")
+    enabled: bool = Field(
+        default=True, description="Detect exporters that went silent or lose export packets."
+    )
     silent_after: int = Field(
         default=300,
         ge=1,
         description="Seconds without a flow from an exporter heard before that raise an alarm.",
+    )
+    loss_percent: float = Field(
+        default=5,
+        gt=0,
+        le=100,
+        description="Export packets lost (sequence-number gaps) in % of those sent, over "
+        "`loss_window`, that raise an alarm.",
+    )
+    loss_window: int = Field(
+        default=300, ge=10, le=86400, description="Seconds the loss is measured over."
+    )
+    loss_min_packets: int = Field(
+        default=100,
+        ge=1,
+        description="Export packets (received + lost) in the window below which no loss "
+        "alarm is raised (a few packets say little).",
     )
 
 
@@ -199,6 +227,38 @@ class NotifyConfig(Section):
     )
 
 
+class MailWatchConfig(Section):
+    """The mail side (section ``[alarms.mail]``), from the message index."""
+
+    enabled: bool = Field(default=True, description="Watch the mail index for abuse.")
+    interval: float = Field(
+        default=60, ge=1, le=3600, description="Seconds between looks at the message index."
+    )
+    window: int = Field(
+        default=3600, ge=60, le=86400, description="Seconds the counts below are taken over."
+    )
+    user_messages: int = Field(
+        default=200,
+        ge=1,
+        description="Messages one submission user sends in a window: a stolen password?",
+    )
+    user_recipients: int = Field(
+        default=1000, ge=1, description="Recipients one submission user sends to in a window."
+    )
+    client_rejections: int = Field(
+        default=100, ge=1, description="Rejections one client address collects in a window."
+    )
+    client_dmarc_failures: int = Field(
+        default=20, ge=1, description="Accepted messages failing DMARC from one client address."
+    )
+    forged_domain: int = Field(
+        default=20,
+        ge=1,
+        description="Messages whose From: claims one of our domains without a DMARC pass, "
+        "per domain in a window: a burst forging it.",
+    )
+
+
 class AlarmsConfig(Section):
     enabled: bool = Field(
         default=True, description="Run detection beside the flow collector (serve, collect)."
@@ -228,4 +288,5 @@ class AlarmsConfig(Section):
     flood: FloodConfig = Field(default_factory=FloodConfig)
     mass_mailer: MassMailerConfig = Field(default_factory=MassMailerConfig)
     exporter: ExporterHealthConfig = Field(default_factory=ExporterHealthConfig)
+    mail: MailWatchConfig = Field(default_factory=MailWatchConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

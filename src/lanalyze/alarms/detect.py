@@ -336,7 +336,7 @@ class WindowSums:
 
     def __init__(self, window_s: int, width: int, columns: int) -> None:
         self.window_ms = window_s * 1000
-        self.width = width
+        self.width = 1 << (width - 1).bit_length()
         self.columns = columns
         self.started = 0
         self.sums: F64 = np.zeros((columns, SKETCH_ROWS, width))
@@ -348,9 +348,9 @@ class WindowSums:
 
     def buckets(self, key: U64) -> npt.NDArray[np.intp]:
         """Each key's counter in each row, (rows, n): keys are hashes already, each row
-        takes its own 32 bits of them."""
-        width = np.uint64(self.width)
-        return np.stack([(key >> np.uint64(32 * r)) % width for r in range(SKETCH_ROWS)]).astype(
+        takes its own 32 bits of them (the width is a power of two: a mask, no division)."""
+        mask = np.uint64(self.width - 1)
+        return np.stack([(key >> np.uint64(32 * r)) & mask for r in range(SKETCH_ROWS)]).astype(
             np.intp
         )
 
@@ -433,7 +433,7 @@ class Baseline:
     ALPHA = 0.2
 
     def __init__(self, width: int) -> None:
-        self.values: F64 = np.zeros((SKETCH_ROWS, width))
+        self.values: F64 = np.zeros((SKETCH_ROWS, 1 << (width - 1).bit_length()))
 
     @property
     def nbytes(self) -> int:
@@ -781,9 +781,11 @@ class Detector:
             self.syn.started,
         )
         refl_rows = rows & (b.protocol == 17)
-        if refl_rows.any():
-            refl_rows &= np.isin(b.src_port, self.reflection_ports)
-            refl_rows &= b.raw_bytes >= cfg.reflection_min_packet * np.maximum(b.raw_packets, 1)
+        udp = np.flatnonzero(refl_rows)
+        if udp.size:
+            big = np.isin(b.src_port[udp], self.reflection_ports)
+            big &= b.raw_bytes[udp] >= cfg.reflection_min_packet * np.maximum(b.raw_packets[udp], 1)
+            refl_rows[udp[~big]] = False
         where, estimate = self.reflection.add(
             now_ms, b.dst[refl_rows], b.bytes[refl_rows][:, None], (cfg.reflection_bps * seconds,)
         )
@@ -860,13 +862,14 @@ class Detector:
 
     def _mass_mailer(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.mass_mailer
-        rows = b.tcp & (b.dst_port == 25)
-        if rows.any():
-            rows &= is_inside(b.src_hi, b.src_lo, self.inside)
-            rows &= ~is_inside(b.dst_hi, b.dst_lo, self.inside)
-            rows &= ~self.mail_servers.contains(b.src_hi, b.src_lo)
-            rows &= ~self.allow.contains(b.src_hi, b.src_lo)
-        idx = np.flatnonzero(rows)
+        idx = np.flatnonzero(b.tcp & (b.dst_port == 25))
+        if idx.size:
+            src_hi, src_lo = b.src_hi[idx], b.src_lo[idx]
+            keep = is_inside(src_hi, src_lo, self.inside)
+            keep &= ~is_inside(b.dst_hi[idx], b.dst_lo[idx], self.inside)
+            keep &= ~self.mail_servers.contains(src_hi, src_lo)
+            keep &= ~self.allow.contains(src_hi, src_lo)
+            idx = idx[keep]
         keys, counts = self.mailer.add(now_ms, b.src[idx], b.dst[idx])
         short = DistinctWindow.key_of(b.src[idx])
         out = []
@@ -891,11 +894,17 @@ class Detector:
     # -- exporters --
 
     def _heard(self, now_ms: int, b: Batch) -> None:
-        if (b.exp_hi == b.exp_hi[0]).all() and (b.exp_lo == b.exp_lo[0]).all():
-            rows = [0]
-        else:
-            _, first = _runs_first(address_hash(b.exp_hi, b.exp_lo))
-            rows = [int(r) for r in first]
+        # Exporters are few: peel them off one at a time (no sort of the batch).
+        hi, lo = b.exp_hi, b.exp_lo
+        rows: list[int] = []
+        left = np.arange(b.size)
+        while left.size and len(rows) < 64:
+            row = int(left[0])
+            rows.append(row)
+            left = left[(hi[left] != hi[row]) | (lo[left] != lo[row])]
+        if left.size:
+            _, first = _runs_first(address_hash(hi[left], lo[left]))
+            rows += [int(left[r]) for r in first]
         for row in rows:
             name = format_address(b.exp_hi[row], b.exp_lo[row])
             self.exporters.pop(name, None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -41,7 +42,9 @@ from lanalyze.alarms.config import ALGORITHMS, AlarmsConfig
 from lanalyze.alarms.detect import COLUMNS, Detector, Finding
 from lanalyze.alarms.notify import Channel, Notice, Notifier, build_channels
 from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
-from lanalyze.datadir import fsync_dir, make_private_dirs, open_private
+from lanalyze.alarms.watch import ExportLoss, mail_findings
+from lanalyze.datadir import file_signature, fsync_dir, make_private_dirs, open_private
+from lanalyze.flows.exporters import exporters_path, read_exporters
 from lanalyze.flows.store.paths import flow_dir, raw_dir
 from lanalyze.log import RateLimiter, get_logger
 
@@ -153,6 +156,10 @@ class AlarmEngine:
         self._task: asyncio.Task[None] | None = None
         self._last_snapshot = 0.0
         self._mail_index = data_dir / "mail" / "index.sqlite"
+        self.loss = ExportLoss(config.exporter)
+        self._exporters_file = exporters_path(data_dir)
+        self._exporters_seen: object = None
+        self._mail_looked = 0.0
 
     # -- lifecycle --
 
@@ -226,6 +233,8 @@ class AlarmEngine:
                 FLOWS.inc(table.num_rows)
                 findings += self.detector.process(now_ms, table)
             findings += self.detector.tick(now_ms)
+            findings += self._export_loss(now_ms)
+            findings += self._mail_side(now)
             for finding in findings:
                 FINDINGS.labels(finding.algorithm).inc()
             changes = self.store.record(_one_per_subject(findings), now) if findings else []
@@ -255,6 +264,43 @@ class AlarmEngine:
         if time.monotonic() - self._last_snapshot >= self.config.snapshot_interval:
             self.save_snapshot()
         return changes + closed
+
+    def _export_loss(self, now_ms: int) -> list[Finding]:
+        """Loss findings when the collector rewrote ``exporters.json`` since the last look."""
+        if not self.config.exporter.enabled:
+            return []
+        signature = file_signature(self._exporters_file)
+        if signature is None or signature == self._exporters_seen:
+            return []
+        self._exporters_seen = signature
+        try:
+            rows = read_exporters(self.data_dir)["exporters"]
+        except (OSError, ValueError) as exc:
+            if _log_limit.allow("exporters") is not None:
+                log.warning("alarms.exporters_unreadable", extra={"error": str(exc)})
+            return []
+        return self.loss.observe(now_ms, rows)
+
+    def _mail_side(self, now: float) -> list[Finding]:
+        """Mail findings every ``alarms.mail.interval`` from the message index."""
+        from lanalyze.mail.index import MessageIndex
+
+        cfg = self.config.mail
+        if not cfg.enabled or now - self._mail_looked < cfg.interval:
+            return []
+        self._mail_looked = now
+        index = MessageIndex.open_readonly(self._mail_index)
+        if index is None:
+            return []
+        since = now - cfg.window
+        try:
+            with index:
+                activity = index.activity(since)
+        except sqlite3.Error as exc:  # an index an older version wrote, or being created
+            if _log_limit.allow("mail") is not None:
+                log.warning("alarms.mail_index_unreadable", extra={"error": str(exc)})
+            return []
+        return mail_findings(activity, cfg, int(since * 1000))
 
     def _mail_evidence(self, change: Change) -> None:
         from lanalyze.mail.index import MessageIndex
@@ -333,7 +379,8 @@ class AlarmEngine:
 
     def _read(self, path: Path) -> pa.Table | None:
         try:
-            table = pq.read_table(path, columns=list(COLUMNS), memory_map=True)
+            # One thread: pyarrow's thread pool costs three times the CPU on segments this size.
+            table = pq.read_table(path, columns=list(COLUMNS), memory_map=True, use_threads=False)
         except (OSError, pa.ArrowException) as exc:
             # Deleted by retention or compaction between listing and reading, or damaged.
             SEGMENTS.labels("unreadable").inc()

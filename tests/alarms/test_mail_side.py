@@ -1,0 +1,127 @@
+"""The mail side from a real message index: a submission user's volume, a client's
+rejections and DMARC failures, a burst forging one of our domains; export-packet loss from
+the collector's counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from lanalyze.alarms.config import AlarmsConfig, ExporterHealthConfig, MailWatchConfig
+from lanalyze.alarms.engine import AlarmEngine
+from lanalyze.alarms.watch import ExportLoss
+from lanalyze.mail.index import MessageIndex
+from lanalyze.mail.queuefile import Envelope, Layout
+
+FORGED = {
+    "dmarc": "fail",
+    "spf": "fail",
+    "dkim": "none",
+    "flags": ["local_domain_claimed_from_outside"],
+}
+
+
+def envelope(
+    n: int, *, user: str | None = None, client: str = "198.51.100.9", **kw: object
+) -> Envelope:
+    return Envelope(
+        queue_id=f"Q{n:06d}",
+        mail_from="x@bulk.test",
+        recipients=[f"r{i}@remote.test" for i in range(3)],
+        local={},
+        relay=[f"r{i}@remote.test" for i in range(3)],
+        client_ip=client,
+        helo="bulk.test",
+        listener="mta",
+        received_at=time.time() - 60,
+        user=user,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_mail_side_alarms(data_dir: Path) -> None:
+    layout = Layout(data_dir)
+    layout.create()
+    now = time.time()
+    with MessageIndex(layout.index) as index:
+        rows = [envelope(i, user="alice") for i in range(30)]  # 90 recipients: over 50
+        rows += [envelope(100 + i, user="bob") for i in range(5)]  # 15: under
+        rows += [
+            envelope(
+                200 + i, client="203.0.113.7", header_from="Boss <ceo@local.example>", auth=FORGED
+            )
+            for i in range(12)
+        ]
+        index.record_accepted(rows)
+        index.record_rejections(
+            [
+                (
+                    now - 30,
+                    "192.0.2.66",
+                    "mta",
+                    "h",
+                    "a@b.test",
+                    "x@local.example",
+                    None,
+                    550,
+                    "unknown_user",
+                    "",
+                )
+            ]
+            * 40
+            + [
+                (
+                    now - 30,
+                    "192.0.2.67",
+                    "mta",
+                    "h",
+                    "a@b.test",
+                    "x@local.example",
+                    None,
+                    550,
+                    "unknown_user",
+                    "",
+                )
+            ]
+            * 5
+        )
+    config = AlarmsConfig(
+        interval=60,
+        mail=MailWatchConfig(
+            user_messages=1000,
+            user_recipients=50,
+            client_rejections=20,
+            client_dmarc_failures=10,
+            forged_domain=10,
+        ),
+    )
+    engine = AlarmEngine(config, data_dir, channels=[])
+
+    async def scenario() -> list[tuple[str, str]]:
+        await engine.start()
+        try:
+            changes = await asyncio.to_thread(engine.round)
+        finally:
+            await engine.stop()
+        return sorted((c.alarm["algorithm"], c.alarm["subject"]) for c in changes)
+
+    assert asyncio.run(scenario()) == [
+        ("mail_client_dmarc", "203.0.113.7"),
+        ("mail_client_rejections", "192.0.2.66"),
+        ("mail_forged_domain", "local.example"),
+        ("mail_user_volume", "alice"),
+    ]
+
+
+def test_export_loss() -> None:
+    loss = ExportLoss(ExporterHealthConfig(loss_percent=5, loss_window=60, loss_min_packets=100))
+    row = {"exporter": "192.0.2.1", "observation_domain": 0, "packets": 1000, "sequence_gaps": 0}
+    assert loss.observe(0, [row]) == []
+    # 200 more received, 4 lost: 2 %.
+    assert loss.observe(10_000, [row | {"packets": 1200, "sequence_gaps": 4}]) == []
+    # Then 100 more received and 30 lost: 34 of 334 in the window, 10 %.
+    [finding] = loss.observe(20_000, [row | {"packets": 1300, "sequence_gaps": 34}])
+    assert finding.subject == "192.0.2.1" and round(finding.value) == 10
+    # A collector restart (counters from zero) starts afresh, no alarm from the drop.
+    assert loss.observe(30_000, [row | {"packets": 10, "sequence_gaps": 0}]) == []
