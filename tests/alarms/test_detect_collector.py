@@ -32,7 +32,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Collecto
     data = root / "data"
     data.mkdir()
     port = free_port(socket.SOCK_DGRAM)
-    config = write_config(root / "lanalyze.toml", port, f'[general]\ndata_dir = "{data}"\n')
+    bad = root / "drop.txt"
+    bad.write_text("; a DROP-style list\n100.64.0.0/24 ; SBL1\nnot a network\n")
+    config = write_config(
+        root / "lanalyze.toml",
+        port,
+        f'[general]\ndata_dir = "{data}"\n[alarms.bad_networks]\nfile = "{bad}"\n',
+    )
     collector = Collector(config, data)
     yield collector, port
     assert collector.stop() == 0
@@ -128,3 +134,23 @@ def test_mass_mailer_flows(running: tuple[Collector, int]) -> None:
     assert alarm["id"] in {row["id"] for row in listed}
     shown = alarms(collector.config, "show", str(alarm["id"]), "--format", "json")
     assert shown["subject"] == "10.9.0.5" and shown["points"]
+
+
+def test_bad_networks_file_reloaded(running: tuple[Collector, int]) -> None:
+    collector, port = running
+    listed = [Flow("10.9.0.8", "100.64.0.9", 40000, 443, 6, 0x1B, 10)]
+    unlisted = [Flow("10.9.0.8", "100.65.0.9", 40000, 443, 6, 0x1B, 10)]
+    send_flows(port, listed + unlisted)
+    [alarm] = raised(collector, "bad_network", "100.64.0.9")
+    assert alarm["evidence"]["network"] == "100.64.0.0/24"
+    assert alarm["evidence"]["peers"][0]["address"] == "10.9.0.8"
+    assert alarm["filter"] == "ip 100.64.0.9"
+    settle(collector, port)
+    assert [r["subject"] for r in of(alarm_list(collector.data_dir), "bad_network")] == [
+        "100.64.0.9"
+    ]
+    # The list changes: read again, and the next flows to the new network count.
+    bad = collector.config.parent / "drop.txt"
+    bad.write_text("100.64.0.0/24\n100.65.0.0/24\n")
+    send_flows(port, unlisted)
+    raised(collector, "bad_network", "100.65.0.9")

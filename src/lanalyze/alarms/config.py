@@ -24,6 +24,7 @@ ALGORITHMS = (
     "mass_mailer",
     "exporter_silent",
     "exporter_loss",
+    "bad_network",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -38,6 +39,7 @@ Algorithm = Literal[
     "mass_mailer",
     "exporter_silent",
     "exporter_loss",
+    "bad_network",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -227,6 +229,21 @@ class NotifyConfig(Section):
     )
 
 
+class BadNetworksConfig(Section):
+    """Traffic to or from listed networks (section ``[alarms.bad_networks]``)."""
+
+    file: Path | None = Field(
+        default=None,
+        description="File of CIDRs, one a line (`#` comments; a list like Spamhaus DROP "
+        "works as it is), reloaded when it changes. None: off.",
+    )
+    max_networks: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="CIDRs read from the file at most (the rest ignored, logged).",
+    )
+
+
 class MailWatchConfig(Section):
     """The mail side (section ``[alarms.mail]``), from the message index."""
 
@@ -289,4 +306,5 @@ class AlarmsConfig(Section):
     mass_mailer: MassMailerConfig = Field(default_factory=MassMailerConfig)
     exporter: ExporterHealthConfig = Field(default_factory=ExporterHealthConfig)
     mail: MailWatchConfig = Field(default_factory=MailWatchConfig)
+    bad_networks: BadNetworksConfig = Field(default_factory=BadNetworksConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

@@ -643,6 +643,8 @@ class Detector:
         self.baseline = Baseline(flood.sketch_width)
         self.exporters: dict[str, int] = {}
         """Exporter address -> last time (ms) one of its flows was stored."""
+        self.bad: BadNetworks | None = None
+        """The listed networks (``alarms.bad_networks``), set by whoever reads the file."""
 
     @property
     def nbytes(self) -> int:
@@ -662,6 +664,8 @@ class Detector:
             findings += self._floods(now_ms, batch)
         if self.config.mass_mailer.enabled:
             findings += self._mass_mailer(now_ms, batch)
+        if self.bad is not None and self.bad.size:
+            findings += bad_network_findings(self.bad, batch, now_ms)
         return findings
 
     # -- scans --
@@ -979,3 +983,103 @@ def _runs_first(values: U64) -> tuple[U64, npt.NDArray[np.intp]]:
     starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
     first: npt.NDArray[np.intp] = order[starts]
     return unique, first
+
+
+# --- bad networks ---------------------------------------------------------------------------
+
+_V4_MAPPED = np.uint64(0xFFFF)
+
+
+class BadNetworks:
+    """A list of CIDRs as merged intervals: IPv4 over the 32-bit address, IPv6 over the
+    top 64 bits (a prefix longer than /64 is widened to its /64). Matching is two
+    ``searchsorted`` over the batch."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        v4: list[tuple[int, int, str]] = []
+        v6: list[tuple[int, int, str]] = []
+        for text in cidrs:
+            net = ipaddress.ip_network(text, strict=False)
+            if isinstance(net, ipaddress.IPv4Network):
+                v4.append((int(net.network_address), int(net.broadcast_address), str(net)))
+            else:
+                top = int(net.network_address) >> 64
+                span = (1 << max(0, 64 - net.prefixlen)) - 1
+                v6.append((top, top + span, str(net)))
+        self.v4 = _intervals(v4)
+        self.v6 = _intervals(v6)
+        self.size = len(v4) + len(v6)
+
+    def match(self, hi: U64, lo: U64) -> npt.NDArray[np.intp]:
+        """Per address, the index of its interval (v4 first, then v6), or -1."""
+        out = np.full(hi.shape, -1, np.intp)
+        mapped = (hi == 0) & ((lo >> np.uint64(32)) == _V4_MAPPED)
+        starts, ends, _ = self.v4
+        if starts.size:
+            value = lo & np.uint64(0xFFFFFFFF)
+            i = np.searchsorted(starts, value, side="right") - 1
+            hit = mapped & (i >= 0) & (value <= ends[np.maximum(i, 0)])
+            out[hit] = i[hit]
+        starts6, ends6, _ = self.v6
+        if starts6.size:
+            i = np.searchsorted(starts6, hi, side="right") - 1
+            hit = ~mapped & (i >= 0) & (hi <= ends6[np.maximum(i, 0)])
+            out[hit] = i[hit] + starts.size
+        return out
+
+    def label(self, index: int) -> str:
+        v4 = self.v4[2]
+        return v4[index] if index < len(v4) else self.v6[2][index - len(v4)]
+
+
+def _intervals(items: list[tuple[int, int, str]]) -> tuple[U64, U64, list[str]]:
+    """Sorted, merged (start, end) with the first CIDR of each merged run as its label."""
+    starts: list[int] = []
+    ends: list[int] = []
+    labels: list[str] = []
+    for start, end, text in sorted(items):
+        if ends and start <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], end)
+            continue
+        starts.append(start)
+        ends.append(end)
+        labels.append(text)
+    return np.array(starts, np.uint64), np.array(ends, np.uint64), labels
+
+
+def bad_network_findings(bad: BadNetworks, b: Batch, started_ms: int) -> list[Finding]:
+    """One finding per listed address seen in the batch (either side of a flow)."""
+    src = bad.match(b.src_hi, b.src_lo)
+    dst = bad.match(b.dst_hi, b.dst_lo)
+    rows = np.flatnonzero((src >= 0) | (dst >= 0))
+    if rows.size == 0:
+        return []
+    out_side = src[rows] >= 0
+    hi = np.where(out_side, b.src_hi[rows], b.dst_hi[rows])
+    lo = np.where(out_side, b.src_lo[rows], b.dst_lo[rows])
+    keys, first = _runs_first(address_hash(hi, lo))
+    findings = []
+    counts = np.bincount(np.searchsorted(keys, address_hash(hi, lo)), minlength=keys.size)
+    for i in np.argsort(-counts, kind="stable")[:MAX_SUBJECTS]:
+        j = int(first[i])
+        row = int(rows[j])
+        address = format_address(hi[j], lo[j])
+        mine = rows[(hi == hi[j]) & (lo == lo[j])][:EVIDENCE_ROWS]
+        as_source = bool(out_side[j])
+        network = bad.label(int(src[row] if as_source else dst[row]))
+        peer_hi = b.dst_hi[mine] if as_source else b.src_hi[mine]
+        peer_lo = b.dst_lo[mine] if as_source else b.src_lo[mine]
+        findings.append(
+            Finding(
+                "bad_network",
+                address,
+                float(counts[i]),
+                1.0,
+                "flows",
+                {"network": network, "peers": _top_addresses(peer_hi, peer_lo, b.flows[mine])},
+                f"ip {address}",
+                started_ms,
+                address,
+            )
+        )
+    return findings

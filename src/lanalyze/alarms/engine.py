@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import sqlite3
 import time
@@ -39,7 +40,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from lanalyze import metrics
 from lanalyze.alarms.config import ALGORITHMS, AlarmsConfig
-from lanalyze.alarms.detect import COLUMNS, Detector, Finding
+from lanalyze.alarms.detect import COLUMNS, BadNetworks, Detector, Finding
 from lanalyze.alarms.notify import Channel, Notice, Notifier, build_channels
 from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
 from lanalyze.alarms.watch import ExportLoss, mail_findings
@@ -160,6 +161,7 @@ class AlarmEngine:
         self._exporters_file = exporters_path(data_dir)
         self._exporters_seen: object = None
         self._mail_looked = 0.0
+        self._bad_seen: object = None
 
     # -- lifecycle --
 
@@ -226,6 +228,7 @@ class AlarmEngine:
         now_ms = int(now * 1000)
         findings: list[Finding] = []
         with SECONDS.time():
+            self._load_bad_networks()
             for path in self._new_segments():
                 table = self._read(path)
                 if table is None:
@@ -264,6 +267,47 @@ class AlarmEngine:
         if time.monotonic() - self._last_snapshot >= self.config.snapshot_interval:
             self.save_snapshot()
         return changes + closed
+
+    def _load_bad_networks(self) -> None:
+        """(Re)read ``alarms.bad_networks.file`` when it changed (its signature)."""
+        path = self.config.bad_networks.file
+        if path is None:
+            return
+        path = path.expanduser()
+        signature = file_signature(path)
+        if signature == self._bad_seen:
+            return
+        self._bad_seen = signature
+        if signature is None:
+            if self.detector.bad is not None:
+                log.warning("alarms.bad_networks_missing", extra={"path": str(path)})
+            self.detector.bad = None
+            return
+        cidrs: list[str] = []
+        bad_lines = 0
+        limit = self.config.bad_networks.max_networks
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            log.warning("alarms.bad_networks_unreadable", extra={"path": str(path), "error": exc})
+            return
+        for line in text.splitlines():
+            # Spamhaus DROP style: "1.2.3.0/24 ; SBL123"; plain lists; "#" comments.
+            word = line.split(";", 1)[0].split("#", 1)[0].strip()
+            if not word:
+                continue
+            try:
+                ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                bad_lines += 1
+                continue
+            if len(cidrs) < limit:
+                cidrs.append(word)
+        self.detector.bad = BadNetworks(cidrs)
+        log.info(
+            "alarms.bad_networks_loaded",
+            extra={"path": str(path), "networks": len(cidrs), "bad_lines": bad_lines},
+        )
 
     def _export_loss(self, now_ms: int) -> list[Finding]:
         """Loss findings when the collector rewrote ``exporters.json`` since the last look."""

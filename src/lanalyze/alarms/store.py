@@ -139,9 +139,14 @@ class AlarmStore:
         if not path.exists():
             return None
         try:
-            return cls(path, readonly=True)
+            store = cls(path, readonly=True)
+            # Between the detector creating the file and its schema: nothing to read yet.
+            if store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alarms'").fetchone():
+                return store
+            store.close()
         except sqlite3.Error:
-            return None
+            pass
+        return None
 
     def close(self) -> None:
         self.db.close()
