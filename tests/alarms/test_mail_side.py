@@ -5,9 +5,11 @@ the collector's counters."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
+from lanalyze import metrics
 from lanalyze.alarms.config import AlarmsConfig, ExporterHealthConfig, MailWatchConfig
 from lanalyze.alarms.engine import AlarmEngine
 from lanalyze.alarms.watch import ExportLoss
@@ -112,6 +114,11 @@ def test_mail_side_alarms(data_dir: Path) -> None:
         ("mail_forged_domain", "local.example"),
         ("mail_user_volume", "alice"),
     ]
+    # Counted per algorithm on /metrics.
+    text = metrics.render().decode()
+    assert re.search(r'lanalyze_alarms_opened_total\{algorithm="mail_user_volume"\} [1-9]', text)
+    assert re.search(r'lanalyze_alarm_findings_total\{algorithm="mail_forged_domain"\} [1-9]', text)
+    assert 'lanalyze_alarms_open{algorithm="mail_client_dmarc"}' in text
 
 
 def test_export_loss() -> None:
@@ -125,3 +132,38 @@ def test_export_loss() -> None:
     assert finding.subject == "192.0.2.1" and round(finding.value) == 10
     # A collector restart (counters from zero) starts afresh, no alarm from the drop.
     assert loss.observe(30_000, [row | {"packets": 10, "sequence_gaps": 0}]) == []
+
+
+def test_interface_utilisation(data_dir: Path) -> None:
+    """Interfaces over their speed, from the flow reports. The speeds are written as the SNMP
+    poller writes them (its own tests poll a real snmpd); the flows are stored segments."""
+    import json
+
+    from lanalyze.flows.store.paths import interfaces_path, make_flow_dir
+    from lanalyze.flows.store.synthetic import random_flows, write_flows
+
+    flows = make_flow_dir(data_dir)
+    now_ms = int(time.time() * 1000)
+    columns = random_flows(20_000, now_ms - 120_000, now_ms - 1000, exporters=1)
+    write_flows(flows, columns, compression="lz4")
+    exporter = "192.0.2.1"
+    known = {
+        exporter: {
+            "2": {"name": "ge-0/0/2", "alias": None, "description": None, "speed_bps": 1000},
+            "3": {"name": "ge-0/0/3", "alias": None, "description": None, "speed_bps": 10**15},
+        }
+    }
+    interfaces_path(flows).write_text(json.dumps(known))
+    engine = AlarmEngine(AlarmsConfig(interval=60), data_dir, channels=[])
+
+    async def scenario() -> list[dict[str, object]]:
+        await engine.start()
+        try:
+            changes = await asyncio.to_thread(engine.round)
+        finally:
+            await engine.stop()
+        return [c.alarm for c in changes if c.alarm["algorithm"] == "interface_utilisation"]
+
+    [alarm] = asyncio.run(scenario())
+    assert alarm["subject"] == f"{exporter} if 2 (ge-0/0/2)"
+    assert alarm["evidence"]["speed_bps"] == 1000 and alarm["value"] > 90

@@ -25,6 +25,7 @@ ALGORITHMS = (
     "exporter_silent",
     "exporter_loss",
     "bad_network",
+    "interface_utilisation",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -40,6 +41,7 @@ Algorithm = Literal[
     "exporter_silent",
     "exporter_loss",
     "bad_network",
+    "interface_utilisation",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -229,6 +231,25 @@ class NotifyConfig(Section):
     )
 
 
+class InterfaceConfig(Section):
+    """Interface utilisation against the SNMP speed (section ``[alarms.interface]``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Compare interfaces' traffic with their SNMP speed (needs "
+        "`flows.snmp`: without `interfaces.json` nothing is done).",
+    )
+    percent: float = Field(
+        default=90, gt=0, le=1000, description="Utilisation in % of the speed that alarms."
+    )
+    minutes: int = Field(
+        default=5,
+        ge=1,
+        le=1440,
+        description="Minutes the utilisation is averaged over (checked once a minute).",
+    )
+
+
 class BadNetworksConfig(Section):
     """Traffic to or from listed networks (section ``[alarms.bad_networks]``)."""
 
@@ -307,4 +328,5 @@ class AlarmsConfig(Section):
     exporter: ExporterHealthConfig = Field(default_factory=ExporterHealthConfig)
     mail: MailWatchConfig = Field(default_factory=MailWatchConfig)
     bad_networks: BadNetworksConfig = Field(default_factory=BadNetworksConfig)
+    interface: InterfaceConfig = Field(default_factory=InterfaceConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

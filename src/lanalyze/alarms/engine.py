@@ -46,7 +46,7 @@ from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
 from lanalyze.alarms.watch import ExportLoss, mail_findings
 from lanalyze.datadir import file_signature, fsync_dir, make_private_dirs, open_private
 from lanalyze.flows.exporters import exporters_path, read_exporters
-from lanalyze.flows.store.paths import flow_dir, raw_dir
+from lanalyze.flows.store.paths import flow_dir, interfaces_path, raw_dir
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
@@ -102,6 +102,8 @@ SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+INTERFACE_INTERVAL = 60.0
+"""Seconds between looks at the interfaces' utilisation (a query of the rollups)."""
 HOURS_WATCHED = 3
 """Raw hour directories looked at each round (the newest): the writer may still add to the
 previous hour just after it ends."""
@@ -162,6 +164,7 @@ class AlarmEngine:
         self._exporters_seen: object = None
         self._mail_looked = 0.0
         self._bad_seen: object = None
+        self._interfaces_looked = 0.0
 
     # -- lifecycle --
 
@@ -238,6 +241,7 @@ class AlarmEngine:
             findings += self.detector.tick(now_ms)
             findings += self._export_loss(now_ms)
             findings += self._mail_side(now)
+            findings += self._interfaces(now)
             for finding in findings:
                 FINDINGS.labels(finding.algorithm).inc()
             changes = self.store.record(_one_per_subject(findings), now) if findings else []
@@ -324,6 +328,57 @@ class AlarmEngine:
                 log.warning("alarms.exporters_unreadable", extra={"error": str(exc)})
             return []
         return self.loss.observe(now_ms, rows)
+
+    def _interfaces(self, now: float) -> list[Finding]:
+        """Once a minute: interfaces whose average bits/s over the last
+        ``alarms.interface.minutes`` is over ``percent`` of their SNMP speed, from the flow
+        reports (the rollups; the same answer as ``lanalyze flows interfaces``)."""
+        cfg = self.config.interface
+        if not cfg.enabled or now - self._interfaces_looked < INTERFACE_INTERVAL:
+            return []
+        self._interfaces_looked = now
+        if not interfaces_path(self.flows).exists():
+            return []  # no SNMP speeds: nothing to compare with (and no query engine loaded)
+        from lanalyze.flows.errors import ReportError
+        from lanalyze.flows.query.reports.iface import top_interfaces
+
+        until = int(now * 1000)
+        since = until - cfg.minutes * 60_000
+        try:
+            rows = top_interfaces(self.flows, since=since, until=until, limit=1000)
+        except (ReportError, OSError) as exc:
+            if _log_limit.allow("interfaces") is not None:
+                log.warning("alarms.interfaces_failed", extra={"error": str(exc)})
+            return []
+        out = []
+        for row in rows:
+            worst = max(row.in_util_pct or 0.0, row.out_util_pct or 0.0)
+            if worst < cfg.percent:
+                continue
+            name = f" ({row.name})" if row.name else ""
+            out.append(
+                Finding(
+                    "interface_utilisation",
+                    f"{row.exporter} if {row.interface}{name}",
+                    worst,
+                    cfg.percent,
+                    "% of speed",
+                    {
+                        "in_util_pct": row.in_util_pct,
+                        "out_util_pct": row.out_util_pct,
+                        "in_bps": row.in_bps,
+                        "out_bps": row.out_bps,
+                        "speed_bps": row.speed_bps,
+                        "interface": row.interface,
+                    },
+                    # No exporter term in the filter language yet: the drill-down is the
+                    # console's interface page (exporter and ifIndex in its path).
+                    "",
+                    since,
+                    row.exporter,
+                )
+            )
+        return out
 
     def _mail_side(self, now: float) -> list[Finding]:
         """Mail findings every ``alarms.mail.interval`` from the message index."""

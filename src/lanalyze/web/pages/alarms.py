@@ -76,7 +76,10 @@ def drill_links(alarm: dict[str, Any]) -> list[tuple[str, str]]:
     if alarm.get("flows_link"):
         links.append(("Matching flows", alarm["flows_link"]))
     address = alarm.get("address") or ""
-    if address and alarm["algorithm"] == "exporter_silent":
+    interface = alarm.get("evidence", {}).get("interface")
+    if address and alarm["algorithm"] == "interface_utilisation" and interface is not None:
+        links.append(("Interface", f"/flows/interface/{quote(address, safe='')}/{int(interface)}"))
+    if address and alarm["algorithm"] in ("exporter_silent", "exporter_loss"):
         links.append(("Exporter", f"/flows/exporter/{quote(address, safe='')}"))
     elif address:
         links.append(("Host", f"/flows/host/{quote(address, safe='')}"))
