@@ -26,6 +26,7 @@ ALGORITHMS = (
     "exporter_loss",
     "bad_network",
     "interface_utilisation",
+    "host_deviation",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -42,6 +43,7 @@ Algorithm = Literal[
     "exporter_loss",
     "bad_network",
     "interface_utilisation",
+    "host_deviation",
     "mail_user_volume",
     "mail_client_rejections",
     "mail_client_dmarc",
@@ -231,6 +233,37 @@ class NotifyConfig(Section):
     )
 
 
+class DeviationConfig(Section):
+    """A host's traffic far above its own history (section ``[alarms.deviation]``)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Compare each host's bytes this hour with its EWMA for the same hour of "
+        "the week (off by default: it costs two more passes over every batch).",
+    )
+    factor: float = Field(
+        default=10, ge=1, description="How many times its baseline a host's hour must reach."
+    )
+    min_bytes: int = Field(
+        default=1_000_000_000,
+        ge=0,
+        description="Bytes (scaled) a host must move in the hour as well: small hosts are noise.",
+    )
+    weeks: int = Field(
+        default=2,
+        ge=1,
+        description="Weeks an hour of the week must have been learnt before it is judged.",
+    )
+    sketch_width: int = Field(
+        default=4096,
+        ge=256,
+        le=1_048_576,
+        description="Counters per row of the per-host sketches (2 rows; the baselines keep "
+        "168 hours of them: 168 x 2 x width x 8 bytes, 11 MiB at 4096). Hosts sharing "
+        "counters with busier ones get a higher baseline (fewer alarms, never more).",
+    )
+
+
 class InterfaceConfig(Section):
     """Interface utilisation against the SNMP speed (section ``[alarms.interface]``)."""
 
@@ -329,4 +362,5 @@ class AlarmsConfig(Section):
     mail: MailWatchConfig = Field(default_factory=MailWatchConfig)
     bad_networks: BadNetworksConfig = Field(default_factory=BadNetworksConfig)
     interface: InterfaceConfig = Field(default_factory=InterfaceConfig)
+    deviation: DeviationConfig = Field(default_factory=DeviationConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from lanalyze.alarms.config import AlarmsConfig
+from lanalyze.alarms.config import AlarmsConfig, DeviationConfig
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
@@ -644,12 +644,14 @@ class Detector:
         self.exporters: dict[str, int] = {}
         """Exporter address -> last time (ms) one of its flows was stored."""
         self.bad: BadNetworks | None = None
+        self.deviation = HostDeviation(config.deviation) if config.deviation.enabled else None
         """The listed networks (``alarms.bad_networks``), set by whoever reads the file."""
 
     @property
     def nbytes(self) -> int:
         windows = (self.horizontal, self.vertical, self.mailer, self.flood, self.syn)
-        return sum(w.nbytes for w in windows) + self.reflection.nbytes + self.baseline.nbytes
+        held = sum(w.nbytes for w in windows) + self.reflection.nbytes + self.baseline.nbytes
+        return held + (self.deviation.nbytes if self.deviation is not None else 0)
 
     def process(self, now_ms: int, table: pa.Table) -> list[Finding]:
         """The findings of one stored batch (``now_ms``: when it is looked at)."""
@@ -666,6 +668,8 @@ class Detector:
             findings += self._mass_mailer(now_ms, batch)
         if self.bad is not None and self.bad.size:
             findings += bad_network_findings(self.bad, batch, now_ms)
+        if self.deviation is not None:
+            findings += self.deviation.add(now_ms, batch)
         return findings
 
     # -- scans --
@@ -952,6 +956,8 @@ class Detector:
         data |= self.syn.state("syn")
         data |= self.reflection.state("reflection")
         data["baseline.values"] = self.baseline.values
+        if self.deviation is not None:
+            data |= self.deviation.state()
         names = list(self.exporters)
         data["exporters.names"] = np.array(names, dtype=np.str_) if names else np.zeros(0, "U1")
         data["exporters.last"] = np.array([self.exporters[n] for n in names], np.int64)
@@ -964,6 +970,8 @@ class Detector:
         self.flood.restore("flood", data)
         self.syn.restore("syn", data)
         self.reflection.restore("reflection", data)
+        if self.deviation is not None:
+            self.deviation.restore(data)
         values = data.get("baseline.values")
         if values is not None and values.shape == self.baseline.values.shape:
             self.baseline.values = values.astype(np.float64)
@@ -1083,3 +1091,119 @@ def bad_network_findings(bad: BadNetworks, b: Batch, started_ms: int) -> list[Fi
             )
         )
     return findings
+
+
+# --- baseline deviation ---------------------------------------------------------------------
+
+HOUR_MS = 3_600_000
+WEEK_HOURS = 168
+
+
+class HostDeviation:
+    """Bytes per host (either side of a flow) in the current hour, in a count-min sketch, and
+    per hour of the week an EWMA (alpha 0.2) of the hours that were not alarming: a host
+    whose hour reaches ``factor`` times its baseline for that hour (and ``min_bytes``) is
+    reported. Memory is fixed by ``sketch_width``, whatever the number of hosts."""
+
+    ALPHA = 0.2
+
+    def __init__(self, config: DeviationConfig) -> None:
+        self.config = config
+        self.width = 1 << (config.sketch_width - 1).bit_length()
+        self.hour = 0
+        self.current: F64 = np.zeros((SKETCH_ROWS, self.width))
+        self.baseline: F64 = np.zeros((WEEK_HOURS, SKETCH_ROWS, self.width))
+        self.learnt = np.zeros(WEEK_HOURS, np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return self.current.nbytes + self.baseline.nbytes
+
+    def _buckets(self, key: U64) -> npt.NDArray[np.intp]:
+        mask = np.uint64(self.width - 1)
+        return np.stack([(key >> np.uint64(32 * r)) & mask for r in range(SKETCH_ROWS)]).astype(
+            np.intp
+        )
+
+    def _roll(self, now_ms: int) -> None:
+        hour = now_ms // HOUR_MS
+        if hour == self.hour:
+            return
+        if self.hour and hour - self.hour == 1:
+            slot = self.hour % WEEK_HOURS
+            old = self.baseline[slot]
+            learnt = (
+                (1 - self.ALPHA) * old + self.ALPHA * self.current
+                if self.learnt[slot]
+                else self.current
+            )
+            # An hour that alarmed does not teach its hosts' baseline.
+            calm = self.current < np.maximum(old * self.config.factor, self.config.min_bytes)
+            self.baseline[slot] = np.where(calm | (self.learnt[slot] == 0), learnt, old)
+            self.learnt[slot] += 1
+        self.hour = hour
+        self.current = np.zeros((SKETCH_ROWS, self.width))
+
+    def add(self, now_ms: int, b: Batch) -> list[Finding]:
+        self._roll(now_ms)
+        cfg = self.config
+        keys = np.concatenate((b.src, b.dst))
+        weight = np.concatenate((b.bytes, b.bytes))
+        buckets = self._buckets(keys)
+        for r in range(SKETCH_ROWS):
+            self.current[r] += np.bincount(buckets[r], weight, self.width)
+        slot = self.hour % WEEK_HOURS
+        if self.learnt[slot] < cfg.weeks:
+            return []
+        limit = np.maximum(self.baseline[slot] * cfg.factor, cfg.min_bytes)
+        hot = self.current >= limit
+        if not hot[0].any():
+            return []
+        rows = np.ones(keys.size, np.bool_)
+        for r in range(SKETCH_ROWS):
+            rows &= hot[r][buckets[r]]
+        where = np.flatnonzero(rows)
+        if where.size == 0:
+            return []
+        unique, first = _runs_first(keys[where])
+        out = []
+        for i in range(min(unique.size, MAX_SUBJECTS)):
+            j = int(where[first[i]])
+            row = j % b.size
+            is_src = j < b.size
+            address = b.src_text(row) if is_src else b.dst_text(row)
+            value = float(np.min([self.current[r][buckets[r][j]] for r in range(SKETCH_ROWS)]))
+            base = float(
+                np.min([self.baseline[slot][r][buckets[r][j]] for r in range(SKETCH_ROWS)])
+            )
+            out.append(
+                Finding(
+                    "host_deviation",
+                    address,
+                    value,
+                    max(base * cfg.factor, float(cfg.min_bytes)),
+                    "bytes this hour",
+                    {"baseline_bytes": base, "hour_of_week": int(slot)},
+                    f"ip {address}",
+                    self.hour * HOUR_MS,
+                    address,
+                )
+            )
+        return out
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            "deviation.hour": np.array([self.hour], np.int64),
+            "deviation.current": self.current,
+            "deviation.baseline": self.baseline,
+            "deviation.learnt": self.learnt,
+        }
+
+    def restore(self, data: dict[str, npt.NDArray[Any]]) -> None:
+        baseline = data.get("deviation.baseline")
+        if baseline is None or baseline.shape != self.baseline.shape:
+            return
+        self.hour = int(data["deviation.hour"][0])
+        self.current = data["deviation.current"].astype(np.float64)
+        self.baseline = baseline.astype(np.float64)
+        self.learnt = data["deviation.learnt"].astype(np.int64)
