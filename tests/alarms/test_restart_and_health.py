@@ -93,3 +93,32 @@ def test_store_one_row_per_incident_closed_after_quiet_and_acked(tmp_path: Path)
     assert [p[1] for p in store.points(opened.alarm["id"])] == [150, 500, 120]
     store.close()
     assert stat.S_IMODE(store_path(tmp_path).stat().st_mode) == 0o600
+
+
+def test_ack_and_show_commands(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import lanalyze_cmd
+
+    data = tmp_path / "data"
+    with AlarmStore(store_path(data)) as store:
+        [change] = store.record([finding("10.0.0.7 -> 192.0.2.1", 300)])
+    config = tmp_path / "lanalyze.toml"
+    config.write_text(f'[general]\ndata_dir = "{data}"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*lanalyze_cmd(), "--config", str(config), "alarms", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    alarm_id = str(change.alarm["id"])
+    assert run("ack", alarm_id, "--by", "bob").returncode == 0
+    shown = run("show", alarm_id).stdout
+    assert "ack:" in shown and "bob at" in shown and "10.0.0.7 -> 192.0.2.1" in shown
+    listed = run("ls").stdout.splitlines()
+    assert len(listed) == 2 and "yes" in listed[1] and "warning" in listed[1]  # 3x: warning
+    missing = run("ack", "999")
+    assert missing.returncode == 1 and "no alarm 999" in missing.stderr
