@@ -29,6 +29,8 @@ import json
 import os
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,30 +112,40 @@ class WebhookChannel:
         self.first_delay = 1.0
 
     async def send(self, notice: Notice) -> None:
-        import httpx
-
         body = json.dumps(notice.to_json(), sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "lanalyze"}
         if self.secret is not None:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         delay = self.first_delay
         problem = ""
-        async with httpx.AsyncClient(timeout=self.config.timeout) as client:
-            for attempt in range(self.config.attempts):
-                if attempt:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 300)
-                try:
-                    answer = await client.post(self.config.url, content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                    continue
-                if answer.status_code < 300:
-                    return
-                problem = f"HTTP {answer.status_code}"
-                if answer.status_code < 500 and answer.status_code != 429:
-                    break
+        for attempt in range(self.config.attempts):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 300)
+            try:
+                # The standard library's client, in a thread: one POST now and then needs
+                # no HTTP dependency at run time.
+                status = await asyncio.to_thread(
+                    _post, self.config.url, body, headers, self.config.timeout
+                )
+            except OSError as exc:  # refused, unreachable, timed out, TLS
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if status < 300:
+                return
+            problem = f"HTTP {status}"
+            if status < 500 and status != 429:
+                break
         raise DeliveryError(problem)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - http(s) only: the setting's pattern
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _read_secret(path: Path | None) -> bytes | None:
