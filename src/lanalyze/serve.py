@@ -39,6 +39,17 @@ def build_components(config: Config) -> list[Component]:
             from lanalyze.flows.snmp import SnmpPoller
 
             components.append(SnmpPoller(config.flows.snmp, flow_dir(config.general.data_path)))
+        if config.alarms.enabled:
+            from lanalyze.alarms.engine import AlarmEngine
+
+            components.append(
+                AlarmEngine(
+                    config.alarms,
+                    config.general.data_path,
+                    mail=config.mail,
+                    hostname=config.general.hostname,
+                )
+            )
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
