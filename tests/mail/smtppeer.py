@@ -41,6 +41,8 @@ class Peer:
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
     _thread: threading.Thread | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def start(self) -> None:
         loop = asyncio.new_event_loop()
@@ -69,11 +71,28 @@ class Peer:
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
+            # Sessions still open (a client the test killed, a slow peer) are closed here: left
+            # to the garbage collector, their sockets warn in whichever test runs next.
+            async def shutdown() -> None:
+                if self._server is not None:
+                    self._server.close()
+                for writer in list(self._writers):
+                    writer.transport.abort()
+                tasks = [task for task in self._tasks if not task.done()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         tls = False
         mail_from, mail_line, recipients = "", "", []
 
@@ -162,4 +181,5 @@ class Peer:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
+            self._writers.discard(writer)
             writer.close()
