@@ -244,10 +244,13 @@ class AlarmEngine:
             findings += self._interfaces(now)
             for finding in findings:
                 FINDINGS.labels(finding.algorithm).inc()
-            changes = self.store.record(_one_per_subject(findings), now) if findings else []
-            for change in changes:
-                if change.alarm["algorithm"] == "mass_mailer":
-                    self._mail_evidence(change)
+            findings = _one_per_subject(findings)
+            for finding in findings:
+                # In the finding, not added after: the alarm is written whole, so no reader
+                # (the console, the API) ever sees a mass mailer alarm without its mail.
+                if finding.algorithm == "mass_mailer" and finding.address:
+                    self._mail_evidence(finding)
+            changes = self.store.record(findings, now) if findings else []
             closed = self.store.close_quiet(self.config.close_after, now)
         for change in changes:
             if change.event == "opened":
@@ -401,17 +404,20 @@ class AlarmEngine:
             return []
         return mail_findings(activity, cfg, int(since * 1000))
 
-    def _mail_evidence(self, change: Change) -> None:
+    def _mail_evidence(self, finding: Finding) -> None:
+        """What the SMTP server received from the mass mailer's address, with verdicts."""
         from lanalyze.mail.index import MessageIndex
 
-        assert self.store is not None
-        alarm = change.alarm
         index = MessageIndex.open_readonly(self._mail_index)
         if index is None:
             return
         try:
-            since = alarm["window_start"] - self.config.mass_mailer.window
-            mail = index.from_client(alarm["address"], since)
+            since = finding.window_start_ms / 1000 - self.config.mass_mailer.window
+            mail = index.from_client(finding.address, since)
+        except sqlite3.Error as exc:  # an index an older version wrote, or being created
+            if _log_limit.allow("mail") is not None:
+                log.warning("alarms.mail_index_unreadable", extra={"error": str(exc)})
+            return
         finally:
             index.close()
         slim = [
@@ -433,8 +439,7 @@ class AlarmEngine:
             for m in mail["messages"]
         ]
         mail["messages"] = slim
-        self.store.add_evidence(int(alarm["id"]), "mail", mail)
-        alarm["evidence"]["mail"] = mail
+        finding.evidence["mail"] = mail
 
     def _listing(self) -> dict[str, set[str]]:
         """The newest hour directories' segment names (no temporaries, no compacted files:

@@ -233,13 +233,6 @@ class AlarmStore:
         assert alarm is not None
         return Change(alarm, event)
 
-    def add_evidence(self, alarm_id: int, key: str, value: Any) -> None:
-        """Add one key to an alarm's evidence (the mail side of a mass mailer)."""
-        self.db.execute(
-            "UPDATE alarms SET evidence = json_set(evidence, '$.' || ?, json(?)) WHERE id = ?",
-            (key, json.dumps(value), alarm_id),
-        )
-
     def close_quiet(self, quiet: float, now: float | None = None) -> list[Change]:
         """Close the open alarms with no finding for ``quiet`` seconds."""
         now = time.time() if now is None else now
