@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lanalyze.flows import catalogue
@@ -165,8 +167,8 @@ def test_range_index_block_table_agrees_with_a_binary_search() -> None:
 
 def countries(geo: GeoIP, *texts: str) -> list[str | None]:
     result = geo.lookup(AddressKeys.of(addresses(*texts)))
-    names = result.countries.to_pylist()
-    return [names[i] if i >= 0 else None for i in result.country.tolist()]
+    names: list[str | None] = result.countries.column(result.country).to_pylist()
+    return names
 
 
 def test_geoip_answers_reloads_and_survives_a_missing_file(
@@ -215,9 +217,8 @@ def test_geoip_ranges_match_the_reference_reader(databases: tuple[Path, Path]) -
     ):
         for position, text in enumerate(probe):
             expected_country = (country.get(text) or {}).get("country", {}).get("iso_code")
-            index = result.country[position]
-            names = result.countries.to_pylist()
-            assert (names[index] if index >= 0 else None) == expected_country, text
+            names = result.countries.column(result.country).to_pylist()
+            assert names[position] == expected_country, text
             expected_as = (asn.get(text) or {}).get("autonomous_system_number", 0)
             assert result.asn[position] == expected_as, text
 
@@ -271,7 +272,10 @@ def test_enricher_exporter_as_wins_and_names_only_its_own(databases: tuple[Path,
         assert labels["src_net_name"].to_pylist() == ["office", "office", None]
         assert "app_name" not in labels  # no IE 95: the port table names it when shown
         record = catalogue.to_record_batch(columns, None, labels)
-        assert record.schema == catalogue.arrow_schema()
+        assert record.schema == catalogue.batch_schema()
+        stored = catalogue.as_stored(pa.Table.from_batches([record]))
+        assert stored.schema == catalogue.arrow_schema()
+        assert stored.column("dst_as_name").to_pylist() == expected_name
 
 
 def test_enricher_classifies_interfaces_and_names_applications(tmp_path: Path) -> None:
@@ -330,6 +334,28 @@ def test_filters_and_dimensions_of_the_names() -> None:
     )
     for name in names.split():
         assert parse_dimensions(name)[0].needs
+
+
+def test_reports_name_the_names_of_a_store_without_them(tmp_path: Path) -> None:
+    """Enrichment not configured: segments omit the name columns, and a report or a filter
+    naming them answers "unknown" (null) instead of DuckDB's "column not found", on the raw
+    path and on the console's shared filtered flows."""
+    import duckdb
+
+    from lanalyze.flows.query import filtered
+    from lanalyze.flows.store.writer import SegmentWriter
+
+    now = int(time.time() * 1000)
+    columns = batch([{"src_addr": "10.1.0.5", "dst_addr": "203.0.113.9", "bytes": 100}] * 3)
+    columns["time_received"][:] = now
+    writer = SegmentWriter(tmp_path / "flows", "w0")
+    (path,) = writer.write([catalogue.to_record_batch(columns)])
+    assert "src_country" not in pq.read_schema(path).names
+    assert _top(tmp_path, "srccountry", rollups=False) == {"": 300}
+    assert _top(tmp_path, "srcip", "src country NL", rollups=False) == {}
+    assert _top(tmp_path, "srcip", "not net name office", rollups=False) == {"10.1.0.5": 300}
+    shared = filtered.flows(duckdb.connect(), [str(path)], compile_filter("src country NL"))
+    assert shared is not None and shared.num_rows == 0
 
 
 # -- through the real collector ----------------------------------------------------------------
