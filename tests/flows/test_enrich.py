@@ -319,6 +319,26 @@ def test_enricher_classifies_interfaces_and_names_applications(tmp_path: Path) -
     assert labels["app_name"].to_pylist() == ["webex", "ssh", "13:1"]
 
 
+def test_interface_pairs_agree_with_a_sort() -> None:
+    """The flag table (small ifIndex values) and the sort (large ones) find the same pairs."""
+    from lanalyze.flows.enrich import _interface_pairs
+
+    rng = np.random.default_rng(7)
+    for top in (5, 2**31):
+        code = rng.integers(0, 3, 500).astype(np.intp)
+        in_if = rng.integers(0, 5, 500).astype(np.uint32) * (top // 5)
+        out_if = rng.integers(0, 5, 500).astype(np.uint32)
+        pairs, inverse = _interface_pairs(code, in_if, out_if)
+        expected = [
+            (int(c), int(i))
+            for c, i in zip(
+                np.concatenate((code, code)), np.concatenate((in_if, out_if)), strict=True
+            )
+        ]
+        assert [pairs[i] for i in inverse.tolist()] == expected
+        assert pairs == sorted(set(expected))
+
+
 def test_filters_and_dimensions_of_the_names() -> None:
     assert compile_filter("src country nl").params == ("NL",)
     flt = compile_filter('dst as name "Example Net" and not net name office')

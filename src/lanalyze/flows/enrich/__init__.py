@@ -100,6 +100,35 @@ def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list[A
     return any(address.version == n.version and address in n for n in networks)
 
 
+DIRECT_KEYS = 1 << 22
+"""Largest exporters x ifIndex span :func:`_interface_pairs` answers with a table of flags
+(4 MiB) instead of sorting every flow's key."""
+
+
+def _interface_pairs(
+    exporter_code: npt.NDArray[np.intp], in_if: npt.NDArray[Any], out_if: npt.NDArray[Any]
+) -> tuple[list[tuple[int, int]], npt.NDArray[np.intp]]:
+    """The distinct (exporter code, ifIndex) pairs of a batch's input and output interfaces,
+    and each flow's pair index (inputs first, then outputs). A batch has few exporters and a
+    router's ifIndex values are small, so a flag per possible pair finds them in O(n);
+    ``np.unique`` (a sort of 2n keys) cost more than the rest of enrichment."""
+    exporters = int(exporter_code.max()) + 1 if len(exporter_code) else 0
+    top = max(int(in_if.max()), int(out_if.max())) + 1 if len(in_if) else 0
+    if exporters * top <= DIRECT_KEYS:
+        base = exporter_code * top
+        dense = np.concatenate((base + in_if, base + out_if))
+        seen = np.zeros(exporters * top, dtype=bool)
+        seen[dense] = True
+        present = np.flatnonzero(seen)
+        position = np.cumsum(seen, dtype=np.intp) - 1
+        pairs = list(zip((present // top).tolist(), (present % top).tolist(), strict=True))
+        return pairs, position[dense]
+    code = exporter_code.astype(np.uint64) << np.uint64(32)
+    packed = np.concatenate((code | in_if.astype(np.uint64), code | out_if.astype(np.uint64)))
+    unique, inverse = np.unique(packed, return_inverse=True)
+    return [(v >> 32, v & 0xFFFF_FFFF) for v in unique.tolist()], inverse.reshape(-1)
+
+
 class Enricher:
     """Adds the enrichment columns to decoded batches. One per worker (not thread-safe)."""
 
@@ -140,6 +169,9 @@ class Enricher:
         self._snmp: object = None
         self._interfaces: dict[tuple[bytes, int], _Interface] = {}
         self._exporter_names: dict[bytes, str | None] = {}
+        self._batch_exporters: (
+            tuple[npt.NDArray[Any], tuple[list[bytes], npt.NDArray[np.intp]]] | None
+        ) = None
 
     @property
     def classifies_interfaces(self) -> bool:
@@ -170,6 +202,7 @@ class Enricher:
         if self.classifies_interfaces:
             self._interfaces_of(columns, labels, rows)
         self._applications(columns, labels)
+        self._batch_exporters = None  # the batch's arrays are not kept past it
         geo = self.geoip.counters
         self.counters.geo_lookups = geo.lookups
         self.counters.database_reloads = geo.reloads
@@ -207,6 +240,16 @@ class Enricher:
             labels[f"{side}_as_name"] = geo.as_names.column(name_index)
 
     def _exporter_codes(
+        self, exporters: npt.NDArray[Any]
+    ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
+        # Asked by the exporter names and the interfaces: found once per batch.
+        if self._batch_exporters is not None and self._batch_exporters[0] is exporters:
+            return self._batch_exporters[1]
+        found = self._find_exporter_codes(exporters)
+        self._batch_exporters = (exporters, found)
+        return found
+
+    def _find_exporter_codes(
         self, exporters: npt.NDArray[Any]
     ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
         # A batch holds few exporters, in runs (the decoder groups rows by datagram): find
@@ -274,17 +317,12 @@ class Enricher:
         if not snmp and not self.rules.interfaces:
             return
         keys, exporter_code = self._exporter_codes(columns["exporter"])
-        code = exporter_code.astype(np.uint64) << np.uint64(32)
-        packed = np.concatenate(
-            (code | columns["in_if"].astype(np.uint64), code | columns["out_if"].astype(np.uint64))
-        )
-        unique, inverse = np.unique(packed, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        pairs, inverse = _interface_pairs(exporter_code, columns["in_if"], columns["out_if"])
         found: list[_Interface] = []
         if len(self._interfaces) > MAX_INTERFACE_CACHE:
             self._interfaces.clear()
-        for value in unique.tolist():
-            key = (keys[value >> 32], value & 0xFFFFFFFF)
+        for exporter, if_index in pairs:
+            key = (keys[exporter], if_index)
             item = self._interfaces.get(key)
             if item is None:
                 item = self._classify(snmp, *key)

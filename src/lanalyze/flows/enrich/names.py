@@ -33,10 +33,14 @@ starts a new dictionary."""
 
 def column(codes: npt.NDArray[Any], dictionary: pa.Array) -> pa.DictionaryArray:
     """The dictionary column of per-flow ``codes`` into ``dictionary`` (-1: null)."""
-    codes = np.asarray(codes, dtype=np.int32)
-    null = codes < 0
-    # 0 under the nulls, not -1: Arrow's dictionary unification reads every index.
-    indices = pa.array(np.maximum(codes, 0), mask=null) if null.any() else pa.array(codes)
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    valid = codes >= 0
+    nulls = len(codes) - int(np.count_nonzero(valid))
+    # The validity bitmap packed by numpy (half the cost of pa.array's mask), and 0 under
+    # the nulls, not -1: Arrow's dictionary unification reads every index.
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    data = pa.py_buffer(np.maximum(codes, 0) if nulls else codes)
+    indices = pa.Array.from_buffers(pa.int32(), len(codes), [bitmap, data], null_count=nulls)
     return pa.DictionaryArray.from_arrays(indices, dictionary, safe=False)
 
 
