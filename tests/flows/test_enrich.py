@@ -339,6 +339,20 @@ def test_interface_pairs_agree_with_a_sort() -> None:
         assert pairs == sorted(set(expected))
 
 
+def test_name_registry_keeps_one_dictionary_and_starts_again_when_full() -> None:
+    from lanalyze.flows.enrich.names import NameRegistry
+
+    registry = NameRegistry(limit=4)
+    first = registry.column(["eth0", None, "eth1"], np.array([0, 1, 2, 0]))
+    second = registry.column(["eth1", "eth0"], np.array([1, 0]))
+    assert first.to_pylist() == ["eth0", None, "eth1", "eth0"]
+    assert second.to_pylist() == ["eth0", "eth1"]
+    assert second.dictionary.equals(first.dictionary)  # the same dictionary: written once
+    third = registry.column(["eth2", "eth3", "eth4"], np.array([2, -1]))
+    assert third.to_pylist() == ["eth4", None]
+    assert len(registry) == 3  # full: started again, bounded
+
+
 def test_filters_and_dimensions_of_the_names() -> None:
     assert compile_filter("src country nl").params == ("NL",)
     flt = compile_filter('dst as name "Example Net" and not net name office')
