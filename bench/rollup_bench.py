@@ -59,7 +59,7 @@ def generate(raw_copy: Path, flows: int, rate: int) -> dict[str, object]:
     per_segment = -(-flows // (seconds * WORKERS))
     written = 0
     seq = 0
-    schema = catalogue.arrow_schema()
+    schema = catalogue.batch_schema()
     # The collector's own writer (its encodings included), one per worker as in the collector.
     writers = [
         SegmentWriter(raw_copy, f"w{worker}xbench", compression="lz4") for worker in range(WORKERS)

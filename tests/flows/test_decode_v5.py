@@ -122,7 +122,7 @@ def test_v5_values_and_times() -> None:
     assert (stats.version, stats.packets, stats.flows, stats.last_sequence) == (5, 1, 30, 7)
     record_batch = batch.to_record_batch()
     assert isinstance(record_batch, pa.RecordBatch)
-    assert record_batch.schema == catalogue.arrow_schema()
+    assert record_batch.schema == catalogue.batch_schema()
 
 
 def test_v5_sampling_header_and_configured_rate() -> None:

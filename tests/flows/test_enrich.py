@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lanalyze.flows import catalogue
@@ -165,8 +167,8 @@ def test_range_index_block_table_agrees_with_a_binary_search() -> None:
 
 def countries(geo: GeoIP, *texts: str) -> list[str | None]:
     result = geo.lookup(AddressKeys.of(addresses(*texts)))
-    names = result.countries.to_pylist()
-    return [names[i] if i >= 0 else None for i in result.country.tolist()]
+    names: list[str | None] = result.countries.column(result.country).to_pylist()
+    return names
 
 
 def test_geoip_answers_reloads_and_survives_a_missing_file(
@@ -215,9 +217,8 @@ def test_geoip_ranges_match_the_reference_reader(databases: tuple[Path, Path]) -
     ):
         for position, text in enumerate(probe):
             expected_country = (country.get(text) or {}).get("country", {}).get("iso_code")
-            index = result.country[position]
-            names = result.countries.to_pylist()
-            assert (names[index] if index >= 0 else None) == expected_country, text
+            names = result.countries.column(result.country).to_pylist()
+            assert names[position] == expected_country, text
             expected_as = (asn.get(text) or {}).get("autonomous_system_number", 0)
             assert result.asn[position] == expected_as, text
 
@@ -271,7 +272,10 @@ def test_enricher_exporter_as_wins_and_names_only_its_own(databases: tuple[Path,
         assert labels["src_net_name"].to_pylist() == ["office", "office", None]
         assert "app_name" not in labels  # no IE 95: the port table names it when shown
         record = catalogue.to_record_batch(columns, None, labels)
-        assert record.schema == catalogue.arrow_schema()
+        assert record.schema == catalogue.batch_schema()
+        stored = catalogue.as_stored(pa.Table.from_batches([record]))
+        assert stored.schema == catalogue.arrow_schema()
+        assert stored.column("dst_as_name").to_pylist() == expected_name
 
 
 def test_enricher_classifies_interfaces_and_names_applications(tmp_path: Path) -> None:
@@ -315,6 +319,40 @@ def test_enricher_classifies_interfaces_and_names_applications(tmp_path: Path) -
     assert labels["app_name"].to_pylist() == ["webex", "ssh", "13:1"]
 
 
+def test_interface_pairs_agree_with_a_sort() -> None:
+    """The flag table (small ifIndex values) and the sort (large ones) find the same pairs."""
+    from lanalyze.flows.enrich import _interface_pairs
+
+    rng = np.random.default_rng(7)
+    for top in (5, 2**31):
+        code = rng.integers(0, 3, 500).astype(np.intp)
+        in_if = rng.integers(0, 5, 500).astype(np.uint32) * (top // 5)
+        out_if = rng.integers(0, 5, 500).astype(np.uint32)
+        pairs, inverse = _interface_pairs(code, in_if, out_if)
+        expected = [
+            (int(c), int(i))
+            for c, i in zip(
+                np.concatenate((code, code)), np.concatenate((in_if, out_if)), strict=True
+            )
+        ]
+        assert [pairs[i] for i in inverse.tolist()] == expected
+        assert pairs == sorted(set(expected))
+
+
+def test_name_registry_keeps_one_dictionary_and_starts_again_when_full() -> None:
+    from lanalyze.flows.enrich.names import NameRegistry
+
+    registry = NameRegistry(limit=4)
+    first = registry.column(["eth0", None, "eth1"], np.array([0, 1, 2, 0]))
+    second = registry.column(["eth1", "eth0"], np.array([1, 0]))
+    assert first.to_pylist() == ["eth0", None, "eth1", "eth0"]
+    assert second.to_pylist() == ["eth0", "eth1"]
+    assert second.dictionary.equals(first.dictionary)  # the same dictionary: written once
+    third = registry.column(["eth2", "eth3", "eth4"], np.array([2, -1]))
+    assert third.to_pylist() == ["eth4", None]
+    assert len(registry) == 3  # full: started again, bounded
+
+
 def test_filters_and_dimensions_of_the_names() -> None:
     assert compile_filter("src country nl").params == ("NL",)
     flt = compile_filter('dst as name "Example Net" and not net name office')
@@ -330,6 +368,28 @@ def test_filters_and_dimensions_of_the_names() -> None:
     )
     for name in names.split():
         assert parse_dimensions(name)[0].needs
+
+
+def test_reports_name_the_names_of_a_store_without_them(tmp_path: Path) -> None:
+    """Enrichment not configured: segments omit the name columns, and a report or a filter
+    naming them answers "unknown" (null) instead of DuckDB's "column not found", on the raw
+    path and on the console's shared filtered flows."""
+    import duckdb
+
+    from lanalyze.flows.query import filtered
+    from lanalyze.flows.store.writer import SegmentWriter
+
+    now = int(time.time() * 1000)
+    columns = batch([{"src_addr": "10.1.0.5", "dst_addr": "203.0.113.9", "bytes": 100}] * 3)
+    columns["time_received"][:] = now
+    writer = SegmentWriter(tmp_path / "flows", "w0")
+    (path,) = writer.write([catalogue.to_record_batch(columns)])
+    assert "src_country" not in pq.read_schema(path).names
+    assert _top(tmp_path, "srccountry", rollups=False) == {"": 300}
+    assert _top(tmp_path, "srcip", "src country NL", rollups=False) == {}
+    assert _top(tmp_path, "srcip", "not net name office", rollups=False) == {"10.1.0.5": 300}
+    shared = filtered.flows(duckdb.connect(), [str(path)], compile_filter("src country NL"))
+    assert shared is not None and shared.num_rows == 0
 
 
 # -- through the real collector ----------------------------------------------------------------

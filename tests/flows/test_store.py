@@ -48,7 +48,11 @@ def test_segment_is_named_placed_and_readable(data_dir: Path) -> None:
     assert path.parent.name == hour_name(now) == "2023111422"
     match = NAME.match(path.name)
     assert match and match.group(1) == str(now) and match.group(2) == "w0xabc"
-    assert pq.read_schema(path).equals(catalogue.arrow_schema())
+    # The catalogue's schema, less the name columns no flow has (enrichment not configured).
+    expected = catalogue.arrow_schema()
+    for name in catalogue.LABEL_COLUMNS:
+        expected = expected.remove(expected.get_field_index(name))
+    assert pq.read_schema(path).equals(expected)
     total = (
         duckdb.connect()
         .execute(f"select count(*), sum(bytes) from read_parquet('{path}')")
@@ -119,3 +123,56 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["state.json"]
+
+
+def test_segment_stores_dictionary_names_as_text_and_omits_empty_ones(data_dir: Path) -> None:
+    """The ingest path's dictionary columns are stored as text (read back as strings by
+    pyarrow and DuckDB): chunks with differing dictionaries, a large dictionary cut to what
+    the segment uses, nulls; a name column null in every row is left out of the segment."""
+    from lanalyze.flows.enrich.names import NameCodes
+    from lanalyze.flows.store.writer import COMPACT_DICTIONARY
+
+    now = 1_700_000_000_123
+    big = NameCodes.of([f"AS name {i}" for i in range(COMPACT_DICTIONARY * 4)])
+    small = NameCodes.of(["office", None, "lan"])
+    batches = []
+    for part, (as_index, net_index) in enumerate(
+        (([5, -1, 900], [0, 2, -1]), ([900, 7, 7], [1, 1, 0]))
+    ):
+        batch = flows_batch([now + 3 * part, now + 3 * part + 1, now + 3 * part + 2])
+        columns = {name: batch.column(name) for name in batch.schema.names}
+        columns["src_as_name"] = big.column(np.array(as_index))
+        # The second batch's networks come from another table (a registry that started over).
+        table = small if part == 0 else NameCodes.of(["lan", "office"])
+        columns["src_net_name"] = table.column(np.array(net_index))
+        batches.append(pa.RecordBatch.from_pydict(columns, schema=catalogue.batch_schema()))
+    writer = SegmentWriter(flow_dir(data_dir), "w0xabc")
+    (path,) = writer.write(batches)
+    schema = pq.read_schema(path)
+    assert schema.field("src_as_name").type == pa.string()
+    assert "dst_as_name" not in schema.names and "src_country" not in schema.names
+    table = pq.read_table(path)
+    assert table.column("src_as_name").to_pylist() == [
+        "AS name 5",
+        None,
+        "AS name 900",
+        "AS name 900",
+        "AS name 7",
+        "AS name 7",
+    ]
+    assert table.column("src_net_name").to_pylist() == [
+        "office",
+        "lan",
+        None,
+        "office",
+        "office",
+        "lan",
+    ]
+    # Parquet's dictionary page holds only the names used (not the 1,024 of the table).
+    metadata = pq.ParquetFile(path).metadata.row_group(0)
+    position = schema.get_field_index("src_as_name")
+    assert metadata.column(position).total_uncompressed_size < 2_000
+    rows = duckdb.connect().execute(
+        f"select src_as_name, count(*) from read_parquet('{path}') group by all order by all"
+    )
+    assert rows.fetchall() == [("AS name 5", 1), ("AS name 7", 2), ("AS name 900", 2), (None, 1)]

@@ -169,6 +169,35 @@ def arrow_schema() -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.kind == "str") for c in COLUMNS])
 
 
+LABEL_COLUMNS = tuple(c.name for c in COLUMNS if c.kind == "str" and c.name != "extra")
+"""The enrichment names (issue 16, :mod:`lanalyze.flows.enrich`): few distinct values each."""
+
+LABEL_TYPE = pa.dictionary(pa.int32(), pa.string())
+"""How the ingest path carries a name column: indices into the few distinct names."""
+
+
+@functools.cache
+def batch_schema() -> pa.Schema:
+    """The schema of the ingest path's batches (:func:`to_record_batch`): the stored schema
+    with the name columns as dictionary arrays (:data:`LABEL_TYPE`), so no text is made per
+    flow. Stored, they are text again (a Parquet string column, dictionary-encoded); a
+    segment omits the name columns that are entirely null (:mod:`lanalyze.flows.store.writer`)."""
+    return pa.schema(
+        [
+            pa.field(f.name, LABEL_TYPE, nullable=True) if f.name in LABEL_COLUMNS else f
+            for f in arrow_schema()
+        ]
+    )
+
+
+def as_stored(table: pa.Table) -> pa.Table:
+    """A table of :func:`batch_schema` (or already stored) with :func:`arrow_schema`'s types:
+    the name columns as plain text (for stores that take no dictionaries)."""
+    if table.schema.equals(arrow_schema()):
+        return table
+    return table.cast(arrow_schema())
+
+
 ADDED_COLUMNS = frozenset(
     {"app_id", *(c.name for c in COLUMNS if c.kind == "str" and c.name != "extra")}
 )
@@ -226,21 +255,25 @@ def to_record_batch(
 
     Zero-copy where the numpy layout is Arrow's (contiguous, native order): the batch shares
     the decoder's memory, so the ingest path pays no conversion per flow. ``extra`` absent is
-    an all-null column, built without a Python list; so is every text column ``labels`` (the
-    enricher's, :mod:`lanalyze.flows.enrich`) does not give."""
+    an all-null column, built without a Python list; so is every name column ``labels`` (the
+    enricher's dictionary columns, :mod:`lanalyze.flows.enrich`) does not give. The schema is
+    :func:`batch_schema`."""
     rows = len(columns["bytes"])
     arrays: list[pa.Array] = []
-    nulls: pa.Array | None = None  # one all-null array for every absent text column
+    nulls: pa.Array | None = None  # one all-null array for every absent name column
     for column in COLUMNS:
-        if column.kind == "str":
+        if column.name in LABEL_COLUMNS:
             given = labels.get(column.name) if labels else None
-            if given is not None:
-                arrays.append(given)
-            elif column.name == "extra" and extra is not None:
+            if given is None:
+                nulls = pa.nulls(rows, LABEL_TYPE) if nulls is None else nulls
+                arrays.append(nulls)
+            else:
+                arrays.append(given if given.type == LABEL_TYPE else given.dictionary_encode())
+        elif column.kind == "str":
+            if extra is not None:
                 arrays.append(pa.array(extra, pa.string()))
             else:
-                nulls = pa.nulls(rows, pa.string()) if nulls is None else nulls
-                arrays.append(nulls)
+                arrays.append(pa.nulls(rows, pa.string()))
         elif column.kind == "ip":
             data = np.ascontiguousarray(columns[column.name]).view(np.uint8)
             arrays.append(
@@ -250,4 +283,4 @@ def to_record_batch(
             )
         else:
             arrays.append(pa.array(columns[column.name], column.arrow_type))
-    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema())
+    return pa.RecordBatch.from_arrays(arrays, schema=batch_schema())

@@ -16,8 +16,9 @@ history, as they were when the flow arrived. Parts:
 
 No Python runs per flow: addresses are searched in sorted ranges (``np.searchsorted``,
 :mod:`.ranges`); exporter+ifIndex pairs and application keys are reduced to the batch's
-distinct ones with ``np.unique``, each answered once; answers are spread over the flows into
-Arrow string columns (``take``). Unknown is null.
+distinct ones with ``np.unique``, each answered once; answers become Arrow dictionary columns
+(:mod:`.names`: the table's distinct names once, an int32 index per flow), no text per flow.
+Unknown is null.
 
 Trust: flow values are the exporter's (untrusted) and only used as lookup keys; names come
 from the configuration, the administrator's databases and the SNMP file, all bounded in
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from lanalyze.flows import catalogue
 from lanalyze.flows.enrich.config import (
     MAX_LABEL,
     EnrichConfig,
@@ -44,31 +46,15 @@ from lanalyze.flows.enrich.config import (
     NetworkAttributes,
 )
 from lanalyze.flows.enrich.geoip import GeoIP
+from lanalyze.flows.enrich.names import NameCodes, NameRegistry, column
 from lanalyze.flows.enrich.networks import NetworkTable
 from lanalyze.flows.enrich.ranges import AddressKeys
 from lanalyze.log import RateLimiter, get_logger
 
 log = get_logger(__name__)
 
-LABEL_COLUMNS = (
-    "src_country",
-    "dst_country",
-    "src_as_name",
-    "dst_as_name",
-    "src_net_name",
-    "dst_net_name",
-    "src_net_role",
-    "dst_net_role",
-    "exporter_name",
-    "in_if_name",
-    "out_if_name",
-    "in_if_boundary",
-    "out_if_boundary",
-    "in_if_provider",
-    "out_if_provider",
-    "app_name",
-)
-"""The catalogue's string columns this package fills (``str`` kind, null when unknown)."""
+LABEL_COLUMNS = catalogue.LABEL_COLUMNS
+"""The catalogue's name columns this package fills (null when unknown)."""
 
 MAX_INTERFACE_CACHE = 65536
 """(exporter, ifIndex) classifications kept per worker (~300 bytes each); emptied when full."""
@@ -95,22 +81,6 @@ def _mapped(key: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.IPv6Address(packed)
 
 
-def names_array(values: Sequence[str | None]) -> pa.Array:
-    """Names as the Arrow array :func:`_spread` takes from: "" and None are null, and a
-    trailing null stands for "none" (index -1). Built once per table, not per batch."""
-    return pa.array([*(v or None for v in values), None], pa.string())
-
-
-def _spread(names: pa.Array, index: npt.NDArray[Any]) -> pa.Array:
-    """``names[index]`` as an Arrow string column (C++ ``take``); index -1 is null."""
-    last = np.int32(len(names) - 1)
-    return names.take(np.where(index < 0, last, index).astype(np.int32, copy=False))
-
-
-def _nulls(rows: int) -> pa.Array:
-    return pa.nulls(rows, pa.string())
-
-
 @dataclass(frozen=True)
 class _Interface:
     name: str | None
@@ -128,6 +98,35 @@ class _Rules:
 
 def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list[Any]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
+
+
+DIRECT_KEYS = 1 << 22
+"""Largest exporters x ifIndex span :func:`_interface_pairs` answers with a table of flags
+(4 MiB) instead of sorting every flow's key."""
+
+
+def _interface_pairs(
+    exporter_code: npt.NDArray[np.intp], in_if: npt.NDArray[Any], out_if: npt.NDArray[Any]
+) -> tuple[list[tuple[int, int]], npt.NDArray[np.intp]]:
+    """The distinct (exporter code, ifIndex) pairs of a batch's input and output interfaces,
+    and each flow's pair index (inputs first, then outputs). A batch has few exporters and a
+    router's ifIndex values are small, so a flag per possible pair finds them in O(n);
+    ``np.unique`` (a sort of 2n keys) cost more than the rest of enrichment."""
+    exporters = int(exporter_code.max()) + 1 if len(exporter_code) else 0
+    top = max(int(in_if.max()), int(out_if.max())) + 1 if len(in_if) else 0
+    if exporters * top <= DIRECT_KEYS:
+        base = exporter_code * top
+        dense = np.concatenate((base + in_if, base + out_if))
+        seen = np.zeros(exporters * top, dtype=bool)
+        seen[dense] = True
+        present = np.flatnonzero(seen)
+        position = np.cumsum(seen, dtype=np.intp) - 1
+        pairs = list(zip((present // top).tolist(), (present % top).tolist(), strict=True))
+        return pairs, position[dense]
+    code = exporter_code.astype(np.uint64) << np.uint64(32)
+    packed = np.concatenate((code | in_if.astype(np.uint64), code | out_if.astype(np.uint64)))
+    unique, inverse = np.unique(packed, return_inverse=True)
+    return [(v >> 32, v & 0xFFFF_FFFF) for v in unique.tolist()], inverse.reshape(-1)
 
 
 class Enricher:
@@ -157,12 +156,22 @@ class Enricher:
             ],
         )
         self.applications = dict(config.applications)
-        self._net_names = names_array(self.networks.names)
-        self._net_roles = names_array(self.networks.roles)
+        self._net_names = NameCodes.of(self.networks.names)
+        self._net_roles = NameCodes.of(self.networks.roles)
+        # Names met in the traffic: one dictionary each (in and out share theirs), kept
+        # from batch to batch so a segment's chunks share it.
+        self._exporter_registry = NameRegistry()
+        self._if_names = NameRegistry()
+        self._if_boundaries = NameRegistry()
+        self._if_providers = NameRegistry()
+        self._app_names = NameRegistry()
         self.counters = EnrichCounters()
         self._snmp: object = None
         self._interfaces: dict[tuple[bytes, int], _Interface] = {}
         self._exporter_names: dict[bytes, str | None] = {}
+        self._batch_exporters: (
+            tuple[npt.NDArray[Any], tuple[list[bytes], npt.NDArray[np.intp]]] | None
+        ) = None
 
     @property
     def classifies_interfaces(self) -> bool:
@@ -193,6 +202,7 @@ class Enricher:
         if self.classifies_interfaces:
             self._interfaces_of(columns, labels, rows)
         self._applications(columns, labels)
+        self._batch_exporters = None  # the batch's arrays are not kept past it
         geo = self.geoip.counters
         self.counters.geo_lookups = geo.lookups
         self.counters.database_reloads = geo.reloads
@@ -206,15 +216,15 @@ class Enricher:
         if len(self.networks):
             match = self.networks.lookup(keys).index  # -1: in no configured network
             for side, index in sides:
-                labels[f"{side}_net_name"] = _spread(self._net_names, match[index])
-                labels[f"{side}_net_role"] = _spread(self._net_roles, match[index])
+                labels[f"{side}_net_name"] = self._net_names.column(match[index])
+                labels[f"{side}_net_role"] = self._net_roles.column(match[index])
         if not self.geoip.enabled:
             return
         self.geoip.refresh()
         geo = self.geoip.lookup(keys)
         if self.geoip.country is not None:
             for side, index in sides:
-                labels[f"{side}_country"] = _spread(geo.countries, geo.country[index])
+                labels[f"{side}_country"] = geo.countries.column(geo.country[index])
         if self.geoip.asn is None:
             return
         for side, index in sides:
@@ -227,9 +237,19 @@ class Enricher:
             columns[f"{side}_as"] = final.astype(np.uint32, copy=False)
             # The organisation is the database's: shown only beside its own AS number.
             name_index = np.where((final == found) & (found != 0), geo.as_name[index], -1)
-            labels[f"{side}_as_name"] = _spread(geo.as_names, name_index)
+            labels[f"{side}_as_name"] = geo.as_names.column(name_index)
 
     def _exporter_codes(
+        self, exporters: npt.NDArray[Any]
+    ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
+        # Asked by the exporter names and the interfaces: found once per batch.
+        if self._batch_exporters is not None and self._batch_exporters[0] is exporters:
+            return self._batch_exporters[1]
+        found = self._find_exporter_codes(exporters)
+        self._batch_exporters = (exporters, found)
+        return found
+
+    def _find_exporter_codes(
         self, exporters: npt.NDArray[Any]
     ) -> tuple[list[bytes], npt.NDArray[np.intp]]:
         # A batch holds few exporters, in runs (the decoder groups rows by datagram): find
@@ -254,7 +274,7 @@ class Enricher:
                     (name for nets, name in self.rules.exporters if _in(address, nets)), None
                 )
             names.append(self._exporter_names[key])
-        labels["exporter_name"] = _spread(names_array(names), inverse)
+        labels["exporter_name"] = self._exporter_registry.column(names, inverse)
 
     def _snmp_names(self) -> Mapping[str, Mapping[int, Mapping[str, Any]]]:
         if self.flow_dir is None:
@@ -297,26 +317,26 @@ class Enricher:
         if not snmp and not self.rules.interfaces:
             return
         keys, exporter_code = self._exporter_codes(columns["exporter"])
-        code = exporter_code.astype(np.uint64) << np.uint64(32)
-        packed = np.concatenate(
-            (code | columns["in_if"].astype(np.uint64), code | columns["out_if"].astype(np.uint64))
-        )
-        unique, inverse = np.unique(packed, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        pairs, inverse = _interface_pairs(exporter_code, columns["in_if"], columns["out_if"])
         found: list[_Interface] = []
         if len(self._interfaces) > MAX_INTERFACE_CACHE:
             self._interfaces.clear()
-        for value in unique.tolist():
-            key = (keys[value >> 32], value & 0xFFFFFFFF)
+        for exporter, if_index in pairs:
+            key = (keys[exporter], if_index)
             item = self._interfaces.get(key)
             if item is None:
                 item = self._classify(snmp, *key)
                 self._interfaces[key] = item
             found.append(item)
-        for side, index in (("in", inverse[:rows]), ("out", inverse[rows:])):
-            labels[f"{side}_if_name"] = _spread(names_array([f.name for f in found]), index)
-            labels[f"{side}_if_boundary"] = _spread(names_array([f.boundary for f in found]), index)
-            labels[f"{side}_if_provider"] = _spread(names_array([f.provider for f in found]), index)
+        for what, registry, values in (
+            ("name", self._if_names, [f.name for f in found]),
+            ("boundary", self._if_boundaries, [f.boundary for f in found]),
+            ("provider", self._if_providers, [f.provider for f in found]),
+        ):
+            codes = registry.codes(values)[inverse]
+            dictionary = registry.dictionary
+            labels[f"in_if_{what}"] = column(codes[:rows], dictionary)
+            labels[f"out_if_{what}"] = column(codes[rows:], dictionary)
 
     def _application(self, app_id: int, protocol: int, port: int) -> str:
         from lanalyze.flows.query.apps import application, service_name
@@ -356,7 +376,7 @@ class Enricher:
         names = [self._application(int(a), int(p), int(o)) for a, p, o in unique.tolist()]
         index = np.full(len(app_id), -1, dtype=np.int32)
         index[present] = inverse.reshape(-1)
-        labels["app_name"] = _spread(names_array(names), index)
+        labels["app_name"] = self._app_names.column(names, index)
 
 
 def make_enricher(

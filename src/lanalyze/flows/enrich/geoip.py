@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
+from lanalyze.flows.enrich.names import NO_NAMES, NameCodes
 from lanalyze.flows.enrich.ranges import AddressKeys, RangeIndex
 from lanalyze.flows.errors import GeoDatabaseError
 from lanalyze.log import get_logger
@@ -195,15 +195,15 @@ class Loaded:
 
     index: RangeIndex
     answers: list[GeoAnswer]
-    countries: pa.Array = field(init=False)
-    """The answers' country codes, as :func:`~lanalyze.flows.enrich.names_array` makes."""
-    as_names: pa.Array = field(init=False)
+    countries: NameCodes = field(init=False)
+    """The answers' country codes: the database's distinct codes, one dictionary."""
+    as_names: NameCodes = field(init=False)
     as_numbers: npt.NDArray[np.uint32] = field(init=False)
     """The answers' AS numbers, and a trailing 0 for index -1."""
 
     def __post_init__(self) -> None:
-        self.countries = pa.array([*(a.country for a in self.answers), None], pa.string())
-        self.as_names = pa.array([*(a.as_name for a in self.answers), None], pa.string())
+        self.countries = NameCodes.of([a.country for a in self.answers])
+        self.as_names = NameCodes.of([a.as_name for a in self.answers])
         self.as_numbers = np.array([a.asn for a in self.answers] + [0], dtype=np.uint32)
 
 
@@ -339,10 +339,10 @@ class GeoResult:
     """Per address: the country code (index into ``countries``) and the AS database's answer."""
 
     country: npt.NDArray[np.int32]
-    countries: pa.Array
+    countries: NameCodes
     asn: npt.NDArray[np.uint32]
     as_name: npt.NDArray[np.int32]
-    as_names: pa.Array
+    as_names: NameCodes
 
 
 class GeoIP:
@@ -380,7 +380,7 @@ class GeoIP:
         """Country and AS of each address; the caller calls :meth:`refresh` first."""
         self.counters.lookups += keys.count
         none = np.full(keys.count, -1, dtype=np.int32)
-        no_names = pa.nulls(1, pa.string())
+        no_names = NO_NAMES
         country, countries = none, no_names
         loaded = self.country.loaded if self.country is not None else None
         if loaded is not None:

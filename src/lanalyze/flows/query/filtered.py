@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.query.compile import CompiledFilter
+from lanalyze.flows.query.raw import raw_reader
 
 MAX_ROWS = 2_000_000
 MAX_BYTES = 256 * 2**20
@@ -81,12 +82,12 @@ def flows(
                 found[key[0]] = hit
     missing = [path for path in files if path not in found]
     if missing:
-        # Older segments lack the enrichment columns a filter may name: match by name then.
-        by_name = ", union_by_name = true" if catalogue.ADDED_COLUMNS & flt.columns else ""
+        # Segments may lack the enrichment columns a filter names: raw_reader reads by name.
+        reader = raw_reader(flt.sql, ", filename = true")
         # Fixed text; the file list and the filter's values are parameters.
         result = connection.sql(
             f"SELECT {', '.join(COLUMNS)}, filename AS lanalyze_file "  # noqa: S608
-            f"FROM read_parquet(?, filename = true{by_name}) WHERE {flt.sql}",
+            f"FROM {reader} WHERE {flt.sql}",
             params=[missing, *flt.params],
         ).to_arrow_table()
         read: pa.Table = result if result is not None else pa.table({"lanalyze_file": []})

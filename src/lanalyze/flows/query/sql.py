@@ -19,22 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lanalyze.flows import catalogue
 from lanalyze.flows.query import filtered
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.dimensions import Dimension, KeyExpr
 from lanalyze.flows.query.planner import Piece, Plan
+from lanalyze.flows.query.raw import raw_reader
 from lanalyze.flows.store.layout import DERIVED_SQL
-
-_ADDED = re.compile(r"\b(" + "|".join(sorted(catalogue.ADDED_COLUMNS)) + r")\b")
-
-
-def raw_reader(sql: str) -> str:
-    """``read_parquet(?)`` of raw segments; by column name when ``sql`` reads a column that
-    segments written before it was added lack (DuckDB would refuse the mixed schemas)."""
-    if _ADDED.search(sql):
-        return "read_parquet(?, union_by_name = true)"
-    return "read_parquet(?)"
 
 
 @dataclass

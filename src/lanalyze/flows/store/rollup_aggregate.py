@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -76,14 +77,34 @@ def read_flows(paths: Sequence[str]) -> tuple[pa.Table, dict[str, int]]:
         wanted = [name for name in RAW_COLUMNS if name in present]
         table = file.read(columns=wanted, use_threads=False)
         if len(wanted) < len(RAW_COLUMNS):
-            # A segment written before the enrichment columns existed: they are unknown.
-            table = catalogue.conform(table).select(list(RAW_COLUMNS))
+            # A segment written before the enrichment columns existed, or without the name
+            # columns no flow of it had (enrichment not configured): they are unknown.
+            table = _missing_as_null(table)
         if table.num_rows:
             latest[path] = int(pc.max(table.column("time_received")).as_py())
             tables.append(table)
     if not tables:
         return pa.table({}), latest
     return pa.concat_tables(tables), latest
+
+
+def _missing_as_null(table: pa.Table) -> pa.Table:
+    """``table`` with every column of :data:`RAW_COLUMNS`, those it lacks null (names) or
+    zero (numbers): only the missing ones are made, not the whole catalogue."""
+    rows = table.num_rows
+    schema = catalogue.arrow_schema()
+    columns = []
+    for name in RAW_COLUMNS:
+        if name in table.column_names:
+            columns.append(table.column(name))
+            continue
+        kind = schema.field(name).type
+        columns.append(
+            pa.nulls(rows, kind)
+            if pa.types.is_string(kind)
+            else pa.array(np.zeros(rows, catalogue.BY_NAME[name].numpy_dtype), kind)
+        )
+    return pa.Table.from_arrays(columns, schema=pa.schema([schema.field(n) for n in RAW_COLUMNS]))
 
 
 def summarise(flows: pa.Table) -> dict[str, pa.Table]:

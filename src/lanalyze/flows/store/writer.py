@@ -7,7 +7,11 @@ are :mod:`lanalyze.flows.store.paths`)::
 
 ``YYYYMMDDHH`` is the UTC hour of the segment's first ``time_received``, and every row of a
 segment has its ``time_received`` inside that hour (a batch that straddles an hour is split).
-The schema is :func:`lanalyze.flows.catalogue.arrow_schema`. A segment is written under a
+The schema is :func:`lanalyze.flows.catalogue.arrow_schema`, less the enrichment name columns
+that are null in every row of the segment (the default, enrichment not configured: they
+would cost the writer ~4 ns a row each; readers treat a missing name column as null). The
+ingest path hands the names over as dictionary arrays (``catalogue.batch_schema``), written
+as they are: a Parquet string column, dictionary-encoded. A segment is written under a
 temporary name in the same directory (``.<name>.tmp``, which no ``*.parquet`` glob matches),
 fsynced, renamed and the directory fsynced: a file with its final name is complete and
 immutable, so readers in other processes only list files, with no lock and no shared database
@@ -29,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lanalyze.datadir import create_private, fsync_dir, make_private_dirs
-from lanalyze.flows.catalogue import arrow_schema
+from lanalyze.flows.catalogue import LABEL_COLUMNS, arrow_schema, batch_schema
 from lanalyze.flows.store.layout import hour_name
 from lanalyze.flows.store.paths import raw_dir
 from lanalyze.log import get_logger
@@ -55,6 +60,10 @@ _NAME_COLUMNS = [
 ]
 """The enrichment names (issue 16): few distinct values, so dictionary-encoded (a tenth of
 the bytes of plain strings, for the same writer CPU)."""
+COMPACT_DICTIONARY = 256
+"""A name column's dictionary longer than this (an AS database's organisations) is cut to
+the names the segment uses before it is written (~2 ns a row): Parquet writes the whole
+dictionary, and a large one in every small segment would cost more than the flows."""
 TMP_SUFFIX = ".tmp"
 STALE_TMP_SECONDS = 600
 
@@ -75,6 +84,72 @@ def split_by_hour(table: pa.Table) -> Iterator[pa.Table]:
         part = table.filter(pc.equal(hours, pa.scalar(hour, pa.uint64())))
         if part.num_rows:
             yield part
+
+
+def stored_names(table: pa.Table) -> pa.Table:
+    """``table``'s name columns as a segment stores them: all-null ones left out, dictionary
+    ones with one dictionary for the whole column (so Parquet writes it once and the indices
+    as they are, instead of re-encoding the text), large dictionaries cut to what is used."""
+    rows = table.num_rows
+    for name in LABEL_COLUMNS:
+        if name not in table.column_names:
+            continue
+        values = table.column(name)
+        if values.null_count == rows:
+            table = table.drop_columns([name])
+        elif pa.types.is_dictionary(values.type):
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, name, _one_dictionary(values))
+    return table
+
+
+def _one_dictionary(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    first = values.chunk(0).dictionary
+    if any(not chunk.dictionary.equals(first) for chunk in values.chunks[1:]):
+        values = values.unify_dictionaries()  # a dictionary grew or was reloaded
+        first = values.chunk(0).dictionary
+    if len(first) <= COMPACT_DICTIONARY:
+        return values
+    parts = [_indices(chunk) for chunk in values.chunks]
+    used = np.zeros(len(first), dtype=bool)
+    for part in parts:
+        used[part] = True  # 0 under nulls (lanalyze.flows.enrich.names): a harmless extra
+    remap = (np.cumsum(used, dtype=np.int32) - 1).astype(np.int32)
+    dictionary = first.filter(pa.array(used))
+    return pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(
+                pa.Array.from_buffers(
+                    pa.int32(),
+                    len(chunk),
+                    [_validity(chunk), pa.py_buffer(remap[part])],
+                    chunk.null_count,
+                ),
+                dictionary,
+                safe=False,
+            )
+            for chunk, part in zip(values.chunks, parts, strict=True)
+        ],
+        values.type,
+    )
+
+
+def _indices(chunk: pa.DictionaryArray) -> np.ndarray:
+    indices = chunk.indices
+    data = indices.buffers()[1]
+    assert data is not None
+    return np.frombuffer(data, dtype=np.int32, count=indices.offset + len(indices))[
+        indices.offset :
+    ]
+
+
+def _validity(chunk: pa.DictionaryArray) -> pa.Buffer | None:
+    if not chunk.null_count:
+        return None
+    if chunk.indices.offset == 0:
+        return chunk.indices.buffers()[0]
+    # The validity bitmap of an offset slice starts mid-byte: copy the mask out.
+    return pa.array(chunk.is_valid().to_numpy(zero_copy_only=False)).buffers()[1]
 
 
 @dataclass
@@ -120,7 +195,7 @@ class SegmentWriter:
         self.compression = compression
         self.compression_level = compression_level if compression in ("zstd",) else None
         self.row_group_rows = row_group_rows
-        self.schema = arrow_schema()
+        self.schema = batch_schema()
         self.stats = StoreStats()
         self._seq = 0
 
@@ -159,7 +234,7 @@ class SegmentWriter:
     def _write_file(self, table: pa.Table, tmp: Path) -> None:
         """Encode ``table`` as Parquet into ``tmp`` (not yet durable)."""
         pq.write_table(
-            table,
+            stored_names(table),
             str(tmp),
             compression=self.compression,
             compression_level=self.compression_level,
@@ -177,6 +252,10 @@ class SegmentWriter:
             # One page per ~8 MiB of column: fewer page headers and compressor calls.
             data_page_size=DATA_PAGE_BYTES,
             write_statistics=["time_received", "time_start", "time_end"],
+            # Without pyarrow's schema in the footer, so the names read back as text
+            # whichever way they were written (dictionary or not); the Parquet types say the
+            # rest (unsigned widths, 16-byte addresses).
+            store_schema=False,
         )
 
     def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lanalyze.flows.catalogue import COLUMNS, arrow_schema
+from lanalyze.flows.catalogue import COLUMNS, as_stored, batch_schema
 from lanalyze.flows.config import StoreConfig
 from lanalyze.flows.store.clickhouse.connect import INSERT_SETTINGS, client, servers_text
 from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW
@@ -102,7 +102,7 @@ class ClickHouseWriter:
     ) -> None:
         self.config = config
         self.writer_id = writer_id
-        self.schema = arrow_schema()
+        self.schema = batch_schema()  # what the workers hand over (names as dictionaries)
         self.spool = spool
         self.max_insert_rows = max_insert_rows
         self.stats = StoreStats()
@@ -121,7 +121,7 @@ class ClickHouseWriter:
 
     def write(self, batches: Sequence[pa.RecordBatch] | pa.Table) -> list[int]:
         """Insert (or spool) the rows; returns the batch ids they went under."""
-        table = (
+        table = as_stored(
             batches
             if isinstance(batches, pa.Table)
             else pa.Table.from_batches(list(batches), schema=self.schema)
