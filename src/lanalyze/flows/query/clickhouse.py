@@ -8,13 +8,17 @@ embedded Parquet store (issue 17; the storage side, schema and inserts, is
 
 Tables (:mod:`lanalyze.flows.store.clickhouse.schema`; the reports read the Distributed
 tables over the shards' local ones): raw flows in ``flows``, the catalogue's columns and types
-(addresses ``FixedString(16)``, IPv4-mapped, as in the Parquet files; times UInt64 UTC ms);
+(addresses ``FixedString(16)``, IPv4-mapped, as in the Parquet files; times UInt64 UTC ms;
+enrichment names ``String`` with ``''`` for unknown, which the dialect's keys make null again
+with ``nullIf`` so that answers hold ``None`` as from Parquet, and which the backend decodes
+to text: every other string of an answer stays bytes);
 per rollup table and resolution (``1m``, ``1h``, ``1d``) ``rollup_<res>_<table>``: ``time``
 (bucket start, ms), the table's columns and the sums ``bytes``, ``packets`` (scaled by
 sampling) and ``flows``, fed by materialized views as rows arrive.
 Because the views fill the rollups with every insert, a plan (:func:`plan`) needs no manifest:
 whole days from ``1d``, whole hours from ``1h``, whole minutes from ``1m``, the edges raw;
-every flow counts once, as with the embedded planner.
+every flow counts once, as with the embedded planner. There are no ``6h`` or ``1w`` tables:
+a bucket of 6 hours or a week is whole hours and days, summed from ``1h`` and ``1d``.
 
 The packaged server (18.16) has no server-side parameters, window functions, ``TRUE``,
 ``&`` operator, ``::`` casts, ``GROUP BY ALL`` or ``least``/``greatest`` over strings, and
