@@ -11,6 +11,7 @@ import numpy as np
 from lanalyze.flows import catalogue
 from lanalyze.flows.config import StoreConfig
 from lanalyze.flows.store import synthetic
+from lanalyze.flows.store.clickhouse import columns as column_writers
 from lanalyze.flows.store.clickhouse import schema
 from lanalyze.flows.store.clickhouse.writer import numpy_columns
 from tests.clickhouse import ClickHouseCluster
@@ -43,7 +44,8 @@ def insert(
     rows = len(columns["time_received"])
     arrays[-1] = (np.arange(rows) % batches).astype(np.uint64)
     names = [column.name for column in catalogue.COLUMNS] + [schema.BATCH_COLUMN]
-    with cluster.client(0, settings={"use_numpy": True}) as client:
+    column_writers.install()
+    with cluster.client(0, settings={"use_numpy": True, "strings_as_bytes": True}) as client:
         client.execute(
             f"INSERT INTO {database}.{schema.RAW} ({', '.join(names)}) VALUES",
             arrays,

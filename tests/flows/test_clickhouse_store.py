@@ -7,6 +7,7 @@ retention by partition drops, and the export of an embedded store.
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from lanalyze.flows.catalogue import COLUMNS
 from lanalyze.flows.config import FlowsConfig, StoreConfig
 from lanalyze.flows.errors import SchemaMismatch
 from lanalyze.flows.store.clickhouse import schema
+from lanalyze.flows.store.clickhouse.columns import native_strings
 from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
 from lanalyze.flows.store.clickhouse.spool import Spool
 from lanalyze.flows.store.clickhouse.writer import ClickHouseWriter, text_values
@@ -177,13 +179,28 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
 
 
 def test_text_values_are_names_with_empty_for_unknown() -> None:
-    chunked = pa.chunked_array([["NL", None, "DE"], [None, "NL"]], pa.string())
+    chunked = pa.chunked_array([["NL", None, "Zürich"], [None, "NL"]], pa.string())
     values = text_values(chunked)
-    assert values.dtype == object and values.tolist() == ["NL", "", "DE", "", "NL"]
-    assert values[0] is values[4]  # one Python str per distinct name, not per row
-    assert text_values(pa.nulls(3, pa.string())).tolist() == ["", "", ""]
-    assert text_values(pa.array(["x", None]).dictionary_encode()).tolist() == ["x", ""]
+    assert values.dtype.kind == "S"
+    assert values.tolist() == [b"NL", b"", "Zürich".encode(), b"", b"NL"]
+    assert text_values(pa.nulls(3, pa.string())).tolist() == [b"", b"", b""]
+    assert text_values(pa.array(["x", None]).dictionary_encode()).tolist() == [b"x", b""]
     assert text_values(pa.chunked_array([], pa.string())).tolist() == []
+
+
+def test_native_strings_are_the_drivers_encoding() -> None:
+    """The numpy encoding of a String column is byte for byte the driver's own."""
+    from clickhouse_driver.varint import write_varint
+
+    values = [b"", b"a", b"x" * 127, b"y" * 128, b"z" * 300, "é".encode(), b"", b"z" * 16384]
+    array = np.array(values, dtype=f"S{max(map(len, values))}")
+    expected = io.BytesIO()
+    for value in values:
+        write_varint(len(value), expected)
+        expected.write(value)
+    assert native_strings(array) == expected.getvalue()
+    assert native_strings(np.zeros(4, dtype="S1")) == bytes(4)
+    assert native_strings(np.zeros(0, dtype="S3")) == b""
 
 
 def test_enriched_flows_are_stored_and_rolled_up_with_unknown_names_empty(

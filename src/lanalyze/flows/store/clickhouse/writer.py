@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 
 from lanalyze.flows.catalogue import COLUMNS, arrow_schema
 from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.store.clickhouse import columns
 from lanalyze.flows.store.clickhouse.connect import INSERT_SETTINGS, client, servers_text
 from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW, TEXT_DIMENSIONS
 from lanalyze.flows.store.clickhouse.spool import Spool
@@ -72,8 +73,9 @@ def numpy_columns(table: pa.Table, batch_id: int) -> list[np.ndarray]:
     """The columns of a catalogue table as the driver's numpy input, in catalogue order.
 
     Numbers are zero-copy views where Arrow holds one chunk; addresses become ``S16`` views of
-    the fixed-size binary buffer; the enrichment names object arrays of str with ``''`` for
-    null (:func:`text_values`); ``extra`` (nullable) an object array of str/None."""
+    the fixed-size binary buffer; the enrichment names ``S`` arrays with ``''`` for null
+    (:func:`text_values`), both written as whole buffers (:mod:`.columns`); ``extra``
+    (nullable, rarely set) an object array of str/None."""
     rows = table.num_rows
     arrays: list[np.ndarray] = []
     for column in COLUMNS:
@@ -93,21 +95,21 @@ def numpy_columns(table: pa.Table, batch_id: int) -> list[np.ndarray]:
 
 
 def text_values(data: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A text column for a ClickHouse ``String`` (:data:`~.schema.TEXT_DIMENSIONS`): an object
-    array of str, null as ``''``. Through a dictionary, so each distinct name becomes one
-    Python str however many flows carry it (a batch holds a few dozen names in a million
-    rows), and the rows are one numpy ``take``; a column with no name at all (enrichment not
-    configured) is one ``full``."""
+    """A text column for a ClickHouse ``String`` (:data:`~.schema.TEXT_DIMENSIONS`): UTF-8 in
+    an ``S<W>`` array, null as ``''``, which :mod:`.columns` writes as one buffer. Through a
+    dictionary: each distinct name is encoded once (a batch holds a few dozen names in a
+    million rows) and the rows are one numpy ``take``; a column with no name at all
+    (enrichment not configured) is one ``zeros``."""
     rows = len(data)
     if data.null_count == rows:
-        return np.full(rows, "", dtype=object)
+        return np.zeros(rows, dtype="S1")
     if isinstance(data, pa.ChunkedArray):
         data = data.combine_chunks()
     if not pa.types.is_dictionary(data.type):
         data = pc.dictionary_encode(data)
-    names = np.empty(len(data.dictionary) + 1, dtype=object)
-    names[:-1] = data.dictionary.to_numpy(zero_copy_only=False)
-    names[-1] = ""  # the index null rows get
+    encoded = [name.encode() for name in data.dictionary.to_pylist()]
+    names = np.array([*encoded, b""], dtype=f"S{max(1, *map(len, encoded))}")
+    # the last name, '', is the index null rows get
     indices = pc.fill_null(data.indices, len(data.dictionary)).to_numpy()
     result: np.ndarray = names[indices]
     return result
@@ -190,7 +192,9 @@ class ClickHouseWriter:
 
     def _connection(self) -> Any:
         if self._client is None:
-            self._client = client(self.config, use_numpy=True)
+            columns.install()
+            # strings as bytes: addresses and names go as the S arrays numpy_columns makes
+            self._client = client(self.config, use_numpy=True, strings_as_bytes=True)
         return self._client
 
     def _disconnect(self) -> None:
