@@ -10,7 +10,7 @@ numpy columns, native protocol, ``insert_distributed_sync=1``), in batches of
 ``flows.segment_max_rows`` as a worker flushes them. ``--writers N`` runs N writers at once,
 one process each, as a collector's N workers do. Two schemas:
 
-* ``full``: the raw tables and the 30 rollup views (1m, 1h, 1d x 10 tables) the collector
+* ``full``: the raw tables and the 36 rollup views (1m, 1h, 1d x 12 tables) the collector
   creates: what a deployment runs;
 * ``raw``: the raw tables only: the client's and the Distributed insert's own cost.
 

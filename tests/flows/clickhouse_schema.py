@@ -6,13 +6,14 @@ by batch id as the collector's batches are.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.store import synthetic
+from lanalyze.flows.store.clickhouse import columns as column_writers
 from lanalyze.flows.store.clickhouse import schema
+from lanalyze.flows.store.clickhouse.writer import numpy_columns
 from tests.clickhouse import ClickHouseCluster
 
 
@@ -37,29 +38,17 @@ def create(cluster: ClickHouseCluster, database: str) -> None:
 def insert(
     cluster: ClickHouseCluster, database: str, columns: dict[str, np.ndarray], batches: int = 8
 ) -> None:
-    """The flows (``synthetic.random_flows`` columns) through the Distributed table."""
+    """The flows (``synthetic.random_flows`` columns, text ones optional) through the
+    Distributed table, converted as the collector's writer converts them."""
+    arrays = numpy_columns(synthetic.to_table(columns), 0)
     rows = len(columns["time_received"])
-    data: list[Any] = []
-    names = []
-    for column in catalogue.COLUMNS:
-        names.append(column.name)
-        values = columns.get(column.name)
-        if values is None:
-            data.append([None] * rows)
-        elif column.kind == "ip":
-            # numpy's bytes drop trailing zero bytes (10.0.0.0): put them back.
-            data.append([bytes(v).ljust(16, b"\0") for v in values])
-        else:
-            data.append(values.tolist())
-    names.append(schema.BATCH_COLUMN)
-    data.append([i % batches for i in range(rows)])
-    client = cluster.client(0)
-    try:
+    arrays[-1] = (np.arange(rows) % batches).astype(np.uint64)
+    names = [column.name for column in catalogue.COLUMNS] + [schema.BATCH_COLUMN]
+    column_writers.install()
+    with cluster.client(0, settings={"use_numpy": True, "strings_as_bytes": True}) as client:
         client.execute(
             f"INSERT INTO {database}.{schema.RAW} ({', '.join(names)}) VALUES",
-            data,
+            arrays,
             columnar=True,
             settings={"insert_distributed_sync": 1},
         )
-    finally:
-        client.disconnect()

@@ -7,6 +7,7 @@ retention by partition drops, and the export of an embedded store.
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from lanalyze.flows.catalogue import COLUMNS
 from lanalyze.flows.config import FlowsConfig, StoreConfig
 from lanalyze.flows.errors import SchemaMismatch
 from lanalyze.flows.store.clickhouse import schema
+from lanalyze.flows.store.clickhouse.columns import native_strings
 from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
 from lanalyze.flows.store.clickhouse.spool import Spool
-from lanalyze.flows.store.clickhouse.writer import ClickHouseWriter
+from lanalyze.flows.store.clickhouse.writer import ClickHouseWriter, text_values
 from lanalyze.flows.store.layout import ROLLUP_TABLES
 from lanalyze.flows.store.synthetic import random_flows, to_table, write_flows
 from tests.clickhouse import PASSWORD, USER, ClickHouseCluster
@@ -82,6 +84,11 @@ def test_schema_is_generated_from_the_catalogue() -> None:
     assert [name for name, _ in raw.columns] == [c.name for c in COLUMNS] + ["batch_id"]
     assert dict(raw.columns)["src_addr"] == "FixedString(16)"
     assert dict(raw.columns)["extra"] == "Nullable(String)"
+    # The enrichment names are rollup sort keys, which 18.16 refuses nullable: '' is unknown.
+    assert dict(raw.columns)["src_country"] == "String"
+    for table in tables.values():
+        if table.kind == "local" and table.name != schema.RAW_LOCAL:
+            assert "Nullable" not in " ".join(kind for _, kind in table.columns), table.name
     for resolution in schema.RESOLUTIONS:
         for rollup in ROLLUP_TABLES:
             name = schema.rollup_name(resolution, rollup.name)
@@ -169,6 +176,56 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
         },
     )
     assert row[0][0] == first.column("src_addr")[0].as_py().hex().upper()
+
+
+def test_text_values_are_names_with_empty_for_unknown() -> None:
+    chunked = pa.chunked_array([["NL", None, "Zürich"], [None, "NL"]], pa.string())
+    values = text_values(chunked)
+    assert values.dtype.kind == "S"
+    assert values.tolist() == [b"NL", b"", "Zürich".encode(), b"", b"NL"]
+    assert text_values(pa.nulls(3, pa.string())).tolist() == [b"", b"", b""]
+    assert text_values(pa.array(["x", None]).dictionary_encode()).tolist() == [b"x", b""]
+    assert text_values(pa.chunked_array([], pa.string())).tolist() == []
+
+
+def test_native_strings_are_the_drivers_encoding() -> None:
+    """The numpy encoding of a String column is byte for byte the driver's own."""
+    from clickhouse_driver.varint import write_varint
+
+    values = [b"", b"a", b"x" * 127, b"y" * 128, b"z" * 300, "é".encode(), b"", b"z" * 16384]
+    array = np.array(values, dtype=f"S{max(map(len, values))}")
+    expected = io.BytesIO()
+    for value in values:
+        write_varint(len(value), expected)
+        expected.write(value)
+    assert native_strings(array) == expected.getvalue()
+    assert native_strings(np.zeros(4, dtype="S1")) == bytes(4)
+    assert native_strings(np.zeros(0, dtype="S3")) == b""
+
+
+def test_enriched_flows_are_stored_and_rolled_up_with_unknown_names_empty(
+    clickhouse_cluster: ClickHouseCluster, store: StoreConfig, writer: ClickHouseWriter
+) -> None:
+    """The collector's batches carry the enricher's names, null where unknown: stored as ''
+    in the raw table and in the ``src_geo`` rollups (a sort key), every flow once."""
+    ch, db = clickhouse_cluster, store.database
+    columns = random_flows(3000, NOW, NOW + 120_000, seed=3)
+    choices = np.array(["NL", "DE", None], dtype=object)
+    columns["src_country"] = choices[np.arange(3000) % 3]
+    columns["src_net_name"] = np.array(["office", None], dtype=object)[np.arange(3000) % 2]
+    writer.write(to_table(columns))
+    assert writer.stats.rows == 3000 and not writer.stats.errors
+    by_country = dict(
+        ch.execute(0, f"SELECT src_country, count() FROM {db}.flows GROUP BY src_country")
+    )
+    assert by_country == {"NL": 1000, "DE": 1000, "": 1000}
+    assert count(ch, f"SELECT count() FROM {db}.flows WHERE src_net_name = 'office'") == 1500
+    for resolution in schema.RESOLUTIONS:
+        name = schema.rollup_name(resolution, "src_geo")
+        rolled = dict(
+            ch.execute(0, f"SELECT src_country, sum(flows) FROM {db}.{name} GROUP BY src_country")
+        )
+        assert rolled == by_country, name
 
 
 # -- spool and replay ---------------------------------------------------------------------------

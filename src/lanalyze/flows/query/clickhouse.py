@@ -8,13 +8,17 @@ embedded Parquet store (issue 17; the storage side, schema and inserts, is
 
 Tables (:mod:`lanalyze.flows.store.clickhouse.schema`; the reports read the Distributed
 tables over the shards' local ones): raw flows in ``flows``, the catalogue's columns and types
-(addresses ``FixedString(16)``, IPv4-mapped, as in the Parquet files; times UInt64 UTC ms);
+(addresses ``FixedString(16)``, IPv4-mapped, as in the Parquet files; times UInt64 UTC ms;
+enrichment names ``String`` with ``''`` for unknown, which the dialect's keys make null again
+with ``nullIf`` so that answers hold ``None`` as from Parquet, and which the backend decodes
+to text: every other string of an answer stays bytes);
 per rollup table and resolution (``1m``, ``1h``, ``1d``) ``rollup_<res>_<table>``: ``time``
 (bucket start, ms), the table's columns and the sums ``bytes``, ``packets`` (scaled by
 sampling) and ``flows``, fed by materialized views as rows arrive.
 Because the views fill the rollups with every insert, a plan (:func:`plan`) needs no manifest:
 whole days from ``1d``, whole hours from ``1h``, whole minutes from ``1m``, the edges raw;
-every flow counts once, as with the embedded planner.
+every flow counts once, as with the embedded planner. There are no ``6h`` or ``1w`` tables:
+a bucket of 6 hours or a week is whole hours and days, summed from ``1h`` and ``1d``.
 
 The packaged server (18.16) has no server-side parameters, window functions, ``TRUE``,
 ``&`` operator, ``::`` casts, ``GROUP BY ALL`` or ``least``/``greatest`` over strings, and
@@ -109,6 +113,7 @@ _KEYS = {
     "greatest({0}, {1})": "if({0} <= {1}, {1}, {0})",
     "{0} >> 2": "bitShiftRight({0}, 2)",
 }
+_BASE = re.compile(r"\{(\d+)\}")
 _TRUE = re.compile(r"\bTRUE\b")
 _BIT_AND = re.compile(r"\(([a-z_]+) & \?\)")
 
@@ -156,7 +161,16 @@ class ClickHouse(DuckDB):
     def keys(self, dim: Dimension) -> tuple[KeyExpr, ...]:
         if dim.prefix is not None:
             return (subnet_key(*dim.prefix),)
-        return tuple(KeyExpr(_KEYS.get(key.sql, key.sql), key.params) for key in dim.keys)
+        found = []
+        for key in dim.keys:
+            sql = _KEYS.get(key.sql, key.sql)
+            base = _BASE.fullmatch(sql)
+            if base and dim.bases[0][int(base[1])] in schema.TEXT_DIMENSIONS:
+                # An unknown name is '' in ClickHouse and null in Parquet: null again, the
+                # same key (and the column Nullable(String): see ClickHouseBackend.run).
+                sql = f"nullIf({sql}, '')"
+            found.append(KeyExpr(sql, key.params))
+        return tuple(found)
 
     def group_by(self, aliases: Sequence[str]) -> str:
         return "GROUP BY " + ", ".join(aliases)
@@ -266,6 +280,11 @@ def bind(statement: Statement) -> tuple[str, dict[str, object]]:
         if isinstance(value, bytes | bytearray):
             out.append(f"unhex(%({name})s)")
             values[name] = bytes(value).hex()
+        elif value is None:
+            # A series restricted to a top-N that has the unknown (null) name: ``= NULL``
+            # matches nothing, as in DuckDB.
+            out.append(f"%({name})s")
+            values[name] = None
         elif isinstance(value, bool):
             out.append(f"%({name})s")
             values[name] = int(value)
@@ -276,6 +295,14 @@ def bind(statement: Statement) -> tuple[str, dict[str, object]]:
             raise AssertionError(f"no ClickHouse parameter for {type(value).__name__}")
         out.append(rest)
     return "".join(out), values
+
+
+def _decoded(row: Row, columns: Sequence[int]) -> Row:
+    values = list(row)
+    for i in columns:
+        if values[i] is not None:
+            values[i] = values[i].decode()
+    return tuple(values)
 
 
 class ClickHouseBackend:
@@ -336,8 +363,8 @@ class ClickHouseBackend:
 
         limit = engine.max_raw_bytes()
         try:
-            rows: list[Row] = self.client().execute(
-                sql, params, settings={"max_bytes_to_read": limit or 1}
+            rows, types = self.client().execute(
+                sql, params, settings={"max_bytes_to_read": limit or 1}, with_column_types=True
             )
         except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
             self._drop()
@@ -352,7 +379,13 @@ class ClickHouseBackend:
                 "ClickHouse server: narrow the time window, or drop per-flow filters (bytes, "
                 "packets) and dimensions no rollup keeps"
             ) from None
-        return rows
+        # The client reads every string as bytes (addresses are FixedString(16), bytes as in
+        # Parquet); a Nullable(String) is an enrichment name as the dialect's keys return it,
+        # text in Parquet: decoded here, in the few rows of an answer.
+        text = [i for i, (_, kind) in enumerate(types) if kind == "Nullable(String)"]
+        if text and rows:
+            return [_decoded(row, text) for row in rows]
+        return list(rows)
 
     def execute(self, statement: Statement) -> list[Row]:
         sql, params = bind(statement)

@@ -74,8 +74,15 @@ def random_flows(
 
 
 def to_table(columns: dict[str, np.ndarray]) -> pa.Table:
-    """Catalogue columns (as :func:`random_flows` makes them) as an Arrow table."""
-    return pa.Table.from_batches([catalogue.to_record_batch(columns)])
+    """Catalogue columns (as :func:`random_flows` makes them) as an Arrow table; text columns
+    given as object arrays of str or None (enrichment names a test sets) are kept, the others
+    null."""
+    labels = {
+        column.name: pa.array(columns[column.name], pa.string())
+        for column in catalogue.COLUMNS
+        if column.kind == "str" and column.name in columns
+    }
+    return pa.Table.from_batches([catalogue.to_record_batch(columns, labels=labels)])
 
 
 def write_flows(

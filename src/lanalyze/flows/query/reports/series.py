@@ -147,12 +147,14 @@ def series(
             # Each flow counts once per side: "other" is the rest of both sides' sums.
             collapsed = _series_rows(planned, flt, dims, None, collapse=True)
             other = {key[0]: [s.bytes, s.packets, s.flows] for key, s in collapsed.items()}
-        per_bucket: dict[int, list[SeriesPoint]] = {}
+        # Points in rank order, by key: two keys may render alike (``appname``: one exported
+        # name over several protocols and ports), and the backend returns rows unordered.
+        per_bucket: dict[int, list[tuple[int, SeriesPoint]]] = {}
         for key, sums in by_key.items():
             time_ms, key_values = key[0], tuple(key[1:])
             index = ranking.keys.index(key_values)
             per_bucket.setdefault(time_ms, []).append(
-                _point(time_ms, names[index], sums, bucket_ms)
+                (index, _point(time_ms, names[index], sums, bucket_ms))
             )
             rest = other.setdefault(time_ms, [0, 0, 0])
             rest[0] -= sums.bytes
@@ -160,7 +162,7 @@ def series(
             rest[2] -= sums.flows
         points: list[SeriesPoint] = []
         for time_ms in sorted(set(per_bucket) | set(other)):
-            points.extend(sorted(per_bucket.get(time_ms, []), key=lambda p: groups.index(p.group)))
+            points.extend(p for _, p in sorted(per_bucket.get(time_ms, []), key=lambda i: i[0]))
             if time_ms in other:
                 points.append(_point(time_ms, "other", Sums(*other[time_ms]), bucket_ms))
         return SeriesReport(since, until, bucket_ms, dim.name, groups, points, describe(planned))

@@ -7,10 +7,11 @@ same DDL runs on each server named in ``flows.store.servers``):
     MergeTree, one per shard: every catalogue column (:data:`lanalyze.flows.catalogue.COLUMNS`)
     in catalogue order with the same meaning and units as in Parquet (addresses
     ``FixedString(16)``, IPv4-mapped; times ``UInt64`` UTC milliseconds: 18.16 has no
-    DateTime64), plus ``batch_id`` (:data:`BATCH_COLUMN`), the collector's id of the insert a
-    row came in (exactly-once replay, :mod:`.writer`). Partitioned by UTC day
-    (``intDiv(time_received, 86400000)``, no time zone involved), ordered by
-    ``time_received``.
+    DateTime64; the enrichment names ``String`` with ``''`` for unknown, where Parquet has
+    null: :data:`TEXT_DIMENSIONS`), plus ``batch_id`` (:data:`BATCH_COLUMN`), the
+    collector's id of the insert a row came in (exactly-once replay, :mod:`.writer`).
+    Partitioned by UTC day (``intDiv(time_received, 86400000)``, no time zone involved),
+    ordered by ``time_received``.
 ``flows``
     Distributed over ``flows_local`` of cluster ``flows.store.cluster``, sharded by
     ``batch_id``: a batch lands whole on one shard (one part, atomic), batches spread evenly.
@@ -63,6 +64,12 @@ _TYPES: dict[str, str] = {
     "time_ms": "UInt64",
     "str": "Nullable(String)",
 }
+TEXT_DIMENSIONS = frozenset(c.name for c in COLUMNS if c.kind == "str" and c.dimension)
+"""The enrichment names (:mod:`lanalyze.flows.enrich`): ``String``, not ``Nullable(String)``
+as in Parquet, because they are rollup sort keys and a sorting key cannot hold a nullable
+column (18.16 refuses the table). Unknown is ``''`` here: the writer turns null into ``''``
+and the reports turn ``''`` back into null (:mod:`lanalyze.flows.query.clickhouse`), so both
+backends answer alike. ``extra``, never a key, stays nullable."""
 DERIVED: dict[str, tuple[str, str]] = {
     "service_port": ("UInt16", "if(dst_port <= src_port, dst_port, src_port)"),
 }
@@ -72,6 +79,8 @@ Kind = Literal["local", "view", "distributed"]
 
 
 def ch_type(column: Column) -> str:
+    if column.name in TEXT_DIMENSIONS:
+        return "String"
     return _TYPES[column.kind]
 
 

@@ -49,8 +49,9 @@ import pyarrow.compute as pc
 
 from lanalyze.flows.catalogue import COLUMNS, as_stored, batch_schema
 from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.store.clickhouse import columns
 from lanalyze.flows.store.clickhouse.connect import INSERT_SETTINGS, client, servers_text
-from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW
+from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW, TEXT_DIMENSIONS
 from lanalyze.flows.store.clickhouse.spool import Spool
 from lanalyze.flows.store.writer import StoreStats
 from lanalyze.log import RateLimiter, get_logger
@@ -72,7 +73,9 @@ def numpy_columns(table: pa.Table, batch_id: int) -> list[np.ndarray]:
     """The columns of a catalogue table as the driver's numpy input, in catalogue order.
 
     Numbers are zero-copy views where Arrow holds one chunk; addresses become ``S16`` views of
-    the fixed-size binary buffer; ``extra`` (nullable) an object array of str/None."""
+    the fixed-size binary buffer; the enrichment names ``S`` arrays with ``''`` for null
+    (:func:`text_values`), both written as whole buffers (:mod:`.columns`); ``extra``
+    (nullable, rarely set) an object array of str/None."""
     rows = table.num_rows
     arrays: list[np.ndarray] = []
     for column in COLUMNS:
@@ -81,12 +84,35 @@ def numpy_columns(table: pa.Table, batch_id: int) -> list[np.ndarray]:
             chunk = data.combine_chunks() if data.num_chunks != 1 else data.chunk(0)
             buffer = chunk.buffers()[1]
             arrays.append(np.frombuffer(buffer, dtype="S16", count=rows, offset=chunk.offset * 16))
+        elif column.name in TEXT_DIMENSIONS:
+            arrays.append(text_values(data))
         elif column.kind == "str":
             arrays.append(data.to_numpy(zero_copy_only=False))
         else:
             arrays.append(data.to_numpy())
     arrays.append(np.full(rows, batch_id, dtype=np.uint64))
     return arrays
+
+
+def text_values(data: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A text column for a ClickHouse ``String`` (:data:`~.schema.TEXT_DIMENSIONS`): UTF-8 in
+    an ``S<W>`` array, null as ``''``, which :mod:`.columns` writes as one buffer. Through a
+    dictionary: each distinct name is encoded once (a batch holds a few dozen names in a
+    million rows) and the rows are one numpy ``take``; a column with no name at all
+    (enrichment not configured) is one ``zeros``."""
+    rows = len(data)
+    if data.null_count == rows:
+        return np.zeros(rows, dtype="S1")
+    if isinstance(data, pa.ChunkedArray):
+        data = data.combine_chunks()
+    if not pa.types.is_dictionary(data.type):
+        data = pc.dictionary_encode(data)
+    encoded = [name.encode() for name in data.dictionary.to_pylist()]
+    names = np.array([*encoded, b""], dtype=f"S{max(1, *map(len, encoded))}")
+    # the last name, '', is the index null rows get
+    indices = pc.fill_null(data.indices, len(data.dictionary)).to_numpy()
+    result: np.ndarray = names[indices]
+    return result
 
 
 class ClickHouseWriter:
@@ -166,7 +192,9 @@ class ClickHouseWriter:
 
     def _connection(self) -> Any:
         if self._client is None:
-            self._client = client(self.config, use_numpy=True)
+            columns.install()
+            # strings as bytes: addresses and names go as the S arrays numpy_columns makes
+            self._client = client(self.config, use_numpy=True, strings_as_bytes=True)
         return self._client
 
     def _disconnect(self) -> None:
