@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lanalyze.flows.catalogue import arrow_schema
+from lanalyze.flows.catalogue import arrow_schema, conform
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.flows.errors import ExportFailed
 from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
@@ -76,9 +76,13 @@ def export(
                 path = hour_dir(flows, hour) / name
                 try:
                     parquet = pq.ParquetFile(path)
-                    batches = parquet.iter_batches(batch_size=batch_rows, columns=schema.names)
+                    # A segment leaves out the name columns that are null in every row (and
+                    # an older one lacks them): conform() adds them back, null.
+                    present = set(parquet.schema_arrow.names)
+                    columns = [name for name in schema.names if name in present]
+                    batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
                     for index, batch in enumerate(batches):
-                        table = pa.Table.from_batches([batch]).cast(schema)
+                        table = conform(pa.Table.from_batches([batch])).cast(schema)
                         outcome = writer.insert_once(table, batch_id_of(hour, name, index))
                         if outcome is None:
                             raise ExportFailed(

@@ -35,7 +35,7 @@ import pyarrow as pa
 from pyarrow import ipc
 
 from lanalyze.datadir import fsync_dir, make_private_dirs, open_private
-from lanalyze.flows.catalogue import arrow_schema
+from lanalyze.flows.catalogue import arrow_schema, as_stored
 from lanalyze.log import get_logger
 
 log = get_logger(__name__)
@@ -87,7 +87,8 @@ class Spool:
         """Keep ``table`` for a later insert under ``batch_id``; False when it was dropped."""
         sink = pa.BufferOutputStream()
         with ipc.new_file(sink, arrow_schema(), options=_OPTIONS) as out:
-            out.write_table(table)
+            # The stored types: a batch of the ingest path carries its names as dictionaries.
+            out.write_table(as_stored(table))
         data = sink.getvalue()
         if self.bytes + data.size > self.max_bytes:
             self.dropped_rows += table.num_rows
