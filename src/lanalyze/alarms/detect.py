@@ -333,17 +333,28 @@ class DistinctWindow:
             return _EMPTY_U64, np.zeros(0, np.int64)
         self.recent_pairs = _merge(self.recent_pairs, pos[~known], new)
         new_keys, new_counts = _runs(new >> _ITEM_SHIFT)
-        kpos, kknown = _lookup(self.keys, new_keys)
-        self.counts[kpos[kknown]] += new_counts[kknown]
-        rest_keys, rest_counts = new_keys[~kknown], new_counts[~kknown]
-        kpos, kknown = _lookup(self.recent_keys, rest_keys)
-        self.recent_counts[kpos[kknown]] += rest_counts[kknown]
-        self.recent_counts = _merge(self.recent_counts, kpos[~kknown], rest_counts[~kknown])
-        self.recent_keys = _merge(self.recent_keys, kpos[~kknown], rest_keys[~kknown])
+        mpos, main = _lookup(self.keys, new_keys)
+        self.counts[mpos[main]] += new_counts[main]
+        rest_keys, rest_counts = new_keys[~main], new_counts[~main]
+        rpos, known = _lookup(self.recent_keys, rest_keys)
+        self.recent_counts[rpos[known]] += rest_counts[known]
+        # The keys' counts now (before a fold or eviction moves them).
+        counts = np.empty(new_keys.size, np.int64)
+        counts[main] = self.counts[mpos[main]]
+        rest = np.empty(rest_keys.size, np.int64)
+        rest[known] = self.recent_counts[rpos[known]]
+        rest[~known] = rest_counts[~known]
+        counts[~main] = rest
+        self.recent_counts = _merge(self.recent_counts, rpos[~known], rest_counts[~known])
+        self.recent_keys = _merge(self.recent_keys, rpos[~known], rest_keys[~known])
         if self.recent_pairs.size > max(self.FOLD_MIN, math.isqrt(self.pairs.size << 16)):
             self._fold()
+        evicted = self.evicted
         self._bound()
-        touched, counts = self._counts_of(new_keys)
+        if self.evicted == evicted:
+            touched = new_keys
+        else:  # some keys forgotten: only those still held
+            touched, counts = self._counts_of(new_keys)
         # A sliding window's estimate: the previous window's count, weighted by how much of
         # it the sliding window still covers, so a scan across a boundary is not split in two.
         ppos, before = _lookup(self.prev_keys, touched)
