@@ -1,10 +1,11 @@
 """Detection on stored flows *(core)*: Arrow batches in, findings out, no IO.
 
-Every algorithm works on whole batches with numpy (hashing, ``np.unique``, ``searchsorted``,
-``bincount``); Python loops run only over the few keys that cross a threshold, to describe
-them. State is windows of counters keyed by 64-bit hashes, each charged by bytes against its
-share of ``alarms.state_memory``; :meth:`Detector.snapshot` / :meth:`Detector.restore` turn it
-into plain arrays so a restart keeps an incident's counts.
+Every algorithm works on whole batches with numpy (hashing, ``sort``, ``searchsorted``,
+``np.add.at``), converting only the columns and rows it uses; Python loops run only over the
+few keys that cross a threshold, to describe them. State is windows of counters keyed by
+64-bit hashes, each charged by bytes against its share of ``alarms.state_memory``;
+:meth:`Detector.snapshot` / :meth:`Detector.restore` turn it into plain arrays so a restart
+keeps an incident's counts.
 
 Counting distinct targets (scans, mass mailer) is exact up to 64-bit hash collisions (about
 one in 10^19 pairs): each window keeps the set of distinct (key, target) pair hashes. When a
