@@ -1,10 +1,11 @@
 """Detection on stored flows *(core)*: Arrow batches in, findings out, no IO.
 
-Every algorithm works on whole batches with numpy (hashing, ``np.unique``, ``searchsorted``,
-``bincount``); Python loops run only over the few keys that cross a threshold, to describe
-them. State is windows of counters keyed by 64-bit hashes, each charged by bytes against its
-share of ``alarms.state_memory``; :meth:`Detector.snapshot` / :meth:`Detector.restore` turn it
-into plain arrays so a restart keeps an incident's counts.
+Every algorithm works on whole batches with numpy (hashing, ``sort``, ``searchsorted``,
+``np.add.at``), converting only the columns and rows it uses; Python loops run only over the
+few keys that cross a threshold, to describe them. State is windows of counters keyed by
+64-bit hashes, each charged by bytes against its share of ``alarms.state_memory``;
+:meth:`Detector.snapshot` / :meth:`Detector.restore` turn it into plain arrays so a restart
+keeps an incident's counts.
 
 Counting distinct targets (scans, mass mailer) is exact up to 64-bit hash collisions (about
 one in 10^19 pairs): each window keeps the set of distinct (key, target) pair hashes. When a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,9 +108,13 @@ def address_words(column: pa.ChunkedArray | pa.Array) -> tuple[U64, U64]:
         return _EMPTY_U64, _EMPTY_U64
     data = array.buffers()[1]
     assert data is not None
-    raw = np.frombuffer(data, dtype=np.uint8)[array.offset * 16 : (array.offset + n) * 16]
-    words = raw.view(">u8").reshape(n, 2).astype(np.uint64)
-    return np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])
+    # The buffer as native words, each half swapped into its own contiguous array: one pass
+    # a half (a big-endian view then ``astype`` and a contiguous copy took three).
+    words = np.frombuffer(data, dtype=np.uint64)[array.offset * 2 : (array.offset + n) * 2]
+    pairs = words.reshape(n, 2)
+    if np.little_endian:
+        return pairs[:, 0].byteswap(), pairs[:, 1].byteswap()
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
 
 def format_address(hi: int, lo: int) -> str:
@@ -155,12 +161,26 @@ def is_inside(hi: U64, lo: U64, inside: Networks) -> Mask:
 # --- hashing --------------------------------------------------------------------------------
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
 def _mix(x: U64) -> U64:
-    """splitmix64's finaliser, on a whole array (uint64 arithmetic wraps, as meant)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser, on a whole array (uint64 arithmetic wraps, as meant). One new
+    array, the rest in place: every flow passes here."""
+    x = x + _GOLDEN
+    return _mix_in_place(x)
+
+
+def _mix_in_place(x: U64) -> U64:
+    x ^= x >> _S30
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    return x
 
 
 def combine(*parts: npt.NDArray[Any]) -> U64:
@@ -174,7 +194,10 @@ def combine(*parts: npt.NDArray[Any]) -> U64:
 def address_hash(hi: U64, lo: U64) -> U64:
     """One 64-bit hash per address (one mixing round: the high half of an IPv4-mapped
     address is a constant)."""
-    return _mix(lo ^ (hi * np.uint64(0x9E3779B97F4A7C15)))
+    x = hi * _GOLDEN
+    x ^= lo
+    x += _GOLDEN
+    return _mix_in_place(x)
 
 
 def _lookup(sorted_keys: U64, keys: U64) -> tuple[npt.NDArray[np.intp], Mask]:
@@ -225,7 +248,15 @@ _ITEM_SHIFT = np.uint64(64 - KEY_BITS)
 
 class DistinctWindow:
     """Distinct items per key in a window: exact up to the hashes' collisions (see module),
-    bounded by bytes."""
+    bounded by bytes.
+
+    Two sorted levels, so a batch does not copy the whole window: new pairs (and keys the
+    window did not hold) go into a small ``recent`` level, which is folded into the main one
+    when it outgrows about the square root of (main size x 64 Ki). Inserting into one sorted
+    array cost a copy of the whole window a batch: with a minute of ordinary traffic's
+    SYN-only flows (about 2 M pairs) that was most of the detector's time."""
+
+    FOLD_MIN = 1 << 16
 
     def __init__(self, window_s: int, max_bytes: int) -> None:
         self.window_ms = window_s * 1000
@@ -234,18 +265,36 @@ class DistinctWindow:
         self.pairs: U64 = _EMPTY_U64  # sorted (key << 24 | item) values
         self.keys: U64 = _EMPTY_U64  # sorted key hashes (the pairs' top bits)
         self.counts: I64 = np.zeros(0, np.int64)  # pairs per key, in the same order
+        # The recent level: pairs in neither level before, keys not in ``keys``.
+        self.recent_pairs: U64 = _EMPTY_U64
+        self.recent_keys: U64 = _EMPTY_U64
+        self.recent_counts: I64 = np.zeros(0, np.int64)
         self.prev_keys: U64 = _EMPTY_U64  # the previous window's keys and counts
         self.prev_counts: I64 = np.zeros(0, np.int64)
         self.evicted = 0
 
     @property
     def nbytes(self) -> int:
-        held = (self.pairs, self.keys, self.counts, self.prev_keys)
-        return sum(a.nbytes for a in held) + self.prev_counts.nbytes
+        held = (self.pairs, self.keys, self.counts, self.prev_keys, self.prev_counts)
+        recent = (self.recent_pairs, self.recent_keys, self.recent_counts)
+        return sum(a.nbytes for a in held) + sum(a.nbytes for a in recent)
+
+    def _fold(self) -> None:
+        """Merge the recent level into the main one (its keys are not there: no sums)."""
+        if self.recent_pairs.size == 0 and self.recent_keys.size == 0:
+            return
+        at = np.searchsorted(self.pairs, self.recent_pairs)
+        self.pairs = _merge(self.pairs, at, self.recent_pairs)
+        at = np.searchsorted(self.keys, self.recent_keys)
+        self.counts = _merge(self.counts, at, self.recent_counts)
+        self.keys = _merge(self.keys, at, self.recent_keys)
+        self.recent_pairs = self.recent_keys = _EMPTY_U64
+        self.recent_counts = np.zeros(0, np.int64)
 
     def _roll(self, now_ms: int) -> None:
         start = _aligned(now_ms, self.window_ms)
         if start != self.started:
+            self._fold()
             if start - self.started == self.window_ms:
                 self.prev_keys, self.prev_counts = self.keys, self.counts
             else:
@@ -259,6 +308,16 @@ class DistinctWindow:
         """The key hash a window keeps for ``key`` (what :meth:`add` returns)."""
         return key >> _ITEM_SHIFT
 
+    def _counts_of(self, keys: U64) -> tuple[U64, I64]:
+        """The ``keys`` (sorted) the window holds, with their counts."""
+        pos, main = _lookup(self.keys, keys)
+        rpos, recent = _lookup(self.recent_keys, keys)
+        counts = np.zeros(keys.size, np.int64)
+        counts[main] = self.counts[pos[main]]
+        counts[recent] = self.recent_counts[rpos[recent]]
+        there = main | recent
+        return keys[there], counts[there]
+
     def add(self, now_ms: int, key: U64, item: U64) -> tuple[U64, I64]:
         """Count the batch's (key, item) pairs; the keys that gained a pair, with their
         counts (the current window's plus the previous one's share)."""
@@ -267,19 +326,36 @@ class DistinctWindow:
             return _EMPTY_U64, np.zeros(0, np.int64)
         pair = ((key >> _ITEM_SHIFT) << _ITEM_SHIFT) | (_mix(key ^ item) & _ITEM_MASK)
         pair = _runs(np.sort(pair))[0]
-        pos, known = _lookup(self.pairs, pair)
+        _, known = _lookup(self.pairs, pair)
+        pair = pair[~known]
+        pos, known = _lookup(self.recent_pairs, pair)
         new = pair[~known]
         if new.size == 0:
             return _EMPTY_U64, np.zeros(0, np.int64)
-        self.pairs = _merge(self.pairs, pos[~known], new)
+        self.recent_pairs = _merge(self.recent_pairs, pos[~known], new)
         new_keys, new_counts = _runs(new >> _ITEM_SHIFT)
-        kpos, kknown = _lookup(self.keys, new_keys)
-        self.counts[kpos[kknown]] += new_counts[kknown]
-        self.counts = _merge(self.counts, kpos[~kknown], new_counts[~kknown])
-        self.keys = _merge(self.keys, kpos[~kknown], new_keys[~kknown])
+        mpos, main = _lookup(self.keys, new_keys)
+        self.counts[mpos[main]] += new_counts[main]
+        rest_keys, rest_counts = new_keys[~main], new_counts[~main]
+        rpos, known = _lookup(self.recent_keys, rest_keys)
+        self.recent_counts[rpos[known]] += rest_counts[known]
+        # The keys' counts now (before a fold or eviction moves them).
+        counts = np.empty(new_keys.size, np.int64)
+        counts[main] = self.counts[mpos[main]]
+        rest = np.empty(rest_keys.size, np.int64)
+        rest[known] = self.recent_counts[rpos[known]]
+        rest[~known] = rest_counts[~known]
+        counts[~main] = rest
+        self.recent_counts = _merge(self.recent_counts, rpos[~known], rest_counts[~known])
+        self.recent_keys = _merge(self.recent_keys, rpos[~known], rest_keys[~known])
+        if self.recent_pairs.size > max(self.FOLD_MIN, math.isqrt(self.pairs.size << 16)):
+            self._fold()
+        evicted = self.evicted
         self._bound()
-        tpos, there = _lookup(self.keys, new_keys)
-        touched, counts = new_keys[there], self.counts[tpos[there]]
+        if self.evicted == evicted:
+            touched = new_keys
+        else:  # some keys forgotten: only those still held
+            touched, counts = self._counts_of(new_keys)
         # A sliding window's estimate: the previous window's count, weighted by how much of
         # it the sliding window still covers, so a scan across a boundary is not split in two.
         ppos, before = _lookup(self.prev_keys, touched)
@@ -293,6 +369,7 @@ class DistinctWindow:
     def _bound(self) -> None:
         if self.nbytes <= self.max_bytes:
             return
+        self._fold()
         # Forget the keys with the fewest items until half the budget is free: the cut is
         # a count (from a histogram of the counts, no sort), pairs follow their keys' order.
         cost = np.bincount(np.minimum(self.counts, 1 << 20), weights=self.counts * 8 + 16).cumsum()
@@ -304,6 +381,7 @@ class DistinctWindow:
         self.keys, self.counts = self.keys[keep], self.counts[keep]
 
     def state(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
+        self._fold()  # the snapshot's form is one level
         return {
             f"{prefix}.meta": np.array([self.started, self.evicted], np.int64),
             f"{prefix}.pairs": self.pairs,
@@ -323,6 +401,8 @@ class DistinctWindow:
         self.counts = data[f"{prefix}.counts"].astype(np.int64)
         self.prev_keys = data[f"{prefix}.prev_keys"].astype(np.uint64)
         self.prev_counts = data[f"{prefix}.prev_counts"].astype(np.int64)
+        self.recent_pairs = self.recent_keys = _EMPTY_U64
+        self.recent_counts = np.zeros(0, np.int64)
 
 
 SKETCH_ROWS = 2
@@ -332,78 +412,99 @@ class WindowSums:
     """Sums of a few values per key in a window, in a count-min sketch: ``SKETCH_ROWS`` rows
     of ``width`` counters each, a key's sum the smallest of its counters (never below the
     truth; above it only when every row collides with heavier keys). Fixed memory, no sort:
-    ``np.bincount`` per batch. ``closed`` holds the previous window's sketch."""
+    ``np.add.at`` per batch. ``closed`` holds the previous window's sketch."""
 
     def __init__(self, window_s: int, width: int, columns: int) -> None:
         self.window_ms = window_s * 1000
         self.width = 1 << (width - 1).bit_length()
         self.columns = columns
         self.started = 0
-        self.sums: F64 = np.zeros((columns, SKETCH_ROWS, width))
+        # The rounded width: ``buckets`` masks with it (a width not a power of two once
+        # made every batch fail on a shape mismatch).
+        self.sums: F64 = np.zeros((columns, SKETCH_ROWS, self.width))
         self.closed: F64 | None = None
+        self._closed_top: F64 = np.zeros(columns)
 
     @property
     def nbytes(self) -> int:
         return self.sums.nbytes * (2 if self.closed is not None else 1)
 
-    def buckets(self, key: U64) -> npt.NDArray[np.intp]:
-        """Each key's counter in each row, (rows, n): keys are hashes already, each row
-        takes its own 32 bits of them (the width is a power of two: a mask, no division)."""
-        mask = np.uint64(self.width - 1)
-        return np.stack([(key >> np.uint64(32 * r)) & mask for r in range(SKETCH_ROWS)]).astype(
-            np.intp
-        )
+    def buckets(self, key: U64) -> list[I64]:
+        """Each key's counter in each row: keys are hashes already, each row takes its own
+        32 bits of them (the width is a power of two: a mask, no division). Computed on the
+        signed view: the result indexes without a conversion pass."""
+        signed = key.view(np.int64)
+        mask = self.width - 1
+        return [(signed >> (32 * r)) & mask if r else signed & mask for r in range(SKETCH_ROWS)]
 
     def _roll(self, now_ms: int) -> None:
         start = _aligned(now_ms, self.window_ms)
         if start != self.started:
             adjacent = self.started and start - self.started == self.window_ms
             self.closed = self.sums if adjacent else None
+            self._closed_tops()
             self.started = start
             self.sums = np.zeros((self.columns, SKETCH_ROWS, self.width))
 
+    def _closed_tops(self) -> None:
+        """Each column's biggest counter of the closed window (first row), once a window."""
+        self._closed_top = (
+            self.closed[:, 0].max(axis=1) if self.closed is not None else np.zeros(self.columns)
+        )
+
     def add(
-        self, now_ms: int, key: U64, values: F64, limits: tuple[float, ...]
+        self,
+        now_ms: int,
+        buckets: list[I64],
+        values: list[F64],
+        limits: tuple[float, ...],
     ) -> tuple[npt.NDArray[np.intp], F64]:
-        """Add the batch's values (n, columns). The rows whose key's estimated window sum
-        reaches its column's limit in some column, and their estimates (rows, columns).
+        """Add the batch's values (one array per column) at their keys' ``buckets``. The
+        rows whose key's estimated window sum reaches its column's limit in some column, and
+        their estimates (rows, columns).
 
         Only counters at the limit in every sketch row can hold such a key, so the batch's
-        rows are looked up only when some counter is: the common case costs the
-        ``bincount`` and one comparison per counter."""
+        rows are looked up only when some counter is; and no counter is when the first row's
+        biggest one (plus the closed window's biggest share) is below the limit: the common
+        case costs the ``np.add.at`` and one ``max`` a column, no pass over the sketch."""
         self._roll(now_ms)
         none = (np.zeros(0, np.intp), np.zeros((0, self.columns)))
-        if key.size == 0:
+        n = buckets[0].size
+        if n == 0:
             return none
-        buckets = self.buckets(key)
-        weight = 1 - (now_ms - self.started) / self.window_ms
-        totals = []
-        for c in range(self.columns):
+        for c, column in enumerate(values):
             for r in range(SKETCH_ROWS):
-                self.sums[c, r] += np.bincount(buckets[r], values[:, c], self.width)
+                np.add.at(self.sums[c, r], buckets[r], column)
+        weight = 1 - (now_ms - self.started) / self.window_ms
+        candidate: Mask | None = None
+        for c, limit in enumerate(limits):
+            if self.sums[c, 0].max() + self._closed_top[c] * weight < limit:
+                continue
             total = self.sums[c]
             if self.closed is not None:
                 total = total + self.closed[c] * weight
-            totals.append(total)
-        candidate = np.zeros(key.size, np.bool_)
-        for c, limit in enumerate(limits):
-            hot = totals[c] >= limit
+            hot = total >= limit
             if not hot[0].any():
                 continue
-            mask = np.ones(key.size, np.bool_)
+            mask = np.ones(n, np.bool_)
             for r in range(SKETCH_ROWS):
                 mask &= hot[r][buckets[r]]
-            candidate |= mask
+            candidate = mask if candidate is None else candidate | mask
+        if candidate is None:
+            return none
         rows = np.flatnonzero(candidate)
         if rows.size == 0:
             return none
-        estimate = np.stack(
-            [
-                np.min([totals[c][r][buckets[r][rows]] for r in range(SKETCH_ROWS)], axis=0)
-                for c in range(self.columns)
-            ],
-            axis=1,
-        )
+        estimate = np.empty((rows.size, self.columns))
+        for c in range(self.columns):
+            per_row = []
+            for r in range(SKETCH_ROWS):
+                at = buckets[r][rows]
+                value = self.sums[c, r][at]
+                if self.closed is not None:
+                    value = value + self.closed[c, r][at] * weight
+                per_row.append(value)
+            estimate[:, c] = np.min(per_row, axis=0)
         return rows, estimate
 
     def state(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
@@ -423,7 +524,9 @@ class WindowSums:
         self.started = int(meta[0])
         self.sums = sums.astype(np.float64)
         closed = data.get(f"{prefix}.closed")
-        self.closed = closed.astype(np.float64) if closed is not None else None
+        fits = closed is not None and closed.shape == sums.shape
+        self.closed = closed.astype(np.float64) if fits else None  # type: ignore[union-attr]
+        self._closed_tops()
 
 
 class Baseline:
@@ -444,7 +547,7 @@ class Baseline:
         learnt = (1 - self.ALPHA) * self.values + self.ALPHA * rates
         self.values = np.where(calm, learnt, self.values)
 
-    def get(self, buckets: npt.NDArray[np.intp]) -> F64:
+    def get(self, buckets: list[I64]) -> F64:
         return np.min([self.values[r][buckets[r]] for r in range(SKETCH_ROWS)], axis=0)  # type: ignore[no-any-return]
 
 
@@ -463,6 +566,15 @@ class Batch:
         values: npt.NDArray[Any] = self.table.column(name).to_numpy()
         return values
 
+    def native(self, name: str) -> npt.NDArray[Any]:
+        """A column in its stored type (no copy), for comparisons."""
+        return self._column(name)
+
+    def take(self, name: str, rows: npt.NDArray[np.intp]) -> F64:
+        """A numeric column's values at ``rows``, as floats (converting only those rows)."""
+        values: F64 = self._column(name)[rows].astype(np.float64)
+        return values
+
     @functools.cached_property
     def _src(self) -> tuple[U64, U64]:
         return address_words(self.table.column("src_addr"))
@@ -474,6 +586,15 @@ class Batch:
     @functools.cached_property
     def _exp(self) -> tuple[U64, U64]:
         return address_words(self.table.column("exporter"))
+
+    def raw_words(self, name: str) -> U64:
+        """A 16-byte column as (n, 2) words in the machine's byte order (no copy): equality
+        tests need no big-endian numbers."""
+        array = self.table.column(name).combine_chunks()
+        data = array.buffers()[1]
+        assert data is not None
+        words = np.frombuffer(data, dtype=np.uint64)
+        return words[array.offset * 2 : (array.offset + self.size) * 2].reshape(self.size, 2)
 
     @property
     def src_hi(self) -> U64:
@@ -683,7 +804,9 @@ class Detector:
         rows = b.syn_only.copy()
         other = ~b.tcp
         if other.any():
-            rows |= other & (b.raw_packets <= 2) & (b.dst_port <= b.src_port)
+            # Compared in the columns' own types: no conversion of whole columns.
+            ports = b.native("dst_port") <= b.native("src_port")
+            rows |= other & (b.native("packets") <= 2) & ports
         if rows.any() and self.scan_allow.nets:
             rows &= ~self.scan_allow.contains(b.src_hi, b.src_lo)
         if not rows.any():
@@ -742,24 +865,28 @@ class Detector:
     def _floods(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.flood
         seconds = cfg.window
+        # Every flow's counters in the sketches, computed once: flood, SYN flood, reflection
+        # and the baseline share one width (a subset takes its rows' buckets).
+        every = self.flood.buckets(b.dst)
         rows = np.ones(b.size, np.bool_)
         if self.flood_allow.nets:
             rows = ~self.flood_allow.contains(b.dst_hi, b.dst_lo)
+            kept = np.flatnonzero(rows)
+            buckets = [r[kept] for r in every]
+            values = [b.packets[kept], b.flows[kept]]
+        else:
+            buckets, values = every, [b.packets, b.flows]  # no copy of the whole batch
         out: list[Finding] = []
         previous = self.flood.closed
-        dst = b.dst[rows]
         where, estimate = self.flood.add(
-            now_ms,
-            dst,
-            np.stack([b.packets[rows], b.flows[rows]], axis=1),
-            (cfg.pps * seconds, cfg.fps * seconds),
+            now_ms, buckets, values, (cfg.pps * seconds, cfg.fps * seconds)
         )
         closed = self.flood.closed
         if closed is not None and closed is not previous:
             rates = closed[0] / seconds
             self.baseline.learn(rates, rates < cfg.pps)
         pps, fps = estimate[:, 0] / seconds, estimate[:, 1] / seconds
-        base = self.baseline.get(self.flood.buckets(dst[where])) * cfg.baseline_factor
+        base = self.baseline.get([r[where] for r in buckets]) * cfg.baseline_factor
         hot = ((pps >= cfg.pps) & (pps > base)) | ((fps >= cfg.fps) & (fps > base))
         out += self._targets(
             "flood",
@@ -773,8 +900,9 @@ class Detector:
             self.flood.started,
         )
         syn_rows = rows & b.syn_only
+        syn = np.flatnonzero(syn_rows)
         where, estimate = self.syn.add(
-            now_ms, b.dst[syn_rows], b.flows[syn_rows][:, None], (cfg.syn_fps * seconds,)
+            now_ms, [r[syn] for r in every], [b.flows[syn]], (cfg.syn_fps * seconds,)
         )
         syn_fps = estimate[:, 0] / seconds
         out += self._targets(
@@ -791,11 +919,18 @@ class Detector:
         refl_rows = rows & (b.protocol == 17)
         udp = np.flatnonzero(refl_rows)
         if udp.size:
-            big = np.isin(b.src_port[udp], self.reflection_ports)
-            big &= b.raw_bytes[udp] >= cfg.reflection_min_packet * np.maximum(b.raw_packets[udp], 1)
-            refl_rows[udp[~big]] = False
+            # The UDP flows' own ports and bytes, not whole columns: most flows are not UDP
+            # from a reflector port.
+            udp = udp[np.isin(b.take("src_port", udp), self.reflection_ports)]
+            raw = b.take("bytes", udp)
+            udp = udp[raw >= cfg.reflection_min_packet * np.maximum(b.raw_packets[udp], 1)]
+            refl_rows[:] = False
+            refl_rows[udp] = True
         where, estimate = self.reflection.add(
-            now_ms, b.dst[refl_rows], b.bytes[refl_rows][:, None], (cfg.reflection_bps * seconds,)
+            now_ms,
+            [r[udp] for r in every],
+            [b.take("bytes", udp) * b.sampling[udp]],
+            (cfg.reflection_bps * seconds,),
         )
         bps = estimate[:, 0] / seconds
         found = self._targets(
@@ -870,7 +1005,7 @@ class Detector:
 
     def _mass_mailer(self, now_ms: int, b: Batch) -> list[Finding]:
         cfg = self.config.mass_mailer
-        idx = np.flatnonzero(b.tcp & (b.dst_port == 25))
+        idx = np.flatnonzero(b.tcp & (b.native("dst_port") == 25))
         if idx.size:
             src_hi, src_lo = b.src_hi[idx], b.src_lo[idx]
             keep = is_inside(src_hi, src_lo, self.inside)
@@ -878,8 +1013,11 @@ class Detector:
             keep &= ~self.mail_servers.contains(src_hi, src_lo)
             keep &= ~self.allow.contains(src_hi, src_lo)
             idx = idx[keep]
-        keys, counts = self.mailer.add(now_ms, b.src[idx], b.dst[idx])
-        short = DistinctWindow.key_of(b.src[idx])
+        # Hash only the port-25 flows' addresses (``b.src`` would hash the whole batch's).
+        key = address_hash(b.src_hi[idx], b.src_lo[idx]) if idx.size else _EMPTY_U64
+        dst = address_hash(b.dst_hi[idx], b.dst_lo[idx]) if idx.size else _EMPTY_U64
+        keys, counts = self.mailer.add(now_ms, key, dst)
+        short = DistinctWindow.key_of(key)
         out = []
         for key_value, count in _biggest(keys, counts, cfg.hosts):
             mine = idx[short == np.uint64(key_value)][:EVIDENCE_ROWS]
@@ -902,16 +1040,25 @@ class Detector:
     # -- exporters --
 
     def _heard(self, now_ms: int, b: Batch) -> None:
-        # Exporters are few: peel them off one at a time (no sort of the batch).
-        hi, lo = b.exp_hi, b.exp_lo
+        # Exporters are few: peel them off one at a time (no sort of the batch), comparing
+        # the raw 16 bytes as two native words (no byte swap of the column: most segments
+        # hold one exporter, a worker's, and cost one comparison a flow).
+        words = b.raw_words("exporter")
         rows: list[int] = []
-        left = np.arange(b.size)
-        while left.size and len(rows) < 64:
-            row = int(left[0])
+        left: npt.NDArray[np.intp] | None = None  # None: every row
+        while len(rows) < 64:
+            row = 0 if left is None else int(left[0])
             rows.append(row)
-            left = left[(hi[left] != hi[row]) | (lo[left] != lo[row])]
-        if left.size:
-            _, first = _runs_first(address_hash(hi[left], lo[left]))
+            w0, w1 = words[row]
+            if left is None:
+                left = np.flatnonzero((words[:, 0] != w0) | (words[:, 1] != w1))
+            else:
+                left = left[(words[left, 0] != w0) | (words[left, 1] != w1)]
+            if left.size == 0:
+                break
+        if left is not None and left.size:
+            hi, lo = b.exp_hi[left], b.exp_lo[left]
+            _, first = _runs_first(address_hash(hi, lo))
             rows += [int(left[r]) for r in first]
         for row in rows:
             name = format_address(b.exp_hi[row], b.exp_lo[row])
