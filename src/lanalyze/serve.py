@@ -39,10 +39,12 @@ def build_components(config: Config) -> list[Component]:
             from lanalyze.flows.snmp import SnmpPoller
 
             components.append(SnmpPoller(config.flows.snmp, flow_dir(config.general.data_path)))
+    mail_server = None
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
-        components.append(MailServer(config.mail, config.general))
+        mail_server = MailServer(config.mail, config.general)
+        components.append(mail_server)
     if config.web.enabled or config.flows.query.socket:
         from lanalyze.flows.query import reports
 
@@ -57,6 +59,14 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.flows.query.reportserver import ReportSocket
 
         components.append(ReportSocket(config.flows.query, config.general.data_path))
+    if config.reports:
+        from lanalyze.mailer import Mailer
+        from lanalyze.reports.scheduler import ReportScheduler
+
+        # After the mail server: its pickup is there once it has started.
+        server = mail_server
+        mailer = Mailer(config, lambda: server.pickup if server is not None else None)
+        components.append(ReportScheduler(config, mailer))
     return components
 
 
