@@ -41,6 +41,7 @@ from pydantic import Field, SecretStr
 
 from lanalyze import metrics
 from lanalyze.configbase import Section
+from lanalyze.errors import MailerError
 from lanalyze.log import get_logger
 from lanalyze.mail.config import HostPort, MailAddress, split_hostport
 
@@ -57,10 +58,6 @@ MESSAGES = Counter(
     ["route", "outcome"],
     registry=metrics.REGISTRY,
 )
-
-
-class MailerError(Exception):
-    """A generated message could not be handed on (no route, the relay refused, disk)."""
 
 
 class MailerConfig(Section):

@@ -176,7 +176,13 @@ def compose(data: ReportData) -> EmailMessage:
             filename=cid.split(".", 1)[0] + ".png",
         )
     for table in data.tables:
-        message.add_attachment(table.csv.encode(), "text", "csv", filename=table.filename)
+        message.add_attachment(
+            table.csv.encode(),
+            "text",
+            "csv",
+            filename=table.filename,
+            params={"charset": "utf-8"},  # interface and host names may be UTF-8
+        )
     return message
 
 
