@@ -88,8 +88,8 @@ def ls() -> None:
 @click.option("--at", "at_text", default=None, help=AT_HELP)
 def run(name: str, to: tuple[str, ...], at_text: str | None) -> None:
     """Send report NAME now (through the mail queue or mailer.relay_host)."""
-    from lanalyze.log import setup_logging
     from lanalyze.errors import MailerError
+    from lanalyze.log import setup_logging
     from lanalyze.mailer import Mailer
     from lanalyze.reports.scheduler import send_report
 
