@@ -23,14 +23,17 @@ from lanalyze.config import parse_config
 from lanalyze.datadir import make_private_dirs
 from lanalyze.flows.store.paths import flow_dir
 from lanalyze.flows.store.synthetic import random_flows, write_flows
+from lanalyze.instance import DataDirLock
+from lanalyze.mail.tls import write_selfsigned
 from lanalyze.mailer import Mailer
 from lanalyze.reports.scheduler import ReportScheduler, load_state, save_state, state_path
 from tests.conftest import lanalyze_cmd, modes
-from tests.mail.conftest import RunningServer, base_config, run_server
+from tests.mail.conftest import PASSWORD, RunningServer, base_config, password_hash, run_server
 from tests.reports.test_png import decode
 
 DAY = datetime(2025, 11, 10, tzinfo=UTC)
 AT = "2025-11-11T07:00:00Z"
+SENDER = "alice@example.test"
 SINCE, UNTIL = "2025-11-10T00:00:00Z", "2025-11-11T00:00:00Z"
 
 REPORTS: list[dict[str, Any]] = [
@@ -69,7 +72,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(data: Path) -> Iterator[RunningServer]:
-    with run_server(data) as running:
+    # A submission listener with STARTTLS and AUTH: the relay host of test_relay_host.
+    cert, key = data.parent / "cert.pem", data.parent / "key.pem"
+    write_selfsigned(cert, key, "localhost", days=2)
+    with run_server(
+        data,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        submission_listen=["127.0.0.1:0"],
+        users=[{"name": "alice", "password_hash": password_hash(), "addresses": [SENDER]}],
+    ) as running:
         yield running
 
 
@@ -135,10 +147,20 @@ def check_mime(message: EmailMessage) -> tuple[str, dict[str, bytes]]:
 
 def test_reports_mailed_through_the_queue(server: RunningServer, data: Path) -> None:
     config = write_config(data, "queue.toml")
-    for name in ("daily", "traffic", "links"):
+    for name in ("daily", "traffic"):
         result = lanalyze(config, "reports", "run", name, "--at", AT)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("queued as ")
+        assert "delivered when one starts" in result.stderr  # no serve holds the data dir
+    # As beside a running `lanalyze serve` (it holds the data directory's lock): queued for it.
+    lock = DataDirLock(data)
+    lock.acquire()
+    try:
+        result = lanalyze(config, "reports", "run", "links", "--at", AT)
+    finally:
+        lock.release()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("queued as ") and result.stderr == ""
     messages = {str(m["Subject"]): m for m in map(parse, server.wait_delivered(3))}
     assert set(messages) == {
         f"lanalyze report {name}: 2025-11-10" for name in ("daily", "traffic", "links")
@@ -175,15 +197,20 @@ def test_reports_mailed_through_the_queue(server: RunningServer, data: Path) -> 
         assert first in html
 
 
-def test_to_overrides_the_recipients_and_relay_host(server: RunningServer, data: Path) -> None:
-    # Mail disabled here: the report goes to the relay host, a lanalyze server over SMTP.
+def test_relay_host_with_starttls_and_auth(server: RunningServer, data: Path) -> None:
+    # Mail disabled here: the report goes to the relay host, the lanalyze server's submission
+    # listener (STARTTLS with a certificate verified against ca_file, then AUTH).
+    relay = f"localhost:{server.port('submission')}"
     config = write_config(
         data,
         "relay.toml",
         mailer={
-            "relay_host": f"127.0.0.1:{server.port()}",
-            "relay_tls": "none",
-            "sender": "reports@example.test",
+            "relay_host": relay,
+            "relay_tls": "starttls",
+            "ca_file": str(data.parent / "cert.pem"),
+            "relay_user": "alice",
+            "relay_password": PASSWORD,
+            "sender": SENDER,
         },
     )
     text = config.read_text().replace("[mail]\n", "[mail]\nenabled = false\n", 1)
@@ -191,9 +218,10 @@ def test_to_overrides_the_recipients_and_relay_host(server: RunningServer, data:
     before = len(server.messages("bob@example.test"))
     result = lanalyze(config, "reports", "run", "daily", "--at", AT, "--to", "bob@example.test")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"sent through 127.0.0.1:{server.port()}"
+    assert result.stdout.strip() == f"sent through {relay}"
+    assert PASSWORD not in result.stdout + result.stderr
     message = parse(server.wait_delivered(before + 1, "bob@example.test")[-1])
-    assert message["From"] == "reports@example.test"
+    assert message["From"] == SENDER
     assert message["To"] == "bob@example.test"
     check_mime(message)
 

@@ -161,3 +161,20 @@ def test_config_errors(extra: str, message: str) -> None:
 def test_top_needs_by() -> None:
     with pytest.raises(ConfigError, match="needs `by`"):
         parse_config('[[reports]]\nname = "x"\nkind = "top"\nrecipients = ["a@b.test"]\n')
+
+
+def test_serve_runs_the_scheduler_after_the_mail_server() -> None:
+    from lanalyze.mail.server import MailServer
+    from lanalyze.reports.scheduler import ReportScheduler
+    from lanalyze.serve import build_components
+
+    config = parse_config(REPORT + "[flows]\nenabled = false\n[web]\nenabled = false\n")
+    components = build_components(config)
+    kinds = [type(c) for c in components]
+    assert kinds.index(MailServer) < kinds.index(ReportScheduler)
+    mail = components[kinds.index(MailServer)]
+    scheduler = components[kinds.index(ReportScheduler)]
+    assert isinstance(mail, MailServer) and isinstance(scheduler, ReportScheduler)
+    assert scheduler.mailer.server_pickup is not None
+    assert scheduler.mailer.server_pickup() is mail.pickup  # None until the server starts
+    assert not any(isinstance(c, ReportScheduler) for c in build_components(parse_config("")))
