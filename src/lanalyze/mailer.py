@@ -161,11 +161,11 @@ class Mailer:
                 queue_id = await pickup.aqueue(data, self.sender, list(recipients))
                 sent = Sent("server", queue_id)
             elif self.config.mail.enabled and (
-                served_elsewhere(self.config.general.data_path)
+                (served := served_elsewhere(self.config.general.data_path))
                 or self.config.mailer.relay_host is None
             ):
                 route = "queue"
-                waiting = not served_elsewhere(self.config.general.data_path)
+                waiting = not served
                 queue_id = await asyncio.to_thread(self._queue, data, list(recipients))
                 sent = Sent("queue", queue_id, waiting)
             elif self.config.mailer.relay_host is not None:

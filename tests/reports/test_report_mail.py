@@ -293,3 +293,70 @@ def test_missed_run_sent_once_on_start(server: RunningServer, data: Path) -> Non
     assert str(message["Subject"]).startswith("lanalyze report missed: ")
     check_mime(message)
     assert b'lanalyze_reports_total{outcome="sent",report="missed"} 1.0' in metrics.render()
+
+
+def test_runs_when_due(server: RunningServer, data: Path) -> None:
+    """Two days of a daily schedule on a clock the test moves (the scheduler's sleeps advance
+    it): a run at each 07:00, each once, each for the day before."""
+    config = parse_config(write_config(data, "due.toml").read_text())
+    report = next(r for r in config.reports if r.name == "missed")
+    due = report.model_copy(update={"name": "due"})
+    only = config.model_copy(update={"reports": [due]})
+    start = datetime(2026, 1, 1, 6, 59, 30, tzinfo=UTC)
+    clock = [start]
+    done = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += timedelta(seconds=seconds)
+        if clock[0] > datetime(2026, 1, 2, 7, 5, tzinfo=UTC):
+            done.set()
+        await asyncio.sleep(0)
+
+    save_state(data, {"due": start})
+    before = len(server.messages("bob@example.test"))
+
+    async def go() -> None:
+        scheduler = ReportScheduler(
+            only, Mailer(only, lambda: server.server.pickup), clock=lambda: clock[0], sleep=sleep
+        )
+        await scheduler.start()
+        await done.wait()
+        await scheduler.stop()
+
+    asyncio.run(go())
+    assert sent("due") == 2
+    assert load_state(data)["due"] == datetime(2026, 1, 2, 7, 0, tzinfo=UTC)
+    subjects = sorted(
+        str(parse(raw)["Subject"])
+        for raw in server.wait_delivered(before + 2, "bob@example.test")[before:]
+    )
+    assert subjects == ["lanalyze report due: 2025-12-31", "lanalyze report due: 2026-01-01"]
+
+
+def test_a_failed_run_is_counted_and_reported(server: RunningServer, data: Path) -> None:
+    config = write_config(data, "bad.toml")
+    text = config.read_text().replace('filter = "proto tcp"', 'filter = "proto nosuch"')
+    config.write_text(text)
+    result = lanalyze(config, "reports", "run", "traffic", "--at", AT)
+    assert result.returncode == 1
+    assert "lanalyze reports run traffic:" in result.stderr and "nosuch" in result.stderr
+    # In the scheduler: counted, and the next run comes as scheduled (state advanced).
+    bad = parse_config(text)
+    only = bad.model_copy(update={"reports": [r for r in bad.reports if r.name == "traffic"]})
+    moment = datetime(2026, 2, 1, 7, 0, tzinfo=UTC)
+    save_state(data, {"traffic": moment - timedelta(days=1)})
+
+    async def go() -> None:
+        scheduler = ReportScheduler(
+            only, Mailer(only, lambda: server.server.pickup), clock=lambda: moment
+        )
+        await scheduler.start()
+        await scheduler.caught_up.wait()
+        await scheduler.stop()
+
+    asyncio.run(go())
+    failed = metrics.REGISTRY.get_sample_value(
+        "lanalyze_reports_total", {"report": "traffic", "outcome": "failed"}
+    )
+    assert failed == 1
+    assert load_state(data)["traffic"] == moment

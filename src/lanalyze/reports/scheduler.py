@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,11 +110,14 @@ class ReportScheduler:
         mailer: Mailer,
         *,
         clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.mailer = mailer
         self.data_dir = config.general.data_path
+        # Both replaceable so a test can run days of schedule without waiting for them.
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.sleep = sleep or asyncio.sleep
         self.state: dict[str, datetime] = {}
         self.caught_up = asyncio.Event()
         """Set once the missed runs found at start have been sent (tests wait for it)."""
@@ -154,7 +157,7 @@ class ReportScheduler:
             ready = [r for r in self.config.reports if due[r.name] <= now]
             if not ready:
                 wait = (min(due.values()) - now).total_seconds()
-                await asyncio.sleep(min(max(wait, 0.05), 60.0))
+                await self.sleep(min(max(wait, 0.05), 60.0))
                 continue
             for report in ready:
                 await self._fire(report, due[report.name])
