@@ -146,7 +146,8 @@ class Mailer:
         if "Message-ID" not in message:
             domain = self.sender.rpartition("@")[2] or self.config.general.hostname
             message["Message-ID"] = email.utils.make_msgid("lanalyze", domain=domain)
-        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
+        if "Auto-Submitted" not in message:
+            message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
 
     async def send(self, message: EmailMessage, recipients: Sequence[str]) -> Sent:
         """Send ``message`` to ``recipients``; raise MailerError when it cannot be handed on."""

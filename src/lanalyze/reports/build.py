@@ -12,7 +12,7 @@ Blocking (DuckDB, SQLite): the scheduler calls :func:`build` in a thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lanalyze.reports.schedule import period
@@ -213,7 +213,7 @@ def _mail(data: ReportData, config: Config, since: float, until: float) -> None:
     start = since - since % bucket
     rows: list[dict[str, Any]] = []
     for i in range(len(counts["accepted"])):
-        stamp = datetime.fromtimestamp(start + i * bucket).astimezone(data.since.tzinfo)
+        stamp = datetime.fromtimestamp(start + i * bucket, UTC)  # UTC, as the flow CSVs
         rows.append(
             {
                 "time": stamp.isoformat().replace("+00:00", "Z"),

@@ -23,7 +23,7 @@ class ReportConfig(Section):
     kind: ReportKind = Field(
         description="`top` (top N of `by`), `series` (bits/s over the period, split by the "
         "top `limit` values of `by` when set), `interfaces` (top interfaces), `mail` "
-        "(accepted, rejected and forged messages per day or hour, rejections per reason).",
+        "(accepted, rejected and forged messages per UTC hour or day, rejections per reason).",
     )
     by: str | None = Field(
         default=None,
