@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from lanalyze.alarms.config import AlarmsConfig
 from lanalyze.configbase import ListenAddress, Section, parse_listen
 from lanalyze.configpath import (
     DEFAULT_CONFIG_PATHS,
@@ -74,6 +75,7 @@ class Config(Section):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     mailer: MailerConfig = Field(
         default_factory=MailerConfig, description="Mail lanalyze writes: sender, relay host."
     )

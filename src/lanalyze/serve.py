@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from typing import TYPE_CHECKING
 
 from lanalyze.config import Config
 from lanalyze.instance import DataDirLock
 from lanalyze.log import get_logger
 from lanalyze.service import Component, run_loop
+
+if TYPE_CHECKING:
+    from lanalyze.mail.server import MailServer
 
 __all__ = ["build_components", "run", "run_loop"]
 
@@ -22,7 +26,13 @@ log = get_logger(__name__)
 
 
 def build_components(config: Config) -> list[Component]:
+    from lanalyze.mailer import Mailer
+
     components: list[Component] = []
+    # Mail lanalyze writes (alarm notifications, scheduled reports) goes through this
+    # process's mail server once it has started (mailer.py); it is created further down.
+    mail_server: MailServer | None = None
+    mailer = Mailer(config, lambda: mail_server.pickup if mail_server is not None else None)
     if config.flows.enabled:
         from lanalyze.flows.collector import FlowCollector
         from lanalyze.flows.store.paths import flow_dir
@@ -39,7 +49,25 @@ def build_components(config: Config) -> list[Component]:
             from lanalyze.flows.snmp import SnmpPoller
 
             components.append(SnmpPoller(config.flows.snmp, flow_dir(config.general.data_path)))
-    mail_server = None
+        if config.alarms.enabled:
+            from lanalyze.alarms.engine import AlarmEngine
+            from lanalyze.alarms.notify import build_channels
+
+            channels = build_channels(
+                config.alarms.notify,
+                config.general.hostname,
+                mailer=mailer,
+                data_dir=config.general.data_path,
+            )
+            components.append(
+                AlarmEngine(
+                    config.alarms,
+                    config.general.data_path,
+                    mail=config.mail,
+                    hostname=config.general.hostname,
+                    channels=channels,
+                )
+            )
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
@@ -60,12 +88,8 @@ def build_components(config: Config) -> list[Component]:
 
         components.append(ReportSocket(config.flows.query, config.general.data_path))
     if config.reports:
-        from lanalyze.mailer import Mailer
         from lanalyze.reports.scheduler import ReportScheduler
 
-        # After the mail server: its pickup is there once it has started.
-        server = mail_server
-        mailer = Mailer(config, lambda: server.pickup if server is not None else None)
         components.append(ReportScheduler(config, mailer))
     return components
 

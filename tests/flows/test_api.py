@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from lanalyze.flows.query import reports
 from lanalyze.flows.store.synthetic import random_flows, write_flows
-from lanalyze.web import api_flows, api_mail
+from lanalyze.web import api_alarms, api_flows, api_mail
 from tests.web.helpers import log_in, make_app
 
 HOUR = 3_600_000
@@ -149,8 +149,12 @@ def test_filter_error_carries_the_caret(client: TestClient) -> None:
 def test_openapi_document_lists_every_route(client: TestClient) -> None:
     document = client.get("/api/openapi.json").json()
     assert document["openapi"].startswith("3.")
-    api_routes = [*api_flows.routes, *api_mail.routes]
-    api_paths = {r.path for r in api_routes if r.path.startswith(("/api/flows/", "/api/mail/"))}  # type: ignore[attr-defined]
+    api_routes = [*api_flows.routes, *api_mail.routes, *api_alarms.routes]
+    api_paths = {
+        r.path
+        for r in api_routes
+        if r.path.startswith(("/api/flows/", "/api/mail/", "/api/alarms"))
+    }  # type: ignore[attr-defined]
     assert set(document["paths"]) == api_paths
     top = document["paths"]["/api/flows/top"]["get"]
     assert {p["name"] for p in top["parameters"]} >= {
@@ -178,7 +182,9 @@ def _query_names(source: str) -> set[str]:
 
 def test_openapi_describes_every_parameter_of_every_route() -> None:
     """Each route's parameters are exactly its model's fields, each described and typed."""
-    endpoints = {e.path: e for e in [*api_flows.ENDPOINTS, *api_mail.ENDPOINTS]}
+    endpoints = {
+        e.path: e for e in [*api_flows.ENDPOINTS, *api_mail.ENDPOINTS, *api_alarms.ENDPOINTS]
+    }
     for path, item in api_flows.OPENAPI["paths"].items():
         endpoint = endpoints[path]
         parameters = item["get"]["parameters"]
@@ -197,7 +203,7 @@ def test_openapi_describes_every_parameter_of_every_route() -> None:
         # Nothing read from the query string behind the model's back.
         source = inspect.getsource(endpoint.prepare)
         assert _query_names(source) <= fields, path
-    for module in (api_flows, api_mail):
+    for module in (api_flows, api_mail, api_alarms):
         assert not _query_names(inspect.getsource(module)), module
 
 
@@ -217,7 +223,7 @@ def _bad_values(schema: dict[str, Any]) -> list[str]:
 
 
 def _api_client(tmp_path: Path, flow_dir: Path) -> TestClient:
-    app = Starlette(routes=[*api_flows.routes, *api_mail.routes])
+    app = Starlette(routes=[*api_flows.routes, *api_mail.routes, *api_alarms.routes])
     app.state.flow_dir = flow_dir
     app.state.console = SimpleNamespace(data_dir=tmp_path)
     return TestClient(app)

@@ -76,6 +76,7 @@ def collect(
         sys.exit(EXIT_CONFIG)
     setup_logging(config.general.log_format, config.general.log_level)
     collector = FlowCollector(flows_config, _data_dir(ctx, data_dir))
+    from lanalyze.alarms.engine import run_with_alarms
     from lanalyze.flows.snmp import run_with_poller
     from lanalyze.flows.store import paths
     from lanalyze.flows.store.rollup import run_collector_with_rollups
@@ -85,6 +86,7 @@ def collect(
     try:
         DataDirLock(_data_dir(ctx, data_dir)).acquire()
         main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
+        main = run_with_alarms(config, _data_dir(ctx, data_dir), main)
         asyncio.run(run_with_poller(flows_config.snmp, flow_dir, main))
     except StartError as exc:
         click.echo(f"lanalyze flows collect: {exc}", err=True)

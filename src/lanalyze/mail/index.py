@@ -504,6 +504,72 @@ class MessageIndex:
             params.append(query.until)
         return self._page("rejections", "at", where=where, params=params, query=query, shape=dict)
 
+    def from_client(self, client_ip: str, since: float, limit: int = 20) -> dict[str, Any]:
+        """What one client address sent since ``since``: its messages (newest first, at most
+        ``limit``) with their verdicts, how many in all and how many forged, and its
+        rejections per reason (the mail side of a mass-mailer alarm)."""
+        rows = self.db.execute(
+            "SELECT * FROM messages WHERE client_ip = ? AND received_at >= ?"
+            " ORDER BY received_at DESC LIMIT ?",
+            (client_ip, since, limit),
+        ).fetchall()
+        total = self.db.execute(
+            "SELECT count(*) FROM messages WHERE client_ip = ? AND received_at >= ?",
+            (client_ip, since),
+        ).fetchone()[0]
+        forged = self.db.execute(
+            "SELECT count(*) FROM messages WHERE client_ip = ? AND received_at >= ? AND "  # noqa: S608
+            + _FORGED_SQL,
+            (client_ip, since, *FORGED_FLAGS),
+        ).fetchone()[0]
+        reasons = self.db.execute(
+            "SELECT reason, count(*) AS n FROM rejections WHERE client_ip = ? AND at >= ?"
+            " GROUP BY reason ORDER BY n DESC",
+            (client_ip, since),
+        ).fetchall()
+        return {
+            "messages": [_message(row) for row in rows],
+            "total": int(total),
+            "forged": int(forged),
+            "rejections": {str(r["reason"]): int(r["n"]) for r in reasons},
+        }
+
+    def activity(self, since: float, limit: int = 1000) -> dict[str, list[dict[str, Any]]]:
+        """Per-sender activity since ``since`` for detection (the busiest first, at most
+        ``limit`` rows each): messages and recipients per submission user, rejections and
+        DMARC failures per client address, and messages claiming one of our domains without
+        a DMARC pass, per From: header."""
+        users = self.db.execute(
+            "SELECT auth_user AS user, count(*) AS messages,"
+            " sum(json_array_length(recipients)) AS recipients FROM messages"
+            " WHERE auth_user IS NOT NULL AND received_at >= ? GROUP BY auth_user"
+            " ORDER BY recipients DESC LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        rejected = self.db.execute(
+            "SELECT client_ip AS client, count(*) AS n FROM rejections WHERE at >= ?"
+            " AND client_ip != '' GROUP BY client_ip ORDER BY n DESC LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        dmarc = self.db.execute(
+            "SELECT client_ip AS client, count(*) AS n FROM messages WHERE received_at >= ?"
+            " AND json_extract(auth, '$.dmarc') = 'fail' GROUP BY client_ip"
+            " ORDER BY n DESC LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        claims = self.db.execute(
+            "SELECT header_from, count(*) AS n FROM messages WHERE received_at >= ? AND"
+            " EXISTS (SELECT 1 FROM json_each(auth, '$.flags') WHERE value = ?)"
+            " GROUP BY header_from ORDER BY n DESC LIMIT ?",
+            (since, LOCAL_CLAIM_FLAG, limit),
+        ).fetchall()
+        return {
+            "users": [dict(r) for r in users],
+            "rejected_clients": [dict(r) for r in rejected],
+            "dmarc_failed_clients": [dict(r) for r in dmarc],
+            "local_claims": [dict(r) for r in claims],
+        }
+
     def rejection_summary(
         self, since: float | None, until: float | None, limit: int = 10
     ) -> dict[str, list[dict[str, Any]]]:

@@ -30,7 +30,7 @@ from lanalyze.flows.query.reports import MAX_ROWS, ORDERS
 from lanalyze.flows.query.reports.exporters import exporters_overview
 from lanalyze.flows.query.timespec import window
 from lanalyze.flows.store import paths
-from lanalyze.web import api, api_mail
+from lanalyze.web import api, api_alarms, api_mail
 from lanalyze.web.api import (
     ApiMetrics,
     Endpoint,
@@ -386,7 +386,11 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-OPENAPI = api.openapi([*ENDPOINTS, *api_mail.ENDPOINTS], INFO, {**SCHEMAS, **api_mail.SCHEMAS})
+OPENAPI = api.openapi(
+    [*ENDPOINTS, *api_mail.ENDPOINTS, *api_alarms.ENDPOINTS],
+    INFO,
+    {**SCHEMAS, **api_mail.SCHEMAS, **api_alarms.SCHEMAS},
+)
 
 
 async def openapi_endpoint(request: Request) -> Response:

@@ -78,7 +78,8 @@ def build_app(
     *,
     secret: bytes | None = None,
 ) -> Starlette:
-    from lanalyze.web import api_flows, api_mail
+    from lanalyze.web import api_alarms, api_flows, api_mail
+    from lanalyze.web.pages import alarms as alarm_pages
     from lanalyze.web.pages import exporters as exporter_pages
     from lanalyze.web.pages import flows as flow_pages
     from lanalyze.web.pages import login as login_pages
@@ -122,6 +123,8 @@ def build_app(
         *mail_pages.routes,
         *api_flows.routes,
         *api_mail.routes,
+        *alarm_pages.routes,
+        *api_alarms.routes,
     ]
     app = Starlette(
         routes=routes,
