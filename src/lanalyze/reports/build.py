@@ -68,6 +68,9 @@ def build(report: ReportConfig, config: Config, at: datetime) -> ReportData:
     if report.kind == "mail":
         _mail(data, config, since.timestamp(), until.timestamp())
         return data
+    if report.kind == "alarms":
+        _alarms(data, config, since.timestamp(), until.timestamp(), report.limit)
+        return data
     from lanalyze.flows.query import render, reports
     from lanalyze.flows.store.paths import flow_dir
 
@@ -195,6 +198,96 @@ def build(report: ReportConfig, config: Config, at: datetime) -> ReportData:
 
 
 MAIL_COLUMNS = ["time", "accepted", "rejected", "forged"]
+ALARM_COLUMNS = [
+    "id",
+    "opened",
+    "last_seen",
+    "closed",
+    "severity",
+    "algorithm",
+    "subject",
+    "peak",
+    "threshold",
+    "unit",
+    "findings",
+    "state",
+    "ack_by",
+]
+ALARM_SCAN = 10_000
+"""Alarms read from the store at most for one report (newest first; the store's search has
+no upper time bound, so the ones opened after the period are read and skipped)."""
+
+
+def _alarms(data: ReportData, config: Config, since: float, until: float, limit: int) -> None:
+    """Alarms seen in the period (opened before its end, last seen after its start)."""
+    from lanalyze.alarms.store import AlarmQuery, AlarmStore
+    from lanalyze.flows.query import render
+
+    store = AlarmStore.open_readonly(config.general.data_path)
+    if store is None:
+        data.note = "no alarm store: detection has not run on this data directory"
+        found: list[dict[str, Any]] = []
+    else:
+        with store:
+            found = store.search(AlarmQuery(since=since, limit=ALARM_SCAN)).rows
+    alarms = [a for a in found if float(a["opened_at"]) < until]
+    alarms.sort(key=lambda a: (float(a["opened_at"]), int(a["id"])))
+
+    def stamp(value: Any) -> str | None:
+        if value is None:
+            return None
+        moment = datetime.fromtimestamp(float(value), UTC)
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    rows = [
+        {
+            **{
+                k: a.get(k)
+                for k in (
+                    "id",
+                    "severity",
+                    "algorithm",
+                    "subject",
+                    "peak",
+                    "threshold",
+                    "unit",
+                    "findings",
+                    "state",
+                    "ack_by",
+                )
+            },
+            "opened": stamp(a["opened_at"]),
+            "last_seen": stamp(a["last_seen"]),
+            "closed": stamp(a.get("closed_at")),
+        }
+        for a in alarms[:limit]
+    ]
+    per_algorithm: dict[str, int] = {}
+    for a in alarms:
+        per_algorithm[str(a["algorithm"])] = per_algorithm.get(str(a["algorithm"]), 0) + 1
+    if store is not None:
+        shown = f"; the first {limit} listed" if len(alarms) > limit else ""
+        data.note = f"{len(alarms)} alarms{shown}: " + ", ".join(
+            f"{n} {name}" for name, n in sorted(per_algorithm.items())
+        )
+    data.tables.append(
+        Table(
+            "Alarms",
+            ALARM_COLUMNS,
+            rows,
+            render.to_csv(rows, ALARM_COLUMNS),
+            f"{data.name}-alarms.csv",
+            {"findings": "count"},
+        )
+    )
+    data.charts.append(
+        Chart(
+            "bar",
+            "alarms per algorithm: " + ", ".join(sorted(per_algorithm)),
+            [[float(per_algorithm[name]) for name in sorted(per_algorithm)]],
+            ["alarms"],
+        )
+    )
 
 
 def _mail(data: ReportData, config: Config, since: float, until: float) -> None:

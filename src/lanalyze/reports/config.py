@@ -11,8 +11,8 @@ from lanalyze.configbase import Section
 from lanalyze.mail.config import MailAddress
 from lanalyze.reports.schedule import Cron, Period
 
-ReportKind = Literal["top", "series", "interfaces", "mail"]
-KINDS: tuple[str, ...] = ("top", "series", "interfaces", "mail")
+ReportKind = Literal["top", "series", "interfaces", "mail", "alarms"]
+KINDS: tuple[str, ...] = ("top", "series", "interfaces", "mail", "alarms")
 
 
 class ReportConfig(Section):
@@ -23,7 +23,8 @@ class ReportConfig(Section):
     kind: ReportKind = Field(
         description="`top` (top N of `by`), `series` (bits/s over the period, split by the "
         "top `limit` values of `by` when set), `interfaces` (top interfaces), `mail` "
-        "(accepted, rejected and forged messages per UTC hour or day, rejections per reason).",
+        "(accepted, rejected and forged messages per UTC hour or day, rejections per reason), "
+        "`alarms` (the alarms seen in the period, oldest first, at most `limit`).",
     )
     by: str | None = Field(
         default=None,
