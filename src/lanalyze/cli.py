@@ -61,6 +61,7 @@ pass_app = click.make_pass_decorator(AppContext)
         "mail": "lanalyze.mail.cli:mail",
         "web": "lanalyze.web.cli:web",
         "alarms": "lanalyze.alarms.cli:alarms",
+        "reports": "lanalyze.reports.cli:reports",
         "install-service": "lanalyze.systemd:install_service",
     },
 )

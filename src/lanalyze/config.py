@@ -15,10 +15,10 @@ import tomllib
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lanalyze.alarms.config import AlarmsConfig
 from lanalyze.configbase import ListenAddress, Section, parse_listen
@@ -31,6 +31,8 @@ from lanalyze.configpath import (
 from lanalyze.errors import ConfigError
 from lanalyze.flows.config import FlowsConfig
 from lanalyze.mail.config import MailConfig
+from lanalyze.mailer import MailerConfig
+from lanalyze.reports.config import ReportConfig, unique_names
 from lanalyze.web.config import WebConfig
 
 __all__ = [
@@ -74,6 +76,13 @@ class Config(Section):
     mail: MailConfig = Field(default_factory=MailConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+    mailer: MailerConfig = Field(
+        default_factory=MailerConfig, description="Mail lanalyze writes: sender, relay host."
+    )
+    reports: Annotated[list[ReportConfig], AfterValidator(unique_names)] = Field(
+        default_factory=list,
+        description="Scheduled reports, one `[[reports]]` table each, mailed by `lanalyze serve`.",
+    )
 
 
 def find_key_line(text: str, loc: tuple[str | int, ...]) -> int | None:

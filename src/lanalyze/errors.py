@@ -7,6 +7,10 @@ Whose fault each is:
 - :class:`StartError` -- a component cannot start for a reason the operator can fix; the
   process exits 3. Its kinds: :class:`BindError` (an address is taken or not ours, naming the
   config key) and :class:`DataDirBusy` (another process holds the data directory).
+- :class:`MailerError` -- mail lanalyze writes (a scheduled report, an alarm notification)
+  could not be handed on: no route configured (mail disabled and no ``mailer.relay_host``),
+  the relay host refused it or the login, or the queue could not be written. The operator's
+  to fix; the scheduler counts and logs it, ``lanalyze reports run`` exits 1.
 
 The packages keep their own errors next to this one: ``flows/errors.py`` (reports, captures,
 SNMP), ``flows/decode/errors.py`` (an exporter's bad bytes), ``mail/errors.py`` (SMTP paths,
@@ -36,3 +40,7 @@ class BindError(StartError):
 
 class DataDirBusy(StartError):
     """Another process holds the data directory."""
+
+
+class MailerError(Exception):
+    """A generated message could not be handed on (no route, the relay refused, disk)."""

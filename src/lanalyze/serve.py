@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from typing import TYPE_CHECKING
 
 from lanalyze.config import Config
 from lanalyze.instance import DataDirLock
 from lanalyze.log import get_logger
 from lanalyze.service import Component, run_loop
+
+if TYPE_CHECKING:
+    from lanalyze.mail.server import MailServer
 
 __all__ = ["build_components", "run", "run_loop"]
 
@@ -22,7 +26,13 @@ log = get_logger(__name__)
 
 
 def build_components(config: Config) -> list[Component]:
+    from lanalyze.mailer import Mailer
+
     components: list[Component] = []
+    # Mail lanalyze writes (alarm notifications, scheduled reports) goes through this
+    # process's mail server once it has started (mailer.py); it is created further down.
+    mail_server: MailServer | None = None
+    mailer = Mailer(config, lambda: mail_server.pickup if mail_server is not None else None)
     if config.flows.enabled:
         from lanalyze.flows.collector import FlowCollector
         from lanalyze.flows.store.paths import flow_dir
@@ -41,19 +51,28 @@ def build_components(config: Config) -> list[Component]:
             components.append(SnmpPoller(config.flows.snmp, flow_dir(config.general.data_path)))
         if config.alarms.enabled:
             from lanalyze.alarms.engine import AlarmEngine
+            from lanalyze.alarms.notify import build_channels
 
+            channels = build_channels(
+                config.alarms.notify,
+                config.general.hostname,
+                mailer=mailer,
+                data_dir=config.general.data_path,
+            )
             components.append(
                 AlarmEngine(
                     config.alarms,
                     config.general.data_path,
                     mail=config.mail,
                     hostname=config.general.hostname,
+                    channels=channels,
                 )
             )
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 
-        components.append(MailServer(config.mail, config.general))
+        mail_server = MailServer(config.mail, config.general)
+        components.append(mail_server)
     if config.web.enabled or config.flows.query.socket:
         from lanalyze.flows.query import reports
 
@@ -68,6 +87,10 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.flows.query.reportserver import ReportSocket
 
         components.append(ReportSocket(config.flows.query, config.general.data_path))
+    if config.reports:
+        from lanalyze.reports.scheduler import ReportScheduler
+
+        components.append(ReportScheduler(config, mailer))
     return components
 
 

@@ -149,11 +149,18 @@ def test_notify(ctx: click.Context) -> None:
     from lanalyze.alarms.notify import Notice, build_channels, deliver
 
     config = ctx.find_root().obj.config
-    channels = build_channels(config.alarms.notify, config.general.hostname)
+    from lanalyze.mailer import Mailer
+
+    channels = build_channels(
+        config.alarms.notify,
+        config.general.hostname,
+        mailer=Mailer(config),
+        data_dir=config.general.data_path,
+    )
     if not channels:
         click.echo(
             "no notification channels configured ([[alarms.notify.webhooks]], "
-            "[[alarms.notify.syslog]])",
+            "[[alarms.notify.syslog]], [[alarms.notify.email]])",
             err=True,
         )
         sys.exit(1)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from lanalyze.configbase import ListenAddress, Section
+from lanalyze.mail.config import MailAddress
 
 SEVERITIES = ("warning", "major", "critical")
 Severity = Literal["warning", "major", "critical"]
@@ -214,6 +215,15 @@ class SyslogConfig(Route):
     facility: int = Field(default=16, ge=0, le=23, description="Facility (16: local0).")
 
 
+class EmailConfig(Route):
+    recipients: list[MailAddress] = Field(
+        min_length=1,
+        max_length=100,
+        description="Addresses each notice is mailed to (through `[mailer]`: lanalyze's own "
+        "mail server, or `mailer.relay_host`).",
+    )
+
+
 class NotifyConfig(Section):
     """Notification channels and their limits (section ``[alarms.notify]``)."""
 
@@ -230,6 +240,11 @@ class NotifyConfig(Section):
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="Webhook channels.")
     syslog: list[SyslogConfig] = Field(
         default_factory=list, description="Syslog channels (RFC 5424 over UDP)."
+    )
+    email: list[EmailConfig] = Field(
+        default_factory=list,
+        description="E-mail channels: one mail per notice (HTML with the alarm's values as an "
+        "inline PNG, and plain text).",
     )
 
 

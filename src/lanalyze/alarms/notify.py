@@ -4,8 +4,8 @@ A :class:`Channel` sends one :class:`Notice` (``async send``, raising on failure
 :class:`Notifier` decides which notices go to which channel (each channel's route: lowest
 severity, algorithms), sends each (alarm, event, severity) once, keeps a channel to
 ``alarms.notify.max_per_minute`` (more are counted and dropped, so a storm of alarms cannot
-become a storm of messages) and queues at most ``alarms.notify.queue`` notices. An e-mail
-channel plugs in as one more :class:`Channel`.
+become a storm of messages) and queues at most ``alarms.notify.queue`` notices. The e-mail
+channel (:mod:`lanalyze.alarms.mailchannel`) is one more :class:`Channel`.
 
 - **Webhook**: the notice as JSON, POSTed; ``X-Lanalyze-Signature: sha256=<hex>`` is the
   HMAC-SHA256 of the exact body with the key in ``secret_file``; a failure (connection, 5xx,
@@ -35,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter
 
@@ -50,6 +50,9 @@ from lanalyze.alarms.config import (
 from lanalyze.alarms.errors import DeliveryError
 from lanalyze.configbase import parse_listen
 from lanalyze.log import RateLimiter, get_logger
+
+if TYPE_CHECKING:
+    from lanalyze.mailer import Mailer
 
 log = get_logger(__name__)
 _log_limit = RateLimiter(interval=60, burst=3)
@@ -199,12 +202,25 @@ class SyslogChannel:
             raise DeliveryError(exc.strerror or str(exc)) from None
 
 
-def build_channels(config: NotifyConfig, hostname: str) -> list[Channel]:
+def build_channels(
+    config: NotifyConfig,
+    hostname: str,
+    *,
+    mailer: Mailer | None = None,
+    data_dir: Path | None = None,
+) -> list[Channel]:
+    """The configured channels; e-mail ones only with a ``mailer`` (and the data directory
+    whose alarm store gives their charts)."""
     channels: list[Channel] = []
     for i, webhook in enumerate(config.webhooks):
         channels.append(WebhookChannel(webhook, i))
     for i, syslog in enumerate(config.syslog):
         channels.append(SyslogChannel(syslog, i, hostname))
+    if mailer is not None and data_dir is not None:
+        from lanalyze.alarms.mailchannel import EmailChannel
+
+        for i, email in enumerate(config.email):
+            channels.append(EmailChannel(email, i, mailer, data_dir))
     return channels
 
 

@@ -273,7 +273,7 @@ def top(
         keys = [*dimensions, "bytes", "packets", "flows"]
         echo(render.to_json([{k: row[k] for k in keys} for row in rows]))
         return
-    columns = [*dimensions, "bytes", "packets", "flows", "bps", "pps", "share"]
+    columns = [*dimensions, *render.TOP_COLUMNS]
     if output_format == "csv":
         echo(render.to_csv(rows, columns), nl=False)
         return
@@ -340,7 +340,7 @@ def series(
         use_rollups=not raw,
     )
     say_if_empty(directory, sum(point.flows for point in report.points), filter_text)
-    columns = ["time", "group", "bps", "pps", "fps", "bytes", "packets", "flows"]
+    columns = list(render.SERIES_COLUMNS)
     points = [point.to_json() for point in report.points]
     if resolve:
         columns = add_names(points, columns, output_format)
@@ -500,21 +500,7 @@ def interfaces(
         )
     ]
     say_if_empty(directory, len(rows), filter_text)
-    columns = [
-        "exporter",
-        "interface",
-        "name",
-        "in_bps",
-        "in_util_pct",
-        "out_bps",
-        "out_util_pct",
-        "in_bytes",
-        "out_bytes",
-        "in_packets",
-        "out_packets",
-        "in_flows",
-        "out_flows",
-    ]
+    columns = list(render.INTERFACE_COLUMNS)
     if resolve:
         columns = add_names(rows, columns, output_format)
     if output_format == "json":

@@ -8,6 +8,25 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+TOP_COLUMNS = ("bytes", "packets", "flows", "bps", "pps", "share")
+"""CSV and table columns of a top report after its dimensions (the CLI and report mails)."""
+SERIES_COLUMNS = ("time", "group", "bps", "pps", "fps", "bytes", "packets", "flows")
+INTERFACE_COLUMNS = (
+    "exporter",
+    "interface",
+    "name",
+    "in_bps",
+    "in_util_pct",
+    "out_bps",
+    "out_util_pct",
+    "in_bytes",
+    "out_bytes",
+    "in_packets",
+    "out_packets",
+    "in_flows",
+    "out_flows",
+)
+
 
 def human(value: float, unit: str = "", base: int = 1000) -> str:
     """``1234567`` -> ``1.2 M``: the figures people read in a table."""
