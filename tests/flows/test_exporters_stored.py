@@ -228,3 +228,49 @@ def test_the_stored_list_is_bounded(data_dir: Path, monkeypatch: pytest.MonkeyPa
         max(everything.rows, key=lambda row: row.bytes).exporter
     ]
     assert "only the 1 exporters with most bytes" in cut.unread
+
+
+def test_an_sflow_exporter_reads_sflow_5_and_json_keeps_the_number(
+    data_dir: Path, console: Callable[[Path], TestClient]
+) -> None:
+    # sFlow is counted under version 0x10005 (65541) to keep it apart from NetFlow v5; the
+    # table and the page show "sFlow 5", NetFlow/IPFIX numbers stay as they were, the JSON
+    # keeps the number and names it in `protocol`.
+    directory = flow_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"exporter": "192.0.2.5", "observation_domain": 7, "version": 0x10005, "flows": 3},
+        {"exporter": "192.0.2.9", "observation_domain": 0, "version": 9, "flows": 4},
+        {"exporter": "192.0.2.10", "observation_domain": 1, "version": 10, "flows": 5},
+        {"exporter": "192.0.2.11", "observation_domain": 0, "version": 5, "flows": 6},
+        {"exporter": "192.0.2.12", "observation_domain": 0, "flows": 0},
+    ]
+    (directory / "exporters.json").write_text(
+        json.dumps({"started_ms": T0, "written_ms": T0, "exporters": rows})
+    )
+    table = run(data_dir, "exporters").stdout.splitlines()
+    # Cells are at least two spaces apart; "sFlow 5" holds one.
+    cells = {c[0]: c[1:3] for c in (re.split(r"\s{2,}", line) for line in table[1:6])}
+    assert cells == {
+        "192.0.2.5": ["7", "sFlow 5"],
+        "192.0.2.9": ["0", "9"],
+        "192.0.2.10": ["1", "10"],
+        "192.0.2.11": ["0", "5"],
+        "192.0.2.12": ["0", "-"],
+    }
+    assert "65541" not in "\n".join(table)
+    data = exporters_json(data_dir)
+    named = {r["exporter"]: (r["version"], r["protocol"]) for r in data["exporters"]}
+    assert named == {
+        "192.0.2.5": (65541, "sFlow 5"),
+        "192.0.2.9": (9, "NetFlow v9"),
+        "192.0.2.10": (10, "IPFIX"),
+        "192.0.2.11": (5, "NetFlow v5"),
+        "192.0.2.12": (0, ""),
+    }
+    client = console(data_dir)
+    assert client.get("/api/flows/exporters").json()["exporters"] == data["exporters"]
+    page = page_rows(client)
+    assert '<td class="num" data-value="65541">sFlow 5</td>' in page["192.0.2.5"]
+    assert '<td class="num" data-value="9">9</td>' in page["192.0.2.9"]
+    assert '<td class="num" data-value="10">10</td>' in page["192.0.2.10"]

@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lanalyze.datadir import atomic_write_bytes
+from lanalyze.flows.decode import ipfix, sflow, v5, v9
 from lanalyze.flows.store import paths
 
 OVERFLOW = "overflow"
@@ -36,6 +37,33 @@ COUNTERS = (
     "decode_errors",
     "unknown_template_records",
 )
+
+
+def protocol_name(version: int) -> str:
+    """The readable protocol of a counted ``version`` ("" when none was decoded yet).
+
+    The ``version`` the decoders count is the datagram's own version number, except sFlow's,
+    counted under :data:`~lanalyze.flows.decode.sflow.STATS_VERSION` (0x10005) so it stays
+    apart from NetFlow v5; a reader shows this name rather than that number.
+    """
+    if not version:
+        return ""
+    if version == sflow.STATS_VERSION:
+        return "sFlow 5"
+    if version == ipfix.VERSION:
+        return "IPFIX"
+    if version in v5.RECORD_LENGTHS or version == v9.VERSION:
+        return f"NetFlow v{version}"
+    return f"version {version}"
+
+
+def version_label(version: int) -> str:
+    """The version column of the exporters table: the NetFlow/IPFIX version number as it has
+    always been shown, "sFlow 5" for sFlow (whose counted number, 65541, means nothing to a
+    reader); "" when none was decoded yet."""
+    if version == sflow.STATS_VERSION:
+        return protocol_name(version)
+    return str(version) if version else ""
 
 
 def exporters_path(data_dir: Path) -> Path:

@@ -379,7 +379,9 @@ SCHEMAS: dict[str, Any] = {
         "`started_ms`, `written_ms`, `kernel_drops`... absent when no collector has run), "
         "with `exporters` merged with the store: each row has the collector's counters "
         "(`live` false and zeros for an exporter not heard from since the collector "
-        "started) and `stored_bytes`, `stored_packets`, `stored_flows` (the whole store, per "
+        "started; `version` is the counted number, 65541 for sFlow v5, and `protocol` its "
+        "readable name: `NetFlow v5`, `NetFlow v9`, `IPFIX`, `sFlow 5`, empty when unknown) "
+        "and `stored_bytes`, `stored_packets`, `stored_flows` (the whole store, per "
         "exporter address, as `top` by `exporter`), `stored_first_ms`/`stored_last_ms` and "
         "`stored_first`/`stored_last` (receive times, to the rollup bucket; null when "
         "nothing is stored). `stored.unread` says what could not be read.",

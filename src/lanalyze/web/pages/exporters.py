@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lanalyze.flows.exporters import version_label
 from lanalyze.flows.query.reports.exporters import ExportersOverview, exporters_overview
 from lanalyze.web.templating import render
 
@@ -49,6 +50,7 @@ async def exporters_page(request: Request) -> Response:
                 "live": live is not None,
                 "domain": live.observation_domain if live else None,
                 "version": live.version if live else None,
+                "version_label": version_label(live.version) if live else "",
                 "packets": live.packets if live else None,
                 "flows": live.flows if live else None,
                 "sequence_gaps": live.sequence_gaps if live else None,

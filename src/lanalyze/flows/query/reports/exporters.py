@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lanalyze.flows.errors import ReportError
-from lanalyze.flows.exporters import ExporterCounters, exporters_path, read_exporters
+from lanalyze.flows.exporters import (
+    ExporterCounters,
+    exporters_path,
+    protocol_name,
+    read_exporters,
+    version_label,
+)
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.compile import compile_filter
 from lanalyze.flows.query.dimensions import KeyExpr, parse_dimensions
@@ -204,6 +210,8 @@ class ExporterRow:
         # an exporter known only from the store), so older readers keep working.
         live = self.live or ExporterCounters(self.exporter, 0)
         data: dict[str, Any] = {**asdict(live), "live": self.live is not None}
+        # ``version`` stays the counted number (65541 for sFlow); ``protocol`` reads it.
+        data["protocol"] = protocol_name(live.version)
         if self.stored is not None:
             data.update(self.stored.to_json())
         else:
@@ -293,7 +301,7 @@ def format_table(overview: ExportersOverview) -> str:
         if live is None:
             cells = ["-"] * 7 + [NOT_SINCE_START]
         else:
-            cells = [str(live.observation_domain), str(live.version)]
+            cells = [str(live.observation_domain), version_label(live.version) or "-"]
             cells += [str(live.packets), str(live.flows), str(live.sequence_gaps)]
             cells += [str(live.decode_errors), str(live.unknown_template_records)]
             cells += [_utc(live.last_seen_ms)]
