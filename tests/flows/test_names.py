@@ -238,3 +238,40 @@ def test_console_names_toggle(console: TestClient) -> None:
     interface = console.get("/flows/exporter/127.0.0.3?range=1h&names=1")
     table = interface.text.split('id="interfaces"', 1)[1].split("</table>", 1)[0]
     assert 'title="127.0.0.3" data-csv="127.0.0.3">router-b.example<' in table
+
+
+def test_resolve_on_the_api(console: TestClient) -> None:
+    # The JSON API's `resolve` adds COLUMN_name beside the address columns as the CLI's
+    # --resolve --format json does (within flows.query.names.budget); without it, no names.
+    window = {"since": "-1h"}
+    plain = console.get("/api/flows/top", params={**window, "by": "srcip"}).json()
+    assert all("srcip_name" not in row for row in plain["rows"])
+
+    top = console.get(
+        "/api/flows/top", params={**window, "by": "srcip,exporter", "resolve": "true"}
+    )
+    assert top.status_code == 200, top.text
+    named = {
+        (r["srcip"], r["srcip_name"], r["exporter"], r["exporter_name"]) for r in top.json()["rows"]
+    }
+    assert named == {
+        ("127.0.0.7", "talker.example", "127.0.0.2", "router-a.example"),
+        ("127.0.0.7", "talker.example", "127.0.0.3", "router-b.example"),
+        ("192.0.2.50", None, "127.0.0.2", "router-a.example"),
+    }
+    flows = console.get("/api/flows/list", params={**window, "n": "5", "resolve": "1"}).json()
+    (flow, *_) = flows["flows"]
+    assert flow["dst_addr"] == "2001:db8::9" and flow["dst_addr_name"] == "six.example"
+    assert flow["exporter_name"] in {"router-a.example", "router-b.example"}
+    assert "src_addr_name" in flow
+    series = console.get(
+        "/api/flows/series", params={**window, "by": "srcip", "n": "1", "resolve": "true"}
+    ).json()
+    groups = {(p["group"], p["group_name"]) for p in series["points"]}
+    assert groups == {("127.0.0.7", "talker.example"), ("other", None)}
+    interfaces = console.get("/api/flows/interfaces", params={**window, "resolve": "true"})
+    names_of = {r["exporter_name"] for r in interfaces.json()["interfaces"]}
+    assert names_of == {"router-a.example", "router-b.example"}
+    # A flag as `raw` is: only 1, true or yes ask for names.
+    other = console.get("/api/flows/top", params={**window, "by": "srcip", "resolve": "no"})
+    assert other.status_code == 200 and "srcip_name" not in other.text

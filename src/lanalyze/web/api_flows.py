@@ -15,6 +15,7 @@ Reports run in a worker thread so DuckDB never blocks the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lanalyze import metrics
-from lanalyze.flows.query import reports
+from lanalyze.flows.query import names, render, reports
 from lanalyze.flows.query.reports import MAX_ROWS, ORDERS
 from lanalyze.flows.query.reports.exporters import exporters_overview
 from lanalyze.flows.query.timespec import window
@@ -92,7 +93,15 @@ class FlowWindow(Params):
         return window(self.since, self.until)
 
 
-class TopParams(FlowWindow):
+class Resolve(Params):
+    resolve: Flag = Field(
+        False,
+        description="Add `COLUMN_name` beside each address column: its reverse DNS name "
+        "(null when not found within flows.query.names.budget), as the CLI's --resolve.",
+    )
+
+
+class TopParams(FlowWindow, Resolve):
     by: str = Field(
         description="Dimensions, comma-separated: srcip, dstip, ip, srcport, dstport, port, "
         "app, proto, conversation, conversation-ports, exporter, inif, outif, if, srcas, "
@@ -104,7 +113,7 @@ class TopParams(FlowWindow):
     raw: Flag = Field(False, description="Read raw flows only (skip rollups).")
 
 
-class SeriesParams(FlowWindow):
+class SeriesParams(FlowWindow, Resolve):
     bucket: str | None = Field(
         None, description="Bucket size: 10s, 1m, 5m, 1h, 1d (default from the range)."
     )
@@ -115,11 +124,11 @@ class SeriesParams(FlowWindow):
     raw: Flag = Field(False, description="Read raw flows only (skip rollups).")
 
 
-class ListParams(FlowWindow):
+class ListParams(FlowWindow, Resolve):
     n: Integer = Field(20, description="At most this many.", json_schema_extra=bounds(1, MAX_ROWS))
 
 
-class InterfacesParams(FlowWindow):
+class InterfacesParams(FlowWindow, Resolve):
     n: Integer = Field(10, description="Rows (0: all).", json_schema_extra=bounds(0, MAX_ROWS))
     order: Order = Field(
         "bytes", description="Rank the top list by in + out bytes, packets or flows."
@@ -149,12 +158,17 @@ class NoParams(Params):
 # --- the reports ----------------------------------------------------------------------------
 
 
+def _add_names(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    # In the job's worker thread: waits at most the console's budget, like the Names toggle.
+    names.add_names(rows, columns, names.shared().config.budget)
+
+
 def _top(request: Request, p: TopParams) -> Job:
     since, until = p.window()
     data = flow_dir(request)
 
     def job() -> Any:
-        return reports.top(
+        report = reports.top(
             data,
             p.by,
             since=since,
@@ -163,7 +177,11 @@ def _top(request: Request, p: TopParams) -> Job:
             limit=p.n,
             filter=p.filter,
             use_rollups=not p.raw,
-        ).to_json()
+        )
+        result = report.to_json()
+        if p.resolve:
+            _add_names(result["rows"], report.dimensions)
+        return result
 
     return job
 
@@ -173,7 +191,7 @@ def _series(request: Request, p: SeriesParams) -> Job:
     data = flow_dir(request)
 
     def job() -> Any:
-        return reports.series(
+        result = reports.series(
             data,
             since=since,
             until=until,
@@ -184,6 +202,9 @@ def _series(request: Request, p: SeriesParams) -> Job:
             filter=p.filter,
             use_rollups=not p.raw,
         ).to_json()
+        if p.resolve:
+            _add_names(result["points"], render.SERIES_COLUMNS)
+        return result
 
     return job
 
@@ -194,7 +215,10 @@ def _list(request: Request, p: ListParams) -> Job:
 
     def job() -> Any:
         flows = reports.list_flows(data, since=since, until=until, filter=p.filter, limit=p.n)
-        return {"flows": [flow.to_json() for flow in flows]}
+        rows = [flow.to_json() for flow in flows]
+        if p.resolve:
+            _add_names(rows, render.LIST_COLUMNS)
+        return {"flows": rows}
 
     return job
 
@@ -221,7 +245,10 @@ def _interfaces(request: Request, p: InterfacesParams) -> Job:
         rows = reports.top_interfaces(
             data, since=since, until=until, order=p.order, limit=p.n, filter=p.filter
         )
-        return {"interfaces": [row.to_json() for row in rows]}
+        found = [row.to_json() for row in rows]
+        if p.resolve:
+            _add_names(found, render.INTERFACE_COLUMNS)
+        return {"interfaces": found}
 
     return job
 

@@ -134,51 +134,15 @@ def _resolve_option(command: F) -> F:
     )(command)
 
 
-def _address_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    """The columns whose every value is an address as reports print it (a series' group
-    may also be ``other``)."""
-    import ipaddress
-
-    found = []
-    for column in columns:
-        values = [row.get(column) for row in rows if row.get(column) != "other"]
-        if not values or not all(isinstance(v, str) for v in values):
-            continue
-        try:
-            for value in values:
-                ipaddress.ip_address(str(value))
-        except ValueError:
-            continue
-        found.append(column)
-    return found
-
-
 def add_names(rows: list[dict[str, Any]], columns: list[str], output_format: str) -> list[str]:
-    """Look up the names of the address columns' values (at most ``cli_budget`` seconds).
-
-    A table shows the name in place of the address (the address when unresolved, like
-    tools without ``-n``); CSV and JSON keep the address and get ``COLUMN_name`` beside it
-    (null or empty when unresolved). Returns the columns to print."""
+    """Names of the address columns' values, found within ``cli_budget`` seconds
+    (:func:`lanalyze.flows.query.names.add_names`): a table shows the name in place of the
+    address (the address when unresolved, like tools without ``-n``); CSV and JSON keep the
+    address and get ``COLUMN_name`` beside it. Returns the columns to print."""
     from lanalyze.flows.query import names
 
-    wanted = _address_columns(rows, columns)
-    if not wanted:
-        return columns
-    resolver = names.shared()
-    found = resolver.lookup((row[c] for row in rows for c in wanted), resolver.config.cli_budget)
-    if output_format == "table":
-        for row in rows:
-            for column in wanted:
-                row[column] = found.get(row[column], row[column])
-        return columns
-    shown = []
-    for column in columns:
-        shown.append(column)
-        if column in wanted:
-            shown.append(f"{column}_name")
-            for row in rows:
-                row[f"{column}_name"] = found.get(row[column])
-    return shown
+    budget = names.shared().config.cli_budget
+    return names.add_names(rows, columns, budget, in_place=output_format == "table")
 
 
 def _served(command: F) -> F:
@@ -389,21 +353,7 @@ def list_command(
         )
     ]
     say_if_empty(directory, len(flows), filter_text)
-    columns = [
-        "time_received",
-        "exporter",
-        "protocol",
-        "src_addr",
-        "src_port",
-        "dst_addr",
-        "dst_port",
-        "flags",
-        "tos",
-        "in_if",
-        "out_if",
-        "packets",
-        "bytes",
-    ]
+    columns = list(render.LIST_COLUMNS)
     if resolve:
         columns = add_names(flows, columns, output_format)
     if output_format == "json":

@@ -32,8 +32,8 @@ import concurrent.futures
 import ipaddress
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -240,6 +240,52 @@ class ReverseNames:
             return None
         LOOKUPS.labels("no_name").inc()
         return None
+
+
+def address_columns(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """The columns whose every value is an address as reports print it (a series' group
+    may also be ``other``)."""
+    found = []
+    for column in columns:
+        values = [row.get(column) for row in rows if row.get(column) != "other"]
+        if not values or not all(isinstance(v, str) for v in values):
+            continue
+        try:
+            for value in values:
+                ipaddress.ip_address(str(value))
+        except ValueError:
+            continue
+        found.append(column)
+    return found
+
+
+def add_names(
+    rows: list[dict[str, Any]], columns: Sequence[str], budget: float, *, in_place: bool = False
+) -> list[str]:
+    """Look up the names of the address columns' values, waiting at most ``budget`` seconds.
+
+    The one way a report's rows get names, for the CLI's ``--resolve`` and the API's
+    ``resolve``: rows keep the address and get ``COLUMN_name`` beside it (None when
+    unresolved); ``in_place`` (a text table) puts the name in place of the address instead.
+    Returns the columns to show, each address column followed by its name column.
+    """
+    wanted = address_columns(rows, columns)
+    if not wanted:
+        return list(columns)
+    found = shared().lookup((row[c] for row in rows for c in wanted), budget)
+    if in_place:
+        for row in rows:
+            for column in wanted:
+                row[column] = found.get(row[column], row[column])
+        return list(columns)
+    shown = []
+    for column in columns:
+        shown.append(column)
+        if column in wanted:
+            shown.append(f"{column}_name")
+            for row in rows:
+                row[f"{column}_name"] = found.get(row[column])
+    return shown
 
 
 def _wanted(addresses: Iterable[str]) -> dict[str, str]:

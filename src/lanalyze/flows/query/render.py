@@ -10,6 +10,22 @@ from typing import Any
 
 TOP_COLUMNS = ("bytes", "packets", "flows", "bps", "pps", "share")
 """CSV and table columns of a top report after its dimensions (the CLI and report mails)."""
+LIST_COLUMNS = (
+    "time_received",
+    "exporter",
+    "protocol",
+    "src_addr",
+    "src_port",
+    "dst_addr",
+    "dst_port",
+    "flags",
+    "tos",
+    "in_if",
+    "out_if",
+    "packets",
+    "bytes",
+)
+"""CSV and table columns of a flow list (the CLI; the API names the addresses among them)."""
 SERIES_COLUMNS = ("time", "group", "bps", "pps", "fps", "bytes", "packets", "flows")
 INTERFACE_COLUMNS = (
     "exporter",
