@@ -25,6 +25,7 @@ ALGORITHMS = (
     "mass_mailer",
     "exporter_silent",
     "exporter_loss",
+    "template_churn",
     "bad_network",
     "interface_utilisation",
     "host_deviation",
@@ -42,6 +43,7 @@ Algorithm = Literal[
     "mass_mailer",
     "exporter_silent",
     "exporter_loss",
+    "template_churn",
     "bad_network",
     "interface_utilisation",
     "host_deviation",
@@ -183,6 +185,28 @@ class ExporterHealthConfig(Section):
         ge=1,
         description="Export packets (received + lost) in the window below which no loss "
         "alarm is raised (a few packets say little).",
+    )
+
+
+class TemplateChurnConfig(Section):
+    """Exporters redefining their templates (section ``[alarms.template_churn]``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Detect exporters that keep redefining their NetFlow v9/IPFIX templates.",
+    )
+    changes: int = Field(
+        default=20,
+        ge=1,
+        description="Template redefinitions (an id sent again with other fields; a refresh "
+        "with the same fields does not count) by one exporter in `window` that raise an alarm.",
+    )
+    window: int = Field(
+        default=300, ge=10, le=86400, description="Seconds the redefinitions are counted over."
+    )
+    allow: list[Network] = Field(
+        default_factory=list,
+        description="Exporters (addresses or CIDR networks) never alarmed for template churn.",
     )
 
 
@@ -374,6 +398,7 @@ class AlarmsConfig(Section):
     flood: FloodConfig = Field(default_factory=FloodConfig)
     mass_mailer: MassMailerConfig = Field(default_factory=MassMailerConfig)
     exporter: ExporterHealthConfig = Field(default_factory=ExporterHealthConfig)
+    template_churn: TemplateChurnConfig = Field(default_factory=TemplateChurnConfig)
     mail: MailWatchConfig = Field(default_factory=MailWatchConfig)
     bad_networks: BadNetworksConfig = Field(default_factory=BadNetworksConfig)
     interface: InterfaceConfig = Field(default_factory=InterfaceConfig)

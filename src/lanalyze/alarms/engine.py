@@ -43,7 +43,7 @@ from lanalyze.alarms.config import ALGORITHMS, AlarmsConfig
 from lanalyze.alarms.detect import COLUMNS, BadNetworks, Detector, Finding
 from lanalyze.alarms.notify import Channel, Notice, Notifier, build_channels
 from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
-from lanalyze.alarms.watch import ExportLoss, mail_findings
+from lanalyze.alarms.watch import ExportLoss, TemplateChurn, mail_findings
 from lanalyze.datadir import file_signature, fsync_dir, make_private_dirs, open_private
 from lanalyze.flows.exporters import exporters_path, read_exporters
 from lanalyze.flows.store.paths import flow_dir, interfaces_path, raw_dir
@@ -160,6 +160,7 @@ class AlarmEngine:
         self._last_snapshot = 0.0
         self._mail_index = data_dir / "mail" / "index.sqlite"
         self.loss = ExportLoss(config.exporter)
+        self.churn = TemplateChurn(config.template_churn)
         self._exporters_file = exporters_path(data_dir)
         self._exporters_seen: object = None
         self._mail_looked = 0.0
@@ -317,20 +318,27 @@ class AlarmEngine:
         )
 
     def _export_loss(self, now_ms: int) -> list[Finding]:
-        """Loss findings when the collector rewrote ``exporters.json`` since the last look."""
-        if not self.config.exporter.enabled:
+        """Loss and template-churn findings when the collector rewrote ``exporters.json``
+        since the last look."""
+        loss, churn = self.config.exporter.enabled, self.config.template_churn.enabled
+        if not (loss or churn):
             return []
         signature = file_signature(self._exporters_file)
         if signature is None or signature == self._exporters_seen:
             return []
         self._exporters_seen = signature
         try:
-            rows = read_exporters(self.data_dir)["exporters"]
+            data = read_exporters(self.data_dir)
+            rows = data["exporters"]
         except (OSError, ValueError) as exc:
             if _log_limit.allow("exporters") is not None:
                 log.warning("alarms.exporters_unreadable", extra={"error": str(exc)})
             return []
-        return self.loss.observe(now_ms, rows)
+        findings = self.loss.observe(now_ms, rows) if loss else []
+        if churn:
+            started = data.get("started_ms")
+            findings += self.churn.observe(now_ms, rows, started if isinstance(started, int) else 0)
+        return findings
 
     def _interfaces(self, now: float) -> list[Finding]:
         """Once a minute: interfaces whose average bits/s over the last

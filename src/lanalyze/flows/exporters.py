@@ -36,6 +36,7 @@ COUNTERS = (
     "sequence_gaps",
     "decode_errors",
     "unknown_template_records",
+    "template_changes",
 )
 
 
@@ -82,6 +83,7 @@ class StatsLike(Protocol):
     sequence_gaps: int
     decode_errors: int
     unknown_template_records: int
+    template_changes: int
 
 
 @dataclass
@@ -95,6 +97,8 @@ class ExporterCounters:
     decode_errors: int = 0
     unknown_template_records: int = 0
     last_seen_ms: int = 0
+    template_changes: int = 0
+    """Added after ``last_seen_ms``, so positional construction keeps its meaning."""
 
     def add(self, other: ExporterCounters | StatsLike, seen_ms: int) -> None:
         if other.version:
@@ -201,6 +205,7 @@ class FlowMetrics(Collector):
             "sequence_gaps": "Export packets the exporter's sequence numbers say were lost.",
             "decode_errors": "Export packets or sets dropped as malformed.",
             "unknown_template_records": "Data records dropped because their template is unknown.",
+            "template_changes": "Templates redefined with other fields under a known id.",
         }
         families = {
             name: CounterMetricFamily(f"lanalyze_flow_{name}", text, labels=labels)

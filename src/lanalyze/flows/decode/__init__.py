@@ -94,6 +94,9 @@ class ExporterStats:
     decode_errors: int = 0
     unknown_template_records: int = 0
     """Data sets dropped because their template is not known (yet)."""
+    template_changes: int = 0
+    """Templates (v9/IPFIX, options included) redefined with other fields under an id the
+    domain already held; a refresh with the same fields is not a change (template churn)."""
     last_sequence: int = 0
 
 

@@ -234,6 +234,8 @@ class TemplatedWalker:
                 if current is not None and current.wire == wire:
                     self.state.touch(exporter, domain, number)
                     continue  # a refresh: nothing to parse or compile
+                if current is not None:
+                    stats.template_changes += 1  # redefined: churn (alarms.template_churn)
                 template = self.state.compiled.compile(version, wire, options)
                 evicted = self.state.add_template(exporter, domain, template)
                 if domain.templates.get(number) is not template:

@@ -79,7 +79,7 @@ def drill_links(alarm: dict[str, Any]) -> list[tuple[str, str]]:
     interface = alarm.get("evidence", {}).get("interface")
     if address and alarm["algorithm"] == "interface_utilisation" and interface is not None:
         links.append(("Interface", f"/flows/interface/{quote(address, safe='')}/{int(interface)}"))
-    if address and alarm["algorithm"] in ("exporter_silent", "exporter_loss"):
+    if address and alarm["algorithm"] in ("exporter_silent", "exporter_loss", "template_churn"):
         links.append(("Exporter", f"/flows/exporter/{quote(address, safe='')}"))
     elif address:
         links.append(("Host", f"/flows/host/{quote(address, safe='')}"))
