@@ -7,33 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, Field
 
 from lanalyze.configbase import ListenAddress, Section
 from lanalyze.mail.config import MailAddress
 
-SEVERITIES = ("warning", "major", "critical")
 Severity = Literal["warning", "major", "critical"]
-ALGORITHMS = (
-    "scan_horizontal",
-    "scan_vertical",
-    "flood",
-    "syn_flood",
-    "udp_reflection",
-    "mass_mailer",
-    "exporter_silent",
-    "exporter_loss",
-    "template_churn",
-    "bad_network",
-    "interface_utilisation",
-    "host_deviation",
-    "mail_user_volume",
-    "mail_client_rejections",
-    "mail_client_dmarc",
-    "mail_forged_domain",
-)
+SEVERITIES: tuple[str, ...] = get_args(Severity)  # in rising order
 Algorithm = Literal[
     "scan_horizontal",
     "scan_vertical",
@@ -52,6 +34,7 @@ Algorithm = Literal[
     "mail_client_dmarc",
     "mail_forged_domain",
 ]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)  # one list: the Literal is the owner
 
 
 def _check_network(value: str) -> str:
