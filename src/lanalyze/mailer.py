@@ -128,10 +128,17 @@ class Mailer:
     returns this process's running mail component's pickup (or None)."""
 
     def __init__(
-        self, config: Config, server_pickup: Callable[[], Pickup | None] | None = None
+        self,
+        config: Config,
+        server_pickup: Callable[[], Pickup | None] | None = None,
+        *,
+        holds_lock: bool = False,
     ) -> None:
         self.config = config
         self.server_pickup = server_pickup
+        self.holds_lock = holds_lock
+        """This process holds the data directory's lock without a mail server (``lanalyze
+        flows collect``): the lock says nothing of a server that would deliver the queue."""
         self.sender = sender_of(config)
         self._pickup: Pickup | None = None
 
@@ -162,7 +169,7 @@ class Mailer:
                 queue_id = await pickup.aqueue(data, self.sender, list(recipients))
                 sent = Sent("server", queue_id)
             elif self.config.mail.enabled and (
-                (served := served_elsewhere(self.config.general.data_path))
+                (served := not self.holds_lock and served_elsewhere(self.config.general.data_path))
                 or self.config.mailer.relay_host is None
             ):
                 route = "queue"

@@ -545,12 +545,29 @@ def _one_per_subject(findings: list[Finding]) -> list[Finding]:
 
 
 async def run_with_alarms(config: Any, data_dir: Path, main: Awaitable[None]) -> None:
-    """``lanalyze flows collect``: run ``main`` with detection beside when it is enabled."""
+    """``lanalyze flows collect``: run ``main`` with detection beside when it is enabled.
+
+    Its e-mail notifications go by :mod:`lanalyze.mailer`'s rule with no mail server in this
+    process: to ``mailer.relay_host`` when set, else (mail enabled) into the data directory's
+    queue, which the next ``lanalyze serve`` delivers. This process holds the data
+    directory's lock, so that lock is no sign of a server here."""
     if not config.alarms.enabled:
         await main
         return
+    from lanalyze.mailer import Mailer
+
+    channels = build_channels(
+        config.alarms.notify,
+        config.general.hostname,
+        mailer=Mailer(config, holds_lock=True),
+        data_dir=data_dir,
+    )
     engine = AlarmEngine(
-        config.alarms, data_dir, mail=config.mail, hostname=config.general.hostname
+        config.alarms,
+        data_dir,
+        mail=config.mail,
+        hostname=config.general.hostname,
+        channels=channels,
     )
     await engine.start()
     try:
