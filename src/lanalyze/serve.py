@@ -37,7 +37,8 @@ def build_components(config: Config) -> list[Component]:
         from lanalyze.flows.collector import FlowCollector
         from lanalyze.flows.store.paths import flow_dir
 
-        components.append(FlowCollector(config.flows, config.general.data_path))
+        collector = FlowCollector(config.flows, config.general.data_path)
+        components.append(collector)
         # With ClickHouse its views keep the rollups and the collector drops old partitions.
         if config.flows.rollup.enabled and config.flows.store.backend == "parquet":
             from lanalyze.flows.store.rollup import RollupMaintainer
@@ -59,15 +60,15 @@ def build_components(config: Config) -> list[Component]:
                 mailer=mailer,
                 data_dir=config.general.data_path,
             )
-            components.append(
-                AlarmEngine(
-                    config.alarms,
-                    config.general.data_path,
-                    mail=config.mail,
-                    hostname=config.general.hostname,
-                    channels=channels,
-                )
+            engine = AlarmEngine(
+                config.alarms,
+                config.general.data_path,
+                mail=config.mail,
+                hostname=config.general.hostname,
+                channels=channels,
             )
+            engine.attach(collector)  # detection from the workers' reports
+            components.append(engine)
     if config.mail.enabled:
         from lanalyze.mail.server import MailServer
 

@@ -408,6 +408,18 @@ class DistinctWindow:
 SKETCH_ROWS = 2
 
 
+@dataclass
+class SketchDelta:
+    """What one worker added to a :class:`WindowSums` since its last report: the counters of
+    its window starting at ``started`` (ms), and ``tail``, what it added to the window before
+    that one after its previous report (None: nothing). float32: one report's sums per
+    counter, exact to 2^24 and within 6e-8 beyond."""
+
+    started: int
+    sums: npt.NDArray[np.float32] | None
+    tail: npt.NDArray[np.float32] | None = None
+
+
 class WindowSums:
     """Sums of a few values per key in a window, in a count-min sketch: ``SKETCH_ROWS`` rows
     of ``width`` counters each, a key's sum the smallest of its counters (never below the
@@ -461,20 +473,46 @@ class WindowSums:
     ) -> tuple[npt.NDArray[np.intp], F64]:
         """Add the batch's values (one array per column) at their keys' ``buckets``. The
         rows whose key's estimated window sum reaches its column's limit in some column, and
-        their estimates (rows, columns).
+        their estimates (rows, columns): :meth:`hot`."""
+        self._roll(now_ms)
+        if buckets[0].size:
+            for c, column in enumerate(values):
+                for r in range(SKETCH_ROWS):
+                    np.add.at(self.sums[c, r], buckets[r], column)
+        return self.hot(now_ms, buckets, limits)
+
+    def merge(self, now_ms: int, delta: SketchDelta) -> None:
+        """Add another process's counts (a worker's, :mod:`lanalyze.alarms.partial`): its
+        current window's counters to ours when it is ours, to the closed window when it is
+        the one before; the tail of its previous window likewise. Older counts are dropped
+        (a worker that lagged a whole window)."""
+        self._roll(now_ms)
+        for started, counts in (
+            (delta.started, delta.sums),
+            (delta.started - self.window_ms, delta.tail),
+        ):
+            if counts is None or counts.shape != self.sums.shape:
+                continue
+            if started == self.started:
+                self.sums += counts
+            elif started == self.started - self.window_ms and self.closed is not None:
+                self.closed += counts
+                self._closed_tops()
+
+    def hot(
+        self, now_ms: int, buckets: list[I64], limits: tuple[float, ...]
+    ) -> tuple[npt.NDArray[np.intp], F64]:
+        """The rows (of ``buckets``) whose key's estimated window sum reaches its column's
+        limit in some column, and their estimates (rows, columns).
 
         Only counters at the limit in every sketch row can hold such a key, so the batch's
         rows are looked up only when some counter is; and no counter is when the first row's
         biggest one (plus the closed window's biggest share) is below the limit: the common
-        case costs the ``np.add.at`` and one ``max`` a column, no pass over the sketch."""
-        self._roll(now_ms)
+        case costs one ``max`` a column, no pass over the sketch."""
         none = (np.zeros(0, np.intp), np.zeros((0, self.columns)))
         n = buckets[0].size
         if n == 0:
             return none
-        for c, column in enumerate(values):
-            for r in range(SKETCH_ROWS):
-                np.add.at(self.sums[c, r], buckets[r], column)
         weight = 1 - (now_ms - self.started) / self.window_ms
         candidate: Mask | None = None
         for c, limit in enumerate(limits):
@@ -549,6 +587,10 @@ class Baseline:
 
     def get(self, buckets: list[I64]) -> F64:
         return np.min([self.values[r][buckets[r]] for r in range(SKETCH_ROWS)], axis=0)  # type: ignore[no-any-return]
+
+
+FloodInput = tuple["WindowSums", Mask, list[I64], list[F64], tuple[float, ...]]
+"""A flood sketch, the flows of a batch it counts, their buckets, values and the limits."""
 
 
 # --- the batch ------------------------------------------------------------------------------
@@ -737,6 +779,33 @@ def _biggest(keys: U64, counts: npt.NDArray[Any], threshold: float) -> list[tupl
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
 
 
+@dataclass
+class Partial:
+    """One worker's report to the detector (:mod:`lanalyze.alarms.partial`), in place of
+    its stored flows: what the parent needs of them."""
+
+    now_ms: int
+    rows: pa.Table
+    """The flows an algorithm may count or describe (probe-shaped, port 25, listed
+    networks, flood candidates; every flow when baseline deviation is on), :data:`COLUMNS`."""
+    flows: int
+    """Flows the worker looked at."""
+    exporters: list[str]
+    floods: list[SketchDelta | None] | None
+    """Flood, SYN-flood and reflection sketch counts (None: floods off)."""
+
+    @property
+    def nbytes(self) -> int:
+        sketches = sum(
+            a.nbytes
+            for d in self.floods or []
+            if d is not None
+            for a in (d.sums, d.tail)
+            if a is not None
+        )
+        return int(self.rows.nbytes) + sketches
+
+
 # --- the detector ---------------------------------------------------------------------------
 
 
@@ -785,6 +854,28 @@ class Detector:
             findings += self._scans(now_ms, batch)
         if self.config.flood.enabled:
             findings += self._floods(now_ms, batch)
+        if self.config.mass_mailer.enabled:
+            findings += self._mass_mailer(now_ms, batch)
+        if self.bad is not None and self.bad.size:
+            findings += bad_network_findings(self.bad, batch, now_ms)
+        if self.deviation is not None:
+            findings += self.deviation.add(now_ms, batch)
+        return findings
+
+    def merge(self, now_ms: int, partial: Partial) -> list[Finding]:
+        """The findings of a worker's report (:mod:`lanalyze.alarms.partial`): the exporters
+        it heard, its flood sketches' counts, and the flows the other algorithms look at
+        (the same findings as :meth:`process` of the worker's flows)."""
+        now_ms = max(now_ms, partial.now_ms)
+        self.note_heard(now_ms, partial.exporters)
+        batch = Batch(partial.rows)
+        findings: list[Finding] = []
+        if self.config.scan.enabled:
+            findings += self._scans(now_ms, batch)
+        if self.config.flood.enabled and partial.floods is not None:
+            findings += self._floods(now_ms, batch, partial.floods)
+        if batch.size == 0:
+            return findings
         if self.config.mass_mailer.enabled:
             findings += self._mass_mailer(now_ms, batch)
         if self.bad is not None and self.bad.size:
@@ -862,7 +953,12 @@ class Detector:
 
     # -- floods --
 
-    def _floods(self, now_ms: int, b: Batch) -> list[Finding]:
+    def flood_inputs(
+        self, b: Batch
+    ) -> list[tuple[WindowSums, Mask, list[I64], list[F64], tuple[float, ...]]]:
+        """Per flood sketch (flood, SYN flood, reflection): the sketch, the batch's flows it
+        counts (a mask), their buckets and values, and its limits per window. The same for
+        the parent's detector and a worker's (:mod:`lanalyze.alarms.partial`)."""
         cfg = self.config.flood
         seconds = cfg.window
         # Every flow's counters in the sketches, computed once: flood, SYN flood, reflection
@@ -876,17 +972,65 @@ class Detector:
             values = [b.packets[kept], b.flows[kept]]
         else:
             buckets, values = every, [b.packets, b.flows]  # no copy of the whole batch
-        out: list[Finding] = []
+        syn_rows = rows & b.syn_only
+        syn = np.flatnonzero(syn_rows)
+        refl_rows = rows & (b.protocol == 17)
+        udp = np.flatnonzero(refl_rows)
+        if udp.size:
+            # The UDP flows' own ports and bytes, not whole columns: most flows are not UDP
+            # from a reflector port.
+            udp = udp[np.isin(b.take("src_port", udp), self.reflection_ports)]
+            raw = b.take("bytes", udp)
+            udp = udp[raw >= cfg.reflection_min_packet * np.maximum(b.raw_packets[udp], 1)]
+            refl_rows[:] = False
+            refl_rows[udp] = True
+        return [
+            (self.flood, rows, buckets, values, (cfg.pps * seconds, cfg.fps * seconds)),
+            (
+                self.syn,
+                syn_rows,
+                [r[syn] for r in every],
+                [b.flows[syn]],
+                (cfg.syn_fps * seconds,),
+            ),
+            (
+                self.reflection,
+                refl_rows,
+                [r[udp] for r in every],
+                [b.take("bytes", udp) * b.sampling[udp]],
+                (cfg.reflection_bps * seconds,),
+            ),
+        ]
+
+    def _floods(
+        self, now_ms: int, b: Batch, deltas: list[SketchDelta | None] | None = None
+    ) -> list[Finding]:
+        """Flood findings of a batch; with ``deltas`` (a worker's report) the sketches take
+        the worker's counts whole and ``b`` holds only its candidate flows."""
+        cfg = self.config.flood
+        seconds = cfg.window
         previous = self.flood.closed
-        where, estimate = self.flood.add(
-            now_ms, buckets, values, (cfg.pps * seconds, cfg.fps * seconds)
-        )
+        inputs = self.flood_inputs(b)
+        looks = []
+        for i, (sketch, _, buckets, values, limits) in enumerate(inputs):
+            if deltas is None:
+                looks.append(sketch.add(now_ms, buckets, values, limits))
+                continue
+            delta = deltas[i]
+            if delta is not None:
+                sketch.merge(now_ms, delta)
+            else:
+                sketch.merge(now_ms, SketchDelta(0, None))  # the roll alone
+            looks.append(sketch.hot(now_ms, buckets, limits))
+        rows, syn_rows, refl_rows = (part[1] for part in inputs)
+        out: list[Finding] = []
+        where, estimate = looks[0]
         closed = self.flood.closed
         if closed is not None and closed is not previous:
             rates = closed[0] / seconds
             self.baseline.learn(rates, rates < cfg.pps)
         pps, fps = estimate[:, 0] / seconds, estimate[:, 1] / seconds
-        base = self.baseline.get([r[where] for r in buckets]) * cfg.baseline_factor
+        base = self.baseline.get([r[where] for r in inputs[0][2]]) * cfg.baseline_factor
         hot = ((pps >= cfg.pps) & (pps > base)) | ((fps >= cfg.fps) & (fps > base))
         out += self._targets(
             "flood",
@@ -899,11 +1043,7 @@ class Detector:
             "",
             self.flood.started,
         )
-        syn_rows = rows & b.syn_only
-        syn = np.flatnonzero(syn_rows)
-        where, estimate = self.syn.add(
-            now_ms, [r[syn] for r in every], [b.flows[syn]], (cfg.syn_fps * seconds,)
-        )
+        where, estimate = looks[1]
         syn_fps = estimate[:, 0] / seconds
         out += self._targets(
             "syn_flood",
@@ -916,22 +1056,7 @@ class Detector:
             " and proto tcp",
             self.syn.started,
         )
-        refl_rows = rows & (b.protocol == 17)
-        udp = np.flatnonzero(refl_rows)
-        if udp.size:
-            # The UDP flows' own ports and bytes, not whole columns: most flows are not UDP
-            # from a reflector port.
-            udp = udp[np.isin(b.take("src_port", udp), self.reflection_ports)]
-            raw = b.take("bytes", udp)
-            udp = udp[raw >= cfg.reflection_min_packet * np.maximum(b.raw_packets[udp], 1)]
-            refl_rows[:] = False
-            refl_rows[udp] = True
-        where, estimate = self.reflection.add(
-            now_ms,
-            [r[udp] for r in every],
-            [b.take("bytes", udp) * b.sampling[udp]],
-            (cfg.reflection_bps * seconds,),
-        )
+        where, estimate = looks[2]
         bps = estimate[:, 0] / seconds
         found = self._targets(
             "udp_reflection",
@@ -1040,28 +1165,11 @@ class Detector:
     # -- exporters --
 
     def _heard(self, now_ms: int, b: Batch) -> None:
-        # Exporters are few: peel them off one at a time (no sort of the batch), comparing
-        # the raw 16 bytes as two native words (no byte swap of the column: most segments
-        # hold one exporter, a worker's, and cost one comparison a flow).
-        words = b.raw_words("exporter")
-        rows: list[int] = []
-        left: npt.NDArray[np.intp] | None = None  # None: every row
-        while len(rows) < 64:
-            row = 0 if left is None else int(left[0])
-            rows.append(row)
-            w0, w1 = words[row]
-            if left is None:
-                left = np.flatnonzero((words[:, 0] != w0) | (words[:, 1] != w1))
-            else:
-                left = left[(words[left, 0] != w0) | (words[left, 1] != w1)]
-            if left.size == 0:
-                break
-        if left is not None and left.size:
-            hi, lo = b.exp_hi[left], b.exp_lo[left]
-            _, first = _runs_first(address_hash(hi, lo))
-            rows += [int(left[r]) for r in first]
-        for row in rows:
-            name = format_address(b.exp_hi[row], b.exp_lo[row])
+        self.note_heard(now_ms, heard_exporters(b))
+
+    def note_heard(self, now_ms: int, names: Iterable[str]) -> None:
+        """Exporters whose flows were stored at ``now_ms``."""
+        for name in names:
             self.exporters.pop(name, None)
             self.exporters[name] = now_ms
         while len(self.exporters) > self.MAX_EXPORTERS:
@@ -1129,6 +1237,31 @@ class Detector:
 
     def evicted(self) -> int:
         return self.horizontal.evicted + self.vertical.evicted + self.mailer.evicted
+
+
+def heard_exporters(b: Batch) -> list[str]:
+    """The exporters of a batch's flows (at most ``Detector.MAX_EXPORTERS`` beyond 64)."""
+    # Exporters are few: peel them off one at a time (no sort of the batch), comparing
+    # the raw 16 bytes as two native words (no byte swap of the column: most batches hold
+    # one exporter, a worker's, and cost one comparison a flow).
+    words = b.raw_words("exporter")
+    rows: list[int] = []
+    left: npt.NDArray[np.intp] | None = None  # None: every row
+    while len(rows) < 64:
+        row = 0 if left is None else int(left[0])
+        rows.append(row)
+        w0, w1 = words[row]
+        if left is None:
+            left = np.flatnonzero((words[:, 0] != w0) | (words[:, 1] != w1))
+        else:
+            left = left[(words[left, 0] != w0) | (words[left, 1] != w1)]
+        if left.size == 0:
+            break
+    if left is not None and left.size:
+        hi, lo = b.exp_hi[left], b.exp_lo[left]
+        _, first = _runs_first(address_hash(hi, lo))
+        rows += [int(left[r]) for r in first[: Detector.MAX_EXPORTERS]]
+    return [format_address(b.exp_hi[row], b.exp_lo[row]) for row in rows]
 
 
 def _runs_first(values: U64) -> tuple[U64, npt.NDArray[np.intp]]:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
+import re
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from lanalyze import metrics
 from lanalyze.alarms.config import ALGORITHMS, AlarmsConfig
-from lanalyze.alarms.detect import COLUMNS, BadNetworks, Detector, Finding
+from lanalyze.alarms.detect import COLUMNS, Detector, Finding, Partial
 from lanalyze.alarms.notify import Channel, Notice, Notifier, build_channels
+from lanalyze.alarms.partial import read_bad_networks
 from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
 from lanalyze.alarms.watch import ExportLoss, TemplateChurn, mail_findings
 from lanalyze.datadir import file_signature, fsync_dir, make_private_dirs, open_private
@@ -93,6 +96,13 @@ STATE_BYTES = Gauge(
 EVICTED = Gauge(
     "lanalyze_alarm_state_evicted",
     "Keys the detector's windows forgot to stay in alarms.state_memory (since start).",
+    registry=metrics.REGISTRY,
+)
+REPORTS = Counter(
+    "lanalyze_alarm_worker_reports_total",
+    "Flow workers' detection reports (their share of each flush), by outcome (merged; "
+    "dropped: the queue of reports was over alarms.state_memory bytes).",
+    ["outcome"],
     registry=metrics.REGISTRY,
 )
 SECONDS = Histogram(
@@ -166,6 +176,38 @@ class AlarmEngine:
         self._mail_looked = 0.0
         self._bad_seen: object = None
         self._interfaces_looked = 0.0
+        self._collector: Any = None
+        self._reports: deque[Partial] = deque()
+        self._reports_bytes = 0
+        self._reports_lock = threading.Lock()
+        self._round_lock = threading.Lock()
+
+    def attach(self, collector: Any) -> None:
+        """Detect on the flows of this process's collector (a ``FlowCollector`` not yet
+        started) from its workers' reports instead of reading its segments back."""
+        self._collector = collector
+        collector.detection = self.config
+        collector.detection_sink = self.feed
+
+    def feed(self, partial: Partial) -> None:
+        """A worker's report (called from the collector's report threads). The queue holds
+        at most ``alarms.state_memory`` bytes: beyond, reports are dropped and counted."""
+        size = partial.nbytes
+        with self._reports_lock:
+            if self._reports and self._reports_bytes + size > self.config.state_memory:
+                REPORTS.labels("dropped").inc()
+                if _log_limit.allow("dropped") is not None:
+                    log.warning("alarms.reports_dropped", extra={"bytes": self._reports_bytes})
+                return
+            self._reports.append(partial)
+            self._reports_bytes += size
+
+    def _take_reports(self) -> list[Partial]:
+        with self._reports_lock:
+            reports = list(self._reports)
+            self._reports.clear()
+            self._reports_bytes = 0
+        return reports
 
     # -- lifecycle --
 
@@ -226,13 +268,23 @@ class AlarmEngine:
     # -- one round (in a worker thread) --
 
     def round(self, now: float | None = None) -> list[Change]:
-        """Read the new segments, detect, store; the store's changes."""
+        """Merge the workers' reports, read the new segments, detect, store; the store's
+        changes. One round at a time: a cancelled loop's round goes on in its thread while
+        ``stop`` runs the last one (two snapshots at once raced on the temporary file)."""
+        with self._round_lock:
+            return self._round(now)
+
+    def _round(self, now: float | None) -> list[Change]:
         assert self.store is not None
         now = time.time() if now is None else now
         now_ms = int(now * 1000)
         findings: list[Finding] = []
         with SECONDS.time():
             self._load_bad_networks()
+            for partial in self._take_reports():
+                REPORTS.labels("merged").inc()
+                FLOWS.inc(partial.flows)
+                findings += self.detector.merge(now_ms, partial)
             for path in self._new_segments():
                 table = self._read(path)
                 if table is None:
@@ -291,30 +343,13 @@ class AlarmEngine:
                 log.warning("alarms.bad_networks_missing", extra={"path": str(path)})
             self.detector.bad = None
             return
-        cidrs: list[str] = []
-        bad_lines = 0
-        limit = self.config.bad_networks.max_networks
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            log.warning("alarms.bad_networks_unreadable", extra={"path": str(path), "error": exc})
+        bad, bad_lines = read_bad_networks(path, self.config.bad_networks.max_networks)
+        if bad is None:
             return
-        for line in text.splitlines():
-            # Spamhaus DROP style: "1.2.3.0/24 ; SBL123"; plain lists; "#" comments.
-            word = line.split(";", 1)[0].split("#", 1)[0].strip()
-            if not word:
-                continue
-            try:
-                ipaddress.ip_network(word, strict=False)
-            except ValueError:
-                bad_lines += 1
-                continue
-            if len(cidrs) < limit:
-                cidrs.append(word)
-        self.detector.bad = BadNetworks(cidrs)
+        self.detector.bad = bad
         log.info(
             "alarms.bad_networks_loaded",
-            extra={"path": str(path), "networks": len(cidrs), "bad_lines": bad_lines},
+            extra={"path": str(path), "networks": bad.size, "bad_lines": bad_lines},
         )
 
     def _export_loss(self, now_ms: int) -> list[Finding]:
@@ -483,11 +518,19 @@ class AlarmEngine:
             seen.update(fresh)
             # Forget names the maintainer merged away: they will not come back.
             seen &= names
-            new += [raw_dir(self.flows) / hour / name for name in fresh]
+            new += [raw_dir(self.flows) / hour / name for name in fresh if not self._ours(name)]
         for hour in list(self.seen):
             if hour not in listing:
                 del self.seen[hour]
         return new
+
+    def _ours(self, name: str) -> bool:
+        """Written by a worker of the attached collector: its flows came in its reports."""
+        token = self._collector.writer_token if self._collector is not None else ""
+        if not token:
+            return False
+        parts = name.split("-")
+        return len(parts) >= 3 and re.fullmatch(rf"w\d+x{token}(r\d+)?", parts[1]) is not None
 
     def _read(self, path: Path) -> pa.Table | None:
         try:
@@ -544,7 +587,9 @@ def _one_per_subject(findings: list[Finding]) -> list[Finding]:
     return list(latest.values())
 
 
-async def run_with_alarms(config: Any, data_dir: Path, main: Awaitable[None]) -> None:
+async def run_with_alarms(
+    config: Any, data_dir: Path, main: Awaitable[None], collector: Any = None
+) -> None:
     """``lanalyze flows collect``: run ``main`` with detection beside when it is enabled.
 
     Its e-mail notifications go by :mod:`lanalyze.mailer`'s rule with no mail server in this
@@ -569,6 +614,8 @@ async def run_with_alarms(config: Any, data_dir: Path, main: Awaitable[None]) ->
         hostname=config.general.hostname,
         channels=channels,
     )
+    if collector is not None:
+        engine.attach(collector)
     await engine.start()
     try:
         await main

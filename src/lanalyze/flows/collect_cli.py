@@ -86,7 +86,7 @@ def collect(
     try:
         DataDirLock(_data_dir(ctx, data_dir)).acquire()
         main = run_collector_with_rollups(collector, flows_config.rollup, flow_dir)
-        main = run_with_alarms(config, _data_dir(ctx, data_dir), main)
+        main = run_with_alarms(config, _data_dir(ctx, data_dir), main, collector)
         asyncio.run(run_with_poller(flows_config.snmp, flow_dir, main))
     except StartError as exc:
         click.echo(f"lanalyze flows collect: {exc}", err=True)

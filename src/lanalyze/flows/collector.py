@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -107,11 +108,20 @@ class FlowCollector:
         self._respawns = 0
         self._upkeep: ClickHouseMaintainer | None = None
         self._interfaces = InterfaceCounterTable()
+        self.detection: Any = None
+        """Set (an ``AlarmsConfig``) by the alarm engine: workers send their share of
+        detection to ``detection_sink`` (:mod:`lanalyze.alarms.partial`)."""
+        self.detection_sink: Callable[[Any], None] | None = None
 
     @property
     def clickhouse(self) -> bool:
         """Flows go to ClickHouse (``flows.store.backend``), not to Parquet files."""
         return self.config.store.backend == "clickhouse"
+
+    @property
+    def writer_token(self) -> str:
+        """The part of this run's writer ids shared by its workers (``w<n>x<token>``)."""
+        return self._token
 
     @property
     def worker_count(self) -> int:
@@ -179,6 +189,8 @@ class FlowCollector:
             log_level=log_level,
             clickhouse=self.config.store if self.clickhouse else None,
             spool_max_bytes=self.config.store.spool_max_bytes // self.worker_count,
+            detect=self.detection,
+            detect_workers=self.worker_count,
         )
         control_parent, control_child = context.Pipe()
         reports_parent, reports_child = context.Pipe(duplex=False)
@@ -237,6 +249,11 @@ class FlowCollector:
                 handle.failed = str(message)
                 handle.ready.set()
                 break
+            if kind == "detect":
+                sink = self.detection_sink
+                if sink is not None:
+                    sink(message)
+                continue
             with self._lock:
                 if isinstance(message, dict):
                     self._interfaces.update(message.pop("interface_counters", ()))

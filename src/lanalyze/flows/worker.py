@@ -100,6 +100,10 @@ class WorkerSpec:
     """Set: the ClickHouse backend (flows.store), this worker spooling to at most
     ``spool_max_bytes``."""
     spool_max_bytes: int = 0
+    detect: Any = None
+    """Set (an ``AlarmsConfig``): detection runs beside this collector, and the worker sends
+    its share of it (:mod:`lanalyze.alarms.partial`) to the parent every flush."""
+    detect_workers: int = 1
 
 
 def merge_template_states(blobs: list[bytes]) -> bytes:
@@ -185,6 +189,11 @@ class FlowWorker:
         self.receiver = BatchReceiver(socks)
         self.enricher = make_enricher(spec.enrich, spec.networks, flow_dir(spec.data_dir))
         self.counters = ExporterCounterSet(spec.max_exporters)
+        self.detection: Any = None
+        if spec.detect is not None:
+            from lanalyze.alarms.partial import Reducer
+
+            self.detection = Reducer(spec.detect, spec.detect_workers)
         self.problems = ProblemLog()
         self.stopping = False
         self._pending: list[pa.RecordBatch] = []
@@ -280,7 +289,10 @@ class FlowWorker:
         if batch.rows:
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append(self.to_record_batch(batch))
+            record_batch = self.to_record_batch(batch)
+            self._pending.append(record_batch)
+            if self.detection is not None:
+                self._detect(lambda: self.detection.add(received_ms, record_batch))
             self._pending_rows += batch.rows
             if self._pending_rows >= self.spec.segment_max_rows:
                 self.flush()
@@ -298,6 +310,23 @@ class FlowWorker:
             self.store.submit(self._pending)
             self._pending = []
             self._pending_rows = 0
+        if self.detection is not None and self.reports is not None:
+            partial = self._detect(lambda: self.detection.take(time.time_ns() // 1_000_000))
+            if partial is not None:
+                try:
+                    self.reports.send(("detect", partial))
+                except (BrokenPipeError, OSError):
+                    self.stopping = True
+
+    def _detect(self, call: Any) -> Any:
+        """Detection's share (our code, not the peer's bytes): a bug there is logged and
+        costs the detection of this batch, never the ingest."""
+        try:
+            return call()
+        except Exception:
+            if self.problems.limiter.allow(("bug", "detect")) is not None:
+                log.exception("flows.detection_bug")
+            return None
 
     def drain(self) -> None:
         """Read and decode until the sockets are empty, or for at most ``DRAIN_SECONDS`` so
