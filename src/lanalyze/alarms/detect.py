@@ -793,6 +793,8 @@ class Partial:
     exporters: list[str]
     floods: list[SketchDelta | None] | None
     """Flood, SYN-flood and reflection sketch counts (None: floods off)."""
+    candidates: pa.Table | None = None
+    """The flows of destinations at 1/workers of a flood limit in the worker's sketches."""
 
     @property
     def nbytes(self) -> int:
@@ -803,7 +805,8 @@ class Partial:
             for a in (d.sums, d.tail)
             if a is not None
         )
-        return int(self.rows.nbytes) + sketches
+        extra = int(self.candidates.nbytes) if self.candidates is not None else 0
+        return int(self.rows.nbytes) + sketches + extra
 
 
 # --- the detector ---------------------------------------------------------------------------
@@ -835,6 +838,8 @@ class Detector:
         """Exporter address -> last time (ms) one of its flows was stored."""
         self.bad: BadNetworks | None = None
         self.deviation = HostDeviation(config.deviation) if config.deviation.enabled else None
+        self._candidates: pa.Table | None = None
+        self._candidates_window = 0
         """The listed networks (``alarms.bad_networks``), set by whoever reads the file."""
 
     @property
@@ -873,7 +878,8 @@ class Detector:
         if self.config.scan.enabled:
             findings += self._scans(now_ms, batch)
         if self.config.flood.enabled and partial.floods is not None:
-            findings += self._floods(now_ms, batch, partial.floods)
+            candidates = self._flood_candidates(now_ms, partial)
+            findings += self._floods(now_ms, candidates, partial.floods)
         if batch.size == 0:
             return findings
         if self.config.mass_mailer.enabled:
@@ -883,6 +889,24 @@ class Detector:
         if self.deviation is not None:
             findings += self.deviation.add(now_ms, batch)
         return findings
+
+    FLOOD_CANDIDATES = EVIDENCE_ROWS
+    """Flood candidate flows kept for the window: a destination may cross its limit in the
+    sum of the workers with the report of a worker that did not send its flows (another
+    did, earlier)."""
+
+    def _flood_candidates(self, now_ms: int, partial: Partial) -> Batch:
+        """This report's flood candidates with the window's earlier ones (the newest
+        ``FLOOD_CANDIDATES``; forgotten when the flood window rolls)."""
+        new = partial.candidates if partial.candidates is not None else partial.rows.slice(0, 0)
+        window = _aligned(now_ms, self.flood.window_ms)
+        kept = self._candidates
+        if kept is not None and kept.num_rows and self._candidates_window == window:
+            new = pa.concat_tables([kept, new])
+        if new.num_rows > self.FLOOD_CANDIDATES:
+            new = new.slice(new.num_rows - self.FLOOD_CANDIDATES)
+        self._candidates, self._candidates_window = new, window
+        return Batch(new)
 
     # -- scans --
 

@@ -92,6 +92,7 @@ class Reducer:
         ]
         self._touched = [False] * len(self._sketches)
         self._rows: list[pa.Table] = []
+        self._candidates: list[pa.Table] = []
         self._flows = 0
         self._exporters: dict[str, None] = {}
         self._bad: BadNetworks | None = None
@@ -142,7 +143,12 @@ class Reducer:
             if self._bad is not None and self._bad.size:
                 keep |= self._bad.match(b.src_hi, b.src_lo) >= 0
                 keep |= self._bad.match(b.dst_hi, b.dst_lo) >= 0
+        if keep.all():
+            self._rows.append(table)
+        elif keep.any():
+            self._rows.append(table.take(np.flatnonzero(keep)))
         if cfg.flood.enabled:
+            candidate = np.zeros(b.size, np.bool_)
             inputs = self.local.flood_inputs(b)
             for i, (sketch, rows, buckets, values, limits) in enumerate(inputs):
                 if buckets[0].size == 0:
@@ -152,11 +158,9 @@ class Reducer:
                 share = tuple(limit / self.workers for limit in limits)
                 where, _ = sketch.add(now_ms, buckets, values, share)
                 if where.size:
-                    keep[np.flatnonzero(rows)[where]] = True
-        if keep.all():
-            self._rows.append(table)
-        elif keep.any():
-            self._rows.append(table.take(np.flatnonzero(keep)))
+                    candidate[np.flatnonzero(rows)[where]] = True
+            if candidate.any():
+                self._candidates.append(table.take(np.flatnonzero(candidate)))
 
     def _delta(self, i: int) -> SketchDelta | None:
         """What sketch ``i`` gained since the last report."""
@@ -186,13 +190,13 @@ class Reducer:
         floods = None
         if self.config.flood.enabled:
             floods = [self._delta(i) for i in range(len(self._sketches))]
-        if self._rows:
-            rows = pa.concat_tables(self._rows)
-        else:
-            assert self.schema is not None
-            rows = self.schema.empty_table()
-        partial = Partial(now_ms, rows, self._flows, list(self._exporters), floods)
+        assert self.schema is not None
+        empty = self.schema.empty_table()
+        rows = pa.concat_tables(self._rows) if self._rows else empty
+        candidates = pa.concat_tables(self._candidates) if self._candidates else empty
+        partial = Partial(now_ms, rows, self._flows, list(self._exporters), floods, candidates)
         self._rows = []
+        self._candidates = []
         self._flows = 0
         self._exporters = {}
         return partial
