@@ -265,6 +265,10 @@ def mapped(addresses: np.ndarray) -> pa.Array:
     )
 
 
+CONVERSATIONS = False
+"""``--mix conversations``: every TCP flow has ACK (no probe-shaped TCP flows)."""
+
+
 def ingest_mix(rng: np.random.Generator, n: int) -> pa.Table:
     """The detection columns of ``ingest_bench``'s v5 flows: TCP or UDP, random TCP flags
     (an eighth of the flows SYN-only, probe-shaped), 65 536 x 65 536 hosts, five ports."""
@@ -281,7 +285,9 @@ def ingest_mix(rng: np.random.Generator, n: int) -> pa.Table:
             "src_port": pa.array(rng.integers(1024, 65535, n).astype(np.uint16)),
             "dst_port": pa.array(rng.choice([22, 53, 80, 443, 8080], n).astype(np.uint16)),
             "protocol": pa.array(rng.choice([6, 17], n).astype(np.uint8)),
-            "tcp_flags": pa.array(rng.integers(0, 64, n).astype(np.uint8)),
+            "tcp_flags": pa.array(
+                (rng.integers(0, 64, n) | (0x10 if CONVERSATIONS else 0)).astype(np.uint8)
+            ),
         }
     )
 
@@ -337,6 +343,63 @@ def in_process(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def split(args: argparse.Namespace) -> None:
+    """Detection as it runs now, in one process by CPU time: two workers' reducers
+    (``alarms/partial.py``) over a minute of the ingest bench's flow mix in decode-sized
+    batches (50 ms of ``--rate`` each), a report a second each (pickled and unpickled: the
+    pipe), merged by the parent's detector; against the parent's detector reading the same
+    flows back from segments (the way before)."""
+    import pickle
+
+    from lanalyze.alarms.config import AlarmsConfig
+    from lanalyze.alarms.detect import COLUMNS, Detector
+    from lanalyze.alarms.partial import Reducer
+
+    per_worker = args.rate * 1e6 / 2
+    per_batch = int(per_worker * 0.05)
+    seconds = 60
+    print(
+        f"== detection split: 2 workers x {seconds} s at {args.rate} M flows/s, batches of "
+        f"{per_batch}, a report a second each"
+    )
+    rng = np.random.default_rng(11)
+    config = AlarmsConfig()
+    workers = [Reducer(config, 2), Reducer(config, 2)]
+    parent = Detector(config)
+    old = Detector(config)
+    now = int(time.time() * 1000)
+    reduce = pipe = merge = detect_old = 0.0
+    flows = 0
+    kept = 0
+    for second in range(seconds):
+        for reducer in workers:
+            batches = [ingest_mix(rng, per_batch) for _ in range(20)]
+            started = time.process_time()
+            for batch in batches:
+                for record_batch in batch.to_batches():
+                    reducer.add(now + second * 1000, record_batch)
+            partial = reducer.take(now + second * 1000)
+            middle = time.process_time()
+            assert partial is not None
+            partial = pickle.loads(pickle.dumps(partial, protocol=5))
+            piped = time.process_time()
+            parent.merge(now + second * 1000, partial)
+            done = time.process_time()
+            old.process(now + second * 1000, pa.concat_tables(batches).select(list(COLUMNS)))
+            reduce += middle - started
+            pipe += piped - middle
+            merge += done - piped
+            detect_old += time.process_time() - done
+            flows += partial.flows
+            kept += partial.rows.num_rows
+    print(
+        f"  workers {reduce / flows * 1e6:.3f} us/flow, pipe {pipe / flows * 1e6:.3f}, "
+        f"parent {merge / flows * 1e6:.3f}; together {(reduce + pipe + merge) / flows * 1e6:.3f}"
+        f" us/flow (the old detector on the same flows, read-back excluded: "
+        f"{detect_old / flows * 1e6:.3f}); {kept / flows:.1%} of the flows sent to the parent"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -346,8 +409,18 @@ def main() -> None:
     parser.add_argument("--lossless", action="store_true", help="also the highest lossless rate")
     parser.add_argument("--rates", default="0.25,0.5,0.75,1,1.25,1.5,2")
     parser.add_argument("--latency-runs", type=int, default=5)
-    parser.add_argument("--only", choices=["ingest", "latency", "memory", "detector"])
+    parser.add_argument("--only", choices=["ingest", "latency", "memory", "detector", "split"])
+    parser.add_argument(
+        "--mix",
+        choices=["ingest", "conversations"],
+        default="ingest",
+        help="split/detector: the ingest bench's flags, or every TCP flow with ACK",
+    )
     args = parser.parse_args()
+    global CONVERSATIONS  # noqa: PLW0603 - a switch of the generator for this run
+    CONVERSATIONS = args.mix == "conversations"
+    if args.only in (None, "split"):
+        split(args)
     if args.only in (None, "detector"):
         in_process(args)
     if args.only in (None, "memory"):

@@ -102,7 +102,7 @@ def severity_for(ratio: float) -> str:
 
 def address_words(column: pa.ChunkedArray | pa.Array) -> tuple[U64, U64]:
     """A 16-byte address column as its high and low 64-bit halves (big-endian numbers)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = _one_chunk(column)
     n = len(array)
     if n == 0:
         return _EMPTY_U64, _EMPTY_U64
@@ -117,10 +117,24 @@ def address_words(column: pa.ChunkedArray | pa.Array) -> tuple[U64, U64]:
     return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
 
+def _one_chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one array: a single chunk as it is (``combine_chunks`` copied it)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks()
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_text(value: int) -> str:
+    address = ipaddress.IPv6Address(value)
+    return str(address.ipv4_mapped or address)
+
+
 def format_address(hi: int, lo: int) -> str:
     """``10.0.0.1`` for an IPv4-mapped address, else the IPv6 text."""
-    address = ipaddress.IPv6Address(int(hi) << 64 | int(lo))
-    return str(address.ipv4_mapped or address)
+    return _address_text(int(hi) << 64 | int(lo))
 
 
 @dataclass(frozen=True)
@@ -632,7 +646,7 @@ class Batch:
     def raw_words(self, name: str) -> U64:
         """A 16-byte column as (n, 2) words in the machine's byte order (no copy): equality
         tests need no big-endian numbers."""
-        array = self.table.column(name).combine_chunks()
+        array = _one_chunk(self.table.column(name))
         data = array.buffers()[1]
         assert data is not None
         words = np.frombuffer(data, dtype=np.uint64)
