@@ -697,13 +697,22 @@ class Batch:
         return self._column("packets").astype(np.float64)
 
     @functools.cached_property
+    def unsampled(self) -> bool:
+        """No flow of the batch is sampled (rate 0 or 1): the scaling is a no-op."""
+        return bool(self._column("sampling_rate").max(initial=0) <= 1)
+
+    @functools.cached_property
     def bytes(self) -> F64:
         """Bytes scaled by the sampling rate."""
+        if self.unsampled:
+            return self.raw_bytes
         return self.raw_bytes * self.sampling
 
     @functools.cached_property
     def packets(self) -> F64:
         """Packets scaled by the sampling rate."""
+        if self.unsampled:
+            return self.raw_packets
         return self.raw_packets * self.sampling
 
     @functools.cached_property
@@ -1280,19 +1289,21 @@ class Detector:
 def heard_exporters(b: Batch) -> list[str]:
     """The exporters of a batch's flows (at most ``Detector.MAX_EXPORTERS`` beyond 64)."""
     # Exporters are few: peel them off one at a time (no sort of the batch), comparing
-    # the raw 16 bytes as two native words (no byte swap of the column: most batches hold
-    # one exporter, a worker's, and cost one comparison a flow).
+    # the raw 16 bytes (no byte swap of the column: most batches hold one exporter, a
+    # worker's, and cost one comparison a flow), each address seen as one complex128: one
+    # contiguous comparison, where the two words compared apart were two strided passes.
+    # Equal numbers are equal bytes but for -0.0 == 0.0 (a half 0x8000000000000000, never
+    # an IPv4-mapped one's); a NaN pattern (an IPv4 exporter x.x.240-255.255) never equals
+    # itself: its rows stay left and go to the hashed fallback below.
     words = b.raw_words("exporter")
+    values = words.reshape(-1).view(np.complex128)
     rows: list[int] = []
     left: npt.NDArray[np.intp] | None = None  # None: every row
     while len(rows) < 64:
         row = 0 if left is None else int(left[0])
         rows.append(row)
-        w0, w1 = words[row]
-        if left is None:
-            left = np.flatnonzero((words[:, 0] != w0) | (words[:, 1] != w1))
-        else:
-            left = left[(words[left, 0] != w0) | (words[left, 1] != w1)]
+        first = values[row]
+        left = np.flatnonzero(values != first) if left is None else left[values[left] != first]
         if left.size == 0:
             break
     if left is not None and left.size:

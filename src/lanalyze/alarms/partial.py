@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +98,8 @@ class Reducer:
         self.local = Detector(config)
         self._sketches = (self.local.flood, self.local.syn, self.local.reflection)
         self._rows: list[pa.Table] = []
+        self._keep: list[npt.NDArray[np.intp]] = []
+        self._kept_offset = 0
         self._flows = 0
         self._exporters: dict[str, None] = {}
         self._bad: BadNetworks | None = None
@@ -105,6 +108,7 @@ class Reducer:
         # Per flood window start: the batches' tables and, per sketch, their flows' rows
         # (positions in the window's tables together), flat indices and values.
         self._gathered: dict[int, _Gathered] = {}
+        self._pool: list[_Gathered] = []
         self.reload_bad_networks()
 
     def reload_bad_networks(self) -> None:
@@ -150,15 +154,17 @@ class Reducer:
             if self._bad is not None and self._bad.size:
                 keep |= self._bad.match(b.src_hi, b.src_lo) >= 0
                 keep |= self._bad.match(b.dst_hi, b.dst_lo) >= 0
-        if keep.all():
+        if keep.any():
+            # Taken once a report from all its batches (a take has a fixed cost per column).
             self._rows.append(table)
-        elif keep.any():
-            self._rows.append(table.take(np.flatnonzero(keep)))
+            self._keep.append(np.flatnonzero(keep) + self._kept_offset)
+        self._kept_offset += b.size if keep.any() else 0
         if cfg.flood.enabled:
             start = now_ms - now_ms % self.local.flood.window_ms
             gathered = self._gathered.get(start)
             if gathered is None:
-                gathered = self._gathered[start] = _Gathered(len(self._sketches))
+                gathered = self._pool.pop() if self._pool else _Gathered(len(self._sketches))
+                self._gathered[start] = gathered
             gathered.add(table, self.local.flood_inputs(b))
 
     def take(self, now_ms: int) -> Partial | None:
@@ -171,9 +177,14 @@ class Reducer:
         candidates = empty
         if self.config.flood.enabled:
             floods, candidates = self._floods(now_ms, empty)
-        rows = pa.concat_tables(self._rows) if self._rows else empty
+        rows = empty
+        if self._rows:
+            keep = np.concatenate(self._keep)
+            rows = pa.concat_tables(self._rows)
+            if keep.size < rows.num_rows:
+                rows = rows.take(keep)
         partial = Partial(now_ms, rows, self._flows, list(self._exporters), floods, candidates)
-        self._rows = []
+        self._rows, self._keep, self._kept_offset = [], [], 0
         self._flows = 0
         self._exporters = {}
         return partial
@@ -207,30 +218,67 @@ class Reducer:
             SketchDelta(newest, c, t) if c is not None or t is not None else None
             for c, t in zip(current, tail, strict=True)
         ]
+        for gathered in self._gathered.values():
+            gathered.reset()
+        self._pool = list(self._gathered.values())[:1]  # one set of buffers is kept
         self._gathered = {}
         candidates = pa.concat_tables(found) if found else empty
         return deltas, candidates
 
 
+def _room(buffer: npt.NDArray[Any], used: int, need: int) -> npt.NDArray[Any]:
+    """``buffer`` with room for ``need`` values (its first ``used`` kept), doubled as needed."""
+    if need <= buffer.size:
+        return buffer
+    bigger = np.empty(max(need, 2 * buffer.size), buffer.dtype)
+    bigger[:used] = buffer[:used]
+    return bigger
+
+
 class _Gathered:
-    """One flood window's flows of a report, per sketch (see :class:`Reducer`)."""
+    """One flood window's flows of a report, per sketch (see :class:`Reducer`): their rows,
+    counter indices and values copied into buffers kept from report to report (fresh
+    arrays of a report's size cost their page faults again each time: concatenating
+    a report's batches cost more than counting them)."""
 
     def __init__(self, sketches: int) -> None:
         self.tables: list[pa.Table] = []
         self.size = 0
-        self.rows: list[list[npt.NDArray[np.intp]]] = [[] for _ in range(sketches)]
-        self.buckets: list[list[list[npt.NDArray[np.int64]]]] = [[] for _ in range(sketches)]
-        self.values: list[list[list[npt.NDArray[np.float64]]]] = [[] for _ in range(sketches)]
+        self.used = [0] * sketches
+        self.rows: list[npt.NDArray[np.intp]] = [np.empty(0, np.intp) for _ in range(sketches)]
+        self.buckets: list[list[npt.NDArray[np.int64]]] = [
+            [np.empty(0, np.int64) for _ in range(SKETCH_ROWS)] for _ in range(sketches)
+        ]
+        self.values: list[list[npt.NDArray[np.float64]]] = [[] for _ in range(sketches)]
         self.limits: list[tuple[float, ...]] = [() for _ in range(sketches)]
+
+    def reset(self) -> None:
+        self.tables = []
+        self.size = 0
+        self.used = [0] * len(self.used)
 
     def add(self, table: pa.Table, inputs: list[FloodInput]) -> None:
         for i, (_, rows, buckets, values, limits) in enumerate(inputs):
             self.limits[i] = limits
-            if buckets[0].size == 0:
+            n = buckets[0].size
+            if n == 0:
                 continue
-            self.rows[i].append(np.flatnonzero(rows) + self.size)
-            self.buckets[i].append(buckets)
-            self.values[i].append(values)
+            used, need = self.used[i], self.used[i] + n
+            self.rows[i] = _room(self.rows[i], used, need)
+            if n == rows.size:  # every flow (floods without an allow list): no mask pass
+                self.rows[i][used:need] = np.arange(self.size, self.size + n)
+            else:
+                self.rows[i][used:need] = np.flatnonzero(rows)
+                self.rows[i][used:need] += self.size
+            for r in range(SKETCH_ROWS):
+                self.buckets[i][r] = _room(self.buckets[i][r], used, need)
+                self.buckets[i][r][used:need] = buckets[r]
+            while len(self.values[i]) < len(values):
+                self.values[i].append(np.empty(0, np.float64))
+            for c, column in enumerate(values):
+                self.values[i][c] = _room(self.values[i][c], used, need)
+                self.values[i][c][used:need] = column
+            self.used[i] = need
         self.tables.append(table)
         self.size += table.num_rows
 
@@ -240,23 +288,17 @@ class _Gathered:
     def inputs(
         self, i: int
     ) -> tuple[npt.NDArray[np.intp], list[npt.NDArray[np.int64]], tuple[float, ...]]:
-        rows = np.concatenate(self.rows[i])
-        buckets = [np.concatenate([b[r] for b in self.buckets[i]]) for r in range(SKETCH_ROWS)]
-        return rows, buckets, self.limits[i]
+        n = self.used[i]
+        return self.rows[i][:n], [b[:n] for b in self.buckets[i]], self.limits[i]
 
     def counts(self, i: int, sketch: WindowSums) -> npt.NDArray[np.float32] | None:
         """Sketch ``i``'s counts of these flows, (columns, rows, width); None: no flows."""
-        if not self.buckets[i]:
+        n = self.used[i]
+        if n == 0:
             return None
         width = sketch.width
-        flat = np.concatenate(
-            [
-                np.concatenate([b[r] + r * width for r in range(SKETCH_ROWS)])
-                for b in self.buckets[i]
-            ]
-        )
         out = np.empty((sketch.columns, SKETCH_ROWS, width), np.float32)
         for c in range(sketch.columns):
-            weights = np.concatenate([np.concatenate([v[c]] * SKETCH_ROWS) for v in self.values[i]])
-            out[c] = np.bincount(flat, weights, SKETCH_ROWS * width).reshape(SKETCH_ROWS, width)
+            for r in range(SKETCH_ROWS):
+                out[c, r] = np.bincount(self.buckets[i][r][:n], self.values[i][c][:n], width)
         return out
