@@ -6,6 +6,7 @@ test_detect_collector.py)."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -146,3 +147,26 @@ def test_worker_reports_merged_give_the_detectors_alarms() -> None:
     assert parent.exporters.keys() == {"192.0.2.1"}
     # The parent's flood sketch is the sum of the workers' (float32 reports of integers).
     assert np.array_equal(parent.flood.sums, reference.flood.sums)
+
+
+def test_engine_queue_of_reports_is_bounded_in_bytes(tmp_path: Path) -> None:
+    # The reports wait for the engine's next round in a queue of at most
+    # alarms.state_memory bytes; beyond, they are dropped and counted, not held.
+    from lanalyze import metrics
+    from lanalyze.alarms.engine import AlarmEngine
+
+    config = AlarmsConfig(state_memory=2**20)
+    engine = AlarmEngine(config, tmp_path)
+    reducer = Reducer(config, 1)
+    for batch in attacks()[0].to_batches():
+        reducer.add(NOW, batch)
+    partial = reducer.take(NOW)
+    assert partial is not None and partial.nbytes > 2**19  # the flood sketches' counts
+    labels = {"outcome": "dropped"}
+    before = metrics.REGISTRY.get_sample_value("lanalyze_alarm_worker_reports_total", labels) or 0
+    engine.feed(partial)  # the first is always taken
+    engine.feed(partial)
+    engine.feed(partial)
+    after = metrics.REGISTRY.get_sample_value("lanalyze_alarm_worker_reports_total", labels)
+    assert after == before + 2
+    assert len(engine._take_reports()) == 1
