@@ -166,10 +166,22 @@ def _targets(protected: tuple[str, ...]) -> tuple[frozenset[str], tuple[_Target,
     return frozenset(orgs), table
 
 
+# Answers kept per (name, protected list): From: domains and display names repeat from
+# message to message (a sender's every mail); a pure function of its arguments. Entries are
+# at most MAX_NAME characters plus a From: domain or two (longer inputs are not kept):
+# ~1 KiB each, ~1 MiB in all.
+ANSWERS_KEPT = 1024
+
+
 def lookalike_of(domain: str, protected: Iterable[str]) -> str | None:
     """The protected domain ``domain`` imitates, or None (it is one, or like none)."""
+    return _lookalike_of(domain, tuple(protected))
+
+
+@functools.lru_cache(maxsize=ANSWERS_KEPT)
+def _lookalike_of(domain: str, protected: tuple[str, ...]) -> str | None:
     org = _org(domain)
-    orgs, targets = _targets(tuple(protected))
+    orgs, targets = _targets(protected)
     if org in orgs:
         return None
     mine = skeleton(org)
@@ -191,7 +203,14 @@ def lookalike_of(domain: str, protected: Iterable[str]) -> str | None:
 def display_name_claim(name: str, from_domains: Iterable[str]) -> str | None:
     """The address, domain or well-known name a display name claims that the From:
     address does not belong to, or None."""
-    text = name[:MAX_NAME]
+    domains = tuple(from_domains)
+    if len(domains) <= 2 and sum(map(len, domains)) <= 512:
+        return _display_name_claim(name[:MAX_NAME], domains)
+    return _display_name_claim.__wrapped__(name[:MAX_NAME], domains)
+
+
+@functools.lru_cache(maxsize=ANSWERS_KEPT)
+def _display_name_claim(text: str, from_domains: tuple[str, ...]) -> str | None:
     own = {_org(d) for d in from_domains if d}
     for match in _ADDRESS_OR_DOMAIN.finditer(text):
         claimed = match.group(1).lower()
