@@ -46,7 +46,13 @@ from lanalyze.mail.auth.dmarc import (
 from lanalyze.mail.auth.dns import Answer, Resolver, TtlCache, consulted
 from lanalyze.mail.auth.flags import FLAG_VERSION, LOCAL_CLAIM_FLAG, MISMATCH_FLAG
 from lanalyze.mail.auth.lookalike import imitation_flags
-from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
+from lanalyze.mail.auth.message import (
+    FromInfo,
+    domain_of,
+    from_info,
+    header_fields,
+    split_message,
+)
 from lanalyze.mail.auth.policy import decide
 from lanalyze.mail.auth.results import ResInfo, our_results_ranges, render
 from lanalyze.mail.auth.signing import sign
@@ -304,10 +310,16 @@ class Authenticator:
         deadline = loop.time() + self.config.check_timeout
         await self._ready()
         mail_from = mail_from.strip().strip("<>").strip()
-        header, _ = split_message(message)
-        # Large header blocks are parsed off the event loop; most are a few kilobytes.
+        # One parse of the header for every check. Large header blocks are parsed off the
+        # event loop; most are a few kilobytes.
+        header, body = split_message(message)
+        small = len(header) < 65536
+        fields = header_fields(header) if small else await asyncio.to_thread(header_fields, header)
+        parsed = (header, body, fields)
         sender = (
-            from_info(header) if len(header) < 65536 else await asyncio.to_thread(from_info, header)
+            from_info(header, fields)
+            if small
+            else await asyncio.to_thread(from_info, header, fields)
         )
         timeout_spf = SpfResult("temperror", "mailfrom", "", mail_from, "check timed out")
         spf_task = asyncio.ensure_future(
@@ -326,6 +338,7 @@ class Authenticator:
                     max_signatures=self.config.max_signatures,
                     length_tag=self.config.length_tag,
                     max_key_bits=self.config.max_rsa_key_bits,
+                    parsed=parsed,
                 ),
                 [DkimResult("temperror", reason="internal error")],
             )
@@ -333,7 +346,12 @@ class Authenticator:
         arc_task = asyncio.ensure_future(
             self._guarded(
                 "arc",
-                verify_arc(self.resolver, message, max_key_bits=self.config.max_rsa_key_bits),
+                verify_arc(
+                    self.resolver,
+                    message,
+                    max_key_bits=self.config.max_rsa_key_bits,
+                    parsed=parsed,
+                ),
                 ArcResult("fail"),
             )
         )
@@ -403,7 +421,7 @@ class Authenticator:
             flags=flags,
             details=details,
         )
-        verdict.strip_headers = our_results_ranges(message, self.authserv_id)
+        verdict.strip_headers = our_results_ranges(message, self.authserv_id, parsed[2])
         return verdict
 
     async def _spf(self, *, client_ip: str, mail_from: str, helo: str) -> SpfResult:

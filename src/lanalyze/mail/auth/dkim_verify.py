@@ -55,10 +55,10 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from lanalyze.mail.auth.dns import INLINE_LIMIT, Prefetched, Resolver, run_with_lookups
 from lanalyze.mail.auth.message import (
     MAX_FOLDING_COST,
+    Parsed,
     field_value,
     folding_cost,
-    header_fields,
-    split_message,
+    parse_message,
 )
 from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
@@ -488,10 +488,11 @@ async def verify_dkim(
     max_signatures: int = 5,
     length_tag: str = "policy",
     max_key_bits: int = MAX_RSA_KEY_BITS,
+    parsed: Parsed | None = None,
 ) -> list[DkimResult]:
-    """One result per DKIM-Signature field (top to bottom), at most ``max_signatures``."""
-    header, body = split_message(message)
-    fields = header_fields(header)
+    """One result per DKIM-Signature field (top to bottom), at most ``max_signatures``
+    (``parsed``: the message's :func:`parse_message`, when the caller has it)."""
+    header, body, fields = parsed if parsed is not None else parse_message(message)
     signatures = [raw for name, raw in fields if name == b"dkim-signature"]
     if not signatures:
         return []
@@ -500,7 +501,7 @@ async def verify_dkim(
         return [DkimResult("permerror", reason="header folded too often to verify safely")]
     in_thread = len(message) > INLINE_LIMIT or cost > INLINE_LIMIT * 16
     headers = dkimpy_headers(message, header, fields)
-    parsed = (headers, body) if headers is not None else None
+    for_dkimpy = (headers, body) if headers is not None else None
     results = []
     for index, raw in enumerate(signatures[:max_signatures]):
         tags = _tags(raw)
@@ -510,7 +511,7 @@ async def verify_dkim(
         key = signing_key_name(raw, tags)
         try:
             result = await run_with_lookups(
-                _verify_one(message, index, tags, length_tag, max_key_bits, parsed=parsed),
+                _verify_one(message, index, tags, length_tag, max_key_bits, parsed=for_dkimpy),
                 resolver,
                 max_rounds=MAX_ROUNDS,
                 in_thread=in_thread,

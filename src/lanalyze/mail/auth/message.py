@@ -119,9 +119,19 @@ class FromInfo:
         return [decoded_display_name(name) for name, _ in self.addresses if name]
 
 
-def from_info(header: bytes) -> FromInfo:
+# (header block, body, header fields) of one message, parsed once for all the checks.
+Parsed = tuple[bytes, bytes, list[tuple[bytes, bytes]]]
+
+
+def parse_message(message: bytes) -> Parsed:
+    header, body = split_message(message)
+    return header, body, header_fields(header)
+
+
+def from_info(header: bytes, fields: list[tuple[bytes, bytes]] | None = None) -> FromInfo:
+    """The From: fields of ``header`` (``fields``: its fields, when parsed already)."""
     info = FromInfo()
-    for name, raw in header_fields(header):
+    for name, raw in header_fields(header) if fields is None else fields:
         if name != b"from":
             continue
         info.fields += 1

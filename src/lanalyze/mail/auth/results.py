@@ -158,13 +158,17 @@ def authserv_id_of(value: str) -> str | None:
     return match.group(0) if match else None
 
 
-def our_results_ranges(message: bytes, authserv_id: str) -> list[tuple[int, int]]:
-    """Byte ranges ``[start, end)`` of the header fields that claim ``authserv_id``."""
-    header, _ = split_message(message)
+def our_results_ranges(
+    message: bytes, authserv_id: str, fields: list[tuple[bytes, bytes]] | None = None
+) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of the header fields that claim ``authserv_id``
+    (``fields``: the message's header fields, when parsed already)."""
+    if fields is None:
+        fields = header_fields(split_message(message)[0])
     ours = authserv_id.strip().lower()
     ranges = []
     offset = 0
-    for name, raw in header_fields(header):
+    for name, raw in fields:
         if name == b"authentication-results":
             claimed = authserv_id_of(field_value(raw))
             if claimed is not None and claimed.strip().lower() == ours:
