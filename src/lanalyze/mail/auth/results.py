@@ -48,12 +48,20 @@ def _clean(text: str, limit: int) -> str:
         text = f"{local}@{_ascii_domain(domain)}"
     elif not at and not text.isascii():
         text = _ascii_domain(text)
-    text = "".join(c if c.isascii() else "?" for c in text)
+    if not text.isascii():  # most text is: no walk over its characters then
+        text = "".join(c if c.isascii() else "?" for c in text)
     return _CONTROL.sub("", text)[:limit]
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(33 <= ord(c) < 127 and c not in _TSPECIALS for c in text)
+    # Every character in 33-126 (printable ASCII but the space), none a tspecial.
+    return (
+        bool(text)
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and _TSPECIALS.isdisjoint(text)
+    )
 
 
 def quote_value(text: str) -> str:
