@@ -270,8 +270,9 @@ def _verify_parsed(headers: ParsedHeaders, body: bytes, index: int, dnsfunc: Any
     dkimpy's own helpers do the work (tag parsing and validation, key records,
     canonicalisation, header selection, the b= removal); what is left out is building a DKIM
     object per signature (a parse of the whole message each), its debug logging, which
-    formats the whole signature eagerly, and canonicalising header fields it does not sign. The same exceptions for the same input: checked
-    against dkimpy over a corpus of good and broken signatures in the tests.
+    formats the whole signature eagerly, and canonicalising header fields it does not sign.
+    The same exceptions for the same input: checked against dkimpy over a corpus of good and
+    broken signatures in the tests.
     """
     sigheaders = [(x, y) for x, y in headers if x.lower() == b"dkim-signature"]
     if len(sigheaders) <= index:
