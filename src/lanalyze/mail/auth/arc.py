@@ -26,9 +26,9 @@ from lanalyze.mail.auth.dkim_verify import MAX_RSA_KEY_BITS, key_refusal, signin
 from lanalyze.mail.auth.dns import INLINE_LIMIT, Prefetched, Resolver, run_with_lookups
 from lanalyze.mail.auth.message import (
     MAX_FOLDING_COST,
+    Parsed,
     folding_cost,
-    header_fields,
-    split_message,
+    parse_message,
 )
 from lanalyze.mail.errors import LookupBudgetExceeded, LookupNeeded
 
@@ -99,10 +99,14 @@ def _verify(message: bytes, max_key_bits: int) -> Any:
 
 
 async def verify_arc(
-    resolver: Resolver, message: bytes, *, max_key_bits: int = MAX_RSA_KEY_BITS
+    resolver: Resolver,
+    message: bytes,
+    *,
+    max_key_bits: int = MAX_RSA_KEY_BITS,
+    parsed: Parsed | None = None,
 ) -> ArcResult:
-    header, _ = split_message(message)
-    fields = header_fields(header)
+    """The ARC chain's result (``parsed``: the message's :func:`parse_message`, if done)."""
+    _header, _body, fields = parsed if parsed is not None else parse_message(message)
     seals = sum(1 for name, _raw in fields if name == b"arc-seal")
     if seals == 0:
         return ArcResult("none")

@@ -46,7 +46,13 @@ from lanalyze.mail.auth.dmarc import (
 from lanalyze.mail.auth.dns import Answer, Resolver, TtlCache, consulted
 from lanalyze.mail.auth.flags import FLAG_VERSION, LOCAL_CLAIM_FLAG, MISMATCH_FLAG
 from lanalyze.mail.auth.lookalike import imitation_flags
-from lanalyze.mail.auth.message import FromInfo, domain_of, from_info, split_message
+from lanalyze.mail.auth.message import (
+    FromInfo,
+    domain_of,
+    from_info,
+    header_fields,
+    split_message,
+)
 from lanalyze.mail.auth.policy import decide
 from lanalyze.mail.auth.results import ResInfo, our_results_ranges, render
 from lanalyze.mail.auth.signing import sign
@@ -304,17 +310,33 @@ class Authenticator:
         deadline = loop.time() + self.config.check_timeout
         await self._ready()
         mail_from = mail_from.strip().strip("<>").strip()
-        header, _ = split_message(message)
-        # Large header blocks are parsed off the event loop; most are a few kilobytes.
+        # One parse of the header for every check. Large header blocks are parsed off the
+        # event loop; most are a few kilobytes.
+        header, body = split_message(message)
+        small = len(header) < 65536
+        fields = header_fields(header) if small else await asyncio.to_thread(header_fields, header)
+        parsed = (header, body, fields)
         sender = (
-            from_info(header) if len(header) < 65536 else await asyncio.to_thread(from_info, header)
+            from_info(header, fields)
+            if small
+            else await asyncio.to_thread(from_info, header, fields)
         )
         timeout_spf = SpfResult("temperror", "mailfrom", "", mail_from, "check timed out")
-        spf_task = asyncio.ensure_future(
-            self._guarded(
-                "spf",
-                self._spf(client_ip=client_ip, mail_from=mail_from, helo=helo),
-                SpfResult("temperror", "mailfrom", "", mail_from, "internal error"),
+        # What needs no lookup is answered here, without a task: an SPF result still in its
+        # cache, ARC on a message without ARC sets (most mail).
+        try:
+            spf_now = self._spf_cached(client_ip=client_ip, mail_from=mail_from, helo=helo)
+        except Exception:  # a bug: _spf meets it again under the guard, which reports it
+            spf_now = None
+        spf_task = (
+            None
+            if spf_now is not None
+            else asyncio.ensure_future(
+                self._guarded(
+                    "spf",
+                    self._spf(client_ip=client_ip, mail_from=mail_from, helo=helo),
+                    SpfResult("temperror", "mailfrom", "", mail_from, "internal error"),
+                )
             )
         )
         dkim_task = asyncio.ensure_future(
@@ -326,55 +348,75 @@ class Authenticator:
                     max_signatures=self.config.max_signatures,
                     length_tag=self.config.length_tag,
                     max_key_bits=self.config.max_rsa_key_bits,
+                    parsed=parsed,
                 ),
                 [DkimResult("temperror", reason="internal error")],
             )
         )
-        arc_task = asyncio.ensure_future(
-            self._guarded(
-                "arc",
-                verify_arc(self.resolver, message, max_key_bits=self.config.max_rsa_key_bits),
-                ArcResult("fail"),
+        arc_now = None if any(name == b"arc-seal" for name, _ in fields) else ArcResult("none")
+        arc_task = (
+            None
+            if arc_now is not None
+            else asyncio.ensure_future(
+                self._guarded(
+                    "arc",
+                    verify_arc(
+                        self.resolver,
+                        message,
+                        max_key_bits=self.config.max_rsa_key_bits,
+                        parsed=parsed,
+                    ),
+                    ArcResult("fail"),
+                )
             )
         )
         policy_task = asyncio.ensure_future(
             self._guarded("dmarc", discover_policies(self.resolver, sender.domains), {})
         )
-        tasks: list[asyncio.Future[Any]] = [spf_task, dkim_task, arc_task, policy_task]
+        tasks = [t for t in (spf_task, dkim_task, arc_task, policy_task) if t is not None]
         _done, pending = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0))
         for task in pending:
             task.cancel()
-        spf = spf_task.result() if spf_task not in pending else timeout_spf
+        if spf_now is not None:
+            spf = spf_now
+        else:
+            assert spf_task is not None
+            spf = spf_task.result() if spf_task not in pending else timeout_spf
         dkim: list[DkimResult] = (
             dkim_task.result()
             if dkim_task not in pending
             else [DkimResult("temperror", reason="check timed out")]
         )
-        arc = arc_task.result() if arc_task not in pending else ArcResult("fail", 0, "timed out")
-        try:
-            dmarc = await asyncio.wait_for(
-                self._guarded(
-                    "dmarc",
-                    check_dmarc(
-                        self.resolver,
-                        sender.domains,
-                        spf,
-                        dkim,
-                        rng=self.rng,
-                        policies=policy_task.result() if policy_task not in pending else None,
-                    ),
-                    DmarcResult("temperror", reason="internal error"),
-                ),
-                timeout=max(deadline - loop.time(), 0.001),
+        if arc_now is not None:
+            arc = arc_now
+        else:
+            assert arc_task is not None
+            arc = (
+                arc_task.result() if arc_task not in pending else ArcResult("fail", 0, "timed out")
             )
-        except TimeoutError:
-            # The policy lookup did not finish: nothing is known, which is not "no policy".
-            dmarc = DmarcResult(
-                "temperror",
-                sender.domains[0] if sender.domains else "",
-                reason="no answer within mail.auth.check_timeout",
-                lookup=LOOKUP_FAILED if sender.domains else "",
-            )
+        policies = policy_task.result() if policy_task not in pending else None
+        evaluation = self._guarded(
+            "dmarc",
+            check_dmarc(self.resolver, sender.domains, spf, dkim, rng=self.rng, policies=policies),
+            DmarcResult("temperror", reason="internal error"),
+        )
+        if policies is not None and all(d in policies for d in sender.domains):
+            # Every policy is known: the evaluation looks nothing up and cannot overrun the
+            # deadline, so it runs here, without a task under a timeout.
+            dmarc = await evaluation
+        else:
+            try:
+                dmarc = await asyncio.wait_for(
+                    evaluation, timeout=max(deadline - loop.time(), 0.001)
+                )
+            except TimeoutError:
+                # The policy lookup did not finish: nothing is known, which is not "no policy".
+                dmarc = DmarcResult(
+                    "temperror",
+                    sender.domains[0] if sender.domains else "",
+                    reason="no answer within mail.auth.check_timeout",
+                    lookup=LOOKUP_FAILED if sender.domains else "",
+                )
         flags = self._flags(sender, mail_from, dmarc, dkim)
         decision = decide(self.config, spf=spf, dkim=dkim, dmarc=dmarc, flags=flags, arc=arc)
         infos = [self._spf_info(spf, helo), *self._dkim_infos(dkim)]
@@ -403,17 +445,25 @@ class Authenticator:
             flags=flags,
             details=details,
         )
-        verdict.strip_headers = our_results_ranges(message, self.authserv_id)
+        verdict.strip_headers = our_results_ranges(message, self.authserv_id, parsed[2])
         return verdict
+
+    def _spf_cached(self, *, client_ip: str, mail_from: str, helo: str) -> SpfResult | None:
+        """The SPF result from the SPF result cache, or None."""
+        helo = helo.strip()
+        cached = self.spf_cache.get(client_ip, mail_from, helo, time.monotonic())
+        if cached is None:
+            return None
+        SPF_CACHED.inc()
+        identity, sender, domain = spf_identity(mail_from, helo)
+        return SpfResult(cached[0], identity, domain, sender, cached[1])
 
     async def _spf(self, *, client_ip: str, mail_from: str, helo: str) -> SpfResult:
         """:func:`check_spf`, answered from the SPF result cache while its answers live."""
-        helo = helo.strip()
-        cached = self.spf_cache.get(client_ip, mail_from, helo, time.monotonic())
+        cached = self._spf_cached(client_ip=client_ip, mail_from=mail_from, helo=helo)
         if cached is not None:
-            SPF_CACHED.inc()
-            identity, sender, domain = spf_identity(mail_from, helo)
-            return SpfResult(cached[0], identity, domain, sender, cached[1])
+            return cached
+        helo = helo.strip()
         with consulted() as answers:
             result = await check_spf(
                 self.resolver, client_ip=client_ip, mail_from=mail_from, helo=helo

@@ -202,6 +202,8 @@ async def discover_policies(resolver: Resolver, from_domains: Sequence[str]) -> 
     caller can run it alongside them."""
     if len(from_domains) > MAX_FROM_DOMAINS:
         return {}
+    if len(from_domains) == 1:  # the usual case: no task and turn of the event loop
+        return {from_domains[0]: await _discover(resolver, from_domains[0])}
     found = await asyncio.gather(*(_discover(resolver, d) for d in from_domains))
     return dict(zip(from_domains, found, strict=True))
 

@@ -286,6 +286,15 @@ class Resolver:
         return (Answer("ok", tuple(records)) if records else Answer("nodata")), ttl
 
 
+async def query_all(resolver: Resolver, wanted: list[tuple[str, str]]) -> list[Answer]:
+    """The answers to ``wanted``, concurrently. One name (a signature's key, the usual case)
+    is awaited directly: an answer from the cache then comes back without a task and a turn
+    of the event loop (~0.1 ms of a check)."""
+    if len(wanted) == 1:
+        return [await resolver.query(*wanted[0])]
+    return list(await asyncio.gather(*(resolver.query(name, rd) for name, rd in wanted)))
+
+
 async def run_with_lookups(
     fn: Callable[[Prefetched], T],
     resolver: Resolver,
@@ -303,8 +312,7 @@ async def run_with_lookups(
     view = view if view is not None else Prefetched()
     if prefetch:
         wanted = list(dict.fromkeys((normalise_name(n), rd) for n, rd in prefetch))
-        answers = await asyncio.gather(*(resolver.query(name, rd) for name, rd in wanted))
-        view.answers.update(zip(wanted, answers, strict=True))
+        view.answers.update(zip(wanted, await query_all(resolver, wanted), strict=True))
     for _ in range(max_rounds):
         view.missing.clear()
         try:
@@ -316,6 +324,5 @@ async def run_with_lookups(
             if not any(key not in view.answers for key in view.missing):
                 return result
         wanted = list(dict.fromkeys(k for k in view.missing if k not in view.answers))
-        answers = await asyncio.gather(*(resolver.query(name, rd) for name, rd in wanted))
-        view.answers.update(zip(wanted, answers, strict=True))
+        view.answers.update(zip(wanted, await query_all(resolver, wanted), strict=True))
     raise LookupBudgetExceeded(f"more than {max_rounds} rounds of DNS lookups")

@@ -25,9 +25,11 @@ pattern runs, domains are at most 253 characters by the time they get here (``do
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from lanalyze.mail.auth.dmarc import organisational_domain
 from lanalyze.mail.auth.flags import DISPLAY_NAME_FLAG, LOOKALIKE_FLAG, WELL_KNOWN_FLAG
@@ -128,6 +130,13 @@ def _name_label(org: str) -> str:
     return org.split(".", 1)[0]
 
 
+class _Target(NamedTuple):
+    org: str  # the protected organisational domain
+    name: str  # its name label
+    skeleton: str  # skeleton(org)
+    name_skeleton: str  # skeleton(name)
+
+
 def _one_edit(a: str, b: str) -> bool:
     """One insertion, deletion, substitution or swap of neighbours turns ``a`` into ``b``."""
     if a == b or abs(len(a) - len(b)) > 1:
@@ -142,31 +151,66 @@ def _one_edit(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
+# Protected lists seen (the local domains plus the well-known ones: one or two per process).
+TARGET_TABLES = 8
+
+
+@functools.lru_cache(maxsize=TARGET_TABLES)
+def _targets(protected: tuple[str, ...]) -> tuple[frozenset[str], tuple[_Target, ...]]:
+    """The organisational domains of ``protected`` with their names and skeletons, computed
+    once per list instead of once per message (22 well-known domains: ~70 skeletons each)."""
+    orgs = list(dict.fromkeys(_org(p) for p in protected if p))
+    table = tuple(
+        _Target(org, _name_label(org), skeleton(org), skeleton(_name_label(org))) for org in orgs
+    )
+    return frozenset(orgs), table
+
+
+# Answers kept per (name, protected list): From: domains and display names repeat from
+# message to message (a sender's every mail); a pure function of its arguments. Entries are
+# at most MAX_NAME characters plus a From: domain or two (longer inputs are not kept):
+# ~1 KiB each, ~1 MiB in all.
+ANSWERS_KEPT = 1024
+
+
 def lookalike_of(domain: str, protected: Iterable[str]) -> str | None:
     """The protected domain ``domain`` imitates, or None (it is one, or like none)."""
+    return _lookalike_of(domain, tuple(protected))
+
+
+@functools.lru_cache(maxsize=ANSWERS_KEPT)
+def _lookalike_of(domain: str, protected: tuple[str, ...]) -> str | None:
     org = _org(domain)
-    orgs = list(dict.fromkeys(_org(p) for p in protected if p))
+    orgs, targets = _targets(protected)
     if org in orgs:
         return None
     mine = skeleton(org)
     label = _name_label(org)
-    for target in orgs:
-        name = _name_label(target)
+    label_skeleton = skeleton(label)
+    for target in targets:
+        name = target.name
         # The same name on another suffix (paypal.de) is the brand's own, or at least
         # not imitation by spelling; a name spelt differently but looking the same is.
-        if mine == skeleton(target) or (label != name and skeleton(label) == skeleton(name)):
-            return target
+        if mine == target.skeleton or (label != name and label_skeleton == target.name_skeleton):
+            return target.org
         if len(name) >= MIN_EDIT_LABEL and _one_edit(label, name):
-            return target
+            return target.org
         if len(name) >= MIN_EDIT_LABEL - 1 and name in label.split("-") and label != name:
-            return target
+            return target.org
     return None
 
 
 def display_name_claim(name: str, from_domains: Iterable[str]) -> str | None:
     """The address, domain or well-known name a display name claims that the From:
     address does not belong to, or None."""
-    text = name[:MAX_NAME]
+    domains = tuple(from_domains)
+    if len(domains) <= 2 and sum(map(len, domains)) <= 512:
+        return _display_name_claim(name[:MAX_NAME], domains)
+    return _display_name_claim.__wrapped__(name[:MAX_NAME], domains)
+
+
+@functools.lru_cache(maxsize=ANSWERS_KEPT)
+def _display_name_claim(text: str, from_domains: tuple[str, ...]) -> str | None:
     own = {_org(d) for d in from_domains if d}
     for match in _ADDRESS_OR_DOMAIN.finditer(text):
         claimed = match.group(1).lower()
@@ -179,9 +223,15 @@ def display_name_claim(name: str, from_domains: Iterable[str]) -> str | None:
         # A brand's other domains (amazonaws.com, google.de) carry its name.
         if any(_name_label(org).startswith(word) for org in own):
             continue
-        if re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text, re.IGNORECASE):
+        if _WORD_PATTERNS[word].search(text):
             return word
     return None
+
+
+_WORD_PATTERNS = {
+    word: re.compile(rf"(?<![\w]){re.escape(word)}(?![\w])", re.IGNORECASE)
+    for word in (_name_label(known) for known in WELL_KNOWN_DOMAINS)
+}
 
 
 def well_known(domain: str) -> bool:

@@ -10,6 +10,7 @@ Trust: everything here is the peer's and may be malformed; nothing raises on bad
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -109,19 +110,31 @@ class FromInfo:
     fields: int = 0
     addresses: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
+    # Worked out once (the checks read them a dozen times a message), so read them only
+    # once ``addresses`` is complete, as from_info returns it.
+    @functools.cached_property
     def domains(self) -> list[str]:
         found = [domain_of(address) for _, address in self.addresses]
         return list(dict.fromkeys(d for d in found if d))
 
-    @property
+    @functools.cached_property
     def display_names(self) -> list[str]:
         return [decoded_display_name(name) for name, _ in self.addresses if name]
 
 
-def from_info(header: bytes) -> FromInfo:
+# (header block, body, header fields) of one message, parsed once for all the checks.
+Parsed = tuple[bytes, bytes, list[tuple[bytes, bytes]]]
+
+
+def parse_message(message: bytes) -> Parsed:
+    header, body = split_message(message)
+    return header, body, header_fields(header)
+
+
+def from_info(header: bytes, fields: list[tuple[bytes, bytes]] | None = None) -> FromInfo:
+    """The From: fields of ``header`` (``fields``: its fields, when parsed already)."""
     info = FromInfo()
-    for name, raw in header_fields(header):
+    for name, raw in header_fields(header) if fields is None else fields:
         if name != b"from":
             continue
         info.fields += 1

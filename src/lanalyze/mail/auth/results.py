@@ -48,12 +48,20 @@ def _clean(text: str, limit: int) -> str:
         text = f"{local}@{_ascii_domain(domain)}"
     elif not at and not text.isascii():
         text = _ascii_domain(text)
-    text = "".join(c if c.isascii() else "?" for c in text)
+    if not text.isascii():  # most text is: no walk over its characters then
+        text = "".join(c if c.isascii() else "?" for c in text)
     return _CONTROL.sub("", text)[:limit]
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and all(33 <= ord(c) < 127 and c not in _TSPECIALS for c in text)
+    # Every character in 33-126 (printable ASCII but the space), none a tspecial.
+    return (
+        bool(text)
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and _TSPECIALS.isdisjoint(text)
+    )
 
 
 def quote_value(text: str) -> str:
@@ -158,13 +166,17 @@ def authserv_id_of(value: str) -> str | None:
     return match.group(0) if match else None
 
 
-def our_results_ranges(message: bytes, authserv_id: str) -> list[tuple[int, int]]:
-    """Byte ranges ``[start, end)`` of the header fields that claim ``authserv_id``."""
-    header, _ = split_message(message)
+def our_results_ranges(
+    message: bytes, authserv_id: str, fields: list[tuple[bytes, bytes]] | None = None
+) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of the header fields that claim ``authserv_id``
+    (``fields``: the message's header fields, when parsed already)."""
+    if fields is None:
+        fields = header_fields(split_message(message)[0])
     ours = authserv_id.strip().lower()
     ranges = []
     offset = 0
-    for name, raw in header_fields(header):
+    for name, raw in fields:
         if name == b"authentication-results":
             claimed = authserv_id_of(field_value(raw))
             if claimed is not None and claimed.strip().lower() == ours:
