@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from lanalyze.datadir import make_private_dirs, open_private
 from lanalyze.flows.store.paths import RAW, hour_dir, manifest_path, raw_dir
 
@@ -234,6 +232,9 @@ def list_raw_files_cached(data: Path, hour: str) -> list[str]:
 
 
 def compact_replaces(path: Path) -> list[str]:
+    # Imported here: the report commands plan from this module and must not load pyarrow.
+    import pyarrow.parquet as pq
+
     try:
         metadata = pq.read_schema(path).metadata or {}
     except FileNotFoundError:
