@@ -12,7 +12,6 @@ report command runs with the defaults kept here (:data:`DEFAULT_DATA_DIR`,
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 ENV_CONFIG = "LANALYZE_CONFIG"
@@ -43,6 +42,8 @@ def data_dir_hint(text: str | None) -> Path | None:
     ``None`` when the text is not TOML or the key is not a string (validation will say so)."""
     if text is None:
         return DEFAULT_DATA_DIR.expanduser()
+    import tomllib  # here: the report engine imports this module for QUERY_DEFAULTS only
+
     try:
         general = tomllib.loads(text).get("general", {})
     except tomllib.TOMLDecodeError:

@@ -17,6 +17,7 @@ used first out. Input trust: our own files; the filter is compiled with paramete
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -55,14 +56,19 @@ COLUMNS = (
     "in_if",
     "out_if",
 )
-_OTHERS = re.compile(
-    r"\b(" + "|".join(c.name for c in catalogue.COLUMNS if c.name not in COLUMNS) + r")\b"
-)
+
+
+@functools.cache
+def _others() -> re.Pattern[str]:
+    # Compiled on first use: a report command reading only rollups never asks.
+    return re.compile(
+        r"\b(" + "|".join(c.name for c in catalogue.COLUMNS if c.name not in COLUMNS) + r")\b"
+    )
 
 
 def covers(sql: str) -> bool:
     """True when ``sql`` (a report's select list) names only columns kept here."""
-    return _OTHERS.search(sql) is None
+    return _others().search(sql) is None
 
 
 Key = tuple[str, str, tuple[object, ...]]
