@@ -1,6 +1,6 @@
 """Command-line report speed, fresh processes: ``nfdump -s srcip/bytes`` vs ``lanalyze flows top``.
 
-    PYTHONPATH=src .venv/bin/python bench/cli_bench.py --flows 1M,10M [--runs 5] [--work DIR]
+    PYTHONPATH=src .venv/bin/python bench/cli_bench.py --flows 1M,10M,100M [--runs 5] [--work DIR]
 
 The same flows are stored for nfcapd (NetFlow v5 over UDP) and as lanalyze raw segments plus
 rollups, by ``bench/query_bench.py``'s builder (``--reuse`` keeps a previous run's stores).
@@ -9,18 +9,27 @@ Then, alternately and each as a new process, as a user types them:
 - ``nfdump -R DIR -s srcip/bytes -n 10``
 - ``lanalyze flows top --by srcip -n 10`` with ``lanalyze serve`` running on the data
   directory (answered over ``<data_dir>/lanalyze.sock``)
-- the same with ``--no-server`` (the process imports and runs the query engine itself)
+- the same with ``--no-server`` (the process imports and runs the query engine itself),
+  without a configuration file (``HOME`` is an empty directory, as for a user who has none)
+- and ``--no-server`` with a configuration file naming the data directory (the process
+  validates it: pydantic and every section's model)
 
 and prints the medians, the ratios ours/nfdump, and the load average before and after (the
 machine is shared: compare ratios). Times are wall-clock from ``fork`` to exit, measured
 here with ``time.perf_counter`` around ``subprocess.run`` (``hyperfine`` gives the same
-shape; it is not needed).
+shape; it is not needed), and the CPU time (user + system) of each process, which a busy
+machine disturbs less than the wall clock.
+
+The sources are compiled to bytecode first, as ``pip install`` does: with
+``PYTHONDONTWRITEBYTECODE`` set, every fresh process would otherwise compile them again.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -41,10 +50,19 @@ def lanalyze_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "lanalyze"]
 
 
-def timed(args: list[str]) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def timed(args: list[str], name: str = "", env: dict[str, str] | None = None) -> float:
+    """Wall-clock seconds of one fresh process; its CPU seconds go to ``CPU[name]``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - began
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    spent = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(name, []).append(cpu)
+    return spent
 
 
 def start_server(work: Path) -> subprocess.Popen[bytes]:
@@ -80,29 +98,42 @@ def bench(work: Path, runs: int) -> None:
         *("--data", str(work / "lanalyze")),
     ]
     peer = ["nfdump", "-R", str(work / "nfcapd"), "-s", "srcip/bytes", "-n", "10"]
+    home = work / "home"  # no ~/.config/lanalyze/lanalyze.toml: the built-in defaults
+    home.mkdir(exist_ok=True)
+    bare = {**os.environ, "HOME": str(home)}
+    bare.pop("LANALYZE_CONFIG", None)
+    configured = [*ours, "--config", str(work / "serve.toml"), "--no-server"]
+    CPU.clear()
     load_before = os.getloadavg()
     server = start_server(work)
     try:
         timed(ours)  # the server's first query opens its DuckDB connection
-        times: dict[str, list[float]] = {"nfdump": [], "served": [], "alone": []}
+        times: dict[str, list[float]] = {"nfdump": [], "served": [], "alone": [], "config": []}
         for _ in range(runs):
-            times["nfdump"].append(timed(peer))
-            times["served"].append(timed(ours))
-            times["alone"].append(timed([*ours, "--no-server"]))
+            times["nfdump"].append(timed(peer, "nfdump"))
+            times["served"].append(timed(ours, "served", bare))
+            times["alone"].append(timed([*ours, "--no-server"], "alone", bare))
+            times["config"].append(timed(configured, "config", bare))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     load_after = os.getloadavg()
     median = {name: statistics.median(values) for name, values in times.items()}
+    cpu = {name: statistics.median(values) for name, values in CPU.items()}
     print(
         f"{meta['flows']:,} flows, median of {runs} fresh processes, load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after ({os.cpu_count()} cores)"
     )
-    for name, label in (("served", "with lanalyze serve"), ("alone", "--no-server")):
+    print(f"  nfdump -s srcip/bytes {median['nfdump']:.3f} s (CPU {cpu['nfdump']:.3f} s)")
+    for name, label in (
+        ("served", "with lanalyze serve"),
+        ("alone", "--no-server, no configuration file"),
+        ("config", "--no-server, --config FILE"),
+    ):
         print(
-            f"  nfdump -s srcip/bytes {median['nfdump']:.3f} s | lanalyze flows top "
-            f"({label}) {median[name]:.3f} s | ratio ours/nfdump "
-            f"{median[name] / median['nfdump']:.2f}"
+            f"  lanalyze flows top ({label}) {median[name]:.3f} s (CPU {cpu[name]:.3f} s) | "
+            f"ratio ours/nfdump {median[name] / median['nfdump']:.2f} "
+            f"(CPU {cpu[name] / cpu['nfdump']:.2f})"
         )
     for name, values in times.items():
         print(f"  runs {name}: " + ", ".join(f"{value:.3f}" for value in values))
@@ -117,6 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("nfdump") is None or shutil.which("nfcapd") is None:
         sys.exit("nfdump and nfcapd are needed (Debian: nfdump)")
+    # What an installed package has (pip compiles at install time).
+    compileall.compile_dir(ROOT / "src", quiet=1)
     for size in args.flows.split(","):
         work = args.work / size
         if not (args.reuse and (work / "meta.json").exists()):

@@ -49,6 +49,15 @@ class AppContext:
                 click.echo(f"configuration warning: {old} is deprecated, use {new}", err=True)
         return self._config
 
+    @property
+    def defaults_only(self) -> bool:
+        """No configuration file (none named, none at the default places): the built-in
+        defaults, which need no validation, so a report command may use them without loading
+        :attr:`config` (see :func:`lanalyze.flows.query.cli.resolve_data`)."""
+        from lanalyze.configpath import default_config_path
+
+        return self._config is None and self.config_path is None and default_config_path() is None
+
 
 pass_app = click.make_pass_decorator(AppContext)
 

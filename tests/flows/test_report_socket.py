@@ -155,7 +155,7 @@ def test_other_query_settings_run_in_process(server, tmp_path: Path) -> None:
     assert counter(metrics(port), name, command="top", outcome="config_differs") == before + 1
 
 
-def imported(args: list[str], tmp_path: Path) -> set[str]:
+def imported(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> set[str]:
     """Modules loaded by the time `lanalyze ARGS` exits (as the console script runs it)."""
     out = tmp_path / "modules.txt"
     script = (
@@ -165,7 +165,11 @@ def imported(args: list[str], tmp_path: Path) -> set[str]:
         "main()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return {name for name in out.read_text().splitlines() if name.split(".")[0] != "tests"}
@@ -180,6 +184,31 @@ def test_served_report_imports_no_query_engine(server, tmp_path: Path) -> None:
     modules = imported(args, tmp_path)
     assert "lanalyze.flows.query.reportclient" in modules
     assert not modules & HEAVY, modules & HEAVY
+
+
+def test_a_report_without_server_or_configuration_imports_no_heavy_library(
+    server, tmp_path: Path
+) -> None:
+    """What a user typing `flows top --data DIR` gets with no configuration file and no
+    server: the query runs here from the rollups with DuckDB's extension alone, and prints
+    the same as the served answer (the configuration differs only in the data directory)."""
+    _config, data, _port = server
+    home = tmp_path / "home"  # no ~/.config/lanalyze/lanalyze.toml
+    home.mkdir()
+    args = ["flows", "top", "--by", "srcip", "--data", str(data), *WINDOW, "--no-server"]
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("LANALYZE_CONFIG", None)
+    if Path("/etc/lanalyze/lanalyze.toml").exists():
+        pytest.skip("a system-wide configuration file exists here")
+    modules = imported(args, tmp_path, env)
+    heavy = HEAVY | {"pandas", "lanalyze.config", "lanalyze.flows.config", "prometheus_client"}
+    assert "_duckdb" in modules and not modules & heavy, modules & heavy
+    served = run("flows", "top", "--by", "srcip", "--data", str(data), *WINDOW)
+    alone = subprocess.run(
+        [*lanalyze_cmd(), *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert alone.returncode == served.returncode == 0, alone.stderr
+    assert alone.stdout == served.stdout and "srcip" in alone.stdout
 
 
 def test_a_command_imports_only_its_own_group(tmp_path: Path) -> None:

@@ -17,34 +17,49 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:
+    # Imported where used: the report commands read the catalogue's names and kinds only,
+    # and numpy with pyarrow would double their start-up (docs/performance.md).
+    import numpy as np
+    import pyarrow as pa
+
+    LABEL_TYPE: pa.DataType
 
 Kind = Literal["u8", "u16", "u32", "u64", "ip", "mac", "time_ms", "str"]
 
-_ARROW: dict[Kind, pa.DataType] = {
-    "u8": pa.uint8(),
-    "u16": pa.uint16(),
-    "u32": pa.uint32(),
-    "u64": pa.uint64(),
-    "ip": pa.binary(16),
-    "mac": pa.uint64(),
-    "time_ms": pa.uint64(),
-    "str": pa.string(),
-}
 
-_NUMPY: dict[Kind, np.dtype[np.generic]] = {
-    "u8": np.dtype(np.uint8),
-    "u16": np.dtype(np.uint16),
-    "u32": np.dtype(np.uint32),
-    "u64": np.dtype(np.uint64),
-    "ip": np.dtype("S16"),
-    "mac": np.dtype(np.uint64),
-    "time_ms": np.dtype(np.uint64),
-    "str": np.dtype(object),
-}
+@functools.cache
+def _arrow_types() -> dict[Kind, pa.DataType]:
+    import pyarrow as pa
+
+    return {
+        "u8": pa.uint8(),
+        "u16": pa.uint16(),
+        "u32": pa.uint32(),
+        "u64": pa.uint64(),
+        "ip": pa.binary(16),
+        "mac": pa.uint64(),
+        "time_ms": pa.uint64(),
+        "str": pa.string(),
+    }
+
+
+@functools.cache
+def _numpy_dtypes() -> dict[Kind, np.dtype[np.generic]]:
+    import numpy as np
+
+    return {
+        "u8": np.dtype(np.uint8),
+        "u16": np.dtype(np.uint16),
+        "u32": np.dtype(np.uint32),
+        "u64": np.dtype(np.uint64),
+        "ip": np.dtype("S16"),
+        "mac": np.dtype(np.uint64),
+        "time_ms": np.dtype(np.uint64),
+        "str": np.dtype(object),
+    }
 
 
 @dataclass(frozen=True)
@@ -63,11 +78,11 @@ class Column:
 
     @property
     def arrow_type(self) -> pa.DataType:
-        return _ARROW[self.kind]
+        return _arrow_types()[self.kind]
 
     @property
     def numpy_dtype(self) -> np.dtype[np.generic]:
-        return _NUMPY[self.kind]
+        return _numpy_dtypes()[self.kind]
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -166,14 +181,28 @@ BY_IPFIX_ID: dict[int, Column] = {
 def arrow_schema() -> pa.Schema:
     # Cached: the schema is immutable, and building its fields per decoded batch showed up in
     # the ingest profile.
+    import pyarrow as pa
+
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.kind == "str") for c in COLUMNS])
 
 
 LABEL_COLUMNS = tuple(c.name for c in COLUMNS if c.kind == "str" and c.name != "extra")
 """The enrichment names (issue 16, :mod:`lanalyze.flows.enrich`): few distinct values each."""
 
-LABEL_TYPE = pa.dictionary(pa.int32(), pa.string())
-"""How the ingest path carries a name column: indices into the few distinct names."""
+
+@functools.cache
+def label_type() -> pa.DataType:
+    """How the ingest path carries a name column: indices into the few distinct names
+    (also as ``LABEL_TYPE``)."""
+    import pyarrow as pa
+
+    return pa.dictionary(pa.int32(), pa.string())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LABEL_TYPE":  # a constant once; built on first use now (pyarrow)
+        return label_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
@@ -182,9 +211,11 @@ def batch_schema() -> pa.Schema:
     with the name columns as dictionary arrays (:data:`LABEL_TYPE`), so no text is made per
     flow. Stored, they are text again (a Parquet string column, dictionary-encoded); a
     segment omits the name columns that are entirely null (:mod:`lanalyze.flows.store.writer`)."""
+    import pyarrow as pa
+
     return pa.schema(
         [
-            pa.field(f.name, LABEL_TYPE, nullable=True) if f.name in LABEL_COLUMNS else f
+            pa.field(f.name, label_type(), nullable=True) if f.name in LABEL_COLUMNS else f
             for f in arrow_schema()
         ]
     )
@@ -207,6 +238,9 @@ ADDED_COLUMNS = frozenset(
 def conform(table: pa.Table) -> pa.Table:
     """A table of stored flows with every catalogue column, in catalogue order: columns an
     older segment lacks (:data:`ADDED_COLUMNS`) are added, null (text) or zero (numbers)."""
+    import numpy as np
+    import pyarrow as pa
+
     rows = table.num_rows
     names = set(table.column_names)
     arrays = []
@@ -240,6 +274,8 @@ def resolve(name: str) -> Column:
 
 def empty_batch(rows: int) -> dict[str, np.ndarray]:
     """Zero-filled columns for ``rows`` flows: decoders fill what their records carry."""
+    import numpy as np
+
     batch = {c.name: np.zeros(rows, dtype=c.numpy_dtype) for c in COLUMNS if c.kind != "str"}
     batch["flows"][:] = 1
     batch["sampling_rate"][:] = 1
@@ -258,6 +294,10 @@ def to_record_batch(
     an all-null column, built without a Python list; so is every name column ``labels`` (the
     enricher's dictionary columns, :mod:`lanalyze.flows.enrich`) does not give. The schema is
     :func:`batch_schema`."""
+    import numpy as np
+    import pyarrow as pa
+
+    LABEL_TYPE = label_type()  # the name it had as a module constant
     rows = len(columns["bytes"])
     arrays: list[pa.Array] = []
     nulls: pa.Array | None = None  # one all-null array for every absent name column

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from lanalyze.configbase import ListenAddress, ListenAddresses, Section
+from lanalyze.configpath import QUERY_DEFAULTS
 from lanalyze.flows.enrich.config import EnrichConfig, NetworkAttributes, check_networks
 
 
@@ -119,9 +120,14 @@ class QueryConfig(Section):
     """Report queries (section ``[flows.query]``): applied by every process that answers
     reports (``lanalyze flows top|series|...``, the console and API of ``lanalyze serve``)."""
 
-    threads: int = Field(default=2, ge=1, le=256, description="DuckDB threads per report query.")
+    threads: int = Field(
+        default=QUERY_DEFAULTS["threads"],
+        ge=1,
+        le=256,
+        description="DuckDB threads per report query.",
+    )
     max_raw_bytes: int = Field(
-        default=8 * 2**30,
+        default=QUERY_DEFAULTS["max_raw_bytes"],
         ge=0,
         description="Bytes of raw segments one report may scan; a report needing more "
         "(a per-flow filter over weeks) is refused with a message.",

@@ -53,14 +53,26 @@ def flow_dir_of(data: Path) -> Path:
 def resolve_data(ctx: click.Context, data: Path | None) -> Path:
     """The flow directory: ``--data`` (a flow directory, or a data directory holding
     ``flows/``), else ``general.data_dir``/flows of the configuration. Every report command
-    comes here first, so it also applies the ``[flows.query]`` section."""
-    from lanalyze.flows.query import reports
+    comes here first, so it also applies the ``[flows.query]`` section.
+
+    Without a configuration file the built-in defaults apply, and they need no validation:
+    the command then never loads the configuration models (pydantic), which cost more than
+    the report (docs/performance.md, "Reports from the command line")."""
+    from lanalyze.flows.query import engine
     from lanalyze.flows.store.paths import flow_dir
 
-    config = ctx.find_root().obj.config
-    reports.apply_config(config.flows.query, config.flows.store)
+    app = ctx.find_root().obj
+    if getattr(app, "defaults_only", False):
+        from lanalyze.configpath import DEFAULT_DATA_DIR
+
+        engine.apply_defaults()
+        data_dir = DEFAULT_DATA_DIR.expanduser()
+    else:
+        config = app.config
+        engine.apply_config(config.flows.query, config.flows.store)
+        data_dir = config.general.data_path
     if data is None:
-        directory = flow_dir(Path(config.general.data_path))
+        directory = flow_dir(Path(data_dir))
         origin = "general.data_dir"
     else:
         directory = flow_dir_of(data.expanduser())

@@ -9,20 +9,14 @@ knows which rollup tables can answer it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lanalyze.flows import catalogue
-from lanalyze.flows.query.filterlang import (
-    AddrRange,
-    And,
-    Any_,
-    Compare,
-    FlagsAll,
-    Node,
-    Not,
-    Or,
-    TextEquals,
-    parse,
-)
+
+if TYPE_CHECKING:
+    # Imported when a filter is parsed: a report without one (most command-line reports)
+    # does not pay for the parser's module, whose node dataclasses are costly to create.
+    from lanalyze.flows.query.filterlang import Node
 
 # Filter column -> (SQL expression, stored columns it needs). Counters compare scaled by
 # sampling, like the reports show them; they are per-flow values, so only raw flows have them.
@@ -70,9 +64,17 @@ class CompiledFilter:
         return self.sql == "TRUE"
 
 
+EVERYTHING = CompiledFilter("TRUE", (), frozenset())
+"""What no filter (None or ``""``) compiles to: ``compile_tree(parse(""))``."""
+
+
 def compile_filter(text: str | None) -> CompiledFilter:
     """Parse and compile a filter (None or blank: everything). Raises FilterError."""
-    return compile_tree(parse(text or ""))
+    if not text:
+        return EVERYTHING
+    from lanalyze.flows.query.filterlang import parse
+
+    return compile_tree(parse(text))
 
 
 def compile_tree(node: Node) -> CompiledFilter:
@@ -89,6 +91,17 @@ def _column(name: str, columns: set[str]) -> str:
 
 
 def _compile(node: Node, params: list[object], columns: set[str]) -> str:
+    from lanalyze.flows.query.filterlang import (
+        AddrRange,
+        And,
+        Any_,
+        Compare,
+        FlagsAll,
+        Not,
+        Or,
+        TextEquals,
+    )
+
     if isinstance(node, Any_):
         return "TRUE"
     if isinstance(node, Compare):

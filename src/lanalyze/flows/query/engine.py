@@ -20,19 +20,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import duckdb
+try:
+    # DuckDB's C extension itself, which the `duckdb` package re-exports: its __init__ adds
+    # the Python relational and expression API (~100 ms of imports, more than the extension)
+    # that reports never use, and a report command pays every import (docs/performance.md).
+    import _duckdb as duckdb
+except ImportError:  # a DuckDB build that names it otherwise
+    import duckdb  # type: ignore[no-redef]
 
-from lanalyze.flows.config import QueryConfig, StoreConfig
+from lanalyze.configpath import QUERY_DEFAULTS
 from lanalyze.flows.errors import Replan, ReportError
-from lanalyze.flows.query import filtered, planner
+from lanalyze.flows.query import planner
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.planner import Plan
 from lanalyze.flows.query.sql import Dialect, DuckDB, Statement
+
+ReadError = duckdb.IOException
+"""DuckDB's error for a file it could not read (one left between planning and reading)."""
+
+if TYPE_CHECKING:
+    # Not at run time: the report commands run with the built-in defaults below when no
+    # configuration file exists, and pydantic and the section models cost more than the query.
+    from lanalyze.flows.config import QueryConfig, StoreConfig
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -68,7 +83,21 @@ class Backend(Protocol):
         ...
 
 
-_settings = {"query": QueryConfig()}
+class QueryLimits(Protocol):
+    """What running a statement reads of ``[flows.query]``."""
+
+    threads: int
+    max_raw_bytes: int
+
+
+class _Defaults:
+    """``[flows.query]``'s defaults without pydantic (:data:`QUERY_DEFAULTS` owns them)."""
+
+    threads = QUERY_DEFAULTS["threads"]
+    max_raw_bytes = QUERY_DEFAULTS["max_raw_bytes"]
+
+
+_settings: dict[str, QueryLimits] = {"query": _Defaults()}
 
 
 def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
@@ -91,7 +120,24 @@ def apply_config(config: QueryConfig, store: StoreConfig | None = None) -> None:
             use(ClickHouseBackend(store))
             if isinstance(current, ClickHouseBackend):
                 current.close()
-    elif not current.files:
+    else:
+        _use_embedded()
+
+
+def apply_defaults() -> None:
+    """:func:`apply_config` of the built-in ``[flows.query]`` and ``[flows.store]``, without
+    building their models: what a report command does when there is no configuration file
+    (pydantic and the section models would cost it more than the query)."""
+    _settings["query"] = _Defaults()
+    names = sys.modules.get("lanalyze.flows.query.names")
+    if names is not None:  # not imported: it starts with the defaults anyway
+        names.reset()
+    _use_embedded()
+
+
+def _use_embedded() -> None:
+    current = _backend[0]
+    if not current.files:
         use(_embedded)
         close = getattr(current, "close", None)
         if close is not None:
@@ -145,7 +191,7 @@ class DuckDBBackend:
     def execute(self, statement: Statement) -> list[Row]:
         try:
             return self.connection().execute(statement.sql, statement.params).fetchall()
-        except duckdb.IOException as exc:
+        except ReadError as exc:
             # A file left between planning and reading (compaction, retention): re-plan.
             raise Replan(str(exc)) from None
         finally:
@@ -155,9 +201,11 @@ class DuckDBBackend:
         """Register the filtered flows of ``files`` on this thread's connection (None: too
         many to keep, read the files instead); unregistered after the next execute."""
         connection = self.connection()
+        from lanalyze.flows.query import filtered  # pyarrow: only the console's drill-downs
+
         try:
             table = filtered.flows(connection, files, flt)
-        except duckdb.IOException as exc:
+        except ReadError as exc:
             raise Replan(str(exc)) from None
         if table is None:
             return None

@@ -17,17 +17,21 @@ used first out. Input trust: our own files; the filter is compiled with paramete
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
-
-import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.query.compile import CompiledFilter
 from lanalyze.flows.query.raw import raw_reader
+
+if TYPE_CHECKING:
+    # Imported where used: the report commands load this module (sql.py asks covers()) but
+    # a command reading rollups must not pay for pyarrow (see docs/performance.md).
+    import duckdb
+    import pyarrow as pa
 
 MAX_ROWS = 2_000_000
 MAX_BYTES = 256 * 2**20
@@ -52,14 +56,19 @@ COLUMNS = (
     "in_if",
     "out_if",
 )
-_OTHERS = re.compile(
-    r"\b(" + "|".join(c.name for c in catalogue.COLUMNS if c.name not in COLUMNS) + r")\b"
-)
+
+
+@functools.cache
+def _others() -> re.Pattern[str]:
+    # Compiled on first use: a report command reading only rollups never asks.
+    return re.compile(
+        r"\b(" + "|".join(c.name for c in catalogue.COLUMNS if c.name not in COLUMNS) + r")\b"
+    )
 
 
 def covers(sql: str) -> bool:
     """True when ``sql`` (a report's select list) names only columns kept here."""
-    return _OTHERS.search(sql) is None
+    return _others().search(sql) is None
 
 
 Key = tuple[str, str, tuple[object, ...]]
@@ -72,6 +81,12 @@ def flows(
     connection: duckdb.DuckDBPyConnection, files: list[str], flt: CompiledFilter
 ) -> pa.Table | None:
     """The flows of ``files`` passing ``flt`` (None: more than :data:`MAX_ROWS`)."""
+    # The `duckdb` package, not only the extension the engine imports: it is what gives a
+    # connection its relational API (.sql, .to_arrow_table) used here.
+    import duckdb  # noqa: F401
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     keys = [(path, flt.sql, flt.params) for path in files]
     found: dict[str, pa.Table] = {}
     with _lock:

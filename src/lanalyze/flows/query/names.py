@@ -315,6 +315,11 @@ def configure(config: NamesConfig) -> None:
         old.close()
 
 
+def reset() -> None:
+    """Back to the section's defaults (the next :func:`shared` builds them)."""
+    _close_shared()
+
+
 @atexit.register
 def _close_shared() -> None:
     # Lookups still running when a command ends are cancelled, not left to be destroyed

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from lanalyze.flows.errors import Replan
 from lanalyze.flows.query import engine
 from lanalyze.flows.query.reports.common import (
@@ -78,7 +76,7 @@ def _table_status(name: str, files: list[str], time_column: str) -> TableStatus:
     backend = engine.backend()
     try:
         rows = backend.execute(backend.dialect.time_range(existing, time_column))
-    except (Replan, duckdb.IOException):
+    except (Replan, engine.ReadError):
         return entry
     if rows and rows[0][0] is not None:
         entry.rows = int(rows[0][0])
