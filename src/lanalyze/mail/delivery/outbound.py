@@ -42,9 +42,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from lanalyze.datadir import fsync_dir
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
 from lanalyze.mail.bounce import Bouncer, RecipientResult
@@ -144,6 +146,9 @@ class OutboundQueue:
         self.executor = executor
         # Set by the queue manager: the file is back in its hands (or finished).
         self.done: Done = lambda name, path, attempts: None
+        # Set by the queue manager: a file submitted as relay-only that has local
+        # recipients after all goes back to local delivery first.
+        self.local_first: Callable[[str], None] = lambda path: None
         self.record = record
         self.bouncer = bouncer
         self.mtasts = (
@@ -152,6 +157,7 @@ class OutboundQueue:
             else None
         )
         self.recycler = Recycler(layout)
+        self.states = StateWriter(executor)
         self.destinations: dict[str, DestinationState] = {}
         self._waiting: deque[DestinationState] = deque()  # for a global connection slot
         self._connections = 0
@@ -163,10 +169,18 @@ class OutboundQueue:
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, path: str | Path, loaded: tuple[Envelope, bytes] | None = None) -> None:
+    def submit(
+        self,
+        path: str | Path,
+        loaded: tuple[Envelope, bytes] | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
         """Take over a queue file; ``loaded``: its envelope and message, already read and
-        checked by local delivery (small messages), so the file is not read again."""
-        self._spawn(self._load(Path(path), loaded))
+        checked by local delivery (small messages), so the file is not read again.
+        ``fresh``: straight from acceptance, local delivery not asked yet (a file with local
+        recipients goes back to the queue manager's ``local_first``)."""
+        self._spawn(self._load(Path(path), loaded, fresh))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -181,7 +195,9 @@ class OutboundQueue:
                 await task
         self._tasks.clear()
 
-    async def _load(self, path: Path, loaded: tuple[Envelope, bytes] | None) -> None:
+    async def _load(
+        self, path: Path, loaded: tuple[Envelope, bytes] | None, fresh: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         name = path.name
         try:
@@ -207,6 +223,9 @@ class OutboundQueue:
                 )
             await self.record([Outcome(name, "corrupt", None, str(exc))])
             self.done(name, None, 0)
+            return
+        if fresh and envelope.local:
+            self.local_first(str(path))
             return
         head = envelope.prepend.encode("utf-8", "surrogateescape")
         message = Message(path, envelope, raw, head + strip_marked(raw, envelope))
@@ -339,7 +358,10 @@ class OutboundQueue:
                     if any(r.state == "delivered" for r in results):
                         state.limit = min(float(self.outbound.max_per_destination), state.limit + 1)
                     current = None
-                    self._job_done(job, results, state.kind)
+                    # RFC 1047: the peer has the message from its 250 on; until our record
+                    # of it is on disk a crash sends it again. That window is this await and
+                    # nothing more: the next transaction on this connection starts after it.
+                    await self._record_job(job, results, state.kind)
             finally:
                 await session.close()
         except Exception:
@@ -368,9 +390,21 @@ class OutboundQueue:
         while state.jobs:
             job = state.jobs.popleft()
             results = [RcptResult(r, result, status, text, host) for r in job.recipients]  # type: ignore[arg-type]
-            self._job_done(job, results, state.kind)
+            # Nothing was sent: no duplicate to fear, so the records need not be awaited.
+            action = self._job_done(job, results, state.kind)
+            if action is not None:
+                self._spawn(action)
 
-    def _job_done(self, job: Job, results: Sequence[RcptResult], kind: str) -> None:
+    async def _record_job(self, job: Job, results: Sequence[RcptResult], kind: str) -> None:
+        action = self._job_done(job, results, kind)
+        if action is not None:
+            await action
+
+    def _job_done(
+        self, job: Job, results: Sequence[RcptResult], kind: str
+    ) -> Awaitable[None] | None:
+        """Count a transaction's results; the write they call for (the file finished, or the
+        delivered recipients checkpointed while other jobs of the message are still out)."""
         message = job.message
         message.results.extend(results)
         message.pending.extend(results)
@@ -382,9 +416,10 @@ class OutboundQueue:
                 counter = self._counters[key] = metrics.OUTBOUND_RECIPIENTS.labels(*key)
             counter.inc()
         if message.jobs_left == 0:
-            self._spawn(self._finish(message))
-        elif any(r.state == "delivered" for r in results):
-            self._spawn(self._checkpoint(message))
+            return self._finish(message)
+        if any(r.state == "delivered" for r in results):
+            return self._checkpoint(message)
+        return None
 
     # ------------------------------------------------------------------ state
 
@@ -414,15 +449,11 @@ class OutboundQueue:
                 return  # nothing new to write, or _finish writes it anyway
             self._apply(message, done)
             message.pending = [r for r in message.pending if r.state == "deferred"]
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(
-                    self.executor,
-                    _rewrite,
-                    message.path,
-                    message.path,
-                    message.envelope,
-                    len(message.raw),
+                await self.states.run(
+                    partial(
+                        _rewrite, message.path, message.path, message.envelope, len(message.raw)
+                    )
                 )
             except OSError as exc:
                 log.error(
@@ -511,14 +542,12 @@ class OutboundQueue:
                     )
                 )
             envelope.delay_warned = True
+        bouncer = None
         if report:
             for action in {r.action for r in report}:
                 metrics.BOUNCE_REPORTS.labels(action).inc(sum(r.action == action for r in report))
             if self.bouncer is not None:
-                # Before the state is written: a crash repeats a notice, never loses one.
-                await loop.run_in_executor(
-                    self.executor, self.bouncer.report, envelope, message.raw, report
-                )
+                bouncer = self.bouncer
             elif log.isEnabledFor(logging.INFO):
                 for item in report:
                     log.info(
@@ -539,8 +568,10 @@ class OutboundQueue:
             and envelope.rcpt.get(r, {}).get("state") != "bounced"
         ]
         if not remaining:
-            await loop.run_in_executor(
-                self.executor, self.recycler.release, str(message.path), len(message.raw)
+            # One step in the state writer: the bouncer's notices first (a crash repeats a
+            # notice, never loses one), then the file released, durably.
+            await self.states.run(
+                partial(_release, bouncer, report, message, self.recycler.release)
             )
             metrics.DELIVERY_LATENCY.observe(max(0.0, age))
             status = "delivered" if delivered_to else "bounced"
@@ -553,9 +584,9 @@ class OutboundQueue:
             if deferred:
                 envelope.last_error = f"{deferred[0].recipient}: {deferred[0].reply}"[:900]
         target = self.layout.q("deferred") / name
-        await loop.run_in_executor(
-            self.executor, _rewrite, message.path, target, envelope, len(message.raw)
-        )
+        if bouncer is not None:
+            await loop.run_in_executor(self.executor, bouncer.report, envelope, message.raw, report)
+        await self.states.run(partial(_rewrite, message.path, target, envelope, len(message.raw)))
         await self.record([Outcome(name, "deferred", envelope, envelope.last_error, delivered_to)])
         self.done(name, target, envelope.attempts)
 
@@ -583,5 +614,85 @@ def _read(path: Path) -> tuple[Envelope, bytes]:
     return envelope, raw
 
 
-def _rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> None:
-    rewrite(path, target, envelope, length)
+def _rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> set[str]:
+    rewrite(path, target, envelope, length)  # fsyncs the file and its directories itself
+    return set()
+
+
+def _release(
+    bouncer: Bouncer | None,
+    report: list[RecipientResult],
+    message: Message,
+    release: Callable[[str, int], None],
+) -> set[str]:
+    """State-writer step of a finished message: notices, then the queue file released (to
+    ``free/`` for reuse); its directory is fsynced with the rest of the batch."""
+    if bouncer is not None:
+        bouncer.report(message.envelope, message.raw, report)
+    release(str(message.path), len(message.raw))
+    return {str(message.path.parent)}
+
+
+class StateWriter:
+    """Group commit of per-recipient state (the outbound side's one writer of queue files).
+
+    Each step (a function run in ``executor``) changes queue files and returns the
+    directories whose entries it changed; the steps gathered while a batch is written run in
+    the next batch, which then fsyncs each directory once: many connections' records share
+    one flush, and each caller's ``await`` returns only once its own step is on disk.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self._steps: list[tuple[Callable[[], set[str]], asyncio.Future[None]]] = []
+        self._running = False
+
+    async def run(self, step: Callable[[], set[str]]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._steps.append((step, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._steps:
+                steps, self._steps = self._steps, []
+                try:
+                    errors = await loop.run_in_executor(
+                        self.executor, _write_batch, [step for step, _ in steps]
+                    )
+                except BaseException as exc:  # the executor is gone (stopping)
+                    errors = [exc] * len(steps)
+                metrics.OUTBOUND_STATE_BATCHES.inc()
+                for (_, future), error in zip(steps, errors, strict=True):
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+        finally:
+            self._running = False
+
+
+def _write_batch(steps: list[Callable[[], set[str]]]) -> list[BaseException | None]:
+    """The state writer's thread: every step, then one fsync per directory touched."""
+    errors: list[BaseException | None] = []
+    directories: set[str] = set()
+    for step in steps:
+        try:
+            directories |= step()
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    for directory in sorted(directories):
+        try:
+            fsync_dir(Path(directory))
+        except OSError as exc:
+            # Not known to be durable: every step of the batch fails alike.
+            return [error or exc for error in errors]
+    return errors
