@@ -103,8 +103,6 @@ domains = ["bench.test"]
 mailboxes = ["postmaster@bench.test"]
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_client = 2000
-[mail.queue]
-scan_interval = 0.5
 [mail.outbound]
 transports = {{ "remote.bench" = "[127.0.0.1]:{self.sink_port}" }}
 tls = "none"
