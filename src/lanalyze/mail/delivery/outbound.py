@@ -207,11 +207,16 @@ class OutboundQueue:
                     self._memory_free.clear()
                     await self._memory_free.wait()
             else:
-                size = await loop.run_in_executor(self.executor, _size, path)
-                while self._memory and self._memory + 2 * size > self.outbound.max_memory:
-                    self._memory_free.clear()
-                    await self._memory_free.wait()
-                envelope, raw = await loop.run_in_executor(self.executor, _read, path)
+                # One trip to the thread when the file fits the memory left (the common
+                # case); else wait for room by its size, then read it.
+                budget = self.outbound.max_memory - self._memory if self._memory else None
+                size, read = await loop.run_in_executor(self.executor, _read_within, path, budget)
+                if read is None:
+                    while self._memory and self._memory + 2 * size > self.outbound.max_memory:
+                        self._memory_free.clear()
+                        await self._memory_free.wait()
+                    read = await loop.run_in_executor(self.executor, _read, path)
+                envelope, raw = read
         except FileNotFoundError:
             self.done(name, None, 0)  # deleted meanwhile (`mail queue delete`)
             return
@@ -604,8 +609,12 @@ def _mta(result: RcptResult) -> str | None:
     return host or None
 
 
-def _size(path: Path) -> int:
-    return os.stat(path).st_size
+def _read_within(path: Path, budget: int | None) -> tuple[int, tuple[Envelope, bytes] | None]:
+    """The file's size, and its contents if twice its size fits ``budget`` (None: any)."""
+    size = os.stat(path).st_size
+    if budget is not None and 2 * size > budget:
+        return size, None
+    return size, _read(path)
 
 
 def _read(path: Path) -> tuple[Envelope, bytes]:
