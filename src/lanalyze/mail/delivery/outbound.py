@@ -75,6 +75,10 @@ log = get_logger(__name__)
 _dest_log = RateLimiter(interval=30.0, burst=3)
 
 RCPT_PER_TRANSACTION = 50  # as Postfix's smtp_destination_recipient_limit
+# A connection whose destination has no job left waits this long for one before QUIT (as
+# Postfix's smtp_connection_cache_time_limit): mail that trickles in at the rate it is
+# sent otherwise paid a connect, greeting, EHLO and QUIT for every message or two.
+IDLE_SECONDS = 2.0
 MAX_DESTINATIONS = 10_000  # destination states kept (beyond, idle ones are forgotten)
 
 Done = Callable[[str, "Path | None", int], None]
@@ -112,6 +116,8 @@ class DestinationState:
     limit: float = 1.0
     last_error: str = ""
     failures: int = 0
+    idle: int = 0  # connections open and waiting for a job (IDLE_SECONDS at most)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # a job for an idle one
 
 
 def destination_class(destination: Destination) -> str:
@@ -270,11 +276,16 @@ class OutboundQueue:
 
     def _pump(self, state: DestinationState) -> None:
         # A new connection only for more queued jobs than connections busy: the busy ones
-        # take the next job when done (connection reuse).
+        # take the next job when done, idle ones at once (connection reuse).
+        if state.jobs and state.idle:
+            state.ready.set()
         while state.jobs and state.active < min(max(1, int(state.limit)), len(state.jobs)):
             if self._connections >= self.outbound.max_connections:
                 if state not in self._waiting:
                     self._waiting.append(state)
+                    for other in self.destinations.values():
+                        if other.idle:  # idle connections give their slots up
+                            other.ready.set()
                 return
             state.active += 1
             self._connections += 1
@@ -342,11 +353,11 @@ class OutboundQueue:
                 metrics.OUTBOUND_CONNECTIONS.labels("tls", state.kind).inc()
             state.failures = 0
             try:
-                while (
-                    state.jobs
-                    and session.usable
-                    and session.sent < self.outbound.messages_per_connection
-                ):
+                while session.usable and session.sent < self.outbound.messages_per_connection:
+                    if not state.jobs:
+                        if not await self._idle(state) or not session.alive:
+                            break
+                        continue  # a job came (or went to another idle connection)
                     job = current = state.jobs.popleft()
                     message = job.message
                     envelope = message.envelope
@@ -386,6 +397,21 @@ class OutboundQueue:
                 self.destinations.pop(destination.key, None)
             while self._waiting and self._connections < self.outbound.max_connections:
                 self._pump(self._waiting.popleft())
+
+    async def _idle(self, state: DestinationState) -> bool:
+        """Keep a connection for the destination's next job: True when one came."""
+        if self._waiting:
+            return False  # other destinations wait for a connection slot: free this one
+        state.idle += 1
+        try:
+            state.ready.clear()
+            async with asyncio.timeout(IDLE_SECONDS):
+                await state.ready.wait()
+        except TimeoutError:
+            return False
+        finally:
+            state.idle -= 1
+        return True
 
     def _fail_queued(
         self, state: DestinationState, result: str, status: str, text: str, host: str

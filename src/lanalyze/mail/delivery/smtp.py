@@ -118,6 +118,11 @@ class Session:
         self.usable = True
         self.sent = 0
 
+    @property
+    def alive(self) -> bool:
+        """Still usable after waiting idle: the server has not closed the connection."""
+        return self.usable and not self.reader.at_eof() and not self.writer.is_closing()
+
     async def _replies(self, count: int, timeout: float) -> list[Replied]:
         events: list[Replied] = []
         while len(events) < count:
