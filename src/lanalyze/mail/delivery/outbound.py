@@ -11,14 +11,18 @@ Concurrency, as Postfix's qmgr(8) "slow start": a destination starts with
 ``initial_per_destination`` connections, gets one more per successful delivery up to
 ``max_per_destination``, and is halved when no host of it can be reached; all destinations
 together use at most ``max_connections``. A dead destination fails its queued jobs at once
-(deferred), so it never holds up the others.
+(deferred), so it never holds up the others. A connection with no job left waits
+``IDLE_SECONDS`` for the next one (Postfix's connection cache), unless other destinations
+wait for a connection slot.
 
-Per-recipient state is written to the queue file (``Envelope.rcpt``, :func:`queuefile.rewrite`)
-after each transaction that delivered to some recipients while others of the message are
-still in flight, and at the end of the attempt; a recipient leaves ``Envelope.relay`` only
-once its 2xx/5xx is on disk (or the file is released). A crash therefore never skips a
-recipient; one that got the message in the moment before the write gets it again (at least
-once, as every MTA).
+Per-recipient state is written to the queue file (``Envelope.rcpt``, :func:`queuefile.rewrite`,
+or the file released when nothing is left) as soon as a transaction's final reply arrives,
+before the connection sends anything else, through :class:`StateWriter`'s group commit (one
+directory fsync for the records of every connection that finished meanwhile); a recipient
+leaves ``Envelope.relay`` only once its 2xx/5xx is on disk. A crash therefore never skips a
+recipient, and sends a message again only to a peer whose 250 came in RFC 1047's window:
+after the peer took it and before our record was on disk, at most one transaction per open
+connection (at least once, as every MTA).
 
 Bounces (RFC 3464, through :class:`~lanalyze.mail.bounce.Bouncer`) are asked for before the
 state is written: a crash in between repeats a notification rather than losing it. Results
