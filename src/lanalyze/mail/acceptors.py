@@ -100,9 +100,10 @@ def _report(connection: Any) -> None:
     """Acceptor side: ship snapshots until the pipe breaks."""
     while True:
         time.sleep(SNAPSHOT_INTERVAL)
+        samples = snapshot()  # outside the lock: the event loop's tell_queued waits on it
         try:
             with _pipe_lock:
-                connection.send(snapshot())
+                connection.send(samples)
         except (OSError, EOFError):
             return
 
