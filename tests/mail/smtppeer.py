@@ -5,7 +5,9 @@ plays the misbehaving ones the tests need on demand: ``mode`` is ``ok``, ``tempf
 to every RCPT), ``reject_bad`` (550 to recipients starting with
 ``bad``), ``drop_data`` (closes the connection in the middle of DATA), ``slow`` (waits
 ``delay`` seconds before each reply), ``tls_required`` (530 to MAIL before STARTTLS).
-It records every message it acknowledged, with its envelope, in :attr:`received`.
+It records every message it acknowledged, with its envelope, in :attr:`received`, and in
+:attr:`unconfirmed` the ones a client never followed with another command before its
+connection ended (its last transaction's 250 may not have reached it: RFC 1047's window).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Peer:
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     connections: int = 0
+    # indexes into ``received``: acknowledged, then the connection ended without another
+    # command from the client (killed, or lost, between our 250 and its next step)
+    unconfirmed: list[int] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
     _thread: threading.Thread | None = None
@@ -95,6 +100,7 @@ class Peer:
             self._tasks.add(task)
         tls = False
         mail_from, mail_line, recipients = "", "", []
+        last_acked: int | None = None
 
         async def reply(text: str) -> None:
             if self.mode == "slow":
@@ -108,6 +114,7 @@ class Peer:
                 line = await reader.readline()
                 if not line:
                     return
+                last_acked = None  # the client went on after our last 250
                 command = line.decode("utf-8", "replace").strip()
                 verb = command.split(" ", 1)[0].upper()
                 if verb in ("EHLO", "HELO"):
@@ -162,6 +169,7 @@ class Peer:
                     self.received.append(
                         Received(mail_from, recipients, bytes(data), tls, mail_line)
                     )
+                    last_acked = len(self.received) - 1
                     await reply("250 2.0.0 Ok: queued")
                 elif verb == "BDAT":
                     size = int(command.split()[1])
@@ -169,6 +177,7 @@ class Peer:
                     self.received.append(
                         Received(mail_from, recipients, bytes(data), tls, mail_line)
                     )
+                    last_acked = len(self.received) - 1
                     await reply("250 2.0.0 Ok: queued")
                 elif verb == "RSET":
                     recipients = []
@@ -181,5 +190,7 @@ class Peer:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
+            if last_acked is not None:
+                self.unconfirmed.append(last_acked)
             self._writers.discard(writer)
             writer.close()

@@ -294,7 +294,9 @@ def test_delivery_lands_intact_at_a_real_mta(world: dict[str, Any], tmp_path: Pa
         # gets one more per transaction that delivered.
         outbound = server.server.queue.outbound  # type: ignore[union-attr]
         far_state = outbound.destinations[f"far.test:{world['port']}:mx"]
-        assert far_state.limit == 3 and far_state.active == 0
+        assert far_state.limit == 3
+        # The connection waits idle for a next job (IDLE_SECONDS), then closes.
+        wait_for(lambda: far_state.active == 0)
     results = bouncer.by_recipient()
     action = success_action(far)
     assert {r: [x.action for x in v] for r, v in results.items()} == {
@@ -484,3 +486,29 @@ def test_many_recipients_are_split_into_transactions(world: dict[str, Any], tmp_
         wait_for(lambda: not queue_envelopes(server) and len(bouncer.reports) == 60)
     sizes = sorted(len(r.recipients) for r in peer.received[before:])
     assert sizes == [10, 50]
+
+
+def test_local_transport_delivers_the_domain_here(tmp_path: Path) -> None:
+    """`mail.outbound.transports = { "other.test" = "local" }`: the domain is delivered to
+    its mailboxes here, as a domain of `mail.domains` (from anyone, unknown addresses
+    refused), even with a relay host set, and never goes out."""
+    with run_server(
+        tmp_path / "s",
+        mailboxes=["alice@example.test", "carol@other.test"],
+        outbound={
+            "transports": {"other.test": "local", "far.test": "[127.0.0.1]:9"},
+            "relay_host": "[127.0.0.1]:9",
+        },
+    ) as server:
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=30) as client:
+            client.ehlo()
+            client.mail("someone@outside.test")  # not a trusted network: no relay for it
+            assert client.rcpt("carol@other.test")[0] == 250
+            assert client.rcpt("nobody@other.test")[0] == 550
+            assert client.rcpt("x@far.test")[0] == 554  # a host transport is still relay
+            client.rset()
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=30) as client:
+            client.sendmail("someone@outside.test", ["carol@other.test"], MESSAGE)
+        [data] = server.wait_delivered(1, "carol@other.test", timeout=30)
+        assert data.endswith(b"Bye.\n")
+        wait_for(lambda: not queue_envelopes(server))  # released after the Maildir rename

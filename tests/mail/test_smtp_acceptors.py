@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 from lanalyze.configbase import per_core
-from lanalyze.mail import acceptors
+from lanalyze.mail import acceptors, cleanup
 from lanalyze.mail.config import MailConfig
 from lanalyze.metrics import REGISTRY
+from tests.conftest import free_port
 from tests.mail.conftest import run_server
+from tests.mail.smtppeer import Peer
 
 
 def test_two_acceptors_share_the_port_and_deliver_everything(data_dir: Path) -> None:
@@ -112,3 +114,62 @@ def test_acceptors_ship_the_sender_check_counters() -> None:
     assert ("auth_results", ("spf", "pass")) in shipped
     assert ("auth_actions", ("accept",)) in shipped
     assert ("auth_spf_cached", ()) in shipped
+
+
+def test_acceptors_hand_their_mail_over_at_once_and_relay_skips_local_delivery(
+    data_dir: Path,
+) -> None:
+    """The queue scan is an hour away: what an acceptor commits reaches the main process's
+    queue manager over the pipe (else its mail would wait for the scan), and mail with no
+    local recipient goes straight to the outbound side, never through local delivery. The
+    receiver is the suite's small SMTP peer (a sink; real receivers are test_outbound's)."""
+    far = Peer("127.0.0.1", free_port())
+    far.start()
+    # "relay": local delivery's outcome for a message it passes on to the outbound side
+    hop = {"agent": "local", "result": "relay"}
+    hops_before = REGISTRY.get_sample_value("lanalyze_mail_deliveries_total", hop) or 0
+    try:
+        with run_server(
+            data_dir,
+            acceptors=2,
+            trusted_networks=["127.0.0.0/8"],
+            queue={"retry_min": 0.2, "scan_interval": 3600},
+            outbound={"transports": {"far.test": f"[127.0.0.1]:{far.port}"}, "tls": "none"},
+        ) as running:
+            # New connections until the acceptor (another queue id tag than this process's)
+            # took 10 relayed messages and one local one: the kernel spreads them over both
+            # processes once the acceptor listens.
+            relayed = by_acceptor = local = 0
+            local_by_acceptor = False
+            while by_acceptor < 10 or not local_by_acceptor:
+                assert relayed < 400, "the acceptor took no connection"
+                to_local = by_acceptor >= 10
+                queue_id = send_one(running.port(), to_local)
+                mine = queue_id[-9:-5] == cleanup._PREFIX
+                if to_local:
+                    local += 1
+                    local_by_acceptor = not mine
+                else:
+                    relayed += 1
+                    by_acceptor += not mine
+            running.wait_delivered(local, timeout=60)
+            deadline = time.monotonic() + 60
+            while len(far.received) < relayed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(far.received) == relayed
+    finally:
+        far.stop()
+    hops = REGISTRY.get_sample_value("lanalyze_mail_deliveries_total", hop) or 0
+    assert hops == hops_before
+    assert not any(os.scandir(data_dir / "mail" / "queue" / "active"))
+
+
+def send_one(port: int, to_local: bool) -> str:
+    """One message on a new connection; the queue id of the 250."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        client.mail("x@example.test")
+        client.rcpt("alice@example.test" if to_local else "bob@far.test")
+        code, text = client.data(b"Subject: x\r\n\r\nx\r\n")
+    assert code == 250
+    return text.decode().rsplit(" ", 1)[-1]

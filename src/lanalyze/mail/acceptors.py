@@ -2,8 +2,9 @@
 
 Each acceptor is a :class:`~lanalyze.mail.server.MailServer` in the ``acceptor`` role: SMTP
 sessions, the authentication checks and cleanup's group commit into ``queue/active/`` (the
-same durability rule: the 250 follows the flush), but no queue manager and no delivery; the
-main process's queue scan (``mail.queue.scan_interval``) picks their queue files up. The
+same durability rule: the 250 follows the flush), but no queue manager and no delivery: each
+committed queue id goes to the main process over the counters' pipe (:func:`tell_queued`), and
+the main process's queue scan (``mail.queue.scan_interval``) still finds any it missed. The
 kernel spreads connections over the processes (``SO_REUSEPORT``), so sessions use every core
 instead of one event loop's thread. Acceptors (and the delivery worker) are spawned children
 of the main process with ``PR_SET_PDEATHSIG``, so a ``kill -9`` of ``lanalyze serve`` leaves
@@ -86,18 +87,41 @@ def snapshot() -> list[tuple[str, tuple[str, ...], float]]:
     return out
 
 
+Queued = Callable[[list[tuple[str, bool]]], None]
+"""Told of queue files an acceptor committed: (queue id, relay only) pairs."""
+
+# Acceptor side: the pipe to the main process, and the lock that keeps the reporting thread's
+# snapshots and the event loop's queue ids from interleaving on it.
+_pipe: list[Any] = []
+_pipe_lock = threading.Lock()
+
+
 def _report(connection: Any) -> None:
     """Acceptor side: ship snapshots until the pipe breaks."""
     while True:
         time.sleep(SNAPSHOT_INTERVAL)
+        samples = snapshot()  # outside the lock: the event loop's tell_queued waits on it
         try:
-            connection.send(snapshot())
+            with _pipe_lock:
+                connection.send(samples)
         except (OSError, EOFError):
             return
 
 
-def _merge(connection: Any) -> None:
-    """Main-process side: add each acceptor's increments to our own counters."""
+def tell_queued(items: list[tuple[str, bool]]) -> None:
+    """Acceptor side: the main process's queue manager takes these queue files now (without
+    this it found them at its next scan of ``active/``, up to ``mail.queue.scan_interval``
+    later). ``relay only``: no recipient of a local domain, so no local delivery to wait for.
+    A lost notice (the pipe broke) costs only that delay: the scan still finds the file."""
+    if not _pipe:
+        return
+    with contextlib.suppress(OSError, EOFError), _pipe_lock:
+        _pipe[0].send(("queued", items))
+
+
+def _merge(connection: Any, on_queued: Queued | None = None) -> None:
+    """Main-process side: add each acceptor's increments to our own counters; pass queued
+    files on to ``on_queued``."""
     families = _families()
     last: dict[tuple[str, tuple[str, ...]], float] = {}
     while True:
@@ -105,6 +129,10 @@ def _merge(connection: Any) -> None:
             samples = connection.recv()
         except (OSError, EOFError):
             return
+        if isinstance(samples, tuple):  # ("queued", [(queue id, relay only), ...])
+            if on_queued is not None:
+                on_queued(samples[1])
+            continue
         for key, labels, value in samples:
             delta = value - last.get((key, labels), 0.0)
             last[(key, labels)] = value
@@ -119,10 +147,13 @@ def spawn_acceptors(
     general: dict[str, Any],
     addresses: dict[str, list[tuple[str, int]]],
     count: int,
+    *,
+    on_queued: Queued | None = None,
 ) -> list[Any]:
     """Start ``count`` processes running ``target(config, general, metrics pipe, parent pid)``
     (a module-level function: spawned processes import it by name) on the listeners the main
-    process bound (``addresses`` by kind), and merge their counters into ours."""
+    process bound (``addresses`` by kind), and merge their counters into ours; the files they
+    queue are passed to ``on_queued`` (in a reader thread) as they commit them."""
     config = dict(config)
     # Port 0 means "whatever the main process got": bind exactly those ports.
     config["listen"] = _listen_exact(addresses.get("mta", []))
@@ -140,7 +171,10 @@ def spawn_acceptors(
         process.start()
         sender.close()
         threading.Thread(
-            target=_merge, args=(receiver,), name=f"mail-acceptor-{number}-metrics", daemon=True
+            target=_merge,
+            args=(receiver, on_queued),
+            name=f"mail-acceptor-{number}-metrics",
+            daemon=True,
         ).start()
         processes.append(process)
     return processes
@@ -177,12 +211,13 @@ def start_delivery_worker(parent_pid: int, niceness: int) -> None:
 def acceptor_started(parent: int, metrics_pipe: Any) -> None:
     """First thing in an acceptor process: die with the parent, report counters every second."""
     die_with_parent(parent)
+    _pipe[:] = [metrics_pipe]
     threading.Thread(target=_report, args=(metrics_pipe,), daemon=True).start()
 
 
 def acceptor_finished(metrics_pipe: Any) -> None:
     """Last thing in an acceptor process: ship the last second's counts."""
-    with contextlib.suppress(OSError, EOFError):
+    with contextlib.suppress(OSError, EOFError), _pipe_lock:
         metrics_pipe.send(snapshot())
 
 

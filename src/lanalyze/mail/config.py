@@ -159,6 +159,7 @@ def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
 
 
 HostPort = Annotated[str, AfterValidator(_check_hostport)]
+LOCAL_TRANSPORT = "local"  # a `transports` value: local delivery, not a host
 
 
 class OutboundConfig(Section):
@@ -181,8 +182,19 @@ class OutboundConfig(Section):
     transports: dict[str, HostPort] = Field(
         default_factory=dict,
         description="Per recipient domain, a fixed next hop (`[host]:port`, `host:port`) instead"
-        " of the MX lookup, like Postfix's transport_maps.",
+        " of the MX lookup, or `local` (delivered here, as a domain of `mail.domains`), like "
+        "Postfix's transport_maps.",
     )
+
+    @property
+    def local_domains(self) -> set[str]:
+        """The domains whose transport is ``local``."""
+        return {
+            domain.lower().rstrip(".")
+            for domain, target in self.transports.items()
+            if target.strip().lower() == LOCAL_TRANSPORT
+        }
+
     port: int = Field(default=25, ge=1, le=65535, description="SMTP port of MX hosts.")
     tls: Literal["opportunistic", "required", "none"] = Field(
         default="opportunistic",

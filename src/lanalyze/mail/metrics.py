@@ -115,6 +115,12 @@ OUTBOUND_CONNECTIONS = Counter(
     ["outcome", "destination"],
     registry=REGISTRY,
 )
+OUTBOUND_STATE_BATCHES = Counter(
+    "lanalyze_mail_outbound_state_batches",
+    "Group commits of outbound per-recipient state (queue files finished or rewritten after "
+    "a transaction; one directory fsync per batch).",
+    registry=REGISTRY,
+)
 BOUNCE_REPORTS = Counter(
     "lanalyze_mail_bounce_reports",
     "Recipient results handed to the bouncer, by action (failed, delayed, delivered).",

@@ -11,6 +11,11 @@ than ``mail.queue.max_lifetime`` (local failures that persist too) is handed ove
 its remaining recipients are bounced, and one older than ``mail.queue.delay_warning`` for its
 one delay notice: nothing is retried for ever, nothing dropped silently.
 
+A message with no recipient of a local domain (acceptance says so when it commits the file, an
+acceptor process over its pipe) goes to the outbound side directly: it has nothing for local
+delivery, and the hop through the (niced) delivery process was most of a relayed message's
+latency on a busy machine.
+
 Stages pass queue file paths, never message objects. At start, ``queue/incoming/`` (never
 acknowledged) is emptied and everything in ``active/`` and ``deferred/`` is resumed; a
 periodic scan of ``active/`` picks up files moved there by ``lanalyze mail queue retry``.
@@ -64,6 +69,7 @@ class QueueManager:
         self.outbound = outbound
         if outbound is not None:
             outbound.done = self._outbound_done
+            outbound.local_first = self._local_first
         # queue id -> received_at of messages waiting for a retry (the oldest message's age)
         self._waiting_since: dict[str, float] = {}
         self.layout = layout
@@ -108,12 +114,29 @@ class QueueManager:
                 await task
         self._tasks.clear()
 
-    def submit(self, path: str | Path) -> None:
+    def submit(self, path: str | Path, *, relay_only: bool = False) -> None:
+        """Deliver a queue file. ``relay_only`` (a hint from acceptance: no recipient of a
+        local domain) sends it straight to the outbound side, without the local delivery
+        process's hop; outbound hands it back here if its envelope has local recipients."""
         name = os.path.basename(path)
         if name in self._known or len(self._pending) >= MAX_PENDING_IN_MEMORY:
             return
         self._known.add(name)
+        outbound = self.outbound
+        if relay_only and outbound is not None and outbound.outbound.enabled:
+            outbound.submit(path, fresh=True)
+            return
         self._pending.append(str(path))
+        self._wake.set()
+
+    def submit_many(self, paths: list[tuple[str, bool]]) -> None:
+        """(path, relay only) pairs: an acceptor's committed files."""
+        for path, relay_only in paths:
+            self.submit(path, relay_only=relay_only)
+
+    def _local_first(self, path: str) -> None:
+        """The outbound side's hand-back: local recipients to deliver first (already known)."""
+        self._pending.append(path)
         self._wake.set()
 
     @property

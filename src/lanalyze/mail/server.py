@@ -56,6 +56,7 @@ from lanalyze.mail.acceptors import (
     spawn_acceptors,
     start_delivery_worker,
     stop_acceptors,
+    tell_queued,
 )
 from lanalyze.mail.auth.dns import Resolver
 from lanalyze.mail.authhook import AuthHook
@@ -77,6 +78,7 @@ from lanalyze.mail.pickup import Pickup
 from lanalyze.mail.queue import QueueManager
 from lanalyze.mail.queuefile import Layout, Syncer
 from lanalyze.mail.rejections import RejectionLog
+from lanalyze.mail.smtp.address import Path as SMTPPath
 from lanalyze.mail.smtp.protocol import (
     AuthAttempt,
     Close,
@@ -184,6 +186,8 @@ class MailServer:
         self._flagger: asyncio.Task[None] | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._acceptors: list[Any] = []
+        self._queued_ids: list[tuple[str, bool]] = []  # an acceptor's, for the main process
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -196,7 +200,7 @@ class MailServer:
             raise
 
     async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="mail-disk")
         await loop.run_in_executor(self._disk, self.layout.create)
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="mail-index")
@@ -318,8 +322,38 @@ class MailServer:
                 self.general.model_dump(mode="json"),
                 self.addresses,
                 self.config.acceptor_count - 1,
+                on_queued=self._acceptor_queued,
             )
         log.info("mail.started", extra={"listeners": self.addresses})
+
+    def queued(self, queue_id: str, recipients: list[SMTPPath]) -> None:
+        """A message was committed: to our queue manager, or (an acceptor) the main one's.
+
+        ``relay only`` (no recipient of a local domain, so nothing for local delivery) lets
+        the queue manager hand it straight to the outbound side; it is a hint, checked again
+        against the queue file's envelope there."""
+        relay_only = not any(
+            not r.domain or self.directory.is_local_domain(r.domain) for r in recipients
+        )
+        if self.queue is not None:
+            self.queue.submit(os.path.join(self.active_dir, queue_id), relay_only=relay_only)
+            return
+        self._queued_ids.append((queue_id, relay_only))
+        if len(self._queued_ids) == 1:  # one pipe message per loop pass, not per message
+            asyncio.get_running_loop().call_soon(self._tell_queued)
+
+    def _tell_queued(self) -> None:
+        items, self._queued_ids = self._queued_ids, []
+        tell_queued(items)
+
+    def _acceptor_queued(self, items: list[tuple[str, bool]]) -> None:
+        """From an acceptor's pipe reader thread: its committed files, to our queue manager."""
+        queue = self.queue
+        if queue is None or self._loop is None:
+            return
+        paths = [(os.path.join(self.active_dir, q), relay) for q, relay in items]
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(queue.submit_many, paths)
 
     async def stop(self) -> None:
         if self._acceptors:
@@ -718,8 +752,7 @@ class SMTPConnection(asyncio.Protocol):
             if reply.code == 250:
                 self.listener.messages.inc()
                 self.listener.bytes.inc(spool.length)
-                if self.server.queue is not None:  # acceptors: the main process's scan finds it
-                    self.server.queue.submit(os.path.join(self.server.active_dir, queue_id))
+                self.server.queued(queue_id, begin.recipients)
             self._resume(reply)
 
         self.server.cleanup.finish(transaction, done)

@@ -67,6 +67,9 @@ class Directory:
     def __init__(self, config: MailConfig, srs: SRS | None = None) -> None:
         self.srs = srs  # None: SRS off (mail.srs.enabled = false), aliases still forward
         self.domains = {d.lower().rstrip(".") for d in config.domains}
+        # `mail.outbound.transports` entries of `local`: delivered here like `domains` (but
+        # not candidates for the postmaster's or the SRS domain).
+        self.local_transport = config.outbound.local_domains - self.domains
         self.mailboxes = {m.lower() for m in config.mailboxes}
         self.aliases = {k.lower(): [v.lower() for v in vs] for k, vs in config.aliases.items()}
         self.users = {u.name: u for u in config.users}
@@ -76,7 +79,8 @@ class Directory:
     # ---------------------------------------------------------------- lookups
 
     def is_local_domain(self, domain: str) -> bool:
-        return domain.lower().rstrip(".") in self.domains
+        domain = domain.lower().rstrip(".")
+        return domain in self.domains or domain in self.local_transport
 
     @property
     def postmaster(self) -> str:

@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 
 from lanalyze.mail.auth.dns import Resolver
-from lanalyze.mail.config import OutboundConfig, split_hostport
+from lanalyze.mail.config import LOCAL_TRANSPORT, OutboundConfig, split_hostport
 from lanalyze.mail.errors import PermanentRoute, TemporaryRoute
 
 MAX_MX = 10  # hosts tried per destination and attempt (Postfix: smtp_mx_address_limit-ish)
@@ -56,7 +56,8 @@ def route(domain: str, config: OutboundConfig) -> Destination:
         host, port = split_hostport(config.relay_host, 25)
         return Destination(host, port, mx=not config.relay_host.startswith("["), relay=True)
     override = config.transports.get(domain)
-    if override is not None:
+    if override is not None and override.strip().lower() != LOCAL_TRANSPORT:
+        # (`local` domains never reach the outbound side: users.Directory makes them local.)
         host, port = split_hostport(override, config.port)
         return Destination(host, port, mx=not override.startswith("["))
     return Destination(domain, config.port, mx=True)

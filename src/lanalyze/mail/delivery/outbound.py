@@ -11,14 +11,18 @@ Concurrency, as Postfix's qmgr(8) "slow start": a destination starts with
 ``initial_per_destination`` connections, gets one more per successful delivery up to
 ``max_per_destination``, and is halved when no host of it can be reached; all destinations
 together use at most ``max_connections``. A dead destination fails its queued jobs at once
-(deferred), so it never holds up the others.
+(deferred), so it never holds up the others. A connection with no job left waits
+``IDLE_SECONDS`` for the next one (Postfix's connection cache), unless other destinations
+wait for a connection slot.
 
-Per-recipient state is written to the queue file (``Envelope.rcpt``, :func:`queuefile.rewrite`)
-after each transaction that delivered to some recipients while others of the message are
-still in flight, and at the end of the attempt; a recipient leaves ``Envelope.relay`` only
-once its 2xx/5xx is on disk (or the file is released). A crash therefore never skips a
-recipient; one that got the message in the moment before the write gets it again (at least
-once, as every MTA).
+Per-recipient state is written to the queue file (``Envelope.rcpt``, :func:`queuefile.rewrite`,
+or the file released when nothing is left) as soon as a transaction's final reply arrives,
+before the connection sends anything else, through :class:`StateWriter`'s group commit (one
+directory fsync for the records of every connection that finished meanwhile); a recipient
+leaves ``Envelope.relay`` only once its 2xx/5xx is on disk. A crash therefore never skips a
+recipient, and sends a message again only to a peer whose 250 came in RFC 1047's window:
+after the peer took it and before our record was on disk, at most one transaction per open
+connection (at least once, as every MTA).
 
 Bounces (RFC 3464, through :class:`~lanalyze.mail.bounce.Bouncer`) are asked for before the
 state is written: a crash in between repeats a notification rather than losing it. Results
@@ -42,9 +46,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from lanalyze.datadir import fsync_dir
 from lanalyze.log import RateLimiter, get_logger
 from lanalyze.mail import metrics
 from lanalyze.mail.bounce import Bouncer, RecipientResult
@@ -73,6 +79,10 @@ log = get_logger(__name__)
 _dest_log = RateLimiter(interval=30.0, burst=3)
 
 RCPT_PER_TRANSACTION = 50  # as Postfix's smtp_destination_recipient_limit
+# A connection whose destination has no job left waits this long for one before QUIT (as
+# Postfix's smtp_connection_cache_time_limit): mail that trickles in at the rate it is
+# sent otherwise paid a connect, greeting, EHLO and QUIT for every message or two.
+IDLE_SECONDS = 2.0
 MAX_DESTINATIONS = 10_000  # destination states kept (beyond, idle ones are forgotten)
 
 Done = Callable[[str, "Path | None", int], None]
@@ -110,6 +120,8 @@ class DestinationState:
     limit: float = 1.0
     last_error: str = ""
     failures: int = 0
+    idle: int = 0  # connections open and waiting for a job (IDLE_SECONDS at most)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # a job for an idle one
 
 
 def destination_class(destination: Destination) -> str:
@@ -144,6 +156,9 @@ class OutboundQueue:
         self.executor = executor
         # Set by the queue manager: the file is back in its hands (or finished).
         self.done: Done = lambda name, path, attempts: None
+        # Set by the queue manager: a file submitted as relay-only that has local
+        # recipients after all goes back to local delivery first.
+        self.local_first: Callable[[str], None] = lambda path: None
         self.record = record
         self.bouncer = bouncer
         self.mtasts = (
@@ -152,6 +167,7 @@ class OutboundQueue:
             else None
         )
         self.recycler = Recycler(layout)
+        self.states = StateWriter(executor)
         self.destinations: dict[str, DestinationState] = {}
         self._waiting: deque[DestinationState] = deque()  # for a global connection slot
         self._connections = 0
@@ -163,10 +179,18 @@ class OutboundQueue:
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, path: str | Path, loaded: tuple[Envelope, bytes] | None = None) -> None:
+    def submit(
+        self,
+        path: str | Path,
+        loaded: tuple[Envelope, bytes] | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
         """Take over a queue file; ``loaded``: its envelope and message, already read and
-        checked by local delivery (small messages), so the file is not read again."""
-        self._spawn(self._load(Path(path), loaded))
+        checked by local delivery (small messages), so the file is not read again.
+        ``fresh``: straight from acceptance, local delivery not asked yet (a file with local
+        recipients goes back to the queue manager's ``local_first``)."""
+        self._spawn(self._load(Path(path), loaded, fresh))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -181,7 +205,9 @@ class OutboundQueue:
                 await task
         self._tasks.clear()
 
-    async def _load(self, path: Path, loaded: tuple[Envelope, bytes] | None) -> None:
+    async def _load(
+        self, path: Path, loaded: tuple[Envelope, bytes] | None, fresh: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         name = path.name
         try:
@@ -191,11 +217,16 @@ class OutboundQueue:
                     self._memory_free.clear()
                     await self._memory_free.wait()
             else:
-                size = await loop.run_in_executor(self.executor, _size, path)
-                while self._memory and self._memory + 2 * size > self.outbound.max_memory:
-                    self._memory_free.clear()
-                    await self._memory_free.wait()
-                envelope, raw = await loop.run_in_executor(self.executor, _read, path)
+                # One trip to the thread when the file fits the memory left (the common
+                # case); else wait for room by its size, then read it.
+                budget = self.outbound.max_memory - self._memory if self._memory else None
+                size, read = await loop.run_in_executor(self.executor, _read_within, path, budget)
+                if read is None:
+                    while self._memory and self._memory + 2 * size > self.outbound.max_memory:
+                        self._memory_free.clear()
+                        await self._memory_free.wait()
+                    read = await loop.run_in_executor(self.executor, _read, path)
+                envelope, raw = read
         except FileNotFoundError:
             self.done(name, None, 0)  # deleted meanwhile (`mail queue delete`)
             return
@@ -207,6 +238,9 @@ class OutboundQueue:
                 )
             await self.record([Outcome(name, "corrupt", None, str(exc))])
             self.done(name, None, 0)
+            return
+        if fresh and envelope.local:
+            self.local_first(str(path))
             return
         head = envelope.prepend.encode("utf-8", "surrogateescape")
         message = Message(path, envelope, raw, head + strip_marked(raw, envelope))
@@ -246,11 +280,16 @@ class OutboundQueue:
 
     def _pump(self, state: DestinationState) -> None:
         # A new connection only for more queued jobs than connections busy: the busy ones
-        # take the next job when done (connection reuse).
+        # take the next job when done, idle ones at once (connection reuse).
+        if state.jobs and state.idle:
+            state.ready.set()
         while state.jobs and state.active < min(max(1, int(state.limit)), len(state.jobs)):
             if self._connections >= self.outbound.max_connections:
                 if state not in self._waiting:
                     self._waiting.append(state)
+                    for other in self.destinations.values():
+                        if other.idle:  # idle connections give their slots up
+                            other.ready.set()
                 return
             state.active += 1
             self._connections += 1
@@ -318,11 +357,11 @@ class OutboundQueue:
                 metrics.OUTBOUND_CONNECTIONS.labels("tls", state.kind).inc()
             state.failures = 0
             try:
-                while (
-                    state.jobs
-                    and session.usable
-                    and session.sent < self.outbound.messages_per_connection
-                ):
+                while session.usable and session.sent < self.outbound.messages_per_connection:
+                    if not state.jobs:
+                        if not await self._idle(state) or not session.alive:
+                            break
+                        continue  # a job came (or went to another idle connection)
                     job = current = state.jobs.popleft()
                     message = job.message
                     envelope = message.envelope
@@ -339,7 +378,10 @@ class OutboundQueue:
                     if any(r.state == "delivered" for r in results):
                         state.limit = min(float(self.outbound.max_per_destination), state.limit + 1)
                     current = None
-                    self._job_done(job, results, state.kind)
+                    # RFC 1047: the peer has the message from its 250 on; until our record
+                    # of it is on disk a crash sends it again. That window is this await and
+                    # nothing more: the next transaction on this connection starts after it.
+                    await self._record_job(job, results, state.kind)
             finally:
                 await session.close()
         except Exception:
@@ -360,6 +402,21 @@ class OutboundQueue:
             while self._waiting and self._connections < self.outbound.max_connections:
                 self._pump(self._waiting.popleft())
 
+    async def _idle(self, state: DestinationState) -> bool:
+        """Keep a connection for the destination's next job: True when one came."""
+        if self._waiting:
+            return False  # other destinations wait for a connection slot: free this one
+        state.idle += 1
+        try:
+            state.ready.clear()
+            async with asyncio.timeout(IDLE_SECONDS):
+                await state.ready.wait()
+        except TimeoutError:
+            return False
+        finally:
+            state.idle -= 1
+        return True
+
     def _fail_queued(
         self, state: DestinationState, result: str, status: str, text: str, host: str
     ) -> None:
@@ -368,9 +425,21 @@ class OutboundQueue:
         while state.jobs:
             job = state.jobs.popleft()
             results = [RcptResult(r, result, status, text, host) for r in job.recipients]  # type: ignore[arg-type]
-            self._job_done(job, results, state.kind)
+            # Nothing was sent: no duplicate to fear, so the records need not be awaited.
+            action = self._job_done(job, results, state.kind)
+            if action is not None:
+                self._spawn(action)
 
-    def _job_done(self, job: Job, results: Sequence[RcptResult], kind: str) -> None:
+    async def _record_job(self, job: Job, results: Sequence[RcptResult], kind: str) -> None:
+        action = self._job_done(job, results, kind)
+        if action is not None:
+            await action
+
+    def _job_done(
+        self, job: Job, results: Sequence[RcptResult], kind: str
+    ) -> Awaitable[None] | None:
+        """Count a transaction's results; the write they call for (the file finished, or the
+        delivered recipients checkpointed while other jobs of the message are still out)."""
         message = job.message
         message.results.extend(results)
         message.pending.extend(results)
@@ -382,9 +451,10 @@ class OutboundQueue:
                 counter = self._counters[key] = metrics.OUTBOUND_RECIPIENTS.labels(*key)
             counter.inc()
         if message.jobs_left == 0:
-            self._spawn(self._finish(message))
-        elif any(r.state == "delivered" for r in results):
-            self._spawn(self._checkpoint(message))
+            return self._finish(message)
+        if any(r.state == "delivered" for r in results):
+            return self._checkpoint(message)
+        return None
 
     # ------------------------------------------------------------------ state
 
@@ -414,15 +484,11 @@ class OutboundQueue:
                 return  # nothing new to write, or _finish writes it anyway
             self._apply(message, done)
             message.pending = [r for r in message.pending if r.state == "deferred"]
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(
-                    self.executor,
-                    _rewrite,
-                    message.path,
-                    message.path,
-                    message.envelope,
-                    len(message.raw),
+                await self.states.run(
+                    partial(
+                        _rewrite, message.path, message.path, message.envelope, len(message.raw)
+                    )
                 )
             except OSError as exc:
                 log.error(
@@ -511,14 +577,12 @@ class OutboundQueue:
                     )
                 )
             envelope.delay_warned = True
+        bouncer = None
         if report:
             for action in {r.action for r in report}:
                 metrics.BOUNCE_REPORTS.labels(action).inc(sum(r.action == action for r in report))
             if self.bouncer is not None:
-                # Before the state is written: a crash repeats a notice, never loses one.
-                await loop.run_in_executor(
-                    self.executor, self.bouncer.report, envelope, message.raw, report
-                )
+                bouncer = self.bouncer
             elif log.isEnabledFor(logging.INFO):
                 for item in report:
                     log.info(
@@ -539,8 +603,10 @@ class OutboundQueue:
             and envelope.rcpt.get(r, {}).get("state") != "bounced"
         ]
         if not remaining:
-            await loop.run_in_executor(
-                self.executor, self.recycler.release, str(message.path), len(message.raw)
+            # One step in the state writer: the bouncer's notices first (a crash repeats a
+            # notice, never loses one), then the file released, durably.
+            await self.states.run(
+                partial(_release, bouncer, report, message, self.recycler.release)
             )
             metrics.DELIVERY_LATENCY.observe(max(0.0, age))
             status = "delivered" if delivered_to else "bounced"
@@ -553,9 +619,9 @@ class OutboundQueue:
             if deferred:
                 envelope.last_error = f"{deferred[0].recipient}: {deferred[0].reply}"[:900]
         target = self.layout.q("deferred") / name
-        await loop.run_in_executor(
-            self.executor, _rewrite, message.path, target, envelope, len(message.raw)
-        )
+        if bouncer is not None:
+            await loop.run_in_executor(self.executor, bouncer.report, envelope, message.raw, report)
+        await self.states.run(partial(_rewrite, message.path, target, envelope, len(message.raw)))
         await self.record([Outcome(name, "deferred", envelope, envelope.last_error, delivered_to)])
         self.done(name, target, envelope.attempts)
 
@@ -573,8 +639,12 @@ def _mta(result: RcptResult) -> str | None:
     return host or None
 
 
-def _size(path: Path) -> int:
-    return os.stat(path).st_size
+def _read_within(path: Path, budget: int | None) -> tuple[int, tuple[Envelope, bytes] | None]:
+    """The file's size, and its contents if twice its size fits ``budget`` (None: any)."""
+    size = os.stat(path).st_size
+    if budget is not None and 2 * size > budget:
+        return size, None
+    return size, _read(path)
 
 
 def _read(path: Path) -> tuple[Envelope, bytes]:
@@ -583,5 +653,85 @@ def _read(path: Path) -> tuple[Envelope, bytes]:
     return envelope, raw
 
 
-def _rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> None:
-    rewrite(path, target, envelope, length)
+def _rewrite(path: Path, target: Path, envelope: Envelope, length: int) -> set[str]:
+    rewrite(path, target, envelope, length)  # fsyncs the file and its directories itself
+    return set()
+
+
+def _release(
+    bouncer: Bouncer | None,
+    report: list[RecipientResult],
+    message: Message,
+    release: Callable[[str, int], None],
+) -> set[str]:
+    """State-writer step of a finished message: notices, then the queue file released (to
+    ``free/`` for reuse); its directory is fsynced with the rest of the batch."""
+    if bouncer is not None:
+        bouncer.report(message.envelope, message.raw, report)
+    release(str(message.path), len(message.raw))
+    return {str(message.path.parent)}
+
+
+class StateWriter:
+    """Group commit of per-recipient state (the outbound side's one writer of queue files).
+
+    Each step (a function run in ``executor``) changes queue files and returns the
+    directories whose entries it changed; the steps gathered while a batch is written run in
+    the next batch, which then fsyncs each directory once: many connections' records share
+    one flush, and each caller's ``await`` returns only once its own step is on disk.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self._steps: list[tuple[Callable[[], set[str]], asyncio.Future[None]]] = []
+        self._running = False
+
+    async def run(self, step: Callable[[], set[str]]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._steps.append((step, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._steps:
+                steps, self._steps = self._steps, []
+                try:
+                    errors = await loop.run_in_executor(
+                        self.executor, _write_batch, [step for step, _ in steps]
+                    )
+                except BaseException as exc:  # the executor is gone (stopping)
+                    errors = [exc] * len(steps)
+                metrics.OUTBOUND_STATE_BATCHES.inc()
+                for (_, future), error in zip(steps, errors, strict=True):
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+        finally:
+            self._running = False
+
+
+def _write_batch(steps: list[Callable[[], set[str]]]) -> list[BaseException | None]:
+    """The state writer's thread: every step, then one fsync per directory touched."""
+    errors: list[BaseException | None] = []
+    directories: set[str] = set()
+    for step in steps:
+        try:
+            directories |= step()
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    for directory in sorted(directories):
+        try:
+            fsync_dir(Path(directory))
+        except OSError as exc:
+            # Not known to be durable: every step of the batch fails alike.
+            return [error or exc for error in errors]
+    return errors

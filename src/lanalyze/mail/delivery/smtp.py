@@ -118,11 +118,18 @@ class Session:
         self.usable = True
         self.sent = 0
 
+    @property
+    def alive(self) -> bool:
+        """Still usable after waiting idle: the server has not closed the connection."""
+        return self.usable and not self.reader.at_eof() and not self.writer.is_closing()
+
     async def _replies(self, count: int, timeout: float) -> list[Replied]:
         events: list[Replied] = []
         while len(events) < count:
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                # asyncio.timeout, not wait_for: no task per read (a few per message).
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
             except TimeoutError:
                 self.usable = False
                 raise SessionFailed(f"timeout waiting for a reply from {self.host}") from None
@@ -146,7 +153,8 @@ class Session:
     async def _write(self, data: bytes) -> None:
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), self.options.data_timeout)
+            async with asyncio.timeout(self.options.data_timeout):
+                await self.writer.drain()
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.usable = False
             raise SessionFailed(f"writing to {self.host} failed: {exc!r}") from None
