@@ -183,7 +183,9 @@ class FlowWorker:
             )
         self.store = BackgroundWriter(self.writer)
         self.receiver = BatchReceiver(socks)
-        self.enricher = make_enricher(spec.enrich, spec.networks, flow_dir(spec.data_dir))
+        self.enricher = make_enricher(
+            spec.enrich, spec.networks, flow_dir(spec.data_dir), self.decoder.application_names
+        )
         self.counters = ExporterCounterSet(spec.max_exporters)
         self.problems = ProblemLog()
         self.stopping = False

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from lanalyze.flows.decode import ipfix, v9
+from lanalyze.flows.decode.applications import ApplicationNames
 from lanalyze.flows.decode.sampling import SamplingState
 from lanalyze.flows.decode.templates import Template
 
@@ -65,6 +66,12 @@ class DecoderCounters:
     """sFlow generic interface counter records decoded."""
     interface_counters_dropped: int = 0
     """sFlow interface counter records over the per-batch bound (:mod:`.sflow`)."""
+    application_names_learned: int = 0
+    """Application names learned (or changed) from option records (:mod:`.applications`)."""
+    application_names_refused: int = 0
+    """Announced application names not kept: not printable UTF-8, or too long."""
+    application_names_evicted: int = 0
+    """Application names dropped to make room (``applications.MAX_NAMES``)."""
 
 
 def address16(exporter: str) -> bytes:
@@ -138,6 +145,8 @@ class DecoderState:
         self.holders = 0
         """Exporters holding at least one template (the fair share divides among them)."""
         self.compiled = CompileCache(cache_budget)
+        self.applications = ApplicationNames(self.counters)
+        """Application names the exporters announced in option records."""
 
     # -- exporters and domains ---------------------------------------------------------------
 
