@@ -6,13 +6,11 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from lanalyze.datadir import atomic_write_bytes
 from lanalyze.flows import catalogue
@@ -178,29 +176,3 @@ def test_segment_stores_dictionary_names_as_text_and_omits_empty_ones(data_dir: 
         f"select src_as_name, count(*) from read_parquet('{path}') group by all order by all"
     )
     assert rows.fetchall() == [("AS name 5", 1), ("AS name 7", 2), ("AS name 900", 2), (None, 1)]
-
-
-@pytest.mark.parametrize(("codec", "level"), [("lz4", None), ("zstd", 3)])
-def test_segment_names_are_stored_uncompressed(
-    data_dir: Path, codec: Literal["lz4", "zstd"], level: int | None
-) -> None:
-    """The name columns' pages (dictionary indices, already run-length/bit-packed) are not
-    compressed: the codec would save nothing and cost most of their write time; every other
-    column keeps the configured codec (and level)."""
-    from lanalyze.flows.enrich.names import NameCodes
-
-    now = 1_700_000_000_123
-    batch = flows_batch([now, now + 1, now + 2])
-    columns = {name: batch.column(name) for name in batch.schema.names}
-    columns["src_country"] = NameCodes.of(["NL", "DE"]).column(np.array([0, 1, -1]))
-    batches = [pa.RecordBatch.from_pydict(columns, schema=catalogue.batch_schema())]
-    writer = SegmentWriter(flow_dir(data_dir), "w0xdef", compression=codec, compression_level=level)
-    (path,) = writer.write(batches)
-    metadata = pq.ParquetFile(path).metadata.row_group(0)
-    codecs = {
-        metadata.column(i).path_in_schema: metadata.column(i).compression
-        for i in range(metadata.num_columns)
-    }
-    assert codecs.pop("src_country") == "UNCOMPRESSED"
-    assert set(codecs.values()) == {codec.upper()}
-    assert pq.read_table(path).column("src_country").to_pylist() == ["NL", "DE", None]

@@ -60,7 +60,6 @@ _NAME_COLUMNS = [
 ]
 """The enrichment names (issue 16): few distinct values, so dictionary-encoded (a tenth of
 the bytes of plain strings, for the same writer CPU)."""
-_NAME_SET = frozenset(_NAME_COLUMNS)
 COMPACT_DICTIONARY = 256
 """A name column's dictionary longer than this (an AS database's organisations) is cut to
 the names the segment uses before it is written (~2 ns a row): Parquet writes the whole
@@ -234,13 +233,11 @@ class SegmentWriter:
 
     def _write_file(self, table: pa.Table, tmp: Path) -> None:
         """Encode ``table`` as Parquet into ``tmp`` (not yet durable)."""
-        table = stored_names(table)
-        compression, level = self._codecs(table.column_names)
         pq.write_table(
-            table,
+            stored_names(table),
             str(tmp),
-            compression=compression,
-            compression_level=level,
+            compression=self.compression,
+            compression_level=self.compression_level,
             row_group_size=self.row_group_rows,
             # Dictionary encoding costs the writer about half again as much CPU for half the
             # size; raw segments are optimised for ingest (compaction may re-encode them). The
@@ -260,24 +257,6 @@ class SegmentWriter:
             # rest (unsigned widths, 16-byte addresses).
             store_schema=False,
         )
-
-    def _codecs(
-        self, columns: list[str]
-    ) -> tuple[str | dict[str, str], int | dict[str, int] | None]:
-        """Compression per column: the enrichment names uncompressed. Their pages are
-        dictionary indices already run-length/bit-packed, which LZ4 shrinks by nothing (the
-        segment is the same size) for two thirds of what the names cost the writer:
-        0.15 -> 0.05 µs a flow with a dozen name columns (docs/performance.md, "Enrichment at
-        ingest")."""
-        names = _NAME_SET.intersection(columns)
-        if not names:
-            return self.compression, self.compression_level
-        compression: dict[str, str] = {
-            c: "none" if c in names else self.compression for c in columns
-        }
-        if self.compression_level is None:
-            return compression, None
-        return compression, {c: self.compression_level for c in columns if c not in names}
 
     def remove_stale_temporaries(self, older_than: float = STALE_TMP_SECONDS) -> int:
         """Delete temporaries left by a crash (any writer), once surely abandoned."""
