@@ -181,3 +181,17 @@ def test_collector_names_flows_from_the_option_table(tmp_path: Path) -> None:
     for path in sorted((data / "flows").rglob("*.parquet")):
         names += pq.read_table(path, columns=["app_name"]).column("app_name").to_pylist()
     assert sorted(names) == ["13:9", "webex-meeting"]
+
+
+def test_exporter_addresses_ending_in_zero_bytes_find_their_names() -> None:
+    decoder = FlowDecoder()
+    enricher = Enricher(EnrichConfig(), {}, None, decoder.application_names)
+    for exporter in ("2001:db8::100", "192.0.2.0"):
+        decoder.decode([packet(ipfix_table({app(1): exporter.encode()}), exporter)])
+    got = names_of(
+        decoder,
+        enricher,
+        (ipfix_flows(flow(app(1))), "2001:db8::100"),
+        (ipfix_flows(flow(app(1))), "192.0.2.0"),
+    )
+    assert got == ["2001:db8::100", "192.0.2.0"]

@@ -384,7 +384,7 @@ def _option_records(  # noqa: PLR0917
                 if length <= 8:
                     values[f.element] = int.from_bytes(data[pos : pos + length], "big")
                 if names and f.element == APPLICATION_NAME:
-                    name = data[pos : pos + length]
+                    name = bytes(data[pos : pos + length])
             pos += length
         domain.sampling.apply_option_record(values)
         if names:

@@ -387,7 +387,10 @@ class Enricher:
         table["o"] = np.minimum(columns["src_port"], columns["dst_port"])[present]
         exporters: list[bytes] = []
         if per_exporter:
-            exporters, codes = self._exporter_codes(columns["exporter"])
+            keys, codes = self._exporter_codes(columns["exporter"])
+            # S16 values lose their trailing zero bytes (2001:db8::100): the table's keys
+            # are whole 16-byte addresses.
+            exporters = [key.ljust(16, b"\0") for key in keys]
             table["e"] = codes[present]
         unique, inverse = np.unique(table, return_inverse=True)
         names = [
