@@ -195,3 +195,18 @@ def test_exporter_addresses_ending_in_zero_bytes_find_their_names() -> None:
         (ipfix_flows(flow(app(1))), "192.0.2.0"),
     )
     assert got == ["2001:db8::100", "192.0.2.0"]
+
+
+def test_names_are_kept_with_the_saved_decoder_state() -> None:
+    """A restarted worker names flows from the saved table until the exporter sends its
+    next one (NBAR resends it only every few minutes)."""
+    decoder = FlowDecoder()
+    decoder.decode([packet(ipfix_table({app(453): b"webex-meeting"}), "192.0.2.1")])
+    saved = decoder.save_templates()
+    restarted = FlowDecoder()
+    restarted.load_templates(saved)
+    assert restarted.counters.application_names_learned == 0  # restored, not learned
+    assert restarted.save_templates() == saved
+    enricher = Enricher(EnrichConfig(), {}, None, restarted.application_names)
+    got = names_of(restarted, enricher, (ipfix_flows(flow(app(453))), "192.0.2.1"))
+    assert got == ["webex-meeting"]

@@ -62,11 +62,13 @@ class ApplicationNames:
     def __len__(self) -> int:
         return len(self._names)
 
-    def learn(self, exporter: bytes, app_id: int, raw_name: bytes) -> bool:
-        """Keep the name ``exporter`` announced for ``app_id``; False when it was refused."""
+    def learn(self, exporter: bytes, app_id: int, raw_name: bytes, restored: bool = False) -> bool:
+        """Keep the name ``exporter`` announced for ``app_id``; False when it was refused.
+        ``restored``: read back from the saved state (checked the same, not counted)."""
         name = name_of(raw_name)
         if name is None:
-            self.counters.application_names_refused += 1
+            if not restored:
+                self.counters.application_names_refused += 1
             return False
         key = (exporter, app_id)
         if self._names.get(key) == name:
@@ -74,12 +76,26 @@ class ApplicationNames:
             return True
         if key not in self._names and len(self._names) >= self.limit:
             self._names.popitem(last=False)
-            self.counters.application_names_evicted += 1
+            if not restored:
+                self.counters.application_names_evicted += 1
         self._names[key] = name
         self._names.move_to_end(key)
-        self.counters.application_names_learned += 1
+        if not restored:
+            self.counters.application_names_learned += 1
         self.version += 1
         return True
 
     def get(self, exporter: bytes, app_id: int) -> str | None:
         return self._names.get((exporter, app_id))
+
+    def by_exporter(self) -> dict[bytes, list[list[int | str]]]:
+        """Every exporter's names as ``[[app_id, name], ...]``, oldest first (for the saved
+        decoder state, so a restart does not leave flows unnamed until the next table)."""
+        grouped: dict[bytes, list[list[int | str]]] = {}
+        for (exporter, app_id), name in self._names.items():
+            grouped.setdefault(exporter, []).append([app_id, name])
+        return grouped
+
+    def clear(self) -> None:
+        self._names.clear()
+        self.version += 1

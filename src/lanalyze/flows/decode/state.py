@@ -309,6 +309,7 @@ class DecoderState:
 
     def save(self) -> bytes:
         exporters = []
+        names = self.applications.by_exporter()
         # Sorted, so an unchanged state saves to the same bytes (callers skip rewriting it).
         for exporter in sorted(self.exporters.values(), key=lambda e: e.exporter):
             domains = [
@@ -320,7 +321,10 @@ class DecoderState:
                 }
                 for d in exporter.domains.values()
             ]
-            exporters.append({"exporter": exporter.exporter, "domains": domains})
+            entry: dict[str, object] = {"exporter": exporter.exporter, "domains": domains}
+            if exporter.address in names:
+                entry["applications"] = names[exporter.address]
+            exporters.append(entry)
         return json.dumps({"version": STATE_VERSION, "exporters": exporters}).encode()
 
     def load(self, blob: bytes) -> None:
@@ -331,9 +335,13 @@ class DecoderState:
         for exporter in self.exporters.values():
             exporter.attached = False
         self.exporters.clear()
+        self.applications.clear()
         self.used = self.holders = 0
         for item in data["exporters"]:
             exporter = self.exporter(str(item["exporter"]))
+            for app_id, name in item.get("applications", []):
+                if isinstance(app_id, int) and isinstance(name, str):
+                    self.applications.learn(exporter.address, app_id, name.encode(), restored=True)
             for d in item["domains"]:
                 domain = self.domain(exporter, int(d["version"]), int(d["domain"]))
                 domain.sampling = SamplingState.from_json(d.get("sampling", {}))
