@@ -309,15 +309,24 @@ def run_nfcapd(fmt: str, rate: float, duration: float, senders: int) -> Outcome:
 
 
 def run_lanalyze(
-    fmt: str, rate: float, duration: float, senders: int, workers: int, compression: str
+    fmt: str,
+    rate: float,
+    duration: float,
+    senders: int,
+    workers: int,
+    compression: str,
+    enrich: str = "",
 ) -> Outcome:
+    """``enrich``: TOML of ``[flows.enrich]``/``[flows.networks]`` (issue 16's cost)."""
     work = Path(tempfile.mkdtemp(prefix="bench-lanalyze-"))
     port = free_udp_port()
     config = work / "lanalyze.toml"
     config.write_text(
         f'[general]\ndata_dir = "{work / "data"}"\nlog_level = "warning"\n'
         f'[flows]\nlisten = ["127.0.0.1:{port}"]\nreceive_buffer = {RECEIVE_BUFFER}\n'
-        f"workers = {workers}\n" + (f'compression = "{compression}"\n' if compression else "")
+        f"workers = {workers}\n"
+        + (f'compression = "{compression}"\n' if compression else "")
+        + enrich
     )
     exe = Path(sys.executable).parent / "lanalyze"
     cpu0 = children_cpu()
@@ -403,7 +412,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="lanalyze flows.workers")
     parser.add_argument("--peers", default="nfcapd,lanalyze")
     parser.add_argument("--compression", default="", help="lanalyze flows.compression")
+    parser.add_argument(
+        "--enrich",
+        action="store_true",
+        help="also lanalyze with every kind of enrichment on (issue 16; peer lanalyze+enrich, "
+        "bench/enrich_data.py), in the same runs",
+    )
     args = parser.parse_args()
+    enrich_toml = ""
+    if args.enrich:
+        try:
+            from bench import enrich_data
+        except ModuleNotFoundError:  # run as a script: bench/ is sys.path[0]
+            import enrich_data  # type: ignore[no-redef]
+        enrich_toml = enrich_data.toml()
     rates = [float(r) * 1e6 for r in args.rates.split(",")]
     workers = args.workers or os.cpu_count() or 1
     print(f"cores: {os.cpu_count()}, lanalyze workers: {workers}, senders: {args.senders}, ")
@@ -416,11 +438,16 @@ def main() -> None:
                 fmt, r, args.duration, args.senders, workers, args.compression
             ),
         }
+        if enrich_toml:
+            results["lanalyze+enrich"] = []
+            runners["lanalyze+enrich"] = lambda r, fmt=fmt: run_lanalyze(
+                fmt, r, args.duration, args.senders, workers, args.compression, enrich_toml
+            )
         for run in range(args.runs):
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
             print(f"{fmt} run {run + 1}/{args.runs} (load average {load})", flush=True)
             for name, runner in runners.items():
-                if name in args.peers:
+                if name in args.peers or (name == "lanalyze+enrich" and "lanalyze" in args.peers):
                     results[name].append(highest_lossless(name, fmt, rates, runner))
         medians = {}
         for name, rows in results.items():
@@ -434,7 +461,13 @@ def main() -> None:
                 f"RESULT {fmt} {name}: {rate / 1e6:.2f} M flows/s lossless, {bpf:.1f} bytes/flow, "
                 f"{cpu * 1e6:.2f} us CPU/flow"
             )
-        if len(medians) == 2:
+        if "lanalyze" in medians and "lanalyze+enrich" in medians:
+            off, on = medians["lanalyze"], medians["lanalyze+enrich"]
+            print(
+                f"ENRICH {fmt}: lossless rate {on[0] / off[0] if off[0] else 0:.2f}x of "
+                f"enrichment off, CPU per flow {on[2] / off[2] if off[2] else 0:.2f}x"
+            )
+        if "nfcapd" in medians and "lanalyze" in medians:
             peer, mine = medians["nfcapd"], medians["lanalyze"]
             ratio = f"{mine[0] / peer[0]:.2f}" if peer[0] else "n/a (nfcapd lost at every rate)"
             print(

@@ -113,6 +113,9 @@ def test_networks_longest_prefix_wins_for_ipv4_and_ipv6() -> None:
         "", "", "inside", "guest", "", "",
     ]  # fmt: skip
     assert NetworkTable({}).roles_of(probe).tolist() == [""] * len(probe)
+    # A handful of networks is answered through the /20 block table too (blocks holding
+    # several networks, like 10.1.0.0/20 with the lab's /24, by the binary search).
+    assert table.index.v4_block is not None
 
 
 def test_ranges_split_ipv4_and_ipv6_and_agree_on_mixed_batches() -> None:
@@ -142,7 +145,7 @@ def test_range_index_block_table_agrees_with_a_binary_search() -> None:
     from lanalyze.flows.enrich.ranges import BLOCK_TABLE_MIN, RangeIndex
 
     rng = np.random.default_rng(5)
-    bounds = np.unique(rng.integers(0, 2**32, 3 * BLOCK_TABLE_MIN, dtype=np.uint64))
+    bounds = np.unique(rng.integers(0, 2**32, max(3 * BLOCK_TABLE_MIN, 12288), dtype=np.uint64))
     starts, ends = bounds[0::2][: len(bounds) // 2], bounds[1::2][: len(bounds) // 2]
     values = np.arange(len(starts), dtype=np.int32)
     empty6 = (np.zeros(0, "S16"), np.zeros(0, "S16"), np.zeros(0, np.int32))

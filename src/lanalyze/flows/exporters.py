@@ -309,6 +309,11 @@ DECODER_COUNTERS = {
     "interface_counters": "sFlow generic interface counter records decoded.",
     "interface_counters_dropped": "sFlow interface counter records dropped: more than "
     "65536 in one receive batch, or 10000 waiting in a worker between two reports.",
+    "application_names_learned": "Application names (IE 95 -> IE 96) learned or changed from "
+    "exporters' option records.",
+    "application_names_refused": "Announced application names not kept (not printable UTF-8, "
+    "empty, or over 128 characters).",
+    "application_names_evicted": "Application names dropped to make room (16384 per worker).",
 }
 
 

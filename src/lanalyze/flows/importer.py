@@ -93,7 +93,9 @@ def store_packets(packets: Iterable[Packet], data_dir: Path, config: FlowsConfig
         compression_level=config.compression_level,
     )
     store = BackgroundWriter(writer)
-    enricher = make_enricher(config.enrich, config.networks, flow_dir(data_dir))
+    enricher = make_enricher(
+        config.enrich, config.networks, flow_dir(data_dir), decoder.application_names
+    )
     store.start()
     # One key for the whole import: a capture of ordinary traffic has thousands of "exporters".
     limiter = RateLimiter(interval=10.0, burst=5)

@@ -187,7 +187,9 @@ class FlowWorker:
             )
         self.store = BackgroundWriter(self.writer)
         self.receiver = BatchReceiver(socks)
-        self.enricher = make_enricher(spec.enrich, spec.networks, flow_dir(spec.data_dir))
+        self.enricher = make_enricher(
+            spec.enrich, spec.networks, flow_dir(spec.data_dir), self.decoder.application_names
+        )
         self.counters = ExporterCounterSet(spec.max_exporters)
         self.detection: Any = None
         if spec.detect is not None:

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from lanalyze.flows import catalogue
 from lanalyze.flows.decode import sflow, v5
+from lanalyze.flows.decode.applications import ApplicationNames
 from lanalyze.flows.decode.bulk import BulkRows
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.memory import keep_freed_memory
@@ -421,6 +422,11 @@ class FlowDecoder:
     def counters(self) -> DecoderCounters:
         """What the bounds and the allow-list cost so far (cumulative)."""
         return self._state.counters
+
+    @property
+    def application_names(self) -> ApplicationNames:
+        """Application names the exporters announced in option records (the enricher's)."""
+        return self._state.applications
 
     @property
     def state_bytes(self) -> int:

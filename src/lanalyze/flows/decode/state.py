@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from lanalyze.flows.decode import ipfix, v9
+from lanalyze.flows.decode.applications import ApplicationNames
 from lanalyze.flows.decode.sampling import SamplingState
 from lanalyze.flows.decode.templates import Template
 
@@ -65,6 +66,12 @@ class DecoderCounters:
     """sFlow generic interface counter records decoded."""
     interface_counters_dropped: int = 0
     """sFlow interface counter records over the per-batch bound (:mod:`.sflow`)."""
+    application_names_learned: int = 0
+    """Application names learned (or changed) from option records (:mod:`.applications`)."""
+    application_names_refused: int = 0
+    """Announced application names not kept: not printable UTF-8, or too long."""
+    application_names_evicted: int = 0
+    """Application names dropped to make room (``applications.MAX_NAMES``)."""
 
 
 def address16(exporter: str) -> bytes:
@@ -138,6 +145,8 @@ class DecoderState:
         self.holders = 0
         """Exporters holding at least one template (the fair share divides among them)."""
         self.compiled = CompileCache(cache_budget)
+        self.applications = ApplicationNames(self.counters)
+        """Application names the exporters announced in option records."""
 
     # -- exporters and domains ---------------------------------------------------------------
 
@@ -300,6 +309,7 @@ class DecoderState:
 
     def save(self) -> bytes:
         exporters = []
+        names = self.applications.by_exporter()
         # Sorted, so an unchanged state saves to the same bytes (callers skip rewriting it).
         for exporter in sorted(self.exporters.values(), key=lambda e: e.exporter):
             domains = [
@@ -311,7 +321,10 @@ class DecoderState:
                 }
                 for d in exporter.domains.values()
             ]
-            exporters.append({"exporter": exporter.exporter, "domains": domains})
+            entry: dict[str, object] = {"exporter": exporter.exporter, "domains": domains}
+            if exporter.address in names:
+                entry["applications"] = names[exporter.address]
+            exporters.append(entry)
         return json.dumps({"version": STATE_VERSION, "exporters": exporters}).encode()
 
     def load(self, blob: bytes) -> None:
@@ -322,9 +335,13 @@ class DecoderState:
         for exporter in self.exporters.values():
             exporter.attached = False
         self.exporters.clear()
+        self.applications.clear()
         self.used = self.holders = 0
         for item in data["exporters"]:
             exporter = self.exporter(str(item["exporter"]))
+            for app_id, name in item.get("applications", []):
+                if isinstance(app_id, int) and isinstance(name, str):
+                    self.applications.learn(exporter.address, app_id, name.encode(), restored=True)
             for d in item["domains"]:
                 domain = self.domain(exporter, int(d["version"]), int(d["domain"]))
                 domain.sampling = SamplingState.from_json(d.get("sampling", {}))

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lanalyze.flows.decode import ipfix, v9
+from lanalyze.flows.decode.applications import APPLICATION_ID, APPLICATION_NAME
 from lanalyze.flows.decode.errors import PeerDataError
 from lanalyze.flows.decode.records import UNKNOWN_UPTIME, RowContext, convert
 from lanalyze.flows.decode.sequence import account
@@ -275,7 +276,9 @@ class TemplatedWalker:
             problems.append(f"data set {set_id} before its template: dropped")
             return -1
         if template.options:
-            return _option_records(template, data, start, stop, domain, room)
+            return _option_records(
+                template, data, start, stop, domain, room, (info[0], self.state, problems)
+            )
         part, var_extras, count, more = template.split_variable(data, start, stop, room)
         if count == 0:
             return room + 1 if more else 0
@@ -341,16 +344,28 @@ def _decode_group(group: PendingGroup) -> tuple[dict[str, Array], list[str | Non
 
 
 def _option_records(  # noqa: PLR0917
-    template: Template, data: bytes, start: int, stop: int, domain: DomainState, room: int
+    template: Template,
+    data: bytes,
+    start: int,
+    stop: int,
+    domain: DomainState,
+    room: int,
+    origin: tuple[bytes, DecoderState, list[str]],
 ) -> int:
-    """Decodes option data records one by one (they are few) into the sampling state: at
-    most ``room``, returns ``room + 1`` when more were left unread."""
+    """Decodes option data records one by one (they are few) into the sampling state and
+    the exporter's application names (:mod:`.applications`): at most ``room``, returns
+    ``room + 1`` when more were left unread. ``origin``: the exporter's address, the
+    decoder state and the datagram's problem list."""
     count = 0
     pos = start
+    names = any(
+        f.element == APPLICATION_NAME and not f.scope and not f.enterprise for f in template.fields
+    )
     while stop - pos >= template.min_length:
         if count == room:
             return room + 1
         values: dict[int, int] = {}
+        name = b""
         for f in template.fields:
             length = f.length
             if length == VARIABLE_LENGTH:
@@ -365,12 +380,27 @@ def _option_records(  # noqa: PLR0917
                     pos += 2
             if pos + length > stop:
                 raise PeerDataError("option record overruns its set")
-            if not f.scope and not f.enterprise and length <= 8:
-                values[f.element] = int.from_bytes(data[pos : pos + length], "big")
+            if not f.scope and not f.enterprise:
+                if length <= 8:
+                    values[f.element] = int.from_bytes(data[pos : pos + length], "big")
+                if names and f.element == APPLICATION_NAME:
+                    name = bytes(data[pos : pos + length])
             pos += length
         domain.sampling.apply_option_record(values)
+        if names:
+            _learn_application(values.get(APPLICATION_ID), name, origin)
         count += 1
     return count
+
+
+def _learn_application(
+    app_id: int | None, name: bytes, origin: tuple[bytes, DecoderState, list[str]]
+) -> None:
+    exporter, state, problems = origin
+    if not app_id:
+        return  # an id over 8 bytes, or 0 (no application): flows never carry it
+    if not state.applications.learn(exporter, app_id, name):
+        problems.append(f"application name for id {app_id} is not a printable name: dropped")
 
 
 def _account_sequence(

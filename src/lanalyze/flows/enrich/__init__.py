@@ -11,8 +11,10 @@ history, as they were when the flow arrived. Parts:
 * exporter names and interface classification (name, boundary, provider) from rules,
   falling back to the interface names the SNMP poller wrote (``interfaces.json``);
 * application names: the application id (IE 95, RFC 6759: classification engine and
-  selector) named by ``flows.enrich.applications``, engine 3 (IANA L4 ports) by the port
-  table; without an id, the port table of :mod:`lanalyze.flows.query.apps`.
+  selector) named by ``flows.enrich.applications``, else by the name its exporter announced
+  in option records (IE 96, the NBAR option table: :mod:`lanalyze.flows.decode.
+  applications`), engine 3 (IANA L4 ports) by the port table; without an id, the port table
+  of :mod:`lanalyze.flows.query.apps`.
 
 No Python runs per flow: addresses are searched in sorted ranges (``np.searchsorted``,
 :mod:`.ranges`); exporter+ifIndex pairs and application keys are reduced to the batch's
@@ -39,6 +41,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from lanalyze.flows import catalogue
+from lanalyze.flows.decode.applications import ApplicationNames
 from lanalyze.flows.enrich.config import (
     MAX_LABEL,
     EnrichConfig,
@@ -137,8 +140,11 @@ class Enricher:
         config: EnrichConfig,
         networks: Mapping[str, NetworkAttributes],
         flow_dir: Path | None = None,
+        announced: ApplicationNames | None = None,
     ) -> None:
         self.config = config
+        self.announced = announced
+        """The decoder's table of application names the exporters announced (option data)."""
         self.flow_dir = flow_dir
         self.geoip = GeoIP(
             config.geoip_country, config.geoip_asn, config.reload_interval, config.database_memory
@@ -338,7 +344,7 @@ class Enricher:
             labels[f"in_if_{what}"] = column(codes[:rows], dictionary)
             labels[f"out_if_{what}"] = column(codes[rows:], dictionary)
 
-    def _application(self, app_id: int, protocol: int, port: int) -> str:
+    def _application(self, app_id: int, protocol: int, port: int, exporter: bytes | None) -> str:
         from lanalyze.flows.query.apps import application, service_name
 
         if app_id:
@@ -353,6 +359,10 @@ class Enricher:
             named = self.applications.get(f"{engine}:{selector}")
             if named:
                 return named
+            if exporter is not None and self.announced is not None:
+                named = self.announced.get(exporter, app_id)
+                if named:
+                    return named
             if engine == 3 and selector < 65536:  # RFC 6759 IANA-L4: the selector is a port
                 port = selector
             else:
@@ -368,12 +378,25 @@ class Enricher:
         present = app_id != 0
         if not present.any():
             return
-        table = np.zeros(int(present.sum()), dtype=[("a", "u8"), ("p", "u8"), ("o", "u8")])
+        # The exporter matters only once some exporter announced names (its ids are its own).
+        per_exporter = self.announced is not None and len(self.announced) > 0
+        fields = [("a", "u8"), ("p", "u8"), ("o", "u8"), ("e", "i8")]
+        table = np.zeros(int(present.sum()), dtype=fields)
         table["a"] = app_id[present]
         table["p"] = columns["protocol"][present]
         table["o"] = np.minimum(columns["src_port"], columns["dst_port"])[present]
+        exporters: list[bytes] = []
+        if per_exporter:
+            keys, codes = self._exporter_codes(columns["exporter"])
+            # S16 values lose their trailing zero bytes (2001:db8::100): the table's keys
+            # are whole 16-byte addresses.
+            exporters = [key.ljust(16, b"\0") for key in keys]
+            table["e"] = codes[present]
         unique, inverse = np.unique(table, return_inverse=True)
-        names = [self._application(int(a), int(p), int(o)) for a, p, o in unique.tolist()]
+        names = [
+            self._application(int(a), int(p), int(o), exporters[e] if per_exporter else None)
+            for a, p, o, e in unique.tolist()
+        ]
         index = np.full(len(app_id), -1, dtype=np.int32)
         index[present] = inverse.reshape(-1)
         labels["app_name"] = self._app_names.column(names, index)
@@ -383,12 +406,14 @@ def make_enricher(
     config: EnrichConfig | None,
     networks: Mapping[str, NetworkAttributes],
     flow_directory: Path | None,
+    announced: ApplicationNames | None = None,
 ) -> Enricher | None:
     """The enricher of a worker or an import (None when enrichment is off), its databases
-    read (a missing file is warned about now)."""
+    read (a missing file is warned about now); ``announced``: the decoder's application
+    names from option records."""
     if config is None or not config.enabled:
         return None
-    enricher = Enricher(config, networks, flow_directory)
+    enricher = Enricher(config, networks, flow_directory, announced)
     enricher.start()
     return enricher
 

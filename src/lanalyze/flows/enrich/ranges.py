@@ -48,9 +48,10 @@ class AddressKeys:
 
 BLOCK_BITS = 12
 """IPv4 addresses per block of the direct table: 4096 (a /20), so 2**20 blocks, 4 MiB."""
-BLOCK_TABLE_MIN = 4096
-"""IPv4 ranges from which a direct block table is built (smaller tables stay in the CPU
-cache, where a binary search is as fast)."""
+BLOCK_TABLE_MIN = 1
+"""IPv4 ranges from which a direct block table is built: any. Even a dozen configured
+networks cost a binary search ~14 ns an address (five dependent steps through numpy's
+generic search), the block table 2-3 (docs/performance.md, "Enrichment at ingest")."""
 _MIXED = np.int32(-2)
 
 
@@ -58,10 +59,11 @@ class RangeIndex:
     """Disjoint ranges (inclusive ends) -> value index; -1 outside every range.
 
     IPv4 ranges are kept gap-filled (every address falls in one entry, gaps valued -1), so
-    a lookup is one ``searchsorted`` and one gather; with many ranges (a GeoIP database) a
-    direct table per /20 block answers most addresses with one gather and leaves only the
-    blocks holding several ranges to the binary search (a random binary search over 10^5
-    ranges costs a cache miss per step)."""
+    a lookup is one ``searchsorted`` and one gather; whenever there are IPv4 ranges (a GeoIP
+    database, or a few configured networks) a direct table per /20 block (4 MiB) answers
+    most addresses with one gather and leaves only the blocks holding several ranges to the
+    binary search (a random binary search over 10^5 ranges costs a cache miss per step, and
+    even over a dozen costs five times the gather)."""
 
     def __init__(
         self,
