@@ -108,3 +108,13 @@ def test_other_segments_keep_pyarrow(tmp_path: Path) -> None:
         paths.append(path)
     assert pq.read_table(paths[0]).column("src_country").to_pylist() == ["a"] * 10
     assert pq.read_table(paths[1]).column("extra").to_pylist() == ['{"k":1}'] * 10
+
+
+def test_segments_over_the_page_bound_keep_pyarrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segmentfile, "MAX_ROWS", 99)
+    (small,) = SegmentWriter(tmp_path / "a", "t", compression="lz4").write([flows(99)])
+    (large,) = SegmentWriter(tmp_path / "b", "t", compression="lz4").write([flows(100)])
+    assert pq.read_metadata(small).created_by == segmentfile.CREATED_BY.decode()
+    assert "parquet-cpp" in (pq.read_metadata(large).created_by or "")

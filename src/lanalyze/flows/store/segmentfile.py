@@ -57,6 +57,10 @@ _T_TRUE, _T_FALSE, _T_BYTE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = (
     12,
 )
 
+MAX_ROWS = 2**22
+"""Larger segments (an import's; a collector's are at most ``flows.segment_max_rows``) go to
+pyarrow, which cuts them into row groups and pages: one page here holds a whole column, so
+this bounds a page to 64 MiB (addresses) and the encoder's memory to a few such pages."""
 CODECS = {"lz4": _LZ4_RAW, "none": _UNCOMPRESSED}
 """``flows.compression`` values this writer handles; others go to pyarrow."""
 STATISTICS = ("time_received", "time_start", "time_end")
@@ -226,7 +230,7 @@ def _null_levels(rows: int) -> bytes:
 
 def can_write(table: pa.Table, compression: str) -> bool:
     """Whether :func:`write` handles this segment (else pyarrow does)."""
-    if compression not in CODECS or table.num_rows == 0 or table.num_rows >= 2**31:
+    if compression not in CODECS or not 0 < table.num_rows <= MAX_ROWS:
         return False
     if table.column_names != [c.name for c in COLUMNS if c.name in table.column_names]:
         return False
