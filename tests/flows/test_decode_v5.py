@@ -285,3 +285,40 @@ def test_v5_sequence_after_a_restart_counts_no_gap() -> None:
     assert [s.sequence_gaps for s in batch.stats] == [0]
     batch = restarted.decode([packet(v5_datagram([v5_record(0)], sequence=5003))])
     assert [s.sequence_gaps for s in batch.stats] == [2]
+
+
+def test_v5_header_values_spread_per_record() -> None:
+    """Header values every datagram of a length group shares are broadcast, not repeated;
+    domain and rate at their defaults stay the shared read-only default columns (nothing
+    allocated per batch); mixed ones are still given record by record."""
+    records = [v5_record(i) for i in range(3)]
+    same = [v5_datagram(records, sequence=n * 3) for n in range(4)]
+    rows, lengths, codes, names = as_rows(same, ["192.0.2.1"] * 4)
+    batch = FlowDecoder().decode_rows(rows, lengths, codes, names, 1_700_000_000_000)
+    c = batch.columns
+    assert batch.rows == 12
+    assert c["observation_domain"].tolist() == [0] * 12
+    assert c["sampling_rate"].tolist() == [1] * 12
+    assert c["ip_version"].tolist() == [4] * 12
+    for name in ("observation_domain", "sampling_rate", "ip_version"):
+        assert not c[name].flags.writeable, name
+    assert set(c["exporter"].tolist()) == {mapped("192.0.2.1")}
+    assert set(c["time_received"].tolist()) == {1_700_000_000_000}
+    assert set(c["time_start"].tolist()) == {UNIX_SECS * 1000 + 250 - 5000}
+
+    mixed = [
+        v5_datagram(records, engine=(1, 2), sampling=(1 << 14) | 10),
+        v5_datagram(records, engine=(1, 2), sampling=(1 << 14) | 10, nsecs=750_000_000),
+        v5_datagram(records, engine=(0, 3)),
+    ]
+    rows, lengths, codes, names = as_rows(mixed, ["192.0.2.1", "192.0.2.1", "192.0.2.2"])
+    batch = FlowDecoder().decode_rows(rows, lengths, codes, names, 1_700_000_000_000)
+    c = batch.columns
+    assert c["observation_domain"].tolist() == [0x0102] * 6 + [3] * 3
+    assert c["sampling_rate"].tolist() == [10] * 6 + [1] * 3
+    assert c["exporter"].tolist() == [mapped("192.0.2.1")] * 6 + [mapped("192.0.2.2")] * 3
+    start = UNIX_SECS * 1000 - 5000
+    assert c["time_start"].tolist() == [start + 250] * 3 + [start + 750] * 3 + [start + 250] * 3
+    uniform = FlowDecoder().decode_rows(rows[:2], lengths[:2], codes[:2], names, 1)
+    assert uniform.columns["observation_domain"].tolist() == [0x0102] * 6
+    assert uniform.columns["sampling_rate"].tolist() == [10] * 6

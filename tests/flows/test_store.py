@@ -176,3 +176,28 @@ def test_segment_stores_dictionary_names_as_text_and_omits_empty_ones(data_dir: 
         f"select src_as_name, count(*) from read_parquet('{path}') group by all order by all"
     )
     assert rows.fetchall() == [("AS name 5", 1), ("AS name 7", 2), ("AS name 900", 2), (None, 1)]
+
+
+def test_record_batch_shares_numpy_columns_and_converts_others() -> None:
+    """Numpy columns in Arrow's layout become Arrow arrays over the same memory; any other
+    column (a strided view, another integer width, a read-only shared array, 2-D address
+    bytes) is converted to the same values as ``pa.array`` gives."""
+    rows = 5
+    columns = catalogue.empty_batch(rows)
+    columns["bytes"] = np.arange(rows, dtype=np.uint64) * 1000
+    columns["packets"] = np.arange(2 * rows, dtype=np.uint64)[::2]  # strided
+    columns["src_port"] = np.arange(rows, dtype=np.int64) + 80  # another width
+    columns["flows"].flags.writeable = False
+    columns["src_addr"] = np.arange(rows * 16, dtype=np.uint8).reshape(rows, 16)
+    columns["dst_addr"] = np.array([bytes([i]) * 16 for i in range(rows)], dtype="S16")
+    batch = catalogue.to_record_batch(columns)
+    assert batch.schema == catalogue.batch_schema()
+    assert batch.column("bytes").to_pylist() == [0, 1000, 2000, 3000, 4000]
+    assert batch.column("packets").to_pylist() == [0, 2, 4, 6, 8]
+    assert batch.column("src_port").to_pylist() == [80, 81, 82, 83, 84]
+    assert batch.column("flows").to_pylist() == [1] * rows
+    assert batch.column("src_addr").to_pylist()[1] == bytes(range(16, 32))
+    assert batch.column("dst_addr").to_pylist()[3] == b"\x03" * 16
+    bytes_buffer = batch.column("bytes").buffers()[1]
+    assert bytes_buffer is not None
+    assert bytes_buffer.address == columns["bytes"].ctypes.data  # shared, not copied

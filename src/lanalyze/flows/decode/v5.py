@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lanalyze.flows.decode.records import ipv4_mapped, new_columns
+from lanalyze.flows.decode.records import constant, ipv4_mapped, new_columns
 
 Array = npt.NDArray[Any]
 
@@ -91,8 +91,6 @@ FILLED = frozenset(
     {
         "time_received",
         "exporter",
-        "observation_domain",
-        "sampling_rate",
         "time_start",
         "time_end",
         "bytes",
@@ -108,7 +106,6 @@ FILLED = frozenset(
         "dst_mask",
         "src_as",
         "dst_as",
-        "ip_version",
     }
 )
 assert HEADER.itemsize == HEADER_LENGTH and RECORD.itemsize == RECORD_LENGTH
@@ -174,6 +171,14 @@ def decode_group(
     def per_row(values: Array) -> Array:
         return np.repeat(values, count)
 
+    def spread(values: Array) -> Array:
+        """Per-datagram values per record: the one value itself when every datagram of the
+        group has it (a batch's receive time, usually its exporter, domain and rate), which
+        numpy broadcasts into the column without a repeated temporary."""
+        if k and (values == values[0]).all():
+            return values[:1]
+        return per_row(values)
+
     uptime = header["uptime"].astype(np.int64)
     export_ms = header["secs"].astype(np.int64) * 1000 + header["nsecs"] // 10**6
     if version == 5:
@@ -185,13 +190,19 @@ def decode_group(
         rate = configured_rate
 
     columns = new_columns(n, FILLED, shared=True)
-    columns["time_received"][:] = per_row(received_ms)
-    columns["exporter"][:] = per_row(exporter16)
-    columns["observation_domain"][:] = per_row(domain)
-    columns["sampling_rate"][:] = per_row(rate)
+    columns["time_received"][:] = spread(received_ms)
+    columns["exporter"][:] = spread(exporter16)
+    for name, values in (("observation_domain", domain), ("sampling_rate", rate)):
+        one = spread(values)
+        # Left the shared read-only default (as the fields v5 does not carry) when the whole
+        # group has it: engine 0, unsampled.
+        if len(one) != 1 or int(one[0]) != int(columns[name][0]):
+            filled = np.empty(n, dtype=columns[name].dtype)
+            filled[:] = one
+            columns[name] = filled
     # Epoch ms = (export time - sysUpTime) + first/last, which is linear; only a sysUpTime that
     # wrapped (49.7 days) after the flow started needs a correction, done where it can apply.
-    base = per_row(export_ms - uptime)
+    base = spread(export_ms - uptime)
     for column, field in (("time_start", "first"), ("time_end", "last")):
         value = recs[field]
         target = columns[column]
@@ -214,7 +225,7 @@ def decode_group(
     _icmp_from_source_port(columns)
     columns["src_as"][:] = recs["src_as"]
     columns["dst_as"][:] = recs["dst_as"]
-    columns["ip_version"].fill(4)
+    columns["ip_version"] = constant(n, columns["ip_version"].dtype, 4)
     # v5 has no ICMP fields: exporters put type << 8 | code in the destination port.
     is_icmp = columns["protocol"] == 1
     if is_icmp.any():
