@@ -294,7 +294,6 @@ def to_record_batch(
     an all-null column, built without a Python list; so is every name column ``labels`` (the
     enricher's dictionary columns, :mod:`lanalyze.flows.enrich`) does not give. The schema is
     :func:`batch_schema`."""
-    import numpy as np
     import pyarrow as pa
 
     LABEL_TYPE = label_type()  # the name it had as a module constant
