@@ -323,6 +323,9 @@ def _wrap(values: np.ndarray, column: Column, rows: int) -> pa.Array:
     array's buffer costs a tenth of ``pa.array`` (7 against 10-70 µs a column: ``pa.array``
     inspects the numpy array for pandas types first), ~30 columns every batch. A column not
     already in Arrow's layout (another dtype, a strided view) takes the general way."""
+    import numpy as np  # lazily, as everywhere in this module: report commands never load it
+    import pyarrow as pa
+
     if values.dtype != column.numpy_dtype or values.ndim != 1 or len(values) != rows:
         if column.kind == "ip":
             data = np.ascontiguousarray(values).view(np.uint8)
