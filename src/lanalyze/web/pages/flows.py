@@ -59,6 +59,14 @@ LAZY_AFTER_MS = 6 * 3_600_000
 REFRESH = {"0": "Off", "30": "30 s", "60": "1 min", "300": "5 min"}
 TOP_N = 10
 FLOW_LIMIT = 50
+GEO_N = 8
+# The country and AS tables of the dashboard and the host page: name -> (kind, side).
+GEO_TABLES = {
+    "src_countries": ("country", "src"),
+    "dst_countries": ("country", "dst"),
+    "src_ases": ("as", "src"),
+    "dst_ases": ("as", "dst"),
+}
 
 
 @dataclass
@@ -277,6 +285,10 @@ class Links:
     def page(self, **changes: str) -> str:
         return self.view.link(self.view_path, **changes)
 
+    def where(self, term: str) -> str:
+        """This page narrowed to ``term`` (``src country NL``) on top of the user's filter."""
+        return self.view.link(self.view_path, filter=_combine(self.view.filter, term))
+
     def panel(self, name: str) -> str:
         return self.view.link(self.view_path, panel=name)
 
@@ -353,7 +365,19 @@ def dashboard_queries(data_dir: Path, view: View, flt: str) -> dict[str, Callabl
         ),
         "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
         "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N, order=view.order),
+        **geo_queries(data_dir, view, window),
     }
+
+
+def geo_queries(
+    data_dir: Path, view: View, window: flowreports.Window
+) -> dict[str, Callable[[], Any]]:
+    """The country and AS tables (answered by the ``src_geo`` / ``dst_geo`` rollups)."""
+
+    def call(kind: str, side: str) -> Callable[[], Any]:
+        return lambda: flowreports.geo(data_dir, window, kind, side, order=view.order, limit=GEO_N)
+
+    return {name: call(kind, side) for name, (kind, side) in GEO_TABLES.items()}
 
 
 async def dashboard(request: Request) -> Response:
@@ -408,6 +432,7 @@ async def host_page(request: Request) -> Response:
             "peers": lambda: flowreports.peers(data_dir, window, address, view.order, 20),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
             "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+            **geo_queries(data_dir, view, window),
         }
 
     return await _run_page(
