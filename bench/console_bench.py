@@ -10,8 +10,20 @@ Columns: the first load (cold caches), then median / min / max of the next loads
 to the target, and "all": the median time until the tables deferred to after the page
 (answered from raw flows) are in place too.
 
+``--mail-rate 1000`` (issue 19) measures the same pages while the same server takes mail:
+its mail component on in its default configuration (one SMTP acceptor per core, the sender
+checks on, delivery into a Maildir; only the port, the accepted domain, its mailbox and the
+checks' DNS server are set), the checks asking a Knot DNS server on loopback that serves the
+zones of ``bench/mail_world.py``, and a client process offering the message mix of the
+checked-mail benchmark at that rate (20 connections, each message at its slot of a fixed
+schedule, pipelined MAIL/RCPT/DATA; a message late for its slot is sent at once, so the
+offered rate is the most the server takes when it cannot keep up). The mail load starts 15 s
+before the first page and runs until the last; the rate printed is what was accepted (250
+after the data) while the pages were measured. ``--mail-rate 0`` runs the same server with
+its mail component idle: the peer of the same run. Needs knotd (Debian's knot).
+
     .venv/bin/python bench/console_bench.py [--flows 10000000] [--days 30] [--runs 5]
-        [--no-warm] [--regenerate]
+        [--no-warm] [--regenerate] [--mail-rate 1000]
 
 The generated store is kept in bench/out/console-<flows>-<days>/ and reused by later runs
 (``--regenerate`` when it is older than an hour: the last-hour page needs recent flows).
@@ -20,8 +32,12 @@ The generated store is kept in bench/out/console-<flows>-<days>/ and reused by l
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
 import json
+import multiprocessing
+import os
 import shutil
 import signal
 import statistics
@@ -31,6 +47,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -130,14 +147,34 @@ def build_rollups(data_dir: Path) -> str:
 
 
 def serve(
-    data_dir: Path, work: Path, password_hash: str, warm: bool = True
+    data_dir: Path,
+    work: Path,
+    password_hash: str,
+    warm: bool = True,
+    mail: tuple[int, str] | None = None,
+    checks: bool = True,
 ) -> tuple[subprocess.Popen[str], str]:
+    """``lanalyze serve`` on the store; with ``mail`` = (SMTP port, DNS server) its mail
+    component too, in the default configuration but for those and the accepted domain."""
     from tests.conftest import free_port, lanalyze_cmd
+
+    from bench.mail_world import RECIPIENT
 
     port = free_port()
     config = work / "lanalyze.toml"
+    if mail is None:
+        mail_section = "[mail]\nenabled = false\n"
+    else:
+        domain = RECIPIENT.split("@")[1]
+        mail_section = (
+            f'[mail]\nlisten = ["127.0.0.1:{mail[0]}"]\ndomains = ["{domain}"]\n'
+            f'mailboxes = ["{RECIPIENT}"]\n[mail.auth]\nresolver = "{mail[1]}"\n'
+        )
+        if not checks:
+            mail_section += "enabled = false\n"
     config.write_text(
-        f'[general]\ndata_dir = "{data_dir}"\n[flows]\nenabled = false\n[mail]\nenabled = false\n'
+        f'[general]\ndata_dir = "{data_dir}"\nhostname = "mx.bench.test"\n'
+        f"[flows]\nenabled = false\n{mail_section}"
         f'[web]\nlisten = "127.0.0.1:{port}"\n{"" if warm else "warm_ranges = []"}\n'
         '[[web.users]]\nname = "bench"\n'
         f'password_hash = "{password_hash}"\n'
@@ -158,6 +195,135 @@ def serve(
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("lanalyze serve did not start")
+
+
+# -- the mail load (issue 19) -------------------------------------------------------------------
+
+MAIL_SESSIONS = 20
+MAIL_WARMUP = 15.0
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> bytes:
+    """One SMTP reply (its last line); multi-line replies read whole."""
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def _mail_session(
+    port: int,
+    rate: float,
+    index: int,
+    started: float,
+    messages: dict[str, bytes],
+    counts: Any,
+    stop: Any,
+) -> None:
+    from bench.mail_world import ENVELOPE, MIX, RECIPIENT, SENDER
+
+    # Sessions take the kinds in the proportions of the checked-mail benchmark (10/5/5).
+    kinds = [kind for kind, share in MIX.items() for _ in range(share)]
+    kind = kinds[index % len(kinds)]
+    envelope = f"MAIL FROM:<{ENVELOPE[kind]}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+    body = messages[kind] + b".\r\n"
+    sent = 0
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await _read_reply(reader)
+            writer.write(f"EHLO mx.{SENDER}\r\n".encode())
+            await _read_reply(reader)
+            while not stop.is_set():
+                # Message number ``sent * sessions + index`` of one fixed schedule at ``rate``.
+                due = started + (sent * MAIL_SESSIONS + index) / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent += 1
+                writer.write(envelope)
+                replies = [await _read_reply(reader) for _ in range(3)]
+                if not replies[2].startswith(b"354"):
+                    with counts.get_lock():
+                        counts[1] += 1
+                    writer.write(b"RSET\r\n")
+                    await _read_reply(reader)
+                    continue
+                writer.write(body)
+                reply = await _read_reply(reader)
+                with counts.get_lock():
+                    counts[0 if reply.startswith(b"250") else 1] += 1
+            writer.write(b"QUIT\r\n")
+            writer.close()
+        except (ConnectionError, OSError):
+            with counts.get_lock():
+                counts[1] += 1
+            await asyncio.sleep(0.1)
+
+
+def mail_load(port: int, rate: float, counts: Any, stop: Any) -> None:
+    """Offer the checked-mail mix at ``rate`` msg/s until ``stop`` is set (own process)."""
+    from bench.mail_world import mix
+
+    messages = {
+        kind: message.replace(b"\r\n.", b"\r\n..") for kind, message in mix().messages.items()
+    }
+
+    async def run() -> None:
+        started = time.monotonic()
+        sessions = [
+            asyncio.create_task(_mail_session(port, rate, i, started, messages, counts, stop))
+            for i in range(MAIL_SESSIONS)
+        ]
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        await asyncio.wait(sessions, timeout=10)
+
+    asyncio.run(run())
+
+
+class MailLoad:
+    """The load process and its counters: messages accepted, messages refused or failed."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.counts = context.Array("q", 2)
+        self.stop = context.Event()
+        self.process = context.Process(
+            target=mail_load, args=(port, rate, self.counts, self.stop), daemon=True
+        )
+
+    def start(self) -> None:
+        self.process.start()
+
+    def snapshot(self) -> tuple[float, int, int]:
+        with self.counts.get_lock():
+            return time.monotonic(), int(self.counts[0]), int(self.counts[1])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(timeout=20)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def request_lag(base: str, requests: int = 100) -> str:
+    """How long a trivial request (``/healthz``) takes: the wait for the console's event
+    loop, which the page requests' every turn pays too."""
+    times = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        with urllib.request.urlopen(base + "/healthz", timeout=30) as response:
+            response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.05)
+    times.sort()
+    return (
+        f"GET /healthz: median {statistics.median(times):.1f} ms, "
+        f"p90 {times[requests * 9 // 10]:.1f} ms, max {times[-1]:.1f} ms"
+    )
 
 
 PAGES = [
@@ -243,6 +409,19 @@ def main() -> None:
         action="store_true",
         help="Generate the flows anew (a store older than an hour has none in the last hour).",
     )
+    parser.add_argument(
+        "--mail-rate",
+        type=float,
+        default=None,
+        help="Run the server's mail component too and offer it this many msg/s while the "
+        "pages are measured (0: mail component on, no load).",
+    )
+    parser.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="With --mail-rate: mail.auth.enabled = false (the checks cost most of a "
+        "message's CPU; without them the server gets closer to the offered rate).",
+    )
     args = parser.parse_args()
     data_dir = ROOT / "bench" / "out" / f"console-{args.flows}-{args.days}"
     marker = data_dir / "generated.json"
@@ -266,17 +445,56 @@ def main() -> None:
     else:
         print(f"reusing {data_dir} (generated {json.loads(marker.read_text())['now_ms']})")
         print(build_rollups(data_dir))  # catch up with the hours since
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
+        mail: tuple[int, str] | None = None
+        load: MailLoad | None = None
+        if args.mail_rate is not None:
+            from tests.conftest import free_port
+            from tests.mail.dnsserver import KnotServer
+
+            from bench.mail_world import zones
+
+            (Path(work) / "knot").mkdir()
+            knot = KnotServer(Path(work) / "knot", zones())
+            knot.start()
+            stack.callback(knot.stop)
+            mail = (free_port(), knot.address)
+            # Each run starts with an empty mailbox and queue (the flows stay).
+            shutil.rmtree(data_dir / "mail", ignore_errors=True)
+            stack.callback(shutil.rmtree, data_dir / "mail", True)
         proc, base = serve(
-            data_dir, Path(work), hash_password("bench-password"), warm=not args.no_warm
+            data_dir,
+            Path(work),
+            hash_password("bench-password"),
+            not args.no_warm,
+            mail,
+            checks=not args.no_checks,
         )
+        stack.callback(proc.wait, 30)
+        stack.callback(proc.send_signal, signal.SIGTERM)
+        if mail is not None and args.mail_rate:
+            load = MailLoad(mail[0], args.mail_rate)
+            load.start()
+            stack.callback(load.close)
+            time.sleep(MAIL_WARMUP)
         if not args.no_warm:
             time.sleep(30)  # the first warming round, as on a server that runs for a while
-        try:
-            results = measure(base, args.runs, pages)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
+        before = load.snapshot() if load else None
+        load_before = os.getloadavg()[0]
+        print(request_lag(base))
+        results = measure(base, args.runs, pages)
+        load_after = os.getloadavg()[0]
+        if load is not None and before is not None:
+            after = load.snapshot()
+            seconds = after[0] - before[0]
+            print(
+                f"mail: offered {args.mail_rate:.0f} msg/s, accepted "
+                f"{(after[1] - before[1]) / seconds:.0f} msg/s over the {seconds:.0f} s of "
+                f"the measurements ({after[2] - before[2]} refused or failed)"
+            )
+        print(
+            f"load average (1 min) before / after the pages: {load_before:.1f} / {load_after:.1f}"
+        )
     print(
         f"\n{'page':32} {'target ms':>9} {'first':>6} {'median':>6} {'min':>6} {'max':>6} "
         f"{'ratio':>6} {'all':>6}  server (last load)"

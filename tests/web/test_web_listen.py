@@ -127,3 +127,24 @@ def test_serve_refuses_plain_http_beyond_loopback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "web.allow_plain_http = true" in result.stderr
+
+
+def test_console_answers_while_the_main_event_loop_is_busy(data_dir: Path) -> None:
+    """The console runs on its own event loop (issue 19), so a page does not wait behind the
+    SMTP sessions' callbacks on ``lanalyze serve``'s loop. Here that loop is blocked outright
+    by a synchronous request made from it: a console on the same loop could never answer."""
+
+    async def main() -> int:
+        server = WebServer(WebConfig(listen="127.0.0.1:0", warm_ranges=[]), data_dir)
+        await server.start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
+            try:
+                conn.request("GET", "/healthz")  # blocks this loop until the answer is in
+                return conn.getresponse().status
+            finally:
+                conn.close()
+        finally:
+            await server.stop()
+
+    assert asyncio.run(main()) == 200

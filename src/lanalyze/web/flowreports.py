@@ -59,6 +59,11 @@ class TopRow:
     """The row's key split into drill-down values (the two hosts of a conversation)."""
     name: str = ""
     """Reverse DNS names of the label's addresses, when the view asks for names."""
+    flag: str = ""
+    """A country row's flag: the code as regional-indicator symbols (an emoji, no image)."""
+    term: str = ""
+    """A country or AS row's filter term for its drill-down link (``src country NL``); empty
+    for the unknown row (no enrichment for those flows: nothing the filter could name)."""
 
 
 class AnswerCache:
@@ -178,6 +183,82 @@ def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list
                 bps=row.bps,
                 share=row.share,
                 parts=parts,
+            )
+        )
+    return rows
+
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+# Regional indicator symbol letter A: two of them make a flag in every emoji font, drawn by
+# the browser from the text alone, so the console loads no image and contacts no one.
+_INDICATOR_A = 0x1F1E6
+
+
+def flag(code: str) -> str:
+    """``NL`` -> the Dutch flag's two regional indicators; "" for anything not two letters."""
+    code = code.upper()
+    if not _COUNTRY.match(code):
+        return ""
+    return "".join(chr(_INDICATOR_A + ord(letter) - ord("A")) for letter in code)
+
+
+# Country and AS tables: side -> the dimensions they ask for (a country; an AS number with its
+# name, both from the same rollup of that side, see ``flows.store.layout``).
+GEO_DIMENSIONS = {
+    "country": {"src": "srccountry", "dst": "dstcountry"},
+    "as": {"src": "srcas,srcasname", "dst": "dstas,dstasname"},
+}
+
+
+def geo(
+    data_dir: Path, window: Window, kind: str, side: str, *, order: str, limit: int
+) -> list[TopRow]:
+    """Top countries (``kind = "country"``) or AS (``"as"``, labelled ``AS64500 Name``) of
+    one side; flows without enrichment form one unknown row, with no link."""
+    by = GEO_DIMENSIONS[kind][side]
+    report = _cached(
+        "geo",
+        lambda: reports.top(
+            flow_dir(data_dir),
+            by,
+            since=window.since,
+            until=window.until,
+            order=order,
+            limit=limit,
+            filter=window.filter,
+        ),
+        data_dir,
+        window,
+        by,
+        order,
+        limit,
+    )
+    first = report.dimensions[0]
+    rows = []
+    for row in report.rows:
+        value = row.values[first]
+        if kind == "country":
+            code = str(value or "")
+            label, term, mark = (
+                code or "unknown",
+                f"{side} country {code}" if code else "",
+                flag(code),
+            )
+        else:
+            number = int(value or 0)  # type: ignore[call-overload]
+            name = str(row.values[report.dimensions[1]] or "")
+            label = f"AS{number} {name}".rstrip() if number else (name or "unknown")
+            term, mark = (f"{side} as {number}" if number else ""), ""
+        rows.append(
+            TopRow(
+                label=label,
+                bytes=row.bytes,
+                packets=row.packets,
+                flows=row.flows,
+                bps=row.bps,
+                share=row.share,
+                flag=mark,
+                term=term,
             )
         )
     return rows

@@ -59,6 +59,14 @@ LAZY_AFTER_MS = 6 * 3_600_000
 REFRESH = {"0": "Off", "30": "30 s", "60": "1 min", "300": "5 min"}
 TOP_N = 10
 FLOW_LIMIT = 50
+GEO_N = 8
+# The country and AS tables of the dashboard and the host page: name -> (kind, side).
+GEO_TABLES = {
+    "src_countries": ("country", "src"),
+    "dst_countries": ("country", "dst"),
+    "src_ases": ("as", "src"),
+    "dst_ases": ("as", "dst"),
+}
 
 
 @dataclass
@@ -277,6 +285,10 @@ class Links:
     def page(self, **changes: str) -> str:
         return self.view.link(self.view_path, **changes)
 
+    def where(self, term: str) -> str:
+        """This page narrowed to ``term`` (``src country NL``) on top of the user's filter."""
+        return self.view.link(self.view_path, filter=_combine(self.view.filter, term))
+
     def panel(self, name: str) -> str:
         return self.view.link(self.view_path, panel=name)
 
@@ -287,6 +299,9 @@ class Links:
 PANELS = {
     "conversations": ("Top conversations", "Conversation", "conversation"),
     "peers": ("Peers", "Peer address", "host"),
+    # Four small tables from the rollups, but four more queries: beyond 6 hours they come
+    # after the page too, so it is usable without waiting for them (issue 19).
+    "geo": ("Countries and AS", "", "geo"),
 }
 
 
@@ -338,7 +353,7 @@ async def _panel(request: Request, view: View, name: str, call: Callable[[], Any
     )
     context["links"].view_path = request.url.path
     context["query_ms"] = round((time.perf_counter() - started) * 1000)
-    return render(request, "panel.html", context)
+    return render(request, "geo_panel.html" if name == "geo" else "panel.html", context)
 
 
 def dashboard_queries(data_dir: Path, view: View, flt: str) -> dict[str, Callable[[], Any]]:
@@ -353,6 +368,16 @@ def dashboard_queries(data_dir: Path, view: View, flt: str) -> dict[str, Callabl
         ),
         "exporters": lambda: flowreports.top(data_dir, window, "exporter", view.order, TOP_N),
         "interfaces": lambda: flowreports.interfaces(data_dir, window, TOP_N, order=view.order),
+        "geo": lambda: geo_tables(data_dir, view, window),
+    }
+
+
+def geo_tables(data_dir: Path, view: View, window: flowreports.Window) -> dict[str, Any]:
+    """The country and AS tables (answered by the ``src_geo`` / ``dst_geo`` rollups), one
+    panel: whether the flows carry any country or AS shows only across all four."""
+    return {
+        name: flowreports.geo(data_dir, window, kind, side, order=view.order, limit=GEO_N)
+        for name, (kind, side) in GEO_TABLES.items()
     }
 
 
@@ -408,6 +433,7 @@ async def host_page(request: Request) -> Response:
             "peers": lambda: flowreports.peers(data_dir, window, address, view.order, 20),
             "apps": lambda: flowreports.top(data_dir, window, "app", view.order, TOP_N),
             "flows": lambda: flowreports.flows(data_dir, window, FLOW_LIMIT),
+            "geo": lambda: geo_tables(data_dir, view, window),
         }
 
     return await _run_page(
