@@ -167,8 +167,9 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
     assert writer.stats.inserts == 16 and writer.stats.rows == 24_000 and not writer.stats.errors
     assert count(ch, f"SELECT count() FROM {db}.flows") == 24_000
     per_shard = [int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]) for i in (0, 1)]
-    # random batch ids pick the shard: all 16 on one shard is a 2^-15 chance
-    assert sum(per_shard) == 24_000 and all(per_shard), per_shard
+    # every shard's server is configured: straight into the shards, in turn
+    assert writer.shard_servers() == store.servers
+    assert per_shard == [12_000, 12_000]
     expected_bytes = sum(scaled_bytes(t) for t in tables)
     fill(store)
     for resolution in schema.RESOLUTIONS:
@@ -189,6 +190,34 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
         },
     )
     assert row[0][0] == first.column("src_addr")[0].as_py().hex().upper()
+
+
+def test_without_every_shard_configured_inserts_go_through_the_distributed_table(
+    clickhouse_cluster: ClickHouseCluster, store: StoreConfig, tmp_path: Path
+) -> None:
+    ch, db = clickhouse_cluster, store.database
+    one = store.model_copy(update={"servers": store.servers[:1]})
+    writer = ClickHouseWriter(one, "t9", Spool(tmp_path / "spool", 1 << 30))
+    try:
+        for seed in range(16):
+            writer.write(flows_table(100, seed))
+        assert writer.shard_servers() == []
+    finally:
+        writer.close()
+    per_shard = [int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]) for i in (0, 1)]
+    # random batch ids pick the shard: all 16 on one shard is a 2^-15 chance
+    assert sum(per_shard) == 1600 and all(per_shard), per_shard
+
+
+def test_shards_are_matched_to_configured_servers() -> None:
+    from lanalyze.flows.store.clickhouse.writer import _shard_servers
+
+    rows = [(1, b"ch1", b"10.0.0.1", 9000), (2, b"ch2", b"10.0.0.2", 9000)]
+    assert _shard_servers(rows, ["ch1:9000", "10.0.0.2"]) == ["ch1:9000", "10.0.0.2"]
+    assert _shard_servers(rows, ["ch1:9000"]) == []  # shard 2 not configured
+    assert _shard_servers(rows, ["ch1:9440", "ch2:9440"]) == []  # another port (TLS)
+    replicated = [*rows, (2, b"ch3", b"10.0.0.3", 9000)]
+    assert _shard_servers(replicated, ["ch1", "ch2", "ch3"]) == []
 
 
 def test_text_values_are_names_with_empty_for_unknown() -> None:
