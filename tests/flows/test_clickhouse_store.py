@@ -503,6 +503,7 @@ def test_spool_and_insert_counters_are_on_metrics() -> None:
 
     store = {"inserts": 3, "rows": 900, "spool_bytes": 1234, "spool_segments": 2}
     store |= {"spool_dropped_rows": 500, "spooled": 4, "replayed": 1, "duplicates": 1}
+    store |= {"rollup_partitions_filled": 6, "rollup_late_skipped": 1, "partitions_dropped": 2}
     totals = CollectorTotals(exporters=[], kernel_drops={}, store=store, datagrams=0, started_ms=0)
     registry = CollectorRegistry()
     registry.register(FlowMetrics(lambda: totals))
@@ -516,6 +517,10 @@ def test_spool_and_insert_counters_are_on_metrics() -> None:
         "lanalyze_flow_spool_batches_total 4.0",
         "lanalyze_flow_spool_replayed_batches_total 1.0",
         "lanalyze_flow_spool_duplicate_batches_total 1.0",
+        "lanalyze_flow_clickhouse_rollup_partitions_filled_total 6.0",
+        "lanalyze_flow_clickhouse_rollup_late_skipped_total 1.0",
+        "lanalyze_flow_clickhouse_partitions_dropped_total 2.0",
+        "lanalyze_flow_clickhouse_rollup_fill_failures_total 0.0",
     ):
         assert line in text, line
 
