@@ -114,6 +114,17 @@ def writer_process(
     out.put((cpu, writer.stats.rows))
 
 
+def server_cpu(cluster: Any) -> float:
+    """CPU seconds (user + system) the shards' processes have used so far: a figure the
+    other work on a shared machine does not inflate, as it does the wall-clock rate."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for server in cluster.servers:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run(
     config: StoreConfig, flows: int, batch: int, writers: int, spool: Path
 ) -> tuple[float, float]:
@@ -178,15 +189,18 @@ def main() -> None:
                     create(config, kind)
                     spool = root / "spool"
                     shutil.rmtree(spool, ignore_errors=True)
+                    before = server_cpu(cluster)
                     rate, cpu = run(config, flows, batch, writers, spool)
-                    fill = ""
-                    if kind == "full":
+                    inserted = server_cpu(cluster)
+                    fill = f" servers {(inserted - before) / flows * 1e6:.1f} µs CPU/row,"
+                    if kind == "full" and hasattr(ClickHouseMaintainer, "fill"):
                         # the flows are of 2025: an hour ahead of now every hour has ended
                         upkeep = ClickHouseMaintainer(config, RollupConfig(minute_max_age=0))
                         started = time.perf_counter()
                         assert upkeep.fill(int(time.time() * 1000) + 3_600_000)
                         seconds = time.perf_counter() - started
-                        fill = f" fill {seconds:.2f} s ({seconds / flows * 1e6:.2f} µs/flow),"
+                        filling = (server_cpu(cluster) - inserted) / flows * 1e6
+                        fill += f" fill {seconds:.2f} s, servers {filling:.1f} µs CPU/row,"
                     rates.append(rate)
                     cpus.append(cpu)
                     load = os.getloadavg()[0]

@@ -8,9 +8,10 @@ receiving (its workers spool) and tries again every ``flows.store.retry_interval
 
 Hour and day rollups (:meth:`ClickHouseMaintainer.fill`, every ``flows.rollup.interval``, when
 ``flows.store.fill_rollups``): only the minute rollups are materialized views (:mod:`.schema`);
-a pass recomputes, on each server from its own tables, the ``1h`` partitions (days) holding an
-hour that ended and got flows since the last pass, from ``1m``, then the ``1d`` partitions
-(weeks) of those days from ``1h``: ``INSERT ... SELECT`` into the ``_fill`` table, then
+a pass recomputes, on each server from its own tables, the ``1h`` partitions (6 hours)
+holding an hour that ended and got flows since the last pass, from ``1m``, then the ``1d``
+partitions (weeks) of the days that ended since (or got late flows after they ended) from
+``1h``: ``INSERT ... SELECT`` into the ``_fill`` table, then
 ``REPLACE PARTITION`` (atomic, idempotent: a pass that fails half way is simply done again).
 Only hours that ended ``flows.store.insert_timeout`` before the slowest server's clock are
 filled: an insert that started before that has finished (its rows are in ``1m``). When every
@@ -203,22 +204,35 @@ class ClickHouseMaintainer:
         )
         closed = done - done % HOUR_MS
         # Hours that ended by ``done`` and were touched since the last pass, or ended since.
-        days = sorted(
-            int(day)
-            for (day,) in connection.execute(
-                f"SELECT DISTINCT intDiv(hour, {DAY_MS}) FROM {database}.{schema.TOUCHED_LOCAL}"  # noqa: S608
+        hours = [
+            int(hour)
+            for (hour,) in connection.execute(
+                f"SELECT DISTINCT hour FROM {database}.{schema.TOUCHED_LOCAL}"  # noqa: S608
                 f" WHERE hour + {HOUR_MS} <= %(closed)s"
                 f" AND (touched >= %(previous)s OR hour + {HOUR_MS} > %(previous)s)",
                 {"closed": closed, "previous": previous},
             )
-        )
+        ]
+        # Days with flows that ended since the last pass: their day rows are made once, when
+        # they end (a week recomputed at every hour would read the week's hours each time).
+        days = {
+            int(day)
+            for (day,) in connection.execute(
+                f"SELECT DISTINCT intDiv(hour, {DAY_MS}) AS day"  # noqa: S608
+                f" FROM {database}.{schema.TOUCHED_LOCAL}"
+                f" WHERE day * {DAY_MS} + {DAY_MS} > %(previous)s"
+                f" AND day * {DAY_MS} + {DAY_MS} <= %(closed)s",
+                {"closed": closed, "previous": previous},
+            )
+        }
+        # ... and ended days whose hours got flows again (late ones)
+        days |= {hour // DAY_MS for hour in hours if hour - hour % DAY_MS + DAY_MS <= closed}
         recomputed = 0
-        weeks: set[int] = set()
-        for day in days:
-            if self._fill_partition(connection, "1h", day, now, closed):
+        hour_span, day_span = schema.PARTITION_MS["1h"], schema.PARTITION_MS["1d"]
+        for block in sorted({hour // hour_span for hour in hours}):
+            if self._fill_partition(connection, "1h", block, now, closed):
                 recomputed += 1
-                weeks.add(day * DAY_MS // schema.PARTITION_MS["1d"])
-        for week in sorted(weeks):
+        for week in sorted({day * DAY_MS // day_span for day in days}):
             if self._fill_partition(connection, "1d", week, now, closed):
                 recomputed += 1
         return recomputed

@@ -29,7 +29,8 @@ same DDL runs on each server named in ``flows.store.servers``):
     docs/performance.md "ClickHouse inserts"): hours and days are not views.
 ``rollup_1h_<table>_local``, ``rollup_1d_<table>_local``: filled, not fed
     The collector's maintainer (:mod:`.maintain`) recomputes them on each shard from the
-    finer table (1h from 1m, 1d from 1h), a whole partition at a time, into
+    finer table (1h from 1m when an hour ends, 1d from 1h when a day ends, and again for late
+    flows), a whole partition at a time (:data:`PARTITION_MS`), into
     ``rollup_<res>_<table>_fill`` and then ``ALTER TABLE ... REPLACE PARTITION`` (atomic;
     18.16 has it), so a recomputation can run any number of times: idempotent.
 ``rollup_touched_local`` / ``rollup_touched``, ``rollup_filled_local`` / ``rollup_filled``
@@ -68,8 +69,11 @@ RAW = "flows"
 SUMS = ("bytes", "packets", "flows")
 RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "1d": DAY_MS}
 """Rollup resolutions kept in ClickHouse (6 h and weeks are cheap sums of these there)."""
-PARTITION_MS: dict[str, int] = {"raw": DAY_MS, "1m": DAY_MS, "1h": DAY_MS, "1d": 7 * DAY_MS}
-"""Span of one partition per kind: retention drops whole partitions older than the limit."""
+PARTITION_MS: dict[str, int] = {"raw": DAY_MS, "1m": DAY_MS, "1h": 6 * HOUR_MS, "1d": 7 * DAY_MS}
+"""Span of one partition per kind: retention drops whole partitions older than the limit, and
+the maintainer recomputes a whole hour-table partition when one of its hours ends: 6 hours
+(4 partitions a day, 360 for the default 90 days) read each minute row ~3.5 times, where day
+partitions read it ~12.5 times (every ended hour re-reading the day so far)."""
 
 _TYPES: dict[str, str] = {
     "u8": "UInt8",
