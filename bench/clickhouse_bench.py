@@ -10,8 +10,11 @@ numpy columns, native protocol, ``insert_distributed_sync=1``), in batches of
 ``flows.segment_max_rows`` as a worker flushes them. ``--writers N`` runs N writers at once,
 one process each, as a collector's N workers do. Two schemas:
 
-* ``full``: the raw tables and the 36 rollup views (1m, 1h, 1d x 12 tables) the collector
-  creates: what a deployment runs;
+* ``full``: the raw tables, the 12 minute-rollup views and the ``rollup_touched`` view the
+  collector creates: what a deployment runs; after the inserts, one pass of the
+  collector's maintainer fills the hour and day rollups from the minutes (timed apart:
+  ``fill``; a collector runs it every ``flows.rollup.interval``, recomputing only the days
+  whose hours got flows);
 * ``raw``: the raw tables only: the client's and the Distributed insert's own cost.
 
 Printed per run: wall seconds, rows/s, the writers' CPU µs per row (client side only), the
@@ -37,9 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from lanalyze.flows.config import StoreConfig  # noqa: E402
+from lanalyze.flows.config import RollupConfig, StoreConfig  # noqa: E402
 from lanalyze.flows.store.clickhouse import schema  # noqa: E402
 from lanalyze.flows.store.clickhouse.connect import client  # noqa: E402
+from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer  # noqa: E402
 from lanalyze.flows.store.clickhouse.spool import Spool  # noqa: E402
 from lanalyze.flows.store.clickhouse.writer import ClickHouseWriter  # noqa: E402
 from lanalyze.flows.store.synthetic import random_flows, to_table  # noqa: E402
@@ -110,6 +114,17 @@ def writer_process(
     out.put((cpu, writer.stats.rows))
 
 
+def server_cpu(cluster: Any) -> float:
+    """CPU seconds (user + system) the shards' processes have used so far: a figure the
+    other work on a shared machine does not inflate, as it does the wall-clock rate."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for server in cluster.servers:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run(
     config: StoreConfig, flows: int, batch: int, writers: int, spool: Path
 ) -> tuple[float, float]:
@@ -174,14 +189,25 @@ def main() -> None:
                     create(config, kind)
                     spool = root / "spool"
                     shutil.rmtree(spool, ignore_errors=True)
+                    before = server_cpu(cluster)
                     rate, cpu = run(config, flows, batch, writers, spool)
+                    inserted = server_cpu(cluster)
+                    fill = f" servers {(inserted - before) / flows * 1e6:.1f} µs CPU/row,"
+                    if kind == "full" and hasattr(ClickHouseMaintainer, "fill"):
+                        # the flows are of 2025: an hour ahead of now every hour has ended
+                        upkeep = ClickHouseMaintainer(config, RollupConfig(minute_max_age=0))
+                        started = time.perf_counter()
+                        assert upkeep.fill(int(time.time() * 1000) + 3_600_000)
+                        seconds = time.perf_counter() - started
+                        filling = (server_cpu(cluster) - inserted) / flows * 1e6
+                        fill += f" fill {seconds:.2f} s, servers {filling:.1f} µs CPU/row,"
                     rates.append(rate)
                     cpus.append(cpu)
                     load = os.getloadavg()[0]
                     raw_bytes, all_bytes = disk_bytes(cluster, config.database)
                     print(
                         f"  {kind:4} writers={writers} run {number + 1}: {rate / 1e6:.3f} M rows/s,"
-                        f" client {cpu:.2f} µs CPU/row, load {load:.1f};"
+                        f" client {cpu:.2f} µs CPU/row,{fill} load {load:.1f};"
                         f" on disk {raw_bytes / flows:.1f} bytes/flow raw,"
                         f" {all_bytes / flows:.1f} with rollups"
                     )

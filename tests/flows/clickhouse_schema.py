@@ -6,13 +6,16 @@ by batch id as the collector's batches are.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from lanalyze.flows import catalogue
-from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.config import RollupConfig, StoreConfig
 from lanalyze.flows.store import synthetic
 from lanalyze.flows.store.clickhouse import columns as column_writers
 from lanalyze.flows.store.clickhouse import schema
+from lanalyze.flows.store.clickhouse.maintain import ClickHouseMaintainer
 from lanalyze.flows.store.clickhouse.writer import numpy_columns
 from tests.clickhouse import ClickHouseCluster
 
@@ -39,7 +42,8 @@ def insert(
     cluster: ClickHouseCluster, database: str, columns: dict[str, np.ndarray], batches: int = 8
 ) -> None:
     """The flows (``synthetic.random_flows`` columns, text ones optional) through the
-    Distributed table, converted as the collector's writer converts them."""
+    Distributed table, converted as the collector's writer converts them; then the hour and
+    day rollups filled, as the collector's maintainer fills them."""
     arrays = numpy_columns(synthetic.to_table(columns), 0)
     rows = len(columns["time_received"])
     arrays[-1] = (np.arange(rows) % batches).astype(np.uint64)
@@ -52,3 +56,11 @@ def insert(
             columnar=True,
             settings={"insert_distributed_sync": 1},
         )
+    fill(cluster, database)
+
+
+def fill(cluster: ClickHouseCluster, database: str) -> None:
+    """One maintainer pass, as it runs once the inserts are older than ``insert_timeout``: by
+    a clock an hour ahead (the servers run on this host), so that it trusts them now."""
+    upkeep = ClickHouseMaintainer(store_config(cluster, database), RollupConfig(minute_max_age=0))
+    assert upkeep.fill(int(time.time() * 1000) + 3_600_000) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.conftest import free_port, lanalyze_cmd
 
 NOW = 1_760_000_000_000
 DAY = 86_400_000
+HOUR = 3_600_000
 
 
 def store_config(cluster: ClickHouseCluster, database: str, **extra: object) -> StoreConfig:
@@ -60,6 +62,13 @@ def writer(store: StoreConfig, tmp_path: Path) -> Iterator[ClickHouseWriter]:
     writer = ClickHouseWriter(store, "t0", Spool(tmp_path / "spool", 1 << 30))
     yield writer
     writer.close()
+
+
+def fill(store: StoreConfig, now_ms: int | None = None) -> int:
+    """One pass of the collector's maintainer: the hour and day rollups from the minutes."""
+    filled = ClickHouseMaintainer(store, FlowsConfig().rollup).fill(now_ms)
+    assert filled is not None
+    return filled
 
 
 def count(cluster: ClickHouseCluster, sql: str) -> int:
@@ -100,7 +109,10 @@ def test_schema_is_generated_from_the_catalogue() -> None:
                 "flows",
             ]
             assert tables[name].engine == "Distributed"
-            assert tables[f"{name}_mv"].kind == "view"
+            # views feed the minutes only; the maintainer fills hours and days (issue 17)
+            assert (f"{name}_mv" in tables) == (resolution == "1m")
+            assert (f"{name}_fill" in tables) == (resolution != "1m")
+    assert sum(table.kind == "view" for table in tables.values()) == len(ROLLUP_TABLES) + 1
     # 18.16 has no TTL: only where the server says it has
     assert "TTL" not in schema.ddl("db", "c")
     newer = schema.tables("db", "c", schema.features("23.8.2.7"), schema.Retention(raw=7))
@@ -155,9 +167,11 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
     assert writer.stats.inserts == 16 and writer.stats.rows == 24_000 and not writer.stats.errors
     assert count(ch, f"SELECT count() FROM {db}.flows") == 24_000
     per_shard = [int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]) for i in (0, 1)]
-    # random batch ids pick the shard: all 16 on one shard is a 2^-15 chance
-    assert sum(per_shard) == 24_000 and all(per_shard), per_shard
+    # every shard's server is configured: straight into the shards, in turn
+    assert writer.shard_servers() == store.servers
+    assert per_shard == [12_000, 12_000]
     expected_bytes = sum(scaled_bytes(t) for t in tables)
+    fill(store)
     for resolution in schema.RESOLUTIONS:
         for rollup in ROLLUP_TABLES:
             name = schema.rollup_name(resolution, rollup.name)
@@ -176,6 +190,34 @@ def test_batches_spread_over_shards_and_rollups_sum_them(
         },
     )
     assert row[0][0] == first.column("src_addr")[0].as_py().hex().upper()
+
+
+def test_without_every_shard_configured_inserts_go_through_the_distributed_table(
+    clickhouse_cluster: ClickHouseCluster, store: StoreConfig, tmp_path: Path
+) -> None:
+    ch, db = clickhouse_cluster, store.database
+    one = store.model_copy(update={"servers": store.servers[:1]})
+    writer = ClickHouseWriter(one, "t9", Spool(tmp_path / "spool", 1 << 30))
+    try:
+        for seed in range(16):
+            writer.write(flows_table(100, seed))
+        assert writer.shard_servers() == []
+    finally:
+        writer.close()
+    per_shard = [int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]) for i in (0, 1)]
+    # random batch ids pick the shard: all 16 on one shard is a 2^-15 chance
+    assert sum(per_shard) == 1600 and all(per_shard), per_shard
+
+
+def test_shards_are_matched_to_configured_servers() -> None:
+    from lanalyze.flows.store.clickhouse.writer import _shard_servers
+
+    rows = [(1, b"ch1", b"10.0.0.1", 9000), (2, b"ch2", b"10.0.0.2", 9000)]
+    assert _shard_servers(rows, ["ch1:9000", "10.0.0.2"]) == ["ch1:9000", "10.0.0.2"]
+    assert _shard_servers(rows, ["ch1:9000"]) == []  # shard 2 not configured
+    assert _shard_servers(rows, ["ch1:9440", "ch2:9440"]) == []  # another port (TLS)
+    replicated = [*rows, (2, b"ch3", b"10.0.0.3", 9000)]
+    assert _shard_servers(replicated, ["ch1", "ch2", "ch3"]) == []
 
 
 def test_text_values_are_names_with_empty_for_unknown() -> None:
@@ -220,12 +262,113 @@ def test_enriched_flows_are_stored_and_rolled_up_with_unknown_names_empty(
     )
     assert by_country == {"NL": 1000, "DE": 1000, "": 1000}
     assert count(ch, f"SELECT count() FROM {db}.flows WHERE src_net_name = 'office'") == 1500
+    fill(store)
     for resolution in schema.RESOLUTIONS:
         name = schema.rollup_name(resolution, "src_geo")
         rolled = dict(
             ch.execute(0, f"SELECT src_country, sum(flows) FROM {db}.{name} GROUP BY src_country")
         )
         assert rolled == by_country, name
+
+
+def test_hours_and_days_are_filled_from_minutes_and_read_only_where_filled(
+    clickhouse_cluster: ClickHouseCluster, store: StoreConfig, writer: ClickHouseWriter
+) -> None:
+    """Views feed the minute rollups only; the maintainer recomputes hours and days from them
+    (idempotent), and the planner takes an hour or day from them only once a pass covered it:
+    before, and after late flows, it reads the minutes."""
+    from lanalyze.flows.exporters import CLICKHOUSE_METRICS
+    from lanalyze.flows.query.clickhouse import ClickHouseBackend
+
+    ch, db = clickhouse_cluster, store.database
+    hour = NOW - NOW % HOUR
+    needs = frozenset(("protocol",))
+    backend = ClickHouseBackend(store)
+
+    def next_second() -> None:
+        # A pass trusts the inserts of earlier seconds than its clock less insert_timeout
+        # (1 ms here, in place of insert_timeout; the servers' clocks count whole seconds):
+        # let one begin.
+        time.sleep(1.05 - time.time() % 1)
+
+    def sums() -> tuple[int, ...]:
+        return tuple(
+            count(ch, f"SELECT sum(flows) FROM {db}.rollup_{res}_proto")
+            for res in ("1m", "1h", "1d")
+        )
+
+    def sources(since: int, until: int) -> list[tuple[str, list[tuple[int, int]]]]:
+        pieces = backend.plan(Path(), since, until, needs).pieces
+        return [(piece.source, piece.intervals) for piece in pieces]
+
+    try:
+        writer.write(flows_table(2000, 1, hour + 60_000))
+        assert sums() == (2000, 0, 0)
+        # nothing filled yet: the minutes answer whole hours and days
+        assert sources(hour, hour + 2 * HOUR) == [("1m", [(hour, hour + 2 * HOUR)])]
+        # the flows are of 2025: minutes and hours kept for ever here, so late ones are filled
+        forever = FlowsConfig().rollup.model_copy(update={"minute_max_age": 0, "hour_max_age": 0})
+        maintainer = ClickHouseMaintainer(store, forever)
+        next_second()
+        # its hours (6 of them a partition) and its week, on the shard the batch went to
+        assert maintainer.fill(settle_ms=1) == 2
+        assert sums() == (2000, 2000, 2000)
+        assert sources(hour, hour + 2 * HOUR) == [("1h", [(hour, hour + 2 * HOUR)])]
+        assert maintainer.fill(settle_ms=1) == 0  # nothing new
+
+        # Late flows (a replayed spool) into that hour: the hour is stale until the next pass.
+        writer.write(flows_table(500, 2, hour + 120_000))
+        assert sums() == (2500, 2000, 2000)
+        assert sources(hour, hour + 2 * HOUR) == [
+            ("1h", [(hour + HOUR, hour + 2 * HOUR)]),
+            ("1m", [(hour, hour + HOUR)]),
+        ]
+        next_second()
+        assert maintainer.fill(settle_ms=1) == 2
+        assert sums() == (2500, 2500, 2500)
+        assert sources(hour, hour + 2 * HOUR) == [("1h", [(hour, hour + 2 * HOUR)])]
+
+        # Done again from scratch (the marks lost): the same sums, nothing doubled.
+        for shard in range(len(ch.servers)):
+            ch.execute(shard, f"TRUNCATE TABLE {db}.{schema.FILLED_LOCAL}")
+        holding = sum(
+            bool(int(ch.execute(i, f"SELECT count() FROM {db}.flows_local")[0][0]))
+            for i in range(len(ch.servers))
+        )
+        assert maintainer.fill(settle_ms=1) == 2 * holding
+        assert sums() == (2500, 2500, 2500)
+
+        # Flows for a day whose minutes are past minute_max_age: not recomputed from what
+        # is left of them, counted.
+        assert maintainer.counters()["rollup_partitions_filled"] == 4 + 2 * holding
+        writer.write(flows_table(100, 3, hour + 180_000))
+        next_second()
+        by_default = ClickHouseMaintainer(store, FlowsConfig().rollup)  # minutes: 2 days
+        assert by_default.fill(settle_ms=1) == 0
+        assert by_default.late_skipped == 2  # its hours and its week, on its shard
+        assert sums() == (2600, 2500, 2500)
+        assert set(by_default.counters()) <= set(CLICKHOUSE_METRICS)
+    finally:
+        backend.close()
+
+
+def test_views_of_hours_and_days_from_earlier_versions_are_dropped(
+    clickhouse_cluster: ClickHouseCluster, store: StoreConfig, writer: ClickHouseWriter
+) -> None:
+    """They would count every flow again beside the maintainer's recomputation."""
+    ch, db = clickhouse_cluster, store.database
+    for shard in range(len(ch.servers)):
+        ch.execute(
+            shard,
+            f"CREATE MATERIALIZED VIEW {db}.rollup_1h_proto_mv TO {db}.rollup_1h_proto_local"
+            f" AS SELECT * FROM {db}.rollup_1m_proto_local",
+        )
+    assert ClickHouseMaintainer(store, FlowsConfig().rollup).ensure()
+    views = f"SELECT count() FROM system.tables WHERE database = '{db}' AND name LIKE '%_mv'"
+    assert count(ch, views) == len(ROLLUP_TABLES) + 1
+    writer.write(flows_table(1000, 1))
+    fill(store)
+    assert count(ch, f"SELECT sum(flows) FROM {db}.rollup_1h_proto") == 1000
 
 
 # -- spool and replay ---------------------------------------------------------------------------
@@ -263,6 +406,7 @@ def test_unreachable_clickhouse_spools_then_replays_every_batch_once(
     assert alive.stats.duplicates == 1 and alive.stats.replayed == 4
     assert count(ch, f"SELECT count() FROM {db}.flows") == 5000
     assert count(ch, f"SELECT count(DISTINCT batch_id) FROM {db}.flows") == 5
+    fill(store)
     assert count(ch, f"SELECT sum(flows) FROM {db}.rollup_1h_proto") == 5000
     assert not list((tmp_path / "spool").iterdir())
     alive.close()
@@ -313,6 +457,7 @@ def test_retention_drops_whole_partitions_past_max_age(
         update={"raw_max_age": 7, "minute_max_age": 2, "hour_max_age": 90, "day_max_age": 0}
     )
     maintainer = ClickHouseMaintainer(store, rollup)
+    assert maintainer.fill(NOW + DAY + 2 * 3_600_000)  # every day of them ended
     assert maintainer.expire(NOW + 60_000) > 0
     assert count(ch, f"SELECT count() FROM {db}.flows") == 2000
     assert count(ch, f"SELECT sum(flows) FROM {db}.rollup_1m_proto") == 1000
@@ -358,6 +503,7 @@ def test_spool_and_insert_counters_are_on_metrics() -> None:
 
     store = {"inserts": 3, "rows": 900, "spool_bytes": 1234, "spool_segments": 2}
     store |= {"spool_dropped_rows": 500, "spooled": 4, "replayed": 1, "duplicates": 1}
+    store |= {"rollup_partitions_filled": 6, "rollup_late_skipped": 1, "partitions_dropped": 2}
     totals = CollectorTotals(exporters=[], kernel_drops={}, store=store, datagrams=0, started_ms=0)
     registry = CollectorRegistry()
     registry.register(FlowMetrics(lambda: totals))
@@ -371,6 +517,10 @@ def test_spool_and_insert_counters_are_on_metrics() -> None:
         "lanalyze_flow_spool_batches_total 4.0",
         "lanalyze_flow_spool_replayed_batches_total 1.0",
         "lanalyze_flow_spool_duplicate_batches_total 1.0",
+        "lanalyze_flow_clickhouse_rollup_partitions_filled_total 6.0",
+        "lanalyze_flow_clickhouse_rollup_late_skipped_total 1.0",
+        "lanalyze_flow_clickhouse_partitions_dropped_total 2.0",
+        "lanalyze_flow_clickhouse_rollup_fill_failures_total 0.0",
     ):
         assert line in text, line
 

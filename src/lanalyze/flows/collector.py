@@ -372,6 +372,9 @@ class FlowCollector:
         if not self.config.rollup.enabled:
             return
         while True:
+            if self.config.store.fill_rollups:
+                # before expire: a day is recomputed while its minutes are still there
+                await asyncio.to_thread(self._upkeep.fill)
             await asyncio.to_thread(self._upkeep.expire)
             await asyncio.sleep(self.config.rollup.interval)
 
@@ -383,7 +386,7 @@ class FlowCollector:
             # Counter records the table refused (new interfaces beyond its bound): on the
             # workers' metric of dropped counter records.
             decoder: dict[str, int] = {"interface_counters_dropped": self._interfaces.dropped}
-        store: dict[str, int] = {}
+        store: dict[str, int] = self._upkeep.counters() if self._upkeep is not None else {}
         for report in reports:
             for name, value in report.get("store", {}).items():
                 store[name] = store.get(name, 0) + int(value)

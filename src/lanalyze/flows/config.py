@@ -338,6 +338,12 @@ class StoreConfig(Section):
         le=3600,
         description="Seconds between attempts to reach ClickHouse again after a failed insert.",
     )
+    fill_rollups: bool = Field(
+        default=True,
+        description="This collector fills the hour and day rollups from the minute rollups "
+        "every flows.rollup.interval (materialized views feed only the minute ones). With "
+        "several collectors on one cluster, set it on one only (docs/scale-out.md).",
+    )
 
     @field_validator("cluster", "database")
     @classmethod

@@ -295,6 +295,29 @@ CLICKHOUSE_METRICS = {
         "lanalyze_flow_spool_dropped_batches",
         "Batches dropped because the spool was full.",
     ),
+    # The collector's ClickHouse maintainer (lanalyze.flows.store.clickhouse.maintain)
+    "partitions_dropped": (
+        "counter",
+        "lanalyze_flow_clickhouse_partitions_dropped",
+        "ClickHouse partitions dropped past flows.rollup.*_max_age.",
+    ),
+    "rollup_partitions_filled": (
+        "counter",
+        "lanalyze_flow_clickhouse_rollup_partitions_filled",
+        "Hour (per day) and day (per week) rollup partitions recomputed, per server and table "
+        "group.",
+    ),
+    "rollup_fill_failures": (
+        "counter",
+        "lanalyze_flow_clickhouse_rollup_fill_failures",
+        "Rollup fill passes that failed on a server (done again next round).",
+    ),
+    "rollup_late_skipped": (
+        "counter",
+        "lanalyze_flow_clickhouse_rollup_late_skipped",
+        "Rollup partitions not recomputed because their source was past retention (flows "
+        "that arrived that late are in the raw and finer tables only).",
+    ),
 }
 
 

@@ -14,9 +14,11 @@ with ``nullIf`` so that answers hold ``None`` as from Parquet, and which the bac
 to text: every other string of an answer stays bytes);
 per rollup table and resolution (``1m``, ``1h``, ``1d``) ``rollup_<res>_<table>``: ``time``
 (bucket start, ms), the table's columns and the sums ``bytes``, ``packets`` (scaled by
-sampling) and ``flows``, fed by materialized views as rows arrive.
-Because the views fill the rollups with every insert, a plan (:func:`plan`) needs no manifest:
-whole days from ``1d``, whole hours from ``1h``, whole minutes from ``1m``, the edges raw;
+sampling) and ``flows``. Materialized views feed ``1m`` with every insert; the collector's
+maintainer fills ``1h`` and ``1d`` from it (:mod:`lanalyze.flows.store.clickhouse.maintain`)
+and says how far in ``rollup_filled``, and ``rollup_touched`` holds when each hour last got
+flows. A plan (:func:`plan`) therefore takes whole days from ``1d`` and whole hours from ``1h``
+only where they are filled (:class:`Coverage`), whole minutes from ``1m``, the edges raw;
 every flow counts once, as with the embedded planner. There are no ``6h`` or ``1w`` tables:
 a bucket of 6 hours or a week is whole hours and days, summed from ``1h`` and ``1d``.
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,7 @@ from lanalyze.flows.query.sql import (
     Statement,
 )
 from lanalyze.flows.store.clickhouse import connect, schema
-from lanalyze.flows.store.layout import DERIVED_SQL, RESOLUTIONS, ROLLUP_TABLES
+from lanalyze.flows.store.layout import DAY_MS, DERIVED_SQL, HOUR_MS, RESOLUTIONS, ROLLUP_TABLES
 
 TOO_MANY_BYTES = 307
 """The server's error code for a query over its ``max_bytes_to_read``."""
@@ -75,6 +78,28 @@ ROLLUP_RESOLUTIONS = tuple(sorted(schema.RESOLUTIONS, key=schema.RESOLUTIONS.__g
 Row = tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How far the maintainer filled the hour and day rollups: every hour that ended by
+    ``done`` is in them, except the ``stale`` hours (flows arrived after the last pass)."""
+
+    done: int = 0
+    stale: frozenset[int] = frozenset()
+
+    def usable(self, resolution: str, intervals: list[Interval]) -> list[Interval]:
+        """The parts of ``intervals`` a filled resolution may answer."""
+        if resolution not in schema.FILLED:
+            return intervals  # the minute rollups are fed as flows arrive: always whole
+        step = RESOLUTIONS[resolution]
+        blocked = sorted({(_floor(hour, step), _floor(hour, step) + step) for hour in self.stale})
+        clipped = [(lo, min(hi, self.done)) for lo, hi in intervals if lo < self.done]
+        return _subtract(clipped, blocked)
+
+
+FILLED_EVERYWHERE = Coverage(done=2**63)
+"""For tests and tools that know the hour and day tables are whole."""
+
+
 def plan(
     since: int,
     until: int,
@@ -82,10 +107,11 @@ def plan(
     *,
     finest_bucket: int | None = None,
     use_rollups: bool = True,
+    coverage: Coverage = FILLED_EVERYWHERE,
 ) -> Plan:
     """The pieces answering ``needs`` over ``[since, until)``: the first rollup table that
     holds the columns (the embedded planner's choice) at the coarsest resolutions that fit
-    (and divide ``finest_bucket``), raw flows for the rest."""
+    (and divide ``finest_bucket``) where ``coverage`` allows, raw flows for the rest."""
     table = choose_table(needs) if use_rollups else None
     result = Plan(table=table)
     remaining: list[Interval] = [(since, until)] if since < until else []
@@ -96,7 +122,7 @@ def plan(
                 continue
             used = [
                 (_ceil(lo, step), _floor(hi, step))
-                for lo, hi in remaining
+                for lo, hi in coverage.usable(resolution, remaining)
                 if _ceil(lo, step) < _floor(hi, step)
             ]
             if used:
@@ -404,7 +430,32 @@ class ClickHouseBackend:
         finest_bucket: int | None = None,
         use_rollups: bool = True,
     ) -> Plan:
-        return plan(since, until, needs, finest_bucket=finest_bucket, use_rollups=use_rollups)
+        coverage = Coverage()
+        if use_rollups and choose_table(needs) is not None and until - since >= HOUR_MS:
+            coverage = self.coverage(since, until)
+        return plan(
+            since,
+            until,
+            needs,
+            finest_bucket=finest_bucket,
+            use_rollups=use_rollups,
+            coverage=coverage,
+        )
+
+    def coverage(self, since: int, until: int) -> Coverage:
+        """What the hour and day rollups hold of ``[since, until)`` now (two small queries
+        over every shard)."""
+        filled = f"SELECT max(done) FROM {self.database}.{schema.FILLED_TABLE}"  # noqa: S608
+        done = int(self.run(filled)[0][0])
+        if done <= since:
+            return Coverage(done)
+        lo = _floor(since, DAY_MS)
+        stale = self.run(
+            f"SELECT hour FROM {self.database}.{schema.TOUCHED}"  # noqa: S608
+            " WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY hour HAVING max(touched) >= %(done)s",
+            {"lo": lo, "hi": min(until, done), "done": done},
+        )
+        return Coverage(done, frozenset(int(hour) for (hour,) in stale))
 
     def table_status(self) -> list[tuple[str, int, int, int, int | None, int | None]]:
         """Per table: data parts (in place of files) and their bytes on all shards, rows,

@@ -7,8 +7,10 @@ file replaces left out, as the readers do) is read in row batches of at most
 batch's number. The writer asks the cluster before each insert whether that batch id is
 already stored, so an export that was interrupted (or run twice) continues where it stopped
 and never stores a flow twice. Rollups are not copied: ClickHouse's materialized views build
-them from the inserted flows, and the raw segments hold everything the rollups do (what
-raw retention had already deleted is gone from the raw files, and so from the export).
+the minute rollups from the inserted flows, and one maintainer pass at the end (the
+collector's, :meth:`~.maintain.ClickHouseMaintainer.fill`) the hour and day ones; the raw
+segments hold everything the rollups do (what raw retention had already deleted is gone from
+the raw files, and so from the export).
 
 Trust: the files are our own collector's (catalogue schema); one that cannot be read is
 counted, named and skipped. The cluster's schema is checked (and completed) first, as at a
@@ -104,4 +106,9 @@ def export(
                     progress(str(path), result.rows)
     finally:
         writer.close()
+    if config.store.fill_rollups and upkeep.fill() is None:
+        raise ExportFailed(
+            "the flows are stored; filling the hour and day rollups failed (the collector's "
+            "maintainer does it at its next round)"
+        )
     return result

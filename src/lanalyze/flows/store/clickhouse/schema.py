@@ -15,14 +15,32 @@ same DDL runs on each server named in ``flows.store.servers``):
 ``flows``
     Distributed over ``flows_local`` of cluster ``flows.store.cluster``, sharded by
     ``batch_id``: a batch lands whole on one shard (one part, atomic), batches spread evenly.
-``rollup_<res>_<table>_local`` / ``rollup_<res>_<table>`` / ``rollup_<res>_<table>_mv``
+``rollup_<res>_<table>_local`` / ``rollup_<res>_<table>``
     For ``res`` in 1m, 1h, 1d and every embedded rollup table
     (:data:`lanalyze.flows.store.layout.ROLLUP_TABLES`, same dimensions): a SummingMergeTree
     of ``time`` (bucket start, UInt64 ms), the dimensions, ``bytes``, ``packets`` (both
-    scaled by ``sampling_rate``, as the embedded rollups) and ``flows``; a materialized view
-    from ``flows_local`` feeding it on each shard (18.16 does not cascade views, so each
-    resolution reads the inserted block itself); a Distributed table over the shards. Rows
-    are summed at merge time, eventually: readers always ``sum() ... GROUP BY``.
+    scaled by ``sampling_rate``, as the embedded rollups) and ``flows``, and a Distributed
+    table over the shards. Rows are summed at merge time, eventually: readers always
+    ``sum() ... GROUP BY``.
+``rollup_1m_<table>_mv``
+    The only views on the raw table: each shard's minute rollups are fed as flows arrive.
+    A materialized view aggregates every inserted block again (18.16 does not cascade
+    views), so one per resolution cost the shards 6-7 times the raw insert (issue 17,
+    docs/performance.md "ClickHouse inserts"): hours and days are not views.
+``rollup_1h_<table>_local``, ``rollup_1d_<table>_local``: filled, not fed
+    The collector's maintainer (:mod:`.maintain`) recomputes them on each shard from the
+    finer table (1h from 1m when an hour ends, 1d from 1h when a day ends, and again for late
+    flows), a whole partition at a time (:data:`PARTITION_MS`), into
+    ``rollup_<res>_<table>_fill`` and then ``ALTER TABLE ... REPLACE PARTITION`` (atomic;
+    18.16 has it), so a recomputation can run any number of times: idempotent.
+``rollup_touched_local`` / ``rollup_touched``, ``rollup_filled_local`` / ``rollup_filled``
+    Which hours got flows when (one view: ``hour``, the shard's clock at insert ``touched``,
+    ms), and the maintainer's completed passes (``done``: every hour that ended by ``done``
+    and was touched before it is in 1h and 1d on every shard). The maintainer recomputes
+    what was touched since its last pass; the reports' planner
+    (:func:`lanalyze.flows.query.clickhouse.plan`) reads 1h and 1d only for hours they
+    cover, the minute rollups (always complete) for the rest, so answers never depend on
+    whether the maintainer has run.
 
 Versions: SQL that 18.16 (Debian's) and current releases both accept. Where the server has
 table TTL (19.6 and later, detected by :func:`features`), the retention of
@@ -51,8 +69,11 @@ RAW = "flows"
 SUMS = ("bytes", "packets", "flows")
 RESOLUTIONS: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS, "1d": DAY_MS}
 """Rollup resolutions kept in ClickHouse (6 h and weeks are cheap sums of these there)."""
-PARTITION_MS: dict[str, int] = {"raw": DAY_MS, "1m": DAY_MS, "1h": DAY_MS, "1d": 7 * DAY_MS}
-"""Span of one partition per kind: retention drops whole partitions older than the limit."""
+PARTITION_MS: dict[str, int] = {"raw": DAY_MS, "1m": DAY_MS, "1h": 6 * HOUR_MS, "1d": 7 * DAY_MS}
+"""Span of one partition per kind: retention drops whole partitions older than the limit, and
+the maintainer recomputes a whole hour-table partition when one of its hours ends: 6 hours
+(4 partitions a day, 360 for the default 90 days) read each minute row ~3.5 times, where day
+partitions read it ~12.5 times (every ended hour re-reading the day so far)."""
 
 _TYPES: dict[str, str] = {
     "u8": "UInt8",
@@ -74,6 +95,20 @@ DERIVED: dict[str, tuple[str, str]] = {
     "service_port": ("UInt16", "if(dst_port <= src_port, dst_port, src_port)"),
 }
 """Derived rollup columns: (type, SQL over raw columns), as layout.DERIVED_SQL embedded."""
+
+FILLED: dict[str, str] = {"1h": "1m", "1d": "1h"}
+"""Resolutions the maintainer fills, each from the finer one (in this order)."""
+VIEWS = tuple(r for r in RESOLUTIONS if r not in FILLED)
+"""Resolutions fed by materialized views from the raw table: the minute rollups."""
+TOUCHED_LOCAL = "rollup_touched_local"
+TOUCHED = "rollup_touched"
+FILLED_LOCAL = "rollup_filled_local"
+FILLED_TABLE = "rollup_filled"
+OBSOLETE = tuple(
+    f"rollup_{resolution}_{table.name}_mv" for resolution in FILLED for table in ROLLUP_TABLES
+)
+"""Views of earlier versions (hours and days fed on every insert): dropped at start, the
+maintainer fills those tables now (their data stays)."""
 
 Kind = Literal["local", "view", "distributed"]
 
@@ -155,15 +190,13 @@ class Table:
     engine: str
     """The engine name ``system.tables`` shows (compared at start)."""
     create: str
+    keep: str | None = None
+    """``raw``, ``1m``, ``1h``, ``1d``: whose ``*_max_age`` drops this local table's old
+    partitions (None: kept, or transient)."""
 
     @property
     def retention_kind(self) -> str | None:
-        """``raw``, ``1m``, ``1h``, ``1d`` for the local tables that hold data."""
-        if self.kind != "local":
-            return None
-        if self.name == RAW_LOCAL:
-            return "raw"
-        return self.name.split("_")[1]
+        return self.keep
 
 
 def _ttl(time_column: str, days: float, server: ServerFeatures) -> str:
@@ -195,9 +228,39 @@ def tables(
             f"CREATE TABLE {database}.{RAW_LOCAL} (\n    {_column_list(raw_cols)}\n)"
             f" ENGINE = MergeTree PARTITION BY intDiv(time_received, {PARTITION_MS['raw']})"
             f" ORDER BY time_received{_ttl('time_received', keep.raw, server)}",
+            keep="raw",
+        ),
+        Table(
+            TOUCHED_LOCAL,
+            "local",
+            (("hour", "UInt64"), ("touched", "UInt64")),
+            "ReplacingMergeTree",
+            f"CREATE TABLE {database}.{TOUCHED_LOCAL} (hour UInt64, touched UInt64)"
+            f" ENGINE = ReplacingMergeTree(touched) PARTITION BY intDiv(hour, {DAY_MS})"
+            f" ORDER BY hour{_ttl('hour', keep.hour, server)}",
+            keep="1h",
+        ),
+        Table(
+            FILLED_LOCAL,
+            "local",
+            (("slot", "UInt8"), ("done", "UInt64")),
+            "ReplacingMergeTree",
+            f"CREATE TABLE {database}.{FILLED_LOCAL} (slot UInt8, done UInt64)"
+            " ENGINE = ReplacingMergeTree(done) ORDER BY slot",
+        ),
+    ]
+    views = [
+        Table(
+            "rollup_touched_mv",
+            "view",
+            (("hour", "UInt64"), ("touched", "UInt64")),
+            "MaterializedView",
+            # names are ours and the validated configuration's identifiers
+            f"CREATE MATERIALIZED VIEW {database}.rollup_touched_mv TO {database}.{TOUCHED_LOCAL}"  # noqa: S608
+            f" AS SELECT intDiv(time_received, {HOUR_MS}) * {HOUR_MS} AS hour,"
+            f" toUInt64(now()) * 1000 AS touched FROM {database}.{RAW_LOCAL} GROUP BY hour",
         )
     ]
-    views: list[Table] = []
     distributed = [
         Table(
             RAW,
@@ -206,13 +269,28 @@ def tables(
             "Distributed",
             f"CREATE TABLE {database}.{RAW} AS {database}.{RAW_LOCAL}"
             f" ENGINE = Distributed({cluster}, {database}, {RAW_LOCAL}, {BATCH_COLUMN})",
-        )
+        ),
+        *(
+            Table(
+                name,
+                "distributed",
+                local.columns,
+                "Distributed",
+                f"CREATE TABLE {database}.{name} AS {database}.{local.name}"
+                f" ENGINE = Distributed({cluster}, {database}, {local.name})",
+            )
+            for name, local in ((TOUCHED, result[1]), (FILLED_TABLE, result[2]))
+        ),
     ]
     for resolution, width in RESOLUTIONS.items():
         for rollup in ROLLUP_TABLES:
             name = rollup_name(resolution, rollup.name)
             cols = tuple(rollup_columns(rollup))
             keys = ", ".join(("time", *rollup.columns))
+            engine = (
+                f" ENGINE = SummingMergeTree(({', '.join(SUMS)}))"
+                f" PARTITION BY intDiv(time, {PARTITION_MS[resolution]}) ORDER BY ({keys})"
+            )
             result.append(
                 Table(
                     f"{name}_local",
@@ -220,33 +298,45 @@ def tables(
                     cols,
                     "SummingMergeTree",
                     f"CREATE TABLE {database}.{name}_local (\n    {_column_list(cols)}\n)"
-                    f" ENGINE = SummingMergeTree(({', '.join(SUMS)}))"
-                    f" PARTITION BY intDiv(time, {PARTITION_MS[resolution]}) ORDER BY ({keys})"
-                    f"{_ttl('time', keep.days(resolution), server)}",
+                    f"{engine}{_ttl('time', keep.days(resolution), server)}",
+                    keep=resolution,
                 )
             )
-            selected = [f"intDiv(time_received, {width}) * {width} AS time"]
-            for column in rollup.columns:
-                selected.append(
-                    f"{DERIVED[column][1]} AS {column}" if column in DERIVED else column
+            if resolution in FILLED:
+                # where a recomputed partition is built before it replaces the table's
+                result.append(
+                    Table(
+                        f"{name}_fill",
+                        "local",
+                        cols,
+                        "SummingMergeTree",
+                        f"CREATE TABLE {database}.{name}_fill (\n    {_column_list(cols)}\n)"
+                        f"{engine}",
+                    )
                 )
-            selected += [
-                "sum(bytes * sampling_rate) AS bytes",
-                "sum(packets * sampling_rate) AS packets",
-                "sum(flows) AS flows",
-            ]
-            views.append(
-                Table(
-                    f"{name}_mv",
-                    "view",
-                    cols,
-                    "MaterializedView",
-                    # names are ours and the validated configuration's identifiers
-                    f"CREATE MATERIALIZED VIEW {database}.{name}_mv TO {database}.{name}_local"  # noqa: S608
-                    f" AS SELECT {', '.join(selected)} FROM {database}.{RAW_LOCAL}"
-                    f" GROUP BY {keys}",
+            else:
+                selected = [f"intDiv(time_received, {width}) * {width} AS time"]
+                for column in rollup.columns:
+                    selected.append(
+                        f"{DERIVED[column][1]} AS {column}" if column in DERIVED else column
+                    )
+                selected += [
+                    "sum(bytes * sampling_rate) AS bytes",
+                    "sum(packets * sampling_rate) AS packets",
+                    "sum(flows) AS flows",
+                ]
+                views.append(
+                    Table(
+                        f"{name}_mv",
+                        "view",
+                        cols,
+                        "MaterializedView",
+                        # names are ours and the validated configuration's identifiers
+                        f"CREATE MATERIALIZED VIEW {database}.{name}_mv TO {database}.{name}_local"  # noqa: S608
+                        f" AS SELECT {', '.join(selected)} FROM {database}.{RAW_LOCAL}"
+                        f" GROUP BY {keys}",
+                    )
                 )
-            )
             distributed.append(
                 Table(
                     name,
@@ -331,6 +421,12 @@ def ensure(
     expected = tables(database, cluster, features(str(version)), retention)
     client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     existing = read_existing(client, database)
+    for view in OBSOLETE:
+        if existing.engines.get(view) == "MaterializedView":
+            # an earlier version's view feeding hours or days: the maintainer fills those
+            # tables now, a view beside it would count every flow twice
+            client.execute(f"DROP TABLE {database}.{view}")
+            del existing.engines[view]
     problems = differences(expected, existing, server)
     if problems:
         raise SchemaMismatch(

@@ -8,10 +8,16 @@ is the same for both backends and a slow ClickHouse never stops receiving.
 **Insert.** A worker's batch (up to ``flows.segment_max_rows`` flows) is cut into inserts of
 at most :data:`MAX_INSERT_ROWS` rows, each sent as ONE native-protocol block
 (``clickhouse_driver``, ``columnar=True``, numpy arrays: the numeric columns go over the wire
-as their buffers, no Python object per value) into the Distributed table ``flows`` with
-``insert_distributed_sync=1``. Every row of an insert carries the insert's ``batch_id``
-(random 64 bits), which is also the sharding key: the whole insert goes to one shard, as one
-block, which MergeTree writes as one part: all or nothing.
+as their buffers, no Python object per value). Every row of an insert carries the insert's
+``batch_id`` (random 64 bits). Where it can, the writer inserts straight into a shard's
+``flows_local``, the shards in turn (one insert each): when every shard of
+``flows.store.cluster`` (``system.clusters``, asked once per connection) has one server and
+that server is in ``flows.store.servers`` by the same host and port. Otherwise it inserts
+into the Distributed table ``flows`` with ``insert_distributed_sync=1``, where the batch id
+is the sharding key. Either way the whole insert goes to one shard, as one block, which
+MergeTree writes as one part: all or nothing. Straight is cheaper: through the Distributed
+table, the server asked parses every block and, for half of them, encodes and sends it on to
+the other shard, which parses it again.
 
 **Spool.** An insert that fails (connection refused, timeout, server error) goes to the
 worker's :class:`~.spool.Spool` on local disk with its batch id; so do later batches while the
@@ -48,10 +54,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lanalyze.flows.catalogue import COLUMNS, as_stored, batch_schema
-from lanalyze.flows.config import StoreConfig
+from lanalyze.flows.config import StoreConfig, parse_server
 from lanalyze.flows.store.clickhouse import columns
 from lanalyze.flows.store.clickhouse.connect import INSERT_SETTINGS, client, servers_text
-from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW, TEXT_DIMENSIONS
+from lanalyze.flows.store.clickhouse.schema import BATCH_COLUMN, RAW, RAW_LOCAL, TEXT_DIMENSIONS
 from lanalyze.flows.store.clickhouse.spool import Spool
 from lanalyze.flows.store.writer import StoreStats
 from lanalyze.log import RateLimiter, get_logger
@@ -134,8 +140,14 @@ class ClickHouseWriter:
         self.stats = StoreStats()
         self.limiter = RateLimiter(interval=30.0, burst=3)
         self._client: Any = None
+        self._shards: list[str] | None = None
+        """The servers to insert into straight, shard by shard; [] through ``flows``; None:
+        not asked yet on this connection."""
+        self._shard_clients: dict[str, Any] = {}
+        self._turn = 0
         self._retry_at = 0.0
         self._insert_sql = f"INSERT INTO {config.database}.{RAW} ({_INSERT_COLUMNS}) VALUES"
+        self._local_sql = f"INSERT INTO {config.database}.{RAW_LOCAL} ({_INSERT_COLUMNS}) VALUES"
         self._count_sql = (
             # database: a validated identifier; the values are bound by the driver
             f"SELECT count() FROM {config.database}.{RAW} WHERE time_received >= %(lo)s"  # noqa: S608
@@ -190,7 +202,15 @@ class ClickHouseWriter:
 
     # -- inserts -----------------------------------------------------------------------------
 
-    def _connection(self) -> Any:
+    def _connection(self, server: str | None = None) -> Any:
+        """The client of the servers in order (``server`` None) or of one server."""
+        if server is not None:
+            if server not in self._shard_clients:
+                columns.install()
+                self._shard_clients[server] = client(
+                    self.config, server, use_numpy=True, strings_as_bytes=True
+                )
+            return self._shard_clients[server]
         if self._client is None:
             columns.install()
             # strings as bytes: addresses and names go as the S arrays numpy_columns makes
@@ -198,11 +218,34 @@ class ClickHouseWriter:
         return self._client
 
     def _disconnect(self) -> None:
-        if self._client is not None:
-            # closing a connection that already broke: nothing to report
-            with contextlib.suppress(Exception):
-                self._client.disconnect()
-            self._client = None
+        for connection in [self._client, *self._shard_clients.values()]:
+            if connection is not None:
+                # closing a connection that already broke: nothing to report
+                with contextlib.suppress(Exception):
+                    connection.disconnect()
+        self._client = None
+        self._shard_clients = {}
+        self._shards = None
+
+    def shard_servers(self) -> list[str]:
+        """The configured server of each shard, in shard order, when every shard of the
+        cluster has exactly one and it is configured; [] otherwise (module docstring)."""
+        if self._shards is None:
+            rows = self._connection().execute(
+                "SELECT shard_num, host_name, host_address, port FROM system.clusters"
+                " WHERE cluster = %(cluster)s",
+                {"cluster": self.config.cluster},
+            )
+            self._shards = _shard_servers(rows, self.config.servers)
+            log.info(
+                "flows.clickhouse_insert_path",
+                extra={
+                    "writer": self.writer_id,
+                    "path": "shards" if self._shards else "distributed",
+                    "shards": len(self._shards),
+                },
+            )
+        return self._shards
 
     def _failed(self, action: str, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -226,12 +269,19 @@ class ClickHouseWriter:
         from clickhouse_driver.errors import Error as DriverError
 
         try:
-            self._connection().execute(
-                self._insert_sql,
-                numpy_columns(table, batch_id),
-                columnar=True,
-                settings=INSERT_SETTINGS,
-            )
+            shards = self.shard_servers()
+            if shards:
+                self._turn = (self._turn + 1) % len(shards)
+                self._connection(shards[self._turn]).execute(
+                    self._local_sql, numpy_columns(table, batch_id), columnar=True
+                )
+            else:
+                self._connection().execute(
+                    self._insert_sql,
+                    numpy_columns(table, batch_id),
+                    columnar=True,
+                    settings=INSERT_SETTINGS,
+                )
         except (TimeoutError, DriverError, OSError, EOFError) as exc:
             self._failed("insert", exc)
             return False
@@ -322,6 +372,31 @@ class ClickHouseWriter:
         self.stats.spool_segments = len(self.spool)
         self.stats.spool_dropped_rows = self.spool.dropped_rows
         self.stats.spool_dropped_batches = self.spool.dropped_batches
+
+
+def _shard_servers(rows: Sequence[tuple[Any, ...]], servers: Sequence[str]) -> list[str]:
+    """``system.clusters`` rows (shard, host name, host address, port) against the
+    configured ``servers``: one configured server per shard, in shard order, or []."""
+    configured: dict[tuple[str, int], str] = {}
+    for server in servers:
+        configured.setdefault(parse_server(server), server)
+    replicas: dict[int, list[tuple[str, str, int]]] = {}
+    for shard, name, address, port in rows:
+        replicas.setdefault(int(shard), []).append((_text(name), _text(address), int(port)))
+    found = []
+    for shard in sorted(replicas):
+        if len(replicas[shard]) != 1:
+            return []  # replicas: the Distributed table knows which is alive
+        name, address, port = replicas[shard][0]
+        match = configured.get((name, port)) or configured.get((address, port))
+        if match is None:
+            return []
+        found.append(match)
+    return found
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _short(exc: BaseException) -> str:
