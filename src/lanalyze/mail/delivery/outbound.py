@@ -174,6 +174,7 @@ class OutboundQueue:
         self._memory = 0
         self._memory_free = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self.messages: dict[str, Message] = {}
         self._counters: dict[tuple[str, str], Any] = {}
 
@@ -193,17 +194,23 @@ class OutboundQueue:
         self._spawn(self._load(Path(path), loaded, fresh))
 
     def _spawn(self, coro: Any) -> None:
+        if self._stopping:
+            # A connection ending during stop() pumps its destination's queue: a task started
+            # now would outlive the loop (its socket then closed by the garbage collector).
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        self._stopping = True
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            # Together: each connection says QUIT (with its own timeout) as it closes.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _load(
         self, path: Path, loaded: tuple[Envelope, bytes] | None, fresh: bool = False
