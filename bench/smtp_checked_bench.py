@@ -495,8 +495,8 @@ def main() -> None:
         print(f"  {name:16} {shares}")
     print()
     print("lanalyze's checks, CPU per message by kind (ms, one at a time, warm caches):")
-    for kind, stages in costs.items():
-        print("  " + f"{kind:8} " + "  ".join(f"{k} {v:.3f}" for k, v in stages.items()))
+    for kind, by_kind in costs.items():
+        print("  " + f"{kind:8} " + "  ".join(f"{k} {v:.3f}" for k, v in by_kind.items()))
     print()
     print("lanalyze by stage (ms per message, medians; see stages()):")
     print("  " + "  ".join(f"{k} {v:.3f}" for k, v in stages(cpu["lanalyze"], costs).items()))
