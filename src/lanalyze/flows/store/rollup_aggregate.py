@@ -40,6 +40,11 @@ RAW_COLUMNS = ("time_received", "sampling_rate", *SUMS, *(c for c in _RAW_KEYS i
 if "service_port" in {c for t in ROLLUP_TABLES for c in t.columns}:
     RAW_COLUMNS = tuple(dict.fromkeys((*RAW_COLUMNS, "src_port", "dst_port")))
 
+WORK_BYTES_PER_ROW = 512
+"""Bytes summing a chunk takes per raw flow at its peak: the decoded columns (~135 B), the
+prepared keys and scaled sums, the hash tables and the sums themselves (430 B measured on
+65,536 uniform clients, the worst case for the address tables; docs/performance.md)."""
+
 
 def _is_base(table: RollupTable) -> bool:
     return not any(set(table.columns) < set(other.columns) for other in ROLLUP_TABLES)
