@@ -34,6 +34,12 @@ class RollupConfig(Section):
     compression: Literal["lz4", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Parquet compression of rollup parts and compacted raw files."
     )
+    max_memory: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes the maintainer's roll-up of new raw segments may hold at once "
+        "(chunks being summed and sums not written yet), whatever the backlog.",
+    )
     # Before [flows.query] existed the report settings lived here, applied only where a
     # maintainer ran: still accepted (moved by FlowsConfig, with a warning), never used here.
     query_threads: int | None = Field(

@@ -6,9 +6,13 @@ Every ``flows.rollup.interval`` seconds, in a worker thread (never on the event 
    (:mod:`~lanalyze.flows.store.rollup_aggregate`) sums bytes, packets and flows (scaled by
    sampling) per minute for every rollup table
    (:data:`~lanalyze.flows.store.layout.ROLLUP_TABLES`), decoding up to 1 GiB of segments a
-   round in 64 MiB chunks on two threads, then per hour from those; each (resolution, table,
-   hour) gets a new part file, and the manifest records the parts and the raw files they
-   cover, in one atomic replace.
+   round in chunks on two threads, then per hour from those; each (resolution, table, hour)
+   gets a new part file, and the manifest records the parts and the raw files they cover,
+   in one atomic replace. Memory is bounded by ``flows.rollup.max_memory`` whatever the
+   backlog: half of it for the chunks being decoded and summed (sized from the segments'
+   row counts), the rest for the per-minute sums held; once those reach a quarter they are
+   written out as parts and released before the next chunks (an hour may then get several
+   parts in one round; compaction merges them as it merges any).
 2. **Compact** closed hours (``close_after`` seconds past their end): merge each hour's parts
    into one, merge its small raw segments into ``<first>-compact-<n>`` files (which name the
    segments they replace, so readers never count twice), and build the 6-hour, day and week
@@ -35,7 +39,9 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -79,7 +85,12 @@ from lanalyze.flows.store.paths import (
     part_path,
     rollup_dir,
 )
-from lanalyze.flows.store.rollup_aggregate import merge, summarise_files
+from lanalyze.flows.store.rollup_aggregate import (
+    WORK_BYTES_PER_ROW,
+    Partial,
+    merge,
+    summarise_files,
+)
 from lanalyze.log import get_logger
 
 if TYPE_CHECKING:
@@ -112,7 +123,7 @@ EXPIRED_FILES = Counter(
 
 GRACE_SECONDS = 120.0
 BATCH_BYTES = 1024 * 1024 * 1024  # raw bytes on disk rolled up (and named) per manifest write
-CHUNK_BYTES = 64 * 1024 * 1024  # raw bytes decoded at once (~2 M flows, ~150 MB in memory)
+CHUNK_BYTES = 64 * 1024 * 1024  # raw bytes decoded at once, at most (rows bound it too)
 ROLLUP_THREADS = 2
 COMPACT_ROWS = 4_000_000
 SMALL_SEGMENT_BYTES = 16 * 1024 * 1024  # raw segments at least this big are not merged
@@ -134,6 +145,9 @@ class RollupMaintainer:
         self._halt = threading.Event()  # seen by the worker thread between batches
         self._compact_seq = 0
         self._compacted: dict[str, int] = {}  # raw hour -> directory mtime when found done
+        self.peak_held_bytes = 0
+        """The most bytes a roll-up held at once by the maintainer's own count: chunks being
+        summed (estimated from their rows) and the sums waiting to be written."""
 
     async def start(self) -> None:
         self._halt.clear()
@@ -251,37 +265,71 @@ class RollupMaintainer:
             total += len(batch)
         return total
 
+    def _chunks(self, paths: list[str]) -> list[tuple[list[str], int]]:
+        """Consecutive groups of segments, each with the bytes its summing may take: at most
+        CHUNK_BYTES on disk and a share of half of ``max_memory`` by rows (compression makes
+        bytes on disk a poor guide: zstd segments decode to ~8 times their size)."""
+        limit = max(1, self.config.max_memory // (2 * ROLLUP_THREADS))
+        chunks: list[tuple[list[str], int]] = []
+        names: list[str] = []
+        size = work = 0
+        for path in paths:
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, pa.ArrowException):
+                rows = 0  # summing it reports the error
+            cost = rows * WORK_BYTES_PER_ROW
+            if names and (size >= CHUNK_BYTES or work + cost > limit):
+                chunks.append((names, work))
+                names, size, work = [], 0, 0
+            names.append(path)
+            size += _size(Path(path))
+            work += cost
+        if names:
+            chunks.append((names, work))
+        return chunks
+
     def _roll_up(self, manifest: Manifest, batch: list[tuple[str, str]]) -> int:
         # The per-minute sums are Arrow's (rollup_aggregate): no DuckDB connection here.
         paths = [str(hour_dir(self.data, hour) / name) for hour, name in batch]
-        chunks: list[list[str]] = [[]]
-        size = 0
-        # Chunks bound the memory of decoded flows (their per-minute sums are small) and
-        # are summed on ROLLUP_THREADS threads: Arrow's reader and aggregation drop the GIL.
-        for path in paths:
-            if size >= CHUNK_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(path)
-            size += _size(Path(path))
-        if len(chunks) == 1:
-            partials = [summarise_files(chunks[0])]
-        else:
-            with ThreadPoolExecutor(ROLLUP_THREADS, thread_name_prefix="rollup") as pool:
-                partials = list(pool.map(summarise_files, chunks))
-        rows = sum(p.rows for p in partials)
-        latest_of: dict[str, int] = {}
-        for partial in partials:
-            latest_of.update(partial.latest)
-        written: list[tuple[str, str, str, str]] = []
+        chunks = self._chunks(paths)
         batch_id = f"{int(time.time() * 1000)}-{os.getpid()}-{self._next_seq()}"
-        for table in ROLLUP_TABLES:
-            minute = merge((p.tables[table.name] for p in partials if p.tables), table.columns)
-            if minute.num_rows == 0:
-                continue
-            written += self._write_parts("1m", table.name, minute, batch_id)
-            hour = merge([minute], table.columns, HOUR_MS)
-            written += self._write_parts("1h", table.name, hour, batch_id)
+        written: list[tuple[str, str, str, str]] = []
+        latest_of: dict[str, int] = {}
+        held: list[Partial] = []
+        held_bytes = 0
+        rows = 0
+        flushes = 0
+        # Chunks are summed on ROLLUP_THREADS threads (Arrow's reader and aggregation drop
+        # the GIL), never more submitted than that: a finished chunk's sums wait here, counted.
+        with ThreadPoolExecutor(ROLLUP_THREADS, thread_name_prefix="rollup") as pool:
+            running: deque[tuple[Future[Partial], int]] = deque()
+            queued = iter(chunks)
+            while True:
+                while len(running) < ROLLUP_THREADS:
+                    chunk = next(queued, None)
+                    if chunk is None:
+                        break
+                    running.append((pool.submit(summarise_files, chunk[0]), chunk[1]))
+                self._count_held(held_bytes + sum(work for _, work in running))
+                if not running:
+                    break
+                future, _ = running.popleft()
+                partial = future.result()
+                rows += partial.rows
+                latest_of.update(partial.latest)
+                if partial.tables:
+                    held.append(partial)
+                    held_bytes += _table_bytes(partial.tables.values())
+                self._count_held(held_bytes + sum(work for _, work in running))
+                if held_bytes >= self.config.max_memory // 4:
+                    in_flight = sum(work for _, work in running)
+                    written += self._flush(held, f"{batch_id}-{flushes}", in_flight)
+                    held, held_bytes = [], 0
+                    flushes += 1
+        if held:
+            name = batch_id if not flushes else f"{batch_id}-{flushes}"
+            written += self._flush(held, name, 0)
         manifest = read_manifest(self.data)
         for (hour_key, name), path in zip(batch, paths, strict=True):
             manifest.covered.setdefault(hour_key, []).append(name)
@@ -297,6 +345,32 @@ class RollupMaintainer:
         self._invalidate_days(manifest, touched_hours, time.time())
         write_manifest(self.data, manifest)
         return rows
+
+    def _flush(
+        self, held: list[Partial], batch_id: str, in_flight: int
+    ) -> list[tuple[str, str, str, str]]:
+        """Write the held sums as minute and hour parts, table by table, releasing each
+        table's sums once written."""
+        written: list[tuple[str, str, str, str]] = []
+        remaining = sum(_table_bytes(p.tables.values()) for p in held)
+        for table in ROLLUP_TABLES:
+            parts = [p.tables.pop(table.name) for p in held if table.name in p.tables]
+            share = _table_bytes(parts)
+            minute = merge(parts, table.columns)
+            del parts
+            # The concatenated copy and the summed table beside the held sums.
+            self._count_held(in_flight + remaining + 2 * _table_bytes([minute]))
+            remaining -= share
+            if minute.num_rows == 0:
+                continue
+            written += self._write_parts("1m", table.name, minute, batch_id)
+            hour = merge([minute], table.columns, HOUR_MS)
+            written += self._write_parts("1h", table.name, hour, batch_id)
+            del minute, hour
+        return written
+
+    def _count_held(self, held: int) -> None:
+        self.peak_held_bytes = max(self.peak_held_bytes, held)
 
     def _next_seq(self) -> int:
         self._compact_seq += 1
@@ -694,6 +768,10 @@ class RollupMaintainer:
         for hour in list_raw_hours(self.data):
             for path in hour_dir(self.data, hour).glob(f".*{COMPACT_TAG}*.tmp"):
                 path.unlink(missing_ok=True)
+
+
+def _table_bytes(tables: Iterable[pa.Table]) -> int:
+    return sum(t.get_total_buffer_size() for t in tables)
 
 
 def _size(path: Path) -> int:

@@ -40,6 +40,11 @@ RAW_COLUMNS = ("time_received", "sampling_rate", *SUMS, *(c for c in _RAW_KEYS i
 if "service_port" in {c for t in ROLLUP_TABLES for c in t.columns}:
     RAW_COLUMNS = tuple(dict.fromkeys((*RAW_COLUMNS, "src_port", "dst_port")))
 
+WORK_BYTES_PER_ROW = 512
+"""Bytes summing a chunk takes per raw flow at its peak: the decoded columns (~135 B), the
+prepared keys and scaled sums, the hash tables and the sums themselves (430 B measured on
+65,536 uniform clients, the worst case for the address tables; docs/performance.md)."""
+
 
 def _is_base(table: RollupTable) -> bool:
     return not any(set(table.columns) < set(other.columns) for other in ROLLUP_TABLES)
@@ -143,12 +148,16 @@ def summarise(flows: pa.Table) -> dict[str, pa.Table]:
 
 
 def _binary_keys(table: pa.Table) -> pa.Table:
-    """Fixed-size addresses as plain ``binary``, the type DuckDB wrote (parts read together)."""
+    """Fixed-size addresses as plain ``binary``, the type DuckDB wrote (parts read together).
+
+    The column is made one chunk first: ``group_by`` returns chunks of 32 Ki rows that are
+    slices of one data buffer, and Arrow's fixed-size to ``binary`` cast copies a slice's
+    whole parent buffer, so casting chunk by chunk held chunks x rows x 16 bytes (3 GiB for
+    the sums of 2 M flows, 20 GiB and an OOM kill on a 10 M-flow backlog)."""
     for index, column_field in enumerate(table.schema):
         if pa.types.is_fixed_size_binary(column_field.type):
-            table = table.set_column(
-                index, column_field.name, table.column(index).cast(pa.binary())
-            )
+            column = table.column(index).combine_chunks()
+            table = table.set_column(index, column_field.name, column.cast(pa.binary()))
     return table
 
 
