@@ -151,9 +151,13 @@ def app_label(proto: int, port: int) -> str:
     return application(proto, port)
 
 
-def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list[TopRow]:
-    report = _cached(
-        "top",
+def _top_report(
+    kind: str, data_dir: Path, window: Window, by: str, *, order: str, limit: int
+) -> reports.TopReport:
+    """A top report of the window, through the answer cache (``kind`` keeps the plain and the
+    country/AS tables apart in it)."""
+    return _cached(
+        kind,
         lambda: reports.top(
             flow_dir(data_dir),
             by,
@@ -169,6 +173,10 @@ def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list
         order,
         limit,
     )
+
+
+def top(data_dir: Path, window: Window, by: str, order: str, limit: int) -> list[TopRow]:
+    report = _top_report("top", data_dir, window, by, order=order, limit=limit)
     name = report.dimensions[0]
     rows = []
     for row in report.rows:
@@ -216,23 +224,7 @@ def geo(
     """Top countries (``kind = "country"``) or AS (``"as"``, labelled ``AS64500 Name``) of
     one side; flows without enrichment form one unknown row, with no link."""
     by = GEO_DIMENSIONS[kind][side]
-    report = _cached(
-        "geo",
-        lambda: reports.top(
-            flow_dir(data_dir),
-            by,
-            since=window.since,
-            until=window.until,
-            order=order,
-            limit=limit,
-            filter=window.filter,
-        ),
-        data_dir,
-        window,
-        by,
-        order,
-        limit,
-    )
+    report = _top_report("geo", data_dir, window, by, order=order, limit=limit)
     first = report.dimensions[0]
     rows = []
     for row in report.rows:
