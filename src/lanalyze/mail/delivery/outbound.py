@@ -211,6 +211,9 @@ class OutboundQueue:
                 task.cancel()
             # Together: each connection says QUIT (with its own timeout) as it closes.
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Done tasks leave the set by callbacks the loop has yet to run: drop them here,
+            # or this loop could spin without yielding to it.
+            self._tasks.difference_update(tasks)
 
     async def _load(
         self, path: Path, loaded: tuple[Envelope, bytes] | None, fresh: bool = False
