@@ -44,7 +44,7 @@ from lanalyze import metrics
 from lanalyze.alarms.config import ALGORITHMS, AlarmsConfig
 from lanalyze.alarms.detect import COLUMNS, Detector, Finding, Partial
 from lanalyze.alarms.notify import Channel, Notice, Notifier, build_channels
-from lanalyze.alarms.partial import read_bad_networks
+from lanalyze.alarms.partial import BadNetworksFile
 from lanalyze.alarms.store import AlarmStore, Change, alarms_dir, store_path
 from lanalyze.alarms.watch import ExportLoss, TemplateChurn, mail_findings
 from lanalyze.datadir import file_signature, fsync_dir, make_private_dirs, open_private
@@ -174,7 +174,7 @@ class AlarmEngine:
         self._exporters_file = exporters_path(data_dir)
         self._exporters_seen: object = None
         self._mail_looked = 0.0
-        self._bad_seen: object = None
+        self._bad_file = BadNetworksFile(self.config.bad_networks)
         self._interfaces_looked = 0.0
         self._collector: Any = None
         self._reports: deque[Partial] = deque()
@@ -330,26 +330,25 @@ class AlarmEngine:
 
     def _load_bad_networks(self) -> None:
         """(Re)read ``alarms.bad_networks.file`` when it changed (its signature)."""
-        path = self.config.bad_networks.file
-        if path is None:
+        changed, bad, bad_lines = self._bad_file.poll()
+        if not changed:
             return
-        path = path.expanduser()
-        signature = file_signature(path)
-        if signature == self._bad_seen:
-            return
-        self._bad_seen = signature
-        if signature is None:
-            if self.detector.bad is not None:
-                log.warning("alarms.bad_networks_missing", extra={"path": str(path)})
-            self.detector.bad = None
-            return
-        bad, bad_lines = read_bad_networks(path, self.config.bad_networks.max_networks)
         if bad is None:
+            if self.detector.bad is not None:
+                log.warning(
+                    "alarms.bad_networks_missing",
+                    extra={"path": str(self.config.bad_networks.file)},
+                )
+            self.detector.bad = None
             return
         self.detector.bad = bad
         log.info(
             "alarms.bad_networks_loaded",
-            extra={"path": str(path), "networks": bad.size, "bad_lines": bad_lines},
+            extra={
+                "path": str(self.config.bad_networks.file),
+                "networks": bad.size,
+                "bad_lines": bad_lines,
+            },
         )
 
     def _export_loss(self, now_ms: int) -> list[Finding]:

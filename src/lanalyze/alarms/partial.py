@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from lanalyze.alarms.config import AlarmsConfig
+from lanalyze.alarms.config import AlarmsConfig, BadNetworksConfig
 from lanalyze.alarms.detect import (
     COLUMNS,
     SKETCH_ROWS,
@@ -81,6 +81,31 @@ def read_bad_networks(path: Path, limit: int) -> tuple[BadNetworks | None, int]:
     return BadNetworks(cidrs), bad_lines
 
 
+class BadNetworksFile:
+    """``alarms.bad_networks.file`` re-read when its signature (size, mtime, inode) changes:
+    one owner for the engine and the flow workers, which both keep a table of it."""
+
+    def __init__(self, config: BadNetworksConfig) -> None:
+        self.config = config
+        self._seen: object = None
+
+    def poll(self) -> tuple[bool, BadNetworks | None, int]:
+        """(changed, table, bad lines): changed with None is a file gone; an unreadable
+        file is no change (the table in use stays)."""
+        path = self.config.file
+        if path is None:
+            return False, None, 0
+        path = path.expanduser()
+        signature = file_signature(path)
+        if signature == self._seen:
+            return False, None, 0
+        self._seen = signature
+        if signature is None:
+            return True, None, 0
+        bad, bad_lines = read_bad_networks(path, self.config.max_networks)
+        return bad is not None, bad, bad_lines
+
+
 class Reducer:
     """One worker's reduction (see module): :meth:`add` each decoded batch, :meth:`take` a
     report at each flush.
@@ -103,7 +128,7 @@ class Reducer:
         self._flows = 0
         self._exporters: dict[str, None] = {}
         self._bad: BadNetworks | None = None
-        self._bad_seen: object = None
+        self._bad_file = BadNetworksFile(config.bad_networks)
         self.schema: pa.Schema | None = None
         # Per flood window start: the batches' tables and, per sketch, their flows' rows
         # (positions in the window's tables together), flat indices and values.
@@ -112,19 +137,8 @@ class Reducer:
         self.reload_bad_networks()
 
     def reload_bad_networks(self) -> None:
-        path = self.config.bad_networks.file
-        if path is None:
-            return
-        path = path.expanduser()
-        signature = file_signature(path)
-        if signature == self._bad_seen:
-            return
-        self._bad_seen = signature
-        if signature is None:
-            self._bad = None
-            return
-        bad, _ = read_bad_networks(path, self.config.bad_networks.max_networks)
-        if bad is not None:
+        changed, bad, _ = self._bad_file.poll()
+        if changed:
             self._bad = bad
 
     def add(self, now_ms: int, batch: pa.RecordBatch) -> None:
